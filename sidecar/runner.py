@@ -1,11 +1,88 @@
-"""`pysidecar run` (being built)."""
+"""`pysidecar run`: one sidecar for one Dataplane, until SIGTERM/SIGINT (drain) or SIGHUP (reload)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sidecar import defaults
+from sidecar.config.dataplane import ConfigError
+from sidecar.runtime import BindError, Options, Sidecar
+
+log = logging.getLogger("sidecar")
+
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when available (or asked for), plain asyncio otherwise."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise SystemExit("pysidecar: --loop uvloop asked for, but uvloop is not installed")
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="run a sidecar for one Dataplane (the default command)")
-    parser.add_argument("--dataplane", required=True)
-    parser.set_defaults(func=lambda args: 2)
+    add_run_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataplane", "--dataplane-file", required=True, type=Path,
+                        metavar="FILE", help="the Kuma Dataplane file (Universal format)")
+    parser.add_argument("--dataplane-var", action="append", default=[], metavar="KEY=VALUE",
+                        help="fill {{ KEY }} in the Dataplane file, as kuma-dp does")
+    parser.add_argument("--mesh", type=Path, default=None, metavar="DIR",
+                        help="directory with the mesh's Dataplane files "
+                             "(default: the Dataplane file's directory)")
+    parser.add_argument("--drain-timeout", type=float, default=defaults.DRAIN_TIMEOUT,
+                        metavar="SECONDS", help="how long open connections may finish on SIGTERM")
+    parser.add_argument("--loop", choices=LOOPS, default=os.environ.get("PYSIDECAR_LOOP", "auto"),
+                        help="event loop (default: uvloop when installed; env PYSIDECAR_LOOP)")
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    from sidecar.cli import parse_variables
+
+    return Options(
+        dataplane=args.dataplane,
+        variables=parse_variables(args.dataplane_var),
+        mesh_dir=args.mesh,
+        drain_timeout=args.drain_timeout,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(args)
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        return runner.run(serve(options))
+
+
+async def serve(options: Options) -> int:
+    sidecar = Sidecar(options)
+    try:
+        await sidecar.start()
+    except (ConfigError, BindError) as exc:
+        print(f"pysidecar: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(sidecar.reload()))
+    await stop.wait()
+    log.info("event=stopping")
+    await sidecar.drain()
+    return 0

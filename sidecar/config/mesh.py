@@ -1,0 +1,174 @@
+"""The mesh directory: our stand-in for a control plane.
+
+Every Dataplane file of the same mesh in the directory is a member; an outbound's endpoints are the
+serving inbounds of all members whose tags contain the outbound's tags. Documents of other kinds
+(MeshTrafficPermission, …) are kept for the policy layer. A broken file is reported and skipped; the
+rest of the mesh keeps working. Reading is incremental: a file is parsed again only when its
+size, mtime or inode changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import model
+from sidecar.config.dataplane import ConfigError, dataplane_from_document, read_documents
+
+log = logging.getLogger("sidecar.mesh")
+
+# Each protocol and the more general ones it falls back to (Kuma's chains).
+_CHAINS: dict[str, tuple[str, ...]] = {
+    "grpc": ("grpc", "http2", "tcp"),
+    "http2": ("http2", "tcp"),
+    "http": ("http", "tcp"),
+    "kafka": ("kafka", "tcp"),
+    "tcp": ("tcp",),
+}
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def common_protocol(protocols: Iterable[str]) -> str:
+    """The protocol common to all endpoints: grpc+http2 → http2, http+http2 → tcp, none → tcp."""
+    chains = [_CHAINS.get(p, ("tcp",)) for p in protocols]
+    if not chains:
+        return "tcp"
+    others = [set(c) for c in chains[1:]]
+    return next(p for p in chains[0] if all(p in o for o in others))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One inbound of one member, as other members dial it."""
+
+    address: str  # IP or DNS name; the runtime resolves names
+    port: int
+    tags: Mapping[str, str]
+    dataplane: str
+    protocol: str
+
+    @property
+    def service(self) -> str:
+        return self.tags[model.SERVICE_TAG]
+
+
+def member_endpoints(dataplane: model.Dataplane) -> list[Endpoint]:
+    net = dataplane.networking
+    return [
+        Endpoint(
+            address=net.advertised_address or inbound.address,
+            port=inbound.port,
+            tags=inbound.tags,
+            dataplane=dataplane.name,
+            protocol=inbound.protocol,
+        )
+        for inbound in net.inbound
+        if inbound.serving
+    ]
+
+
+def selects(selector: Mapping[str, str], tags: Mapping[str, str]) -> bool:
+    return all(tags.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    """The members of one mesh at one moment, and what can be derived from them."""
+
+    mesh: str
+    members: tuple[model.Dataplane, ...] = ()
+    documents: tuple[tuple[str, dict[str, Any]], ...] = ()  # (file, document) of other kinds
+    errors: Mapping[str, str] = field(default_factory=dict)  # file → message
+
+    def endpoints(self, selector: Mapping[str, str]) -> tuple[Endpoint, ...]:
+        return tuple(
+            ep
+            for member in self.members
+            for ep in member_endpoints(member)
+            if selects(selector, ep.tags)
+        )
+
+    def service_protocol(self, service: str) -> str:
+        return common_protocol(ep.protocol for ep in self.endpoints({model.SERVICE_TAG: service}))
+
+    def documents_of_kind(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(f, d) for f, d in self.documents if d.get("type") == kind]
+
+
+class MeshDirectory:
+    """Reads a mesh directory, re-parsing only files that changed since the last `scan`."""
+
+    def __init__(self, directory: str | Path, mesh: str) -> None:
+        self.directory = Path(directory)
+        self.mesh = mesh
+        self._cache: dict[str, tuple[tuple[int, int, int], list[Any] | str]] = {}
+        self.snapshot = MeshSnapshot(mesh)
+
+    def scan(self) -> bool:
+        """Re-read the directory; True when anything changed (the snapshot was replaced)."""
+        seen: dict[str, tuple[tuple[int, int, int], list[Any] | str]] = {}
+        changed = False
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("event=mesh_dir_unreadable dir=%s error=%s", self.directory, exc.strerror)
+            entries = []
+        for entry in entries:
+            if not entry.name.endswith(YAML_SUFFIXES) or entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            cached = self._cache.get(entry.path)
+            if cached is not None and cached[0] == signature:
+                seen[entry.path] = cached
+                continue
+            changed = True
+            seen[entry.path] = (signature, _read(entry.path))
+        if set(seen) != set(self._cache):
+            changed = True
+        self._cache = seen
+        if changed:
+            self.snapshot = self._build()
+        return changed
+
+    def _build(self) -> MeshSnapshot:
+        members: list[model.Dataplane] = []
+        documents: list[tuple[str, dict[str, Any]]] = []
+        errors: dict[str, str] = {}
+        for path, (_, parsed) in self._cache.items():
+            if isinstance(parsed, str):
+                errors[path] = parsed
+                continue
+            for doc in parsed:
+                if not isinstance(doc, dict) or doc.get("mesh", "default") != self.mesh:
+                    continue
+                if doc.get("type") == "Dataplane":
+                    try:
+                        members.append(dataplane_from_document(doc, path))
+                    except ConfigError as exc:
+                        errors[path] = str(exc)
+                else:
+                    documents.append((path, doc))
+        for path, message in errors.items():
+            log.warning("event=mesh_file_skipped file=%s error=%r", path, message)
+        return MeshSnapshot(self.mesh, tuple(members), tuple(documents), errors)
+
+
+def _read(path: str) -> list[Any] | str:
+    """The documents of one file, or the error message that makes it unusable."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        return read_documents(text, path)
+    except ConfigError as exc:
+        return str(exc)
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path}: cannot read: {exc}"

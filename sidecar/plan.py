@@ -1,0 +1,75 @@
+"""What to run: the listeners a Dataplane asks for. A pure function of config.
+
+A reload computes a new plan and the runtime applies the difference, keyed by bind address and
+port: a listener whose plan is unchanged keeps its socket and its connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sidecar import defaults
+from sidecar.config import model
+
+
+@dataclass(frozen=True)
+class ListenerPlan:
+    name: str  # Envoy's listener name: inbound:<ip>:<port> / outbound:<ip>:<port>
+    direction: str  # "inbound" | "outbound"
+    address: str
+    port: int
+    cluster: str  # localhost:<servicePort> for an inbound, the service (and subset) for an outbound
+    protocol: str  # the inbound's declared protocol; "" for an outbound (it follows the mesh)
+    selector: Mapping[str, str] | None = None  # outbound: tags an endpoint must carry
+    target: tuple[str, int] | None = None  # inbound: the local app
+    connect_timeout: float = defaults.OUTBOUND_CONNECT_TIMEOUT
+    idle_timeout: float = defaults.OUTBOUND_IDLE_TIMEOUT
+    connect_attempts: int = defaults.TCP_CONNECT_ATTEMPTS
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+    @property
+    def stat_address(self) -> str:
+        """envoy_listener_address / envoy_tcp_prefix form of the address: `127.0.0.1_10000`."""
+        return f"{self.address}_{self.port}"
+
+
+def outbound_cluster_name(outbound: model.Outbound) -> str:
+    """The service name; a subset (extra tags) gets them appended, sorted, as `svc_key_value`."""
+    extra = sorted((k, v) for k, v in outbound.selector.items() if k != model.SERVICE_TAG)
+    return "_".join([outbound.service, *(f"{k}_{v}" for k, v in extra)])
+
+
+def plan_listeners(dataplane: model.Dataplane) -> dict[tuple[str, int], ListenerPlan]:
+    plans: list[ListenerPlan] = []
+    for inbound in dataplane.networking.inbound:
+        plans.append(
+            ListenerPlan(
+                name=f"inbound:{inbound.address}:{inbound.port}",
+                direction="inbound",
+                address=inbound.address,
+                port=inbound.port,
+                cluster=f"localhost:{inbound.service_port}",
+                protocol=inbound.protocol,
+                target=(inbound.service_address, inbound.service_port),
+                connect_timeout=defaults.INBOUND_CONNECT_TIMEOUT,
+                idle_timeout=defaults.INBOUND_IDLE_TIMEOUT,
+                connect_attempts=1,
+            )
+        )
+    for outbound in dataplane.networking.outbound:
+        plans.append(
+            ListenerPlan(
+                name=f"outbound:{outbound.address}:{outbound.port}",
+                direction="outbound",
+                address=outbound.address,
+                port=outbound.port,
+                cluster=outbound_cluster_name(outbound),
+                protocol="",
+                selector=outbound.selector,
+            )
+        )
+    return {p.key: p for p in plans}

@@ -1,0 +1,230 @@
+"""The runtime of one sidecar: bind what the plan asks for, keep clusters current, reload, drain.
+
+It owns the lifecycle and nothing else: which bytes go where is the data path's business
+(`sidecar.transport`), what to run is the plan's (`sidecar.plan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar import defaults
+from sidecar.cluster import Cluster, Resolver, Target
+from sidecar.config import model
+from sidecar.config.dataplane import ConfigError, load_dataplane
+from sidecar.config.mesh import MeshDirectory
+from sidecar.observe.stats import StatsStore
+from sidecar.plan import ListenerPlan, plan_listeners
+from sidecar.transport.tcp import TcpProxy, TcpSettings
+
+log = logging.getLogger("sidecar.runtime")
+
+
+class BindError(Exception):
+    """A listener could not bind; the message names the listener and the address."""
+
+
+@dataclass
+class Options:
+    dataplane: Path
+    variables: dict[str, str] = field(default_factory=dict)
+    mesh_dir: Path | None = None  # default: the Dataplane file's directory
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
+    poll_interval: float = defaults.MESH_POLL_INTERVAL
+    dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
+
+
+@dataclass
+class RunningListener:
+    plan: ListenerPlan
+    server: asyncio.Server
+    proxy: TcpProxy
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Sidecar:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.stats = StatsStore()
+        self.resolver = Resolver()
+        self.listeners: dict[tuple[str, int], RunningListener] = {}
+        self.clusters: dict[str, Cluster] = {}
+        self.dataplane: model.Dataplane | None = None
+        self.mesh: MeshDirectory | None = None
+        self.draining = False
+        self._dataplane_signature: tuple[int, int, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start and reload ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load, bind every listener, start watching. Raises ConfigError or BindError."""
+        path = self.options.dataplane
+        self._dataplane_signature = _signature(path)
+        self.dataplane = load_dataplane(path, self.options.variables)
+        mesh_dir = self.options.mesh_dir or path.resolve().parent
+        self.mesh = MeshDirectory(mesh_dir, self.dataplane.mesh)
+        self.mesh.scan()
+        await self.resolver.refresh(self._endpoint_hosts())
+        try:
+            await self._apply(plan_listeners(self.dataplane), strict=True)
+        except BindError:
+            await self.stop_listeners()
+            raise
+        self._tasks.append(asyncio.create_task(self._watch()))
+        self._tasks.append(asyncio.create_task(self._refresh_dns()))
+        log.info(
+            "event=ready dataplane=%s mesh=%s listeners=%s",
+            self.dataplane.name,
+            self.dataplane.mesh,
+            ",".join(lst.plan.name for lst in self.listeners.values()) or "-",
+        )
+
+    async def reload(self) -> None:
+        """Re-read the Dataplane file and apply only the difference; a bad file changes nothing."""
+        try:
+            dataplane = load_dataplane(self.options.dataplane, self.options.variables)
+        except ConfigError as exc:
+            log.error("event=reload_rejected error=%r", str(exc))
+            return
+        self.dataplane = dataplane
+        await self._apply(plan_listeners(dataplane), strict=False)
+        log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
+
+    async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
+        for key in [k for k in self.listeners if k not in plans]:
+            running = self.listeners.pop(key)
+            running.server.close()  # open connections live on until they end by themselves
+            log.info("event=listener_removed listener=%s", running.plan.name)
+        for key, plan in plans.items():
+            running = self.listeners.get(key)
+            if running is None:
+                try:
+                    self.listeners[key] = await self._bind(plan)
+                except BindError as exc:
+                    if strict:
+                        raise
+                    log.error("event=listener_failed error=%r", str(exc))
+                continue
+            if running.plan != plan:
+                running.plan = plan
+                running.proxy.cluster = self._cluster_for(plan)
+                running.proxy.settings = _tcp_settings(plan)
+                log.info("event=listener_updated listener=%s", plan.name)
+        self._update_clusters()
+
+    async def _bind(self, plan: ListenerPlan) -> RunningListener:
+        stats = self.stats.listener(plan.stat_address, f"{plan.direction}_{plan.stat_address}")
+        proxy = TcpProxy(plan.name, self._cluster_for(plan), _tcp_settings(plan), stats)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                proxy, plan.address, plan.port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            raise BindError(
+                f"listener {plan.name}: cannot bind {plan.address}:{plan.port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        log.info("event=listener_bound listener=%s cluster=%s", plan.name, plan.cluster)
+        return RunningListener(plan, server, proxy)
+
+    # -- clusters --------------------------------------------------------------------------
+
+    def _cluster_for(self, plan: ListenerPlan) -> Cluster:
+        cluster = self.clusters.get(plan.cluster)
+        if cluster is None:
+            stat_name = plan.cluster.replace(":", "_")
+            cluster = self.clusters[plan.cluster] = Cluster(
+                plan.cluster, self.stats.cluster(stat_name)
+            )
+        return cluster
+
+    def _update_clusters(self) -> None:
+        assert self.mesh is not None
+        snapshot = self.mesh.snapshot
+        for running in self.listeners.values():
+            plan = running.plan
+            cluster = self._cluster_for(plan)
+            if plan.target is not None:
+                cluster.set_targets([Target(*plan.target)])
+            else:
+                assert plan.selector is not None
+                cluster.set_targets(self.resolver.targets(snapshot.endpoints(plan.selector)))
+
+    def _endpoint_hosts(self) -> set[str]:
+        assert self.mesh is not None
+        return {
+            member.networking.advertised_address or inbound.address
+            for member in self.mesh.snapshot.members
+            for inbound in member.networking.inbound
+        }
+
+    # -- watching --------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Poll the Dataplane file and the mesh directory (changes apply within a second)."""
+        assert self.mesh is not None
+        while True:
+            await asyncio.sleep(self.options.poll_interval)
+            try:
+                signature = _signature(self.options.dataplane)
+                if signature != self._dataplane_signature:
+                    self._dataplane_signature = signature
+                    await self.reload()
+                if self.mesh.scan():
+                    await self.resolver.refresh(self._endpoint_hosts())
+                    self._update_clusters()
+            except Exception:  # a watcher that dies silently would freeze the mesh view
+                log.exception("event=watch_failed")
+
+    async def _refresh_dns(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.dns_refresh_interval)
+            if await self.resolver.refresh(self._endpoint_hosts()):
+                self._update_clusters()
+
+    # -- stop ------------------------------------------------------------------------------
+
+    async def stop_listeners(self) -> None:
+        for running in self.listeners.values():
+            running.server.close()
+
+    def active_connections(self) -> int:
+        return sum(len(r.proxy.relays) for r in self.listeners.values())
+
+    async def drain(self) -> None:
+        """Stop accepting, let open connections finish up to the drain timeout, then close them."""
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        await self.stop_listeners()
+        proxies = [r.proxy for r in self.listeners.values()]
+        log.info("event=draining connections=%d timeout=%s",
+                 self.active_connections(), self.options.drain_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_timeout
+        while any(p.relays for p in proxies) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        left = sum(len(p.relays) for p in proxies)
+        for proxy in proxies:
+            proxy.close_all()
+        log.info("event=drained closed_at_deadline=%d", left)
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _tcp_settings(plan: ListenerPlan) -> TcpSettings:
+    return TcpSettings(plan.connect_timeout, plan.idle_timeout, plan.connect_attempts)
+

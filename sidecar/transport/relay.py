@@ -1,0 +1,205 @@
+"""The L4 relay: one bidirectional byte pump between two transports, written once.
+
+TCP, TLS passthrough, websocket tunnels after the upgrade and Kafka (with a tap) all ride it. It is
+built on `asyncio.Protocol` rather than streams: bytes go from one transport's `data_received`
+straight into the other's `write`, with no task switch and no intermediate buffer of ours.
+
+- Back-pressure is mirrored: when one side's transport buffer passes its high-water mark, asyncio
+  calls `pause_writing` on that side, and we pause *reading* on the other. A slow reader therefore
+  holds the sidecar to about one high-water mark plus one read per direction.
+- Half-close is propagated: EOF from one peer becomes `write_eof` toward the other, and the
+  connection stays open for the reply. Transports that cannot half-close (TLS) are closed after
+  their buffer drains once the other side has finished.
+- Resets are propagated: a side lost with an error aborts the other with an RST (SO_LINGER 0).
+- Idle connections are closed after the idle timeout, measured without a clock call per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from sidecar import defaults
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+_IDLE_CHECKS = 4  # the idle timeout fires between timeout and timeout * (1 + 1/_IDLE_CHECKS)
+
+
+def abort_with_reset(transport: asyncio.BaseTransport | None) -> None:
+    """Close a transport so that the peer sees a reset, as the other side of the relay did."""
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+    transport.abort()
+
+
+class Side(asyncio.Protocol):
+    """One end of a relay: what it reads goes to `peer`'s transport."""
+
+    __slots__ = ("relay", "peer", "transport", "eof", "pending", "rx_bytes", "on_data")
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.peer: Side | None = None
+        self.transport: asyncio.Transport | None = None
+        self.eof = False  # this side's peer has finished sending
+        self.pending: list[bytes] | None = None  # bytes read before the other side existed
+        self.rx_bytes = 0
+        self.on_data: Callable[[bytes], None] | None = None  # read-only tap (Kafka insight)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        transport.set_write_buffer_limits(defaults.RELAY_HIGH_WATER, defaults.RELAY_LOW_WATER)
+        _tune(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.rx_bytes += len(data)
+        self.relay.active = True
+        if self.on_data is not None:
+            self.on_data(data)
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            # The other side is still connecting: hold what came (at most one read; reading is
+            # paused until the relay is linked).
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+            else:
+                peer.transport.close()
+        if peer is not None and peer.eof:
+            self.relay.close()
+        # Keep our transport open for the reply; TLS transports ignore this and close.
+        return True
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.side_lost(self, exc)
+
+
+class Relay:
+    """Two linked sides and their shared lifecycle: idle timer, close and reset propagation."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        idle_timeout: float,
+        on_closed: Callable[[Relay], Any] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.downstream = Side(self)
+        self.upstream = Side(self)
+        self.downstream.peer = self.upstream
+        self.upstream.peer = self.downstream
+        self.started = loop.time()
+        self.target: object | None = None  # what the upstream side is connected to
+        self.active = False
+        self.linked = False
+        self.closed = False
+        self.idle_timed_out = False
+        self._idle_timeout = idle_timeout
+        self._idle_checks = 0
+        self._on_closed = on_closed
+        self._timer: asyncio.TimerHandle | None = None
+        if idle_timeout > 0:
+            self._timer = loop.call_later(idle_timeout / _IDLE_CHECKS, self._check_idle)
+
+    def link(self) -> None:
+        """Both sides are connected: replay anything read early and start pumping."""
+        self.linked = True
+        for side in (self.downstream, self.upstream):
+            pending, side.pending = side.pending, None
+            assert side.peer is not None and side.peer.transport is not None
+            if pending:
+                side.peer.transport.writelines(pending)
+            if side.eof:
+                side.eof = False
+                side.eof_received()
+            elif side.transport is not None and not side.transport.is_closing():
+                side.transport.resume_reading()
+
+    def side_lost(self, side: Side, exc: Exception | None) -> None:
+        if not self.linked and side is self.upstream:
+            # A failed attempt before linking (e.g. a refused peer identity) is the connector's
+            # business: it may try another endpoint with this same side.
+            side.transport = None
+            return
+        peer = side.peer
+        assert peer is not None
+        if exc is not None:
+            abort_with_reset(peer.transport)
+        elif peer.transport is not None and not peer.transport.is_closing():
+            # Nothing more can reach this side: flush what it sent, then FIN.
+            peer.transport.close()
+        self._finish()
+
+    def close(self) -> None:
+        """Close both sides gracefully, flushing what is buffered."""
+        for side in (self.downstream, self.upstream):
+            if side.transport is not None and not side.transport.is_closing():
+                side.transport.close()
+        self._finish()
+
+    def abort(self) -> None:
+        for side in (self.downstream, self.upstream):
+            abort_with_reset(side.transport)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def _check_idle(self) -> None:
+        if self.closed:
+            return
+        if self.active:
+            self.active = False
+            self._idle_checks = 0
+        else:
+            self._idle_checks += 1
+            if self._idle_checks >= _IDLE_CHECKS:
+                self.idle_timed_out = True
+                self.close()
+                return
+        self._timer = self.loop.call_later(self._idle_timeout / _IDLE_CHECKS, self._check_idle)
+
+
+def _tune(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass

@@ -1,0 +1,109 @@
+"""TCP proxying: accept a downstream connection, connect upstream with failover, relay bytes.
+
+One `TcpProxy` serves one listener. Its settings can be replaced while it runs (a reload that
+changes only the cluster or the timeouts keeps the listener and its open connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sidecar.cluster import Cluster, Target
+from sidecar.observe.stats import ListenerStats
+from sidecar.transport.relay import Relay
+
+log = logging.getLogger("sidecar.tcp")
+
+
+@dataclass(frozen=True)
+class TcpSettings:
+    connect_timeout: float
+    idle_timeout: float
+    connect_attempts: int
+
+
+class TcpProxy:
+    """The protocol factory of a TCP listener: each call starts one relayed connection."""
+
+    def __init__(
+        self, name: str, cluster: Cluster, settings: TcpSettings, stats: ListenerStats
+    ) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.settings = settings
+        self.stats = stats
+        self.relays: set[Relay] = set()
+        self._loop = asyncio.get_running_loop()
+
+    def __call__(self) -> asyncio.Protocol:
+        relay = Relay(self._loop, self.settings.idle_timeout, self._closed)
+        self.relays.add(relay)
+        stats = self.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        stats.tcp_downstream_cx_total += 1
+        self._loop.create_task(self._connect(relay))
+        return relay.downstream
+
+    async def _connect(self, relay: Relay) -> None:
+        cluster, settings = self.cluster, self.settings
+        cstats = cluster.stats
+        for _ in range(settings.connect_attempts):
+            target = cluster.pick()
+            if target is None:
+                cstats.upstream_cx_none_healthy += 1
+                log.warning("event=no_healthy_upstream listener=%s cluster=%s",
+                            self.name, cluster.name)
+                break
+            if relay.closed:
+                return
+            started = self._loop.time()
+            cstats.upstream_cx_total += 1
+            try:
+                async with asyncio.timeout(settings.connect_timeout):
+                    await self._loop.create_connection(
+                        lambda: relay.upstream, target.host, target.port
+                    )
+            except TimeoutError:
+                cstats.upstream_cx_connect_timeout += 1
+                cstats.upstream_cx_connect_fail += 1
+                self._connect_failed(target, "connect timeout")
+                continue
+            except OSError as exc:
+                cstats.upstream_cx_connect_fail += 1
+                self._connect_failed(target, exc.strerror or str(exc))
+                continue
+            cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
+            cstats.upstream_cx_active += 1
+            relay.target = target
+            if relay.closed:  # the downstream left while we were connecting
+                relay.close()
+                return
+            relay.link()
+            return
+        relay.close()
+
+    def _connect_failed(self, target: Target, reason: str) -> None:
+        log.warning("event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+                    self.name, self.cluster.name, target, reason)
+
+    def _closed(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        stats, cstats = self.stats, self.cluster.stats
+        stats.downstream_cx_active -= 1
+        down, up = relay.downstream, relay.upstream
+        stats.tcp_downstream_cx_rx_bytes_total += down.rx_bytes
+        stats.tcp_downstream_cx_tx_bytes_total += up.rx_bytes
+        if relay.idle_timed_out:
+            stats.tcp_idle_timeout += 1
+        if relay.target is not None:
+            cstats.upstream_cx_active -= 1
+            cstats.upstream_cx_rx_bytes_total += up.rx_bytes
+            cstats.upstream_cx_tx_bytes_total += down.rx_bytes
+            cstats.upstream_cx_length_ms.observe((self._loop.time() - relay.started) * 1000)
+
+    def close_all(self) -> None:
+        for relay in list(self.relays):
+            relay.close()
