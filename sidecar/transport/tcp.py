@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
-from sidecar.transport.relay import Relay
+from sidecar.transport.relay import Relay, Side
 
 log = logging.getLogger("sidecar.tcp")
 
@@ -44,8 +44,11 @@ class TcpProxy:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
-        self._loop.create_task(self._connect(relay))
+        relay.downstream.on_made = self._downstream_made
         return relay.downstream
+
+    def _downstream_made(self, side: Side) -> None:
+        self._loop.create_task(self._connect(side.relay))
 
     async def _connect(self, relay: Relay) -> None:
         cluster, settings = self.cluster, self.settings
