@@ -98,6 +98,9 @@ class Sidecar:
         except ConfigError as exc:
             log.error("event=reload_rejected error=%r", str(exc))
             return
+        except Exception as exc:  # a reload must never take the running sidecar down
+            log.exception("event=reload_rejected error=%r", str(exc))
+            return
         self.dataplane = dataplane
         await self._apply(plan_listeners(dataplane), strict=False)
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
