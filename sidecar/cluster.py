@@ -87,8 +87,12 @@ class Resolver:
             try:
                 infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as exc:
-                log.warning("event=dns_failed host=%s error=%s kept=%s", host, exc,
-                            ",".join(self._cache.get(host, ())) or "-")
+                log.warning(
+                    "event=dns_failed host=%s error=%s kept=%s",
+                    host,
+                    exc,
+                    ",".join(self._cache.get(host, ())) or "-",
+                )
                 continue
             addresses = tuple(sorted({str(info[4][0]) for info in infos}))
             if self._cache.get(host) != addresses:
@@ -98,7 +102,5 @@ class Resolver:
 
     def targets(self, endpoints: Iterable[Endpoint]) -> list[Target]:
         return [
-            Target(address, ep.port, ep)
-            for ep in endpoints
-            for address in self.cached(ep.address)
+            Target(address, ep.port, ep) for ep in endpoints for address in self.cached(ep.address)
         ]

@@ -214,8 +214,11 @@ class Sidecar:
             task.cancel()
         await self.stop_listeners()
         proxies = [r.proxy for r in self.listeners.values()]
-        log.info("event=draining connections=%d timeout=%s",
-                 self.active_connections(), self.options.drain_timeout)
+        log.info(
+            "event=draining connections=%d timeout=%s",
+            self.active_connections(),
+            self.options.drain_timeout,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.drain_timeout
         while any(p.relays for p in proxies) and loop.time() < deadline:
@@ -230,4 +233,3 @@ class Sidecar:
 
 def _tcp_settings(plan: ListenerPlan) -> TcpSettings:
     return TcpSettings(plan.connect_timeout, plan.idle_timeout, plan.connect_attempts)
-

@@ -42,20 +42,33 @@ class Mesh:
         self.servers.append(server)
         return server
 
-    def backend(self, name: str, app_port: int, service: str = "backend",
-                tags: dict[str, str] | None = None, **kw: Any) -> tuple[Path, int]:
-        """A member serving `service` whose app listens on app_port; returns (file, inbound port)."""
+    def backend(
+        self,
+        name: str,
+        app_port: int,
+        service: str = "backend",
+        tags: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> tuple[Path, int]:
+        """A member serving `service`, its app on app_port; returns (file, inbound port)."""
         port = free_port()
-        inbound = {"port": port, "servicePort": app_port,
-                   "tags": {"kuma.io/service": service, **(tags or {})}}
+        inbound = {
+            "port": port,
+            "servicePort": app_port,
+            "tags": {"kuma.io/service": service, **(tags or {})},
+        }
         return self.write(name, [inbound], **kw), port
 
-    def client(self, name: str, service: str = "backend",
-               tags: dict[str, str] | None = None, **kw: Any) -> tuple[Path, int]:
+    def client(
+        self, name: str, service: str = "backend", tags: dict[str, str] | None = None, **kw: Any
+    ) -> tuple[Path, int]:
         """A member with one outbound to `service`; returns (file, outbound port)."""
         port = free_port()
-        inbound = {"port": free_port(), "servicePort": free_port(),
-                   "tags": {"kuma.io/service": name}}
+        inbound = {
+            "port": free_port(),
+            "servicePort": free_port(),
+            "tags": {"kuma.io/service": name},
+        }
         outbound = {"port": port, "tags": {"kuma.io/service": service, **(tags or {})}}
         return self.write(name, [inbound], [outbound], **kw), port
 

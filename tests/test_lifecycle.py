@@ -97,7 +97,7 @@ def test_dataplane_edit_adds_listener_without_dropping_connections(mesh):
     with socket.create_connection((LOOPBACK, new_port), timeout=10) as c2:
         c2.sendall(b"via new")
         assert c2.recv(100) == b"via new"
-    assert "event=listener_bound listener=outbound:127.0.0.1:%d" % new_port in sidecar.log
+    assert f"event=listener_bound listener=outbound:127.0.0.1:{new_port}" in sidecar.log
 
 
 def test_sighup_reload_rejects_a_broken_file_and_keeps_serving(mesh):
@@ -155,11 +155,16 @@ def test_bind_failure_names_listener_and_address(mesh):
         taken.bind((LOOPBACK, 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        path = mesh.write("web-1", [{"port": busy, "servicePort": free_port(),
-                                     "tags": {"kuma.io/service": "web"}}])
+        path = mesh.write(
+            "web-1",
+            [{"port": busy, "servicePort": free_port(), "tags": {"kuma.io/service": "web"}}],
+        )
         result = subprocess.run(
             [sys.executable, "-m", "sidecar", "--dataplane", str(path)],
-            capture_output=True, text=True, timeout=30, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
         )
     assert result.returncode == 1
     assert f"listener inbound:127.0.0.1:{busy}: cannot bind 127.0.0.1:{busy}" in result.stderr
@@ -170,7 +175,10 @@ def test_invalid_dataplane_stops_start_up_with_file_and_field(mesh):
     path.write_text("type: Dataplane\nmesh: default\nname: bad\n")
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "--dataplane", str(path)],
-        capture_output=True, text=True, timeout=30, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
     )
     assert result.returncode == 1
     assert f"{path}: networking: must be defined" in result.stderr

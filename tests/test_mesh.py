@@ -51,23 +51,32 @@ TAG_VALUES = st.sampled_from(["v1", "v2", "eu", "us"])
 
 
 def member(i: int, service: str, tags: dict[str, str], ready: bool = True) -> model.Dataplane:
-    inbound = {"port": 10000 + i, "servicePort": 20000 + i,
-               "tags": {"kuma.io/service": service, **tags}}
+    inbound = {
+        "port": 10000 + i,
+        "servicePort": 20000 + i,
+        "tags": {"kuma.io/service": service, **tags},
+    }
     if not ready:
         inbound["health"] = {"ready": False}
     import yaml
 
-    doc = {"type": "Dataplane", "mesh": "default", "name": f"m{i}",
-           "networking": {"address": f"127.0.0.{i + 1}", "inbound": [inbound]}}
+    doc = {
+        "type": "Dataplane",
+        "mesh": "default",
+        "name": f"m{i}",
+        "networking": {"address": f"127.0.0.{i + 1}", "inbound": [inbound]},
+    }
     return parse_dataplane(yaml.safe_dump(doc), f"m{i}.yaml")
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["backend", "web"]),
-                  st.dictionaries(st.sampled_from(["version", "zone"]), TAG_VALUES, max_size=2),
-                  st.booleans()),
+        st.tuples(
+            st.sampled_from(["backend", "web"]),
+            st.dictionaries(st.sampled_from(["version", "zone"]), TAG_VALUES, max_size=2),
+            st.booleans(),
+        ),
         max_size=6,
     ),
     st.dictionaries(st.sampled_from(["version", "zone"]), TAG_VALUES, max_size=2),
@@ -101,8 +110,10 @@ networking:
 """,
         "a.yaml",
     )
-    assert [(e.address, e.port) for e in MeshSnapshot("default", (dp,)).endpoints(
-        {"kuma.io/service": "s"})] == [("127.0.0.9", 1000)]
+    assert [
+        (e.address, e.port)
+        for e in MeshSnapshot("default", (dp,)).endpoints({"kuma.io/service": "s"})
+    ] == [("127.0.0.9", 1000)]
     dp2 = parse_dataplane(
         """
 type: Dataplane
@@ -116,8 +127,10 @@ networking:
 """,
         "b.yaml",
     )
-    assert [(e.address, e.port) for e in MeshSnapshot("default", (dp2,)).endpoints(
-        {"kuma.io/service": "s"})] == [("127.0.0.3", 1000)]
+    assert [
+        (e.address, e.port)
+        for e in MeshSnapshot("default", (dp2,)).endpoints({"kuma.io/service": "s"})
+    ] == [("127.0.0.3", 1000)]
 
 
 def test_mesh_directory_skips_broken_files_and_other_meshes(tmp_path: Path):
@@ -163,7 +176,10 @@ networking:
     plans = plan_listeners(dp)
     inbound = plans[("127.0.0.1", 10000)]
     assert (inbound.name, inbound.cluster, inbound.target) == (
-        "inbound:127.0.0.1:10000", "localhost:10001", ("127.0.0.1", 10001))
+        "inbound:127.0.0.1:10000",
+        "localhost:10001",
+        ("127.0.0.1", 10001),
+    )
     assert inbound.connect_timeout == 10.0 and inbound.idle_timeout == 7200.0
     outbound = plans[("127.0.0.1", 20000)]
     assert (outbound.name, outbound.cluster) == ("outbound:127.0.0.1:20000", "backend")

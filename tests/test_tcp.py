@@ -130,6 +130,7 @@ def test_slow_reader_of_1_gib_keeps_memory_bounded(mesh):
     baseline = [s.memory("VmRSS") for s in mesh.sidecars]
     with socket.create_connection((LOOPBACK, port)) as c:
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+
         # Stalled reader: the app gets blocked once the socket buffers and the relay's bounded
         # buffers along the path are full.
         def stalled() -> bool:
@@ -168,7 +169,7 @@ def test_1000_concurrent_connections(mesh):
     async def main() -> None:
         opened = await asyncio.gather(*(one(i) for i in range(1000)))
         # All 1,000 are open at the same time; now every one gets its own echo back.
-        for message, reader, writer in opened:
+        for message, reader, _ in opened:
             assert await asyncio.wait_for(reader.readexactly(len(message)), 30) == message
         for _, _, writer in opened:
             writer.close()

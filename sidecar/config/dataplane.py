@@ -39,7 +39,7 @@ class ConfigError(Exception):
 
 
 def substitute(text: str, variables: Mapping[str, str], source: str) -> str:
-    """Fill `{{ KEY }}` placeholders as kuma-dp does with --dataplane-var; a missing one is an error."""
+    """Fill `{{ KEY }}` as kuma-dp does with --dataplane-var; a missing one is an error."""
     missing: list[str] = []
 
     def fill(match: re.Match[str]) -> str:
@@ -122,7 +122,9 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
         inbounds.append(
             model.Inbound(
                 port=int(raw["port"]),
-                tags=model.frozen_tags({str(k): str(v) for k, v in (raw.get("tags") or {}).items()}),
+                tags=model.frozen_tags(
+                    {str(k): str(v) for k, v in (raw.get("tags") or {}).items()}
+                ),
                 address=bind,
                 service_address=raw.get("serviceAddress") or bind,
                 service_port=int(raw.get("servicePort") or raw["port"]),
@@ -151,7 +153,9 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
             model.Outbound(
                 port=int(raw["port"]),
                 address=raw.get("address") or defaults.OUTBOUND_ADDRESS,
-                tags=model.frozen_tags({str(k): str(v) for k, v in (raw.get("tags") or {}).items()}),
+                tags=model.frozen_tags(
+                    {str(k): str(v) for k, v in (raw.get("tags") or {}).items()}
+                ),
                 backend_ref=None
                 if ref is None
                 else model.BackendRef(
@@ -167,7 +171,9 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
         gw = net["gateway"]
         gateway = model.Gateway(
             tags=model.frozen_tags({str(k): str(v) for k, v in (gw.get("tags") or {}).items()}),
-            type={0: "DELEGATED", 1: "BUILTIN"}.get(gw.get("type"), str(gw.get("type", "DELEGATED"))),
+            type={0: "DELEGATED", 1: "BUILTIN"}.get(
+                gw.get("type"), str(gw.get("type", "DELEGATED"))
+            ),
         )
     tp = net.get("transparentProxying")
     transparent = None

@@ -57,8 +57,9 @@ class TcpProxy:
             target = cluster.pick()
             if target is None:
                 cstats.upstream_cx_none_healthy += 1
-                log.warning("event=no_healthy_upstream listener=%s cluster=%s",
-                            self.name, cluster.name)
+                log.warning(
+                    "event=no_healthy_upstream listener=%s cluster=%s", self.name, cluster.name
+                )
                 break
             if relay.closed:
                 return
@@ -89,8 +90,13 @@ class TcpProxy:
         relay.close()
 
     def _connect_failed(self, target: Target, reason: str) -> None:
-        log.warning("event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
-                    self.name, self.cluster.name, target, reason)
+        log.warning(
+            "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+            self.name,
+            self.cluster.name,
+            target,
+            reason,
+        )
 
     def _closed(self, relay: Relay) -> None:
         self.relays.discard(relay)
