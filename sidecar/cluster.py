@@ -37,6 +37,7 @@ class Cluster:
         self.name = name
         self.stats = stats
         self.targets: tuple[Target, ...] = ()
+        self.protocol: str | None = None  # the service's protocol in the mesh (None: undeclared)
         self._next = 0
 
     def set_targets(self, targets: Iterable[Target]) -> None:

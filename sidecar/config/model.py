@@ -61,9 +61,14 @@ class Inbound:
 
     @property
     def protocol(self) -> str:
-        if self.protocol_field:
-            return parse_protocol(self.protocol_field)
-        return parse_protocol(self.tags.get(PROTOCOL_TAG))
+        """The protocol by Kuma's rule: the `protocol` field, else the tag, else tcp."""
+        return parse_protocol(self.declared_protocol)
+
+    @property
+    def declared_protocol(self) -> str | None:
+        """What the user declared, or None: only undeclared services are sniffed."""
+        declared = self.protocol_field or self.tags.get(PROTOCOL_TAG)
+        return parse_protocol(declared) if declared else None
 
     @property
     def serving(self) -> bool:

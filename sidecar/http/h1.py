@@ -94,8 +94,11 @@ class H1Server(_Writer):
         self,
         handler: Callable[[H1ServerExchange], Awaitable[None]],
         default_authority: bytes,
+        on_close: Callable[[H1Server], None] | None = None,
     ) -> None:
         super().__init__()
+        self.on_close = on_close
+        self.draining = False
         self.handler = handler
         self.default_authority = default_authority
         self.conn = h11.Connection(
@@ -131,6 +134,14 @@ class H1Server(_Writer):
         self.resume_writing()
         if self.exchange is not None:
             self.exchange.lost(StreamReset("downstream connection closed"))
+        if self.on_close is not None:
+            self.on_close(self)
+
+    def drain(self) -> None:
+        """Finish the exchange in progress, then close; an idle connection closes now."""
+        self.draining = True
+        if self.exchange is None and self.transport is not None:
+            self.transport.close()
 
     def _process(self) -> None:
         while True:
@@ -199,7 +210,10 @@ class H1Server(_Writer):
     def _next_cycle(self) -> None:
         self.exchange = None
         conn = self.conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if self.draining:
+            if self.transport is not None:
+                self.transport.close()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             if self.reading_paused and self.transport is not None:
                 self.reading_paused = False
@@ -220,7 +234,8 @@ class H1Server(_Writer):
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
-        log.info("event=bad_request peer=%s status=%d error=%r", self.peer_address, status, str(exc))
+        log.info("event=bad_request peer=%s status=%d error=%r",
+                 self.peer_address, status, str(exc))
         if self.exchange is not None:
             self.exchange.body.abort(StreamReset(f"malformed request: {exc}"))
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
