@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.config.mesh import Endpoint
 from sidecar.observe.stats import ClusterStats
@@ -26,7 +26,7 @@ class Target:
 
     host: str  # an IP address
     port: int
-    endpoint: Endpoint | None = None  # None for an inbound's local app
+    endpoint: Endpoint | None = field(default=None, compare=False)  # None: an inbound's app
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"

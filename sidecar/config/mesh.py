@@ -96,7 +96,12 @@ class MeshSnapshot:
     def service_protocol(self, service: str) -> str | None:
         """Kuma's common protocol of the service's endpoints (undeclared counts as tcp), or None
         when no endpoint declares one: then the outbound sniffs."""
-        declared = [ep.protocol for ep in self.endpoints({model.SERVICE_TAG: service})]
+        declared = [  # health does not change what a service speaks: count every inbound
+            inbound.declared_protocol
+            for member in self.members
+            for inbound in member.networking.inbound
+            if inbound.tags.get(model.SERVICE_TAG) == service
+        ]
         if not any(declared):
             return None
         return common_protocol(p or "tcp" for p in declared)

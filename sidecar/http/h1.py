@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import h11
 
@@ -37,6 +38,13 @@ _REASONS = {
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 class _Writer(asyncio.Protocol):
@@ -309,7 +317,7 @@ class H1ServerExchange:
                     h11.Response(
                         status_code=head.status,
                         headers=headers,
-                        reason=_REASONS.get(head.status, b""),
+                        reason=_reason(head.status),
                     )
                 )
             )
