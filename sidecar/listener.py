@@ -77,8 +77,9 @@ class ListenerStack:
         self._count_connection()
         return server
 
-    def http_by_preface(self, first: bytes, final: bool, *, trusted: bool,
-                        max_streams: int) -> asyncio.Protocol | None:
+    def http_by_preface(
+        self, first: bytes, final: bool, *, trusted: bool, max_streams: int
+    ) -> asyncio.Protocol | None:
         """HTTP/2 by its connection preface, HTTP/1.1 otherwise (its codec judges the bytes)."""
         detected = detect(first)
         if detected is None and not final:

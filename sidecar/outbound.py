@@ -65,8 +65,11 @@ class OutboundStack(ListenerStack):
         if detected is Detected.HTTP2:
             return self.h2_server(trusted=False, max_streams=defaults.APP_MAX_CONCURRENT_STREAMS)
         if detected is Detected.TLS:
-            log.debug("event=sniffed listener=%s protocol=tls sni=%s", self.plan.name,
-                      client_hello_sni(first) or "-")
+            log.debug(
+                "event=sniffed listener=%s protocol=tls sni=%s",
+                self.plan.name,
+                client_hello_sni(first) or "-",
+            )
         return self.tcp()
 
     def route(self) -> Route:

@@ -138,8 +138,14 @@ class Sidecar:
         if plan.direction == "inbound":
             stack = InboundStack(plan, cluster, stats, self.options.stack)
         else:
-            stack = OutboundStack(plan, cluster, stats, self.options.stack,
-                                  lambda: cluster.protocol, self._mesh_pool(cluster))
+            stack = OutboundStack(
+                plan,
+                cluster,
+                stats,
+                self.options.stack,
+                lambda: cluster.protocol,
+                self._mesh_pool(cluster),
+            )
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -251,4 +257,3 @@ class Sidecar:
         log.info("event=drained closed_at_deadline=%d", left)
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-

@@ -48,8 +48,13 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(float(parts[1]))
     if parts[0] == "bytes":
         n = int(parts[1])
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
         chunk = b"x" * 65536
         while n > 0:
             piece = chunk[: min(n, len(chunk))]
@@ -73,13 +78,18 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers.append((b"trailer", b"x-checksum"))
     else:
         headers.append((b"content-length", str(len(payload)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers,
-                "trailers": trailers})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers, "trailers": trailers}
+    )
     await send({"type": "http.response.body", "body": payload, "more_body": trailers})
     if trailers:
-        await send({"type": "http.response.trailers",
-                    "headers": [(b"x-checksum", hashlib.md5(payload).hexdigest().encode())],
-                    "more_trailers": False})
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"x-checksum", hashlib.md5(payload).hexdigest().encode())],
+                "more_trailers": False,
+            }
+        )
 
 
 class Hypercorn:

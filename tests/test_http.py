@@ -38,7 +38,9 @@ def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """curl, with its output kept byte for byte (CRLF included)."""
     result = subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)
     return subprocess.CompletedProcess(
-        result.args, result.returncode, result.stdout.decode(errors="replace"),
+        result.args,
+        result.returncode,
+        result.stdout.decode(errors="replace"),
         result.stderr.decode(errors="replace"),
     )
 
@@ -52,16 +54,31 @@ def mesh_connections(port: int) -> int:
     """Established connections accepted on `port` (counted by `ss`, seen from the peer)."""
     out = subprocess.run(
         ["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return len([line for line in out.splitlines() if line.strip()])
 
 
 def test_http1_app_through_h2_mesh_hop(mesh, app):
     port = http_mesh(mesh, app.port)
-    result = curl("-i", f"http://{LOOPBACK}:{port}/hello?x=1", "-d", "payload",
-                  "-H", "Connection: keep-alive, x-hop", "-H", "x-hop: secret",
-                  "-H", "Keep-Alive: timeout=5", "-H", "x-multi: a", "-H", "x-multi: b")
+    result = curl(
+        "-i",
+        f"http://{LOOPBACK}:{port}/hello?x=1",
+        "-d",
+        "payload",
+        "-H",
+        "Connection: keep-alive, x-hop",
+        "-H",
+        "x-hop: secret",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "x-multi: a",
+        "-H",
+        "x-multi: b",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("HTTP/1.1 200 OK\r\n")
     got = seen(result)
@@ -108,7 +125,9 @@ def test_head_204_304_and_status_codes(mesh, app):
     assert head.stdout.startswith("HTTP/1.1 200 OK")
     assert re.search(r"content-length: \d+", head.stdout)
     for status in (204, 304, 404, 500, 503):
-        result = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{LOOPBACK}:{port}/status/{status}")
+        result = curl(
+            "-o", "/dev/null", "-w", "%{http_code}", f"http://{LOOPBACK}:{port}/status/{status}"
+        )
         assert result.stdout == str(status)
 
 
@@ -129,7 +148,9 @@ def test_http10_with_and_without_host(mesh, app):
 def test_keep_alive_requests_are_balanced_one_by_one(mesh, app):
     """Two endpoints; one client connection; requests alternate between them."""
     port = http_mesh(mesh, app.port, replicas=2)
-    inbound_ports = re.findall(r"inbound:127.0.0.1:(\d+)", "".join(s.log for s in mesh.sidecars[:2]))
+    inbound_ports = re.findall(
+        r"inbound:127.0.0.1:(\d+)", "".join(s.log for s in mesh.sidecars[:2])
+    )
     urls = [f"http://{LOOPBACK}:{port}/{i}" for i in range(10)]
     result = curl(*urls)  # curl reuses one connection for all of them
     assert result.returncode == 0
@@ -141,8 +162,9 @@ def test_keep_alive_requests_are_balanced_one_by_one(mesh, app):
 def test_no_healthy_upstream_is_503(mesh):
     web, port = mesh.client("web-1", service="nobody")
     # The service is declared http by a member that is not ready: there is no endpoint.
-    path, _ = mesh.backend("nobody-1", free_port(), service="nobody",
-                           tags={"kuma.io/protocol": "http"})
+    path, _ = mesh.backend(
+        "nobody-1", free_port(), service="nobody", tags={"kuma.io/protocol": "http"}
+    )
     doc = path.read_text().replace("tags:", "health: {ready: false}\n    tags:", 1)
     path.write_text(doc)
     mesh.start(web)

@@ -223,10 +223,14 @@ def test_issue_refuses_a_key_of_another_ca(mesh_ca, dataplane):
 
 
 def test_dataplane_without_service_has_no_identity(mesh_ca):
-    bare = parse_dataplane(
-        "type: Dataplane\nmesh: default\nname: x\nnetworking:\n  address: 127.0.0.1\n"
-        "  outbound:\n    - port: 20000\n      tags:\n        kuma.io/service: backend\n",
-        "bare.yaml",
+    # Validation refuses such a file; a model built in code can still lack any service.
+    from sidecar.config import model
+
+    bare = model.Dataplane(
+        mesh="default",
+        name="x",
+        source="bare.yaml",
+        networking=model.Networking(address="127.0.0.1"),
     )
     with pytest.raises(ca.IssueError, match="bare.yaml"):
         ca.issue_workload(mesh_ca.cert, mesh_ca.key, bare)

@@ -242,8 +242,9 @@ class H1Server(_Writer):
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
-        log.info("event=bad_request peer=%s status=%d error=%r",
-                 self.peer_address, status, str(exc))
+        log.info(
+            "event=bad_request peer=%s status=%d error=%r", self.peer_address, status, str(exc)
+        )
         if self.exchange is not None:
             self.exchange.body.abort(StreamReset(f"malformed request: {exc}"))
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -398,8 +399,9 @@ class H1Client(_Writer):
         if self._chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         self._write(
-            self.conn.send(h11.Request(method=head.method, target=head.path or b"/",
-                                       headers=headers))
+            self.conn.send(
+                h11.Request(method=head.method, target=head.path or b"/", headers=headers)
+            )
         )
         if end_stream:
             self._write(self.conn.send(h11.EndOfMessage()))

@@ -258,8 +258,9 @@ class H2Protocol(asyncio.Protocol):
             else:
                 chunk, view = view[:window], view[window:]
             last = end and not len(view)
-            self.conn.send_data(stream_id, chunk.tobytes() if len(chunk) != len(data) else data,
-                                end_stream=last)
+            self.conn.send_data(
+                stream_id, chunk.tobytes() if len(chunk) != len(data) else data, end_stream=last
+            )
             self._flush()
             if self._write_paused is not None:
                 await self.drain()
@@ -481,9 +482,7 @@ class H2ClientStream(H2Stream):
     def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
         super().__init__(proto, stream_id)
         self.request = request
-        self._response: asyncio.Future[ResponseHead] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
         self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
 

@@ -110,15 +110,23 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
     for _ in range(max(1, route.connect_attempts)):
         target = route.cluster.pick()
         if target is None:
-            log.info("event=no_healthy_upstream listener=%s cluster=%s",
-                     route.listener, route.cluster.name)
+            log.info(
+                "event=no_healthy_upstream listener=%s cluster=%s",
+                route.listener,
+                route.cluster.name,
+            )
             await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
             return
         try:
             upstream = await pool.open_stream(target, head, exchange.body.at_end)
         except (UpstreamConnectError, RefusedStream) as exc:
-            log.info("event=upstream_connect_failed listener=%s cluster=%s endpoint=%s "
-                     "reason=%r", route.listener, route.cluster.name, target, str(exc))
+            log.info(
+                "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+                route.listener,
+                route.cluster.name,
+                target,
+                str(exc),
+            )
             continue
         upstream.on_informational = exchange.informational
         try:
@@ -132,8 +140,9 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
             break
         except TimeoutError:
             upstream.reset()
-            log.info("event=request_timeout listener=%s cluster=%s", route.listener,
-                     route.cluster.name)
+            log.info(
+                "event=request_timeout listener=%s cluster=%s", route.listener, route.cluster.name
+            )
             await local_reply(exchange, 504, REQUEST_TIMEOUT)
             return
         except StreamReset:
