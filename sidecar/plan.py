@@ -46,7 +46,10 @@ def outbound_cluster_name(outbound: model.Outbound) -> str:
     return "_".join([outbound.service, *(f"{k}_{v}" for k, v in extra)])
 
 
-def plan_listeners(dataplane: model.Dataplane) -> dict[tuple[str, int], ListenerPlan]:
+def plan_listeners(
+    dataplane: model.Dataplane, request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
+) -> dict[tuple[str, int], ListenerPlan]:
+    """`request_timeout` is the outbound HTTP request timeout (Kuma's MeshTimeout default)."""
     plans: list[ListenerPlan] = []
     for inbound in dataplane.networking.inbound:
         plans.append(
@@ -76,6 +79,7 @@ def plan_listeners(dataplane: model.Dataplane) -> dict[tuple[str, int], Listener
                 service=outbound.service,
                 protocol=None,
                 selector=outbound.selector,
+                request_timeout=request_timeout,
             )
         )
     return {p.key: p for p in plans}

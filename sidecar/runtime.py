@@ -40,6 +40,7 @@ class Options:
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
     stack: StackOptions = field(default_factory=StackOptions)
+    request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
 
 
 @dataclass
@@ -83,7 +84,9 @@ class Sidecar:
         self.mesh.scan()
         await self.resolver.refresh(self._endpoint_hosts())
         try:
-            await self._apply(plan_listeners(self.dataplane), strict=True)
+            await self._apply(
+                plan_listeners(self.dataplane, self.options.request_timeout), strict=True
+            )
         except BindError:
             await self.stop_listeners()
             raise
@@ -107,7 +110,7 @@ class Sidecar:
             log.exception("event=reload_rejected error=%r", str(exc))
             return
         self.dataplane = dataplane
-        await self._apply(plan_listeners(dataplane), strict=False)
+        await self._apply(plan_listeners(dataplane, self.options.request_timeout), strict=False)
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
     async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
