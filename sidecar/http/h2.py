@@ -89,6 +89,9 @@ class H2Protocol(asyncio.Protocol):
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
+        # Settings given as initial values count as acknowledged: the frame-size limit the codec
+        # enforces has to follow them by hand (it is read from the settings only at creation).
+        self.conn.max_inbound_frame_size = defaults.H2_MAX_FRAME_SIZE
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(defaults.H2_CONNECTION_WINDOW - 65535)
         self._flush()
