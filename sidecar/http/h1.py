@@ -147,7 +147,7 @@ class H1Server(_Writer):
         if self.on_close is not None:
             self.on_close(self)
 
-    def drain(self) -> None:
+    def close_when_idle(self) -> None:
         """Finish the exchange in progress, then close; an idle connection closes now."""
         self.draining = True
         if self.exchange is None and self.transport is not None:
