@@ -133,6 +133,8 @@ if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --build-arg "BASE
     fail "docker build"
 fi
 rm -f /tmp/pysidecar-smoke-build.$$
+# The legacy builder leaves the build stage and the previous image untagged: ours only, by label.
+timeout 60 docker image prune -f --filter label=io.pysidecar.image >/dev/null || true
 rm -rf "$STAGE"
 STAGE=""
 
@@ -146,7 +148,8 @@ compose 300 up -d --no-build >&2 || fail "compose up"
 # Container states: "ok" when every app runs and every sidecar's health check says healthy.
 states() {
     local id name state
-    for id in $(compose 30 ps -q); do
+    # By label, not `compose ps`: Compose v2 lists only running containers there.
+    for id in $(timeout 30 docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"); do
         name=$(timeout 20 docker inspect --format '{{.Name}}' "$id")
         state=$(timeout 20 docker inspect --format \
             '{{.State.Status}}{{if .State.Health}} {{.State.Health.Status}}{{end}}' "$id")

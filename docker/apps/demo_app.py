@@ -247,7 +247,10 @@ def client(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     summary = "all checks passed\n" if ok else "some checks FAILED (see the client's log)\n"
     serve_summary(args.port, lambda: summary)
-    log("client: staying up (docker compose exec demo-client demo_app.py client --once ...)")
+    log(
+        "client: staying up; run the checks again with: docker compose -f docker/compose.yaml "
+        "exec demo-client python3 /apps/demo_app.py client --checks /config/checks.yaml --once"
+    )
     signal.pause()
     return 0
 
