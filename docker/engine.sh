@@ -11,6 +11,9 @@ set -euo pipefail
 
 PIDFILE=/var/run/pysidecar-dockerd.pid
 LOG=${DOCKERD_LOG:-/tmp/pysidecar-dockerd.log}
+# The dev mesh needs containers to reach each other on their compose network only: no NAT to the
+# outside, no forwarding, and the machine's iptables (FORWARD policy, nat table) left untouched.
+DOCKERD_OPTS=${DOCKERD_OPTS:---iptables=false --ip-forward=false}
 
 log() { echo "engine: $*" >&2; }
 
@@ -31,7 +34,8 @@ start() {
     fi
     log "starting dockerd (log: $LOG)"
     # setsid: the daemon outlives this script; its pid is kept so that `stop` ends only it.
-    setsid dockerd >"$LOG" 2>&1 < /dev/null &
+    # shellcheck disable=SC2086
+    setsid dockerd $DOCKERD_OPTS >"$LOG" 2>&1 < /dev/null &
     echo $! >"$PIDFILE"
     local i
     for i in $(seq 60); do
