@@ -13,6 +13,8 @@
 #   SMOKE_OFFLINE=1       do not try to pull; go straight to the offline base and host wheels
 #   PYSIDECAR_CA_CERTS    extra CA certificate files (PEM, space-separated) that the image build
 #                         trusts for the package index (only when it downloads); never committed
+#   PYSIDECAR_BUILD_NETWORK  network of the build's RUN steps, e.g. `host` where only the host
+#                         resolves and reaches the package index (only when it downloads)
 #   SMOKE_KEEP=1          leave the mesh up on failure, for a look (teardown is then yours)
 set -euo pipefail
 
@@ -127,7 +129,7 @@ if [ "$OFFLINE" = 1 ]; then cp docker/wheels/*.whl "$STAGE/docker/wheels/"; fi
 for cert in ${PYSIDECAR_CA_CERTS:-}; do cp "$cert" "$STAGE/docker/ca-certs/$(basename "$cert" .crt).crt"; done
 say "docker build -> $IMAGE"
 if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --build-arg "BASE_IMAGE=$BASE" \
-    -t "$IMAGE" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
+    ${PYSIDECAR_BUILD_NETWORK:+--network "$PYSIDECAR_BUILD_NETWORK"} -t "$IMAGE" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
     tail -n 40 /tmp/pysidecar-smoke-build.$$ >&2
     rm -f /tmp/pysidecar-smoke-build.$$
     fail "docker build"
