@@ -13,7 +13,7 @@ PIDFILE=/var/run/pysidecar-dockerd.pid
 LOG=${DOCKERD_LOG:-/tmp/pysidecar-dockerd.log}
 # The dev mesh needs containers to reach each other on their compose network only: no NAT to the
 # outside, no forwarding, and the machine's iptables (FORWARD policy, nat table) left untouched.
-DOCKERD_OPTS=${DOCKERD_OPTS:---iptables=false --ip-forward=false}
+DOCKERD_OPTS=${DOCKERD_OPTS---iptables=false --ip-forward=false}  # set but empty: none
 
 log() { echo "engine: $*" >&2; }
 
