@@ -372,3 +372,63 @@ def test_declared_protocol_wins_over_sniffing(mesh):
     request = b"GET /raw HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x\r\nX: y\r\n\r\n"
     assert raw_request(port, request).endswith(b"ok")
     assert handler.heads[0] + b"\r\n\r\n" == request
+
+
+def test_sniffed_tls_is_passed_through_untouched(mesh, tmp_path):
+    """An undeclared service whose app speaks TLS: the ClientHello is sniffed as TLS, relayed,
+    and the client verifies the app's own certificate for the name it asked for."""
+    import ssl
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=app.test", "-addext", "subjectAltName=DNS:app.test",
+         "-days", "1", "-keyout", str(tmp_path / "app.key"), "-out", str(tmp_path / "app.crt")],
+        check=True, capture_output=True,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "app.crt", tmp_path / "app.key")
+
+    def tls_echo(conn):
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            while data := tls.recv(65536):
+                tls.sendall(data[::-1])
+
+    port = http_mesh(mesh, mesh.server(tls_echo).port, protocol=None)
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "app.crt"))
+    with socket.create_connection((LOOPBACK, port), timeout=10) as raw:
+        with client_ctx.wrap_socket(raw, server_hostname="app.test") as tls:
+            assert tls.getpeercert()["subject"] == ((("commonName", "app.test"),),)
+            tls.sendall(b"secret")
+            assert tls.recv(100) == b"terces"
+
+
+def test_stream_idle_timeout_resets_a_silent_exchange(mesh):
+    def silent(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+        conn.recv(1)  # then nothing, until the sidecar gives up on the stream
+
+    path, _ = mesh.backend("backend-1", mesh.server(silent).port,
+                           tags={"kuma.io/protocol": "http"})
+    mesh.start(path)
+    web, port = mesh.client("web-1")
+    sidecar = mesh.start(web, "--stream-idle-timeout", "0.4")
+    result = curl(f"http://{LOOPBACK}:{port}/")
+    assert result.returncode != 0 and result.stdout == "hi"
+    sidecar.wait_log("event=stream_idle_timeout")
+
+
+def test_least_request_prefers_the_less_loaded_endpoint():
+    from sidecar.cluster import Cluster, Target
+    from sidecar.observe.stats import ClusterStats
+
+    cluster = Cluster("backend", ClusterStats("backend"), lb="least_request")
+    a, b = Target("127.0.0.1", 1), Target("127.0.0.1", 2)
+    cluster.set_targets([a, b])
+    cluster.acquire(a)
+    cluster.acquire(a)
+    cluster.acquire(b)
+    assert {cluster.pick() for _ in range(20)} == {b}
+    cluster.release(a)
+    cluster.release(a)
+    assert {cluster.pick() for _ in range(20)} == {a}

@@ -46,16 +46,23 @@ class EchoServer:
 
         async def main() -> None:
             self._stop = asyncio.Event()
-            async with serve(handler, LOOPBACK, 0, max_size=None,
-                             select_subprotocol=select_subprotocol,
-                             process_request=process_request, ping_interval=None) as server:
+            async with serve(
+                handler,
+                LOOPBACK,
+                0,
+                max_size=None,
+                select_subprotocol=select_subprotocol,
+                process_request=process_request,
+                ping_interval=None,
+            ) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 ready.set()
                 await self._stop.wait()
 
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(main(),), daemon=True
+        )
         self._thread.start()
         ready.wait(10)
         wait_for(lambda: port_open(self.port), what="websocket server")
@@ -211,9 +218,11 @@ def test_unknown_upgrade_is_refused_and_h2c_is_served_over_h1(mesh):
             reply = recv_all(c)
         assert re.match(rb"HTTP/1.1 501 ", reply) and b"upgrade to foo/1 is not supported" in reply
         with socket.create_connection((LOOPBACK, port), timeout=10) as c:
-            c.sendall(b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-                      b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
-                      b"Connection: close\r\n\r\n")
+            c.sendall(
+                b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+                b"Connection: close\r\n\r\n"
+            )
             data = b""
             while chunk := c.recv(65536):
                 data += chunk

@@ -113,6 +113,7 @@ class Body:
         "error",
         "on_consumed",
         "high_water",
+        "reads",
     )
 
     def __init__(
@@ -126,6 +127,7 @@ class Body:
         self.error: BaseException | None = None
         self.on_consumed = on_consumed
         self.high_water = high_water
+        self.reads = 0  # chunks handed out: the stream idle timeout watches it move
 
     @classmethod
     def empty(cls) -> Body:
@@ -172,6 +174,7 @@ class Body:
             if self._chunks:
                 data = self._chunks.popleft()
                 self.buffered -= len(data)
+                self.reads += 1
                 if self.on_consumed is not None:
                     self.on_consumed(len(data))
                 return data

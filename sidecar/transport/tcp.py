@@ -82,6 +82,7 @@ class TcpProxy:
             cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
             cstats.upstream_cx_active += 1
             relay.target = target
+            cluster.acquire(target)
             if relay.closed:  # the downstream left while we were connecting
                 relay.close()
                 return
@@ -108,6 +109,7 @@ class TcpProxy:
         if relay.idle_timed_out:
             stats.tcp_idle_timeout += 1
         if relay.target is not None:
+            self.cluster.release(relay.target)  # type: ignore[arg-type]
             cstats.upstream_cx_active -= 1
             cstats.upstream_cx_rx_bytes_total += up.rx_bytes
             cstats.upstream_cx_tx_bytes_total += down.rx_bytes
