@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import report
+from bench import profile, report
 from bench.context import REPO_ROOT, Context, Pinning, child_env
 from bench.paths import PATHS
 from bench.procs import BenchError, Processes, machine_busy_s, sample
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default bench/out/<timestamp>)")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="the sidecars' event loop (default: uvloop when installed)")
+    parser.add_argument("--profile", choices=profile.TOOLS,
+                        help="attach this profiler to every proxy while it is measured and "
+                             "summarise where its CPU went (perturbs the figures)")
     parser.add_argument("--pin", action="store_true",
                         help="pin each proxy to a core of its own (and client and server too "
                              "where there are enough cores)")
@@ -77,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pysidecar-bench-"))
     procs = Processes(out / "logs", child_env())
     ctx = Context(procs, Pinning(args.pin), args.loop, out, work)
+    if args.profile:
+        reason = profile.unavailable(args.profile)
+        if reason:
+            raise SystemExit(f"python3 -m bench: --profile {args.profile}: {reason}")
+        ctx.profile = args.profile
     results: dict = {
         "schema": 1,
         "started": started.isoformat(timespec="seconds"),
@@ -88,12 +96,24 @@ def main(argv: list[str] | None = None) -> int:
             "loop": args.loop,
             "pin": args.pin,
             "pinning": ctx.pinning.description,
+            "profile": args.profile,
             "paths": {n: PATHS[n].description for n in path_names},
         },
         "notes": [],
         "scenarios": [],
     }
     cores = results["machine"]["usable_cores"]
+    background = background_load()
+    results["machine"]["busy_before_run_cores"] = background
+    if background > 0.1:
+        results["notes"].append(
+            f"the machine was already busy before the run: {background:.2f} cores in use by other "
+            f"processes (measured over 1 s); figures that share cores with them read low"
+        )
+    if args.profile:
+        results["notes"].append(
+            f"{args.profile} was attached to the proxies: their figures are perturbed"
+        )
     if cores < 4:
         results["notes"].append(
             f"this machine has {cores} cores: the pair path runs four busy processes (client, "
@@ -127,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"bench: wrote {out / 'report.md'} and {out / 'results.json'}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def background_load(seconds: float = 1.0) -> float:
+    """How many cores other processes keep busy now, before this run starts anything."""
+    before = machine_busy_s()[0]
+    time.sleep(seconds)
+    return (machine_busy_s()[0] - before) / seconds
 
 
 def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], duration: float) -> dict:
@@ -169,9 +196,16 @@ def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
         with path.open(ctx, server_port, label) as route:
             watched = [server, *route.proxies]
             before = {p.pid: sample(p.pid) for p in watched}
+            profiling = None
+            if ctx.profile and route.proxies:
+                profiling = profile.Profiling(ctx, ctx.profile, route.proxies, duration, label)
             busy0, t0 = machine_busy_s(), time.monotonic()
-            figures, client = scenario.client(ctx, route.port, duration, label)
-            busy1, elapsed = machine_busy_s(), time.monotonic() - t0
+            try:
+                figures, client = scenario.client(ctx, route.port, duration, label)
+            finally:
+                busy1, elapsed = machine_busy_s(), time.monotonic() - t0
+                if profiling is not None:
+                    result["profile"] = profiling.finish()
             after = {p.pid: sample(p.pid) for p in watched}
     except BenchError as exc:
         result["error"] = str(exc)
@@ -205,13 +239,16 @@ def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
             proxy_total += item["cpu_s"]
         processes.append(item)
     ours = sum(p["cpu_s"] or 0 for p in processes)
+    busy, irq = busy1[0] - busy0[0], busy1[1] - busy0[1]
     result.update({
         "ok": True,
         "machine_cpu": {
-            "busy_s": busy1 - busy0,
+            "busy_s": busy,
             "cores": len(os.sched_getaffinity(0)),
-            # Other processes, plus kernel work (softirq) not charged to any process.
-            "outside_run_s": max(0.0, busy1 - busy0 - ours),
+            # Interrupts and softirqs (TCP receive on loopback among them): charged to no process.
+            "irq_softirq_s": irq,
+            # Processes outside this run: other load on the machine while we measured.
+            "outside_run_s": max(0.0, busy - irq - ours),
         },
         "figures": figures,
         "elapsed_s": elapsed,

@@ -56,6 +56,7 @@ class Context:
     loop: str  # the sidecars' --loop
     out: Path
     work: Path  # temporary files: mesh directories, configurations
+    profile: str | None = None  # "perf" | "py-spy": attach it to the proxies while measuring
     python: str = sys.executable
     notes: list[str] = field(default_factory=list)
 

@@ -12,6 +12,7 @@ import subprocess
 from importlib import metadata
 
 from bench.context import REPO_ROOT
+from bench.profile import markdown as profile_markdown
 
 # Figures the issues ask for (issue 3, "Bench"): one core per sidecar.
 BULK_RATIO_TARGET = 0.5
@@ -171,12 +172,13 @@ def _others(entries: list[dict]) -> str:
                 bits.append(f"{role} {100 * p['cpu_s'] / seconds:.0f}%")
         machine_cpu = e.get("machine_cpu")
         if machine_cpu and seconds:
-            bits.append(f"outside this run {100 * machine_cpu['outside_run_s'] / seconds:.0f}%")
+            bits.append(f"softirq {100 * machine_cpu['irq_softirq_s'] / seconds:.0f}%")
+            bits.append(f"other processes {100 * machine_cpu['outside_run_s'] / seconds:.0f}%")
         if bits:
             parts.append(f"{e['path']}: {', '.join(bits)}")
     return (
-        "CPU in % of one core: load generator, server, and everything outside this run "
-        "(other processes, kernel work charged to none) — " + "; ".join(parts)
+        "CPU in % of one core: load generator, server, interrupts and softirqs (charged to "
+        "no process), and processes outside this run — " + "; ".join(parts)
     )
 
 
@@ -242,6 +244,7 @@ def markdown(results: dict) -> str:
             elif not e.get("ok"):
                 first = (e.get("error") or "").splitlines()[:1]
                 lines.append(f"- `{e['path']}` FAILED: {first[0] if first else 'unknown error'}")
+    lines += profile_markdown(results)
     lines += [
         "",
         "Ratios compare each path with `direct` in the same run. CPU s/GB and CPU s/1k are the "
