@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"direct is always measured, ratios need it)")
     parser.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
                         help="length of each measurement (default 10)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="measure each path N times, the paths taking turns, and report the "
+                             "median run (default 1)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where report.md, results.json and the logs go "
                              "(default bench/out/<timestamp>)")
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration <= 0:
         raise SystemExit("python3 -m bench: --duration must be positive")
+    if args.repeat < 1:
+        raise SystemExit("python3 -m bench: --repeat must be at least 1")
     scenarios = [SCENARIOS[n] for n in dict.fromkeys(args.scenario or SCENARIOS)]
     path_names = list(dict.fromkeys(["direct", *(args.path or PATHS)]))
     started = dt.datetime.now().astimezone()
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": report.versions(args.loop),
         "settings": {
             "duration": args.duration,
+            "repeat": args.repeat,
             "loop": args.loop,
             "pin": args.pin,
             "pinning": ctx.pinning.description,
@@ -125,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         for scenario in scenarios:
-            entry = run_scenario(ctx, scenario, path_names, args.duration)
+            entry = run_scenario(ctx, scenario, path_names, args.duration, args.repeat)
             results["scenarios"].append(entry)
-            failed |= any(not p.get("ok") and not p.get("skipped") for p in entry["paths"])
+            failed |= any(
+                (not p.get("ok") and not p.get("skipped")) or p.get("repeats", {}).get("failed")
+                for p in entry["paths"]
+            )
     except Interrupted as exc:
         print(f"bench: interrupted by {exc}; stopping every process", file=sys.stderr)
         results["notes"].append(f"interrupted by {exc}")
@@ -156,7 +165,8 @@ def background_load(seconds: float = 1.0) -> float:
     return (machine_busy_s()[0] - before) / seconds
 
 
-def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], duration: float) -> dict:
+def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], duration: float,
+                 repeat: int = 1) -> dict:
     entry: dict = {
         "name": scenario.name,
         "kind": scenario.kind,
@@ -168,13 +178,21 @@ def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], durati
     if entry["skipped"]:
         print(f"bench: {scenario.name} skipped: {entry['skipped']}", file=sys.stderr)
         return entry
+    runs: dict[str, list[dict]] = {name: [] for name in path_names}
     try:
         with scenario.server(ctx, scenario.name) as server_port:
-            for name in path_names:
-                entry["paths"].append(measure(ctx, scenario, name, server_port, duration))
+            # Rounds interleave the paths, so that a change in the machine's other load during
+            # the run falls on every path alike.
+            for round_ in range(1, repeat + 1):
+                for name in path_names:
+                    label = f"{scenario.name}-{name}" + (f"-r{round_}" if repeat > 1 else "")
+                    runs[name].append(measure(ctx, scenario, name, server_port, duration, label))
     except BenchError as exc:  # the server itself failed
         entry["paths"].append({"path": "server", "ok": False, "error": str(exc)})
         print(f"bench: {scenario.name}: {exc}", file=sys.stderr)
+    for measured in runs.values():
+        if measured:
+            entry["paths"].append(_median_run(scenario, measured))
     direct = next((p for p in entry["paths"] if p["path"] == "direct" and p.get("ok")), None)
     for p in entry["paths"]:
         if p.get("ok") and direct is not None:
@@ -182,15 +200,31 @@ def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], durati
     return entry
 
 
+def _median_run(scenario: Scenario, measured: list[dict]) -> dict:
+    """The run whose headline figure is the median (the lower one of two), with the others'."""
+    ok = [r for r in measured if r.get("ok")]
+    if not ok:
+        return measured[0]
+    ok.sort(key=lambda r: scenario.headline(r["figures"]))
+    chosen = ok[(len(ok) - 1) // 2]
+    if len(measured) > 1:
+        chosen["repeats"] = {
+            "runs": len(measured),
+            "failed": len(measured) - len(ok),
+            "headline_sorted": [scenario.headline(r["figures"]) for r in ok],
+            "errors": [r.get("error") for r in measured if not r.get("ok")],
+        }
+    return chosen
+
+
 def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
-            duration: float) -> dict:
+            duration: float, label: str) -> dict:
     path = PATHS[name]
     result: dict = {"path": name, "ok": False}
     reason = path.unavailable()
     if reason:
         result["skipped"] = reason
         return result
-    label = f"{scenario.name}-{name}"
     server = next(p for p in reversed(ctx.procs.started) if p.role == "server")
     try:
         with path.open(ctx, server_port, label) as route:
@@ -257,11 +291,11 @@ def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
         "proxy_cpu_s_per_unit": proxy_total / work.amount if route.proxies and work.amount
         else None,
     })
-    print(f"bench: {label}: {_headline(scenario, figures)}", file=sys.stderr)
+    print(f"bench: {label}: {_describe(scenario, figures)}", file=sys.stderr)
     return result
 
 
-def _headline(scenario: Scenario, figures: dict) -> str:
+def _describe(scenario: Scenario, figures: dict) -> str:
     if scenario.kind == "bulk":
         return f"{figures['gbit_per_s']:.2f} Gbit/s"
     if scenario.kind == "rr":

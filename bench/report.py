@@ -182,6 +182,21 @@ def _others(entries: list[dict]) -> str:
     )
 
 
+HEADLINE_UNITS = {"bulk": ("Gbit/s", 2), "rr": ("msgs/s", 0), "connect": ("conns/s", 0)}
+
+
+def _spread(scenario: dict, entries: list[dict]) -> str:
+    unit, digits = HEADLINE_UNITS[scenario["kind"]]
+    parts = []
+    for e in entries:
+        repeats = e.get("repeats")
+        if repeats:
+            values = " · ".join(_f(v, digits) for v in repeats["headline_sorted"])
+            failed = f" ({repeats['failed']} failed)" if repeats["failed"] else ""
+            parts.append(f"{e['path']} {values}{failed}")
+    return f"Every run, {unit}, sorted: " + "; ".join(parts) + "." if parts else ""
+
+
 def targets(results: dict) -> list[dict]:
     found = []
     for scenario in results["scenarios"]:
@@ -216,7 +231,9 @@ def markdown(results: dict) -> str:
         f"- Versions: Python {v['python']}, uvloop {v['uvloop'] or 'not installed'}, "
         f"pysidecar {v['pysidecar']} ({v['pysidecar_commit'] or 'no git'}), "
         f"{v['iperf3'] or 'iperf3 not installed'}",
-        f"- Sidecar event loop: {v['sidecar_loop']}; duration {s['duration']} s per measurement",
+        f"- Sidecar event loop: {v['sidecar_loop']}; {s['duration']} s per measurement"
+        + (f"; each path measured {s['repeat']} times, taking turns, the median run shown"
+           if s.get("repeat", 1) > 1 else ""),
         f"- CPU placement: {s['pinning']}",
     ]
     for name, description in s["paths"].items():
@@ -238,6 +255,9 @@ def markdown(results: dict) -> str:
         if ok:
             lines += TABLES[scenario["kind"]](ok)
             lines += ["", _others(ok) + "."]
+            spread = _spread(scenario, ok)
+            if spread:
+                lines += ["", spread]
         for e in scenario["paths"]:
             if e.get("skipped"):
                 lines.append(f"- `{e['path']}` skipped: {e['skipped']}.")

@@ -52,6 +52,10 @@ class Scenario:
         """This path's figures against direct's, measured in the same run."""
         raise NotImplementedError
 
+    def headline(self, figures: dict) -> float:
+        """The one figure (higher is better) by which repeated runs are ranked."""
+        raise NotImplementedError
+
     def _run_client(self, ctx: Context, argv: list[str], duration: float, label: str) -> tuple[
         dict, Proc
     ]:
@@ -128,6 +132,9 @@ class TcpBulk(Scenario):
     def work(self, figures: dict) -> Work:
         return Work(figures["bytes"] / 1e9, "GB")
 
+    def headline(self, figures: dict) -> float:
+        return figures["gbit_per_s"]
+
     def compare(self, figures: dict, direct: dict) -> dict:
         return {"throughput_ratio": _ratio(figures["gbit_per_s"], direct["gbit_per_s"])}
 
@@ -176,6 +183,9 @@ class TcpRR(EchoScenario):
     def work(self, figures: dict) -> Work:
         return Work(figures["messages"] / 1000, "1k msgs")
 
+    def headline(self, figures: dict) -> float:
+        return figures["messages_per_s"]
+
     def compare(self, figures: dict, direct: dict) -> dict:
         return {
             "rate_ratio": _ratio(figures["messages_per_s"], direct["messages_per_s"]),
@@ -203,6 +213,9 @@ class TcpConnect(EchoScenario):
 
     def work(self, figures: dict) -> Work:
         return Work(figures["connections"] / 1000, "1k conns")
+
+    def headline(self, figures: dict) -> float:
+        return figures["connections_per_s"]
 
     def compare(self, figures: dict, direct: dict) -> dict:
         return {
