@@ -65,17 +65,20 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `pysidecar --dataplane dp.yaml` is `pysidecar run --dataplane dp.yaml`, as kuma-dp users type it.
-    first = next((a for a in argv if not a.startswith("-")), None)
-    top_level_only = {"-h", "--help", "--version"}
-    if first not in SUBCOMMANDS and not (set(argv) & top_level_only and first is None):
-        argv.insert(_after_global_options(argv), "run")
+    # `pysidecar --dataplane dp.yaml` means `pysidecar run --dataplane dp.yaml`, as kuma-dp users
+    # type it: insert `run` after the global options unless a subcommand or help is asked for.
+    at = _after_global_options(argv)
+    rest = argv[at:]
+    if rest and rest[0] not in SUBCOMMANDS and rest[0] not in ("-h", "--help", "--version"):
+        argv.insert(at, "run")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    for noisy in ("hpack", "h2"):  # per-frame debug output from the protocol libraries
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,11 +1,216 @@
-"""`pysidecar demo` (being built)."""
+"""`pysidecar demo`: a small mesh on loopback, each demo service with its own sidecar process.
+
+The Dataplane files are written to a temporary mesh directory, exactly as a user would write them;
+the sidecars are started as a user starts them (`pysidecar run --dataplane …`). Then traffic goes
+app → outbound → peer's inbound → app, and the demo prints what went where.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOOPBACK = "127.0.0.1"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="bring up a small demo mesh on loopback")
-    parser.add_argument("--once", action="store_true")
-    parser.set_defaults(func=lambda args: 2)
+    parser.add_argument(
+        "--once", action="store_true", help="exit after the demo traffic: 0 if it all succeeded"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="mesh directory to use (default: a temporary one)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the sidecars' logs")
+    parser.set_defaults(func=run)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    """One demo instance: its app, its sidecar, its Dataplane."""
+
+    name: str  # dataplane name, e.g. backend-v1
+    service: str  # kuma.io/service
+    tags: dict[str, str] = field(default_factory=dict)
+    outbounds: dict[str, int] = field(default_factory=dict)  # service → local port
+    inbound_port: int = field(default_factory=free_port)
+    app_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+
+    def dataplane(self) -> dict[str, Any]:
+        return {
+            "type": "Dataplane",
+            "mesh": "default",
+            "name": self.name,
+            "networking": {
+                "address": LOOPBACK,
+                "inbound": [{
+                    "port": self.inbound_port,
+                    "servicePort": self.app_port,
+                    "tags": {"kuma.io/service": self.service, **self.tags},
+                }],
+                "outbound": [
+                    {"port": port, "tags": {"kuma.io/service": service}}
+                    for service, port in self.outbounds.items()
+                ],
+                "admin": {"port": self.admin_port},
+            },
+        }  # fmt: skip
+
+
+class Demo:
+    def __init__(self, directory: Path, verbose: bool) -> None:
+        self.dir = directory
+        self.verbose = verbose
+        self.backends = [
+            Service("backend-v1", "backend", {"version": "v1", "kuma.io/protocol": "tcp"}),
+            Service("backend-v2", "backend", {"version": "v2", "kuma.io/protocol": "tcp"}),
+        ]
+        self.web = Service(
+            "web-1", "web", {"kuma.io/protocol": "tcp"}, outbounds={"backend": free_port()}
+        )
+        self.services = [*self.backends, self.web]
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.servers: list[asyncio.Server] = []
+        self.log_tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for svc in self.services:
+            await self._start_app(svc)
+            path = self.dir / f"{svc.name}.yaml"
+            path.write_text(yaml.safe_dump(svc.dataplane(), sort_keys=False))
+        await asyncio.gather(*(self._start_sidecar(svc) for svc in self.services))
+
+    async def _start_app(self, svc: Service) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while line := await reader.readline():
+                    reply = f"{svc.name} ({svc.service} {svc.tags.get('version', '')}) got: "
+                    writer.write(reply.encode() + line)
+                    await writer.drain()
+            writer.close()
+
+        self.servers.append(await asyncio.start_server(handle, LOOPBACK, svc.app_port))
+
+    async def _start_sidecar(self, svc: Service) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "run",
+            "--dataplane", str(self.dir / f"{svc.name}.yaml"), "--drain-timeout", "2",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self.processes.append(proc)
+        ready = asyncio.get_running_loop().create_future()
+        self.log_tasks.append(asyncio.create_task(self._follow(svc, proc, ready)))
+        await asyncio.wait_for(ready, 30)
+
+    async def _follow(
+        self, svc: Service, proc: asyncio.subprocess.Process, ready: asyncio.Future[None]
+    ) -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            if self.verbose or "ERROR" in text:
+                print(f"  [{svc.name}] {text}", file=sys.stderr)
+            if "event=ready" in text and not ready.done():
+                ready.set_result(None)
+        if not ready.done():
+            ready.set_exception(RuntimeError(f"sidecar {svc.name} exited with {proc.returncode}"))
+
+    async def traffic(self, rounds: int = 4) -> bool:
+        """web's app calls backend through its outbound; True when every call was answered."""
+        port = self.web.outbounds["backend"]
+        ok = True
+        print(
+            f"\nweb-1 app → outbound 127.0.0.1:{port} (backend) → TCP hop between sidecars → "
+            "backend inbound → backend app\n"
+        )
+        for i in range(rounds):
+            try:
+                reader, writer = await asyncio.open_connection(LOOPBACK, port)
+                writer.write(f"hello #{i}\n".encode())
+                await writer.drain()
+                reply = (await asyncio.wait_for(reader.readline(), 10)).decode().rstrip()
+                writer.close()
+            except (OSError, TimeoutError) as exc:
+                reply, ok = f"FAILED: {exc!r}", False
+            if not reply:
+                reply, ok = "FAILED: connection closed without a reply", False
+            print(f"  call {i}: {reply}")
+        return ok
+
+    def describe(self) -> None:
+        print(f"demo mesh in {self.dir}")
+        for svc in self.services:
+            outs = ", ".join(f"{s} at 127.0.0.1:{p}" for s, p in svc.outbounds.items()) or "-"
+            print(
+                f"  {svc.name:<11} service={svc.service:<8} app=127.0.0.1:{svc.app_port} "
+                f"inbound=127.0.0.1:{svc.inbound_port} admin=127.0.0.1:{svc.admin_port} "
+                f"outbounds: {outs}"
+            )
+
+    async def stop(self) -> None:
+        for proc in self.processes:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for server in self.servers:
+            server.close()
+        for task in self.log_tasks:
+            task.cancel()
+
+
+async def main(args: argparse.Namespace, directory: Path) -> int:
+    demo = Demo(directory, args.verbose)
+    try:
+        await demo.start()
+        demo.describe()
+        ok = await demo.traffic()
+        print("\nall demo calls answered through the mesh" if ok else "\nsome demo calls FAILED")
+        if args.once:
+            return 0 if ok else 1
+        print(
+            "\nthe mesh stays up; try it: "
+            f"printf 'hi\\n' | nc 127.0.0.1 {demo.web.outbounds['backend']}   (Ctrl-C to stop)"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return 0
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        print(f"pysidecar demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await demo.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(main(args, args.dir))
+    with tempfile.TemporaryDirectory(prefix="pysidecar-demo-") as tmp:
+        os.chmod(tmp, 0o755)
+        return asyncio.run(main(args, Path(tmp)))

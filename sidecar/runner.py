@@ -1,4 +1,4 @@
-"""`pysidecar run`: one sidecar for one Dataplane, until SIGTERM/SIGINT (drain) or SIGHUP (reload)."""
+"""`pysidecar run`: one sidecar for one Dataplane, until SIGTERM/SIGINT (drain); SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sidecar import defaults
 from sidecar.config.dataplane import ConfigError
+from sidecar.listener import StackOptions
 from sidecar.runtime import BindError, Options, Sidecar
 
 log = logging.getLogger("sidecar")
@@ -27,7 +28,7 @@ def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
             import uvloop
         except ImportError:
             if kind == "uvloop":
-                raise SystemExit("pysidecar: --loop uvloop asked for, but uvloop is not installed")
+                raise SystemExit("pysidecar: --loop uvloop: uvloop is not installed") from None
         else:
             return uvloop.new_event_loop
     return asyncio.new_event_loop
@@ -40,17 +41,57 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataplane", "--dataplane-file", required=True, type=Path,
-                        metavar="FILE", help="the Kuma Dataplane file (Universal format)")
-    parser.add_argument("--dataplane-var", action="append", default=[], metavar="KEY=VALUE",
-                        help="fill {{ KEY }} in the Dataplane file, as kuma-dp does")
-    parser.add_argument("--mesh", type=Path, default=None, metavar="DIR",
-                        help="directory with the mesh's Dataplane files "
-                             "(default: the Dataplane file's directory)")
-    parser.add_argument("--drain-timeout", type=float, default=defaults.DRAIN_TIMEOUT,
-                        metavar="SECONDS", help="how long open connections may finish on SIGTERM")
-    parser.add_argument("--loop", choices=LOOPS, default=os.environ.get("PYSIDECAR_LOOP", "auto"),
-                        help="event loop (default: uvloop when installed; env PYSIDECAR_LOOP)")
+    parser.add_argument(
+        "--dataplane",
+        "--dataplane-file",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the Kuma Dataplane file (Universal format)",
+    )
+    parser.add_argument(
+        "--dataplane-var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fill {{ KEY }} in the Dataplane file, as kuma-dp does",
+    )
+    parser.add_argument(
+        "--mesh",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory with the mesh's Dataplane files (default: the Dataplane file's directory)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=defaults.DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="how long open connections may finish on SIGTERM",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.OUTBOUND_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="outbound HTTP: how long to wait for the response head (default 15, 0 disables); "
+        "a response that is flowing is not cut",
+    )
+    parser.add_argument(
+        "--protocol-detection-timeout",
+        type=float,
+        default=defaults.PROTOCOL_DETECTION_TIMEOUT,
+        metavar="SECONDS",
+        help="sniffing of undeclared services: how long to wait for the app's first bytes "
+        "(default 0.1; 0 turns sniffing off)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=os.environ.get("PYSIDECAR_LOOP", "auto"),
+        help="event loop (default: uvloop when installed; env PYSIDECAR_LOOP)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -61,6 +102,8 @@ def options_from(args: argparse.Namespace) -> Options:
         variables=parse_variables(args.dataplane_var),
         mesh_dir=args.mesh,
         drain_timeout=args.drain_timeout,
+        request_timeout=args.request_timeout,
+        stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
     )
 
 

@@ -1,4 +1,4 @@
-"""Statistics the data path keeps, as plain attributes on objects resolved once per listener/cluster.
+"""Statistics the data path keeps: plain attributes on objects resolved once per listener/cluster.
 
 The hot path does `stats.rx_bytes += n`: no locks, no label lookups, no allocation. Exposition
 (Prometheus text with Envoy's names, the admin API's /stats) reads these objects at scrape time, so

@@ -44,7 +44,7 @@ def abort_with_reset(transport: asyncio.BaseTransport | None) -> None:
 class Side(asyncio.Protocol):
     """One end of a relay: what it reads goes to `peer`'s transport."""
 
-    __slots__ = ("relay", "peer", "transport", "eof", "pending", "rx_bytes", "on_data")
+    __slots__ = ("relay", "peer", "transport", "eof", "pending", "rx_bytes", "on_data", "on_made")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -54,11 +54,17 @@ class Side(asyncio.Protocol):
         self.pending: list[bytes] | None = None  # bytes read before the other side existed
         self.rx_bytes = 0
         self.on_data: Callable[[bytes], None] | None = None  # read-only tap (Kafka insight)
+        self.on_made: Callable[[Side], None] | None = None  # e.g. start connecting upstream
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        if self.relay.closed:
+            transport.close()
+            return
         transport.set_write_buffer_limits(defaults.RELAY_HIGH_WATER, defaults.RELAY_LOW_WATER)
         _tune(transport)
+        if self.on_made is not None:
+            self.on_made(self)
 
     def data_received(self, data: bytes) -> None:
         self.rx_bytes += len(data)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
-from sidecar.transport.relay import Relay
+from sidecar.transport.relay import Relay, Side
 
 log = logging.getLogger("sidecar.tcp")
 
@@ -44,8 +44,11 @@ class TcpProxy:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
-        self._loop.create_task(self._connect(relay))
+        relay.downstream.on_made = self._downstream_made
         return relay.downstream
+
+    def _downstream_made(self, side: Side) -> None:
+        self._loop.create_task(self._connect(side.relay))
 
     async def _connect(self, relay: Relay) -> None:
         cluster, settings = self.cluster, self.settings
@@ -54,8 +57,9 @@ class TcpProxy:
             target = cluster.pick()
             if target is None:
                 cstats.upstream_cx_none_healthy += 1
-                log.warning("event=no_healthy_upstream listener=%s cluster=%s",
-                            self.name, cluster.name)
+                log.warning(
+                    "event=no_healthy_upstream listener=%s cluster=%s", self.name, cluster.name
+                )
                 break
             if relay.closed:
                 return
@@ -86,8 +90,13 @@ class TcpProxy:
         relay.close()
 
     def _connect_failed(self, target: Target, reason: str) -> None:
-        log.warning("event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
-                    self.name, self.cluster.name, target, reason)
+        log.warning(
+            "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+            self.name,
+            self.cluster.name,
+            target,
+            reason,
+        )
 
     def _closed(self, relay: Relay) -> None:
         self.relays.discard(relay)

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Sidecar, TcpServer, dataplane, free_port, write_yaml
+
+# Many tests open hundreds of sockets at once.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """Data-path tests run under both event loops."""
+    return request.param
+
+
+class Mesh:
+    """A mesh directory with sidecars and apps that the test owns and stops."""
+
+    def __init__(self, directory: Path, loop: str) -> None:
+        self.dir = directory
+        self.loop = loop
+        self.sidecars: list[Sidecar] = []
+        self.servers: list[TcpServer] = []
+
+    def write(self, name: str, inbounds: Any = (), outbounds: Any = (), **kw: Any) -> Path:
+        return write_yaml(self.dir / f"{name}.yaml", dataplane(name, inbounds, outbounds, **kw))
+
+    def start(self, path: Path, *args: str, ready: bool = True, **kw: Any) -> Sidecar:
+        sidecar = Sidecar(path, *args, loop=self.loop, **kw)
+        self.sidecars.append(sidecar)
+        return sidecar.wait_ready() if ready else sidecar
+
+    def server(self, handler: Callable[..., None], port: int = 0) -> TcpServer:
+        server = TcpServer(handler, port)
+        self.servers.append(server)
+        return server
+
+    def backend(
+        self,
+        name: str,
+        app_port: int,
+        service: str = "backend",
+        tags: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> tuple[Path, int]:
+        """A member serving `service`, its app on app_port; returns (file, inbound port)."""
+        port = free_port()
+        inbound = {
+            "port": port,
+            "servicePort": app_port,
+            "tags": {"kuma.io/service": service, **(tags or {})},
+        }
+        return self.write(name, [inbound], **kw), port
+
+    def client(
+        self, name: str, service: str = "backend", tags: dict[str, str] | None = None, **kw: Any
+    ) -> tuple[Path, int]:
+        """A member with one outbound to `service`; returns (file, outbound port)."""
+        port = free_port()
+        inbound = {
+            "port": free_port(),
+            "servicePort": free_port(),
+            "tags": {"kuma.io/service": name},
+        }
+        outbound = {"port": port, "tags": {"kuma.io/service": service, **(tags or {})}}
+        return self.write(name, [inbound], [outbound], **kw), port
+
+    def pair(self, handler: Callable[..., None]) -> int:
+        """app ← backend sidecar ← web sidecar: returns the web outbound port to dial."""
+        app = self.server(handler)
+        backend, _ = self.backend("backend-1", app.port)
+        web, outbound = self.client("web-1")
+        self.start(backend)
+        self.start(web)
+        return outbound
+
+    def close(self) -> None:
+        for sidecar in self.sidecars:
+            sidecar.stop()
+        for server in self.servers:
+            server.close()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, loop_kind: str) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, loop_kind)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def mesh_uvloop(tmp_path: Path) -> Iterator[Mesh]:
+    """For tests of behaviour that does not depend on the event loop."""
+    m = Mesh(tmp_path, "uvloop")
+    try:
+        yield m
+    finally:
+        m.close()

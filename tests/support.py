@@ -1,0 +1,244 @@
+"""Test support: sidecars started through the CLI as users start them, real servers on loopback.
+
+Nothing here sleeps for synchronisation: `wait_for` polls a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOOPBACK = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # a poll interval, not a synchronisation sleep
+        delay = min(delay * 2, 0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def dataplane(
+    name: str,
+    inbounds: Iterable[Mapping[str, Any]] = (),
+    outbounds: Iterable[Mapping[str, Any]] = (),
+    *,
+    mesh: str = "default",
+    address: str = LOOPBACK,
+    admin_port: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A Dataplane document; admin gets a free port so parallel sidecars never collide."""
+    networking: dict[str, Any] = {"address": address}
+    if inbounds:
+        networking["inbound"] = [dict(i) for i in inbounds]
+    if outbounds:
+        networking["outbound"] = [dict(o) for o in outbounds]
+    networking["admin"] = {"port": admin_port or free_port()}
+    doc = {"type": "Dataplane", "mesh": mesh, "name": name, "networking": networking}
+    doc.update(extra)
+    return doc
+
+
+def write_yaml(path: Path, doc: Mapping[str, Any]) -> Path:
+    """Write atomically, so a watching sidecar never reads half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+class Sidecar:
+    """A `pysidecar` process, started as a user starts it, stopped by the test."""
+
+    def __init__(
+        self,
+        dataplane_file: Path,
+        *args: str,
+        loop: str = "auto",
+        drain_timeout: float = 5.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.dataplane_file = dataplane_file
+        self.log_path = (log_dir or dataplane_file.parent) / f"{dataplane_file.stem}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "sidecar", "--log-level", "debug",
+                "run", "--dataplane", str(dataplane_file), "--loop", loop,
+                "--drain-timeout", str(drain_timeout), *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )  # fmt: skip
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 15.0) -> Sidecar:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.log}")
+            return "event=ready" in self.log
+
+        wait_for(ready, timeout, f"{self.dataplane_file.name} to be ready")
+        return self
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        wait_for(lambda: text in self.log, timeout, f"log line {text!r}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def memory(self, field: str = "VmRSS") -> int:
+        """A /proc/<pid>/status memory figure in bytes (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    def reset_peak(self) -> None:
+        """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+
+class TcpServer:
+    """A threaded TCP server on loopback; `handler(conn)` runs per connection."""
+
+    def __init__(self, handler: Callable[[socket.socket], None], port: int = 0) -> None:
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOOPBACK, port))
+        self.sock.listen(4096)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.connections: list[socket.socket] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.connections.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self.connections:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> TcpServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def echo(conn: socket.socket) -> None:
+    while data := conn.recv(256 * 1024):
+        conn.sendall(data)
+
+
+def recv_all(conn: socket.socket, limit: int | None = None) -> bytes:
+    chunks = []
+    total = 0
+    while limit is None or total < limit:
+        data = conn.recv(256 * 1024)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def pattern(size: int, seed: int = 0) -> Iterable[bytes]:
+    """`size` bytes of a repeatable pattern, in 1 MiB blocks."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (1024 * 1024 // 32)
+    left = size
+    while left > 0:
+        n = min(left, len(block))
+        yield block[:n]
+        left -= n
+
+
+def digest_of(size: int, seed: int = 0) -> str:
+    h = hashlib.sha256()
+    for block in pattern(size, seed):
+        h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,23 @@
+"""The demo, as a new user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import REPO
+
+
+def test_demo_once_sends_traffic_through_the_mesh_and_exits_0():
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "demo", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all demo calls answered through the mesh" in result.stdout
+    replies = [line for line in result.stdout.splitlines() if "got: hello" in line]
+    assert len(replies) == 4
+    assert any("backend-v1" in r for r in replies) and any("backend-v2" in r for r in replies)
