@@ -127,9 +127,9 @@ def summarize_pyspy(data: Path) -> dict:
         total += n
         frames = stack.split(";")
         leaf[frames[-1]] += n
-        for frame in set(frames):
-            if "sidecar/" in frame:
-                inclusive[frame] += n
+        # Inclusive by function (line numbers dropped), counted once per stack.
+        for function in {_function(f) for f in frames if "sidecar/" in f}:
+            inclusive[function] += n
     if not total:
         return {"tool": "py-spy", "samples": 0}
     return {
@@ -140,6 +140,11 @@ def summarize_pyspy(data: Path) -> dict:
             {"share": 100 * n / total, "frame": f} for f, n in inclusive.most_common(12)
         ],
     }
+
+
+def _function(frame: str) -> str:
+    """`Side.data_received (sidecar/transport/relay.py:84)` → without the `:84`."""
+    return re.sub(r":\d+\)$", ")", frame)
 
 
 def markdown(results: dict) -> list[str]:
