@@ -25,7 +25,7 @@ from bench import profile, report
 from bench.context import REPO_ROOT, Context, Pinning, child_env
 from bench.paths import PATHS
 from bench.procs import BenchError, Processes, machine_busy_s, sample
-from bench.scenarios import SCENARIOS, Scenario
+from bench.scenarios import SCENARIOS, Scenario, Server
 
 PROXY_LABELS = {"sidecar-a": "A", "sidecar-b": "B"}
 
@@ -180,13 +180,13 @@ def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], durati
         return entry
     runs: dict[str, list[dict]] = {name: [] for name in path_names}
     try:
-        with scenario.server(ctx, scenario.name) as server_port:
+        with scenario.server(ctx, scenario.name) as server:
             # Rounds interleave the paths, so that a change in the machine's other load during
             # the run falls on every path alike.
             for round_ in range(1, repeat + 1):
                 for name in path_names:
                     label = f"{scenario.name}-{name}" + (f"-r{round_}" if repeat > 1 else "")
-                    runs[name].append(measure(ctx, scenario, name, server_port, duration, label))
+                    runs[name].append(measure(ctx, scenario, name, server, duration, label))
     except BenchError as exc:  # the server itself failed
         entry["paths"].append({"path": "server", "ok": False, "error": str(exc)})
         print(f"bench: {scenario.name}: {exc}", file=sys.stderr)
@@ -217,7 +217,7 @@ def _median_run(scenario: Scenario, measured: list[dict]) -> dict:
     return chosen
 
 
-def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
+def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
             duration: float, label: str) -> dict:
     path = PATHS[name]
     result: dict = {"path": name, "ok": False}
@@ -225,10 +225,9 @@ def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
     if reason:
         result["skipped"] = reason
         return result
-    server = next(p for p in reversed(ctx.procs.started) if p.role == "server")
     try:
-        with path.open(ctx, server_port, label) as route:
-            watched = [server, *route.proxies]
+        with path.open(ctx, server.port, label) as route:
+            watched = [server.proc, *route.proxies]
             before = {p.pid: sample(p.pid) for p in watched}
             profiling = None
             if ctx.profile and route.proxies:
@@ -260,7 +259,7 @@ def measure(ctx: Context, scenario: Scenario, name: str, server_port: int,
     proxy_total = 0.0
     for proc in watched:
         b, a = before[proc.pid], after[proc.pid]
-        is_proxy = proc is not server
+        is_proxy = proc is not server.proc
         item: dict = {
             "role": proc.role, "pid": proc.pid, "proxy": is_proxy,
             "label": PROXY_LABELS.get(proc.role, proc.role),

@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -91,15 +91,11 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log: Path | None
     cpus: set[int] | None
-    started: float = field(default_factory=time.monotonic)
     rusage: resource.struct_rusage | None = None
 
     @property
     def pid(self) -> int:
         return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None and self.rusage is None
 
     def usage(self) -> Usage | None:
         if self.rusage is not None:

@@ -99,6 +99,12 @@ def _per_proxy(entry: dict, key: str, digits: int) -> str:
     return " · ".join(f"{p['label']} {_f(p.get(key), digits)}" for p in proxies)
 
 
+def _added(entry: dict, key: str) -> str:
+    if entry["path"] == "direct":
+        return "–"
+    return _f(entry.get("vs_direct", {}).get(key), 3)
+
+
 def _proxy_total(entry: dict) -> str:
     value = entry.get("proxy_cpu_s_per_unit")
     return _f(value, 3) if value is not None else "–"
@@ -132,8 +138,8 @@ def _rr_rows(entries: list[dict]) -> list[str]:
         rows.append(
             f"| {e['path']} | {_f(fig['messages_per_s'], 0)} | {_f(vs.get('rate_ratio'))} "
             f"| {_f(rtt['p50'], 1)} | {_f(rtt['p90'], 1)} | {_f(rtt['p99'], 1)} "
-            f"| {_f(rtt['max'], 0)} | {_f(vs.get('added_p50_ms'), 3)} "
-            f"| {_f(vs.get('added_p99_ms'), 3)} | {_proxy_total(e)} "
+            f"| {_f(rtt['max'], 0)} | {_added(e, 'added_p50_ms')} "
+            f"| {_added(e, 'added_p99_ms')} | {_proxy_total(e)} "
             f"| {_per_proxy(e, 'peak_rss_mb', 1)} |"
         )
     return rows
@@ -150,8 +156,8 @@ def _connect_rows(entries: list[dict]) -> list[str]:
         t = fig["connect_rtt_us"]
         rows.append(
             f"| {e['path']} | {_f(fig['connections_per_s'], 0)} | {_f(vs.get('rate_ratio'))} "
-            f"| {_f(t['p50'], 1)} | {_f(t['p99'], 1)} | {_f(vs.get('added_p50_ms'), 3)} "
-            f"| {_f(vs.get('added_p99_ms'), 3)} | {_proxy_total(e)} "
+            f"| {_f(t['p50'], 1)} | {_f(t['p99'], 1)} | {_added(e, 'added_p50_ms')} "
+            f"| {_added(e, 'added_p99_ms')} | {_proxy_total(e)} "
             f"| {_per_proxy(e, 'peak_rss_mb', 1)} |"
         )
     return rows

@@ -21,6 +21,12 @@ HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
+class Server:
+    port: int
+    proc: Proc
+
+
+@dataclass(frozen=True)
 class Work:
     """How much a measurement carried, in the unit CPU time is divided by."""
 
@@ -37,8 +43,8 @@ class Scenario:
     def unavailable(self) -> str | None:
         return None
 
-    def server(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[int]:
-        """Start the server; yields its port. Leaving the context stops it."""
+    def server(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[Server]:
+        """Start the server and wait until it listens. Leaving the context stops it."""
         raise NotImplementedError
 
     def client(self, ctx: Context, port: int, duration: float, label: str) -> tuple[dict, Proc]:
@@ -95,7 +101,7 @@ class TcpBulk(Scenario):
         return None if shutil.which("iperf3") else "iperf3 is not installed"
 
     @contextlib.contextmanager
-    def server(self, ctx: Context, label: str) -> Iterator[int]:
+    def server(self, ctx: Context, label: str) -> Iterator[Server]:
         port = free_port()
         argv = ["iperf3", "-s", "-B", HOST, "-p", str(port)]
         proc = ctx.procs.spawn(
@@ -103,7 +109,7 @@ class TcpBulk(Scenario):
         )
         try:
             wait_until(lambda: listening(port), 10, "iperf3 -s listening", proc)
-            yield port
+            yield Server(port, proc)
         finally:
             ctx.procs.stop(proc)
 
@@ -151,7 +157,7 @@ class TcpBulkReverse(TcpBulk):
 
 class EchoScenario(Scenario):
     @contextlib.contextmanager
-    def server(self, ctx: Context, label: str) -> Iterator[int]:
+    def server(self, ctx: Context, label: str) -> Iterator[Server]:
         port = free_port()
         argv = [ctx.python, "-m", "bench.tools", "echo-server", "--port", str(port)]
         proc = ctx.procs.spawn(
@@ -159,7 +165,7 @@ class EchoScenario(Scenario):
         )
         try:
             wait_until(lambda: listening(port), 10, "echo server listening", proc)
-            yield port
+            yield Server(port, proc)
         finally:
             ctx.procs.stop(proc)
 
