@@ -18,6 +18,7 @@ from typing import Protocol
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.http.exchange import (
+    TUNNEL_ESTABLISHED,
     Body,
     Headers,
     RefusedStream,
@@ -157,10 +158,22 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
 async def _response_head(
     upstream: UpstreamStream, exchange: Exchange, timeout: float
 ) -> ResponseHead:
-    """Send the request body (in the background) and wait for the response head."""
+    """Send the request body (in the background) and wait for the response head.
+
+    As in Envoy, the request timeout starts once the whole request has been sent: a long upload
+    is not cut by it.
+    """
     if not exchange.body.at_end:
-        pump = asyncio.get_running_loop().create_task(_pump_request(exchange.body, upstream))
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(_pump_request(exchange.body, upstream))
         upstream.request_pump = pump  # type: ignore[union-attr]
+        if timeout > 0:
+            response = asyncio.ensure_future(upstream.response())
+            await asyncio.wait((response, pump), return_when=asyncio.FIRST_COMPLETED)
+            if response.done():
+                return response.result()
+            async with asyncio.timeout(timeout):
+                return await response
     if timeout > 0:
         async with asyncio.timeout(timeout):
             return await upstream.response()
@@ -180,6 +193,8 @@ async def _stream_response(
     exchange: Exchange, upstream: UpstreamStream, response: ResponseHead
 ) -> None:
     body = upstream.body
+    response.headers = strip_hop_by_hop(response.headers)
+    tunnel = response.status == TUNNEL_ESTABLISHED
     try:
         if upstream.response_ended_with_head or (body.at_end and not body.trailers):
             await exchange.respond(response, end=True)
@@ -197,8 +212,11 @@ async def _stream_response(
     finally:
         pump = getattr(upstream, "request_pump", None)
         if pump is not None and not pump.done():
-            pump.cancel()
-            exchange.abandon_request()
+            if tunnel and body.error is None:
+                await pump  # a tunnel ends when both directions have
+            else:
+                pump.cancel()
+                exchange.abandon_request()
 
 
 # -- header policy for each direction ---------------------------------------------------------
