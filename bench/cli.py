@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("python3 -m bench: --duration must be positive")
     if args.repeat < 1:
         raise SystemExit("python3 -m bench: --repeat must be at least 1")
+    if args.profile and (reason := profile.unavailable(args.profile)):
+        raise SystemExit(f"python3 -m bench: --profile {args.profile}: {reason}")
     scenarios = [SCENARIOS[n] for n in dict.fromkeys(args.scenario or SCENARIOS)]
     path_names = list(dict.fromkeys(["direct", *(args.path or PATHS)]))
     started = dt.datetime.now().astimezone()
@@ -84,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pysidecar-bench-"))
     procs = Processes(out / "logs", child_env())
-    ctx = Context(procs, Pinning(args.pin), args.loop, out, work)
-    if args.profile:
-        reason = profile.unavailable(args.profile)
-        if reason:
-            raise SystemExit(f"python3 -m bench: --profile {args.profile}: {reason}")
-        ctx.profile = args.profile
+    ctx = Context(procs, Pinning(args.pin), args.loop, out, work, profile=args.profile)
     results: dict = {
         "schema": 1,
         "started": started.isoformat(timespec="seconds"),
