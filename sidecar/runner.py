@@ -70,6 +70,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long open connections may finish on SIGTERM",
     )
     parser.add_argument(
+        "--access-log",
+        default=None,
+        metavar="PATH|-",
+        help="log one line per connection (Envoy's format) to PATH, or stdout for -; default off",
+    )
+    parser.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("PYSIDECAR_LOOP", "auto"),
@@ -85,6 +91,7 @@ def options_from(args: argparse.Namespace) -> Options:
         variables=parse_variables(args.dataplane_var),
         mesh_dir=args.mesh,
         drain_timeout=args.drain_timeout,
+        access_log=args.access_log,
     )
 
 

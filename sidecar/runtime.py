@@ -17,6 +17,7 @@ from sidecar.cluster import Cluster, Resolver, Target
 from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
 from sidecar.config.mesh import MeshDirectory
+from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.plan import ListenerPlan, plan_listeners
 from sidecar.transport.tcp import TcpProxy, TcpSettings
@@ -36,6 +37,7 @@ class Options:
     drain_timeout: float = defaults.DRAIN_TIMEOUT
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
+    access_log: str | None = None  # a file, or "-" for stdout; None: off
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Sidecar:
         self.draining = False
         self._dataplane_signature: tuple[int, int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.observability = Observability(self)  # admin, metrics, probes, access log
 
     # -- start and reload ------------------------------------------------------------------
 
@@ -79,6 +82,7 @@ class Sidecar:
         await self.resolver.refresh(self._endpoint_hosts())
         try:
             await self._apply(plan_listeners(self.dataplane), strict=True)
+            await self.observability.start()
         except BindError:
             await self.stop_listeners()
             raise
@@ -103,6 +107,7 @@ class Sidecar:
             return
         self.dataplane = dataplane
         await self._apply(plan_listeners(dataplane), strict=False)
+        await self.observability.reload()
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
     async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
@@ -130,6 +135,7 @@ class Sidecar:
     async def _bind(self, plan: ListenerPlan) -> RunningListener:
         stats = self.stats.listener(plan.stat_address, f"{plan.direction}_{plan.stat_address}")
         proxy = TcpProxy(plan.name, self._cluster_for(plan), _tcp_settings(plan), stats)
+        self.observability.attach(proxy, plan.key)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -210,6 +216,7 @@ class Sidecar:
     async def drain(self) -> None:
         """Stop accepting, let open connections finish up to the drain timeout, then close them."""
         self.draining = True
+        self.observability.draining()  # /ready fails, every inbound reported not ready
         for task in self._tasks:
             task.cancel()
         await self.stop_listeners()
@@ -229,6 +236,7 @@ class Sidecar:
         log.info("event=drained closed_at_deadline=%d", left)
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.observability.stop()
 
 
 def _tcp_settings(plan: ListenerPlan) -> TcpSettings:
