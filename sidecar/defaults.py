@@ -35,3 +35,23 @@ DNS_REFRESH_INTERVAL = 5.0
 # the reading side is paused (the transport's high-water mark).
 RELAY_HIGH_WATER = 256 * 1024
 RELAY_LOW_WATER = 64 * 1024
+
+# HTTP.
+OUTBOUND_REQUEST_TIMEOUT = 15.0  # bounds the wait for the response head; 0 disables
+INBOUND_REQUEST_TIMEOUT = 0.0  # Kuma: none on the inbound
+OUTBOUND_STREAM_IDLE_TIMEOUT = 1800.0
+INBOUND_STREAM_IDLE_TIMEOUT = 3600.0
+HTTP_CONNECT_ATTEMPTS = 5  # connect failures are retried on the next endpoint
+MAX_REQUEST_HEADERS_BYTES = 60 * 1024  # Envoy: 60 KiB, then 431
+# HTTP/2 between sidecars carries many app connections: room for Kuma's 1024 requests per
+# cluster on one connection. Toward apps, Envoy-like 100.
+MESH_MAX_CONCURRENT_STREAMS = 1024
+APP_MAX_CONCURRENT_STREAMS = 100
+H2_STREAM_WINDOW = 1024 * 1024
+H2_CONNECTION_WINDOW = 16 * 1024 * 1024
+H2_MAX_FRAME_SIZE = 64 * 1024
+BODY_HIGH_WATER = 256 * 1024  # bytes of one body the sidecar holds before pausing its source
+PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first bytes; 0 = off
+# The header that tells a peer's inbound that this request was HTTP/1.x at the app (linkerd's
+# l5d-orig-proto); the inbound strips it and speaks HTTP/1.1 to its app.
+ORIG_PROTO_HEADER = b"x-pysidecar-orig-proto"

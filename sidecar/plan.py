@@ -20,12 +20,15 @@ class ListenerPlan:
     address: str
     port: int
     cluster: str  # localhost:<servicePort> for an inbound, the service (and subset) for an outbound
-    protocol: str  # the inbound's declared protocol; "" for an outbound (it follows the mesh)
+    service: str  # kuma.io/service: the inbound's own, or the outbound's destination
+    protocol: str | None  # an inbound's declared protocol; None: undeclared, or an outbound
+    # (whose protocol follows its endpoints in the mesh)
     selector: Mapping[str, str] | None = None  # outbound: tags an endpoint must carry
     target: tuple[str, int] | None = None  # inbound: the local app
     connect_timeout: float = defaults.OUTBOUND_CONNECT_TIMEOUT
     idle_timeout: float = defaults.OUTBOUND_IDLE_TIMEOUT
     connect_attempts: int = defaults.TCP_CONNECT_ATTEMPTS
+    request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
 
     @property
     def key(self) -> tuple[str, int]:
@@ -43,7 +46,10 @@ def outbound_cluster_name(outbound: model.Outbound) -> str:
     return "_".join([outbound.service, *(f"{k}_{v}" for k, v in extra)])
 
 
-def plan_listeners(dataplane: model.Dataplane) -> dict[tuple[str, int], ListenerPlan]:
+def plan_listeners(
+    dataplane: model.Dataplane, request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
+) -> dict[tuple[str, int], ListenerPlan]:
+    """`request_timeout` is the outbound HTTP request timeout (Kuma's MeshTimeout default)."""
     plans: list[ListenerPlan] = []
     for inbound in dataplane.networking.inbound:
         plans.append(
@@ -53,11 +59,13 @@ def plan_listeners(dataplane: model.Dataplane) -> dict[tuple[str, int], Listener
                 address=inbound.address,
                 port=inbound.port,
                 cluster=f"localhost:{inbound.service_port}",
-                protocol=inbound.protocol,
+                service=inbound.service,
+                protocol=inbound.declared_protocol,
                 target=(inbound.service_address, inbound.service_port),
                 connect_timeout=defaults.INBOUND_CONNECT_TIMEOUT,
                 idle_timeout=defaults.INBOUND_IDLE_TIMEOUT,
                 connect_attempts=1,
+                request_timeout=defaults.INBOUND_REQUEST_TIMEOUT,
             )
         )
     for outbound in dataplane.networking.outbound:
@@ -68,8 +76,10 @@ def plan_listeners(dataplane: model.Dataplane) -> dict[tuple[str, int], Listener
                 address=outbound.address,
                 port=outbound.port,
                 cluster=outbound_cluster_name(outbound),
-                protocol="",
+                service=outbound.service,
+                protocol=None,
                 selector=outbound.selector,
+                request_timeout=request_timeout,
             )
         )
     return {p.key: p for p in plans}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sidecar import defaults
 from sidecar.config.dataplane import ConfigError
+from sidecar.listener import StackOptions
 from sidecar.runtime import BindError, Options, Sidecar
 
 log = logging.getLogger("sidecar")
@@ -76,6 +77,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="log one line per connection (Envoy's format) to PATH, or stdout for -; default off",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.OUTBOUND_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="outbound HTTP: how long to wait for the response head (default 15, 0 disables); "
+        "a response that is flowing is not cut",
+    )
+    parser.add_argument(
+        "--protocol-detection-timeout",
+        type=float,
+        default=defaults.PROTOCOL_DETECTION_TIMEOUT,
+        metavar="SECONDS",
+        help="sniffing of undeclared services: how long to wait for the app's first bytes "
+        "(default 0.1; 0 turns sniffing off)",
+    )
+    parser.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("PYSIDECAR_LOOP", "auto"),
@@ -91,6 +108,8 @@ def options_from(args: argparse.Namespace) -> Options:
         variables=parse_variables(args.dataplane_var),
         mesh_dir=args.mesh,
         drain_timeout=args.drain_timeout,
+        request_timeout=args.request_timeout,
+        stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
         access_log=args.access_log,
     )
 

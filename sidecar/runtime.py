@@ -17,10 +17,13 @@ from sidecar.cluster import Cluster, Resolver, Target
 from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
 from sidecar.config.mesh import MeshDirectory
+from sidecar.http.pool import H2Pool, plain_connector
+from sidecar.inbound import InboundStack
+from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
+from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, plan_listeners
-from sidecar.transport.tcp import TcpProxy, TcpSettings
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -37,6 +40,8 @@ class Options:
     drain_timeout: float = defaults.DRAIN_TIMEOUT
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
+    stack: StackOptions = field(default_factory=StackOptions)
+    request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
     access_log: str | None = None  # a file, or "-" for stdout; None: off
 
 
@@ -44,7 +49,7 @@ class Options:
 class RunningListener:
     plan: ListenerPlan
     server: asyncio.Server
-    proxy: TcpProxy
+    stack: ListenerStack
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -62,6 +67,7 @@ class Sidecar:
         self.resolver = Resolver()
         self.listeners: dict[tuple[str, int], RunningListener] = {}
         self.clusters: dict[str, Cluster] = {}
+        self.mesh_pools: dict[str, H2Pool] = {}
         self.dataplane: model.Dataplane | None = None
         self.mesh: MeshDirectory | None = None
         self.draining = False
@@ -81,7 +87,9 @@ class Sidecar:
         self.mesh.scan()
         await self.resolver.refresh(self._endpoint_hosts())
         try:
-            await self._apply(plan_listeners(self.dataplane), strict=True)
+            await self._apply(
+                plan_listeners(self.dataplane, self.options.request_timeout), strict=True
+            )
             await self.observability.start()
         except BindError:
             await self.stop_listeners()
@@ -106,7 +114,7 @@ class Sidecar:
             log.exception("event=reload_rejected error=%r", str(exc))
             return
         self.dataplane = dataplane
-        await self._apply(plan_listeners(dataplane), strict=False)
+        await self._apply(plan_listeners(dataplane, self.options.request_timeout), strict=False)
         await self.observability.reload()
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
@@ -127,19 +135,30 @@ class Sidecar:
                 continue
             if running.plan != plan:
                 running.plan = plan
-                running.proxy.cluster = self._cluster_for(plan)
-                running.proxy.settings = _tcp_settings(plan)
+                running.stack.update(plan, self._cluster_for(plan))
                 log.info("event=listener_updated listener=%s", plan.name)
         self._update_clusters()
 
     async def _bind(self, plan: ListenerPlan) -> RunningListener:
         stats = self.stats.listener(plan.stat_address, f"{plan.direction}_{plan.stat_address}")
-        proxy = TcpProxy(plan.name, self._cluster_for(plan), _tcp_settings(plan), stats)
-        self.observability.attach(proxy, plan.key)
+        cluster = self._cluster_for(plan)
+        stack: ListenerStack
+        if plan.direction == "inbound":
+            stack = InboundStack(plan, cluster, stats, self.options.stack)
+        else:
+            stack = OutboundStack(
+                plan,
+                cluster,
+                stats,
+                self.options.stack,
+                lambda: cluster.protocol,
+                self._mesh_pool(cluster),
+            )
+        self.observability.attach(stack.tcp, plan.key)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                proxy, plan.address, plan.port, reuse_address=True, backlog=1024
+                stack, plan.address, plan.port, reuse_address=True, backlog=1024
             )
         except OSError as exc:
             raise BindError(
@@ -147,7 +166,7 @@ class Sidecar:
                 f"{exc.strerror or exc}"
             ) from None
         log.info("event=listener_bound listener=%s cluster=%s", plan.name, plan.cluster)
-        return RunningListener(plan, server, proxy)
+        return RunningListener(plan, server, stack)
 
     # -- clusters --------------------------------------------------------------------------
 
@@ -160,6 +179,13 @@ class Sidecar:
             )
         return cluster
 
+    def _mesh_pool(self, cluster: Cluster) -> H2Pool:
+        pool = self.mesh_pools.get(cluster.name)
+        if pool is None:
+            connector = plain_connector(defaults.OUTBOUND_CONNECT_TIMEOUT, cluster.stats)
+            pool = self.mesh_pools[cluster.name] = mesh_pool(connector)
+        return pool
+
     def _update_clusters(self) -> None:
         assert self.mesh is not None
         snapshot = self.mesh.snapshot
@@ -171,6 +197,7 @@ class Sidecar:
             else:
                 assert plan.selector is not None
                 cluster.set_targets(self.resolver.targets(snapshot.endpoints(plan.selector)))
+                cluster.protocol = snapshot.service_protocol(plan.service)
 
     def _endpoint_hosts(self) -> set[str]:
         assert self.mesh is not None
@@ -211,7 +238,7 @@ class Sidecar:
             running.server.close()
 
     def active_connections(self) -> int:
-        return sum(len(r.proxy.relays) for r in self.listeners.values())
+        return sum(r.stack.active for r in self.listeners.values())
 
     async def drain(self) -> None:
         """Stop accepting, let open connections finish up to the drain timeout, then close them."""
@@ -220,7 +247,9 @@ class Sidecar:
         for task in self._tasks:
             task.cancel()
         await self.stop_listeners()
-        proxies = [r.proxy for r in self.listeners.values()]
+        stacks = [r.stack for r in self.listeners.values()]
+        for stack in stacks:
+            stack.drain()
         log.info(
             "event=draining connections=%d timeout=%s",
             self.active_connections(),
@@ -228,16 +257,14 @@ class Sidecar:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.drain_timeout
-        while any(p.relays for p in proxies) and loop.time() < deadline:
+        while any(s.active for s in stacks) and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        left = sum(len(p.relays) for p in proxies)
-        for proxy in proxies:
-            proxy.close_all()
+        left = sum(s.active for s in stacks)
+        for stack in stacks:
+            stack.close_all()
+        for pool in self.mesh_pools.values():
+            pool.close()
         log.info("event=drained closed_at_deadline=%d", left)
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.observability.stop()
-
-
-def _tcp_settings(plan: ListenerPlan) -> TcpSettings:
-    return TcpSettings(plan.connect_timeout, plan.idle_timeout, plan.connect_attempts)

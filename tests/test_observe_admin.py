@@ -76,7 +76,7 @@ def test_every_admin_path(pair):
         entry["name"]: entry["active_state"]["listener"]
         for entry in dump["configs"][1]["dynamic_listeners"]
     }
-    assert listeners[f"outbound:127.0.0.1:{outbound}"]["protocol"] == "tcp"
+    assert listeners[f"outbound:127.0.0.1:{outbound}"]["protocol"] == "auto", "undeclared: sniffed"
     assert listeners[f"outbound:127.0.0.1:{outbound}"]["cluster"] == "backend"
     endpoints = {
         e["endpoint_config"]["cluster_name"]: e["endpoint_config"]["endpoints"][0]["lb_endpoints"]

@@ -102,7 +102,7 @@ def test_service_probe_takes_inbound_out_of_rotation_and_back(mesh_uvloop):
         inbound = {
             "port": free_port(),
             "servicePort": app.port,
-            "tags": {"kuma.io/service": "backend"},
+            "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "tcp"},
             "serviceProbe": probe,
         }
         files[name] = mesh.write(name, [inbound])

@@ -15,7 +15,7 @@ from tests.support import LOOPBACK, REPO, echo, free_port
 def test_stat_once_shows_live_traffic(mesh_uvloop):
     mesh = mesh_uvloop
     app = mesh.server(echo)
-    backend, _ = mesh.backend("backend-1", app.port)
+    backend, _ = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "tcp"})
     web, outbound = mesh.client("web-1")
     start_all(mesh, backend, web)
     stop = threading.Event()
@@ -59,7 +59,7 @@ def test_stat_once_shows_live_traffic(mesh_uvloop):
     assert int(active) >= 2
     assert not moved.startswith("0B")
     inbound_row = next(line for line in lines if line.startswith("inbound:"))
-    assert " tcp " in inbound_row and "0.0 cx/s" in inbound_row
+    assert " auto " in inbound_row and "0.0 cx/s" in inbound_row, "web's own inbound: undeclared"
 
 
 def test_stat_without_a_sidecar_says_so():

@@ -66,6 +66,10 @@ def read_documents(text: str, source: str) -> list[Any]:
         raise ConfigError(source, f"YAML syntax error at {where}{exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, f"YAML error: {exc}") from None
+    except Exception as exc:
+        # PyYAML's constructors raise plain exceptions for scalars they match but cannot build:
+        # ValueError for `2001-13-45`, IndexError for `!!int ` (and RecursionError when deep).
+        raise ConfigError(source, f"YAML error: {type(exc).__name__}: {exc}") from None
 
 
 def load_dataplane(path: str | Path, variables: Mapping[str, str] | None = None) -> model.Dataplane:
@@ -74,6 +78,8 @@ def load_dataplane(path: str | Path, variables: Mapping[str, str] | None = None)
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(source, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, f"cannot read: not UTF-8 text ({exc.reason})") from None
     return parse_dataplane(text, source, variables)
 
 
@@ -110,6 +116,12 @@ def _seconds(value: Any, default: float) -> float:
     return float(str(value).rstrip("s"))
 
 
+# Protobuf enums in JSON are a name or a number; null means the default.
+_STATES = {0: "Ready", 1: "NotReady", 2: "Ignored"}
+_GATEWAY_TYPES = {None: "DELEGATED", 0: "DELEGATED", 1: "BUILTIN"}
+_IP_FAMILY_MODES = {None: "UnSpecified", 0: "UnSpecified", 1: "DualStack", 2: "IPv4", 3: "IPv6"}
+
+
 def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
     net = doc["networking"]
     address = str(net["address"])
@@ -118,7 +130,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
         bind = raw.get("address") or address
         probe = raw.get("serviceProbe")
         health = raw.get("health") or {}
-        state = raw.get("state", "Ready")
+        state = raw.get("state")
         inbounds.append(
             model.Inbound(
                 port=int(raw["port"]),
@@ -131,7 +143,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
                 protocol_field=raw.get("protocol"),
                 name=raw.get("name"),
                 ready=health.get("ready", True) is not False,
-                state={0: "Ready", 1: "NotReady", 2: "Ignored"}.get(state, str(state)),
+                state="Ready" if state is None else _STATES.get(state, str(state)),
                 service_probe=None
                 if probe is None
                 else model.ServiceProbe(
@@ -159,7 +171,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
                 backend_ref=None
                 if ref is None
                 else model.BackendRef(
-                    kind=ref.get("kind", "MeshService"),
+                    kind=ref.get("kind") or "MeshService",
                     name=ref.get("name"),
                     port=ref.get("port"),
                     labels=model.frozen_tags(ref.get("labels")) if ref.get("labels") else None,
@@ -171,9 +183,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
         gw = net["gateway"]
         gateway = model.Gateway(
             tags=model.frozen_tags({str(k): str(v) for k, v in (gw.get("tags") or {}).items()}),
-            type={0: "DELEGATED", 1: "BUILTIN"}.get(
-                gw.get("type"), str(gw.get("type", "DELEGATED"))
-            ),
+            type=_GATEWAY_TYPES.get(gw.get("type"), str(gw.get("type"))),
         )
     tp = net.get("transparentProxying")
     transparent = None
@@ -184,7 +194,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
             redirect_port_inbound_v6=tp.get("redirectPortInboundV6"),
             direct_access_services=tuple(tp.get("directAccessServices") or ()),
             reachable_services=tuple(tp.get("reachableServices") or ()),
-            ip_family_mode=str(tp.get("ipFamilyMode", "UnSpecified")),
+            ip_family_mode=_IP_FAMILY_MODES.get(mode := tp.get("ipFamilyMode"), str(mode)),
         )
     networking = model.Networking(
         address=address,
@@ -203,7 +213,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
             endpoints=tuple(
                 model.ProbeEndpoint(
                     inbound_port=int(e["inboundPort"]),
-                    inbound_path=e.get("inboundPath", "/"),
+                    inbound_path=e.get("inboundPath") or "/",
                     path=e["path"],
                 )
                 for e in raw_probes.get("endpoints") or []
@@ -214,7 +224,7 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
         raw_metrics = doc["metrics"]
         conf = raw_metrics.get("conf") or {}
         metrics = model.Metrics(
-            type=raw_metrics.get("type", "prometheus"),
+            type=raw_metrics.get("type") or "prometheus",
             name=raw_metrics.get("name"),
             port=int(conf.get("port") or defaults.METRICS_PORT),
             path=conf.get("path") or defaults.METRICS_PATH,

@@ -55,7 +55,7 @@ class Endpoint:
     port: int
     tags: Mapping[str, str]
     dataplane: str
-    protocol: str
+    protocol: str | None  # as declared; None when the inbound declares none
 
     @property
     def service(self) -> str:
@@ -70,7 +70,7 @@ def member_endpoints(dataplane: model.Dataplane) -> list[Endpoint]:
             port=inbound.port,
             tags=inbound.tags,
             dataplane=dataplane.name,
-            protocol=inbound.protocol,
+            protocol=inbound.declared_protocol,
         )
         for inbound in net.inbound
         if inbound.serving
@@ -112,8 +112,18 @@ class MeshSnapshot:
                     out.add((str(doc.get("name")), entry.get("port")))
         return frozenset(out)
 
-    def service_protocol(self, service: str) -> str:
-        return common_protocol(ep.protocol for ep in self.endpoints({model.SERVICE_TAG: service}))
+    def service_protocol(self, service: str) -> str | None:
+        """Kuma's common protocol of the service's endpoints (undeclared counts as tcp), or None
+        when no endpoint declares one: then the outbound sniffs."""
+        declared = [  # health does not change what a service speaks: count every inbound
+            inbound.declared_protocol
+            for member in self.members
+            for inbound in member.networking.inbound
+            if inbound.tags.get(model.SERVICE_TAG) == service
+        ]
+        if not any(declared):
+            return None
+        return common_protocol(p or "tcp" for p in declared)
 
     def documents_of_kind(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
         return [(f, d) for f, d in self.documents if d.get("type") == kind]

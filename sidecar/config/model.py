@@ -61,9 +61,14 @@ class Inbound:
 
     @property
     def protocol(self) -> str:
-        if self.protocol_field:
-            return parse_protocol(self.protocol_field)
-        return parse_protocol(self.tags.get(PROTOCOL_TAG))
+        """The protocol by Kuma's rule: the `protocol` field, else the tag, else tcp."""
+        return parse_protocol(self.declared_protocol)
+
+    @property
+    def declared_protocol(self) -> str | None:
+        """What the user declared, or None: only undeclared services are sniffed."""
+        declared = self.protocol_field or self.tags.get(PROTOCOL_TAG)
+        return parse_protocol(declared) if declared else None
 
     @property
     def serving(self) -> bool:
@@ -92,14 +97,21 @@ class Outbound:
     def service(self) -> str:
         if SERVICE_TAG in self.tags:
             return self.tags[SERVICE_TAG]
-        assert self.backend_ref is not None and self.backend_ref.name is not None
-        return self.backend_ref.name
+        ref = self.backend_ref
+        assert ref is not None
+        if ref.name:
+            return ref.name
+        labels = ref.labels or {}
+        return labels.get(SERVICE_TAG) or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
     @property
     def selector(self) -> Mapping[str, str]:
-        """Tags an endpoint must carry to serve this outbound."""
+        """Tags an endpoint must carry to serve this outbound (a backendRef's labels select
+        like tags: MeshService resources are not modelled, members' inbound tags are)."""
         if self.tags:
             return self.tags
+        if self.backend_ref is not None and not self.backend_ref.name and self.backend_ref.labels:
+            return self.backend_ref.labels
         return frozen_tags({SERVICE_TAG: self.service})
 
 

@@ -155,8 +155,8 @@ class Admin:
                             "direction": plan.direction.upper(),
                             "protocol": obs.protocol_of(plan),
                             "cluster": plan.cluster,
-                            "stat_prefix": running.proxy.stats.tcp_prefix,
-                            "listener_address": running.proxy.stats.address,
+                            "stat_prefix": running.stack.stats.tcp_prefix,
+                            "listener_address": running.stack.stats.address,
                             "connect_timeout": f"{plan.connect_timeout:g}s",
                             "idle_timeout": f"{plan.idle_timeout:g}s",
                         }
@@ -228,7 +228,7 @@ class Admin:
         for running in self.sidecar.listeners.values():
             if running.plan.cluster != cluster:
                 continue
-            for relay in running.proxy.relays:
+            for relay in running.stack.tcp.relays:
                 if relay.target is not None and relay.linked:
                     key = str(relay.target)
                     active[key] = active.get(key, 0) + 1

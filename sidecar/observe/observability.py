@@ -1,7 +1,7 @@
 """Everything that watches a running sidecar, started and stopped with it as one object.
 
 The runtime calls five hooks and nothing else: `start()` (after the listeners are bound),
-`attach(proxy, key)` (for every TCP listener it binds), `reload()` (after a Dataplane reload),
+`attach(tcp_proxy, key)` (for every listener it binds), `reload()` (after a Dataplane reload),
 `draining()` (when a drain starts) and `stop()` (when it ends). From there this object runs:
 
 - the admin API on 127.0.0.1:`networking.admin.port` (sidecar.observe.admin);
@@ -81,7 +81,6 @@ class Observability:
         self.health: HealthReporter | None = None
         self.access_log: AccessLog | None = None
         self.closed_by_host: dict[str, dict[str, int]] = {}  # cluster → host → ended connections
-        self._protocols: dict[str, tuple[object, str]] = {}  # service → (snapshot, protocol)
 
     def _admin_handler(self) -> Callable[[Request], Any]:
         from sidecar.observe.admin import Admin
@@ -177,7 +176,7 @@ class Observability:
         for cst in stats.clusters.values():
             cst.open_rx_bytes = cst.open_tx_bytes = 0
         for running in self.sidecar.listeners.values():
-            proxy = running.proxy
+            proxy = running.stack.tcp
             lst, cst = proxy.stats, proxy.cluster.stats
             for relay in proxy.relays:
                 down, up = relay.downstream.rx_bytes, relay.upstream.rx_bytes
@@ -204,20 +203,12 @@ class Observability:
         return [running.plan for running in self.sidecar.listeners.values()]
 
     def protocol_of(self, plan: ListenerPlan) -> str:
-        """The listener's protocol: an inbound's declared one, an outbound's service protocol."""
-        if plan.direction == "inbound" or plan.selector is None:
-            return plan.protocol or "tcp"
-        service = plan.selector.get(model.SERVICE_TAG, "")
-        mesh = self.sidecar.mesh
-        if mesh is None:
-            return "tcp"
-        snapshot = mesh.snapshot
-        cached = self._protocols.get(service)
-        if cached is not None and cached[0] is snapshot:
-            return cached[1]
-        protocol = snapshot.service_protocol(service)
-        self._protocols[service] = (snapshot, protocol)
-        return protocol
+        """The listener's protocol: an inbound's declared one, an outbound's service protocol
+        (from its endpoints in the mesh); `auto` when undeclared (the stack sniffs)."""
+        if plan.direction == "inbound":
+            return plan.protocol or "auto"
+        cluster = self.sidecar.clusters.get(plan.cluster)
+        return (cluster.protocol if cluster is not None else None) or "auto"
 
     def hosts(self, cluster_name: str) -> list[Host]:
         """A cluster's endpoints with their health, the way /clusters and membership show them."""
@@ -267,7 +258,7 @@ class Observability:
 
         def on_connection(relay: Relay) -> None:
             running = self.sidecar.listeners.get(key)
-            if running is None or running.proxy is not proxy:
+            if running is None or running.stack.tcp is not proxy:
                 return
             if self.protocol_of(running.plan) == "kafka":
                 KafkaTap(stats.kafka(stat_name(proxy.cluster.name)), relay)

@@ -3,7 +3,8 @@
 Per listener: its protocol, the rate of requests (HTTP, gRPC, Kafka) or of connections (TCP), the
 success rate, p50/p99 latency, open connections and bytes per second, all over the last interval.
 Latency is the request time for HTTP, the response time for Kafka and the upstream connect time for
-TCP; success is non-5xx answers for HTTP and connections that reached an upstream for TCP and Kafka.
+TCP; success is non-5xx answers for HTTP, and for TCP and Kafka the upstream connect attempts that
+succeeded (a connection with no healthy endpoint counts as a failure).
 
 It reads `/config_dump` (which listener feeds which stats) and
 `/stats?format=json&histogram_buckets=cumulative`, the same Envoy formats a script would read.
@@ -130,6 +131,7 @@ def rows(a: Snapshot, b: Snapshot) -> list[list[str]]:
         connections = _delta(a, b, f"tcp.{prefix}.downstream_cx_total")
         attempts = _delta(a, b, f"{cluster}.upstream_cx_total")
         failed = _delta(a, b, f"{cluster}.upstream_cx_connect_fail")
+        none_healthy = _delta(a, b, f"{cluster}.upstream_cx_none_healthy")
         active = b.values.get(f"listener.{listener['listener_address']}.downstream_cx_active", 0)
         moved = _delta(a, b, f"tcp.{prefix}.downstream_cx_rx_bytes_total") + _delta(
             a, b, f"tcp.{prefix}.downstream_cx_tx_bytes_total"
@@ -154,8 +156,8 @@ def rows(a: Snapshot, b: Snapshot) -> list[list[str]]:
             rate = connections / seconds
             latency = _hist_delta(a, b, [f"{cluster}.upstream_cx_connect_ms"])
             unit = "cx/s"
-        if success is None and attempts:
-            success = min(1.0, (attempts - failed) / max(connections, attempts - failed, 1))
+        if success is None and attempts + none_healthy:
+            success = (attempts - failed) / (attempts + none_healthy)
         out.append(
             [
                 listener["name"],

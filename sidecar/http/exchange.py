@@ -1,0 +1,183 @@
+"""The codec-neutral HTTP exchange: heads, streamed bodies with back-pressure, trailers.
+
+An HTTP/1.1 codec (h11) and an HTTP/2 codec (h2) both produce and consume these, so h1→h2,
+h2→h1 and h2→h2 proxying are compositions of the same parts rather than separate paths.
+
+A `Body` is one direction of one exchange. The codec that reads it from the wire `feed`s chunks
+synchronously (from `data_received`); the router `read`s them. Each read calls `on_consumed`,
+which is how back-pressure reaches the wire: the HTTP/2 codec returns flow-control credit, the
+HTTP/1.1 codec resumes reading. So a body never sits in the sidecar beyond a bounded amount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Headers = list[tuple[bytes, bytes]]  # lower-case names, wire order, repeats kept
+
+# Connection-specific headers: meaningless beyond one hop and illegal in HTTP/2 (RFC 9113 8.2.2).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"http2-settings",
+    }
+)
+
+
+class StreamReset(Exception):
+    """The other side reset the stream or dropped the connection mid-exchange."""
+
+
+class RefusedStream(StreamReset):
+    """The upstream refused the request before processing it (GOAWAY, REFUSED_STREAM, a stale
+    kept-alive connection): safe to retry elsewhere."""
+
+
+class UpstreamConnectError(Exception):
+    """No connection to any endpoint could be made (503 after the attempts)."""
+
+
+@dataclass
+class RequestHead:
+    method: bytes
+    scheme: bytes
+    authority: bytes
+    path: bytes
+    headers: Headers = field(default_factory=list)
+    protocol: bytes | None = None  # extended CONNECT's :protocol (RFC 8441)
+    http_version: bytes = b"2"  # what the downstream spoke: b"1.0", b"1.1" or b"2"
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    headers: Headers = field(default_factory=list)
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Drop Connection, every header it names, and the fixed hop-by-hop set; keep `te: trailers`."""
+    named = {
+        token.strip().lower()
+        for k, v in headers
+        if k == b"connection"
+        for token in v.split(b",")
+        if token.strip()
+    }
+    out = []
+    for k, v in headers:
+        if k == b"te":
+            if b"trailers" in [t.strip().lower() for t in v.split(b",")]:
+                out.append((k, b"trailers"))
+            continue
+        if k in HOP_BY_HOP or k in named:
+            continue
+        out.append((k, v))
+    return out
+
+
+class Body:
+    """One direction's body: chunks fed by a codec, read by the router, bounded by back-pressure."""
+
+    __slots__ = (
+        "_chunks",
+        "_waiter",
+        "buffered",
+        "ended",
+        "trailers",
+        "error",
+        "on_consumed",
+        "high_water",
+    )
+
+    def __init__(
+        self, on_consumed: Callable[[int], None] | None = None, high_water: int = 256 * 1024
+    ) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.buffered = 0
+        self.ended = False
+        self.trailers: Headers | None = None
+        self.error: BaseException | None = None
+        self.on_consumed = on_consumed
+        self.high_water = high_water
+
+    @classmethod
+    def empty(cls) -> Body:
+        body = cls()
+        body.ended = True
+        return body
+
+    # -- producer (codec) side ---------------------------------------------------------------
+
+    def feed(self, data: bytes) -> bool:
+        """Queue a chunk; True when the buffer is past its high-water mark (pause the source)."""
+        if self.ended or self.error is not None:
+            return False
+        self._chunks.append(data)
+        self.buffered += len(data)
+        self._wake()
+        return self.buffered > self.high_water
+
+    def end(self, trailers: Headers | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.trailers = trailers
+        self._wake()
+
+    def abort(self, exc: BaseException) -> None:
+        if self.ended and not self._chunks:
+            return
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- consumer (router) side --------------------------------------------------------------
+
+    async def read(self) -> bytes | None:
+        """The next chunk, or None at the end. Raises StreamReset if the stream was cut."""
+        while True:
+            if self.error is not None:
+                raise StreamReset(str(self.error)) from self.error
+            if self._chunks:
+                data = self._chunks.popleft()
+                self.buffered -= len(data)
+                if self.on_consumed is not None:
+                    self.on_consumed(len(data))
+                return data
+            if self.ended:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    @property
+    def at_end(self) -> bool:
+        """True when nothing more will come: ended with nothing left to read."""
+        return self.ended and not self._chunks

@@ -1,0 +1,519 @@
+"""HTTP/1.1 with h11: the server end (an app calling its outbound) and the client end (an inbound
+calling its app), both speaking the codec-neutral exchange of `sidecar.http.exchange`.
+
+h11 does the framing: Content-Length and chunked bodies, trailers, HTTP/1.0 and keep-alive, and
+it refuses malformed messages. Reading pauses while a body's buffer is past its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+import h11
+
+from sidecar import defaults
+from sidecar.http.exchange import (
+    Body,
+    Headers,
+    RefusedStream,
+    RequestHead,
+    ResponseHead,
+    StreamReset,
+)
+
+log = logging.getLogger("sidecar.h1")
+
+_REASONS = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    413: b"Payload Too Large",
+    426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+class _Writer(asyncio.Protocol):
+    """Transport write back-pressure shared by both ends."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._write_paused: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self._write_paused = self._write_paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        while self._write_paused is not None:
+            if self.closed:
+                raise StreamReset("connection closed")
+            await self._write_paused
+
+    def _write(self, data: bytes | None) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+def _body_consumed(proto: H1Server | H1Client, body: Body) -> Callable[[int], None]:
+    def consumed(_: int) -> None:
+        if proto.reading_paused and body.buffered <= body.high_water // 2:
+            proto.reading_paused = False
+            if proto.transport is not None and not proto.transport.is_closing():
+                proto.transport.resume_reading()
+
+    return consumed
+
+
+def split_target(target: bytes) -> tuple[bytes | None, bytes]:
+    """Absolute-form `http://host/path` → (host, /path); origin-form → (None, target)."""
+    lower = target[:8].lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        rest = target.split(b"://", 1)[1]
+        host, slash, path = rest.partition(b"/")
+        return host, slash + path if slash else b"/"
+    return None, target
+
+
+class H1Server(_Writer):
+    """An HTTP/1.1 server connection: each request becomes an `H1ServerExchange`."""
+
+    def __init__(
+        self,
+        handler: Callable[[H1ServerExchange], Awaitable[None]],
+        default_authority: bytes,
+        on_close: Callable[[H1Server], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.on_close = on_close
+        self.draining = False
+        self.handler = handler
+        self.default_authority = default_authority
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=defaults.MAX_REQUEST_HEADERS_BYTES
+        )
+        self.exchange: H1ServerExchange | None = None
+        self.reading_paused = False
+        self.peer_address: tuple[str, int] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer_address = transport.get_extra_info("peername")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.conn.receive_data(data)
+        except h11.RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        self._process()
+
+    def eof_received(self) -> bool:
+        try:
+            self.conn.receive_data(b"")
+        except h11.RemoteProtocolError:
+            pass
+        self._process()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.resume_writing()
+        if self.exchange is not None:
+            self.exchange.lost(StreamReset("downstream connection closed"))
+        if self.on_close is not None:
+            self.on_close(self)
+
+    def drain(self) -> None:
+        """Finish the exchange in progress, then close; an idle connection closes now."""
+        self.draining = True
+        if self.exchange is None and self.transport is not None:
+            self.transport.close()
+
+    def _process(self) -> None:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._request(event)
+            elif isinstance(event, h11.Data):
+                assert self.exchange is not None
+                if self.exchange.body.feed(bytes(event.data)) and not self.reading_paused:
+                    self.reading_paused = True
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+            elif isinstance(event, h11.EndOfMessage):
+                assert self.exchange is not None
+                self.exchange.body.end(list(event.headers) or None)
+            elif isinstance(event, h11.ConnectionClosed):
+                if self.exchange is not None and not self.exchange.body.ended:
+                    self.exchange.body.abort(StreamReset("client closed mid-request"))
+                if self.exchange is None and self.transport is not None:
+                    self.transport.close()
+                return
+
+    def _request(self, event: h11.Request) -> None:
+        host, path = split_target(event.target)
+        authority = host
+        headers: Headers = []
+        for name, value in event.headers:
+            if name == b"host":
+                if authority is None:
+                    authority = value
+                continue
+            headers.append((name, value))
+        if event.method == b"CONNECT":
+            authority, path = event.target, b""
+        head = RequestHead(
+            method=event.method,
+            scheme=b"http",
+            authority=authority or self.default_authority,
+            path=path,
+            headers=headers,
+            http_version=event.http_version,
+        )
+        exchange = H1ServerExchange(self, head)
+        self.exchange = exchange
+        # Envoy answers `Expect: 100-continue` itself and does not forward it.
+        if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
+            head.headers = [(k, v) for k, v in headers if k != b"expect"]
+            self._write(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        self.task = asyncio.get_running_loop().create_task(self._serve(exchange))
+
+    async def _serve(self, exchange: H1ServerExchange) -> None:
+        try:
+            await self.handler(exchange)
+        except Exception:
+            log.exception("event=handler_failed")
+            exchange.reset()
+            return
+        self._next_cycle()
+
+    def _next_cycle(self) -> None:
+        self.exchange = None
+        conn = self.conn
+        if self.draining:
+            if self.transport is not None:
+                self.transport.close()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            if self.reading_paused and self.transport is not None:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            self._process()
+        elif conn.our_state in (h11.MUST_CLOSE, h11.CLOSED) or conn.their_state in (
+            h11.MUST_CLOSE,
+            h11.CLOSED,
+            h11.ERROR,
+        ):
+            if self.transport is not None:
+                self.transport.close()
+        elif conn.our_state is h11.DONE:
+            # We answered before the request body was read (e.g. a local error): this connection
+            # can no longer be framed reliably.
+            if self.transport is not None:
+                self.transport.close()
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
+        log.info(
+            "event=bad_request peer=%s status=%d error=%r", self.peer_address, status, str(exc)
+        )
+        if self.exchange is not None:
+            self.exchange.body.abort(StreamReset(f"malformed request: {exc}"))
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = f"{_REASONS[status].decode()}\n".encode()
+            try:
+                self._write(
+                    self.conn.send(
+                        h11.Response(
+                            status_code=status,
+                            headers=[
+                                (b"content-length", str(len(body)).encode()),
+                                (b"content-type", b"text/plain"),
+                                (b"connection", b"close"),
+                            ],
+                            reason=_REASONS[status],
+                        )
+                    )
+                )
+                self._write(self.conn.send(h11.Data(data=body)))
+                self._write(self.conn.send(h11.EndOfMessage()))
+            except h11.LocalProtocolError:
+                pass
+        if self.transport is not None:
+            self.transport.close()
+
+
+class H1ServerExchange:
+    """The downstream exchange of one HTTP/1.x request."""
+
+    def __init__(self, proto: H1Server, request: RequestHead) -> None:
+        self.proto = proto
+        self.request = request
+        self.body = Body(None, defaults.BODY_HIGH_WATER)
+        self.body.on_consumed = _body_consumed(proto, self.body)
+        self.peer_address = proto.peer_address
+        self.responded = False
+        self.error: StreamReset | None = None
+        self._chunked = False
+
+    def lost(self, error: StreamReset) -> None:
+        self.error = error
+        self.body.abort(error)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def informational(self, head: ResponseHead) -> None:
+        if self.error is not None or self.responded or head.status in (100, 101):
+            return  # 100 was answered when the request arrived
+        self.proto._write(
+            self.proto.conn.send(
+                h11.InformationalResponse(status_code=head.status, headers=head.headers)
+            )
+        )
+
+    async def respond(self, head: ResponseHead, end: bool = False) -> None:
+        self._check()
+        self.responded = True
+        headers = head.headers
+        conn = self.proto.conn
+        has_length = any(k == b"content-length" for k, _ in headers)
+        if end and not has_length and head.status >= 200 and head.status not in (204, 304):
+            if self.request.method != b"HEAD":
+                headers = [*headers, (b"content-length", b"0")]
+        elif not has_length and self.request.http_version == b"1.1":
+            self._chunked = True
+        try:
+            self.proto._write(
+                conn.send(
+                    h11.Response(
+                        status_code=head.status,
+                        headers=headers,
+                        reason=_reason(head.status),
+                    )
+                )
+            )
+            if end:
+                self.proto._write(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(f"cannot frame response: {exc}") from exc
+
+    async def write(self, data: bytes) -> None:
+        self._check()
+        try:
+            self.proto._write(self.proto.conn.send(h11.Data(data=data)))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(f"cannot frame body: {exc}") from exc
+        if self.proto._write_paused is not None:
+            await self.proto.drain()
+
+    async def finish(self, trailers: Headers | None = None) -> None:
+        self._check()
+        conn = self.proto.conn
+        if conn.our_state is not h11.SEND_BODY:
+            return
+        try:
+            end = h11.EndOfMessage(headers=trailers if (trailers and self._chunked) else [])
+            self.proto._write(conn.send(end))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(f"cannot end response: {exc}") from exc
+
+    def abandon_request(self) -> None:
+        """Nothing to do: a connection whose request was not read to the end is closed."""
+
+    def reset(self) -> None:
+        """Abort: the client sees the connection close without a terminating chunk."""
+        self.error = self.error or StreamReset("reset locally")
+        if self.proto.transport is not None:
+            self.proto.transport.abort()
+
+
+class H1Client(_Writer):
+    """An HTTP/1.1 connection to a local app, used for one exchange at a time (kept alive)."""
+
+    def __init__(self, on_idle: Callable[[H1Client], None] | None = None) -> None:
+        super().__init__()
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
+        self.on_idle = on_idle
+        self.reading_paused = False
+        self.body = Body()
+        self.request: RequestHead | None = None
+        self._response: asyncio.Future[ResponseHead] | None = None
+        self.on_informational: Callable[[ResponseHead], None] | None = None
+        self.response_ended_with_head = False
+        self.reset_error: StreamReset | None = None
+        self.reused = False  # a kept-alive connection the app may have closed meanwhile
+        self._chunked = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            not self.closed
+            and self.conn.our_state is h11.IDLE
+            and self.conn.their_state is h11.IDLE
+        )
+
+    def open(self, head: RequestHead, end_stream: bool) -> H1Client:
+        """Send a request head; this connection is then the upstream stream of the exchange."""
+        self.request = head
+        self.body = Body(None, defaults.BODY_HIGH_WATER)
+        self.body.on_consumed = _body_consumed(self, self.body)
+        self._response = asyncio.get_running_loop().create_future()
+        self.on_informational = None
+        self.response_ended_with_head = False
+        self.reset_error = None
+        headers: Headers = [(b"host", head.authority), *head.headers]
+        self._chunked = not end_stream and not any(k == b"content-length" for k, _ in headers)
+        if self._chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        self._write(
+            self.conn.send(
+                h11.Request(method=head.method, target=head.path or b"/", headers=headers)
+            )
+        )
+        if end_stream:
+            self._write(self.conn.send(h11.EndOfMessage()))
+        return self
+
+    async def write(self, data: bytes) -> None:
+        if self.reset_error is not None:
+            raise self.reset_error
+        try:
+            self._write(self.conn.send(h11.Data(data=data)))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(str(exc)) from exc
+        if self._write_paused is not None:
+            await self.drain()
+
+    async def finish(self, trailers: Headers | None = None) -> None:
+        if self.reset_error is not None:
+            raise self.reset_error
+        if self.conn.our_state is not h11.SEND_BODY:
+            return
+        try:
+            end = h11.EndOfMessage(headers=trailers if (trailers and self._chunked) else [])
+            self._write(self.conn.send(end))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(str(exc)) from exc
+
+    async def response(self) -> ResponseHead:
+        assert self._response is not None
+        return await asyncio.shield(self._response)
+
+    def reset(self) -> None:
+        self._fail(StreamReset("reset locally"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.conn.receive_data(data)
+        except h11.RemoteProtocolError as exc:
+            self._bad_response(exc)
+            return
+        self._process()
+
+    def eof_received(self) -> bool:
+        try:
+            self.conn.receive_data(b"")
+        except h11.RemoteProtocolError as exc:
+            self._bad_response(exc)
+            return False
+        self._process()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.resume_writing()
+        self._fail(self._closed_error())
+
+    def _process(self) -> None:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._bad_response(exc)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if self.on_informational is not None:
+                    self.on_informational(ResponseHead(event.status_code, list(event.headers)))
+            elif isinstance(event, h11.Response):
+                head = ResponseHead(event.status_code, list(event.headers))
+                if self._response is not None and not self._response.done():
+                    self._response.set_result(head)
+            elif isinstance(event, h11.Data):
+                if self.body.feed(bytes(event.data)) and not self.reading_paused:
+                    self.reading_paused = True
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+            elif isinstance(event, h11.EndOfMessage):
+                self.body.end(list(event.headers) or None)
+                self._done()
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                self._fail(self._closed_error())
+                return
+
+    def _closed_error(self) -> StreamReset:
+        """A reused connection closed before any answer is retry-safe: the app timed it out."""
+        answered = self._response is not None and self._response.done()
+        if self.reused and not answered:
+            return RefusedStream("kept-alive connection closed by the app")
+        return StreamReset("upstream closed the connection")
+
+    def _done(self) -> None:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            if self.on_idle is not None:
+                self.on_idle(self)
+        elif self.transport is not None:
+            self.transport.close()
+
+    def _bad_response(self, exc: h11.RemoteProtocolError) -> None:
+        log.info("event=bad_upstream_response error=%r", str(exc))
+        self._fail(StreamReset(f"malformed response: {exc}"))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: StreamReset) -> None:
+        if self.reset_error is None:
+            self.reset_error = error
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(error)
+            self._response.exception()
+        if not self.body.ended:
+            self.body.abort(error)

@@ -1,0 +1,519 @@
+"""HTTP/2 with h2: one asyncio protocol for both ends of a connection.
+
+As a server it turns each request into an `H2ServerStream` (the downstream exchange) handed to a
+handler coroutine; as a client it opens `H2ClientStream`s on a multiplexed connection. Flow
+control is honest both ways: credit is returned only when the router consumed the bytes, and
+sends wait for the peer's window and for the transport's buffer to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from sidecar import defaults
+from sidecar.cluster import Target
+from sidecar.http.exchange import (
+    Body,
+    Headers,
+    RefusedStream,
+    RequestHead,
+    ResponseHead,
+    StreamReset,
+)
+
+log = logging.getLogger("sidecar.h2")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class ConnectionClosed(StreamReset):
+    """The HTTP/2 connection went away."""
+
+
+class H2Protocol(asyncio.Protocol):
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        handler: Callable[[H2ServerStream], Awaitable[None]] | None = None,
+        trusted: bool = False,
+        max_concurrent_streams: int = defaults.APP_MAX_CONCURRENT_STREAMS,
+        on_close: Callable[[H2Protocol], None] | None = None,
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            # Between two pysidecars both ends are ours: skip re-validating what we validated.
+            validate_inbound_headers=not trusted,
+            normalize_inbound_headers=not trusted,
+            validate_outbound_headers=not trusted,
+            normalize_outbound_headers=not trusted,
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+        self.client_side = client_side
+        self.handler = handler
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2Stream] = {}
+        self.closed = False
+        self.goaway_received = False
+        self.peer_address: tuple[str, int] | None = None
+        self.target: Target | None = None  # the endpoint, for a pooled client connection
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._max_concurrent_streams = max_concurrent_streams
+        self._write_paused: asyncio.Future[None] | None = None
+        self._window_waiters: dict[int, asyncio.Future[None]] = {}
+        self._slot_waiters: list[asyncio.Future[None]] = []
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer_address = transport.get_extra_info("peername")
+        self.conn.local_settings = h2.settings.Settings(
+            client=self.client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: defaults.H2_STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: defaults.H2_MAX_FRAME_SIZE,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            },
+        )
+        # Settings given as initial values count as acknowledged: the frame-size limit the codec
+        # enforces has to follow them by hand (it is read from the settings only at creation).
+        self.conn.max_inbound_frame_size = defaults.H2_MAX_FRAME_SIZE
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(defaults.H2_CONNECTION_WINDOW - 65535)
+        self._flush()
+        if not self._ready.done():
+            self._ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.info("event=h2_protocol_error peer=%s error=%r", self.peer_address, str(exc))
+            self._flush()
+            self._lost(ConnectionClosed(f"protocol error: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        waiter, self._write_paused = self._write_paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(ConnectionClosed(f"connection lost: {exc}" if exc else "connection closed"))
+        self.resume_writing()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            padding = event.flow_controlled_length - len(event.data)
+            if padding:
+                self.conn.acknowledge_received_data(padding, event.stream_id)
+            if stream is None:
+                self.conn.acknowledge_received_data(len(event.data), event.stream_id)
+                return
+            if event.data:
+                stream.body.feed(event.data)
+            if event.stream_ended is not None:
+                stream.remote_ended()
+        elif isinstance(event, h2.events.RequestReceived):
+            self._request_received(event)
+        elif isinstance(
+            event, (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)
+        ):
+            stream = self.streams.get(event.stream_id)
+            if isinstance(stream, H2ClientStream):
+                stream.response_received(event)
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.trailers = list(event.headers)
+                if event.stream_ended is not None:
+                    stream.remote_ended()
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and not stream.remote_done:
+                stream.remote_ended()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                error = (RefusedStream if refused else StreamReset)(
+                    f"stream reset by peer: {event.error_code!r}"
+                )
+                stream.reset_received(error)
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._wake_windows(event.stream_id)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._wake_windows(0)
+            self._wake_slots()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway_received = True
+            last = event.last_stream_id or 0
+            for stream_id, stream in list(self.streams.items()):
+                if stream_id > last and self.client_side:
+                    stream.reset_received(RefusedStream("GOAWAY: stream not processed"))
+            if event.error_code != h2.errors.ErrorCodes.NO_ERROR:
+                log.info("event=h2_goaway peer=%s code=%r", self.peer_address, event.error_code)
+            self._maybe_close()
+
+    def _request_received(self, event: h2.events.RequestReceived) -> None:
+        if self.handler is None:
+            self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        pseudo: dict[bytes, bytes] = {}
+        headers: Headers = []
+        for name, value in event.headers:
+            if name[:1] == b":":
+                pseudo[name] = value
+            else:
+                headers.append((name, value))
+        head = RequestHead(
+            method=pseudo.get(b":method", b"GET"),
+            scheme=pseudo.get(b":scheme", b"http"),
+            authority=pseudo.get(b":authority", b""),
+            path=pseudo.get(b":path", b""),
+            headers=headers,
+            protocol=pseudo.get(b":protocol"),
+            http_version=b"2",
+        )
+        stream = H2ServerStream(self, event.stream_id, head)
+        self.streams[event.stream_id] = stream
+        if event.stream_ended is not None:
+            stream.remote_ended()
+        task = asyncio.get_running_loop().create_task(self._serve(stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, stream: H2ServerStream) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler(stream)
+        except Exception:
+            log.exception("event=handler_failed stream=%d", stream.stream_id)
+            stream.reset()
+        finally:
+            stream.local_done = True
+            self._stream_finished(stream)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        while self._write_paused is not None:
+            if self.closed:
+                raise ConnectionClosed("connection closed")
+            await self._write_paused
+
+    async def send_data(self, stream: H2Stream, data: bytes, end: bool) -> None:
+        stream_id = stream.stream_id
+        view = memoryview(data)
+        while len(view) or end:
+            if stream.reset_error is not None:
+                raise stream.reset_error
+            if self.closed:
+                raise ConnectionClosed("connection closed")
+            if not len(view):
+                self.conn.end_stream(stream_id)
+                self._flush()
+                return
+            window = min(
+                self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                waiter = asyncio.get_running_loop().create_future()
+                self._window_waiters[stream_id] = waiter
+                try:
+                    await waiter
+                finally:
+                    self._window_waiters.pop(stream_id, None)
+                continue
+            if window >= len(view):
+                chunk, view = view, view[len(view) :]
+            else:
+                chunk, view = view[:window], view[window:]
+            last = end and not len(view)
+            self.conn.send_data(
+                stream_id, chunk.tobytes() if len(chunk) != len(data) else data, end_stream=last
+            )
+            self._flush()
+            if self._write_paused is not None:
+                await self.drain()
+            if last:
+                return
+
+    def _wake_windows(self, stream_id: int) -> None:
+        if stream_id == 0:
+            waiters = list(self._window_waiters.values())
+        else:
+            waiter = self._window_waiters.get(stream_id)
+            waiters = [waiter] if waiter is not None else []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- client side --------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether a new stream may be opened here now."""
+        return (
+            not self.closed
+            and not self.goaway_received
+            and self.conn.open_outbound_streams < self.conn.remote_settings.max_concurrent_streams
+        )
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.goaway_received
+
+    async def wait_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        await waiter
+
+    def _wake_slots(self) -> None:
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def open_stream(self, head: RequestHead, end_stream: bool) -> H2ClientStream:
+        if not self.usable:
+            raise RefusedStream("connection is going away")
+        stream_id = self.conn.get_next_available_stream_id()
+        headers = request_headers(head)
+        stream = H2ClientStream(self, stream_id, head)
+        self.streams[stream_id] = stream
+        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        if end_stream:
+            stream.local_done = True
+        self._flush()
+        return stream
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _stream_finished(self, stream: H2Stream) -> None:
+        if stream.local_done and stream.remote_done:
+            self.streams.pop(stream.stream_id, None)
+            self._wake_slots()
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.goaway_received and not self.streams and self.transport is not None:
+            self.transport.close()
+
+    def _lost(self, error: StreamReset) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for stream in list(self.streams.values()):
+            stream.reset_received(error)
+        self.streams.clear()
+        self._wake_slots()
+        for waiter in self._window_waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._ready.done():
+            self._ready.set_exception(error)
+        if self.on_close is not None:
+            self.on_close(self)
+
+    def goaway(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        """Tell the peer no new streams will be served here; open ones may finish."""
+        if self.closed:
+            return
+        self.conn.close_connection(error_code=code)
+        self.goaway_received = True
+        self._flush()
+        self._maybe_close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def request_headers(head: RequestHead) -> Headers:
+    if head.method == b"CONNECT" and head.protocol is None:
+        pseudo = [(b":method", b"CONNECT"), (b":authority", head.authority)]
+    else:
+        pseudo = [
+            (b":method", head.method),
+            (b":scheme", head.scheme),
+            (b":authority", head.authority),
+            (b":path", head.path),
+        ]
+        if head.protocol is not None:
+            pseudo.append((b":protocol", head.protocol))
+    return pseudo + head.headers
+
+
+class H2Stream:
+    """State shared by both ends of one stream."""
+
+    def __init__(self, proto: H2Protocol, stream_id: int) -> None:
+        self.proto = proto
+        self.stream_id = stream_id
+        self.body = Body(self._consumed, defaults.BODY_HIGH_WATER)
+        self.trailers: Headers | None = None
+        self.local_done = False
+        self.remote_done = False
+        self.reset_error: StreamReset | None = None
+
+    def _consumed(self, n: int) -> None:
+        proto = self.proto
+        if proto.closed:
+            return
+        try:
+            proto.conn.acknowledge_received_data(n, self.stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        proto._flush()
+
+    def remote_ended(self) -> None:
+        self.remote_done = True
+        self.body.end(self.trailers)
+        self.proto._stream_finished(self)
+
+    def reset_received(self, error: StreamReset) -> None:
+        if self.reset_error is None:
+            self.reset_error = error
+        self.body.abort(error)
+        self.remote_done = self.local_done = True
+        self.proto._wake_windows(self.stream_id)
+        self.proto._stream_finished(self)
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self.proto.send_data(self, data, end=False)
+
+    async def finish(self, trailers: Headers | None = None) -> None:
+        if self.local_done:
+            return
+        if self.reset_error is not None:
+            raise self.reset_error
+        self.local_done = True
+        if trailers:
+            self.proto.conn.send_headers(self.stream_id, trailers, end_stream=True)
+            self.proto._flush()
+        else:
+            await self.proto.send_data(self, b"", end=True)
+        self.proto._stream_finished(self)
+
+    def reset(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
+        if self.local_done and self.remote_done:
+            return
+        if not self.proto.closed:
+            try:
+                self.proto.conn.reset_stream(self.stream_id, code)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+            self.proto._flush()
+        self.reset_received(StreamReset("reset locally"))
+
+
+class H2ServerStream(H2Stream):
+    """The downstream exchange of one HTTP/2 request."""
+
+    def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
+        super().__init__(proto, stream_id)
+        self.request = request
+        self.responded = False
+        self.peer_address = proto.peer_address
+
+    def informational(self, head: ResponseHead) -> None:
+        if self.reset_error is not None or self.responded:
+            return
+        self.proto.conn.send_headers(
+            self.stream_id, [(b":status", str(head.status).encode()), *head.headers]
+        )
+        self.proto._flush()
+
+    def abandon_request(self) -> None:
+        """The response is complete but the client is still sending: ask it to stop (RFC 9113
+        8.1: RST_STREAM with NO_ERROR)."""
+        if not self.remote_done:
+            self.reset(h2.errors.ErrorCodes.NO_ERROR)
+
+    async def respond(self, head: ResponseHead, end: bool = False) -> None:
+        if self.reset_error is not None:
+            raise self.reset_error
+        self.responded = True
+        self.proto.conn.send_headers(
+            self.stream_id,
+            [(b":status", str(head.status).encode()), *head.headers],
+            end_stream=end,
+        )
+        if end:
+            self.local_done = True
+        self.proto._flush()
+        if end:
+            self.proto._stream_finished(self)
+
+
+class H2ClientStream(H2Stream):
+    """An upstream request on a multiplexed connection."""
+
+    def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
+        super().__init__(proto, stream_id)
+        self.request = request
+        self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        self.on_informational: Callable[[ResponseHead], None] | None = None
+        self.response_ended_with_head = False
+
+    def response_received(
+        self, event: h2.events.ResponseReceived | h2.events.InformationalResponseReceived
+    ) -> None:
+        status = 0
+        headers: Headers = []
+        for name, value in event.headers:
+            if name == b":status":
+                status = int(value)
+            elif name[:1] != b":":
+                headers.append((name, value))
+        head = ResponseHead(status, headers)
+        if isinstance(event, h2.events.InformationalResponseReceived):
+            if self.on_informational is not None:
+                self.on_informational(head)
+            return
+        if event.stream_ended is not None:
+            self.response_ended_with_head = True
+        if not self._response.done():
+            self._response.set_result(head)
+
+    def reset_received(self, error: StreamReset) -> None:
+        super().reset_received(error)
+        if not self._response.done():
+            self._response.set_exception(error)
+            self._response.exception()  # retrieved here; the router sees it through response()
+
+    async def response(self) -> ResponseHead:
+        return await asyncio.shield(self._response)

@@ -1,0 +1,145 @@
+"""Upstream connection pools, per endpoint.
+
+- `H2Pool`: multiplexed HTTP/2. All requests to one endpoint share one connection; a second opens
+  only when the peer's stream limit is reached or the connection is going away (GOAWAY).
+- `H1Pool`: keep-alive HTTP/1.1 toward a local app, one exchange per connection at a time.
+
+Both take a `Connector`, which is how the mesh's transport (plain TCP or mTLS) is chosen without
+the pools knowing about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from sidecar.cluster import Target
+from sidecar.http.exchange import RequestHead, UpstreamConnectError
+from sidecar.http.h1 import H1Client
+from sidecar.http.h2 import H2ClientStream, H2Protocol
+from sidecar.observe.stats import ClusterStats
+
+log = logging.getLogger("sidecar.pool")
+
+Connector = Callable[[Target, Callable[[], asyncio.Protocol]], Awaitable[asyncio.BaseTransport]]
+UpstreamStream = H2ClientStream | H1Client
+
+_MAX_IDLE_H1 = 64
+
+
+def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connector:
+    """Connect over plain TCP, bounded by the connect timeout, counted in the cluster's stats."""
+
+    async def connect(
+        target: Target, factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.BaseTransport:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if stats is not None:
+            stats.upstream_cx_total += 1
+        try:
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_connection(factory, target.host, target.port)
+        except TimeoutError:
+            if stats is not None:
+                stats.upstream_cx_connect_timeout += 1
+                stats.upstream_cx_connect_fail += 1
+            raise UpstreamConnectError(f"{target}: connect timeout") from None
+        except OSError as exc:
+            if stats is not None:
+                stats.upstream_cx_connect_fail += 1
+            raise UpstreamConnectError(f"{target}: {exc.strerror or exc}") from None
+        if stats is not None:
+            stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
+        return transport
+
+    return connect
+
+
+class H2Pool:
+    def __init__(self, connector: Connector, *, trusted: bool) -> None:
+        self.connector = connector
+        self.trusted = trusted
+        self.connections: dict[Target, list[H2Protocol]] = {}
+        self._connecting: dict[Target, asyncio.Future[None]] = {}
+
+    async def open_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> H2ClientStream:
+        while True:
+            conns = self.connections.get(target, [])
+            for conn in conns:
+                if conn.available:
+                    return conn.open_stream(head, end_stream)
+            pending = self._connecting.get(target)
+            if pending is not None:
+                await asyncio.shield(pending)
+                continue
+            if any(c.usable for c in conns) and not pending:
+                # Every usable connection is at its stream limit: wait for a slot briefly; if
+                # none frees up, open another connection.
+                waiters = [asyncio.ensure_future(c.wait_slot()) for c in conns if c.usable]
+                done, not_done = await asyncio.wait(waiters, timeout=0.005)
+                for w in not_done:
+                    w.cancel()
+                if done:
+                    continue
+            await self._connect(target)
+
+    async def _connect(self, target: Target) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._connecting[target] = future
+        try:
+            proto = H2Protocol(client_side=True, trusted=self.trusted, on_close=self._closed)
+            await self.connector(target, lambda: proto)
+            proto.target = target
+            self.connections.setdefault(target, []).append(proto)
+            log.debug("event=h2_connected endpoint=%s", target)
+        finally:
+            del self._connecting[target]
+            future.set_result(None)
+
+    def _closed(self, proto: H2Protocol) -> None:
+        target = proto.target
+        conns = self.connections.get(target) if target is not None else None
+        if conns is not None and proto in conns:
+            conns.remove(proto)
+            if not conns:
+                del self.connections[target]
+
+    def close(self) -> None:
+        for conns in self.connections.values():
+            for conn in conns:
+                conn.goaway()
+
+
+class H1Pool:
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+        self.idle: dict[Target, list[H1Client]] = {}
+
+    async def open_stream(self, target: Target, head: RequestHead, end_stream: bool) -> H1Client:
+        idle = self.idle.get(target)
+        while idle:
+            client = idle.pop()
+            if client.reusable:
+                client.reused = True
+                return client.open(head, end_stream)
+        client = H1Client(on_idle=lambda c: self._idle(target, c))
+        await self.connector(target, lambda: client)
+        return client.open(head, end_stream)
+
+    def _idle(self, target: Target, client: H1Client) -> None:
+        idle = self.idle.setdefault(target, [])
+        if len(idle) < _MAX_IDLE_H1:
+            idle.append(client)
+        elif client.transport is not None:
+            client.transport.close()
+
+    def close(self) -> None:
+        for idle in self.idle.values():
+            for client in idle:
+                if client.transport is not None:
+                    client.transport.close()
+        self.idle.clear()

@@ -1,0 +1,243 @@
+"""The router between a downstream exchange and an upstream stream, whatever their HTTP versions.
+
+It picks the endpoint (per request, round robin), retries connect failures and refused streams on
+the next endpoint, bounds the wait for the response head, streams both bodies with back-pressure,
+and maps failures the way Envoy does: 503 when no endpoint could take the request, 504 on the
+request timeout, and a reset (never a truncated body that looks complete) once a response started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar import defaults
+from sidecar.cluster import Cluster, Target
+from sidecar.http.exchange import (
+    Body,
+    Headers,
+    RefusedStream,
+    RequestHead,
+    ResponseHead,
+    StreamReset,
+    UpstreamConnectError,
+    strip_hop_by_hop,
+)
+from sidecar.http.pool import UpstreamStream
+
+log = logging.getLogger("sidecar.router")
+
+NO_HEALTHY_UPSTREAM = "no healthy upstream"
+CONNECT_FAILURE = (
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+)
+REMOTE_RESET = (
+    "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+)
+REQUEST_TIMEOUT = "upstream request timeout"
+
+
+class Exchange(Protocol):
+    """What the router needs of a downstream exchange (H1ServerExchange, H2ServerStream)."""
+
+    request: RequestHead
+    body: Body
+    peer_address: tuple[str, int] | None
+    responded: bool
+
+    def informational(self, head: ResponseHead) -> None: ...
+    async def respond(self, head: ResponseHead, end: bool = False) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def finish(self, trailers: Headers | None = None) -> None: ...
+    def abandon_request(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+class Pool(Protocol):
+    async def open_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> UpstreamStream: ...
+
+
+@dataclass
+class Route:
+    """How one listener forwards requests."""
+
+    listener: str
+    cluster: Cluster
+    # Rewrites the request for this direction and says which pool carries it.
+    prepare: Callable[[Exchange], Pool]
+    request_timeout: float
+    connect_attempts: int = defaults.HTTP_CONNECT_ATTEMPTS
+
+
+async def local_reply(exchange: Exchange, status: int, text: str) -> None:
+    """An answer made by the sidecar itself (Envoy's local reply: plain text body)."""
+    if exchange.responded:
+        exchange.reset()
+        return
+    body = text.encode()
+    head = ResponseHead(
+        status,
+        [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain")],
+    )
+    try:
+        await exchange.respond(head)
+        await exchange.write(body)
+        await exchange.finish()
+    except StreamReset:
+        pass
+
+
+async def proxy(exchange: Exchange, route: Route) -> None:
+    """Carry one request upstream and its response back."""
+    try:
+        await _proxy(exchange, route)
+    except StreamReset as exc:
+        # The downstream went away (or reset its stream): nothing more to say to it.
+        log.debug("event=downstream_reset listener=%s reason=%r", route.listener, str(exc))
+
+
+async def _proxy(exchange: Exchange, route: Route) -> None:
+    pool = route.prepare(exchange)
+    head = exchange.request
+    upstream: UpstreamStream | None = None
+    failure = CONNECT_FAILURE
+    for _ in range(max(1, route.connect_attempts)):
+        target = route.cluster.pick()
+        if target is None:
+            log.info(
+                "event=no_healthy_upstream listener=%s cluster=%s",
+                route.listener,
+                route.cluster.name,
+            )
+            await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
+            return
+        try:
+            upstream = await pool.open_stream(target, head, exchange.body.at_end)
+        except (UpstreamConnectError, RefusedStream) as exc:
+            log.info(
+                "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+                route.listener,
+                route.cluster.name,
+                target,
+                str(exc),
+            )
+            continue
+        upstream.on_informational = exchange.informational
+        try:
+            response = await _response_head(upstream, exchange, route.request_timeout)
+        except RefusedStream:
+            if exchange.body.at_end or not exchange.body.buffered:
+                upstream = None
+                continue  # not processed upstream: safe to send again
+            failure = REMOTE_RESET
+            upstream = None
+            break
+        except TimeoutError:
+            upstream.reset()
+            log.info(
+                "event=request_timeout listener=%s cluster=%s", route.listener, route.cluster.name
+            )
+            await local_reply(exchange, 504, REQUEST_TIMEOUT)
+            return
+        except StreamReset:
+            failure = REMOTE_RESET
+            upstream = None
+            break
+        await _stream_response(exchange, upstream, response)
+        return
+    await local_reply(exchange, 503, failure)
+
+
+async def _response_head(
+    upstream: UpstreamStream, exchange: Exchange, timeout: float
+) -> ResponseHead:
+    """Send the request body (in the background) and wait for the response head."""
+    if not exchange.body.at_end:
+        pump = asyncio.get_running_loop().create_task(_pump_request(exchange.body, upstream))
+        upstream.request_pump = pump  # type: ignore[union-attr]
+    if timeout > 0:
+        async with asyncio.timeout(timeout):
+            return await upstream.response()
+    return await upstream.response()
+
+
+async def _pump_request(body: Body, upstream: UpstreamStream) -> None:
+    try:
+        while (chunk := await body.read()) is not None:
+            await upstream.write(chunk)
+        await upstream.finish(body.trailers)
+    except StreamReset:
+        upstream.reset()
+
+
+async def _stream_response(
+    exchange: Exchange, upstream: UpstreamStream, response: ResponseHead
+) -> None:
+    body = upstream.body
+    try:
+        if upstream.response_ended_with_head or (body.at_end and not body.trailers):
+            await exchange.respond(response, end=True)
+        else:
+            await exchange.respond(response)
+            while (chunk := await body.read()) is not None:
+                await exchange.write(chunk)
+            await exchange.finish(body.trailers)
+    except StreamReset:
+        if body.error is not None:
+            exchange.reset()  # the upstream broke mid-response: the downstream must see a reset
+        else:
+            upstream.reset()  # the downstream left: stop the upstream
+        return
+    finally:
+        pump = getattr(upstream, "request_pump", None)
+        if pump is not None and not pump.done():
+            pump.cancel()
+            exchange.abandon_request()
+
+
+# -- header policy for each direction ---------------------------------------------------------
+
+
+def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
+    """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
+    headers = [(k, v) for k, v in strip_hop_by_hop(head.headers) if k != b"host"]
+    names = {k for k, _ in headers}
+    if peer_address is not None:
+        client = peer_address[0].encode()
+        for i, (k, v) in enumerate(headers):
+            if k == b"x-forwarded-for":
+                headers[i] = (k, v + b", " + client)
+                break
+        else:
+            headers.append((b"x-forwarded-for", client))
+    if b"x-forwarded-proto" not in names:
+        headers.append((b"x-forwarded-proto", head.scheme or b"http"))
+    if b"x-request-id" not in names:
+        headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+    headers = [(k, v) for k, v in headers if k != defaults.ORIG_PROTO_HEADER]
+    if head.http_version != b"2":
+        headers.append((defaults.ORIG_PROTO_HEADER, b"HTTP/" + head.http_version))
+    head.headers = headers
+
+
+def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | None:
+    """Mesh → app: take out our hop header (returned), set XFCC from the verified identity."""
+    orig: bytes | None = None
+    headers: Headers = []
+    for k, v in head.headers:
+        if k == defaults.ORIG_PROTO_HEADER:
+            orig = v
+        elif k in (b"x-forwarded-client-cert", b"host"):
+            continue  # never trusted from the caller; host travels as :authority
+        else:
+            headers.append((k, v))
+    if client_identity is not None:
+        headers.append((b"x-forwarded-client-cert", b"URI=" + client_identity.encode()))
+    head.headers = strip_hop_by_hop(headers)
+    return orig

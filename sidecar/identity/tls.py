@@ -1,0 +1,586 @@
+"""Mesh mTLS: credentials from files, the ssl contexts of a hop, and rotation without restarts.
+
+What the data path calls (the lead's runtime wires these in):
+
+Start-up
+    store = CredentialStore.from_files(ca_path, cert_path, key_path)       # CredentialsError
+    store = CredentialStore.dev(ca_cert_path, ca_key_path, dataplane, workdir)  # dev mode
+    task = asyncio.create_task(store.watch())   # rotation (and dev-mode renewal), every second
+
+Inbound (peer sidecar -> us), per accepted connection
+    ctx = store.server_context            # read it per connection: it is swapped on rotation
+    await loop.start_tls(transport, protocol, ctx, server_side=True)   # or, with a fixed
+    # server (asyncio.start_server(ssl=...)), pass `store.front_server_context()` once: it hands
+    # every new handshake to the current context.
+    service = check_client(ssl_object, mesh)     # spiffe.IdentityError -> log, count, close
+    tags = spiffe.source_tags_from_uris(peer_uris(ssl_object), mesh)  # for policy.decide
+
+Outbound (us -> peer sidecar), per new upstream connection
+    ctx = store.client_context
+    await loop.create_connection(..., ssl=ctx, server_hostname=server_hostname(service, mesh))
+    check_server(ssl_object, mesh, service)      # spiffe.IdentityError -> next endpoint
+
+Metrics
+    store.days_until_first_expiring()   # envoy_server_days_until_first_cert_expiring
+
+Contexts follow Kuma's hop: TLS 1.2 minimum (1.3 is negotiated whenever both ends have it), ALPN
+`kuma`, the peer's chain verified against the mesh CA bundle in both directions (CERT_REQUIRED).
+Hostname checking is off on the client because the identity is a SPIFFE URI SAN, not a DNS name:
+`check_server` (i.e. `spiffe.verify_server`) must run after every outbound handshake.
+
+With TLS 1.3 a client learns that the server refused its certificate only on its first read (the
+client's handshake completes before the server has checked it); a data path must treat an
+`ssl.SSLError` or EOF on the first read like a failed handshake.
+
+Rotation: the store re-reads the three files when the stat signature (inode, size, mtime) of any
+of them changes, loads and checks them (the key must belong to the certificate, the certificate
+must chain to the bundle and be within its validity), and only then swaps in new contexts. A
+half-rotated set of files (new certificate, old key) is refused and retried on the next tick, so a
+bad rotation never takes down a working sidecar. Open connections keep the context they were
+made with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from sidecar.config.model import Dataplane
+from sidecar.identity import ca, spiffe
+from sidecar.identity.ca import CredentialsError
+
+log = logging.getLogger("sidecar.identity")
+
+ALPN = "kuma"
+MIN_VERSION = ssl.TLSVersion.TLSv1_2
+RENEW_FRACTION = 0.8  # dev mode renews a workload certificate at 80 % of its lifetime
+WATCH_INTERVAL = 1.0
+
+__all__ = [
+    "ALPN",
+    "CredentialStore",
+    "CredentialsError",
+    "MeshCredentials",
+    "check_client",
+    "check_server",
+    "client_context",
+    "days_until_first_expiring",
+    "peer_uris",
+    "server_context",
+    "server_hostname",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class MeshCredentials:
+    """A checked set of mesh credentials: the CA bundle, our certificate (chain) and its key.
+
+    Build it with `MeshCredentials.load(ca_path, cert_path, key_path)`; the PEM bytes kept here are
+    exactly those that were checked, and the ssl contexts are built from them (not by re-reading
+    the files), so what is validated is what is served.
+    """
+
+    ca_path: Path
+    cert_path: Path
+    key_path: Path
+    ca_certs: tuple[x509.Certificate, ...]
+    chain: tuple[x509.Certificate, ...]  # the leaf first, then any intermediates from cert_path
+    key: ca.PrivateKey = field(repr=False)
+    ca_pem: bytes = field(repr=False)
+    cert_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def identities(self) -> list[str]:
+        """Our URI SANs (`spiffe://<mesh>/<service>`, `kuma://<tag>/<value>`)."""
+        return spiffe.identities_of(self.cert)
+
+    @property
+    def not_before(self) -> datetime:
+        return self.cert.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.cert.not_valid_after_utc
+
+    @classmethod
+    def load(
+        cls,
+        ca_path: str | os.PathLike[str],
+        cert_path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str],
+        *,
+        now: datetime | None = None,
+    ) -> MeshCredentials:
+        """Read and check the three files; `CredentialsError` names the file at fault and why."""
+        ca_path, cert_path, key_path = Path(ca_path), Path(cert_path), Path(key_path)
+        ca_pem = ca.read_credential_file(ca_path, "CA certificate")
+        cert_pem = ca.read_credential_file(cert_path, "certificate")
+        key_pem = ca.read_credential_file(key_path, "private key")
+        ca_certs = tuple(ca.parse_certificates(ca_pem, str(ca_path)))
+        chain = tuple(ca.parse_certificates(cert_pem, str(cert_path)))
+        key = ca.parse_private_key(key_pem, str(key_path))
+        if not ca.cert_matches_key(chain[0], key):
+            raise CredentialsError(
+                key_path, f"this key does not belong to the certificate in {cert_path}"
+            )
+        if not _chains_to(chain, ca_certs):
+            raise CredentialsError(cert_path, f"certificate is not issued by any CA in {ca_path}")
+        now = now or datetime.now(UTC)
+        leaf = chain[0]
+        if leaf.not_valid_after_utc <= now:
+            raise CredentialsError(
+                cert_path, f"certificate expired at {leaf.not_valid_after_utc.isoformat()}"
+            )
+        if leaf.not_valid_before_utc > now + ca.CLOCK_SKEW:
+            raise CredentialsError(
+                cert_path,
+                f"certificate is not valid before {leaf.not_valid_before_utc.isoformat()}",
+            )
+        # ssl wants PEM; a DER input is converted here so that contexts can always be built.
+        pem = serialization.Encoding.PEM
+        return cls(
+            ca_path=ca_path,
+            cert_path=cert_path,
+            key_path=key_path,
+            ca_certs=ca_certs,
+            chain=chain,
+            key=key,
+            ca_pem=b"".join(c.public_bytes(pem) for c in ca_certs),
+            cert_pem=b"".join(c.public_bytes(pem) for c in chain),
+            key_pem=ca.key_pem(key),
+        )
+
+    def first_expiring(self) -> datetime:
+        """When the first of our certificates (CA bundle and chain) expires."""
+        return min(c.not_valid_after_utc for c in (*self.ca_certs, *self.chain))
+
+    def days_until_first_expiring(self, now: datetime | None = None) -> int:
+        return days_until_first_expiring((*self.ca_certs, *self.chain), now)
+
+
+def _chains_to(chain: tuple[x509.Certificate, ...], cas: tuple[x509.Certificate, ...]) -> bool:
+    """Whether the last certificate of `chain` is one of, or is signed by one of, the CAs."""
+    top = chain[-1]
+    for authority in cas:
+        if authority == top:
+            return True
+        try:
+            top.verify_directly_issued_by(authority)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def days_until_first_expiring(
+    certs: tuple[x509.Certificate, ...] | list[x509.Certificate], now: datetime | None = None
+) -> int:
+    """Envoy's `server.days_until_first_cert_expiring`: whole days left, 0 once expired."""
+    if not certs:
+        return 0
+    now = now or datetime.now(UTC)
+    first = min(c.not_valid_after_utc for c in certs)
+    seconds = (first - now).total_seconds()
+    return max(0, math.floor(seconds / 86400))
+
+
+# --- contexts ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _pem_files(cert_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
+    """The certificate and key as paths `load_cert_chain` can read, never left on disk.
+
+    On Linux they are memory files (`memfd_create`), so the private key never touches a disk;
+    elsewhere a private temporary directory (0700, files 0600) removed right after loading.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds = []
+        try:
+            for name, data in (("cert", cert_pem), ("key", key_pem)):
+                fd = os.memfd_create(f"pysidecar-{name}", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(
+        prefix="pysidecar-tls-"
+    ) as tmp:  # pragma: no cover - non-Linux
+        cert_path = os.path.join(tmp, "cert.pem")
+        key_path = os.path.join(tmp, "key.pem")
+        for path, data in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        yield cert_path, key_path
+
+
+def _base_context(protocol: int, creds: MeshCredentials) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = MIN_VERSION
+    with _pem_files(creds.cert_pem, creds.key_pem) as (cert_file, key_file):
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except ssl.SSLError as exc:
+            raise CredentialsError(creds.cert_path, f"rejected by OpenSSL: {exc}") from None
+    try:
+        ctx.load_verify_locations(cadata=creds.ca_pem.decode("ascii"))
+    except ssl.SSLError as exc:
+        raise CredentialsError(creds.ca_path, f"CA bundle rejected by OpenSSL: {exc}") from None
+    ctx.set_alpn_protocols([ALPN])
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def server_context(creds: MeshCredentials, *, require_client_cert: bool = True) -> ssl.SSLContext:
+    """The inbound side of a hop: our workload certificate, the client's verified against the CA.
+
+    `require_client_cert=False` makes the client certificate optional (CERT_OPTIONAL: one that is
+    sent is still verified); the caller must then check that `peer_uris` is not empty. Kuma's
+    PERMISSIVE mode is not this: it lets plaintext in beside mTLS, told apart by the first bytes,
+    and every TLS client must still present a certificate.
+    """
+    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, creds)
+    if not require_client_cert:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_context(creds: MeshCredentials) -> ssl.SSLContext:
+    """The outbound side of a hop: presents our certificate, verifies the server's chain.
+
+    `check_hostname` is off because identity is SPIFFE: call `check_server` after the handshake.
+    """
+    ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, creds)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def server_hostname(service: str, mesh: str, tags: dict[str, str] | None = None) -> str | None:
+    """Kuma's SNI for the hop, or None when Python's ssl cannot send it.
+
+    Python sends SNI only for names it can IDNA-encode (labels under 64 characters); the SNI is
+    informational for a Kuma peer (identity is checked on the certificate), so a name that cannot
+    be sent is left out rather than failing the connection.
+    """
+    name = spiffe.sni(service, mesh, tags)
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return None
+    return name
+
+
+SslObject = ssl.SSLObject | ssl.SSLSocket
+
+
+def peer_uris(ssl_object: SslObject | None) -> list[str]:
+    """The URI SANs of the peer's certificate after a handshake; [] when it sent none."""
+    if ssl_object is None:
+        return []
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return []
+    return spiffe.identities_of(der)
+
+
+def check_client(ssl_object: SslObject | None, mesh: str) -> str:
+    """Inbound: the caller's service, or `spiffe.IdentityError` naming what it presented."""
+    return spiffe.verify_client(peer_uris(ssl_object), mesh)
+
+
+def check_server(ssl_object: SslObject | None, mesh: str, service: str) -> None:
+    """Outbound: `spiffe.IdentityError` unless the peer is `spiffe://<mesh>/<service>`."""
+    spiffe.verify_server(peer_uris(ssl_object), mesh, service)
+
+
+# --- rotation ----------------------------------------------------------------------------------
+
+FileSignature = tuple[tuple[int, int, int, int] | None, ...]
+
+
+def _signature(paths: tuple[Path, ...]) -> FileSignature:
+    sig: list[tuple[int, int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            sig.append(None)
+        else:
+            sig.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class DevIssuer:
+    """Dev mode: this sidecar holds the CA key and issues its own workload certificate."""
+
+    ca_cert_path: Path
+    ca_key_path: Path
+    dataplane: Dataplane
+    workdir: Path
+    valid_for: timedelta = ca.DEFAULT_WORKLOAD_VALIDITY
+    rsa: bool = False
+
+    @property
+    def cert_path(self) -> Path:
+        return self.workdir / f"{self.dataplane.name}.crt"
+
+    @property
+    def key_path(self) -> Path:
+        return self.workdir / f"{self.dataplane.name}.key"
+
+    def issue(self, now: datetime) -> None:
+        """Issue and write a fresh certificate and key (key first, both atomically)."""
+        ca_cert, ca_key = ca.load_ca(self.ca_cert_path, self.ca_key_path)
+        try:
+            issued = ca.issue_workload(
+                ca_cert, ca_key, self.dataplane, valid_for=self.valid_for, rsa=self.rsa, now=now
+            )
+        except ca.IssueError as exc:
+            raise CredentialsError(
+                self.ca_cert_path, f"cannot issue a certificate: {exc}"
+            ) from None
+        try:
+            ca.write_cert_key(self.cert_path, self.key_path, issued)
+        except OSError as exc:
+            raise CredentialsError(self.workdir, f"cannot write credentials: {exc}") from None
+
+
+class CredentialStore:
+    """The current mesh credentials and their ssl contexts, swapped in place on rotation.
+
+    Read `server_context` / `client_context` for every new connection; the objects are replaced
+    (never mutated) when files change, so connections already open keep theirs.
+    """
+
+    def __init__(
+        self,
+        ca_path: str | os.PathLike[str],
+        cert_path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str],
+        *,
+        require_client_cert: bool = True,
+        clock: Clock = _utc_now,
+        issuer: DevIssuer | None = None,
+    ) -> None:
+        self.paths = (Path(ca_path), Path(cert_path), Path(key_path))
+        self.require_client_cert = require_client_cert
+        self.clock = clock
+        self.issuer = issuer
+        self.generation = 0  # bumped on every swap, for logs, tests and /certs
+        self.last_error: CredentialsError | None = None
+        self._subscribers: list[Callable[[MeshCredentials], None]] = []
+        self._front: ssl.SSLContext | None = None
+        signature = _signature(self.paths)
+        self._install(self._build(), signature)
+
+    # construction
+
+    @classmethod
+    def from_files(
+        cls,
+        ca_path: str | os.PathLike[str],
+        cert_path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str],
+        **kwargs: Any,
+    ) -> CredentialStore:
+        """Load credentials at start-up; `CredentialsError` names the missing or bad file."""
+        return cls(ca_path, cert_path, key_path, **kwargs)
+
+    @classmethod
+    def dev(
+        cls,
+        ca_cert_path: str | os.PathLike[str],
+        ca_key_path: str | os.PathLike[str],
+        dataplane: Dataplane,
+        workdir: str | os.PathLike[str],
+        *,
+        valid_for: timedelta = ca.DEFAULT_WORKLOAD_VALIDITY,
+        rsa: bool = False,
+        clock: Clock = _utc_now,
+        require_client_cert: bool = True,
+    ) -> CredentialStore:
+        """Dev mode: issue our own certificate now into `workdir`, renew at 80 % of its life.
+
+        The trust bundle is `ca_cert_path` itself (it may hold several CAs); the signing CA is the
+        one `ca_key_path` belongs to. The certificate is written as `<workdir>/<name>.crt` and
+        `<name>.key` (0600), so `pysidecar certs inspect` can show it.
+        """
+        issuer = DevIssuer(
+            Path(ca_cert_path), Path(ca_key_path), dataplane, Path(workdir), valid_for, rsa
+        )
+        issuer.issue(clock())
+        return cls(
+            ca_cert_path,
+            issuer.cert_path,
+            issuer.key_path,
+            require_client_cert=require_client_cert,
+            clock=clock,
+            issuer=issuer,
+        )
+
+    def _build(self) -> tuple[MeshCredentials, ssl.SSLContext, ssl.SSLContext]:
+        creds = MeshCredentials.load(*self.paths, now=self.clock())
+        return (
+            creds,
+            server_context(creds, require_client_cert=self.require_client_cert),
+            client_context(creds),
+        )
+
+    def _install(
+        self, built: tuple[MeshCredentials, ssl.SSLContext, ssl.SSLContext], sig: FileSignature
+    ) -> None:
+        self.credentials, self.server_context, self.client_context = built
+        self._signature = sig
+        self.generation += 1
+        self.last_error = None
+
+    # rotation
+
+    def subscribe(self, callback: Callable[[MeshCredentials], None]) -> None:
+        """Call `callback(credentials)` after each swap (e.g. to log or refresh /certs)."""
+        self._subscribers.append(callback)
+
+    def changed(self) -> bool:
+        """Whether any of the three files changed (inode, size or mtime) since the last load."""
+        return _signature(self.paths) != self._signature
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the files if they changed; swap in new contexts. True if a swap happened.
+
+        A set of files that does not load (missing, half-written, key not matching, not signed by
+        the bundle, expired) leaves the current credentials in place; the error is kept in
+        `last_error`, logged once, and the load is retried on the next call.
+        """
+        sig = _signature(self.paths)
+        if not force and sig == self._signature:
+            return False
+        try:
+            built = self._build()
+        except CredentialsError as exc:
+            if self.last_error is None or str(exc) != str(self.last_error):
+                log.warning(
+                    "event=credentials_rejected reason=%r keeping=generation-%d",
+                    str(exc),
+                    self.generation,
+                )
+            self.last_error = exc
+            return False
+        # The files may have changed again while they were read; the next call will notice,
+        # because the signature installed is the one taken before reading.
+        self._install(built, sig)
+        creds = self.credentials
+        log.info(
+            "event=credentials_loaded generation=%d identities=%s not_after=%s",
+            self.generation,
+            spiffe.describe(creds.identities),
+            creds.not_after.isoformat(),
+        )
+        for callback in list(self._subscribers):
+            try:
+                callback(creds)
+            except Exception:  # noqa: BLE001 - a subscriber must not stop rotation
+                log.exception("event=credentials_subscriber_failed")
+        return True
+
+    # dev-mode renewal
+
+    def renew_at(self) -> datetime | None:
+        """When dev mode renews: at 80 % of the current certificate's lifetime; None if not dev."""
+        if self.issuer is None:
+            return None
+        creds = self.credentials
+        return creds.not_before + (creds.not_after - creds.not_before) * RENEW_FRACTION
+
+    def renew_due(self, now: datetime | None = None) -> bool:
+        at = self.renew_at()
+        return at is not None and (now or self.clock()) >= at
+
+    def renew(self, now: datetime | None = None) -> bool:
+        """Dev mode: issue a new certificate now and load it. Outside dev mode, nothing to do."""
+        if self.issuer is None:
+            return False
+        try:
+            self.issuer.issue(now or self.clock())
+        except CredentialsError as exc:
+            if self.last_error is None or str(exc) != str(self.last_error):
+                log.warning("event=credentials_renew_failed reason=%r", str(exc))
+            self.last_error = exc
+            return False
+        return self.refresh(force=True)
+
+    def tick(self, now: datetime | None = None) -> bool:
+        """One round of `watch`: renew if due (dev mode), else pick up changed files."""
+        if self.renew_due(now):
+            return self.renew(now)
+        return self.refresh()
+
+    async def watch(self, interval: float = WATCH_INTERVAL) -> None:
+        """Poll forever (cancel the task to stop). File reads and, in dev mode, key generation run
+        on the event loop: they take milliseconds (an RSA key, rarely, a few tens)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad round
+                log.exception("event=credentials_watch_failed")
+
+    # a fixed context for servers that take one context for their lifetime
+
+    def front_server_context(self) -> ssl.SSLContext:
+        """A server context that never changes but serves the current credentials.
+
+        For `asyncio.start_server(ssl=...)`, which binds one context for the server's life: at
+        each ClientHello its SNI callback moves the connection onto `self.server_context` (the
+        way the ssl module documents for switching certificates), so rotation still applies to
+        new connections. Same verification settings as `server_context`.
+        """
+        if self._front is None:
+            front = server_context(self.credentials, require_client_cert=self.require_client_cert)
+
+            def switch(ssl_obj: SslObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+                current = self.server_context
+                if ssl_obj.context is not current:
+                    ssl_obj.context = current
+                return None
+
+            front.sni_callback = switch
+            self._front = front
+        return self._front
+
+    # metrics
+
+    def days_until_first_expiring(self, now: datetime | None = None) -> int:
+        """`envoy_server_days_until_first_cert_expiring` for the credentials in use."""
+        return self.credentials.days_until_first_expiring(now or self.clock())

@@ -1,0 +1,118 @@
+"""What inbound and outbound listeners share: the TCP proxy, HTTP servers bound to a route, the
+set of open connections (for drain), and settings that a reload may replace in place."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sidecar import defaults
+from sidecar.cluster import Cluster
+from sidecar.http.h1 import H1Server
+from sidecar.http.h2 import H2Protocol
+from sidecar.http.router import Route, proxy
+from sidecar.observe.stats import ListenerStats
+from sidecar.plan import ListenerPlan
+from sidecar.transport.detect import Detected, detect
+from sidecar.transport.tcp import TcpProxy, TcpSettings
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """Sidecar-wide knobs the stacks need (from the command line)."""
+
+    detection_timeout: float = defaults.PROTOCOL_DETECTION_TIMEOUT
+
+
+class ListenerStack:
+    """The protocol factory of one listener. Subclasses decide per connection what to run."""
+
+    def __init__(
+        self, plan: ListenerPlan, cluster: Cluster, stats: ListenerStats, options: StackOptions
+    ) -> None:
+        self.plan = plan
+        self.cluster = cluster
+        self.stats = stats
+        self.options = options
+        self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats)
+        self.http_connections: set[H1Server | H2Protocol] = set()
+        self.draining = False
+
+    def __call__(self) -> asyncio.Protocol:
+        raise NotImplementedError
+
+    def update(self, plan: ListenerPlan, cluster: Cluster) -> None:
+        """A reload changed this listener's plan: new connections and requests use the new one."""
+        self.plan = plan
+        self.cluster = cluster
+        self.tcp.cluster = cluster
+        self.tcp.settings = tcp_settings(plan)
+
+    # -- HTTP servers ---------------------------------------------------------------------
+
+    def route(self) -> Route:
+        raise NotImplementedError
+
+    def h1_server(self) -> H1Server:
+        route = self.route()
+        server = H1Server(
+            lambda exchange: proxy(exchange, route),
+            default_authority=self.plan.cluster.encode(),
+            on_close=self.http_connections.discard,
+        )
+        self.http_connections.add(server)
+        self._count_connection()
+        return server
+
+    def h2_server(self, *, trusted: bool, max_streams: int) -> H2Protocol:
+        route = self.route()
+        server = H2Protocol(
+            client_side=False,
+            handler=lambda stream: proxy(stream, route),
+            trusted=trusted,
+            max_concurrent_streams=max_streams,
+            on_close=self.http_connections.discard,
+        )
+        self.http_connections.add(server)
+        self._count_connection()
+        return server
+
+    def http_by_preface(
+        self, first: bytes, final: bool, *, trusted: bool, max_streams: int
+    ) -> asyncio.Protocol | None:
+        """HTTP/2 by its connection preface, HTTP/1.1 otherwise (its codec judges the bytes)."""
+        detected = detect(first)
+        if detected is None and not final:
+            return None
+        if detected is Detected.HTTP2:
+            return self.h2_server(trusted=trusted, max_streams=max_streams)
+        return self.h1_server()
+
+    def _count_connection(self) -> None:
+        self.stats.downstream_cx_total += 1
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        return len(self.tcp.relays) + len(self.http_connections)
+
+    def drain(self) -> None:
+        """Stop taking new requests on open connections; in-flight ones may finish."""
+        self.draining = True
+        for conn in list(self.http_connections):
+            if isinstance(conn, H2Protocol):
+                conn.goaway()
+            else:
+                conn.drain()
+
+    def close_all(self) -> None:
+        self.tcp.close_all()
+        for conn in list(self.http_connections):
+            conn.close() if isinstance(conn, H2Protocol) else (
+                conn.transport.abort() if conn.transport is not None else None
+            )
+
+
+def tcp_settings(plan: ListenerPlan) -> TcpSettings:
+    return TcpSettings(plan.connect_timeout, plan.idle_timeout, plan.connect_attempts)

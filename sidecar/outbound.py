@@ -1,0 +1,87 @@
+"""The outbound stack: traffic from the local app to a mesh service.
+
+Per new connection it looks at the service's protocol (from its endpoints in the mesh):
+- tcp, kafka: the relay, straight away (a server that speaks first is not held up);
+- http, http2, grpc: HTTP/1.1 or h2c from the app, told apart by the preface; requests ride
+  multiplexed HTTP/2 to the peer sidecars, balanced one by one;
+- undeclared: sniff the app's first bytes (HTTP/1 → http, the HTTP/2 preface → http2, anything
+  else, a TLS ClientHello, or silence past the detection timeout → tcp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sidecar import defaults
+from sidecar.cluster import Cluster
+from sidecar.http.pool import Connector, H2Pool
+from sidecar.http.router import Exchange, Route, outbound_headers
+from sidecar.listener import ListenerStack, StackOptions
+from sidecar.observe.stats import ListenerStats
+from sidecar.plan import ListenerPlan
+from sidecar.transport.detect import Detected, client_hello_sni, detect
+from sidecar.transport.peek import Peek
+
+log = logging.getLogger("sidecar.outbound")
+
+HTTP_FAMILY = ("http", "http2", "grpc")
+
+
+class OutboundStack(ListenerStack):
+    def __init__(
+        self,
+        plan: ListenerPlan,
+        cluster: Cluster,
+        stats: ListenerStats,
+        options: StackOptions,
+        service_protocol: Callable[[], str | None],
+        mesh_pool: H2Pool,
+    ) -> None:
+        super().__init__(plan, cluster, stats, options)
+        self.service_protocol = service_protocol
+        self.mesh_pool = mesh_pool
+
+    def __call__(self) -> asyncio.Protocol:
+        protocol = self.service_protocol()
+        if protocol in HTTP_FAMILY:
+            return Peek(self._http, timeout=None)
+        if protocol is not None or self.options.detection_timeout <= 0:
+            return self.tcp()
+        return Peek(self._sniff, timeout=self.options.detection_timeout)
+
+    def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
+        return self.http_by_preface(
+            first, final, trusted=False, max_streams=defaults.APP_MAX_CONCURRENT_STREAMS
+        )
+
+    def _sniff(self, first: bytes, final: bool) -> asyncio.Protocol | None:
+        detected = detect(first)
+        if detected is None and not final:
+            return None
+        if detected is Detected.HTTP1:
+            return self.h1_server()
+        if detected is Detected.HTTP2:
+            return self.h2_server(trusted=False, max_streams=defaults.APP_MAX_CONCURRENT_STREAMS)
+        if detected is Detected.TLS:
+            log.debug(
+                "event=sniffed listener=%s protocol=tls sni=%s",
+                self.plan.name,
+                client_hello_sni(first) or "-",
+            )
+        return self.tcp()
+
+    def route(self) -> Route:
+        pool = self.mesh_pool
+
+        def prepare(exchange: Exchange) -> H2Pool:
+            outbound_headers(exchange.request, exchange.peer_address)
+            return pool
+
+        return Route(self.plan.name, self.cluster, prepare, self.plan.request_timeout)
+
+
+def mesh_pool(connector: Connector) -> H2Pool:
+    """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars."""
+    return H2Pool(connector, trusted=False)
