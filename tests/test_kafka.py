@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import itertools
 import struct
+import warnings
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
-from kafka.protocol.parser import KafkaProtocol
+
+with warnings.catch_warnings():  # kafka-python 3 reads its schemas with a deprecated importlib API
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import kafka.admin  # noqa: F401 - loads every message schema now, quietly
+    from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
+    from kafka.protocol.parser import KafkaProtocol
 
 from sidecar.kafka import (
     API_NAMES,

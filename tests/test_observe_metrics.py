@@ -306,3 +306,44 @@ def test_scraped_by_a_real_prometheus(mesh_uvloop, tmp_path):
         server.wait(10)
         log.close()
     assert Path(config).exists()
+
+
+def test_http_connections_count_as_open_connections(mesh_uvloop):
+    """An HTTP listener's open connections show in envoy_listener_downstream_cx_active too."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Hello(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    mesh = mesh_uvloop
+    app = ThreadingHTTPServer((LOOPBACK, 0), Hello)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    try:
+        backend, _ = mesh.backend(
+            "backend-1", app.server_address[1], tags={"kuma.io/protocol": "http"}
+        )
+        web, outbound = mesh.client("web-1")
+        mesh.start(backend)
+        mesh.start(web)
+        conn = http.client.HTTPConnection(LOOPBACK, outbound, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"hello"
+        s = stats(admin_port(web))
+        assert s[f"listener.127.0.0.1_{outbound}.downstream_cx_active"] == 1
+        assert s[f"listener.127.0.0.1_{outbound}.downstream_cx_total"] == 1
+        conn.close()
+        wait_for(lambda: closed(admin_port(web), f"127.0.0.1_{outbound}"))
+    finally:
+        app.shutdown()
+        app.server_close()

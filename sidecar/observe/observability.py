@@ -163,19 +163,21 @@ class Observability:
         server.uptime = int(self.uptime)
         server.memory_allocated, server.memory_heap_size = _memory()
         server.total_connections = self.sidecar.active_connections()
-        self._count_open_bytes()
+        self._count_open_connections()
         for name, cluster in self.sidecar.clusters.items():
             hosts = self.hosts(name)
             cluster.stats.membership_total = len(hosts)
             cluster.stats.membership_healthy = sum(h.healthy for h in hosts)
 
-    def _count_open_bytes(self) -> None:
+    def _count_open_connections(self) -> None:
         stats = self.sidecar.stats
         for lst in stats.listeners.values():
             lst.open_rx_bytes = lst.open_tx_bytes = 0
         for cst in stats.clusters.values():
             cst.open_rx_bytes = cst.open_tx_bytes = 0
         for running in self.sidecar.listeners.values():
+            # Open connections of every kind (relays and HTTP), as the stack counts them.
+            running.stack.stats.downstream_cx_active = running.stack.active
             proxy = running.stack.tcp
             lst, cst = proxy.stats, proxy.cluster.stats
             for relay in proxy.relays:
