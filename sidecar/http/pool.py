@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable
 
 from sidecar.cluster import Target
 from sidecar.http.exchange import RequestHead, UpstreamConnectError
-from sidecar.http.h1 import H1Client
+from sidecar.http.h1 import H1Client, H1ClientStream
 from sidecar.http.h2 import H2ClientStream, H2Protocol
 from sidecar.observe.stats import ClusterStats
 
 log = logging.getLogger("sidecar.pool")
 
 Connector = Callable[[Target, Callable[[], asyncio.Protocol]], Awaitable[asyncio.BaseTransport]]
-UpstreamStream = H2ClientStream | H1Client
+UpstreamStream = H2ClientStream | H1ClientStream
 
 _MAX_IDLE_H1 = 64
 
@@ -119,7 +119,9 @@ class H1Pool:
         self.connector = connector
         self.idle: dict[Target, list[H1Client]] = {}
 
-    async def open_stream(self, target: Target, head: RequestHead, end_stream: bool) -> H1Client:
+    async def open_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> H1ClientStream:
         idle = self.idle.get(target)
         while idle:
             client = idle.pop()
