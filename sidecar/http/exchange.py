@@ -32,6 +32,12 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# The status an upstream stream reports for an accepted upgrade or CONNECT, whatever the wire
+# said (101 from HTTP/1.1, 200 from HTTP/2's extended CONNECT): each codec turns it back into its
+# own form toward its peer.
+TUNNEL_ESTABLISHED = 101
+
+
 class StreamReset(Exception):
     """The other side reset the stream or dropped the connection mid-exchange."""
 
@@ -146,8 +152,8 @@ class Body:
         self._wake()
 
     def abort(self, exc: BaseException) -> None:
-        if self.ended and not self._chunks:
-            return
+        if self.ended:
+            return  # complete already: a later reset (e.g. RST_STREAM NO_ERROR) changes nothing
         self.error = exc
         self._wake()
 

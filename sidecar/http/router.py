@@ -18,6 +18,7 @@ from typing import Protocol
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.http.exchange import (
+    TUNNEL_ESTABLISHED,
     Body,
     Headers,
     RefusedStream,
@@ -192,6 +193,8 @@ async def _stream_response(
     exchange: Exchange, upstream: UpstreamStream, response: ResponseHead
 ) -> None:
     body = upstream.body
+    response.headers = strip_hop_by_hop(response.headers)
+    tunnel = response.status == TUNNEL_ESTABLISHED
     try:
         if upstream.response_ended_with_head or (body.at_end and not body.trailers):
             await exchange.respond(response, end=True)
@@ -209,8 +212,11 @@ async def _stream_response(
     finally:
         pump = getattr(upstream, "request_pump", None)
         if pump is not None and not pump.done():
-            pump.cancel()
-            exchange.abandon_request()
+            if tunnel and body.error is None:
+                await pump  # a tunnel ends when both directions have
+            else:
+                pump.cancel()
+                exchange.abandon_request()
 
 
 # -- header policy for each direction ---------------------------------------------------------
