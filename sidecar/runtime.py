@@ -154,6 +154,8 @@ class Sidecar:
                 self._mesh_pool(cluster),
             )
         self.observability.attach(stack.tcp, plan.key)
+        stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
+        stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(

@@ -469,6 +469,7 @@ class H2ServerStream(H2Stream):
         super().__init__(proto, stream_id)
         self.request = request
         self.responded = False
+        self.status = 0  # the status sent downstream, for stats and the access log
         self.peer_address = proto.peer_address
 
     def informational(self, head: ResponseHead) -> None:
@@ -489,6 +490,7 @@ class H2ServerStream(H2Stream):
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
+        self.status = head.status
         # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
         status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
         self.proto.conn.send_headers(

@@ -181,6 +181,8 @@ FAMILIES: tuple[Family, ...] = (
     family("cluster", "grpc_total", stat="grpc.total"),
     family("cluster", "grpc_request_message_count", stat="grpc.request_message_count"),
     family("cluster", "grpc_response_message_count", stat="grpc.response_message_count"),
+    family("cluster", "grpc_status", stat="grpc.{}", name="envoy_cluster_grpc_status",
+           key="grpc_status", help="gRPC calls by their grpc-status"),
     # -- http connection manager (L7) ------------------------------------------------------------
     family("http", "downstream_rq_total"),
     family("http", "downstream_rq_active", GAUGE),

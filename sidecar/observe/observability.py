@@ -39,6 +39,8 @@ from sidecar.observe.probes import HealthReporter, ServiceProbe, VirtualProbes
 from sidecar.plan import ListenerPlan
 
 if TYPE_CHECKING:
+    from sidecar.http.accounting import RequestRecord
+    from sidecar.http.exchange import RequestHead
     from sidecar.runtime import Sidecar
     from sidecar.transport.relay import Relay
     from sidecar.transport.tcp import TcpProxy
@@ -101,6 +103,8 @@ class Observability:
             except OSError as exc:
                 reason = exc.strerror or exc
                 raise BindError(f"access log {target}: cannot open: {reason}") from None
+            for running in self.sidecar.listeners.values():  # bound before the log was open
+                running.stack.on_request_done = self.request_logger(running.plan.cluster)
         try:
             await self._bind(
                 self.admin, "admin", defaults.ADMIN_ADDRESS, dataplane.networking.admin_port
@@ -274,6 +278,40 @@ class Observability:
         proxy.on_connection = on_connection
         proxy.on_close = on_close
 
+    def request_logger(self, cluster: str) -> Callable[[RequestRecord], None] | None:
+        """The L7 path's access-log hook for one listener (None when the log is off)."""
+        access_log = self.access_log
+        if access_log is None:
+            return None
+
+        def done(record: RequestRecord) -> None:
+            head = record.request
+            try:
+                access_log.http(
+                    start=record.start,
+                    method=head.method.decode(errors="replace"),
+                    path=head.path.decode(errors="replace") or "-",
+                    protocol="HTTP/" + head.http_version.decode(),
+                    status=record.status,
+                    flags=record.flags,
+                    received=record.received,
+                    sent=record.sent,
+                    duration_ms=record.duration_ms,
+                    upstream_time_ms=record.upstream_time_ms,
+                    forwarded_for=_header(head, b"x-forwarded-for"),
+                    user_agent=_header(head, b"user-agent"),
+                    request_id=_header(head, b"x-request-id"),
+                    authority=head.authority.decode(errors="replace"),
+                    upstream_host=record.upstream_host,
+                    downstream=record.downstream,
+                    source=None,
+                    cluster=cluster,
+                )
+            except Exception:  # observability must never break the data path
+                log.exception("event=access_log_failed cluster=%s", cluster)
+
+        return done
+
     def _connection_closed(self, proxy: TcpProxy, relay: Relay) -> None:
         target = relay.target
         upstream = str(target) if target is not None else None
@@ -438,3 +476,8 @@ def _memory() -> tuple[int, int]:
     except (OSError, ValueError):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return rss, rss
+
+
+def _header(head: RequestHead, name: bytes) -> str | None:
+    value = head.header(name)
+    return value.decode(errors="replace") if value is not None else None

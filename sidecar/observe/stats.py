@@ -152,6 +152,7 @@ class ClusterStats:
     grpc_total: int = 0
     grpc_request_message_count: int = 0
     grpc_response_message_count: int = 0
+    grpc_status: dict[str, int] = field(default_factory=dict)  # calls by grpc-status ("0", "14")
 
 
 @dataclass(eq=False)
