@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar import defaults
 from sidecar.cluster import Cluster
 from sidecar.http.pool import H1Pool, H2Pool, plain_connector
 from sidecar.http.router import Exchange, Pool, Route, inbound_headers
@@ -21,7 +20,6 @@ from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.stats import ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, detect
-from sidecar.transport.peek import Peek
 
 
 class InboundStack(ListenerStack):
@@ -30,27 +28,25 @@ class InboundStack(ListenerStack):
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         connector = plain_connector(plan.connect_timeout, cluster.stats)
-        self.h1_pool = H1Pool(connector)
-        self.h2_pool = H2Pool(connector, trusted=False)
+        self.h1_pool = H1Pool(connector, cluster.stats)
+        self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats)
 
-    def __call__(self) -> asyncio.Protocol:
+    def new_connection(self) -> asyncio.Protocol:
         protocol = self.plan.protocol
         if protocol in ("tcp", "kafka"):
             return self.tcp()
         if protocol is not None:
-            return Peek(self._http, timeout=None)
+            return self.http_peek(self._http)
         timeout = self.options.detection_timeout
-        return Peek(self._sniff, timeout=timeout if timeout > 0 else None)
+        return self.peek(self._sniff, timeout if timeout > 0 else None, silent_closes=False)
 
     def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
-        return self.http_by_preface(
-            first, final, trusted=False, max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS
-        )
+        return self.http_by_preface(first, final, trusted=False, mesh_hop=True)
 
     def _sniff(self, first: bytes, final: bool) -> asyncio.Protocol | None:
         detected = detect(first)
         if detected is Detected.HTTP2:
-            return self.h2_server(trusted=False, max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS)
+            return self.h2_server(trusted=False, mesh_hop=True)
         if detected is None and not final:
             return None
         return self.tcp()

@@ -1,11 +1,13 @@
 """What inbound and outbound listeners share: the TCP proxy, HTTP servers bound to a route, the
-set of open connections (for drain), and settings that a reload may replace in place."""
+set of open connections (for drain and for the connection limit), the periodic check of their
+timeouts, and settings that a reload may replace in place."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar import defaults
 from sidecar.cluster import Cluster
@@ -13,10 +15,15 @@ from sidecar.http.accounting import RequestRecord
 from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import H2Protocol
 from sidecar.http.router import Exchange, Pool, Route, proxy
+from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, detect
+from sidecar.transport.fds import FdGuard
+from sidecar.transport.peek import Decide, Peek
 from sidecar.transport.tcp import TcpProxy, TcpSettings
+
+log = logging.getLogger("sidecar.listener")
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,18 @@ class StackOptions:
     """Sidecar-wide knobs the stacks need (from the command line)."""
 
     detection_timeout: float = defaults.PROTOCOL_DETECTION_TIMEOUT
+    limits: Limits = field(default_factory=Limits)
+    fds: FdGuard | None = None  # the process's descriptor guard; None: not checked
+
+
+class Refused(asyncio.Protocol):
+    """A connection the listener will not serve (over a limit): closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass
 
 
 class ListenerStack:
@@ -38,13 +57,69 @@ class ListenerStack:
         self.options = options
         self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats)
         self.http_connections: set[H1Server | H2Protocol] = set()
+        self.peeking = 0  # connections still being told apart (Peek)
+        self.overflowing = False  # refusing at the connection limit (logged once per episode)
         self.draining = False
         # Set by the runtime's observability: HTTP connection-manager stats, the access log.
         self.http_stats = HttpStats(plan.stat_address)
         self.on_request_done: Callable[[RequestRecord], None] | None = None
 
+    @property
+    def limits(self) -> Limits:
+        return self.options.limits
+
     def __call__(self) -> asyncio.Protocol:
+        """The protocol factory the listening socket calls for each accepted connection."""
+        if not self.admit():
+            return Refused()
+        return self.new_connection()
+
+    def new_connection(self) -> asyncio.Protocol:
         raise NotImplementedError
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served: under the listener's connection limit, and
+        with file descriptors to spare. A refusal is counted; the first of a run is logged."""
+        if self.active >= self.limits.max_connections:
+            self.stats.downstream_cx_overflow += 1
+            if not self.overflowing:
+                self.overflowing = True
+                log.warning(
+                    "event=listener_overflow listener=%s limit=%d action=refusing",
+                    self.plan.name,
+                    self.limits.max_connections,
+                )
+            return False
+        self.overflowing = False
+        fds = self.options.fds
+        if fds is not None and not fds.admit():
+            self.stats.downstream_cx_overload_reject += 1
+            return False
+        return True
+
+    def peek(self, decide: Decide, timeout: float | None, *, silent_closes: bool) -> Peek:
+        """A Peek counted among the listener's connections. `silent_closes`: a connection that
+        sends nothing within the timeout is closed (HTTP listeners: the request headers
+        timeout), rather than handed to `decide`."""
+        self.peeking += 1
+        return Peek(
+            decide,
+            timeout,
+            on_settled=self._peek_settled,
+            on_silent=self._silent if silent_closes else None,
+        )
+
+    def _peek_settled(self) -> None:
+        self.peeking -= 1
+
+    def _silent(self, transport: asyncio.Transport) -> None:
+        self.http_stats.downstream_rq_header_timeout += 1
+        transport.close()
+
+    def http_peek(self, decide: Decide) -> Peek:
+        """Wait for an HTTP client's first bytes, at most the request headers timeout."""
+        timeout = self.limits.request_headers_timeout
+        return self.peek(decide, timeout if timeout > 0 else None, silent_closes=True)
 
     def update(self, plan: ListenerPlan, cluster: Cluster) -> None:
         """A reload changed this listener's plan: new connections and requests use the new one."""
@@ -77,33 +152,42 @@ class ListenerStack:
             lambda exchange: proxy(exchange, route),
             default_authority=self.plan.cluster.encode(),
             on_close=self.http_connections.discard,
+            limits=self.limits,
+            stats=self.http_stats,
         )
         self.http_connections.add(server)
         self._count_connection()
         return server
 
-    def h2_server(self, *, trusted: bool, max_streams: int) -> H2Protocol:
+    def h2_server(self, *, trusted: bool, mesh_hop: bool) -> H2Protocol:
+        """`mesh_hop`: peers are sidecars (the mesh's stream limit and header allowance)."""
         route = self.route()
+        limits = self.limits
         server = H2Protocol(
             client_side=False,
             handler=lambda stream: proxy(stream, route),
             trusted=trusted,
-            max_concurrent_streams=max_streams,
+            max_concurrent_streams=(
+                limits.mesh_max_concurrent_streams if mesh_hop else limits.h2_max_concurrent_streams
+            ),
             on_close=self.http_connections.discard,
+            limits=limits,
+            stats=self.http_stats,
+            mesh_hop=mesh_hop,
         )
         self.http_connections.add(server)
         self._count_connection()
         return server
 
     def http_by_preface(
-        self, first: bytes, final: bool, *, trusted: bool, max_streams: int
+        self, first: bytes, final: bool, *, trusted: bool, mesh_hop: bool
     ) -> asyncio.Protocol | None:
         """HTTP/2 by its connection preface, HTTP/1.1 otherwise (its codec judges the bytes)."""
         detected = detect(first)
         if detected is None and not final:
             return None
         if detected is Detected.HTTP2:
-            return self.h2_server(trusted=trusted, max_streams=max_streams)
+            return self.h2_server(trusted=trusted, mesh_hop=mesh_hop)
         return self.h1_server()
 
     def _count_connection(self) -> None:
@@ -113,7 +197,13 @@ class ListenerStack:
 
     @property
     def active(self) -> int:
-        return len(self.tcp.relays) + len(self.http_connections)
+        return len(self.tcp.relays) + len(self.http_connections) + self.peeking
+
+    def sweep(self, now: float) -> None:
+        """Check the HTTP connections' timeouts (request headers, idle); the runtime calls this
+        a few times per shortest timeout, so no connection needs a timer of its own."""
+        for conn in list(self.http_connections):
+            conn.sweep(now)
 
     def drain(self) -> None:
         """Stop taking new requests on open connections; in-flight ones may finish."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sidecar import defaults
 from sidecar.config.dataplane import ConfigError
+from sidecar.limits import LimitsError, describe, load_limits
 from sidecar.listener import StackOptions
 from sidecar.plan import Timeouts
 from sidecar.runtime import BindError, Options, Sidecar
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="run a sidecar for one Dataplane (the default command)")
     add_run_arguments(parser)
     parser.set_defaults(func=run)
+    limits = sub.add_parser("limits", help="list every limit, its default and its meaning")
+    limits.set_defaults(func=lambda _args: print(describe(), end="") or 0)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +112,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.1; 0 turns sniffing off)",
     )
     parser.add_argument(
+        "--limits",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML file of limit overrides, `name: value` (see `pysidecar limits`)",
+    )
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one limit (wins over --limits); repeatable",
+    )
+    parser.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("PYSIDECAR_LOOP", "auto"),
@@ -119,6 +136,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from(args: argparse.Namespace) -> Options:
     from sidecar.cli import parse_variables
 
+    try:
+        limits = load_limits(args.limits, args.limit)
+    except LimitsError as exc:
+        raise SystemExit(f"pysidecar: {exc}") from None
     return Options(
         dataplane=args.dataplane,
         variables=parse_variables(args.dataplane_var),
@@ -126,7 +147,7 @@ def options_from(args: argparse.Namespace) -> Options:
         drain_timeout=args.drain_timeout,
         timeouts=Timeouts(args.request_timeout, args.stream_idle_timeout),
         lb=args.lb,
-        stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
+        stack=StackOptions(detection_timeout=args.protocol_detection_timeout, limits=limits),
         access_log=args.access_log,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
+from sidecar.transport.fds import FdGuard, loop_exception_handler
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -40,7 +42,7 @@ class Options:
     drain_timeout: float = defaults.DRAIN_TIMEOUT
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
-    stack: StackOptions = field(default_factory=StackOptions)
+    stack: StackOptions = field(default_factory=StackOptions)  # with the limits
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
@@ -64,6 +66,9 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 class Sidecar:
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.limits = options.stack.limits
+        self.fds = FdGuard(self.limits.fd_reserve)
+        self.stack_options = dataclasses.replace(options.stack, fds=self.fds)
         self.stats = StatsStore()
         self.resolver = Resolver()
         self.listeners: dict[tuple[str, int], RunningListener] = {}
@@ -95,6 +100,16 @@ class Sidecar:
             raise
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._refresh_dns()))
+        self._tasks.append(asyncio.create_task(self._sweep()))
+        self._tasks.append(asyncio.create_task(self.fds.watch()))
+        # asyncio logs every accept that fails for want of descriptors (thousands a second):
+        # the guard folds them into one episode, logged once.
+        asyncio.get_running_loop().set_exception_handler(loop_exception_handler(self.fds))
+        if self.limits.changed():
+            log.info(
+                "event=limits %s",
+                " ".join(f"{k}={v}" for k, v in sorted(self.limits.changed().items())),
+            )
         log.info(
             "event=ready dataplane=%s mesh=%s listeners=%s",
             self.dataplane.name,
@@ -143,13 +158,13 @@ class Sidecar:
         cluster = self._cluster_for(plan)
         stack: ListenerStack
         if plan.direction == "inbound":
-            stack = InboundStack(plan, cluster, stats, self.options.stack)
+            stack = InboundStack(plan, cluster, stats, self.stack_options)
         else:
             stack = OutboundStack(
                 plan,
                 cluster,
                 stats,
-                self.options.stack,
+                self.stack_options,
                 lambda: cluster.protocol,
                 self._mesh_pool(cluster),
             )
@@ -176,7 +191,7 @@ class Sidecar:
         if cluster is None:
             stat_name = plan.cluster.replace(":", "_")
             cluster = self.clusters[plan.cluster] = Cluster(
-                plan.cluster, self.stats.cluster(stat_name), self.options.lb
+                plan.cluster, self.stats.cluster(stat_name), self.options.lb, self.limits
             )
         return cluster
 
@@ -184,7 +199,7 @@ class Sidecar:
         pool = self.mesh_pools.get(cluster.name)
         if pool is None:
             connector = plain_connector(defaults.OUTBOUND_CONNECT_TIMEOUT, cluster.stats)
-            pool = self.mesh_pools[cluster.name] = mesh_pool(connector)
+            pool = self.mesh_pools[cluster.name] = mesh_pool(connector, cluster.stats)
         return pool
 
     def _update_clusters(self) -> None:
@@ -225,6 +240,20 @@ class Sidecar:
                     self._update_clusters()
             except Exception:  # a watcher that dies silently would freeze the mesh view
                 log.exception("event=watch_failed")
+
+    async def _sweep(self) -> None:
+        """The HTTP connections' timeouts (request headers, idle), checked a few times per the
+        shortest of them by one task rather than a timer per connection."""
+        loop = asyncio.get_running_loop()
+        interval = self.limits.sweep_interval()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for running in list(self.listeners.values()):
+                try:
+                    running.stack.sweep(now)
+                except Exception:  # one bad connection must not stop the checks
+                    log.exception("event=sweep_failed listener=%s", running.plan.name)
 
     async def _refresh_dns(self) -> None:
         while True:

@@ -51,6 +51,10 @@ class UpstreamConnectError(Exception):
     """No connection to any endpoint could be made (503 after the attempts)."""
 
 
+class UpstreamOverflow(Exception):
+    """A circuit breaker of the cluster is open: 503 at once (Envoy's UO)."""
+
+
 @dataclass
 class RequestHead:
     method: bytes

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from sidecar.cluster import Target
-from sidecar.http.exchange import RequestHead, UpstreamConnectError
+from sidecar.http.exchange import RequestHead, UpstreamConnectError, UpstreamOverflow
 from sidecar.http.h1 import H1Client, H1ClientStream
 from sidecar.http.h2 import H2ClientStream, H2Protocol
 from sidecar.observe.stats import ClusterStats
@@ -57,10 +57,24 @@ def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connec
     return connect
 
 
+def _reserve_connection(stats: ClusterStats | None) -> None:
+    """Count a new upstream connection against the cluster's circuit breaker, or refuse it."""
+    if stats is None:
+        return
+    if stats.upstream_cx_active >= stats.cb_max_connections:
+        stats.upstream_cx_overflow += 1
+        raise UpstreamOverflow("cluster at its max connections")
+    stats.upstream_cx_active += 1
+
+
 class H2Pool:
-    def __init__(self, connector: Connector, *, trusted: bool) -> None:
+    def __init__(
+        self, connector: Connector, *, trusted: bool, stats: ClusterStats | None = None
+    ) -> None:
+        """`stats`: the cluster's, whose connections this pool counts and bounds."""
         self.connector = connector
         self.trusted = trusted
+        self.stats = stats
         self.connections: dict[Target, list[H2Protocol]] = {}
         self._connecting: dict[Target, asyncio.Future[None]] = {}
 
@@ -91,8 +105,14 @@ class H2Pool:
         future = asyncio.get_running_loop().create_future()
         self._connecting[target] = future
         try:
+            _reserve_connection(self.stats)
             proto = H2Protocol(client_side=True, trusted=self.trusted, on_close=self._closed)
-            await self.connector(target, lambda: proto)
+            try:
+                await self.connector(target, lambda: proto)
+            except BaseException:
+                if self.stats is not None:
+                    self.stats.upstream_cx_active -= 1
+                raise
             proto.target = target
             self.connections.setdefault(target, []).append(proto)
             log.debug("event=h2_connected endpoint=%s", target)
@@ -101,6 +121,8 @@ class H2Pool:
             future.set_result(None)
 
     def _closed(self, proto: H2Protocol) -> None:
+        if self.stats is not None and proto.target is not None:
+            self.stats.upstream_cx_active -= 1
         target = proto.target
         conns = self.connections.get(target) if target is not None else None
         if conns is not None and proto in conns:
@@ -115,8 +137,10 @@ class H2Pool:
 
 
 class H1Pool:
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Connector, stats: ClusterStats | None = None) -> None:
+        """`stats`: the cluster's, whose connections this pool counts and bounds."""
         self.connector = connector
+        self.stats = stats
         self.idle: dict[Target, list[H1Client]] = {}
 
     async def open_stream(
@@ -128,9 +152,21 @@ class H1Pool:
             if client.reusable:
                 client.reused = True
                 return client.open(head, end_stream)
-        client = H1Client(on_idle=lambda c: self._idle(target, c))
-        await self.connector(target, lambda: client)
+        _reserve_connection(self.stats)
+        client = H1Client(on_idle=lambda c: self._idle(target, c), on_lost=self._lost)
+        try:
+            await self.connector(target, lambda: client)
+        except BaseException:
+            if self.stats is not None:
+                self.stats.upstream_cx_active -= 1
+            raise
+        client.counted = self.stats is not None
         return client.open(head, end_stream)
+
+    def _lost(self, client: H1Client) -> None:
+        if client.counted and self.stats is not None:
+            client.counted = False
+            self.stats.upstream_cx_active -= 1
 
     def _idle(self, target: Target, client: H1Client) -> None:
         idle = self.idle.setdefault(target, [])

@@ -222,19 +222,27 @@ class Observability:
         if cluster is None:
             return []
         plan = next((p for p in self.plans() if p.cluster == cluster_name), None)
+        ejected = cluster.outlier.ejected  # passive outlier detection: Envoy's flag for them
         if plan is not None and plan.direction == "inbound":
             probe = self.service_probes.get(plan.port)
             ok = probe is None or probe.healthy
             return [
-                Host(t.host, t.port, ok, "healthy" if ok else "/failed_active_hc")
+                Host(
+                    t.host,
+                    t.port,
+                    ok and t.key not in ejected,
+                    ("" if ok else "/failed_active_hc")
+                    + ("/failed_outlier_check" if t.key in ejected else "")
+                    or "healthy",
+                )
                 for t in cluster.targets
             ]
         hosts = [
             Host(
                 t.host,
                 t.port,
-                True,
-                "healthy",
+                t.key not in ejected,
+                "/failed_outlier_check" if t.key in ejected else "healthy",
                 t.endpoint.tags.get(model.ZONE_TAG, "") if t.endpoint else "",
             )
             for t in cluster.targets

@@ -60,6 +60,13 @@ class TcpProxy:
     async def _connect(self, relay: Relay) -> None:
         cluster, settings = self.cluster, self.settings
         cstats = cluster.stats
+        if cstats.upstream_cx_active >= cstats.cb_max_connections:
+            # The cluster's circuit breaker is open (Envoy's tcp_proxy closes the connection).
+            cstats.upstream_cx_overflow += 1
+            relay.response_flags = "UO"
+            log.info("event=upstream_overflow listener=%s cluster=%s", self.name, cluster.name)
+            relay.close()
+            return
         for _ in range(settings.connect_attempts):
             target = cluster.pick()
             if target is None:
@@ -87,6 +94,7 @@ class TcpProxy:
                 cstats.upstream_cx_connect_fail += 1
                 self._connect_failed(target, exc.strerror or str(exc))
                 continue
+            cluster.outlier.success(target)
             cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
             cstats.upstream_cx_active += 1
             relay.target = target
@@ -100,6 +108,7 @@ class TcpProxy:
         relay.close()
 
     def _connect_failed(self, target: Target, reason: str) -> None:
+        self.cluster.outlier.failure(target)
         log.warning(
             "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
             self.name,
