@@ -163,6 +163,14 @@ class Body:
         self.error = exc
         self._wake()
 
+    def discard(self) -> int:
+        """Drop what was queued and not read (a stream cut short); returns how many bytes, so
+        that the codec can give their flow-control credit back."""
+        dropped = self.buffered
+        self._chunks.clear()
+        self.buffered = 0
+        return dropped
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

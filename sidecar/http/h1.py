@@ -518,6 +518,11 @@ class H1ServerExchange:
         self.tunnelling = False
         self._chunked = False
 
+    @property
+    def cancelled(self) -> bool:
+        """The client went away: nothing more should be done for this request."""
+        return self.error is not None
+
     def lost(self, error: StreamReset) -> None:
         self.error = error
         self.body.abort(error)

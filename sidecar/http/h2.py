@@ -695,6 +695,17 @@ class H2Stream:
         if self.reset_error is None:
             self.reset_error = error
         self.body.abort(error)
+        if self.body.error is not None and self.body.buffered:
+            # Cut short with data nobody will read: give its credit back to the connection, or
+            # every such stream would shrink the connection's window for good.
+            unread = self.body.discard()
+            proto = self.proto
+            if not proto.closed:
+                try:
+                    proto.conn.acknowledge_received_data(unread, self.stream_id)
+                except h2.exceptions.ProtocolError:
+                    pass
+                proto._flush()
         self.remote_done = self.local_done = True
         self.proto._wake_windows(self.stream_id)
         self.proto._stream_finished(self)
@@ -737,6 +748,11 @@ class H2ServerStream(H2Stream):
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.peer_address = proto.peer_address
+
+    @property
+    def cancelled(self) -> bool:
+        """The client reset the stream (or the connection went): nothing more to do for it."""
+        return self.reset_error is not None
 
     def informational(self, head: ResponseHead) -> None:
         if self.reset_error is not None or self.responded:

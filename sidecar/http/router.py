@@ -58,6 +58,9 @@ class Exchange(Protocol):
     responded: bool
     status: int
 
+    @property
+    def cancelled(self) -> bool: ...
+
     def informational(self, head: ResponseHead) -> None: ...
     async def respond(self, head: ResponseHead, end: bool = False) -> None: ...
     async def write(self, data: bytes) -> None: ...
@@ -194,6 +197,11 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
     failure = CONNECT_FAILURE
     retrying = False
     for attempt in range(max(1, route.connect_attempts)):
+        if exchange.cancelled:
+            # Reset by the client before it reached an upstream (rapid reset, or a client that
+            # gave up): no upstream request for it.
+            stats.upstream_rq_cancelled += 1
+            return retrying
         if attempt and not retrying:
             if stats.upstream_rq_retry_active >= stats.cb_max_retries:
                 stats.upstream_rq_retry_overflow += 1
