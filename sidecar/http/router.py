@@ -35,6 +35,7 @@ from sidecar.http.exchange import (
 )
 from sidecar.http.pool import UpstreamStream
 from sidecar.observe.stats import HttpStats
+from sidecar.observe.throttle import LogThrottle
 
 log = logging.getLogger("sidecar.router")
 
@@ -47,6 +48,8 @@ REMOTE_RESET = (
 )
 REQUEST_TIMEOUT = "upstream request timeout"
 OVERFLOW = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+
+_throttle = LogThrottle()  # failure lines that can come in floods
 
 
 class Exchange(Protocol):
@@ -235,13 +238,17 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
         except (UpstreamConnectError, RefusedStream) as exc:
             if isinstance(exc, UpstreamConnectError):
                 cluster.outlier.failure(target)
-            log.info(
-                "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
-                route.listener,
-                cluster.name,
-                target,
-                str(exc),
-            )
+            held_back = _throttle.allow((route.listener, target, str(exc)))
+            if held_back is not None:
+                log.info(
+                    "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s "
+                    "reason=%r since_last_line=%d",
+                    route.listener,
+                    cluster.name,
+                    target,
+                    str(exc),
+                    held_back,
+                )
             continue
         upstream.on_informational = exchange.informational
         cluster.acquire(target)

@@ -121,6 +121,9 @@ FAMILIES: tuple[Family, ...] = (
     family("server", "memory_heap_size", GAUGE, "bytes reserved (virtual size)"),
     family("server", "total_connections", GAUGE, "open downstream connections"),
     family("server", "days_until_first_cert_expiring", GAUGE, "days until a certificate expires"),
+    family("server", "seconds_until_first_cert_expiring", GAUGE,
+           "seconds until the first certificate in use expires (pysidecar's own)",
+           name="pysidecar_server_seconds_until_first_cert_expiring"),
     # -- listener (every protocol) ---------------------------------------------------------------
     family("listener", "downstream_cx_total", help="connections accepted"),
     family("listener", "downstream_cx_active", GAUGE, "connections open"),

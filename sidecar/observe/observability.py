@@ -167,6 +167,10 @@ class Observability:
         server.uptime = int(self.uptime)
         server.memory_allocated, server.memory_heap_size = _memory()
         server.total_connections = self.sidecar.active_connections()
+        security = getattr(self.sidecar, "security", None)  # mesh mTLS, when it is on
+        if security is not None:
+            server.days_until_first_cert_expiring = security.store.days_until_first_expiring()
+            server.seconds_until_first_cert_expiring = security.store.seconds_until_first_expiring()
         self._count_open_connections()
         for name, cluster in self.sidecar.clusters.items():
             hosts = self.hosts(name)

@@ -241,6 +241,7 @@ class ServerStats:
     memory_heap_size: int = 0
     total_connections: int = 0
     days_until_first_cert_expiring: int | None = None  # set by the identity layer (mTLS)
+    seconds_until_first_cert_expiring: int | None = None  # the same to the second
 
 
 class StatsStore:

@@ -7,7 +7,7 @@ second). So the listeners ask `admit()` for each new connection and refuse it (c
 connections keep the descriptors they need. The count is an estimate that costs nothing per
 connection: the real number, read from /proc every second by `refresh()`, plus two for each
 connection admitted since (a downstream and its upstream). One log line when refusing starts, one
-when it ends.
+when it ends (once a second reserve is free again, so that the state does not flap).
 
 Should the kernel refuse an accept anyway, asyncio reports it through the loop's exception
 handler: `loop_exception_handler` counts it into the same episode instead of logging it.
@@ -76,7 +76,9 @@ class FdGuard:
         if counted is not None:
             self.counted = counted
             self.admitted = 0
-        if self.exhausted and self.estimate < self.limit - self.reserve:
+        # Recovered once there is a reserve to spare again, not merely at the threshold: the
+        # refusals' own descriptors come and go, and the state must not flap with them.
+        if self.exhausted and self.estimate < self.limit - 2 * self.reserve:
             log.warning(
                 "event=fd_recovered open_fds=%d limit=%d refused=%d",
                 self.estimate,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
+from sidecar.observe.throttle import LogThrottle
 from sidecar.transport.relay import Relay, Side
 
 log = logging.getLogger("sidecar.tcp")
@@ -41,6 +42,7 @@ class TcpProxy:
         self.on_connection: Callable[[Relay], None] | None = None
         self.on_close: Callable[[Relay], None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._throttle = LogThrottle()
 
     def __call__(self) -> asyncio.Protocol:
         relay = Relay(self._loop, self.settings.idle_timeout, self._closed)
@@ -109,12 +111,17 @@ class TcpProxy:
 
     def _connect_failed(self, target: Target, reason: str) -> None:
         self.cluster.outlier.failure(target)
+        held_back = self._throttle.allow((target, reason))
+        if held_back is None:
+            return  # the same failure was logged less than a second ago
         log.warning(
-            "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+            "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r "
+            "since_last_line=%d",
             self.name,
             self.cluster.name,
             target,
             reason,
+            held_back,
         )
 
     def _closed(self, relay: Relay) -> None:
