@@ -91,16 +91,19 @@ def test_client_streaming(channel):
 
 
 def test_bidirectional(channel):
-    replies = method(channel, "stream_stream", "Bidi")(
-        iter([b"one", b"two", b"three"]), timeout=10
-    )
+    replies = method(channel, "stream_stream", "Bidi")(iter([b"one", b"two", b"three"]), timeout=10)
     assert list(replies) == [b"ONE", b"TWO", b"THREE"]
 
 
 @pytest.mark.parametrize(
     "code",
-    [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL,
-     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED],
+    [
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ],
 )
 def test_error_statuses_arrive_as_sent(channel, code):
     """Errors come back trailers-only: grpc-status and grpc-message must survive the trip."""
