@@ -2,15 +2,21 @@
 
 `Pki(dir)` holds one mesh CA; `issue(name, service, ...)` writes `<name>.crt`/`.key` for a
 dataplane serving `service`, and `args(name)` are the sidecar's command-line flags for them.
+`mtls_pair` starts app <- backend sidecar <- web sidecar with credentials; `ask`/`tls_ask` are
+one-connection clients; `s_client` drives `openssl s_client`.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 import subprocess
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +24,10 @@ from cryptography.x509.oid import NameOID
 
 from sidecar.config.dataplane import dataplane_from_document
 from sidecar.identity import ca
+from tests.support import LOOPBACK, Sidecar, TcpServer, echo
+
+if TYPE_CHECKING:
+    from tests.conftest import Mesh
 
 OPENSSL = shutil.which("openssl")
 
@@ -139,3 +149,86 @@ def s_client(
         proc.kill()
         proc.wait()
     return bytes(out)
+
+
+# --- sidecars and clients -------------------------------------------------------------------
+
+
+def ask(port: int, data: bytes = b"ping\n", timeout: float = 10.0) -> bytes:
+    """One connection: send a line, return the first reply (b"" if closed without one)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+        conn.sendall(data)
+        try:
+            return conn.recv(1024)
+        except ConnectionResetError:
+            return b""
+
+
+def answer(text: bytes, received: list[bytes] | None = None):
+    """An app answering `text` to anything; what it got goes to `received`."""
+
+    def handler(conn: socket.socket) -> None:
+        while data := conn.recv(1024):
+            if received is not None:
+                received.append(data)
+            conn.sendall(text)
+
+    return handler
+
+
+@dataclass
+class Pair:
+    backend: Sidecar
+    web: Sidecar
+    inbound: int  # the backend sidecar's inbound port (mTLS)
+    outbound: int  # web's outbound to backend (plaintext, from the app)
+    app: TcpServer | None  # None when the caller brought its own app
+
+
+def mtls_pair(
+    mesh: Mesh,
+    pki: Pki,
+    handler=echo,
+    *,
+    protocol: str = "tcp",
+    backend_args: tuple[str, ...] = (),
+    app_port: int | None = None,
+) -> Pair:
+    """app <- backend-1 (service backend) <- web-1 (service web), both with credentials; the
+    app is a TcpServer running `handler`, or whatever listens on `app_port`."""
+    app = mesh.server(handler) if app_port is None else None
+    port = app.port if app is not None else app_port
+    assert port is not None
+    backend, inbound = mesh.backend("backend-1", port, tags={"kuma.io/protocol": protocol})
+    web, outbound = mesh.client("web-1")
+    pki.issue("backend-1", "backend")
+    pki.issue("web-1", "web")
+    b = mesh.start(backend, *pki.args("backend-1"), *backend_args)
+    w = mesh.start(web, *pki.args("web-1"))
+    return Pair(b, w, inbound, outbound, app)
+
+
+def client_context(pki: Pki, name: str, ca_path: Path | None = None) -> ssl.SSLContext:
+    """A hand-made mesh client (what a peer sidecar presents), for direct inbound checks."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(ca_path or pki.ca_path))
+    ctx.load_cert_chain(str(pki.dir / f"{name}.crt"), str(pki.dir / f"{name}.key"))
+    ctx.set_alpn_protocols(["kuma"])
+    return ctx
+
+
+def tls_ask(port: int, ctx: ssl.SSLContext, data: bytes = b"ping\n") -> tuple[bytes, bytes]:
+    """mTLS straight to an inbound: (the server's certificate DER, the reply or b"")."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="backend{mesh=default}") as conn:
+            der = conn.getpeercert(binary_form=True) or b""
+            conn.sendall(data)
+            try:
+                return der, conn.recv(1024)
+            except (ssl.SSLError, ConnectionResetError):
+                return der, b""
+
+
+def log_count(sidecar: Sidecar, text: str) -> int:
+    return sidecar.log.count(text)

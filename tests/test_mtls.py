@@ -7,99 +7,27 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sidecar.identity import ca
-from tests.conftest import Mesh
-from tests.pki import OPENSSL, Pki, s_client
-from tests.support import LOOPBACK, Sidecar, TcpServer, echo, free_port, wait_for
+from sidecar.identity.tls import peer_uris
+from tests.pki import (
+    OPENSSL,
+    Pki,
+    answer,
+    ask,
+    client_context,
+    log_count,
+    mtls_pair,
+    s_client,
+    tls_ask,
+)
+from tests.support import LOOPBACK, echo, free_port, wait_for
 
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl CLI")
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path / "certs")
-
-
-def ask(port: int, data: bytes = b"ping\n", timeout: float = 10.0) -> bytes:
-    """One connection: send a line, return the first reply (b"" if closed without one)."""
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
-        conn.sendall(data)
-        try:
-            return conn.recv(1024)
-        except ConnectionResetError:
-            return b""
-
-
-def answer(text: bytes, received: list[bytes] | None = None):
-    """An app answering `text` to anything; what it got goes to `received`."""
-
-    def handler(conn: socket.socket) -> None:
-        while data := conn.recv(1024):
-            if received is not None:
-                received.append(data)
-            conn.sendall(text)
-
-    return handler
-
-
-@dataclass
-class Pair:
-    backend: Sidecar
-    web: Sidecar
-    inbound: int  # the backend sidecar's inbound port (mTLS)
-    outbound: int  # web's outbound to backend (plaintext, from the app)
-    app: TcpServer
-
-
-def mtls_pair(
-    mesh: Mesh,
-    pki: Pki,
-    handler=echo,
-    *,
-    protocol: str = "tcp",
-    backend_args: tuple[str, ...] = (),
-) -> Pair:
-    app = mesh.server(handler)
-    backend, inbound = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": protocol})
-    web, outbound = mesh.client("web-1")
-    pki.issue("backend-1", "backend")
-    pki.issue("web-1", "web")
-    b = mesh.start(backend, *pki.args("backend-1"), *backend_args)
-    w = mesh.start(web, *pki.args("web-1"))
-    return Pair(b, w, inbound, outbound, app)
-
-
-def client_context(pki: Pki, name: str, ca_path: Path | None = None) -> ssl.SSLContext:
-    """A hand-made mesh client (what a peer sidecar presents), for direct inbound checks."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(str(ca_path or pki.ca_path))
-    ctx.load_cert_chain(str(pki.dir / f"{name}.crt"), str(pki.dir / f"{name}.key"))
-    ctx.set_alpn_protocols(["kuma"])
-    return ctx
-
-
-def tls_ask(port: int, ctx: ssl.SSLContext, data: bytes = b"ping\n") -> tuple[bytes, bytes]:
-    """mTLS straight to an inbound: (the server's certificate DER, the reply or b"")."""
-    with socket.create_connection((LOOPBACK, port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="backend{mesh=default}") as conn:
-            der = conn.getpeercert(binary_form=True) or b""
-            conn.sendall(data)
-            try:
-                return der, conn.recv(1024)
-            except (ssl.SSLError, ConnectionResetError):
-                return der, b""
-
-
-def log_count(sidecar: Sidecar, text: str) -> int:
-    return sidecar.log.count(text)
 
 
 # --- the hop -------------------------------------------------------------------------------------
@@ -139,9 +67,6 @@ def test_outbound_speaks_kumas_wire_conventions(mesh, pki, tmp_path):
         with server_ctx.wrap_socket(raw, server_side=True) as conn:
             seen["alpn"] = conn.selected_alpn_protocol()
             seen["version"] = conn.version()
-            seen["client"] = ca.load_certificates(pki.dir / "web-1.crt")[0].extensions
-            from sidecar.identity.tls import peer_uris
-
             seen["uris"] = peer_uris(conn)
             while data := conn.recv(1024):
                 conn.sendall(data)
@@ -323,9 +248,7 @@ def test_permissive_inbound_takes_mtls_from_peers_and_plaintext_from_others(mesh
         assert ask(pair.inbound, b"plaintext\n") == b"plaintext\n"
     der, reply = tls_ask(pair.inbound, client_context(pki, "web-1"))
     assert reply == b"ping\n"
-    assert der == ca.load_certificates(pki.dir / "backend-1.crt")[0].public_bytes(
-        ca.serialization.Encoding.DER
-    )
+    assert der == ca.load_certificate(pki.dir / "backend-1.crt").public_bytes(Encoding.DER)
     accepted = log_count(pair.backend, "event=mtls_accepted")
     assert accepted == 3  # two through web's sidecar, one by hand; plaintext is not mTLS
     # A plaintext client of a server that speaks first: silent, it is taken as plaintext.
@@ -346,41 +269,3 @@ def test_listeners_stay_plaintext_without_credentials(mesh):
     assert ask(outbound) == b"ping\n"
     assert ask(inbound, b"direct\n") == b"direct\n"
     assert "event=mtls_enabled" not in b.log
-
-
-# --- threads of continuous traffic (rotation tests) ------------------------------------------
-
-
-class Traffic:
-    """New connections through a port, one after another, until stopped; counts outcomes."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            i += 1
-            data = b"call %d\n" % i
-            try:
-                reply = ask(self.port, data, timeout=5)
-            except OSError as exc:
-                self.failed.append(repr(exc))
-                continue
-            if reply == data:
-                self.ok += 1
-            else:
-                self.failed.append(f"call {i}: {reply!r}")
-
-    def wait_more(self, n: int = 20) -> None:
-        target = self.ok + n
-        wait_for(lambda: self.ok >= target or self.failed, 20, f"{n} more calls")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
