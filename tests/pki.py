@@ -121,7 +121,7 @@ def server_certificate(directory: Path, host: str) -> tuple[Path, Path, Path]:
 def s_client(
     port: int, data: bytes, *args: str, expect: bytes | None = None, timeout: float = 15
 ) -> bytes:
-    """`openssl s_client` to 127.0.0.1:port sending `data`: what it printed on stdout.
+    """`openssl s_client` to 127.0.0.1:port sending `data`: what it printed (stdout, stderr).
 
     It runs until the server closes the connection or, when `expect` is given, until that
     appears on stdout (then it is stopped: the connection of a good client stays open).
@@ -131,7 +131,7 @@ def s_client(
         [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     assert proc.stdin is not None and proc.stdout is not None
     out = bytearray()
