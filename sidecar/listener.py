@@ -130,7 +130,7 @@ class ListenerStack:
             if isinstance(conn, H2Protocol):
                 conn.goaway()
             else:
-                conn.drain()
+                conn.close_when_idle()
 
     def close_all(self) -> None:
         self.tcp.close_all()

@@ -46,7 +46,7 @@ def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 def seen(result: subprocess.CompletedProcess[str]) -> dict:
-    body = result.stdout.split("\r\n\r\n", 1)[-1] if "\r\n\r\n" in result.stdout else result.stdout
+    body = result.stdout.rsplit("\r\n\r\n", 1)[-1]
     return json.loads(body)
 
 

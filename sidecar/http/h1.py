@@ -135,7 +135,9 @@ class H1Server(_Writer):
         except h11.RemoteProtocolError:
             pass
         self._process()
-        return False
+        # Keep our side open: a client that half-closed after its request still gets the reply;
+        # the connection closes once that is sent.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -145,7 +147,7 @@ class H1Server(_Writer):
         if self.on_close is not None:
             self.on_close(self)
 
-    def drain(self) -> None:
+    def close_when_idle(self) -> None:
         """Finish the exchange in progress, then close; an idle connection closes now."""
         self.draining = True
         if self.exchange is None and self.transport is not None:
@@ -162,6 +164,8 @@ class H1Server(_Writer):
                 return
             if isinstance(event, h11.Request):
                 self._request(event)
+                if self.exchange is None:  # refused: the connection is closing
+                    return
             elif isinstance(event, h11.Data):
                 assert self.exchange is not None
                 if self.exchange.body.feed(bytes(event.data)) and not self.reading_paused:
@@ -179,6 +183,13 @@ class H1Server(_Writer):
                 return
 
     def _request(self, event: h11.Request) -> None:
+        # h11 bounds only heads that arrive in pieces; a whole one is measured here (Envoy: 431).
+        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > defaults.MAX_REQUEST_HEADERS_BYTES:
+            self._protocol_error(
+                h11.RemoteProtocolError("request headers too large", error_status_hint=431)
+            )
+            return
         host, path = split_target(event.target)
         authority = host
         headers: Headers = []
@@ -203,7 +214,11 @@ class H1Server(_Writer):
         # Envoy answers `Expect: 100-continue` itself and does not forward it.
         if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
             head.headers = [(k, v) for k, v in headers if k != b"expect"]
-            self._write(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            self._write(
+                self.conn.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
+            )
         self.task = asyncio.get_running_loop().create_task(self._serve(exchange))
 
     async def _serve(self, exchange: H1ServerExchange) -> None:
@@ -297,7 +312,9 @@ class H1ServerExchange:
             return  # 100 was answered when the request arrived
         self.proto._write(
             self.proto.conn.send(
-                h11.InformationalResponse(status_code=head.status, headers=head.headers)
+                h11.InformationalResponse(
+                    status_code=head.status, headers=head.headers, reason=_reason(head.status)
+                )
             )
         )
 
@@ -357,22 +374,82 @@ class H1ServerExchange:
             self.proto.transport.abort()
 
 
+class H1ClientStream:
+    """One request/response on an `H1Client` connection: the upstream stream of an exchange.
+
+    It is its own object so that the connection can go back to the pool as soon as the response
+    is complete, while the router is still reading this response's body.
+    """
+
+    def __init__(self, client: H1Client, request: RequestHead, chunked: bool) -> None:
+        self.client = client
+        self.request = request
+        self.body = Body(None, defaults.BODY_HIGH_WATER)
+        self.body.on_consumed = _body_consumed(client, self.body)
+        self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        self.on_informational: Callable[[ResponseHead], None] | None = None
+        self.response_ended_with_head = False
+        self.reset_error: StreamReset | None = None
+        self.chunked = chunked
+
+    @property
+    def answered(self) -> bool:
+        return self._response.done()
+
+    async def response(self) -> ResponseHead:
+        return await asyncio.shield(self._response)
+
+    async def write(self, data: bytes) -> None:
+        if self.reset_error is not None:
+            raise self.reset_error
+        client = self.client
+        try:
+            client._write(client.conn.send(h11.Data(data=data)))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(str(exc)) from exc
+        if client._write_paused is not None:
+            await client.drain()
+
+    async def finish(self, trailers: Headers | None = None) -> None:
+        if self.reset_error is not None:
+            raise self.reset_error
+        client = self.client
+        if client.conn.our_state is not h11.SEND_BODY:
+            return
+        try:
+            end = h11.EndOfMessage(headers=trailers if (trailers and self.chunked) else [])
+            client._write(client.conn.send(end))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(str(exc)) from exc
+
+    def reset(self) -> None:
+        if self.client.stream is self:
+            self.client.abort(StreamReset("reset locally"))
+
+    def responded(self, head: ResponseHead) -> None:
+        if not self._response.done():
+            self._response.set_result(head)
+
+    def fail(self, error: StreamReset) -> None:
+        if self.reset_error is None:
+            self.reset_error = error
+        if not self._response.done():
+            self._response.set_exception(error)
+            self._response.exception()  # retrieved: the router sees it through response()
+        if not self.body.ended:
+            self.body.abort(error)
+
+
 class H1Client(_Writer):
-    """An HTTP/1.1 connection to a local app, used for one exchange at a time (kept alive)."""
+    """An HTTP/1.1 connection to a local app, carrying one exchange at a time (kept alive)."""
 
     def __init__(self, on_idle: Callable[[H1Client], None] | None = None) -> None:
         super().__init__()
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
         self.on_idle = on_idle
         self.reading_paused = False
-        self.body = Body()
-        self.request: RequestHead | None = None
-        self._response: asyncio.Future[ResponseHead] | None = None
-        self.on_informational: Callable[[ResponseHead], None] | None = None
-        self.response_ended_with_head = False
-        self.reset_error: StreamReset | None = None
+        self.stream: H1ClientStream | None = None
         self.reused = False  # a kept-alive connection the app may have closed meanwhile
-        self._chunked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -385,19 +462,13 @@ class H1Client(_Writer):
             and self.conn.their_state is h11.IDLE
         )
 
-    def open(self, head: RequestHead, end_stream: bool) -> H1Client:
-        """Send a request head; this connection is then the upstream stream of the exchange."""
-        self.request = head
-        self.body = Body(None, defaults.BODY_HIGH_WATER)
-        self.body.on_consumed = _body_consumed(self, self.body)
-        self._response = asyncio.get_running_loop().create_future()
-        self.on_informational = None
-        self.response_ended_with_head = False
-        self.reset_error = None
+    def open(self, head: RequestHead, end_stream: bool) -> H1ClientStream:
+        """Send a request head; the returned stream carries the rest of the exchange."""
         headers: Headers = [(b"host", head.authority), *head.headers]
-        self._chunked = not end_stream and not any(k == b"content-length" for k, _ in headers)
-        if self._chunked:
+        chunked = not end_stream and not any(k == b"content-length" for k, _ in headers)
+        if chunked:
             headers.append((b"transfer-encoding", b"chunked"))
+        stream = self.stream = H1ClientStream(self, head, chunked)
         self._write(
             self.conn.send(
                 h11.Request(method=head.method, target=head.path or b"/", headers=headers)
@@ -405,35 +476,11 @@ class H1Client(_Writer):
         )
         if end_stream:
             self._write(self.conn.send(h11.EndOfMessage()))
-        return self
+        return stream
 
-    async def write(self, data: bytes) -> None:
-        if self.reset_error is not None:
-            raise self.reset_error
-        try:
-            self._write(self.conn.send(h11.Data(data=data)))
-        except h11.LocalProtocolError as exc:
-            raise StreamReset(str(exc)) from exc
-        if self._write_paused is not None:
-            await self.drain()
-
-    async def finish(self, trailers: Headers | None = None) -> None:
-        if self.reset_error is not None:
-            raise self.reset_error
-        if self.conn.our_state is not h11.SEND_BODY:
-            return
-        try:
-            end = h11.EndOfMessage(headers=trailers if (trailers and self._chunked) else [])
-            self._write(self.conn.send(end))
-        except h11.LocalProtocolError as exc:
-            raise StreamReset(str(exc)) from exc
-
-    async def response(self) -> ResponseHead:
-        assert self._response is not None
-        return await asyncio.shield(self._response)
-
-    def reset(self) -> None:
-        self._fail(StreamReset("reset locally"))
+    def abort(self, error: StreamReset) -> None:
+        if self.stream is not None:
+            self.stream.fail(error)
         if self.transport is not None:
             self.transport.abort()
 
@@ -457,7 +504,8 @@ class H1Client(_Writer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.resume_writing()
-        self._fail(self._closed_error())
+        if self.stream is not None:
+            self.stream.fail(self._closed_error())
 
     def _process(self) -> None:
         while True:
@@ -468,52 +516,49 @@ class H1Client(_Writer):
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
+            stream = self.stream
+            if stream is None:
+                if isinstance(event, h11.ConnectionClosed) and self.transport is not None:
+                    self.transport.close()  # the app closed an idle kept-alive connection
+                return
             if isinstance(event, h11.InformationalResponse):
-                if self.on_informational is not None:
-                    self.on_informational(ResponseHead(event.status_code, list(event.headers)))
+                if stream.on_informational is not None:
+                    stream.on_informational(ResponseHead(event.status_code, list(event.headers)))
             elif isinstance(event, h11.Response):
-                head = ResponseHead(event.status_code, list(event.headers))
-                if self._response is not None and not self._response.done():
-                    self._response.set_result(head)
+                stream.responded(ResponseHead(event.status_code, list(event.headers)))
             elif isinstance(event, h11.Data):
-                if self.body.feed(bytes(event.data)) and not self.reading_paused:
+                if stream.body.feed(bytes(event.data)) and not self.reading_paused:
                     self.reading_paused = True
                     assert self.transport is not None
                     self.transport.pause_reading()
             elif isinstance(event, h11.EndOfMessage):
-                self.body.end(list(event.headers) or None)
+                stream.body.end(list(event.headers) or None)
                 self._done()
                 return
             elif isinstance(event, h11.ConnectionClosed):
-                self._fail(self._closed_error())
+                stream.fail(self._closed_error())
                 return
 
     def _closed_error(self) -> StreamReset:
         """A reused connection closed before any answer is retry-safe: the app timed it out."""
-        answered = self._response is not None and self._response.done()
-        if self.reused and not answered:
+        if self.reused and self.stream is not None and not self.stream.answered:
             return RefusedStream("kept-alive connection closed by the app")
         return StreamReset("upstream closed the connection")
 
     def _done(self) -> None:
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
+            self.stream = None
+            if self.reading_paused and self.transport is not None:
+                self.reading_paused = False
+                self.transport.resume_reading()
             if self.on_idle is not None:
                 self.on_idle(self)
         elif self.transport is not None:
+            # The response ended before our request did: this connection cannot be reused.
+            self.stream = None
             self.transport.close()
 
     def _bad_response(self, exc: h11.RemoteProtocolError) -> None:
         log.info("event=bad_upstream_response error=%r", str(exc))
-        self._fail(StreamReset(f"malformed response: {exc}"))
-        if self.transport is not None:
-            self.transport.close()
-
-    def _fail(self, error: StreamReset) -> None:
-        if self.reset_error is None:
-            self.reset_error = error
-        if self._response is not None and not self._response.done():
-            self._response.set_exception(error)
-            self._response.exception()
-        if not self.body.ended:
-            self.body.abort(error)
+        self.abort(StreamReset(f"malformed response: {exc}"))

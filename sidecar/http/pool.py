@@ -15,7 +15,7 @@ import logging
 
 from sidecar.cluster import Target
 from sidecar.http.exchange import RequestHead
-from sidecar.http.h1 import H1Client
+from sidecar.http.h1 import H1Client, H1ClientStream
 from sidecar.http.h2 import H2ClientStream, H2Protocol
 from sidecar.transport.connect import Connector, plain_connector
 
@@ -23,7 +23,7 @@ log = logging.getLogger("sidecar.pool")
 
 __all__ = ["Connector", "H1Pool", "H2Pool", "UpstreamStream", "plain_connector"]
 
-UpstreamStream = H2ClientStream | H1Client
+UpstreamStream = H2ClientStream | H1ClientStream
 
 _MAX_IDLE_H1 = 64
 
@@ -90,7 +90,9 @@ class H1Pool:
         self.connector = connector
         self.idle: dict[Target, list[H1Client]] = {}
 
-    async def open_stream(self, target: Target, head: RequestHead, end_stream: bool) -> H1Client:
+    async def open_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> H1ClientStream:
         idle = self.idle.get(target)
         while idle:
             client = idle.pop()

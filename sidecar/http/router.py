@@ -157,10 +157,22 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
 async def _response_head(
     upstream: UpstreamStream, exchange: Exchange, timeout: float
 ) -> ResponseHead:
-    """Send the request body (in the background) and wait for the response head."""
+    """Send the request body (in the background) and wait for the response head.
+
+    As in Envoy, the request timeout starts once the whole request has been sent: a long upload
+    is not cut by it.
+    """
     if not exchange.body.at_end:
-        pump = asyncio.get_running_loop().create_task(_pump_request(exchange.body, upstream))
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(_pump_request(exchange.body, upstream))
         upstream.request_pump = pump  # type: ignore[union-attr]
+        if timeout > 0:
+            response = asyncio.ensure_future(upstream.response())
+            await asyncio.wait((response, pump), return_when=asyncio.FIRST_COMPLETED)
+            if response.done():
+                return response.result()
+            async with asyncio.timeout(timeout):
+                return await response
     if timeout > 0:
         async with asyncio.timeout(timeout):
             return await upstream.response()
