@@ -5,6 +5,7 @@ Data-path tests run under uvloop and asyncio (the `mesh` fixture)."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 from datetime import UTC, datetime, timedelta
@@ -189,6 +190,45 @@ def test_outbound_refuses_a_peer_with_the_wrong_identity_and_fails_over(mesh, pk
     client.wait_log("peer is not spiffe://default/backend (found spiffe://default/payments")
     # The evil peer's sidecar may have started its app connection, but no byte reached it.
     assert leaked == []
+
+
+def http_answer(text: bytes):
+    """A minimal keep-alive HTTP/1.1 app answering `text` to every request."""
+    response = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(text), text)
+
+    def handler(conn: socket.socket) -> None:
+        buffer = b""
+        while data := conn.recv(65536):
+            buffer += data
+            while b"\r\n\r\n" in buffer:
+                _, buffer = buffer.split(b"\r\n\r\n", 1)
+                conn.sendall(response)
+
+    return handler
+
+
+def test_http_outbound_fails_over_from_a_peer_with_the_wrong_identity(mesh, pki):
+    """The same check on the HTTP/2 connections of the mesh pool: requests go to the good peer."""
+    good_app = mesh.server(http_answer(b"good"))
+    evil_app = mesh.server(http_answer(b"evil"))
+    tags = {"kuma.io/protocol": "http"}
+    good, _ = mesh.backend("backend-good", good_app.port, tags=tags)
+    evil, _ = mesh.backend("backend-evil", evil_app.port, tags=tags)
+    web, outbound = mesh.client("web-1")
+    pki.issue("backend-good", "backend")
+    pki.issue("backend-evil", "payments")
+    pki.issue("web-1", "web")
+    mesh.start(good, *pki.args("backend-good"))
+    mesh.start(evil, *pki.args("backend-evil"))
+    client = mesh.start(web, *pki.args("web-1"))
+    conn = http.client.HTTPConnection(LOOPBACK, outbound, timeout=10)
+    answers = []
+    for _ in range(8):
+        conn.request("GET", "/")
+        answers.append(conn.getresponse().read())
+    conn.close()
+    assert answers == [b"good"] * 8
+    client.wait_log("peer is not spiffe://default/backend (found spiffe://default/payments")
 
 
 @needs_openssl
