@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,12 +33,17 @@ class Target:
         return f"{self.host}:{self.port}"
 
 
+LB_POLICIES = ("round_robin", "least_request")
+
+
 class Cluster:
-    def __init__(self, name: str, stats: ClusterStats) -> None:
+    def __init__(self, name: str, stats: ClusterStats, lb: str = "round_robin") -> None:
         self.name = name
         self.stats = stats
+        self.lb = lb
         self.targets: tuple[Target, ...] = ()
         self.protocol: str | None = None  # the service's protocol in the mesh (None: undeclared)
+        self.active: dict[Target, int] = {}  # requests or connections in flight, per endpoint
         self._next = 0
 
     def set_targets(self, targets: Iterable[Target]) -> None:
@@ -53,12 +59,26 @@ class Cluster:
         self.stats.membership_healthy = len(targets)
 
     def pick(self) -> Target | None:
-        """The next endpoint, round robin; None when the cluster is empty."""
+        """The next endpoint (round robin, or the less loaded of two random ones, as Envoy's
+        least_request does); None when the cluster is empty."""
         targets = self.targets
         if not targets:
             return None
+        if self.lb == "least_request" and len(targets) > 1:
+            a, b = random.sample(targets, 2)
+            return a if self.active.get(a, 0) <= self.active.get(b, 0) else b
         self._next = (self._next + 1) % len(targets)
         return targets[self._next]
+
+    def acquire(self, target: Target) -> None:
+        self.active[target] = self.active.get(target, 0) + 1
+
+    def release(self, target: Target) -> None:
+        left = self.active.get(target, 0) - 1
+        if left > 0:
+            self.active[target] = left
+        else:
+            self.active.pop(target, None)
 
 
 def is_ip(host: str) -> bool:

@@ -80,7 +80,10 @@ class InboundStack(ListenerStack):
                 return self.h2_pool
             return self.h1_pool if orig is not None else self.h2_pool
 
-        return Route(self.plan.name, self.cluster, prepare, self.plan.request_timeout, 1)
+        plan = self.plan
+        return Route(
+            plan.name, self.cluster, prepare, plan.request_timeout, 1, plan.stream_idle_timeout
+        )
 
     def handler(self, peer: Peer | None = None) -> Handler:
         """Each request of a connection from `peer`: authorized, then routed to the app."""

@@ -133,11 +133,17 @@ class ListenerStack:
                 conn.close_when_idle()
 
     def close_all(self) -> None:
+        """The drain deadline passed: close what is left. Relays and tunnels (websockets) get a
+        plain FIN, which websocket peers see as a closed connection rather than an error."""
         self.tcp.close_all()
         for conn in list(self.http_connections):
-            conn.close() if isinstance(conn, H2Protocol) else (
-                conn.transport.abort() if conn.transport is not None else None
-            )
+            if isinstance(conn, H2Protocol):
+                conn.close()
+            elif conn.transport is not None:
+                if conn.tunnel is not None:
+                    conn.transport.close()
+                else:
+                    conn.transport.abort()
 
 
 def tcp_settings(plan: ListenerPlan) -> TcpSettings:

@@ -82,7 +82,14 @@ class OutboundStack(ListenerStack):
             outbound_headers(exchange.request, exchange.peer_address)
             return pool
 
-        return Route(self.plan.name, self.cluster, prepare, self.plan.request_timeout)
+        plan = self.plan
+        return Route(
+            plan.name,
+            self.cluster,
+            prepare,
+            plan.request_timeout,
+            stream_idle_timeout=plan.stream_idle_timeout,
+        )
 
 
 def mesh_pool(connector: Connector, *, trusted: bool = False) -> H2Pool:

@@ -29,6 +29,7 @@ class ListenerPlan:
     idle_timeout: float = defaults.OUTBOUND_IDLE_TIMEOUT
     connect_attempts: int = defaults.TCP_CONNECT_ATTEMPTS
     request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
+    stream_idle_timeout: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
 
     @property
     def key(self) -> tuple[str, int]:
@@ -46,10 +47,17 @@ def outbound_cluster_name(outbound: model.Outbound) -> str:
     return "_".join([outbound.service, *(f"{k}_{v}" for k, v in extra)])
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """HTTP timeouts that the command line may override (Kuma sets them with MeshTimeout)."""
+
+    request: float = defaults.OUTBOUND_REQUEST_TIMEOUT  # outbound; the inbound has none
+    stream_idle: float | None = None  # None: Kuma's defaults, 30 min outbound and 1 h inbound
+
+
 def plan_listeners(
-    dataplane: model.Dataplane, request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
+    dataplane: model.Dataplane, timeouts: Timeouts = Timeouts()
 ) -> dict[tuple[str, int], ListenerPlan]:
-    """`request_timeout` is the outbound HTTP request timeout (Kuma's MeshTimeout default)."""
     plans: list[ListenerPlan] = []
     for inbound in dataplane.networking.inbound:
         plans.append(
@@ -66,6 +74,7 @@ def plan_listeners(
                 idle_timeout=defaults.INBOUND_IDLE_TIMEOUT,
                 connect_attempts=1,
                 request_timeout=defaults.INBOUND_REQUEST_TIMEOUT,
+                stream_idle_timeout=timeouts.stream_idle or defaults.INBOUND_STREAM_IDLE_TIMEOUT,
             )
         )
     for outbound in dataplane.networking.outbound:
@@ -79,7 +88,8 @@ def plan_listeners(
                 service=outbound.service,
                 protocol=None,
                 selector=outbound.selector,
-                request_timeout=request_timeout,
+                request_timeout=timeouts.request,
+                stream_idle_timeout=timeouts.stream_idle or defaults.OUTBOUND_STREAM_IDLE_TIMEOUT,
             )
         )
     return {p.key: p for p in plans}

@@ -17,6 +17,7 @@ from sidecar.config.dataplane import ConfigError
 from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY, CredentialsError
 from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
 from sidecar.listener import StackOptions
+from sidecar.plan import Timeouts
 from sidecar.runtime import BindError, Options, Sidecar
 
 log = logging.getLogger("sidecar")
@@ -80,6 +81,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="outbound HTTP: how long to wait for the response head (default 15, 0 disables); "
         "a response that is flowing is not cut",
+    )
+    parser.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="HTTP: close a request or tunnel with no bytes either way for this long "
+        "(default 1800 outbound, 3600 inbound)",
+    )
+    parser.add_argument(
+        "--lb",
+        choices=("round_robin", "least_request"),
+        default="round_robin",
+        help="how each connection or request picks an endpoint (least_request: the less "
+        "loaded of two random endpoints, as Envoy does)",
     )
     parser.add_argument(
         "--protocol-detection-timeout",
@@ -176,7 +192,8 @@ def options_from(args: argparse.Namespace) -> Options:
         variables=parse_variables(args.dataplane_var),
         mesh_dir=args.mesh,
         drain_timeout=args.drain_timeout,
-        request_timeout=args.request_timeout,
+        timeouts=Timeouts(args.request_timeout, args.stream_idle_timeout),
+        lb=args.lb,
         stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
         mtls=mtls_options(args),
     )

@@ -23,7 +23,7 @@ from sidecar.inbound import InboundStack
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
-from sidecar.plan import ListenerPlan, plan_listeners
+from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
 from sidecar.policy import POLICY_TYPE
 from sidecar.transport.connect import Connector
 
@@ -43,7 +43,8 @@ class Options:
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
     stack: StackOptions = field(default_factory=StackOptions)
-    request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    lb: str = "round_robin"
     mtls: MtlsOptions = field(default_factory=MtlsOptions)  # no credentials: plaintext hops
 
 
@@ -96,9 +97,7 @@ class Sidecar:
         self._update_policies()
         await self.resolver.refresh(self._endpoint_hosts())
         try:
-            await self._apply(
-                plan_listeners(self.dataplane, self.options.request_timeout), strict=True
-            )
+            await self._apply(plan_listeners(self.dataplane, self.options.timeouts), strict=True)
         except BindError:
             await self.stop_listeners()
             raise
@@ -124,7 +123,7 @@ class Sidecar:
             log.exception("event=reload_rejected error=%r", str(exc))
             return
         self.dataplane = dataplane
-        await self._apply(plan_listeners(dataplane, self.options.request_timeout), strict=False)
+        await self._apply(plan_listeners(dataplane, self.options.timeouts), strict=False)
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
     async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
@@ -206,7 +205,7 @@ class Sidecar:
         if cluster is None:
             stat_name = plan.cluster.replace(":", "_")
             cluster = self.clusters[plan.cluster] = Cluster(
-                plan.cluster, self.stats.cluster(stat_name)
+                plan.cluster, self.stats.cluster(stat_name), self.options.lb
             )
         return cluster
 

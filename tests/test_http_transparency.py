@@ -372,3 +372,111 @@ def test_declared_protocol_wins_over_sniffing(mesh):
     request = b"GET /raw HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x\r\nX: y\r\n\r\n"
     assert raw_request(port, request).endswith(b"ok")
     assert handler.heads[0] + b"\r\n\r\n" == request
+
+
+def test_sniffed_tls_is_passed_through_untouched(mesh, tmp_path):
+    """An undeclared service whose app speaks TLS: the ClientHello is sniffed as TLS, relayed,
+    and the client verifies the app's own certificate for the name it asked for."""
+    import ssl
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=app.test", "-addext", "subjectAltName=DNS:app.test",
+         "-days", "1", "-keyout", str(tmp_path / "app.key"), "-out", str(tmp_path / "app.crt")],
+        check=True, capture_output=True,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "app.crt", tmp_path / "app.key")
+
+    def tls_echo(conn):
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            while data := tls.recv(65536):
+                tls.sendall(data[::-1])
+
+    port = http_mesh(mesh, mesh.server(tls_echo).port, protocol=None)
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "app.crt"))
+    with socket.create_connection((LOOPBACK, port), timeout=10) as raw:
+        with client_ctx.wrap_socket(raw, server_hostname="app.test") as tls:
+            assert tls.getpeercert()["subject"] == ((("commonName", "app.test"),),)
+            tls.sendall(b"secret")
+            assert tls.recv(100) == b"terces"
+
+
+def test_stream_idle_timeout_resets_a_silent_exchange(mesh):
+    def silent(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+        conn.recv(1)  # then nothing, until the sidecar gives up on the stream
+
+    path, _ = mesh.backend("backend-1", mesh.server(silent).port,
+                           tags={"kuma.io/protocol": "http"})
+    mesh.start(path)
+    web, port = mesh.client("web-1")
+    sidecar = mesh.start(web, "--stream-idle-timeout", "0.4")
+    result = curl(f"http://{LOOPBACK}:{port}/")
+    assert result.returncode != 0 and result.stdout == "hi"
+    sidecar.wait_log("event=stream_idle_timeout")
+
+
+def test_least_request_prefers_the_less_loaded_endpoint():
+    from sidecar.cluster import Cluster, Target
+    from sidecar.observe.stats import ClusterStats
+
+    cluster = Cluster("backend", ClusterStats("backend"), lb="least_request")
+    a, b = Target("127.0.0.1", 1), Target("127.0.0.1", 2)
+    cluster.set_targets([a, b])
+    cluster.acquire(a)
+    cluster.acquire(a)
+    cluster.acquire(b)
+    assert {cluster.pick() for _ in range(20)} == {b}
+    cluster.release(a)
+    cluster.release(a)
+    assert {cluster.pick() for _ in range(20)} == {a}
+
+
+def test_client_stream_reset_reaches_the_app(mesh):
+    """An HTTP/2 client resets its stream mid-upload: the reset travels over the mesh and the
+    app's connection is cut, while the client's connection keeps serving other streams."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    cut = threading.Event()
+
+    def app(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        if data.startswith(b"GET /after"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        cut.set()
+
+    port = http_mesh(mesh, mesh.server(app).port)
+    c = socket.create_connection((LOOPBACK, port), timeout=10)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"),
+                            (":path", "/upload")])
+    client.send_data(1, b"x" * 1000)
+    c.sendall(client.data_to_send())
+    client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    c.sendall(client.data_to_send())
+    assert cut.wait(10), "the app never saw the request go away"
+    client.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "a"),
+                            (":path", "/after")], end_stream=True)
+    c.sendall(client.data_to_send())
+    status = None
+    while status is None:
+        for event in client.receive_data(c.recv(65536)):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 3:
+                status = dict(event.headers)[b":status"]
+        c.sendall(client.data_to_send())
+    c.close()
+    assert status == b"200"

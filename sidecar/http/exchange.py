@@ -34,6 +34,12 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# The status an upstream stream reports for an accepted upgrade or CONNECT, whatever the wire
+# said (101 from HTTP/1.1, 200 from HTTP/2's extended CONNECT): each codec turns it back into its
+# own form toward its peer.
+TUNNEL_ESTABLISHED = 101
+
+
 class StreamReset(Exception):
     """The other side reset the stream or dropped the connection mid-exchange."""
 
@@ -111,6 +117,7 @@ class Body:
         "error",
         "on_consumed",
         "high_water",
+        "reads",
     )
 
     def __init__(
@@ -124,6 +131,7 @@ class Body:
         self.error: BaseException | None = None
         self.on_consumed = on_consumed
         self.high_water = high_water
+        self.reads = 0  # chunks handed out: the stream idle timeout watches it move
 
     @classmethod
     def empty(cls) -> Body:
@@ -150,8 +158,8 @@ class Body:
         self._wake()
 
     def abort(self, exc: BaseException) -> None:
-        if self.ended and not self._chunks:
-            return
+        if self.ended:
+            return  # complete already: a later reset (e.g. RST_STREAM NO_ERROR) changes nothing
         self.error = exc
         self._wake()
 
@@ -170,6 +178,7 @@ class Body:
             if self._chunks:
                 data = self._chunks.popleft()
                 self.buffered -= len(data)
+                self.reads += 1
                 if self.on_consumed is not None:
                     self.on_consumed(len(data))
                 return data

@@ -16,6 +16,7 @@ import h11
 
 from sidecar import defaults
 from sidecar.http.exchange import (
+    TUNNEL_ESTABLISHED,
     Body,
     Headers,
     RefusedStream,
@@ -85,6 +86,33 @@ def _body_consumed(proto: H1Server | H1Client, body: Body) -> Callable[[int], No
     return consumed
 
 
+def upgrade_token(headers: Headers) -> bytes | None:
+    """The protocol an HTTP/1.1 request asks to upgrade to (Connection must name Upgrade)."""
+    connection = b",".join(v for k, v in headers if k == b"connection").lower()
+    if b"upgrade" not in [t.strip() for t in connection.split(b",")]:
+        return None
+    for k, v in headers:
+        if k == b"upgrade":
+            return v.split(b",")[0].strip().lower()
+    return None
+
+
+def _feed_raw(proto: H1Server | H1Client, body: Body, data: bytes) -> None:
+    """Tunnel bytes into a body, pausing the socket when the body is full."""
+    if body.feed(data) and not proto.reading_paused and proto.transport is not None:
+        proto.reading_paused = True
+        proto.transport.pause_reading()
+
+
+def _write_eof(transport: asyncio.Transport | None) -> None:
+    if transport is None or transport.is_closing():
+        return
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()
+
+
 def split_target(target: bytes) -> tuple[bytes | None, bytes]:
     """Absolute-form `http://host/path` → (host, /path); origin-form → (None, target)."""
     lower = target[:8].lower()
@@ -116,12 +144,16 @@ class H1Server(_Writer):
         self.reading_paused = False
         self.peer_address: tuple[str, int] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.tunnel: H1ServerExchange | None = None  # after an upgrade: raw bytes both ways
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer_address = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            _feed_raw(self, self.tunnel.body, data)
+            return
         try:
             self.conn.receive_data(data)
         except h11.RemoteProtocolError as exc:
@@ -130,6 +162,9 @@ class H1Server(_Writer):
         self._process()
 
     def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            self.tunnel.body.end()  # half-close: the other direction goes on
+            return True
         try:
             self.conn.receive_data(b"")
         except h11.RemoteProtocolError:
@@ -174,7 +209,8 @@ class H1Server(_Writer):
                     self.transport.pause_reading()
             elif isinstance(event, h11.EndOfMessage):
                 assert self.exchange is not None
-                self.exchange.body.end(list(event.headers) or None)
+                if not self.exchange.upgrade:  # an upgrade's body is the tunnel, if accepted
+                    self.exchange.body.end(list(event.headers) or None)
             elif isinstance(event, h11.ConnectionClosed):
                 if self.exchange is not None and not self.exchange.body.ended:
                     self.exchange.body.abort(StreamReset("client closed mid-request"))
@@ -199,17 +235,29 @@ class H1Server(_Writer):
                     authority = value
                 continue
             headers.append((name, value))
-        if event.method == b"CONNECT":
+        method, protocol = event.method, None
+        if method == b"CONNECT":
             authority, path = event.target, b""
+        else:
+            upgrade = upgrade_token(headers)
+            if upgrade == b"websocket":
+                # Carried as an extended CONNECT (RFC 8441), the form HTTP/2 gives upgrades.
+                method, protocol = b"CONNECT", upgrade
+            elif upgrade is not None and upgrade != b"h2c":  # h2c: served over HTTP/1.1
+                self.exchange = None
+                self._refuse(501, f"upgrade to {upgrade.decode(errors='replace')} is not supported")
+                return
         head = RequestHead(
-            method=event.method,
+            method=method,
             scheme=b"http",
             authority=authority or self.default_authority,
             path=path,
             headers=headers,
+            protocol=protocol,
             http_version=event.http_version,
         )
         exchange = H1ServerExchange(self, head)
+        exchange.upgrade = method == b"CONNECT"
         self.exchange = exchange
         # Envoy answers `Expect: 100-continue` itself and does not forward it.
         if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
@@ -233,7 +281,11 @@ class H1Server(_Writer):
     def _next_cycle(self) -> None:
         self.exchange = None
         conn = self.conn
-        if self.draining:
+        if self.tunnel is not None:
+            self.tunnel = None
+            if self.transport is not None:
+                self.transport.close()
+        elif self.draining:
             if self.transport is not None:
                 self.transport.close()
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -262,8 +314,12 @@ class H1Server(_Writer):
         )
         if self.exchange is not None:
             self.exchange.body.abort(StreamReset(f"malformed request: {exc}"))
+        self._refuse(status, _REASONS[status].decode())
+
+    def _refuse(self, status: int, text: str) -> None:
+        """Answer with a local error and close the connection."""
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = f"{_REASONS[status].decode()}\n".encode()
+            body = f"{text}\n".encode()
             try:
                 self._write(
                     self.conn.send(
@@ -297,6 +353,8 @@ class H1ServerExchange:
         self.peer_address = proto.peer_address
         self.responded = False
         self.error: StreamReset | None = None
+        self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
+        self.tunnelling = False
         self._chunked = False
 
     def lost(self, error: StreamReset) -> None:
@@ -321,6 +379,11 @@ class H1ServerExchange:
     async def respond(self, head: ResponseHead, end: bool = False) -> None:
         self._check()
         self.responded = True
+        if self.upgrade and head.status == TUNNEL_ESTABLISHED:
+            self._open_tunnel(head)
+            return
+        if self.upgrade:
+            self.body.end()  # declined: nothing follows the request
         headers = head.headers
         conn = self.proto.conn
         has_length = any(k == b"content-length" for k, _ in headers)
@@ -344,8 +407,41 @@ class H1ServerExchange:
         except h11.LocalProtocolError as exc:
             raise StreamReset(f"cannot frame response: {exc}") from exc
 
+    def _open_tunnel(self, head: ResponseHead) -> None:
+        """Answer the upgrade (101, or 200 to a CONNECT), then carry raw bytes both ways."""
+        proto, conn = self.proto, self.proto.conn
+        try:
+            if self.request.protocol is None:
+                event: h11.Response | h11.InformationalResponse = h11.Response(
+                    status_code=200, headers=head.headers, reason=b"Connection established"
+                )
+            else:
+                headers = [
+                    (b"upgrade", self.request.protocol),
+                    (b"connection", b"Upgrade"),
+                    *head.headers,
+                ]
+                event = h11.InformationalResponse(
+                    status_code=101, headers=headers, reason=b"Switching Protocols"
+                )
+            proto._write(conn.send(event))
+        except h11.LocalProtocolError as exc:
+            raise StreamReset(f"cannot switch protocols: {exc}") from exc
+        self.tunnelling = True
+        proto.tunnel = self
+        trailing, closed = conn.trailing_data
+        if trailing:
+            _feed_raw(proto, self.body, bytes(trailing))
+        if closed:
+            self.body.end()
+
     async def write(self, data: bytes) -> None:
         self._check()
+        if self.tunnelling:
+            self.proto._write(data)
+            if self.proto._write_paused is not None:
+                await self.proto.drain()
+            return
         try:
             self.proto._write(self.proto.conn.send(h11.Data(data=data)))
         except h11.LocalProtocolError as exc:
@@ -355,6 +451,9 @@ class H1ServerExchange:
 
     async def finish(self, trailers: Headers | None = None) -> None:
         self._check()
+        if self.tunnelling:
+            _write_eof(self.proto.transport)
+            return
         conn = self.proto.conn
         if conn.our_state is not h11.SEND_BODY:
             return
@@ -384,6 +483,9 @@ class H1ClientStream:
     def __init__(self, client: H1Client, request: RequestHead, chunked: bool) -> None:
         self.client = client
         self.request = request
+        # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
+        # bytes are written raw; False when it declined.
+        self.tunnel: asyncio.Future[bool] | None = None
         self.body = Body(None, defaults.BODY_HIGH_WATER)
         self.body.on_consumed = _body_consumed(client, self.body)
         self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
@@ -396,6 +498,19 @@ class H1ClientStream:
     def answered(self) -> bool:
         return self._response.done()
 
+    async def _write_tunnel(self, data: bytes) -> None:
+        assert self.tunnel is not None
+        if not await self.tunnel:
+            return  # the app declined the upgrade: tunnel bytes have nowhere to go
+        client = self.client
+        client._write(data)
+        if client._write_paused is not None:
+            await client.drain()
+
+    def switched(self, accepted: bool) -> None:
+        if self.tunnel is not None and not self.tunnel.done():
+            self.tunnel.set_result(accepted)
+
     async def response(self) -> ResponseHead:
         return await asyncio.shield(self._response)
 
@@ -403,6 +518,9 @@ class H1ClientStream:
         if self.reset_error is not None:
             raise self.reset_error
         client = self.client
+        if self.tunnel is not None:
+            await self._write_tunnel(data)
+            return
         try:
             client._write(client.conn.send(h11.Data(data=data)))
         except h11.LocalProtocolError as exc:
@@ -414,6 +532,10 @@ class H1ClientStream:
         if self.reset_error is not None:
             raise self.reset_error
         client = self.client
+        if self.tunnel is not None:
+            if await self.tunnel:  # accepted: half-close toward the app
+                _write_eof(client.transport)
+            return
         if client.conn.our_state is not h11.SEND_BODY:
             return
         try:
@@ -431,6 +553,7 @@ class H1ClientStream:
             self._response.set_result(head)
 
     def fail(self, error: StreamReset) -> None:
+        self.switched(False)
         if self.reset_error is None:
             self.reset_error = error
         if not self._response.done():
@@ -450,6 +573,7 @@ class H1Client(_Writer):
         self.reading_paused = False
         self.stream: H1ClientStream | None = None
         self.reused = False  # a kept-alive connection the app may have closed meanwhile
+        self.tunnelling = False  # the app switched protocols: raw bytes from here on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -463,17 +587,28 @@ class H1Client(_Writer):
         )
 
     def open(self, head: RequestHead, end_stream: bool) -> H1ClientStream:
-        """Send a request head; the returned stream carries the rest of the exchange."""
+        """Send a request head; the returned stream carries the rest of the exchange.
+
+        A CONNECT (classic, or extended with :protocol) is replayed in HTTP/1.1's own form: the
+        CONNECT line, or a GET with `Connection: Upgrade` and `Upgrade: <protocol>`.
+        """
         headers: Headers = [(b"host", head.authority), *head.headers]
+        method, target = head.method, head.path or b"/"
+        tunnel = method == b"CONNECT"
+        if tunnel:
+            if head.protocol is not None:
+                method = b"GET"
+                headers += [(b"connection", b"Upgrade"), (b"upgrade", head.protocol)]
+            else:
+                target = head.authority
+            end_stream = True  # the request itself has no body; what follows is the tunnel
         chunked = not end_stream and not any(k == b"content-length" for k, _ in headers)
         if chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         stream = self.stream = H1ClientStream(self, head, chunked)
-        self._write(
-            self.conn.send(
-                h11.Request(method=head.method, target=head.path or b"/", headers=headers)
-            )
-        )
+        if tunnel:
+            stream.tunnel = asyncio.get_running_loop().create_future()
+        self._write(self.conn.send(h11.Request(method=method, target=target, headers=headers)))
         if end_stream:
             self._write(self.conn.send(h11.EndOfMessage()))
         return stream
@@ -485,6 +620,9 @@ class H1Client(_Writer):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnelling and self.stream is not None:
+            _feed_raw(self, self.stream.body, data)
+            return
         try:
             self.conn.receive_data(data)
         except h11.RemoteProtocolError as exc:
@@ -493,6 +631,9 @@ class H1Client(_Writer):
         self._process()
 
     def eof_received(self) -> bool:
+        if self.tunnelling and self.stream is not None:
+            self.stream.body.end()  # half-close from the app; the other direction goes on
+            return True
         try:
             self.conn.receive_data(b"")
         except h11.RemoteProtocolError as exc:
@@ -505,7 +646,10 @@ class H1Client(_Writer):
         self.closed = True
         self.resume_writing()
         if self.stream is not None:
-            self.stream.fail(self._closed_error())
+            if self.tunnelling and exc is None:
+                self.stream.body.end()
+            else:
+                self.stream.fail(self._closed_error())
 
     def _process(self) -> None:
         while True:
@@ -522,10 +666,23 @@ class H1Client(_Writer):
                     self.transport.close()  # the app closed an idle kept-alive connection
                 return
             if isinstance(event, h11.InformationalResponse):
+                head = ResponseHead(event.status_code, list(event.headers))
+                if event.status_code == 101 and stream.tunnel is not None:
+                    self._switch(stream, head)
+                    return
                 if stream.on_informational is not None:
-                    stream.on_informational(ResponseHead(event.status_code, list(event.headers)))
+                    stream.on_informational(head)
             elif isinstance(event, h11.Response):
-                stream.responded(ResponseHead(event.status_code, list(event.headers)))
+                head = ResponseHead(event.status_code, list(event.headers))
+                if (
+                    stream.tunnel is not None
+                    and stream.request.protocol is None
+                    and 200 <= event.status_code < 300
+                ):
+                    self._switch(stream, head)  # a CONNECT the app accepted
+                    return
+                stream.switched(False)
+                stream.responded(head)
             elif isinstance(event, h11.Data):
                 if stream.body.feed(bytes(event.data)) and not self.reading_paused:
                     self.reading_paused = True
@@ -538,6 +695,17 @@ class H1Client(_Writer):
             elif isinstance(event, h11.ConnectionClosed):
                 stream.fail(self._closed_error())
                 return
+
+    def _switch(self, stream: H1ClientStream, head: ResponseHead) -> None:
+        self.tunnelling = True
+        head.status = TUNNEL_ESTABLISHED
+        stream.responded(head)
+        stream.switched(True)
+        trailing, closed = self.conn.trailing_data
+        if trailing:
+            _feed_raw(self, stream.body, bytes(trailing))
+        if closed:
+            stream.body.end()
 
     def _closed_error(self) -> StreamReset:
         """A reused connection closed before any answer is retry-safe: the app timed it out."""

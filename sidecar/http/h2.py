@@ -23,6 +23,7 @@ import hyperframe.frame
 from sidecar import defaults
 from sidecar.cluster import Target
 from sidecar.http.exchange import (
+    TUNNEL_ESTABLISHED,
     Body,
     Headers,
     RefusedStream,
@@ -478,9 +479,11 @@ class H2ServerStream(H2Stream):
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
+        # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
+        status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
         self.proto.conn.send_headers(
             self.stream_id,
-            [(b":status", str(head.status).encode()), *head.headers],
+            [(b":status", str(status).encode()), *head.headers],
             end_stream=end,
         )
         if end:
@@ -510,6 +513,8 @@ class H2ClientStream(H2Stream):
                 status = int(value)
             elif name[:1] != b":":
                 headers.append((name, value))
+        if self.request.method == b"CONNECT" and 200 <= status < 300:
+            status = TUNNEL_ESTABLISHED
         head = ResponseHead(status, headers)
         if isinstance(event, h2.events.InformationalResponseReceived):
             if self.on_informational is not None:

@@ -18,6 +18,7 @@ from typing import Protocol
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.http.exchange import (
+    TUNNEL_ESTABLISHED,
     Body,
     Headers,
     RefusedStream,
@@ -73,6 +74,7 @@ class Route:
     prepare: Callable[[Exchange], Pool]
     request_timeout: float
     connect_attempts: int = defaults.HTTP_CONNECT_ATTEMPTS
+    stream_idle_timeout: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
 
 
 async def local_reply(exchange: Exchange, status: int, text: str) -> None:
@@ -93,6 +95,46 @@ async def local_reply(exchange: Exchange, status: int, text: str) -> None:
         pass
 
 
+class IdleWatch:
+    """The stream idle timeout: reset both sides when no body chunk moved either way for
+    `timeout` seconds. One timer per exchange, rescheduled a few times per timeout, so the data
+    path pays nothing per chunk beyond the read counter it already keeps."""
+
+    CHECKS = 4
+
+    def __init__(
+        self, timeout: float, activity: Callable[[], int], on_idle: Callable[[], None]
+    ) -> None:
+        self.timeout = timeout
+        self.activity = activity
+        self.on_idle = on_idle
+        self.last = -1
+        self.quiet = 0
+        self.fired = False
+        self.timer: asyncio.TimerHandle | None = None
+        if timeout > 0:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.timeout / self.CHECKS, self._check)
+
+    def _check(self) -> None:
+        now = self.activity()
+        if now != self.last:
+            self.last, self.quiet = now, 0
+        else:
+            self.quiet += 1
+            if self.quiet >= self.CHECKS:
+                self.fired = True
+                self.on_idle()
+                return
+        self._schedule()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 async def proxy(exchange: Exchange, route: Route) -> None:
     """Carry one request upstream and its response back."""
     try:
@@ -102,18 +144,19 @@ async def proxy(exchange: Exchange, route: Route) -> None:
         log.debug("event=downstream_reset listener=%s reason=%r", route.listener, str(exc))
 
 
+RETRY = "retry"
+
+
 async def _proxy(exchange: Exchange, route: Route) -> None:
     pool = route.prepare(exchange)
     head = exchange.request
-    upstream: UpstreamStream | None = None
+    cluster = route.cluster
     failure = CONNECT_FAILURE
     for _ in range(max(1, route.connect_attempts)):
-        target = route.cluster.pick()
+        target = cluster.pick()
         if target is None:
             log.info(
-                "event=no_healthy_upstream listener=%s cluster=%s",
-                route.listener,
-                route.cluster.name,
+                "event=no_healthy_upstream listener=%s cluster=%s", route.listener, cluster.name
             )
             await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
             return
@@ -123,35 +166,51 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
             log.info(
                 "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
                 route.listener,
-                route.cluster.name,
+                cluster.name,
                 target,
                 str(exc),
             )
             continue
         upstream.on_informational = exchange.informational
+        cluster.acquire(target)
+        watch = IdleWatch(
+            route.stream_idle_timeout,
+            lambda: exchange.body.reads + upstream.body.reads,  # noqa: B023 - used before rebinding
+            lambda: (upstream.reset(), exchange.reset()),  # noqa: B023
+        )
         try:
-            response = await _response_head(upstream, exchange, route.request_timeout)
-        except RefusedStream:
-            if exchange.body.at_end or not exchange.body.buffered:
-                upstream = None
-                continue  # not processed upstream: safe to send again
-            failure = REMOTE_RESET
-            upstream = None
-            break
-        except TimeoutError:
-            upstream.reset()
+            outcome = await _attempt(exchange, route, upstream)
+        finally:
+            watch.cancel()
+            cluster.release(target)
+        if watch.fired:
             log.info(
-                "event=request_timeout listener=%s cluster=%s", route.listener, route.cluster.name
+                "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
             )
-            await local_reply(exchange, 504, REQUEST_TIMEOUT)
+        if outcome is None:
             return
-        except StreamReset:
-            failure = REMOTE_RESET
-            upstream = None
+        if outcome is not RETRY:
+            failure = outcome
             break
-        await _stream_response(exchange, upstream, response)
-        return
     await local_reply(exchange, 503, failure)
+
+
+async def _attempt(exchange: Exchange, route: Route, upstream: UpstreamStream) -> str | None:
+    """Carry the exchange on one upstream stream: None once answered, RETRY when the upstream
+    refused it unprocessed and nothing of the request body was spent, else the 503 reason."""
+    try:
+        response = await _response_head(upstream, exchange, route.request_timeout)
+    except RefusedStream:
+        return RETRY if exchange.body.reads == 0 else REMOTE_RESET
+    except TimeoutError:
+        upstream.reset()
+        log.info("event=request_timeout listener=%s cluster=%s", route.listener, route.cluster.name)
+        await local_reply(exchange, 504, REQUEST_TIMEOUT)
+        return None
+    except StreamReset:
+        return REMOTE_RESET
+    await _stream_response(exchange, upstream, response)
+    return None
 
 
 async def _response_head(
@@ -192,6 +251,8 @@ async def _stream_response(
     exchange: Exchange, upstream: UpstreamStream, response: ResponseHead
 ) -> None:
     body = upstream.body
+    response.headers = strip_hop_by_hop(response.headers)
+    tunnel = response.status == TUNNEL_ESTABLISHED
     try:
         if upstream.response_ended_with_head or (body.at_end and not body.trailers):
             await exchange.respond(response, end=True)
@@ -209,8 +270,11 @@ async def _stream_response(
     finally:
         pump = getattr(upstream, "request_pump", None)
         if pump is not None and not pump.done():
-            pump.cancel()
-            exchange.abandon_request()
+            if tunnel and body.error is None:
+                await pump  # a tunnel ends when both directions have
+            else:
+                pump.cancel()
+                exchange.abandon_request()
 
 
 # -- header policy for each direction ---------------------------------------------------------

@@ -88,6 +88,7 @@ class TcpProxy:
                 return
             cluster.stats.upstream_cx_active += 1
             relay.target = target
+            cluster.acquire(target)
             if relay.closed:  # the downstream left while we were connecting
                 relay.close()
                 return
@@ -114,6 +115,7 @@ class TcpProxy:
         if relay.idle_timed_out:
             stats.tcp_idle_timeout += 1
         if relay.target is not None:
+            self.cluster.release(relay.target)  # type: ignore[arg-type]
             cstats.upstream_cx_active -= 1
             cstats.upstream_cx_rx_bytes_total += up.rx_bytes
             cstats.upstream_cx_tx_bytes_total += down.rx_bytes

@@ -1,0 +1,252 @@
+"""Processes the harness starts: spawn, pin, measure, and always stop.
+
+Every process runs in its own process group so that stopping it also stops anything it started.
+All of them are registered in one `Processes` object whose `stop_all` runs in a `finally`: a run
+that fails, times out or is interrupted still leaves nothing behind.
+
+CPU time and peak memory come from /proc (utime+stime of /proc/PID/stat, VmHWM of
+/proc/PID/status) for processes that outlive the measurement (servers, proxies), and from
+`wait4`'s resource usage for clients that exit at the end of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A measurement could not be made; the message says which and why."""
+
+
+def free_port() -> int:
+    """An ephemeral port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (or any address), read from /proc/net/tcp.
+
+    Reading the table instead of connecting keeps the probe invisible to servers that would take a
+    connection as a client (iperf3 does).
+    """
+    wanted = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    parts = line.split()
+                    if parts[3] == "0A" and parts[1].endswith(wanted):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+@dataclass
+class Usage:
+    """CPU seconds (user + system, all threads) and peak resident memory of one process."""
+
+    cpu_s: float
+    peak_rss_kb: int
+
+
+def sample(pid: int) -> Usage | None:
+    """What a live process has used so far; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+        with open(f"/proc/{pid}/status") as fh:
+            status = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after it start at the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    hwm = 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+            break
+    return Usage((utime + stime) / CLOCK_TICKS, hwm)
+
+
+@dataclass
+class Proc:
+    role: str  # "server", "client", "sidecar-a", ...
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log: Path | None
+    cpus: set[int] | None
+    rusage: resource.struct_rusage | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def usage(self) -> Usage | None:
+        if self.rusage is not None:
+            ru = self.rusage
+            return Usage(ru.ru_utime + ru.ru_stime, ru.ru_maxrss)
+        return sample(self.pid)
+
+    def reap(self, timeout: float) -> int | None:
+        """Wait up to `timeout` for the process to exit, keeping its resource usage."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.popen.poll()
+                return self.popen.returncode
+            if pid:
+                self.rusage = ru
+                self.popen.returncode = os.waitstatus_to_exitcode(status)
+                return self.popen.returncode
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log is None:
+            return ""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Processes:
+    """Every process of one run, so that all of them can be stopped whatever happens."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.started: list[Proc] = []
+
+    def spawn(
+        self,
+        role: str,
+        argv: list[str],
+        *,
+        log_name: str,
+        cpus: set[int] | None = None,
+        stdout_pipe: bool = False,
+    ) -> Proc:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{log_name}.log"
+        with open(log, "wb") as log_fh:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else log_fh,
+                stderr=log_fh,
+                env=self.env,
+                process_group=0,  # its own group: stopping it stops its children too
+            )
+        if cpus:
+            # Right after exec the process has a single thread; threads it starts inherit this.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(popen.pid, cpus)
+        proc = Proc(role, argv, popen, log, cpus)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, grace: float = 3.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
+        if proc.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            if proc.reap(grace) is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.reap(5.0)
+        # A process that exited by itself may have left children in its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.popen.stdout is not None:
+            proc.popen.stdout.close()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            self.stop(proc)
+
+    def describe(self) -> list[dict[str, object]]:
+        return [
+            {
+                "role": p.role,
+                "pid": p.pid,
+                "argv": p.argv,
+                "cpus": sorted(p.cpus) if p.cpus else None,
+                "returncode": p.popen.returncode,
+            }
+            for p in self.started
+        ]
+
+
+def wait_until(condition, timeout: float, what: str, proc: Proc | None = None) -> None:
+    """Poll `condition` until it holds; fail naming `what` (and the process's log) otherwise."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not condition():
+        if proc is not None and proc.popen.poll() is not None:
+            raise BenchError(
+                f"{proc.role} exited with {proc.popen.returncode} before {what}:\n"
+                f"{proc.log_tail()}"
+            )
+        if time.monotonic() >= deadline:
+            tail = f":\n{proc.log_tail()}" if proc is not None else ""
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def collect_output(proc: Proc, timeout: float) -> bytes:
+    """Read a client's stdout to its end and reap it (keeping its resource usage).
+
+    Past `timeout` the client is killed and the measurement fails: no run waits forever.
+    """
+    assert proc.popen.stdout is not None
+    fd = proc.popen.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, remaining))
+        if not ready:
+            raise BenchError(f"{proc.role} ran past its {timeout:.0f} s limit:\n{proc.log_tail()}")
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        chunks.append(data)
+    if proc.reap(max(1.0, deadline - time.monotonic())) is None:
+        raise BenchError(f"{proc.role} closed its output but did not exit")
+    return b"".join(chunks)
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds the machine has spent busy since boot (all cores, /proc/stat): in all, and of
+    that in interrupts and softirqs, which the kernel charges to no process (loopback TCP's
+    receive work is mostly softirq)."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()[1:]
+    # user nice system idle iowait irq softirq steal (guest time is already within user)
+    values = [int(v) for v in fields[:8]]
+    busy = sum(values) - values[3] - values[4]
+    return busy / CLOCK_TICKS, (values[5] + values[6]) / CLOCK_TICKS

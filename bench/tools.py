@@ -1,0 +1,206 @@
+"""Small servers and clients for the scenarios no standalone tool covers, run as processes.
+
+    python3 -m bench.tools echo-server --port PORT
+    python3 -m bench.tools rr-client --port PORT --duration S [--size 64] [--count N]
+    python3 -m bench.tools connect-client --port PORT --duration S [--count N]
+
+Clients print one JSON object on stdout. They are written to cost as little as possible per
+operation (blocking sockets, a tight loop, `perf_counter_ns`, results kept in an `array`), so that
+the path being measured, not the client, sets the figures. The echo server runs on uvloop when it
+is installed; it is the same for every path, so its own cost cancels out of the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from array import array
+
+HOST = "127.0.0.1"
+
+
+# -- echo server -----------------------------------------------------------------------------
+
+
+class Echo(asyncio.Protocol):
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side as well
+
+
+async def serve_echo(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, HOST, port, reuse_address=True, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def echo_server(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_echo(args.port))
+    else:
+        uvloop.run(serve_echo(args.port))
+    return 0
+
+
+# -- percentiles -----------------------------------------------------------------------------
+
+
+def percentiles(samples_ns: array, points: tuple[float, ...] = (50, 90, 99, 99.9)) -> dict:
+    """Nearest-rank percentiles and extremes, in microseconds."""
+    ordered = sorted(samples_ns)
+    n = len(ordered)
+    if n == 0:
+        return {}
+    out = {}
+    for p in points:
+        rank = max(0, min(n - 1, int(-(-p * n // 100)) - 1))
+        out[f"p{p:g}"] = ordered[rank] / 1000
+    out["min"] = ordered[0] / 1000
+    out["max"] = ordered[-1] / 1000
+    out["mean"] = sum(ordered) / n / 1000
+    return out
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+def connect(port: int, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def rr_client(args: argparse.Namespace) -> int:
+    """One connection; send `size` bytes, read them back, one message at a time."""
+    size = args.size
+    message = b"x" * size
+    buf = bytearray(size)
+    view = memoryview(buf)
+    sock = connect(args.port)
+    sock.settimeout(5.0)
+    recv_into, send = sock.recv_into, sock.send
+    clock = time.perf_counter_ns
+
+    def one() -> int:
+        t0 = clock()
+        send(message)
+        got = recv_into(buf)
+        while got < size:
+            n = recv_into(view[got:])
+            if n == 0:
+                raise ConnectionError("the echo closed the connection")
+            got += n
+        return clock() - t0
+
+    for _ in range(args.warmup):
+        one()
+    rtts = array("q")
+    append = rtts.append
+    count = args.count
+    started = clock()
+    deadline = started + int(args.duration * 1e9)
+    # The clock is read for each message anyway: check the deadline every 64 messages.
+    while len(rtts) < count:
+        for _ in range(64):
+            append(one())
+        if clock() >= deadline:
+            break
+    elapsed = (clock() - started) / 1e9
+    sock.close()
+    json.dump(
+        {
+            "messages": len(rtts),
+            "message_bytes": size,
+            "elapsed_s": elapsed,
+            "messages_per_s": len(rtts) / elapsed,
+            "rtt_us": percentiles(rtts),
+        },
+        sys.stdout,
+    )
+    return 0
+
+
+# -- new connections -------------------------------------------------------------------------
+
+
+def connect_client(args: argparse.Namespace) -> int:
+    """Open, send 1 byte, read 1 byte, close; one connection after the other."""
+    clock = time.perf_counter_ns
+    times = array("q")
+    append = times.append
+    failures = 0
+    address = (HOST, args.port)
+    started = clock()
+    deadline = started + int(args.duration * 1e9)
+    while len(times) < args.count and clock() < deadline:
+        t0 = clock()
+        try:
+            sock = socket.create_connection(address, timeout=5.0)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.sendall(b"!")
+                if sock.recv(1) != b"!":
+                    raise ConnectionError("no echo")
+            finally:
+                sock.close()
+        except OSError:
+            failures += 1
+            if failures > 100 and failures > len(times):
+                break
+            continue
+        append(clock() - t0)
+    elapsed = (clock() - started) / 1e9
+    json.dump(
+        {
+            "connections": len(times),
+            "failures": failures,
+            "elapsed_s": elapsed,
+            "connections_per_s": len(times) / elapsed,
+            "connect_rtt_us": percentiles(times),
+        },
+        sys.stdout,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.tools")
+    sub = parser.add_subparsers(dest="tool", required=True)
+    echo = sub.add_parser("echo-server")
+    echo.add_argument("--port", type=int, required=True)
+    echo.set_defaults(func=echo_server)
+    rr = sub.add_parser("rr-client")
+    rr.add_argument("--port", type=int, required=True)
+    rr.add_argument("--duration", type=float, required=True)
+    rr.add_argument("--size", type=int, default=64)
+    rr.add_argument("--count", type=int, default=2_000_000)
+    rr.add_argument("--warmup", type=int, default=200)
+    rr.set_defaults(func=rr_client)
+    cc = sub.add_parser("connect-client")
+    cc.add_argument("--port", type=int, required=True)
+    cc.add_argument("--duration", type=float, required=True)
+    cc.add_argument("--count", type=int, default=500_000)
+    cc.set_defaults(func=connect_client)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""The demo mesh's applications: stdlib only, one mode per role.
+
+Every app listens on 127.0.0.1 only, so nothing but its own sidecar (same network namespace) can
+reach it; it reaches other services only through its sidecar's outbounds on 127.0.0.1.
+
+    demo_app.py http-backend --name backend-v1 --version v1 [--port 8080]
+    demo_app.py http-web --backend 127.0.0.1:20001 [--port 8080]
+    demo_app.py tcp-echo --name echo-1 [--port 8080]
+    demo_app.py client --checks /config/checks.yaml [--profiles tcp,http] [--once] [--deadline 60]
+
+The client runs the checks of checks.yaml whose `profile` is active (`default` always is; others
+come from --profiles or $DEMO_PROFILES, e.g. the compose profiles), prints one line per check and a
+summary, and exits 0 only when every active check passed (--once), or keeps serving that summary
+on its port so `docker compose up` shows it and the smoke test can exec the checks again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import http.server
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+
+
+def log(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+class _ThreadingTCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def serve_tcp_echo(name: str, port: int) -> None:
+    """Line echo: each line comes back prefixed with who answered (raw TCP, no framing)."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(f"{name} got: ".encode() + line)
+
+    with _ThreadingTCPServer((LOOPBACK, port), Handler) as server:
+        log(f"tcp-echo {name} listening on {LOOPBACK}:{port}")
+        server.serve_forever()
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def _json_handler(respond: Callable[[str], tuple[int, dict[str, Any]]]) -> type:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            status, doc = respond(self.path)
+            body = (json.dumps(doc) + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def serve_http_backend(name: str, version: str, port: int) -> None:
+    """GET anything → {"service": "backend", "instance": name, "version": version, "path": …}."""
+
+    def respond(path: str) -> tuple[int, dict[str, Any]]:
+        return 200, {"service": "backend", "instance": name, "version": version, "path": path}
+
+    with _HTTPServer((LOOPBACK, port), _json_handler(respond)) as server:
+        log(f"http-backend {name} ({version}) listening on {LOOPBACK}:{port}")
+        server.serve_forever()
+
+
+def serve_http_web(backend: str, port: int) -> None:
+    """GET anything → calls the backend through the sidecar's outbound and wraps its answer."""
+    host, _, backend_port = backend.rpartition(":")
+
+    def respond(path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            conn = http.client.HTTPConnection(host, int(backend_port), timeout=10)
+            conn.request("GET", f"/from-web{path}", headers={"Connection": "close"})
+            reply = conn.getresponse()
+            doc = json.loads(reply.read())
+            conn.close()
+        except (OSError, ValueError) as exc:
+            return 502, {"service": "web", "error": f"backend via {backend}: {exc!r}"}
+        return 200, {"service": "web", "backend": doc}
+
+    with _HTTPServer((LOOPBACK, port), _json_handler(respond)) as server:
+        log(f"http-web listening on {LOOPBACK}:{port}, backend via outbound {backend}")
+        server.serve_forever()
+
+
+# --- client checks ---------------------------------------------------------------------------
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def _retrying(deadline: float, attempt: Callable[[], str]) -> str:
+    """Retry an attempt until it passes or the deadline passes (the mesh may still be starting)."""
+    while True:
+        try:
+            return attempt()
+        except (OSError, ValueError, CheckFailed) as exc:
+            if time.monotonic() >= deadline:
+                raise CheckFailed(str(exc)) from None
+            time.sleep(0.5)
+
+
+def check_tcp_echo(spec: dict[str, Any], deadline: float) -> str:
+    def attempt() -> str:
+        answered = set()
+        for i in range(int(spec.get("calls", 4))):
+            with socket.create_connection((LOOPBACK, int(spec["port"])), timeout=5) as sock:
+                sock.sendall(f"hello #{i}\n".encode())
+                reply = sock.makefile("rb").readline().decode(errors="replace").strip()
+            if not reply.endswith(f"got: hello #{i}"):
+                raise CheckFailed(f"call {i}: unexpected reply {reply!r}")
+            answered.add(reply.split(" got:")[0])
+        return f"answered by {', '.join(sorted(answered))}"
+
+    return _retrying(deadline, attempt)
+
+
+def check_http_get(spec: dict[str, Any], deadline: float) -> str:
+    """GET through an outbound, one connection per call; `expect` lists values that must each
+    appear in some answer at `field` (a dotted path), e.g. both backend versions."""
+    field = str(spec.get("field", ""))
+    expect = {str(v) for v in spec.get("expect", [])}
+
+    def attempt() -> str:
+        seen: dict[str, int] = {}
+        for i in range(int(spec.get("calls", 8))):
+            conn = http.client.HTTPConnection(LOOPBACK, int(spec["port"]), timeout=5)
+            path = f"{spec.get('path', '/')}?call={i}"
+            conn.request("GET", path, headers={"Connection": "close"})
+            reply = conn.getresponse()
+            body = reply.read()
+            conn.close()
+            if reply.status != 200:
+                raise CheckFailed(f"call {i}: HTTP {reply.status} {body[:200]!r}")
+            value: Any = json.loads(body)
+            for key in filter(None, field.split(".")):
+                value = value[key]
+            seen[str(value)] = seen.get(str(value), 0) + 1
+        missing = expect - set(seen)
+        if missing:
+            raise CheckFailed(f"never answered by {sorted(missing)}; answers: {seen}")
+        return "answers " + ", ".join(f"{k}={n}" for k, n in sorted(seen.items()))
+
+    return _retrying(deadline, attempt)
+
+
+def check_tcp_refused(spec: dict[str, Any], deadline: float) -> str:
+    """Apps listen on their loopback only: dialled directly (not through a sidecar), they refuse."""
+    for target in spec.get("targets", []):
+        host, _, port = str(target).rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except ConnectionRefusedError:
+            continue
+        except OSError as exc:
+            raise CheckFailed(f"{target}: expected a refusal, got {exc!r}") from None
+        raise CheckFailed(f"{target} accepted a connection that bypassed the sidecars")
+    return f"refused: {', '.join(spec.get('targets', []))}"
+
+
+CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
+    "tcp-echo": check_tcp_echo,
+    "http-get": check_http_get,
+    "tcp-refused": check_tcp_refused,
+}
+
+
+def load_checks(path: str) -> list[dict[str, Any]]:
+    import yaml  # PyYAML comes with pysidecar in the image
+
+    with open(path) as f:
+        return list((yaml.safe_load(f) or {}).get("checks") or [])
+
+
+def run_checks(checks: list[dict[str, Any]], profiles: set[str], budget: float) -> bool:
+    """Each check retries until it passes or its own `timeout` (default: budget) runs out."""
+    active = [c for c in checks if str(c.get("profile", "default")) in profiles | {"default"}]
+    skipped = [c for c in checks if c not in active]
+    log(f"checks: {len(active)} active (profiles: {', '.join(sorted(profiles)) or '-'})")
+    passed = 0
+    for spec in active:
+        kind = str(spec.get("kind"))
+        run = CHECKS.get(kind)
+        try:
+            if run is None:
+                raise CheckFailed(f"kind {kind!r} is not implemented by this client yet")
+            detail = run(spec, time.monotonic() + float(spec.get("timeout", budget)))
+        except (CheckFailed, KeyError, TypeError) as exc:
+            log(f"FAIL {spec.get('name', kind)}: {exc}")
+        else:
+            passed += 1
+            log(f"PASS {spec.get('name', kind)}: {detail}")
+    for spec in skipped:
+        log(f"SKIP {spec.get('name')}: profile {spec.get('profile')!r} not active")
+    failed = len(active) - passed
+    log(f"summary: {passed} passed, {failed} failed, {len(skipped)} skipped")
+    return failed == 0 and passed > 0
+
+
+def serve_summary(port: int, text: Callable[[], str]) -> None:
+    """The client's own inbound app: a TCP connection gets the last summary."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(text().encode())
+
+    server = _ThreadingTCPServer((LOOPBACK, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+def client(args: argparse.Namespace) -> int:
+    profiles = {p.strip() for p in (args.profiles or "").split(",") if p.strip()}
+    checks = load_checks(args.checks)
+    ok = run_checks(checks, profiles, args.deadline)
+    if args.once:
+        return 0 if ok else 1
+    summary = "all checks passed\n" if ok else "some checks FAILED (see the client's log)\n"
+    serve_summary(args.port, lambda: summary)
+    log(
+        "client: staying up; run the checks again with: docker compose -f docker/compose.yaml "
+        "exec demo-client python3 /apps/demo_app.py client --checks /config/checks.yaml --once"
+    )
+    signal.pause()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("http-backend")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("http-web")
+    p.add_argument("--backend", required=True, help="the outbound to the backend, HOST:PORT")
+    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("tcp-echo")
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("client")
+    p.add_argument("--checks", required=True)
+    p.add_argument("--profiles", default=os.environ.get("DEMO_PROFILES", ""))
+    p.add_argument("--once", action="store_true")
+    p.add_argument(
+        "--deadline", type=float, default=60.0, help="seconds each check may retry (default 60)"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    if args.mode == "http-backend":
+        serve_http_backend(args.name, args.version, args.port)
+    elif args.mode == "http-web":
+        serve_http_web(args.backend, args.port)
+    elif args.mode == "tcp-echo":
+        serve_tcp_echo(args.name, args.port)
+    else:
+        return client(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Smoke test of the Docker dev mesh: build the image, bring docker/compose.yaml up, run every
+# active check of docker/checks.yaml through the sidecars, tear everything down and verify that no
+# container, network or volume of the run is left. Exit 0 only if all of that passed.
+#
+#   docker/smoke.sh                       # the default checks
+#   COMPOSE_PROFILES=grpc docker/smoke.sh # plus the services and checks of a profile
+#
+# Environment:
+#   SMOKE_TIMEOUT         whole run bound, seconds (default 900); every step has its own bound too
+#   PYSIDECAR_BASE_IMAGE  base image; default: python:3.11-slim when present or pullable, else
+#                         pysidecar-base:bookworm made offline by docker/build-base.sh
+#   SMOKE_OFFLINE=1       do not try to pull; go straight to the offline base and host wheels
+#   PYSIDECAR_CA_CERTS    extra CA certificate files (PEM, space-separated) that the image build
+#                         trusts for the package index (only when it downloads); never committed
+#   PYSIDECAR_BUILD_NETWORK  network of the build's RUN steps, e.g. `host` where only the host
+#                         resolves and reaches the package index (only when it downloads)
+#   SMOKE_KEEP=1          leave the mesh up on failure, for a look (teardown is then yours)
+set -euo pipefail
+
+if [ -z "${_SMOKE_BOUNDED:-}" ]; then
+    export _SMOKE_BOUNDED=1
+    exec timeout --kill-after=60 "${SMOKE_TIMEOUT:-900}" bash "$0" "$@"
+fi
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+IMAGE=${PYSIDECAR_IMAGE:-pysidecar:smoke}
+PROJECT=pysidecar-smoke-$$
+COMPOSE_FILE=docker/compose.yaml
+STAGE=""
+UP=0
+
+say() { echo "smoke: $*" >&2; }
+fail() { say "FAIL: $*"; exit 1; }
+
+# --- prerequisites ---------------------------------------------------------------------------
+timeout 20 docker info >/dev/null 2>&1 || fail "no Docker daemon reachable (docker info failed)"
+if timeout 20 docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    COMPOSE=(docker-compose)
+else
+    fail "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+say "compose: $("${COMPOSE[@]}" version 2>/dev/null | head -n1)"
+# compose SECONDS ARGS...: every compose call is bounded.
+compose() { local limit=$1; shift; timeout "$limit" "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
+
+leftovers() {
+    local label=com.docker.compose.project=$PROJECT
+    {
+        docker ps -aq --filter "label=$label" | sed 's/^/container /'
+        docker ps -aq --filter "name=^${PROJECT}[_-]" | sed 's/^/container /'
+        docker network ls -q --filter "label=$label" | sed 's/^/network /'
+        docker network ls -q --filter "name=^${PROJECT}_" | sed 's/^/network /'
+        docker volume ls -q --filter "label=$label" | sed 's/^/volume /'
+        docker volume ls -q --filter "name=^${PROJECT}_" | sed 's/^/volume /'
+    } | sort -u
+}
+
+teardown() {
+    local status=$?
+    trap - EXIT INT TERM
+    [ -n "$STAGE" ] && rm -rf "$STAGE"
+    if [ "$UP" = 1 ]; then
+        if [ "$status" != 0 ]; then
+            say "--- state and logs on failure ---"
+            compose 30 ps >&2 || true
+            compose 60 logs --no-color --tail=40 >&2 || true
+            if [ -n "${SMOKE_KEEP:-}" ]; then
+                say "SMOKE_KEEP: left up; tear down with: ${COMPOSE[*]} -p $PROJECT -f $COMPOSE_FILE down -v"
+                exit "$status"
+            fi
+        fi
+        say "teardown"
+        compose 120 down -v --remove-orphans --timeout 10 >/dev/null 2>&1 \
+            || say "compose down failed"
+        local left
+        left=$(leftovers)
+        if [ -n "$left" ]; then
+            say "FAIL: left behind after teardown:"
+            echo "$left" >&2
+            status=1
+        else
+            say "teardown verified: no container, network or volume of $PROJECT left"
+        fi
+    fi
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'say "interrupted (SMOKE_TIMEOUT?)"; exit 124' TERM
+
+# --- base image ------------------------------------------------------------------------------
+have_image() { timeout 20 docker image inspect "$1" >/dev/null 2>&1; }
+OFFLINE=0
+if [ -n "${PYSIDECAR_BASE_IMAGE:-}" ]; then
+    BASE=$PYSIDECAR_BASE_IMAGE
+    if ! have_image "$BASE" && [[ "$BASE" == pysidecar-base:* ]]; then OFFLINE=1; fi
+elif have_image python:3.11-slim; then
+    BASE=python:3.11-slim
+elif have_image pysidecar-base:bookworm; then
+    BASE=pysidecar-base:bookworm OFFLINE=1
+elif [ -z "${SMOKE_OFFLINE:-}" ] && timeout 180 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+    BASE=python:3.11-slim
+else
+    BASE=pysidecar-base:bookworm OFFLINE=1
+fi
+if [[ "$BASE" == pysidecar-base:* ]]; then OFFLINE=1; fi
+if [ "$OFFLINE" = 1 ]; then
+    say "offline base $BASE and wheels built on this host (docker/build-base.sh)"
+    BASE_TAG=$BASE timeout 1200 docker/build-base.sh all >&2
+else
+    say "base image $BASE"
+fi
+
+# --- image -----------------------------------------------------------------------------------
+# A minimal build context staged outside the repository: the legacy builder sends the whole
+# context (a root .dockerignore is not ours to rely on), and extra CA certificates never enter the
+# work tree.
+STAGE=$(mktemp -d /tmp/pysidecar-smoke-ctx.XXXXXX)
+mkdir -p "$STAGE/docker/wheels" "$STAGE/docker/ca-certs"
+cp pyproject.toml README.md "$STAGE/"
+cp -r sidecar "$STAGE/sidecar"
+find "$STAGE/sidecar" -name __pycache__ -prune -exec rm -rf {} +
+cp docker/Dockerfile docker/healthcheck.py "$STAGE/docker/"
+if [ "$OFFLINE" = 1 ]; then cp docker/wheels/*.whl "$STAGE/docker/wheels/"; fi
+for cert in ${PYSIDECAR_CA_CERTS:-}; do cp "$cert" "$STAGE/docker/ca-certs/$(basename "$cert" .crt).crt"; done
+say "docker build -> $IMAGE"
+if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --build-arg "BASE_IMAGE=$BASE" \
+    ${PYSIDECAR_BUILD_NETWORK:+--network "$PYSIDECAR_BUILD_NETWORK"} -t "$IMAGE" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
+    tail -n 40 /tmp/pysidecar-smoke-build.$$ >&2
+    rm -f /tmp/pysidecar-smoke-build.$$
+    fail "docker build"
+fi
+rm -f /tmp/pysidecar-smoke-build.$$
+# The legacy builder leaves the build stage and the previous image untagged: ours only, by label.
+timeout 60 docker image prune -f --filter label=io.pysidecar.image >/dev/null || true
+rm -rf "$STAGE"
+STAGE=""
+
+# --- the mesh --------------------------------------------------------------------------------
+export PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_BASE_IMAGE=$BASE
+export COMPOSE_PROFILES=${COMPOSE_PROFILES:-}
+say "up: project $PROJECT${COMPOSE_PROFILES:+, profiles $COMPOSE_PROFILES}"
+UP=1
+compose 300 up -d --no-build >&2 || fail "compose up"
+
+# Container states: "ok" when every app runs and every sidecar's health check says healthy.
+states() {
+    local id name state
+    # By label, not `compose ps`: Compose v2 lists only running containers there.
+    for id in $(timeout 30 docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"); do
+        name=$(timeout 20 docker inspect --format '{{.Name}}' "$id")
+        state=$(timeout 20 docker inspect --format \
+            '{{.State.Status}}{{if .State.Health}} {{.State.Health.Status}}{{end}}' "$id")
+        case "$name" in
+            *mesh-init*) [ "$state" = exited ] || echo "${name#/} $state" ;;
+            *-sidecar*) [ "$state" = "running healthy" ] || echo "${name#/} $state" ;;
+            *) [ "$state" = running ] || echo "${name#/} $state" ;;
+        esac
+    done
+}
+say "waiting for every sidecar to be healthy"
+deadline=$((SECONDS + 90))
+while not_ok=$(states) && [ -n "$not_ok" ]; do
+    if [ "$SECONDS" -ge "$deadline" ] || grep -qE ' (exited|dead|unhealthy)$' <<<"$not_ok"; then
+        fail "containers not ready: $not_ok"
+    fi
+    sleep 1
+done
+
+say "checks through the sidecars"
+# The client ran the checks once at start (its log); run them again, deterministically, here.
+compose 180 exec -T demo-client python3 /apps/demo_app.py client \
+    --checks /config/checks.yaml --profiles "$COMPOSE_PROFILES" --once --deadline 60 \
+    || fail "checks"
+
+# Every container still as it should be, and no error in any log.
+not_ok=$(states)
+[ -z "$not_ok" ] || fail "after the checks: $not_ok"
+if compose 60 logs --no-color 2>/dev/null | grep -E '(ERROR|Traceback)' >&2; then
+    fail "errors in the containers' logs (above)"
+fi
+say "PASS: every check went through the sidecars"

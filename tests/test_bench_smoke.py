@@ -1,0 +1,94 @@
+"""The benchmark harness runs end to end, measures both paths and leaves no process behind.
+
+One short run (`python3 -m bench --duration 1`) is shared by the tests of this module; it takes
+about ten seconds. The figures themselves are not judged here: performance is a harness, not a
+timed assert (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_IPERF3 = shutil.which("iperf3") is not None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    scenarios = ["tcp-rr", "tcp-bulk"] if HAVE_IPERF3 else ["tcp-rr"]
+    argv = [sys.executable, "-m", "bench", "--duration", "1", "--out", str(out)]
+    for name in scenarios:
+        argv += ["--scenario", name]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    results = json.loads((out / "results.json").read_text())
+    return {"results": results, "stdout": done.stdout, "out": out}
+
+
+def _paths(results: dict, scenario: str) -> dict[str, dict]:
+    entry = next(s for s in results["scenarios"] if s["name"] == scenario)
+    return {p["path"]: p for p in entry["paths"]}
+
+
+def _assert_proxies_measured(pair: dict) -> None:
+    proxies = [p for p in pair["processes"] if p["proxy"]]
+    assert [p["role"] for p in proxies] == ["sidecar-a", "sidecar-b"]
+    for proxy in proxies:
+        assert proxy["cpu_s"] > 0
+        assert proxy["peak_rss_mb"] > 0
+
+
+def test_tcp_rr_measures_both_paths(run: dict) -> None:
+    paths = _paths(run["results"], "tcp-rr")
+    assert set(paths) == {"direct", "pair"}
+    for entry in paths.values():
+        assert entry["ok"], entry.get("error")
+        figures = entry["figures"]
+        assert figures["messages"] > 0 and figures["messages_per_s"] > 0
+        assert 0 < figures["rtt_us"]["p50"] <= figures["rtt_us"]["p99"]
+    _assert_proxies_measured(paths["pair"])
+    assert "added_p99_ms" in paths["pair"]["vs_direct"]
+
+
+def test_tcp_bulk_measures_both_paths(run: dict) -> None:
+    if not HAVE_IPERF3:
+        pytest.skip("iperf3 is not installed: tcp-bulk was not run")
+    paths = _paths(run["results"], "tcp-bulk")
+    assert set(paths) == {"direct", "pair"}
+    for entry in paths.values():
+        assert entry["ok"], entry.get("error")
+        assert entry["figures"]["gbit_per_s"] > 0
+        assert entry["figures"]["bytes"] > 0
+    _assert_proxies_measured(paths["pair"])
+    assert paths["pair"]["vs_direct"]["throughput_ratio"] > 0
+
+
+def test_report_is_written_and_printed(run: dict) -> None:
+    report = (run["out"] / "report.md").read_text()
+    assert "## tcp-rr" in report
+    assert "| pair |" in report
+    assert report.strip() in run["stdout"]
+
+
+def test_no_process_is_left(run: dict) -> None:
+    started = run["results"]["processes"]
+    roles = {p["role"] for p in started}
+    assert {"server", "client", "sidecar-a", "sidecar-b"} <= roles
+    for proc in started:
+        assert proc["returncode"] is not None, f"{proc['role']} was never reaped"
+        cmdline = Path(f"/proc/{proc['pid']}/cmdline")
+        try:
+            argv = cmdline.read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue  # gone, as it should be
+        # The pid may have been reused by an unrelated process; only the same command counts.
+        assert [a.decode(errors="replace") for a in argv] != proc["argv"], (
+            f"{proc['role']} (pid {proc['pid']}) is still running"
+        )
