@@ -61,7 +61,9 @@ RBAC_ACCESS_DENIED = "RBAC: access denied"  # Envoy's body for a 403 from its RB
 _TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a handshake (the ClientHello)
 _ACCEPT_BATCH = 64  # connections accepted per readiness event, so one listener cannot starve
 _ACCEPT_PAUSE = 0.1  # after an accept error (EMFILE...), before trying again
-_SPIN = 0.001  # outbound TLS 1.3: look for the peer's verdict at every loop pass this long
+_VERDICT_PASSES = 3  # outbound TLS 1.3: loop passes to look for the peer's verdict at once
+_VERDICT_POLL = 0.001  # then look this often (data or a close wake the wait at once)
+_ACCEPTED_LIMIT = 4096  # endpoints remembered as having accepted our certificate
 
 
 class OptionsError(ValueError):
@@ -277,6 +279,9 @@ class MeshSecurity:
         self.mesh = mesh
         self.mode = mode
         self.authorizer = Authorizer(mesh)
+        # Endpoints that accepted our certificate, with the credentials generation they accepted:
+        # later connections to them skip the TLS 1.3 verdict wait until our credentials change.
+        self._accepted: dict[tuple[str, int], int] = {}
 
     @classmethod
     def create(cls, options: MtlsOptions, dataplane: Dataplane) -> MeshSecurity:
@@ -333,6 +338,7 @@ class MeshSecurity:
         store = self.store
         sni = tls.server_hostname(service, mesh, dict(tags or {}))
         wanted = spiffe.spiffe_id(mesh, service)
+        accepted = self._accepted
 
         async def connect(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
             loop = asyncio.get_running_loop()
@@ -357,9 +363,19 @@ class MeshSecurity:
                         raise ConnectError(
                             f"{target}: peer is not {wanted} (found {spiffe.describe(uris)})"
                         )
-                    await gate.peer_verdict(
-                        ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
-                    )
+                    endpoint = (target.host, target.port)
+                    generation = store.generation
+                    if accepted.get(endpoint) != generation:
+                        try:
+                            await gate.peer_verdict(
+                                ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
+                            )
+                        except ConnectError:
+                            accepted.pop(endpoint, None)
+                            raise
+                        if len(accepted) >= _ACCEPTED_LIMIT:
+                            accepted.clear()
+                        accepted[endpoint] = generation
             except TimeoutError:
                 _abort(transport)
                 if stats is not None:
@@ -448,7 +464,10 @@ class _ClientGate(asyncio.Protocol):
     accept the client), data, or the alert and close. `peer_verdict` waits for one of these, at
     most `MTLS_PEER_VERDICT_WAIT`, so that a refusal fails this endpoint (and the caller tries the
     next) instead of breaking the first request. A peer that sends no ticket and stays silent is
-    used after the wait. Bytes read meanwhile are replayed to the real protocol.
+    used after the wait. Bytes read meanwhile are replayed to the real protocol. The connector
+    waits only for the first connection to an endpoint per credentials generation: an endpoint
+    that accepted our certificate is trusted to accept it again until our credentials rotate
+    (a peer that changes its mind later fails that connection on its first read instead).
     """
 
     def __init__(self) -> None:
@@ -486,7 +505,7 @@ class _ClientGate(asyncio.Protocol):
         if ssl_object is None or ssl_object.version() != "TLSv1.3":
             return  # TLS 1.2: the peer checked our certificate within the handshake
         loop = asyncio.get_running_loop()
-        spin_until = loop.time() + _SPIN
+        passes = 0
         while True:
             if self.data:
                 return  # it spoke to us: it accepted us
@@ -501,11 +520,12 @@ class _ClientGate(asyncio.Protocol):
             now = loop.time()
             if now >= until:
                 return  # no ticket and silent: nothing tells, use it
-            if now < spin_until:
-                await asyncio.sleep(0)
+            passes += 1
+            if passes <= _VERDICT_PASSES:
+                await asyncio.sleep(0)  # the ticket is often in the very next read
                 continue
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(min(0.002, until - now), self._wake)
+            timer = loop.call_later(min(_VERDICT_POLL, until - now), self._wake)
             try:
                 await waiter
             finally:
