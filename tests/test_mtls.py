@@ -34,7 +34,7 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl CLI")
 # --- the hop -------------------------------------------------------------------------------------
 
 
-def test_tcp_rides_mtls_between_sidecars_with_the_callers_identity(mesh, pki):
+def test_tcp_rides_mtls_between_sidecars_with_the_callers_identity_and_resumes(mesh, pki):
     pair = mtls_pair(mesh, pki)
     for i in range(3):
         assert ask(pair.outbound, b"hello %d\n" % i) == b"hello %d\n" % i
@@ -45,6 +45,9 @@ def test_tcp_rides_mtls_between_sidecars_with_the_callers_identity(mesh, pki):
     assert all(
         "identity=spiffe://default/web version=TLSv1.3 alpn=kuma" in line for line in accepted
     )
+    # The first connection is a full handshake; the next ones resume its TLS 1.3 session (and
+    # the identity is still the verified one).
+    assert [line.endswith("resumed=True") for line in accepted] == [False, True, True]
 
 
 def test_outbound_speaks_kumas_wire_conventions(mesh, pki, tmp_path):

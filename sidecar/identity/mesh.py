@@ -28,9 +28,11 @@ without them there is no `MeshSecurity` and every hop is plaintext, as in a Kuma
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -63,7 +65,7 @@ _ACCEPT_BATCH = 64  # connections accepted per readiness event, so one listener 
 _ACCEPT_PAUSE = 0.1  # after an accept error (EMFILE...), before trying again
 _VERDICT_PASSES = 3  # outbound TLS 1.3: loop passes to look for the peer's verdict at once
 _VERDICT_POLL = 0.001  # then look this often (data or a close wake the wait at once)
-_ACCEPTED_LIMIT = 4096  # endpoints remembered as having accepted our certificate
+_ENDPOINTS_LIMIT = 4096  # peer endpoints remembered (verdict, session to resume)
 
 
 class OptionsError(ValueError):
@@ -279,9 +281,8 @@ class MeshSecurity:
         self.mesh = mesh
         self.mode = mode
         self.authorizer = Authorizer(mesh)
-        # Endpoints that accepted our certificate, with the credentials generation they accepted:
-        # later connections to them skip the TLS 1.3 verdict wait until our credentials change.
-        self._accepted: dict[tuple[str, int], int] = {}
+        # What the outbound knows of each peer endpoint, for our current credentials.
+        self._endpoints: dict[tuple[str, int], _EndpointState] = {}
 
     @classmethod
     def create(cls, options: MtlsOptions, dataplane: Dataplane) -> MeshSecurity:
@@ -338,7 +339,7 @@ class MeshSecurity:
         store = self.store
         sni = tls.server_hostname(service, mesh, dict(tags or {}))
         wanted = spiffe.spiffe_id(mesh, service)
-        accepted = self._accepted
+        endpoints = self._endpoints
 
         async def connect(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
             loop = asyncio.get_running_loop()
@@ -347,13 +348,25 @@ class MeshSecurity:
                 stats.upstream_cx_total += 1
             gate = _ClientGate()
             transport: asyncio.BaseTransport | None = None
+            # The context and the generation are read together: a rotation during this
+            # connection applies to the next one.
+            context, generation = store.client_context, store.generation
+            endpoint = (target.host, target.port)
+            state = endpoints.get(endpoint)
+            if state is None or state.generation != generation:
+                if len(endpoints) >= _ENDPOINTS_LIMIT:
+                    endpoints.clear()
+                state = endpoints[endpoint] = _EndpointState(generation)
+            if context.sslobject_class is not _ResumingSSLObject:
+                context.sslobject_class = _ResumingSSLObject
+            offered = _offered_session.set(state.session_to_offer())
             try:
                 async with asyncio.timeout(timeout):
                     transport, _ = await loop.create_connection(
                         lambda: gate,
                         target.host,
                         target.port,
-                        ssl=store.client_context,
+                        ssl=context,
                         server_hostname=sni,
                         ssl_handshake_timeout=timeout,
                     )
@@ -363,35 +376,33 @@ class MeshSecurity:
                         raise ConnectError(
                             f"{target}: peer is not {wanted} (found {spiffe.describe(uris)})"
                         )
-                    endpoint = (target.host, target.port)
-                    generation = store.generation
-                    if accepted.get(endpoint) != generation:
-                        try:
-                            await gate.peer_verdict(
-                                ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
-                            )
-                        except ConnectError:
-                            accepted.pop(endpoint, None)
-                            raise
-                        if len(accepted) >= _ACCEPTED_LIMIT:
-                            accepted.clear()
-                        accepted[endpoint] = generation
+                    if not state.accepted:
+                        await gate.peer_verdict(
+                            ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
+                        )
+                        state.accepted = True
             except TimeoutError:
                 _abort(transport)
+                state.forget()
                 if stats is not None:
                     stats.upstream_cx_connect_timeout += 1
                     stats.upstream_cx_connect_fail += 1
                 raise ConnectError(f"{target}: connect timeout (TCP and mTLS handshake)") from None
             except ConnectError:
                 _abort(transport)
+                state.forget()
                 if stats is not None:
                     stats.upstream_cx_connect_fail += 1
                 raise
             except (OSError, IdentityError) as exc:
                 _abort(transport)
+                state.forget()
                 if stats is not None:
                     stats.upstream_cx_connect_fail += 1
                 raise ConnectError(f"{target}: {describe_tls_error(exc)}") from None
+            finally:
+                _offered_session.reset(offered)
+            state.latest = ssl_object  # its session ticket, once it came, resumes the next one
             if stats is not None:
                 stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
             gate.hand_over(factory())
@@ -425,6 +436,83 @@ class MeshSecurity:
         listener = MeshListener(self, stack, name, stats, sock)
         listener.start()
         return listener
+
+
+# The session the connector offers for the connection it is making: set around
+# `create_connection`, read when asyncio or uvloop wraps the socket (in the callback that the
+# connection's transport runs with the connecting task's context).
+_offered_session: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar(
+    "pysidecar_offered_session", default=None
+)
+
+
+class _ResumingSSLObject(ssl.SSLObject):
+    """Client side: offers the session that the connector picked for this endpoint.
+
+    TLS 1.3 resumption (a session ticket from an earlier connection to the same endpoint, with
+    a fresh ECDHE exchange) skips the certificate signatures and chain checks, which are most of
+    a handshake's CPU; both sides still see each other's certificate from the session, so the
+    SPIFFE checks run as for a full handshake. A ticket is only good for the server context that
+    issued it: after a rotation on either side the handshake is a full one again.
+    """
+
+    @classmethod
+    def _create(  # type: ignore[override]
+        cls,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = _offered_session.get()
+        try:
+            return super()._create(  # type: ignore[misc]
+                incoming,
+                outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+                context=context,
+            )
+        except ValueError:  # a session of another context (a rotation in between)
+            return super()._create(  # type: ignore[misc]
+                incoming,
+                outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                context=context,
+            )
+
+
+class _EndpointState:
+    """One peer endpoint, for one generation of our credentials."""
+
+    __slots__ = ("generation", "accepted", "session", "latest")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.accepted = False  # it accepted our certificate once: no more verdict waits
+        self.session: ssl.SSLSession | None = None
+        self.latest: ssl.SSLObject | None = None  # the last connection, whose ticket may come
+
+    def session_to_offer(self) -> ssl.SSLSession | None:
+        latest = self.latest
+        if latest is not None:
+            session = latest.session
+            if session is not None and session.has_ticket:
+                self.session, self.latest = session, None
+        session = self.session
+        if session is not None and time.time() >= session.time + session.timeout:
+            self.session = session = None  # expired: the server would refuse it
+        return session
+
+    def forget(self) -> None:
+        """A failed connection: verify the next one fully, and offer no session."""
+        self.accepted = False
+        self.session = self.latest = None
 
 
 def _abort(transport: asyncio.BaseTransport | None) -> None:
@@ -465,9 +553,10 @@ class _ClientGate(asyncio.Protocol):
     most `MTLS_PEER_VERDICT_WAIT`, so that a refusal fails this endpoint (and the caller tries the
     next) instead of breaking the first request. A peer that sends no ticket and stays silent is
     used after the wait. Bytes read meanwhile are replayed to the real protocol. The connector
-    waits only for the first connection to an endpoint per credentials generation: an endpoint
-    that accepted our certificate is trusted to accept it again until our credentials rotate
-    (a peer that changes its mind later fails that connection on its first read instead).
+    waits only for the first connection to an endpoint per credentials generation (and after a
+    failure): an endpoint that accepted our certificate is trusted to accept it again until our
+    credentials rotate (a peer that changes its mind later fails that connection on its first
+    read instead).
     """
 
     def __init__(self) -> None:
@@ -779,12 +868,13 @@ class _ServerGate(asyncio.Protocol):
         listener.stats.ssl_handshake += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "event=mtls_accepted listener=%s peer=%s identity=%s version=%s alpn=%s",
+                "event=mtls_accepted listener=%s peer=%s identity=%s version=%s alpn=%s resumed=%s",
                 listener.name,
                 listener.peer_name(self.address),
                 peer.spiffe_id,
                 ssl_object.version(),
                 ssl_object.selected_alpn_protocol(),
+                ssl_object.session_reused,
             )
         protocol = listener.stack.accept(peer)
         transport.set_protocol(protocol)
