@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sidecar import defaults
+from sidecar import defaults, malloc
 from sidecar.config.dataplane import ConfigError
 from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY, CredentialsError
 from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
@@ -201,6 +201,7 @@ def options_from(args: argparse.Namespace) -> Options:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)
+    malloc.tune()  # large TLS buffers stay in the heap (see sidecar/malloc.py)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         return runner.run(serve(options))
 
