@@ -80,10 +80,7 @@ class InboundStack(ListenerStack):
                 return self.h2_pool
             return self.h1_pool if orig is not None else self.h2_pool
 
-        plan = self.plan
-        return Route(
-            plan.name, self.cluster, prepare, plan.request_timeout, 1, plan.stream_idle_timeout
-        )
+        return self.make_route(prepare, connect_attempts=1)
 
     def handler(self, peer: Peer | None = None) -> Handler:
         """Each request of a connection from `peer`: authorized, then routed to the app."""

@@ -10,10 +10,11 @@ from typing import Any
 
 from sidecar import defaults
 from sidecar.cluster import Cluster
+from sidecar.http.accounting import RequestRecord
 from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import H2Protocol
-from sidecar.http.router import Route, proxy
-from sidecar.observe.stats import ListenerStats
+from sidecar.http.router import Exchange, Pool, Route, proxy
+from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.connect import Connector, plain_connector
 from sidecar.transport.detect import Detected, detect
@@ -49,6 +50,9 @@ class ListenerStack:
         self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats, connector)
         self.http_connections: set[H1Server | H2Protocol] = set()
         self.draining = False
+        # Set by the runtime's observability: HTTP connection-manager stats, the access log.
+        self.http_stats = HttpStats(plan.stat_address)
+        self.on_request_done: Callable[[RequestRecord], None] | None = None
 
     def __call__(self) -> asyncio.Protocol:
         raise NotImplementedError
@@ -67,6 +71,19 @@ class ListenerStack:
 
     def route(self) -> Route:
         raise NotImplementedError
+
+    def make_route(self, prepare: Callable[[Exchange], Pool], connect_attempts: int) -> Route:
+        plan = self.plan
+        return Route(
+            plan.name,
+            self.cluster,
+            prepare,
+            plan.request_timeout,
+            connect_attempts,
+            plan.stream_idle_timeout,
+            self.http_stats,
+            self.on_request_done,
+        )
 
     def handler(self) -> Handler:
         """What serves each request of a new connection: the router, on this listener's route."""

@@ -21,6 +21,7 @@ from sidecar.http.pool import H2Pool, plain_connector
 from sidecar.identity.mesh import MeshListener, MeshSecurity, MtlsOptions
 from sidecar.inbound import InboundStack
 from sidecar.listener import ListenerStack, StackOptions
+from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
@@ -45,6 +46,7 @@ class Options:
     stack: StackOptions = field(default_factory=StackOptions)
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
+    access_log: str | None = None  # a file, or "-" for stdout; None: off
     mtls: MtlsOptions = field(default_factory=MtlsOptions)  # no credentials: plaintext hops
 
 
@@ -78,6 +80,7 @@ class Sidecar:
         self._dataplane_signature: tuple[int, int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._policies_ignored_logged = False
+        self.observability = Observability(self)  # admin, metrics, probes, access log
 
     # -- start and reload ------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Sidecar:
         await self.resolver.refresh(self._endpoint_hosts())
         try:
             await self._apply(plan_listeners(self.dataplane, self.options.timeouts), strict=True)
+            await self.observability.start()
         except BindError:
             await self.stop_listeners()
             raise
@@ -124,6 +128,7 @@ class Sidecar:
             return
         self.dataplane = dataplane
         await self._apply(plan_listeners(dataplane, self.options.timeouts), strict=False)
+        await self.observability.reload()
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
     async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
@@ -155,38 +160,37 @@ class Sidecar:
     async def _bind(self, plan: ListenerPlan) -> RunningListener:
         stats = self.stats.listener(plan.stat_address, f"{plan.direction}_{plan.stat_address}")
         cluster = self._cluster_for(plan)
-        stack: ListenerStack
         security = self.security
-        server: asyncio.Server | MeshListener
+        stack: ListenerStack
+        inbound: InboundStack | None = None
+        if plan.direction == "inbound":
+            inbound = InboundStack(
+                plan,
+                cluster,
+                stats,
+                self.options.stack,
+                security.authorizer if security is not None else None,
+            )
+            stack = inbound
+        else:
+            stack = OutboundStack(
+                plan,
+                cluster,
+                stats,
+                self.options.stack,
+                lambda: cluster.protocol,
+                self._mesh_pool(plan, cluster),
+                self._mesh_connector(plan, cluster),
+            )
+        self.observability.attach(stack.tcp, plan.key)
+        stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
+        stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
+        server: asyncio.Server | MeshListener
         try:
-            if plan.direction == "inbound":
-                inbound = InboundStack(
-                    plan,
-                    cluster,
-                    stats,
-                    self.options.stack,
-                    security.authorizer if security is not None else None,
-                )
-                stack = inbound
-                if security is not None:  # peers reach us over mTLS
-                    server = await security.listen(
-                        inbound, plan.name, plan.address, plan.port, stats
-                    )
-                else:
-                    server = await loop.create_server(
-                        stack, plan.address, plan.port, reuse_address=True, backlog=1024
-                    )
+            if inbound is not None and security is not None:  # peers reach us over mTLS
+                server = await security.listen(inbound, plan.name, plan.address, plan.port, stats)
             else:
-                stack = OutboundStack(
-                    plan,
-                    cluster,
-                    stats,
-                    self.options.stack,
-                    lambda: cluster.protocol,
-                    self._mesh_pool(plan, cluster),
-                    self._mesh_connector(plan, cluster),
-                )
                 server = await loop.create_server(
                     stack, plan.address, plan.port, reuse_address=True, backlog=1024
                 )
@@ -297,6 +301,7 @@ class Sidecar:
     async def drain(self) -> None:
         """Stop accepting, let open connections finish up to the drain timeout, then close them."""
         self.draining = True
+        self.observability.draining()  # /ready fails, every inbound reported not ready
         for task in self._tasks:
             task.cancel()
         await self.stop_listeners()
@@ -320,3 +325,4 @@ class Sidecar:
         log.info("event=drained closed_at_deadline=%d", left)
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.observability.stop()
