@@ -86,11 +86,15 @@ class InboundStack(ListenerStack):
         """Each request of a connection from `peer`: authorized, then routed to the app."""
         route = self.route(peer)
         authorizer = self.authorizer
-        if authorizer is None:
+        if authorizer is None and peer is None:  # plaintext mesh: nothing to decide or count
             return lambda exchange: proxy(exchange, route)
+        # The caller's counts at this inbound (`source_service` in the metrics).
+        source = self.stats.source(peer.service) if peer is not None else None
 
         async def handle(exchange: Exchange) -> None:
-            if not authorizer.allows(
+            if source is not None:
+                source.downstream_rq_total += 1
+            if authorizer is not None and not authorizer.allows(
                 self.plan.service, peer, self.stats, self.plan.name, "protocol=http"
             ):
                 await local_reply(exchange, 403, RBAC_ACCESS_DENIED)

@@ -94,6 +94,9 @@ class Sidecar:
         self.dataplane = load_dataplane(path, self.options.variables)
         if self.options.mtls.enabled:
             self.security = MeshSecurity.create(self.options.mtls, self.dataplane)
+            self.stats.server.days_until_first_cert_expiring = (
+                self.security.store.days_until_first_expiring()
+            )
         mesh_dir = self.options.mesh_dir or path.resolve().parent
         self.mesh = MeshDirectory(mesh_dir, self.dataplane.mesh)
         self.mesh.scan()
@@ -276,6 +279,10 @@ class Sidecar:
                 if signature != self._dataplane_signature:
                     self._dataplane_signature = signature
                     await self.reload()
+                if self.security is not None:
+                    self.stats.server.days_until_first_cert_expiring = (
+                        self.security.store.days_until_first_expiring()
+                    )
                 if self.mesh.scan():
                     self._update_policies()
                     await self.resolver.refresh(self._endpoint_hosts())

@@ -152,3 +152,35 @@ def test_http_requests_are_authorized_one_by_one_and_carry_the_verified_caller(m
     )
     web_conn.close()
     admin_conn.close()
+
+
+def test_mtls_and_authorization_show_in_metrics_and_admin(mesh_uvloop, pki):
+    """Envoy's names: handshakes and refusals per listener, RBAC decisions, the caller's counts
+    (source_service), the days until a certificate expires, and /certs."""
+    import urllib.request
+
+    import yaml
+
+    mesh = mesh_uvloop
+    pair = mtls_pair(mesh, pki)
+    admin = yaml.safe_load((mesh.dir / "backend-1.yaml").read_text())["networking"]["admin"]
+    web = pair.outbound
+    assert ask(web) == b"ping\n" and ask(web) == b"ping\n"
+    assert ask(pair.inbound, b"plain\n") == b""
+    pair.backend.wait_log("event=tls_refused")
+
+    def get(path: str) -> str:
+        url = f"http://127.0.0.1:{admin['port']}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    listener = f'envoy_listener_address="127.0.0.1_{pair.inbound}"'
+    text = get("/stats/prometheus")
+    assert f"envoy_listener_ssl_handshake{{{listener}}} 2" in text
+    assert f"envoy_listener_ssl_connection_error{{{listener}}} 1" in text
+    assert f"envoy_rbac_allowed{{{listener}}} 2" in text
+    assert 'source_service="web"' in text
+    assert "envoy_server_days_until_first_cert_expiring 0" in text  # a 24 h certificate
+    certs = json.loads(get("/certs"))["certificates"][0]
+    assert certs["cert_chain"][0]["subject_alt_names"][0] == {"uri": "spiffe://default/backend"}
+    assert certs["ca_cert"][0]["path"] == str(pki.ca_path)

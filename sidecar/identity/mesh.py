@@ -35,9 +35,11 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from cryptography import x509
 
 from sidecar import defaults
 from sidecar.config.model import Dataplane
@@ -321,6 +323,35 @@ class MeshSecurity:
         )
         return security
 
+    def certs_document(self) -> dict[str, Any]:
+        """The admin API's `/certs`, in Envoy's shape: the CA bundle and our chain in use."""
+        creds = self.store.credentials
+        now = datetime.now(UTC)
+
+        def describe(cert: x509.Certificate, path: Path) -> dict[str, Any]:
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+            except x509.ExtensionNotFound:
+                uris = []
+            return {
+                "path": str(path),
+                "serial_number": format(cert.serial_number, "x"),
+                "subject_alt_names": [{"uri": uri} for uri in uris],
+                "days_until_expiration": str(tls.days_until_first_expiring([cert], now)),
+                "valid_from": cert.not_valid_before_utc.isoformat(),
+                "expiration_time": cert.not_valid_after_utc.isoformat(),
+            }
+
+        return {
+            "certificates": [
+                {
+                    "ca_cert": [describe(c, creds.ca_path) for c in creds.ca_certs],
+                    "cert_chain": [describe(c, creds.cert_path) for c in creds.chain],
+                }
+            ]
+        }
+
     def start(self) -> asyncio.Task[None]:
         """Watch the credential files (and renew in dev mode); cancel the task to stop."""
         return asyncio.get_running_loop().create_task(self.store.watch())
@@ -404,6 +435,7 @@ class MeshSecurity:
                 _offered_session.reset(offered)
             state.latest = ssl_object  # its session ticket, once it came, resumes the next one
             if stats is not None:
+                stats.ssl_handshake += 1
                 stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
             gate.hand_over(factory())
             return transport
@@ -865,7 +897,9 @@ class _ServerGate(asyncio.Protocol):
             transport.abort()
             listener.refused(self.address, str(exc), verify=True)
             return
-        listener.stats.ssl_handshake += 1
+        stats = listener.stats
+        stats.ssl_handshake += 1
+        stats.source(peer.service).downstream_cx_total += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "event=mtls_accepted listener=%s peer=%s identity=%s version=%s alpn=%s resumed=%s",
