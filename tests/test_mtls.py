@@ -26,7 +26,7 @@ from tests.pki import (
     s_client,
     tls_ask,
 )
-from tests.support import LOOPBACK, echo, free_port, wait_for
+from tests.support import LOOPBACK, echo, free_port, recv_all, wait_for
 
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl CLI")
 
@@ -312,3 +312,20 @@ def test_listeners_stay_plaintext_without_credentials(mesh):
     assert ask(outbound) == b"ping\n"
     assert ask(inbound, b"direct\n") == b"direct\n"
     assert "event=mtls_enabled" not in b.log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: asyncio's and uvloop's TLS transports cannot half-close (no "
+    "write_eof; a close_notify closes the whole connection), so a reply sent after the client's "
+    "FIN is lost on an mTLS hop. Plaintext hops keep half-close (test_tcp).",
+)
+def test_half_close_crosses_an_mtls_hop(mesh_uvloop, pki):
+    def reply_after_eof(conn: socket.socket) -> None:
+        conn.sendall(recv_all(conn).upper())
+
+    pair = mtls_pair(mesh_uvloop, pki, reply_after_eof)
+    with socket.create_connection((LOOPBACK, pair.outbound), timeout=10) as conn:
+        conn.sendall(b"hello")
+        conn.shutdown(socket.SHUT_WR)
+        assert recv_all(conn) == b"HELLO"
