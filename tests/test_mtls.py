@@ -187,7 +187,8 @@ def test_outbound_refuses_a_peer_with_the_wrong_identity_and_fails_over(mesh, pk
     pki.issue("backend-evil", "payments")  # a mesh member, but not a backend
     pki.issue("web-1", "web")
     mesh.start(good, *pki.args("backend-good"))
-    mesh.start(evil, *pki.args("backend-evil"))
+    impostor = mesh.start(evil, *pki.args("backend-evil"))
+    assert "event=certificate_misses_services" in impostor.log  # it says so at start
     client = mesh.start(web, *pki.args("web-1"))
     assert [ask(outbound) for _ in range(8)] == [b"good\n"] * 8
     client.wait_log("peer is not spiffe://default/backend (found spiffe://default/payments")

@@ -315,6 +315,14 @@ class MeshSecurity:
                 f"(found {spiffe.describe(creds.identities)}); it cannot serve mesh "
                 f"{dataplane.mesh!r}",
             )
+        missing = sorted({inbound.service for inbound in dataplane.networking.inbound} - set(ours))
+        if missing:
+            log.warning(
+                "event=certificate_misses_services cert=%s services=%s reason=%r",
+                creds.cert_path,
+                ",".join(missing),
+                "peers calling these services will refuse this sidecar's certificate",
+            )
         log.info(
             "event=mtls_enabled mode=%s mesh=%s identity=%s not_after=%s ca=%s cert=%s%s",
             security.mode,
@@ -412,9 +420,12 @@ class MeshSecurity:
                             f"{target}: peer is not {wanted} (found {spiffe.describe(uris)})"
                         )
                     if not state.accepted:
-                        await gate.peer_verdict(
-                            ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
-                        )
+                        try:
+                            await gate.peer_verdict(
+                                ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
+                            )
+                        except ConnectError as exc:
+                            raise ConnectError(f"{target}: {exc}") from None
                         state.accepted = True
             except TimeoutError:
                 _abort(transport)
