@@ -1,8 +1,11 @@
 """`pysidecar demo`: a small mesh on loopback, each demo service with its own sidecar process.
 
 The Dataplane files are written to a temporary mesh directory, exactly as a user would write them;
-the sidecars are started as a user starts them (`pysidecar run --dataplane …`). Then traffic goes
-app → outbound → peer's inbound → app, and the demo prints what went where.
+the sidecars are started as a user starts them (`pysidecar run --dataplane …`). The mesh runs with
+mTLS: the demo makes a mesh CA (`certs/ca.crt`, `certs/ca.key` in the mesh directory) and starts
+every sidecar in dev mode (`--ca … --ca-key …`), so each issues its own SPIFFE certificate. Then
+traffic goes app → outbound → (mTLS) → peer's inbound → app, and the demo prints what went where
+and which verified identity each inbound saw.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from sidecar.identity import ca, spiffe
 
 LOOPBACK = "127.0.0.1"
 
@@ -90,8 +95,17 @@ class Demo:
         self.processes: list[asyncio.subprocess.Process] = []
         self.servers: list[asyncio.Server] = []
         self.log_tasks: list[asyncio.Task[None]] = []
+        self.certs = self.dir / "certs"
+        self.callers: dict[str, list[str]] = {}  # dataplane → identities its inbound verified
+
+    def make_ca(self) -> None:
+        """The mesh CA the sidecars issue their own certificates from (dev mode)."""
+        authority = ca.create_ca("default")
+        ca.write_certificate(self.certs / "ca.crt", authority.cert)
+        ca.write_private_key(self.certs / "ca.key", authority.key)
 
     async def start(self) -> None:
+        self.make_ca()
         for svc in self.services:
             await self._start_app(svc)
             path = self.dir / f"{svc.name}.yaml"
@@ -111,8 +125,9 @@ class Demo:
 
     async def _start_sidecar(self, svc: Service) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sidecar", "run",
+            sys.executable, "-m", "sidecar", "--log-level", "debug", "run",
             "--dataplane", str(self.dir / f"{svc.name}.yaml"), "--drain-timeout", "2",
+            "--ca", str(self.certs / "ca.crt"), "--ca-key", str(self.certs / "ca.key"),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self.processes.append(proc)
@@ -126,8 +141,11 @@ class Demo:
         assert proc.stderr is not None
         while line := await proc.stderr.readline():
             text = line.decode(errors="replace").rstrip()
-            if self.verbose or "ERROR" in text:
+            if self.verbose or "ERROR" in text or "WARNING" in text:
                 print(f"  [{svc.name}] {text}", file=sys.stderr)
+            if "event=mtls_accepted" in text:
+                identity = text.partition(" identity=")[2].split(" ")[0]
+                self.callers.setdefault(svc.name, []).append(identity)
             if "event=ready" in text and not ready.done():
                 ready.set_result(None)
         if not ready.done():
@@ -138,7 +156,7 @@ class Demo:
         port = self.web.outbounds["backend"]
         ok = True
         print(
-            f"\nweb-1 app → outbound 127.0.0.1:{port} (backend) → TCP hop between sidecars → "
+            f"\nweb-1 app → outbound 127.0.0.1:{port} (backend) → mTLS hop between sidecars → "
             "backend inbound → backend app\n"
         )
         for i in range(rounds):
@@ -155,6 +173,22 @@ class Demo:
             print(f"  call {i}: {reply}")
         return ok
 
+    async def mtls_report(self, calls: int) -> bool:
+        """What each backend inbound verified: True when every call came in over mTLS as web."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while sum(len(v) for v in self.callers.values()) < calls and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # the sidecars' log lines arrive through a pipe
+        print("\nmTLS on every hop: what the backend inbounds verified")
+        seen = 0
+        for svc in self.backends:
+            identities = self.callers.get(svc.name, [])
+            seen += len(identities)
+            who = ", ".join(sorted(set(identities))) or "-"
+            print(f"  {svc.name}: {len(identities)} mTLS connection(s) from {who}")
+        web_id = spiffe.spiffe_id("default", self.web.service)
+        return seen == calls and all(i == web_id for ids in self.callers.values() for i in ids)
+
     def describe(self) -> None:
         print(f"demo mesh in {self.dir}")
         for svc in self.services:
@@ -164,6 +198,17 @@ class Demo:
                 f"inbound=127.0.0.1:{svc.inbound_port} admin=127.0.0.1:{svc.admin_port} "
                 f"outbounds: {outs}"
             )
+        print(
+            f"mTLS: on (strict), mesh CA {self.certs / 'ca.crt'}; each sidecar issued its own "
+            "certificate (dev mode):"
+        )
+        for svc in self.services:
+            path = self.certs / f"{svc.name}.crt"
+            try:
+                ids = spiffe.identities_of(ca.load_certificate(path))
+            except ca.CredentialsError as exc:
+                ids = [f"unreadable: {exc}"]
+            print(f"  {svc.name:<11} {path.name:<15} {' '.join(ids)}")
 
     async def stop(self) -> None:
         for proc in self.processes:
@@ -186,8 +231,15 @@ async def main(args: argparse.Namespace, directory: Path) -> int:
     try:
         await demo.start()
         demo.describe()
-        ok = await demo.traffic()
-        print("\nall demo calls answered through the mesh" if ok else "\nsome demo calls FAILED")
+        rounds = 4
+        ok = await demo.traffic(rounds)
+        mtls_ok = await demo.mtls_report(rounds)
+        ok = ok and mtls_ok
+        print(
+            "\nall demo calls answered through the mesh, over mTLS"
+            if ok
+            else "\nsome demo calls FAILED (or did not ride mTLS)"
+        )
         if args.once:
             return 0 if ok else 1
         print(

@@ -8,7 +8,7 @@ import sys
 from tests.support import REPO
 
 
-def test_demo_once_sends_traffic_through_the_mesh_and_exits_0():
+def test_demo_once_sends_traffic_through_the_mesh_over_mtls_and_exits_0():
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "demo", "--once"],
         capture_output=True,
@@ -17,7 +17,10 @@ def test_demo_once_sends_traffic_through_the_mesh_and_exits_0():
         cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "all demo calls answered through the mesh" in result.stdout
+    assert "all demo calls answered through the mesh, over mTLS" in result.stdout
+    assert "mTLS: on (strict)" in result.stdout
+    for backend in ("backend-v1", "backend-v2"):
+        assert f"{backend}: 2 mTLS connection(s) from spiffe://default/web" in result.stdout
     replies = [line for line in result.stdout.splitlines() if "got: hello" in line]
     assert len(replies) == 4
     assert any("backend-v1" in r for r in replies) and any("backend-v2" in r for r in replies)
