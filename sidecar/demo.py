@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import json
 import os
 import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sidecar import demoapps
 from sidecar.identity import ca, spiffe
 
 LOOPBACK = "127.0.0.1"
@@ -54,6 +56,7 @@ class Service:
     name: str  # dataplane name, e.g. backend-v1
     service: str  # kuma.io/service
     tags: dict[str, str] = field(default_factory=dict)
+    app: Callable[..., Awaitable[None]] = demoapps.line_echo
     outbounds: dict[str, int] = field(default_factory=dict)  # service → local port
     inbound_port: int = field(default_factory=free_port)
     app_port: int = field(default_factory=free_port)
@@ -88,10 +91,19 @@ class Demo:
             Service("backend-v1", "backend", {"version": "v1", "kuma.io/protocol": "tcp"}),
             Service("backend-v2", "backend", {"version": "v2", "kuma.io/protocol": "tcp"}),
         ]
-        self.web = Service(
-            "web-1", "web", {"kuma.io/protocol": "tcp"}, outbounds={"backend": free_port()}
+        # An HTTP/1.1 app and a websocket app, both declared `http`: between the sidecars their
+        # requests ride HTTP/2 (the websocket as an RFC 8441 extended CONNECT stream).
+        self.api = Service("api-1", "api", {"kuma.io/protocol": "http"}, app=demoapps.http_app)
+        self.chat = Service(
+            "chat-1", "chat", {"kuma.io/protocol": "http"}, app=demoapps.websocket_echo
         )
-        self.services = [*self.backends, self.web]
+        self.web = Service(
+            "web-1",
+            "web",
+            {"kuma.io/protocol": "tcp"},
+            outbounds={"backend": free_port(), "api": free_port(), "chat": free_port()},
+        )
+        self.services = [*self.backends, self.api, self.chat, self.web]
         self.processes: list[asyncio.subprocess.Process] = []
         self.servers: list[asyncio.Server] = []
         self.log_tasks: list[asyncio.Task[None]] = []
@@ -113,13 +125,11 @@ class Demo:
         await asyncio.gather(*(self._start_sidecar(svc) for svc in self.services))
 
     async def _start_app(self, svc: Service) -> None:
+        version = svc.tags.get("version")
+        label = f"{svc.name} ({svc.service} {version})" if version else svc.name
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while line := await reader.readline():
-                    reply = f"{svc.name} ({svc.service} {svc.tags.get('version', '')}) got: "
-                    writer.write(reply.encode() + line)
-                    await writer.drain()
-            writer.close()
+            await svc.app(label, reader, writer)
 
         self.servers.append(await asyncio.start_server(handle, LOOPBACK, svc.app_port))
 
@@ -172,6 +182,52 @@ class Demo:
                 reply, ok = "FAILED: connection closed without a reply", False
             print(f"  call {i}: {reply}")
         return ok
+
+    async def l7_traffic(self) -> bool:
+        """HTTP/1.1 and a websocket from web's app, both over the mesh's HTTP/2 connection."""
+        ok = True
+        api_port, chat_port = self.web.outbounds["api"], self.web.outbounds["chat"]
+        print(
+            f"\nweb-1 app → HTTP/1.1 → outbound 127.0.0.1:{api_port} (api, http) → "
+            "HTTP/2 over mTLS → api inbound → HTTP/1.1 → api app\n"
+        )
+        try:
+            for line in await demoapps.http_get(LOOPBACK, api_port, ["/hello", "/again"]):
+                print(f"  {line}")
+            stats = await self._stats(self.api)
+            prefix = f"http.inbound_{LOOPBACK}_{self.api.inbound_port}"
+            h2 = stats.get(f"{prefix}.downstream_rq_http2_total", 0)
+            conns = stats.get(f"listener.{LOOPBACK}_{self.api.inbound_port}.downstream_cx_total")
+            print(
+                f"  the upgrade: api's inbound received {h2} request(s) over HTTP/2 on "
+                f"{conns} mesh connection(s); its app spoke HTTP/1.1"
+            )
+            ok = ok and h2 == 2
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            print(f"  FAILED: {exc!r}")
+            ok = False
+        print(
+            f"\nweb-1 app → websocket → outbound 127.0.0.1:{chat_port} (chat, http) → "
+            "extended CONNECT stream over mTLS → chat inbound → websocket upgrade → chat app\n"
+        )
+        try:
+            status, echoes = await demoapps.websocket_call(LOOPBACK, chat_port, ["hi", "bye"])
+            print(f"  handshake: {status}")
+            for echo in echoes:
+                print(f"  {echo}")
+            ok = ok and status.startswith("HTTP/1.1 101") and len(echoes) == 2
+        except (OSError, asyncio.IncompleteReadError, ConnectionError, KeyError) as exc:
+            print(f"  FAILED: {exc!r}")
+            ok = False
+        return ok
+
+    async def _stats(self, svc: Service) -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection(LOOPBACK, svc.admin_port)
+        writer.write(b"GET /stats?format=json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        doc = json.loads(data.partition(b"\r\n\r\n")[2])
+        return {s["name"]: s["value"] for s in doc["stats"] if "name" in s}
 
     async def mtls_report(self, calls: int) -> bool:
         """What each backend inbound verified: True when every call came in over mTLS as web."""
@@ -234,7 +290,8 @@ async def main(args: argparse.Namespace, directory: Path) -> int:
         rounds = 4
         ok = await demo.traffic(rounds)
         mtls_ok = await demo.mtls_report(rounds)
-        ok = ok and mtls_ok
+        l7_ok = await demo.l7_traffic()
+        ok = ok and mtls_ok and l7_ok
         print(
             "\nall demo calls answered through the mesh, over mTLS"
             if ok
