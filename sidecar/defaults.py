@@ -56,6 +56,15 @@ PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first
 # l5d-orig-proto); the inbound strips it and speaks HTTP/1.1 to its app.
 ORIG_PROTO_HEADER = b"x-pysidecar-orig-proto"
 
+# Mesh mTLS (sidecar.identity.mesh).
+MTLS_HANDSHAKE_TIMEOUT = 10.0  # inbound: from accept to a verified peer (Kuma's inbound connect)
+# Permissive mode tells TLS from plaintext by the first byte; a client silent this long is
+# plaintext (a server that speaks first).
+PERMISSIVE_DETECTION_TIMEOUT = 0.5
+# TLS 1.3 outbound: a peer refuses our certificate only after our handshake is done. Wait this
+# long at most for its verdict (a session ticket, data, or an alert) before using the connection.
+MTLS_PEER_VERDICT_WAIT = 0.1
+
 # -- Limits (sidecar.limits: each one overridable with --limits FILE or --limit NAME=VALUE) -------
 # HTTP downstream: Envoy's max_request_headers_kb (60) and max_headers_count (100), then 431.
 MAX_REQUEST_HEADERS_COUNT = 100

@@ -62,6 +62,12 @@ class Limits:
         "file descriptors kept free: new connections are refused this close to RLIMIT_NOFILE "
         "(downstream_cx_overload_reject)",
     )
+    tls_handshake_timeout: float = _limit(
+        defaults.MTLS_HANDSHAKE_TIMEOUT,
+        "mTLS inbound: seconds from accept to a verified peer; a stalled handshake is closed "
+        "(ssl.connection_error)",
+        minimum=0.05,
+    )
     # -- HTTP/2 -----------------------------------------------------------------------------
     h2_max_concurrent_streams: int = _limit(
         defaults.APP_MAX_CONCURRENT_STREAMS,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sidecar import defaults
 from sidecar.cluster import Cluster
@@ -18,12 +19,16 @@ from sidecar.http.router import Exchange, Pool, Route, proxy
 from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
+from sidecar.transport.connect import Connector, plain_connector
 from sidecar.transport.detect import Detected, detect
 from sidecar.transport.fds import FdGuard
 from sidecar.transport.peek import Decide, Peek
 from sidecar.transport.tcp import TcpProxy, TcpSettings
 
 log = logging.getLogger("sidecar.listener")
+
+# What serves one downstream exchange (H1ServerExchange or H2ServerStream).
+Handler = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -49,15 +54,23 @@ class ListenerStack:
     """The protocol factory of one listener. Subclasses decide per connection what to run."""
 
     def __init__(
-        self, plan: ListenerPlan, cluster: Cluster, stats: ListenerStats, options: StackOptions
+        self,
+        plan: ListenerPlan,
+        cluster: Cluster,
+        stats: ListenerStats,
+        options: StackOptions,
+        connector: Connector | None = None,
     ) -> None:
+        """`connector` makes the relay's upstream connections (default: plain TCP)."""
         self.plan = plan
         self.cluster = cluster
         self.stats = stats
         self.options = options
-        self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats)
+        self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats, connector)
         self.http_connections: set[H1Server | H2Protocol] = set()
-        self.peeking = 0  # connections still being told apart (Peek)
+        # Connections accepted and not yet handed to a protocol: being told apart (Peek), or in
+        # their mTLS handshake. They count toward the connection limit.
+        self.pending = 0
         self.overflowing = False  # refusing at the connection limit (logged once per episode)
         self.draining = False
         # Set by the runtime's observability: HTTP connection-manager stats, the access log.
@@ -101,7 +114,7 @@ class ListenerStack:
         """A Peek counted among the listener's connections. `silent_closes`: a connection that
         sends nothing within the timeout is closed (HTTP listeners: the request headers
         timeout), rather than handed to `decide`."""
-        self.peeking += 1
+        self.pending += 1
         return Peek(
             decide,
             timeout,
@@ -110,7 +123,27 @@ class ListenerStack:
         )
 
     def _peek_settled(self) -> None:
-        self.peeking -= 1
+        self.pending -= 1
+
+    # The mTLS listener (sidecar.identity.mesh) accepts itself and reports here.
+
+    def pending_started(self) -> None:
+        self.pending += 1
+
+    def pending_settled(self) -> None:
+        self.pending -= 1
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.limits.tls_handshake_timeout
+
+    def accept_failed(self, exc: OSError) -> None:
+        """The kernel refused an accept (EMFILE and the like): one episode, logged once."""
+        fds = self.options.fds
+        if fds is not None:
+            fds.accept_failed()
+        else:
+            log.error("event=accept_failed listener=%s error=%r", self.plan.name, str(exc))
 
     def _silent(self, transport: asyncio.Transport) -> None:
         self.http_stats.downstream_rq_header_timeout += 1
@@ -121,12 +154,15 @@ class ListenerStack:
         timeout = self.limits.request_headers_timeout
         return self.peek(decide, timeout if timeout > 0 else None, silent_closes=True)
 
-    def update(self, plan: ListenerPlan, cluster: Cluster) -> None:
+    def update(
+        self, plan: ListenerPlan, cluster: Cluster, connector: Connector | None = None
+    ) -> None:
         """A reload changed this listener's plan: new connections and requests use the new one."""
         self.plan = plan
         self.cluster = cluster
         self.tcp.cluster = cluster
         self.tcp.settings = tcp_settings(plan)
+        self.tcp.connector = connector or plain_connector(plan.connect_timeout, cluster.stats)
 
     # -- HTTP servers ---------------------------------------------------------------------
 
@@ -146,10 +182,14 @@ class ListenerStack:
             self.on_request_done,
         )
 
-    def h1_server(self) -> H1Server:
+    def handler(self) -> Handler:
+        """What serves each request of a new connection: the router, on this listener's route."""
         route = self.route()
+        return lambda exchange: proxy(exchange, route)
+
+    def h1_server(self, handler: Handler | None = None) -> H1Server:
         server = H1Server(
-            lambda exchange: proxy(exchange, route),
+            handler or self.handler(),
             default_authority=self.plan.cluster.encode(),
             on_close=self.http_connections.discard,
             limits=self.limits,
@@ -159,13 +199,14 @@ class ListenerStack:
         self._count_connection()
         return server
 
-    def h2_server(self, *, trusted: bool, mesh_hop: bool) -> H2Protocol:
+    def h2_server(
+        self, *, trusted: bool, mesh_hop: bool, handler: Handler | None = None
+    ) -> H2Protocol:
         """`mesh_hop`: peers are sidecars (the mesh's stream limit and header allowance)."""
-        route = self.route()
         limits = self.limits
         server = H2Protocol(
             client_side=False,
-            handler=lambda stream: proxy(stream, route),
+            handler=handler or self.handler(),
             trusted=trusted,
             max_concurrent_streams=(
                 limits.mesh_max_concurrent_streams if mesh_hop else limits.h2_max_concurrent_streams
@@ -180,15 +221,21 @@ class ListenerStack:
         return server
 
     def http_by_preface(
-        self, first: bytes, final: bool, *, trusted: bool, mesh_hop: bool
+        self,
+        first: bytes,
+        final: bool,
+        *,
+        trusted: bool,
+        mesh_hop: bool,
+        handler: Handler | None = None,
     ) -> asyncio.Protocol | None:
         """HTTP/2 by its connection preface, HTTP/1.1 otherwise (its codec judges the bytes)."""
         detected = detect(first)
         if detected is None and not final:
             return None
         if detected is Detected.HTTP2:
-            return self.h2_server(trusted=trusted, mesh_hop=mesh_hop)
-        return self.h1_server()
+            return self.h2_server(trusted=trusted, mesh_hop=mesh_hop, handler=handler)
+        return self.h1_server(handler)
 
     def _count_connection(self) -> None:
         self.stats.downstream_cx_total += 1
@@ -197,7 +244,7 @@ class ListenerStack:
 
     @property
     def active(self) -> int:
-        return len(self.tcp.relays) + len(self.http_connections) + self.peeking
+        return len(self.tcp.relays) + len(self.http_connections) + self.pending
 
     def sweep(self, now: float) -> None:
         """Check the HTTP connections' timeouts (request headers, idle); the runtime calls this

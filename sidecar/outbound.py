@@ -37,8 +37,11 @@ class OutboundStack(ListenerStack):
         options: StackOptions,
         service_protocol: Callable[[], str | None],
         mesh_pool: H2Pool,
+        connector: Connector | None = None,
     ) -> None:
-        super().__init__(plan, cluster, stats, options)
+        """`connector`: how the relay reaches the peer sidecars (mTLS or plain TCP); the mesh
+        pool carries its own for HTTP."""
+        super().__init__(plan, cluster, stats, options, connector)
         self.service_protocol = service_protocol
         self.mesh_pool = mesh_pool
 
@@ -79,7 +82,12 @@ class OutboundStack(ListenerStack):
         return self.make_route(prepare, defaults.HTTP_CONNECT_ATTEMPTS)
 
 
-def mesh_pool(connector: Connector, stats: ClusterStats | None = None) -> H2Pool:
-    """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars
-    (`stats`: the cluster's, whose connection limit they count against)."""
-    return H2Pool(connector, trusted=False, stats=stats)
+def mesh_pool(
+    connector: Connector, *, trusted: bool = False, stats: ClusterStats | None = None
+) -> H2Pool:
+    """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars.
+
+    `trusted`: the peers are verified sidecars (mTLS), which validate headers themselves.
+    `stats`: the cluster's, whose connection limit the pool counts against.
+    """
+    return H2Pool(connector, trusted=trusted, stats=stats)
