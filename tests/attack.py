@@ -271,3 +271,53 @@ class Legit:
             self.stop()
         else:
             self._stop.set()
+
+
+class LegitEcho:
+    """A well-behaved TCP client: a new connection per round trip through an echo service; any
+    answer other than its own line is a failure."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.ok and not self.failures and time.monotonic() < deadline:
+            self._stop.wait(0.005)
+        assert self.ok, f"the legitimate client is not served: {self.failures[:3]}"
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            line = b"ping %d\n" % n
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=10) as conn:
+                    conn.sendall(line)
+                    answer = conn.recv(1024)
+                if answer == line:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"answer {answer!r}")
+            except OSError as exc:
+                self.failures.append(repr(exc))
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> LegitEcho:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        target = self.ok + 5
+        deadline = time.monotonic() + 10
+        while exc[0] is None and self.ok < target and not self.failures:
+            if time.monotonic() > deadline:
+                break
+            self._stop.wait(0.01)
+        self._stop.set()
+        self._thread.join(15)
+        if exc[0] is None:
+            assert not self.failures, f"the legitimate client failed: {self.failures[:5]}"
+            assert self.ok >= target, f"the legitimate client got only {self.ok} answers"

@@ -355,3 +355,103 @@ def test_certificate_expiry_is_warned_before_it_happens(tmp_path, caplog):
         "WARNING",
         "ERROR",
     ]
+
+
+def test_circuit_breakers_answer_503_overflow_when_open(mesh_uvloop):
+    """Kuma's circuit breakers, made small: requests past `max_requests` in flight get 503
+    `overflow` at once (counted, with the rq_open gauge up meanwhile); TCP connections past
+    `max_upstream_connections` are closed."""
+    mesh = mesh_uvloop
+    app = Hypercorn()
+    echo_app = mesh.server(echo)
+    try:
+        backend_file, _ = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
+        echo_file, _ = mesh.backend("echo-1", echo_app.port, service="echo",
+                                    tags={"kuma.io/protocol": "tcp"})  # fmt: skip
+        http_port, tcp_port = free_port(), free_port()
+        web_file = mesh.write(
+            "web-1",
+            [{"port": free_port(), "servicePort": free_port(), "tags": {"kuma.io/service": "web"}}],
+            [{"port": http_port, "tags": {"kuma.io/service": "backend"}},
+             {"port": tcp_port, "tags": {"kuma.io/service": "echo"}}],
+        )  # fmt: skip
+        mesh.start(backend_file)
+        mesh.start(echo_file)
+        mesh.start(web_file, "--limit", "max_requests=3", "--limit", "max_upstream_connections=2")
+        admin = admin_port(web_file)
+
+        results: list[tuple[int, bytes]] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            answer = get(http_port, "/sleep/1.5")
+            with lock:
+                results.append(answer)
+
+        slow = [threading.Thread(target=call) for _ in range(3)]
+        for thread in slow:
+            thread.start()
+        wait_for(
+            lambda: stats(admin)["cluster.backend.upstream_rq_active"] == 3, what="3 in flight"
+        )
+        assert stats(admin)["cluster.backend.circuit_breakers.default.rq_open"] == 1
+        started = time.monotonic()
+        refused = [get(http_port, "/now") for _ in range(5)]
+        assert time.monotonic() - started < 1, "refused at once, not queued"
+        assert all(s == 503 and b"reset reason: overflow" in b for s, b in refused), refused
+        for thread in slow:
+            thread.join(10)
+        assert [s for s, _ in results] == [200, 200, 200]
+        values = stats(admin)
+        assert values["cluster.backend.upstream_rq_pending_overflow"] == 5
+        assert values["cluster.backend.circuit_breakers.default.rq_open"] == 0
+        assert get(http_port, "/after")[0] == 200
+
+        kept = [socket.create_connection((LOOPBACK, tcp_port), timeout=5) for _ in range(2)]
+        for conn in kept:
+            conn.sendall(b"in\n")
+            assert conn.recv(16) == b"in\n"
+        with socket.create_connection((LOOPBACK, tcp_port), timeout=5) as third:
+            third.sendall(b"over\n")
+            assert third.recv(16) == b""  # closed: the echo cluster is at its 2 connections
+        assert stats(admin)["cluster.echo.upstream_cx_overflow"] == 1
+        for conn in kept:
+            conn.close()
+    finally:
+        app.close()
+
+
+def test_finished_websocket_tunnels_leave_no_sockets_behind(mesh_uvloop):
+    """Found by the soak: once both directions of an upgraded connection to the app had ended,
+    its socket stayed open (the transport was told to outlive the app's EOF) until a garbage
+    collection. Forty tunnels later the backend holds what it held before."""
+    from websockets.sync.client import connect
+
+    from tests.test_websocket import EchoServer
+
+    mesh = mesh_uvloop
+    ws_app = EchoServer()
+    try:
+        backend_file, _ = mesh.backend(
+            "echo-1", ws_app.port, service="echo", tags={"kuma.io/protocol": "http"}
+        )
+        backend = mesh.start(backend_file)
+        web_file, port = mesh.client("web-1", service="echo")
+        mesh.start(web_file)
+        url = f"ws://{LOOPBACK}:{port}/"
+        with connect(url) as ws:  # warm: the mesh connection is up
+            ws.send("warm")
+            assert ws.recv(timeout=5) == "warm"
+        wait_for(lambda: _open_fds(backend.proc.pid) > 0, what="the backend")
+        baseline = _open_fds(backend.proc.pid)
+        for i in range(40):
+            with connect(url) as ws:
+                ws.send(f"m{i}")
+                assert ws.recv(timeout=5) == f"m{i}"
+        wait_for(
+            lambda: _open_fds(backend.proc.pid) <= baseline + 1,
+            timeout=5,
+            what=f"the backend back to {baseline} descriptors",
+        )
+    finally:
+        ws_app.close()

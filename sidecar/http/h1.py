@@ -702,6 +702,9 @@ class H1ClientStream:
         if self.tunnel is not None:
             if await self.tunnel:  # accepted: half-close toward the app
                 _write_eof(client.transport)
+                client.eof_out = True
+                if client.eof_in and client.transport is not None:
+                    client.transport.close()  # the app had finished already: both ways done
             return
         if client.conn.our_state is not h11.SEND_BODY:
             return
@@ -747,6 +750,10 @@ class H1Client(_Writer):
         self.stream: H1ClientStream | None = None
         self.reused = False  # a kept-alive connection the app may have closed meanwhile
         self.tunnelling = False  # the app switched protocols: raw bytes from here on
+        # A tunnel half-closes each way; once both ways are done the socket is closed (nothing
+        # else would: the transport was told to stay open after the app's EOF).
+        self.eof_in = False
+        self.eof_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -806,7 +813,8 @@ class H1Client(_Writer):
     def eof_received(self) -> bool:
         if self.tunnelling and self.stream is not None:
             self.stream.body.end()  # half-close from the app; the other direction goes on
-            return True
+            self.eof_in = True
+            return not self.eof_out  # both ways done: let the transport close
         try:
             self.conn.receive_data(b"")
         except h11.RemoteProtocolError as exc:
