@@ -7,6 +7,7 @@ well-behaved client busy on the same sidecar meanwhile and records every failure
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import struct
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import hpack
 from hyperframe.frame import (
@@ -321,3 +323,46 @@ class LegitEcho:
         if exc[0] is None:
             assert not self.failures, f"the legitimate client failed: {self.failures[:5]}"
             assert self.ok >= target, f"the legitimate client got only {self.ok} answers"
+
+
+class FakeTransport(asyncio.Transport):
+    """Collects what a protocol writes; records closing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass

@@ -304,3 +304,33 @@ def test_fd_guard_refuses_near_the_limit_and_says_so_once(caplog):
     guard.refresh()  # the real limit again: recovered
     assert guard.admit()
     assert caplog.text.count("event=fd_recovered") == 1
+
+
+# -- HTTP/2: a peer that does not read -----------------------------------------------------------
+
+
+async def test_a_peer_that_does_not_read_what_it_makes_us_send_is_closed():
+    """PING (or SETTINGS, or frames that draw a RST_STREAM) from a peer that reads nothing: our
+    answers pile up in the transport; past `h2_max_outbound_buffer` the connection is closed."""
+    from sidecar.http.h2 import PREFACE, H2Protocol
+    from sidecar.observe.stats import HttpStats
+    from tests.attack import PING, SETTINGS, FakeTransport, frame
+
+    class Clogged(FakeTransport):
+        def get_write_buffer_size(self) -> int:
+            return len(self.written)  # nothing ever leaves
+
+    stats = HttpStats("outbound_test")
+    limits = Limits(h2_max_outbound_buffer=65536, h2_max_control_frames_per_second=10**6)
+    server = H2Protocol(client_side=False, handler=None, limits=limits, stats=stats)
+    transport = Clogged()
+    server.connection_made(transport)
+    server.pause_writing()  # the transport is past its high-water mark
+    server.data_received(PREFACE + frame(SETTINGS, 0, 0))
+    for _ in range(10000):
+        if transport.closing:
+            break
+        server.data_received(frame(PING, 0, 0, b"12345678") * 10)
+    assert transport.closing
+    assert stats.http2_outbound_flood == 1
+    assert len(transport.written) < 65536 + 20 * 17  # bounded: one batch past the limit at most

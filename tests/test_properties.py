@@ -26,7 +26,7 @@ from sidecar.http.h2 import PREFACE, H2Protocol
 from sidecar.identity.spiffe import parse_xfcc
 from sidecar.limits import Limits, LimitsError, load_limits
 from sidecar.transport.detect import MAX_PEEK, Detected, client_hello_sni, detect
-from tests.attack import frame
+from tests.attack import FakeTransport, frame
 
 # -- sniffing ------------------------------------------------------------------------------------
 
@@ -149,49 +149,6 @@ def test_a_mesh_file_of_any_bytes_is_read_or_reported(data):
 
 
 # -- the server codecs as a whole ---------------------------------------------------------------
-
-
-class FakeTransport(asyncio.Transport):
-    """Collects what a protocol writes; records closing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
 
 
 LOOP = asyncio.new_event_loop()

@@ -91,7 +91,14 @@ class _BoundedFrameBuffer(FrameBuffer):
         return frame
 
 
-class _ServerConnection(h2.connection.H2Connection):
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, remembering fewer closed streams: its 65536 grow a long-lived connection
+    by some 6 MB (found by the soak: a steady climb of RSS with the request count)."""
+
+    MAX_CLOSED_STREAMS = defaults.H2_CLOSED_STREAMS_REMEMBERED
+
+
+class _ServerConnection(_Connection):
     """h2 treats a HEADERS frame beyond our concurrent stream limit as a connection error; RFC
     9113 5.1.2 allows a stream error (REFUSED_STREAM), which keeps the connection's other
     streams alive. h2 is told there is always room; H2Protocol refuses the excess itself."""
@@ -133,7 +140,7 @@ class H2Protocol(asyncio.Protocol):
         self.header_list_size = limits.max_request_headers_bytes * factor
         self.max_headers = limits.max_headers_count * factor
         if client_side:
-            self.conn = h2.connection.H2Connection(config=config)
+            self.conn = _Connection(config=config)
         else:
             self.conn = _ServerConnection(config=config)
             # A header list up to twice the limit is decoded (HPACK stays in step) and answered
