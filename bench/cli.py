@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import charts, profile, report
 from bench.catalog import SCENARIOS
 from bench.context import REPO_ROOT, Context, Pinning, child_env
-from bench.paths import PATHS
+from bench.paths import PATH_ALIASES, PATHS
 from bench.procs import BenchError, Processes, machine_busy_s, sample
 from bench.scenarios import Scenario, Server
 
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
                         help=f"run this scenario (repeatable; default: all of "
                              f"{', '.join(SCENARIOS)})")
-    parser.add_argument("--path", action="append", choices=list(PATHS), metavar="NAME",
+    parser.add_argument("--path", action="append", choices=[*PATHS, *PATH_ALIASES],
+                        metavar="NAME",
                         help=f"measure this path (repeatable; default: all of {', '.join(PATHS)}; "
                              f"direct is always measured, ratios need it)")
     parser.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and (reason := profile.unavailable(args.profile)):
         raise SystemExit(f"python3 -m bench: --profile {args.profile}: {reason}")
     scenarios = [SCENARIOS[n] for n in dict.fromkeys(args.scenario or SCENARIOS)]
-    path_names = list(dict.fromkeys(["direct", *(args.path or PATHS)]))
+    path_names = list(dict.fromkeys(
+        ["direct", *(PATH_ALIASES.get(p, p) for p in (args.path or PATHS))]
+    ))
     started = dt.datetime.now().astimezone()
     out = args.out or REPO_ROOT / "bench" / "out" / started.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -387,3 +387,6 @@ PATHS: dict[str, Path] = {
     p.name: p
     for p in (Direct(), SidecarPair(), SidecarPairMtls(), HAProxyPair(), HAProxyPlainPair())
 }
+
+# Other names a path is known by (`--path mtls-pair`, as the mtls branch called it).
+PATH_ALIASES: dict[str, str] = {"mtls-pair": "pair-mtls"}

@@ -1,8 +1,9 @@
 """The benchmark harness runs end to end, measures both paths and leaves no process behind.
 
-One short run (`python3 -m bench --duration 1`) is shared by the tests of this module; it takes
-about ten seconds. The figures themselves are not judged here: performance is a harness, not a
-timed assert (DESIGN.md).
+One short run (`python3 -m bench --duration 1 --path pair`: tcp-rr, tcp-bulk and the L7 `http1`
+scenario, direct and through the sidecar pair) is shared by the tests of this module; it takes
+about fifteen seconds. The figures themselves are not judged here: performance is a harness, not
+a timed assert (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_IPERF3 = shutil.which("iperf3") is not None
+HAVE_H2LOAD = shutil.which("h2load") is not None
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "out"
-    scenarios = ["tcp-rr", "tcp-bulk"] if HAVE_IPERF3 else ["tcp-rr"]
-    argv = [sys.executable, "-m", "bench", "--duration", "1", "--out", str(out)]
+    scenarios = ["tcp-rr", "tcp-bulk", "http1"]
+    argv = [sys.executable, "-m", "bench", "--duration", "1", "--path", "pair",
+            "--out", str(out)]
     for name in scenarios:
         argv += ["--scenario", name]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -67,14 +70,47 @@ def test_tcp_bulk_measures_both_paths(run: dict) -> None:
         assert entry["figures"]["gbit_per_s"] > 0
         assert entry["figures"]["bytes"] > 0
     _assert_proxies_measured(paths["pair"])
-    assert paths["pair"]["vs_direct"]["throughput_ratio"] > 0
+    assert paths["pair"]["vs_direct"]["ratio"] > 0
+
+
+def test_http1_through_the_h2_upgrade(run: dict) -> None:
+    entry = next(s for s in run["results"]["scenarios"] if s["name"] == "http1")
+    if not HAVE_H2LOAD:
+        assert "h2load" in entry["skipped"]
+        pytest.skip("h2load is not installed: http1 was skipped (with a note)")
+    assert entry["protocol"] == "http" and entry["rate_key"] == "requests_per_s"
+    paths = _paths(run["results"], "http1")
+    assert set(paths) == {"direct", "pair"}
+    for path in paths.values():
+        assert path["ok"], path.get("error")
+        figures = path["figures"]
+        assert figures["requests"] > 0 and figures["requests_per_s"] > 0
+        assert figures["failed"] == 0
+        assert 0 < figures["latency_us"]["p50"] <= figures["latency_us"]["p99"]
+    pair = paths["pair"]
+    _assert_proxies_measured(pair)
+    assert pair["work"]["unit"] == "1k reqs"
+    assert pair["per_proxy_cpu_s"] > 0  # requests per CPU-second of both sidecars
+    assert 0 < pair["vs_direct"]["ratio"]
+    assert "added_p99_ms" in pair["vs_direct"]
+    for proxy in (p for p in pair["processes"] if p["proxy"]):
+        assert proxy["cores"] > 0
+    targets = {t["target"] for t in run["results"]["targets"]}
+    assert any(t.startswith("http1: maximum req/s per worker") for t in targets)
 
 
 def test_report_is_written_and_printed(run: dict) -> None:
     report = (run["out"] / "report.md").read_text()
     assert "## tcp-rr" in report
+    assert "## http1 " in report
     assert "| pair |" in report
     assert report.strip() in run["stdout"]
+    charts = run["results"]["charts"]
+    if charts["files"]:
+        for name in charts["files"]:
+            assert (run["out"] / name).read_bytes().startswith(b"\x89PNG")
+    else:
+        assert "matplotlib" in charts["note"]
 
 
 def test_no_process_is_left(run: dict) -> None:
