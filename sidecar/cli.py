@@ -1,4 +1,4 @@
-"""`pysidecar`: run (the default) | validate | certs | demo.
+"""`pysidecar`: run (the default) | validate | certs | demo | stat.
 
 `pysidecar --dataplane dp.yaml` runs a sidecar, as `kuma-dp run --dataplane-file` would. Each
 subcommand lives with the code it drives and registers itself here through `register(subparsers)`.
@@ -12,7 +12,7 @@ import sys
 
 from sidecar import __version__
 
-SUBCOMMANDS = ("run", "validate", "certs", "demo")
+SUBCOMMANDS = ("run", "validate", "certs", "demo", "stat")
 
 
 def parse_variables(pairs: list[str]) -> dict[str, str]:
@@ -28,6 +28,7 @@ def parse_variables(pairs: list[str]) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from sidecar import demo, runner
     from sidecar.identity import certs_cli
+    from sidecar.observe import stat
 
     parser = argparse.ArgumentParser(
         prog="pysidecar", description="A sidecar proxy for a Kuma-style service mesh."
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=run_validate)
     certs_cli.register(sub)
     demo.register(sub)
+    stat.register(sub)
     return parser
 
 

@@ -66,10 +66,7 @@ class InboundStack(ListenerStack):
                 return self.h2_pool
             return self.h1_pool if orig is not None else self.h2_pool
 
-        plan = self.plan
-        return Route(
-            plan.name, self.cluster, prepare, plan.request_timeout, 1, plan.stream_idle_timeout
-        )
+        return self.make_route(prepare, connect_attempts=1)
 
     def close_all(self) -> None:
         super().close_all()

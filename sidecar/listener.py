@@ -4,14 +4,16 @@ set of open connections (for drain), and settings that a reload may replace in p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar import defaults
 from sidecar.cluster import Cluster
+from sidecar.http.accounting import RequestRecord
 from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import H2Protocol
-from sidecar.http.router import Route, proxy
-from sidecar.observe.stats import ListenerStats
+from sidecar.http.router import Exchange, Pool, Route, proxy
+from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, detect
 from sidecar.transport.tcp import TcpProxy, TcpSettings
@@ -37,6 +39,9 @@ class ListenerStack:
         self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats)
         self.http_connections: set[H1Server | H2Protocol] = set()
         self.draining = False
+        # Set by the runtime's observability: HTTP connection-manager stats, the access log.
+        self.http_stats = HttpStats(plan.stat_address)
+        self.on_request_done: Callable[[RequestRecord], None] | None = None
 
     def __call__(self) -> asyncio.Protocol:
         raise NotImplementedError
@@ -52,6 +57,19 @@ class ListenerStack:
 
     def route(self) -> Route:
         raise NotImplementedError
+
+    def make_route(self, prepare: Callable[[Exchange], Pool], connect_attempts: int) -> Route:
+        plan = self.plan
+        return Route(
+            plan.name,
+            self.cluster,
+            prepare,
+            plan.request_timeout,
+            connect_attempts,
+            plan.stream_idle_timeout,
+            self.http_stats,
+            self.on_request_done,
+        )
 
     def h1_server(self) -> H1Server:
         route = self.route()
@@ -107,11 +125,17 @@ class ListenerStack:
                 conn.close_when_idle()
 
     def close_all(self) -> None:
+        """The drain deadline passed: close what is left. Relays and tunnels (websockets) get a
+        plain FIN, which websocket peers see as a closed connection rather than an error."""
         self.tcp.close_all()
         for conn in list(self.http_connections):
-            conn.close() if isinstance(conn, H2Protocol) else (
-                conn.transport.abort() if conn.transport is not None else None
-            )
+            if isinstance(conn, H2Protocol):
+                conn.close()
+            elif conn.transport is not None:
+                if conn.tunnel is not None:
+                    conn.transport.close()
+                else:
+                    conn.transport.abort()
 
 
 def tcp_settings(plan: ListenerPlan) -> TcpSettings:

@@ -79,14 +79,7 @@ class OutboundStack(ListenerStack):
             outbound_headers(exchange.request, exchange.peer_address)
             return pool
 
-        plan = self.plan
-        return Route(
-            plan.name,
-            self.cluster,
-            prepare,
-            plan.request_timeout,
-            stream_idle_timeout=plan.stream_idle_timeout,
-        )
+        return self.make_route(prepare, defaults.HTTP_CONNECT_ATTEMPTS)
 
 
 def mesh_pool(connector: Connector) -> H2Pool:

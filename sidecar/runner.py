@@ -72,6 +72,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long open connections may finish on SIGTERM",
     )
     parser.add_argument(
+        "--access-log",
+        default=None,
+        metavar="PATH|-",
+        help="log one line per connection (Envoy's format) to PATH, or stdout for -; default off",
+    )
+    parser.add_argument(
         "--request-timeout",
         type=float,
         default=defaults.OUTBOUND_REQUEST_TIMEOUT,
@@ -121,6 +127,7 @@ def options_from(args: argparse.Namespace) -> Options:
         timeouts=Timeouts(args.request_timeout, args.stream_idle_timeout),
         lb=args.lb,
         stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
+        access_log=args.access_log,
     )
 
 

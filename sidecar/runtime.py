@@ -20,6 +20,7 @@ from sidecar.config.mesh import MeshDirectory
 from sidecar.http.pool import H2Pool, plain_connector
 from sidecar.inbound import InboundStack
 from sidecar.listener import ListenerStack, StackOptions
+from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
@@ -42,6 +43,7 @@ class Options:
     stack: StackOptions = field(default_factory=StackOptions)
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
+    access_log: str | None = None  # a file, or "-" for stdout; None: off
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Sidecar:
         self.draining = False
         self._dataplane_signature: tuple[int, int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.observability = Observability(self)  # admin, metrics, probes, access log
 
     # -- start and reload ------------------------------------------------------------------
 
@@ -86,6 +89,7 @@ class Sidecar:
         await self.resolver.refresh(self._endpoint_hosts())
         try:
             await self._apply(plan_listeners(self.dataplane, self.options.timeouts), strict=True)
+            await self.observability.start()
         except BindError:
             await self.stop_listeners()
             raise
@@ -110,6 +114,7 @@ class Sidecar:
             return
         self.dataplane = dataplane
         await self._apply(plan_listeners(dataplane, self.options.timeouts), strict=False)
+        await self.observability.reload()
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
     async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
@@ -148,6 +153,9 @@ class Sidecar:
                 lambda: cluster.protocol,
                 self._mesh_pool(cluster),
             )
+        self.observability.attach(stack.tcp, plan.key)
+        stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
+        stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -236,6 +244,7 @@ class Sidecar:
     async def drain(self) -> None:
         """Stop accepting, let open connections finish up to the drain timeout, then close them."""
         self.draining = True
+        self.observability.draining()  # /ready fails, every inbound reported not ready
         for task in self._tasks:
             task.cancel()
         await self.stop_listeners()
@@ -259,3 +268,4 @@ class Sidecar:
         log.info("event=drained closed_at_deadline=%d", left)
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.observability.stop()

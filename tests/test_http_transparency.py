@@ -432,3 +432,51 @@ def test_least_request_prefers_the_less_loaded_endpoint():
     cluster.release(a)
     cluster.release(a)
     assert {cluster.pick() for _ in range(20)} == {a}
+
+
+def test_client_stream_reset_reaches_the_app(mesh):
+    """An HTTP/2 client resets its stream mid-upload: the reset travels over the mesh and the
+    app's connection is cut, while the client's connection keeps serving other streams."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+
+    cut = threading.Event()
+
+    def app(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        if data.startswith(b"GET /after"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        cut.set()
+
+    port = http_mesh(mesh, mesh.server(app).port)
+    c = socket.create_connection((LOOPBACK, port), timeout=10)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"),
+                            (":path", "/upload")])
+    client.send_data(1, b"x" * 1000)
+    c.sendall(client.data_to_send())
+    client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    c.sendall(client.data_to_send())
+    assert cut.wait(10), "the app never saw the request go away"
+    client.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "a"),
+                            (":path", "/after")], end_stream=True)
+    c.sendall(client.data_to_send())
+    status = None
+    while status is None:
+        for event in client.receive_data(c.recv(65536)):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 3:
+                status = dict(event.headers)[b":status"]
+        c.sendall(client.data_to_send())
+    c.close()
+    assert status == b"200"

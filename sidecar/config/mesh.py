@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ _CHAINS: dict[str, tuple[str, ...]] = {
 }
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+# A member's sidecar reports its inbounds' health (service probes, drain) in a document of this
+# kind, `<name>.health.yaml` (written by sidecar.observe.probes): `inbound: [{port, ready}]`.
+HEALTH_KIND = "DataplaneHealth"
 
 
 def common_protocol(protocols: Iterable[str]) -> str:
@@ -86,12 +91,26 @@ class MeshSnapshot:
     errors: Mapping[str, str] = field(default_factory=dict)  # file → message
 
     def endpoints(self, selector: Mapping[str, str]) -> tuple[Endpoint, ...]:
+        not_ready = self.not_ready
         return tuple(
             ep
             for member in self.members
             for ep in member_endpoints(member)
-            if selects(selector, ep.tags)
+            if selects(selector, ep.tags) and (ep.dataplane, ep.port) not in not_ready
         )
+
+    @cached_property
+    def not_ready(self) -> frozenset[tuple[str, int]]:
+        """(dataplane, inbound port) that the member's sidecar reports not ready."""
+        out = set()
+        for _, doc in self.documents_of_kind(HEALTH_KIND):
+            entries = doc.get("inbound")
+            if not isinstance(entries, list):
+                continue
+            for entry in entries:
+                if isinstance(entry, dict) and entry.get("ready") is False:
+                    out.add((str(doc.get("name")), entry.get("port")))
+        return frozenset(out)
 
     def service_protocol(self, service: str) -> str | None:
         """Kuma's common protocol of the service's endpoints (undeclared counts as tcp), or None

@@ -352,6 +352,7 @@ class H1ServerExchange:
         self.body.on_consumed = _body_consumed(proto, self.body)
         self.peer_address = proto.peer_address
         self.responded = False
+        self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
@@ -379,6 +380,7 @@ class H1ServerExchange:
     async def respond(self, head: ResponseHead, end: bool = False) -> None:
         self._check()
         self.responded = True
+        self.status = head.status
         if self.upgrade and head.status == TUNNEL_ESTABLISHED:
             self._open_tunnel(head)
             return

@@ -77,7 +77,7 @@ class H2Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
-        self.goaway_received = False
+        self.going_away = False  # a GOAWAY was sent or received: no new streams here
         self.peer_address: tuple[str, int] | None = None
         self.target: Target | None = None  # the endpoint, for a pooled client connection
         self.tasks: set[asyncio.Task[None]] = set()
@@ -184,7 +184,7 @@ class H2Protocol(asyncio.Protocol):
             self._wake_windows(0)
             self._wake_slots()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway_received = True
+            self.going_away = True
             last = event.last_stream_id or 0
             for stream_id, stream in list(self.streams.items()):
                 if stream_id > last and self.client_side:
@@ -194,7 +194,7 @@ class H2Protocol(asyncio.Protocol):
             self._maybe_close()
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
-        if self.handler is None:
+        if self.handler is None or self.going_away:
             self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         pseudo: dict[bytes, bytes] = {}
@@ -299,13 +299,13 @@ class H2Protocol(asyncio.Protocol):
         """Whether a new stream may be opened here now."""
         return (
             not self.closed
-            and not self.goaway_received
+            and not self.going_away
             and self.conn.open_outbound_streams < self.conn.remote_settings.max_concurrent_streams
         )
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.goaway_received
+        return not self.closed and not self.going_away
 
     async def wait_slot(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -340,7 +340,7 @@ class H2Protocol(asyncio.Protocol):
             self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.goaway_received and not self.streams and self.transport is not None:
+        if self.going_away and not self.streams and self.transport is not None:
             self.transport.close()
 
     def _lost(self, error: StreamReset) -> None:
@@ -360,12 +360,22 @@ class H2Protocol(asyncio.Protocol):
             self.on_close(self)
 
     def goaway(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
-        """Tell the peer no new streams will be served here; open ones may finish."""
-        if self.closed:
+        """Tell the peer no new streams will be served here; open ones may finish.
+
+        The frame is written by hand: h2's close_connection() moves its state machine to CLOSED,
+        after which it refuses to send the responses still in flight — the opposite of a
+        graceful drain. Streams the peer opens after this are refused (REFUSED_STREAM), which
+        tells it they were not processed and may be retried elsewhere.
+        """
+        if self.closed or self.going_away:
             return
-        self.conn.close_connection(error_code=code)
-        self.goaway_received = True
+        self.going_away = True
+        frame = hyperframe.frame.GoAwayFrame(0)
+        frame.last_stream_id = self.conn.highest_inbound_stream_id if not self.client_side else 0
+        frame.error_code = code
         self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame.serialize())
         self._maybe_close()
 
     def close(self) -> None:
@@ -459,6 +469,7 @@ class H2ServerStream(H2Stream):
         super().__init__(proto, stream_id)
         self.request = request
         self.responded = False
+        self.status = 0  # the status sent downstream, for stats and the access log
         self.peer_address = proto.peer_address
 
     def informational(self, head: ResponseHead) -> None:
@@ -479,6 +490,7 @@ class H2ServerStream(H2Stream):
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
+        self.status = head.status
         # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
         status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
         self.proto.conn.send_headers(

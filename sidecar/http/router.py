@@ -12,11 +12,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
+from sidecar.http.accounting import RequestAccounting, RequestRecord
 from sidecar.http.exchange import (
     TUNNEL_ESTABLISHED,
     Body,
@@ -29,6 +30,7 @@ from sidecar.http.exchange import (
     strip_hop_by_hop,
 )
 from sidecar.http.pool import UpstreamStream
+from sidecar.observe.stats import HttpStats
 
 log = logging.getLogger("sidecar.router")
 
@@ -49,6 +51,7 @@ class Exchange(Protocol):
     body: Body
     peer_address: tuple[str, int] | None
     responded: bool
+    status: int
 
     def informational(self, head: ResponseHead) -> None: ...
     async def respond(self, head: ResponseHead, end: bool = False) -> None: ...
@@ -75,6 +78,8 @@ class Route:
     request_timeout: float
     connect_attempts: int = defaults.HTTP_CONNECT_ATTEMPTS
     stream_idle_timeout: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
+    http_stats: HttpStats = field(default_factory=lambda: HttpStats("-"))
+    on_request_done: Callable[[RequestRecord], None] | None = None  # the access log
 
 
 async def local_reply(exchange: Exchange, status: int, text: str) -> None:
@@ -137,17 +142,26 @@ class IdleWatch:
 
 async def proxy(exchange: Exchange, route: Route) -> None:
     """Carry one request upstream and its response back."""
+    acct = RequestAccounting(
+        route.http_stats,
+        route.cluster.stats,
+        exchange.request,
+        route.on_request_done,
+        exchange.peer_address,
+    )
     try:
-        await _proxy(exchange, route)
+        await _proxy(exchange, route, acct)
     except StreamReset as exc:
         # The downstream went away (or reset its stream): nothing more to say to it.
         log.debug("event=downstream_reset listener=%s reason=%r", route.listener, str(exc))
+    finally:
+        acct.finished(exchange.status)
 
 
 RETRY = "retry"
 
 
-async def _proxy(exchange: Exchange, route: Route) -> None:
+async def _proxy(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
     pool = route.prepare(exchange)
     head = exchange.request
     cluster = route.cluster
@@ -158,10 +172,16 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
             log.info(
                 "event=no_healthy_upstream listener=%s cluster=%s", route.listener, cluster.name
             )
+            cluster.stats.upstream_cx_none_healthy += 1
+            acct.local_failure(503, "UH")
             await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
             return
         try:
-            upstream = await pool.open_stream(target, head, exchange.body.at_end)
+            cluster.stats.upstream_rq_pending_active += 1
+            try:
+                upstream = await pool.open_stream(target, head, exchange.body.at_end)
+            finally:
+                cluster.stats.upstream_rq_pending_active -= 1
         except (UpstreamConnectError, RefusedStream) as exc:
             log.info(
                 "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
@@ -173,16 +193,18 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
             continue
         upstream.on_informational = exchange.informational
         cluster.acquire(target)
+        acct.upstream_open(str(target))
         watch = IdleWatch(
             route.stream_idle_timeout,
             lambda: exchange.body.reads + upstream.body.reads,  # noqa: B023 - used before rebinding
             lambda: (upstream.reset(), exchange.reset()),  # noqa: B023
         )
         try:
-            outcome = await _attempt(exchange, route, upstream)
+            outcome = await _attempt(exchange, route, upstream, acct)
         finally:
             watch.cancel()
             cluster.release(target)
+            acct.upstream_done()
         if watch.fired:
             log.info(
                 "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
@@ -192,29 +214,36 @@ async def _proxy(exchange: Exchange, route: Route) -> None:
         if outcome is not RETRY:
             failure = outcome
             break
+        cluster.stats.upstream_rq_retry += 1
+    acct.local_failure(503, "UF" if failure is CONNECT_FAILURE else "UR")
     await local_reply(exchange, 503, failure)
 
 
-async def _attempt(exchange: Exchange, route: Route, upstream: UpstreamStream) -> str | None:
+async def _attempt(
+    exchange: Exchange, route: Route, upstream: UpstreamStream, acct: RequestAccounting
+) -> str | None:
     """Carry the exchange on one upstream stream: None once answered, RETRY when the upstream
     refused it unprocessed and nothing of the request body was spent, else the 503 reason."""
     try:
-        response = await _response_head(upstream, exchange, route.request_timeout)
+        response = await _response_head(upstream, exchange, route.request_timeout, acct)
     except RefusedStream:
         return RETRY if exchange.body.reads == 0 else REMOTE_RESET
     except TimeoutError:
         upstream.reset()
+        acct.local_failure(504, "UT")
         log.info("event=request_timeout listener=%s cluster=%s", route.listener, route.cluster.name)
         await local_reply(exchange, 504, REQUEST_TIMEOUT)
         return None
     except StreamReset:
+        acct.upstream_reset()
         return REMOTE_RESET
-    await _stream_response(exchange, upstream, response)
+    acct.upstream_response(response.status)
+    await _stream_response(exchange, upstream, response, acct)
     return None
 
 
 async def _response_head(
-    upstream: UpstreamStream, exchange: Exchange, timeout: float
+    upstream: UpstreamStream, exchange: Exchange, timeout: float, acct: RequestAccounting
 ) -> ResponseHead:
     """Send the request body (in the background) and wait for the response head.
 
@@ -223,7 +252,7 @@ async def _response_head(
     """
     if not exchange.body.at_end:
         loop = asyncio.get_running_loop()
-        pump = loop.create_task(_pump_request(exchange.body, upstream))
+        pump = loop.create_task(_pump_request(exchange.body, upstream, acct))
         upstream.request_pump = pump  # type: ignore[union-attr]
         if timeout > 0:
             response = asyncio.ensure_future(upstream.response())
@@ -238,9 +267,10 @@ async def _response_head(
     return await upstream.response()
 
 
-async def _pump_request(body: Body, upstream: UpstreamStream) -> None:
+async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:
     try:
         while (chunk := await body.read()) is not None:
+            acct.request_chunk(chunk)
             await upstream.write(chunk)
         await upstream.finish(body.trailers)
     except StreamReset:
@@ -248,7 +278,10 @@ async def _pump_request(body: Body, upstream: UpstreamStream) -> None:
 
 
 async def _stream_response(
-    exchange: Exchange, upstream: UpstreamStream, response: ResponseHead
+    exchange: Exchange,
+    upstream: UpstreamStream,
+    response: ResponseHead,
+    acct: RequestAccounting,
 ) -> None:
     body = upstream.body
     response.headers = strip_hop_by_hop(response.headers)
@@ -259,12 +292,16 @@ async def _stream_response(
         else:
             await exchange.respond(response)
             while (chunk := await body.read()) is not None:
+                acct.response_chunk(chunk)
                 await exchange.write(chunk)
             await exchange.finish(body.trailers)
+        acct.response_ended(response.headers, body.trailers)
     except StreamReset:
         if body.error is not None:
+            acct.upstream_reset()
             exchange.reset()  # the upstream broke mid-response: the downstream must see a reset
         else:
+            acct.downstream_reset()
             upstream.reset()  # the downstream left: stop the upstream
         return
     finally:

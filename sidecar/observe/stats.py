@@ -2,8 +2,11 @@
 
 The hot path does `stats.rx_bytes += n`: no locks, no label lookups, no allocation. Exposition
 (Prometheus text with Envoy's names, the admin API's /stats) reads these objects at scrape time, so
-counting stays cheap however often it is scraped. Names follow Envoy's stat names; the exposition
-layer adds the `envoy_` prefix and labels.
+counting stays cheap however often it is scraped. Attribute names follow Envoy's stat names; which
+attribute becomes which Envoy/Prometheus series is declared once, in `sidecar.observe.metrics`.
+
+Counts by a label value (response code class, Kafka API) are plain dicts the data path bumps with
+`d[key] = d.get(key, 0) + 1`; the key becomes the label value.
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ class Histogram:
             out.append((bound, running))
         return out
 
+    def quantile(self, q: float) -> float | None:
+        """Estimated q-quantile (0..1), interpolated inside its bucket; None when empty."""
+        return quantile_of(self.cumulative(), q)
+
+
+def quantile_of(cumulative: list[tuple[float, int]], q: float) -> float | None:
+    """The q-quantile of (upper bound, cumulative count) pairs, as Prometheus estimates it."""
+    if not cumulative or cumulative[-1][1] == 0:
+        return None
+    total = cumulative[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0
+    for bound, running in cumulative:
+        if running >= rank and running > below:
+            if bound == float("inf"):
+                return lower  # beyond the last finite bucket: its lower bound, as Prometheus does
+            return lower + (bound - lower) * (rank - below) / (running - below)
+        lower, below = bound, running
+    return lower
+
 
 @dataclass(eq=False)
 class ListenerStats:
@@ -57,6 +80,33 @@ class ListenerStats:
     tcp_idle_timeout: int = 0
     ssl_handshake: int = 0
     ssl_connection_error: int = 0
+    ssl_fail_verify_error: int = 0
+    rbac_allowed: int = 0  # authorization (MeshTrafficPermission) at an inbound
+    rbac_denied: int = 0
+    # Bytes of connections still open: the relay adds a connection's bytes to the counters above
+    # when it ends; the observability layer sets these just before each read, so the exposed
+    # totals grow while bytes flow, as Envoy's do.
+    open_rx_bytes: int = 0
+    open_tx_bytes: int = 0
+    # Source identity (mTLS): the caller's service → its counts at this inbound. Filled by the
+    # identity layer once the peer certificate is known; exposed with the `source_service` label.
+    by_source: dict[str, SourceStats] = field(default_factory=dict)
+
+    def source(self, service: str) -> SourceStats:
+        stats = self.by_source.get(service)
+        if stats is None:
+            stats = self.by_source[service] = SourceStats(self.tcp_prefix, service)
+        return stats
+
+
+@dataclass(eq=False)
+class SourceStats:
+    """Counts of one caller (by its SPIFFE service) at one inbound listener."""
+
+    tcp_prefix: str
+    service: str
+    downstream_cx_total: int = 0
+    downstream_rq_total: int = 0
 
 
 @dataclass(eq=False)
@@ -71,18 +121,94 @@ class ClusterStats:
     upstream_cx_rx_bytes_total: int = 0
     upstream_cx_tx_bytes_total: int = 0
     upstream_cx_none_healthy: int = 0
+    open_rx_bytes: int = 0  # as in ListenerStats: bytes of open connections, set before a read
+    open_tx_bytes: int = 0
+    upstream_cx_overflow: int = 0
+    upstream_cx_destroy_local_with_active_rq: int = 0
+    upstream_cx_destroy_remote_with_active_rq: int = 0
     upstream_cx_connect_ms: Histogram = field(default_factory=Histogram)
     upstream_cx_length_ms: Histogram = field(default_factory=Histogram)
     membership_healthy: int = 0
     membership_total: int = 0
+    outlier_detection_ejections_active: int = 0
+    ssl_handshake: int = 0
+    # HTTP (L7): bumped per request by the router.
+    upstream_rq_total: int = 0
+    upstream_rq_active: int = 0
+    upstream_rq_pending_active: int = 0
+    upstream_rq_pending_overflow: int = 0
+    upstream_rq_timeout: int = 0
+    upstream_rq_rx_reset: int = 0
+    upstream_rq_tx_reset: int = 0
+    upstream_rq_cancelled: int = 0
+    upstream_rq_retry: int = 0
+    upstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
+    upstream_rq_code: dict[str, int] = field(default_factory=dict)  # "200" → count
+    external_upstream_rq_xx: dict[str, int] = field(default_factory=dict)  # from upstream only
+    upstream_rq_time: Histogram = field(default_factory=Histogram)
+    # gRPC (L7): per call.
+    grpc_success: int = 0
+    grpc_failure: int = 0
+    grpc_total: int = 0
+    grpc_request_message_count: int = 0
+    grpc_response_message_count: int = 0
+    grpc_status: dict[str, int] = field(default_factory=dict)  # calls by grpc-status ("0", "14")
+
+
+@dataclass(eq=False)
+class HttpStats:
+    """`http.<prefix>.*`: one per HTTP connection manager (listener), for the L7 path."""
+
+    prefix: str  # envoy_http_conn_manager_prefix, e.g. "inbound_127.0.0.1_10000"
+    downstream_rq_total: int = 0
+    downstream_rq_active: int = 0
+    downstream_rq_http1_total: int = 0
+    downstream_rq_http2_total: int = 0
+    downstream_cx_active: int = 0
+    downstream_cx_upgrades_total: int = 0
+    no_route: int = 0
+    downstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
+    downstream_rq_time: Histogram = field(default_factory=Histogram)
+
+
+@dataclass(eq=False)
+class KafkaStats:
+    """`kafka.<name>.*`, Envoy's kafka_broker filter: counts by message type, response latency."""
+
+    name: str  # kafka_name: the cluster's stat name (service, or localhost_<port>)
+    request: dict[str, int] = field(default_factory=dict)  # "produce_request", "unknown", …
+    response: dict[str, int] = field(default_factory=dict)  # "produce_response", …
+    response_duration: dict[str, Histogram] = field(default_factory=dict)
+
+    def duration(self, kind: str) -> Histogram:
+        hist = self.response_duration.get(kind)
+        if hist is None:
+            hist = self.response_duration[kind] = Histogram()
+        return hist
+
+
+@dataclass(eq=False)
+class ServerStats:
+    """`server.*`: refreshed by the observability layer just before each read."""
+
+    live: int = 1
+    state: int = 0  # Envoy: 0 live, 1 draining, 2 pre-initializing, 3 initializing
+    uptime: int = 0  # seconds
+    memory_allocated: int = 0  # bytes (resident set: CPython exposes no cheaper exact figure)
+    memory_heap_size: int = 0
+    total_connections: int = 0
+    days_until_first_cert_expiring: int | None = None  # set by the identity layer (mTLS)
 
 
 class StatsStore:
     """All stats objects of one sidecar, created on first use and kept across reloads."""
 
     def __init__(self) -> None:
+        self.server = ServerStats()
         self.listeners: dict[str, ListenerStats] = {}
         self.clusters: dict[str, ClusterStats] = {}
+        self.http_managers: dict[str, HttpStats] = {}
+        self.kafka_brokers: dict[str, KafkaStats] = {}
 
     def listener(self, address: str, tcp_prefix: str) -> ListenerStats:
         stats = self.listeners.get(address)
@@ -94,4 +220,16 @@ class StatsStore:
         stats = self.clusters.get(name)
         if stats is None:
             stats = self.clusters[name] = ClusterStats(name)
+        return stats
+
+    def http(self, prefix: str) -> HttpStats:
+        stats = self.http_managers.get(prefix)
+        if stats is None:
+            stats = self.http_managers[prefix] = HttpStats(prefix)
+        return stats
+
+    def kafka(self, name: str) -> KafkaStats:
+        stats = self.kafka_brokers.get(name)
+        if stats is None:
+            stats = self.kafka_brokers[name] = KafkaStats(name)
         return stats

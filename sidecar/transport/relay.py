@@ -128,6 +128,7 @@ class Relay:
         self.linked = False
         self.closed = False
         self.idle_timed_out = False
+        self.response_flags = ""  # Envoy's %RESPONSE_FLAGS% for the access log: UH, UF
         self._idle_timeout = idle_timeout
         self._idle_checks = 0
         self._on_closed = on_closed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
@@ -35,6 +36,10 @@ class TcpProxy:
         self.settings = settings
         self.stats = stats
         self.relays: set[Relay] = set()
+        # Observability hooks (sidecar.observe): a read-only tap on a new connection (Kafka),
+        # and the end of a connection (access log, per-host counts).
+        self.on_connection: Callable[[Relay], None] | None = None
+        self.on_close: Callable[[Relay], None] | None = None
         self._loop = asyncio.get_running_loop()
 
     def __call__(self) -> asyncio.Protocol:
@@ -45,6 +50,8 @@ class TcpProxy:
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
         relay.downstream.on_made = self._downstream_made
+        if self.on_connection is not None:
+            self.on_connection(relay)
         return relay.downstream
 
     def _downstream_made(self, side: Side) -> None:
@@ -57,6 +64,7 @@ class TcpProxy:
             target = cluster.pick()
             if target is None:
                 cstats.upstream_cx_none_healthy += 1
+                relay.response_flags = "UH"
                 log.warning(
                     "event=no_healthy_upstream listener=%s cluster=%s", self.name, cluster.name
                 )
@@ -88,6 +96,7 @@ class TcpProxy:
                 return
             relay.link()
             return
+        relay.response_flags = relay.response_flags or "UF"
         relay.close()
 
     def _connect_failed(self, target: Target, reason: str) -> None:
@@ -114,6 +123,8 @@ class TcpProxy:
             cstats.upstream_cx_rx_bytes_total += up.rx_bytes
             cstats.upstream_cx_tx_bytes_total += down.rx_bytes
             cstats.upstream_cx_length_ms.observe((self._loop.time() - relay.started) * 1000)
+        if self.on_close is not None:
+            self.on_close(relay)
 
     def close_all(self) -> None:
         for relay in list(self.relays):

@@ -1,0 +1,205 @@
+"""What the router counts per request: Envoy's HTTP and gRPC stats, and the access-log record.
+
+Kept apart from the router so that the request path reads as forwarding, and all the counting
+reads as one list. Everything here is plain attribute arithmetic on stats objects that were
+resolved once per listener and cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sidecar.http.exchange import Headers, RequestHead
+from sidecar.observe.stats import ClusterStats, HttpStats
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+class GrpcMessages:
+    """Counts gRPC messages in a body by their 5-byte length prefixes, chunk by chunk."""
+
+    __slots__ = ("count", "_need", "_header")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._need = 0  # bytes of the current message's payload still to skip
+        self._header = b""
+
+    def feed(self, chunk: bytes) -> None:
+        pos, size = 0, len(chunk)
+        while pos < size:
+            if self._need:
+                step = min(self._need, size - pos)
+                self._need -= step
+                pos += step
+                continue
+            take = min(5 - len(self._header), size - pos)
+            self._header += chunk[pos : pos + take]
+            pos += take
+            if len(self._header) == 5:
+                self.count += 1
+                self._need = int.from_bytes(self._header[1:5], "big")
+                self._header = b""
+
+
+@dataclass
+class RequestRecord:
+    """One request as the access log sees it."""
+
+    start: float  # wall-clock time the request arrived
+    request: RequestHead
+    status: int = 0
+    flags: str = ""
+    received: int = 0
+    sent: int = 0
+    duration_ms: int = 0
+    upstream_time_ms: int | None = None
+    upstream_host: str | None = None
+    downstream: str | None = None
+
+
+class RequestAccounting:
+    """The counters of one request, from arrival to the last byte."""
+
+    __slots__ = (
+        "http", "cluster", "loop", "started", "upstream_started", "grpc", "grpc_requests",
+        "grpc_responses", "record", "on_done", "upstream_counted",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        http: HttpStats,
+        cluster: ClusterStats,
+        request: RequestHead,
+        on_done: Callable[[RequestRecord], None] | None,
+        downstream: tuple[str, int] | None,
+    ) -> None:
+        self.http = http
+        self.cluster = cluster
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.upstream_started = 0.0
+        self.upstream_counted = False
+        http.downstream_rq_total += 1
+        http.downstream_rq_active += 1
+        if request.http_version == b"2":
+            http.downstream_rq_http2_total += 1
+        else:
+            http.downstream_rq_http1_total += 1
+        if request.method == b"CONNECT":
+            http.downstream_cx_upgrades_total += 1
+        content_type = request.header(b"content-type") or b""
+        self.grpc = content_type.startswith(b"application/grpc")
+        self.grpc_requests = GrpcMessages() if self.grpc else None
+        self.grpc_responses = GrpcMessages() if self.grpc else None
+        self.on_done = on_done
+        self.record: RequestRecord | None = None
+        if on_done is not None:
+            self.record = RequestRecord(
+                time.time(), request,
+                downstream=f"{downstream[0]}:{downstream[1]}" if downstream else None,
+            )  # fmt: skip
+
+    # -- upstream ------------------------------------------------------------------------------
+
+    def upstream_open(self, host: str) -> None:
+        self.upstream_started = self.loop.time()
+        self.upstream_counted = True
+        cluster = self.cluster
+        cluster.upstream_rq_total += 1
+        cluster.upstream_rq_active += 1
+        if self.record is not None:
+            self.record.upstream_host = host
+
+    def upstream_done(self) -> None:
+        if self.upstream_counted:
+            self.upstream_counted = False
+            self.cluster.upstream_rq_active -= 1
+
+    def upstream_response(self, status: int) -> None:
+        """A response head came from the upstream itself."""
+        cluster = self.cluster
+        klass = str(status // 100)
+        _bump(cluster.upstream_rq_xx, klass)
+        _bump(cluster.upstream_rq_code, str(status))
+        _bump(cluster.external_upstream_rq_xx, klass)
+        cluster.upstream_rq_time.observe((self.loop.time() - self.upstream_started) * 1000)
+        if self.record is not None:
+            self.record.upstream_time_ms = int((self.loop.time() - self.upstream_started) * 1000)
+
+    def local_failure(self, status: int, flag: str) -> None:
+        """The sidecar answered for an upstream that could not (503, 504): Envoy counts these
+        in upstream_rq_xx but not in external_upstream_rq_xx."""
+        _bump(self.cluster.upstream_rq_xx, str(status // 100))
+        _bump(self.cluster.upstream_rq_code, str(status))
+        if flag == "UT":
+            self.cluster.upstream_rq_timeout += 1
+        if self.record is not None:
+            self.record.flags = flag
+
+    def upstream_reset(self) -> None:
+        self.cluster.upstream_rq_rx_reset += 1
+        if self.record is not None:
+            self.record.flags = self.record.flags or "UR"
+
+    def downstream_reset(self) -> None:
+        self.cluster.upstream_rq_tx_reset += 1
+        if self.record is not None:
+            self.record.flags = self.record.flags or "DR"
+
+    # -- bodies --------------------------------------------------------------------------------
+
+    def request_chunk(self, chunk: bytes) -> None:
+        if self.grpc_requests is not None:
+            self.grpc_requests.feed(chunk)
+        if self.record is not None:
+            self.record.received += len(chunk)
+
+    def response_chunk(self, chunk: bytes) -> None:
+        if self.grpc_responses is not None:
+            self.grpc_responses.feed(chunk)
+        if self.record is not None:
+            self.record.sent += len(chunk)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def response_ended(self, headers: Headers, trailers: Headers | None) -> None:
+        """The upstream's response is complete: for gRPC, its grpc-status (in the trailers, or
+        in the head of a trailers-only response) decides success."""
+        if self.grpc:
+            self._grpc_done(headers, trailers)
+
+    def finished(self, status: int) -> None:
+        http = self.http
+        http.downstream_rq_active -= 1
+        self.upstream_done()
+        elapsed_ms = (self.loop.time() - self.started) * 1000
+        http.downstream_rq_time.observe(elapsed_ms)
+        if status:
+            _bump(http.downstream_rq_xx, str(status // 100))
+        if self.record is not None and self.on_done is not None:
+            self.record.status = status
+            self.record.duration_ms = int(elapsed_ms)
+            self.on_done(self.record)
+
+    def _grpc_done(self, headers: Headers, trailers: Headers | None) -> None:
+        cluster = self.cluster
+        grpc_status = None
+        for k, v in (trailers or []) + headers:
+            if k == b"grpc-status":
+                grpc_status = v
+                break
+        _bump(cluster.grpc_status, grpc_status.decode(errors="replace") if grpc_status else "-")
+        cluster.grpc_total += 1
+        if grpc_status == b"0":
+            cluster.grpc_success += 1
+        else:
+            cluster.grpc_failure += 1
+        assert self.grpc_requests is not None and self.grpc_responses is not None
+        cluster.grpc_request_message_count += self.grpc_requests.count
+        cluster.grpc_response_message_count += self.grpc_responses.count

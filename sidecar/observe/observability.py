@@ -1,0 +1,483 @@
+"""Everything that watches a running sidecar, started and stopped with it as one object.
+
+The runtime calls five hooks and nothing else: `start()` (after the listeners are bound),
+`attach(tcp_proxy, key)` (for every listener it binds), `reload()` (after a Dataplane reload),
+`draining()` (when a drain starts) and `stop()` (when it ends). From there this object runs:
+
+- the admin API on 127.0.0.1:`networking.admin.port` (sidecar.observe.admin);
+- the metrics endpoint on `networking.address`:`metrics.conf.port``metrics.conf.path` when the
+  Dataplane has `metrics`; that server also answers `/ready`, the one admin path Kuma exposes on the
+  dataplane address;
+- the virtual probes on `probes.port` when the Dataplane has `probes`, and the service probes;
+- the health document that tells the other members which inbounds are ready;
+- the access log and the Kafka tap, through the TCP proxies' hooks.
+
+It reads the runtime's state (listeners, clusters, mesh snapshot, stats) and never changes how
+traffic flows, except through the health it publishes and the admin mutations Envoy also offers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sidecar import defaults
+from sidecar.config import model
+from sidecar.config.mesh import selects
+from sidecar.observe import metrics
+from sidecar.observe.accesslog import AccessLog
+from sidecar.observe.httpserver import HttpServer, Request, Response, text
+from sidecar.observe.kafkatap import KafkaTap
+from sidecar.observe.probes import HealthReporter, ServiceProbe, VirtualProbes
+from sidecar.plan import ListenerPlan
+
+if TYPE_CHECKING:
+    from sidecar.http.accounting import RequestRecord
+    from sidecar.http.exchange import RequestHead
+    from sidecar.runtime import Sidecar
+    from sidecar.transport.relay import Relay
+    from sidecar.transport.tcp import TcpProxy
+
+log = logging.getLogger("sidecar.observe")
+
+
+def stat_name(cluster: str) -> str:
+    """Envoy's stat form of a cluster name: `localhost:8080` → `localhost_8080`."""
+    return cluster.replace(":", "_")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One endpoint of a cluster as /clusters shows it."""
+
+    address: str
+    port: int
+    healthy: bool
+    flags: str  # Envoy's health_flags: "healthy", "/failed_active_hc", "/failed_eds_health"
+    zone: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+class Observability:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.started_wall = time.time()
+        self._started = time.monotonic()
+        self.hc_failed = False  # POST /healthcheck/fail
+        self.listeners_drained = False  # POST /drain_listeners
+        self.admin = HttpServer("admin", self._admin_handler())
+        self.metrics_server: HttpServer | None = None
+        self._metrics_conf: tuple[str, int, str] | None = None
+        self.probes_server: HttpServer | None = None
+        self._probes_conf: tuple[str, int, model.Probes] | None = None
+        self.service_probes: dict[int, ServiceProbe] = {}
+        self.health: HealthReporter | None = None
+        self.access_log: AccessLog | None = None
+        self.closed_by_host: dict[str, dict[str, int]] = {}  # cluster → host → ended connections
+
+    def _admin_handler(self) -> Callable[[Request], Any]:
+        from sidecar.observe.admin import Admin
+
+        return Admin(self).handle
+
+    # -- lifecycle (called by the runtime) ---------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind admin, metrics and probes; publish health. Raises BindError naming the listener."""
+        from sidecar.runtime import BindError
+
+        dataplane = self._dataplane
+        target = getattr(self.sidecar.options, "access_log", None)
+        if target:
+            try:
+                self.access_log = AccessLog(target)
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise BindError(f"access log {target}: cannot open: {reason}") from None
+            for running in self.sidecar.listeners.values():  # bound before the log was open
+                running.stack.on_request_done = self.request_logger(running.plan.cluster)
+        try:
+            await self._bind(
+                self.admin, "admin", defaults.ADMIN_ADDRESS, dataplane.networking.admin_port
+            )
+            await self._configure(strict=True)
+        except Exception:
+            await self.stop()
+            raise
+        metrics_at = "{}:{}{}".format(*self._metrics_conf) if self._metrics_conf else "-"
+        probes_at = "{}:{}".format(*self._probes_conf[:2]) if self._probes_conf else "-"
+        log.info(
+            "event=admin_ready admin=%s:%d metrics=%s probes=%s access_log=%s",
+            defaults.ADMIN_ADDRESS,
+            self.admin.port,
+            metrics_at,
+            probes_at,
+            self.access_log.target if self.access_log else "-",
+        )
+
+    async def reload(self) -> None:
+        """The Dataplane changed: follow its metrics, probes and service probes."""
+        await self._configure(strict=False)
+
+    def draining(self) -> None:
+        """A drain started: every inbound goes unhealthy for the other members (Kuma's drain)."""
+        self.publish_health()
+
+    async def stop(self) -> None:
+        for probe in self.service_probes.values():
+            probe.stop()
+        self.service_probes.clear()
+        for server in (self.metrics_server, self.probes_server, self.admin):
+            if server is not None:
+                await server.close()
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+
+    # -- state Envoy's admin shows -----------------------------------------------------------
+
+    @property
+    def _dataplane(self) -> model.Dataplane:
+        assert self.sidecar.dataplane is not None
+        return self.sidecar.dataplane
+
+    @property
+    def live(self) -> bool:
+        """/ready: false while draining, after /healthcheck/fail or /drain_listeners."""
+        return not (self.sidecar.draining or self.hc_failed or self.listeners_drained)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    def refresh(self) -> None:
+        """Bring the values computed on read (server, membership) up to date before a read."""
+        server = self.sidecar.stats.server
+        server.live = 1 if self.live else 0
+        server.state = 0 if self.live else 1
+        server.uptime = int(self.uptime)
+        server.memory_allocated, server.memory_heap_size = _memory()
+        server.total_connections = self.sidecar.active_connections()
+        self._count_open_connections()
+        for name, cluster in self.sidecar.clusters.items():
+            hosts = self.hosts(name)
+            cluster.stats.membership_total = len(hosts)
+            cluster.stats.membership_healthy = sum(h.healthy for h in hosts)
+
+    def _count_open_connections(self) -> None:
+        stats = self.sidecar.stats
+        for lst in stats.listeners.values():
+            lst.open_rx_bytes = lst.open_tx_bytes = 0
+        for cst in stats.clusters.values():
+            cst.open_rx_bytes = cst.open_tx_bytes = 0
+        for running in self.sidecar.listeners.values():
+            # Open connections of every kind (relays and HTTP), as the stack counts them.
+            running.stack.stats.downstream_cx_active = running.stack.active
+            proxy = running.stack.tcp
+            lst, cst = proxy.stats, proxy.cluster.stats
+            for relay in proxy.relays:
+                down, up = relay.downstream.rx_bytes, relay.upstream.rx_bytes
+                lst.open_rx_bytes += down
+                lst.open_tx_bytes += up
+                if relay.target is not None and relay.linked:
+                    cst.open_rx_bytes += up
+                    cst.open_tx_bytes += down
+
+    def samples(self, query: dict[str, str]) -> list[metrics.Sample]:
+        """The samples a /stats query asks for; raises ValueError for a bad `filter` regex."""
+        import re
+
+        self.refresh()
+        pattern = None
+        if query.get("filter"):
+            try:
+                pattern = re.compile(query["filter"])
+            except re.error as exc:
+                raise ValueError(f"invalid regex in filter: {exc}") from None
+        return metrics.select(self.sidecar.stats, usedonly="usedonly" in query, pattern=pattern)
+
+    def plans(self) -> list[ListenerPlan]:
+        return [running.plan for running in self.sidecar.listeners.values()]
+
+    def protocol_of(self, plan: ListenerPlan) -> str:
+        """The listener's protocol: an inbound's declared one, an outbound's service protocol
+        (from its endpoints in the mesh); `auto` when undeclared (the stack sniffs)."""
+        if plan.direction == "inbound":
+            return plan.protocol or "auto"
+        cluster = self.sidecar.clusters.get(plan.cluster)
+        return (cluster.protocol if cluster is not None else None) or "auto"
+
+    def hosts(self, cluster_name: str) -> list[Host]:
+        """A cluster's endpoints with their health, the way /clusters and membership show them."""
+        cluster = self.sidecar.clusters.get(cluster_name)
+        if cluster is None:
+            return []
+        plan = next((p for p in self.plans() if p.cluster == cluster_name), None)
+        if plan is not None and plan.direction == "inbound":
+            probe = self.service_probes.get(plan.port)
+            ok = probe is None or probe.healthy
+            return [
+                Host(t.host, t.port, ok, "healthy" if ok else "/failed_active_hc")
+                for t in cluster.targets
+            ]
+        hosts = [
+            Host(
+                t.host,
+                t.port,
+                True,
+                "healthy",
+                t.endpoint.tags.get(model.ZONE_TAG, "") if t.endpoint else "",
+            )
+            for t in cluster.targets
+        ]
+        mesh = self.sidecar.mesh
+        if plan is None or plan.selector is None or mesh is None:
+            return hosts
+        # Endpoints the mesh knows but leaves out: not ready in their Dataplane or health document.
+        snapshot = mesh.snapshot
+        not_ready = snapshot.not_ready
+        for member in snapshot.members:
+            net = member.networking
+            for inbound in net.inbound:
+                if not selects(plan.selector, inbound.tags):
+                    continue
+                if inbound.serving and (member.name, inbound.port) not in not_ready:
+                    continue
+                address = net.advertised_address or inbound.address
+                hosts.append(Host(address, inbound.port, False, "/failed_eds_health"))
+        return hosts
+
+    # -- hooks on the data path --------------------------------------------------------------
+
+    def attach(self, proxy: TcpProxy, key: tuple[str, int]) -> None:
+        """Hook a TCP listener's proxy: Kafka tap per connection, access log and counts at close."""
+        stats = self.sidecar.stats
+
+        def on_connection(relay: Relay) -> None:
+            running = self.sidecar.listeners.get(key)
+            if running is None or running.stack.tcp is not proxy:
+                return
+            if self.protocol_of(running.plan) == "kafka":
+                KafkaTap(stats.kafka(stat_name(proxy.cluster.name)), relay)
+
+        def on_close(relay: Relay) -> None:
+            try:
+                self._connection_closed(proxy, relay)
+            except Exception:  # observability must never break the data path
+                log.exception("event=access_log_failed listener=%s", proxy.name)
+
+        proxy.on_connection = on_connection
+        proxy.on_close = on_close
+
+    def request_logger(self, cluster: str) -> Callable[[RequestRecord], None] | None:
+        """The L7 path's access-log hook for one listener (None when the log is off)."""
+        access_log = self.access_log
+        if access_log is None:
+            return None
+
+        def done(record: RequestRecord) -> None:
+            head = record.request
+            try:
+                access_log.http(
+                    start=record.start,
+                    method=head.method.decode(errors="replace"),
+                    path=head.path.decode(errors="replace") or "-",
+                    protocol="HTTP/" + head.http_version.decode(),
+                    status=record.status,
+                    flags=record.flags,
+                    received=record.received,
+                    sent=record.sent,
+                    duration_ms=record.duration_ms,
+                    upstream_time_ms=record.upstream_time_ms,
+                    forwarded_for=_header(head, b"x-forwarded-for"),
+                    user_agent=_header(head, b"user-agent"),
+                    request_id=_header(head, b"x-request-id"),
+                    authority=head.authority.decode(errors="replace"),
+                    upstream_host=record.upstream_host,
+                    downstream=record.downstream,
+                    source=None,
+                    cluster=cluster,
+                )
+            except Exception:  # observability must never break the data path
+                log.exception("event=access_log_failed cluster=%s", cluster)
+
+        return done
+
+    def _connection_closed(self, proxy: TcpProxy, relay: Relay) -> None:
+        target = relay.target
+        upstream = str(target) if target is not None else None
+        if upstream is not None:
+            per_host = self.closed_by_host.setdefault(proxy.cluster.name, {})
+            per_host[upstream] = per_host.get(upstream, 0) + 1
+        if self.access_log is None:
+            return
+        loop_now = relay.loop.time()
+        duration = loop_now - relay.started
+        transport = relay.downstream.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        downstream = f"{peer[0]}:{peer[1]}" if peer else None
+        self.access_log.tcp(
+            start=time.time() - duration,
+            flags=relay.response_flags,
+            received=relay.downstream.rx_bytes,
+            sent=relay.upstream.rx_bytes,
+            duration_ms=int(duration * 1000),
+            upstream_host=upstream,
+            downstream=downstream,
+            source=None,  # the caller's SPIFFE ID once mTLS is in
+            cluster=proxy.cluster.name,
+        )
+
+    # -- health ------------------------------------------------------------------------------
+
+    def publish_health(self) -> None:
+        if self.health is None:
+            return
+        dataplane = self._dataplane
+        live = self.live
+        ready = {}
+        for inbound in dataplane.networking.inbound:
+            probe = self.service_probes.get(inbound.port)
+            ready[inbound.port] = live and (probe is None or probe.healthy)
+        self.health.publish(dataplane.mesh, dataplane.name, ready)
+
+    def _probe_changed(self, port: int, healthy: bool) -> None:
+        self.publish_health()
+
+    # -- servers -----------------------------------------------------------------------------
+
+    async def _bind(self, server: HttpServer, what: str, host: str, port: int) -> None:
+        from sidecar.runtime import BindError
+
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise BindError(
+                f"listener {what}: cannot bind {host}:{port}: {exc.strerror or exc}"
+            ) from None
+
+    async def _configure(self, strict: bool) -> None:
+        """Start, move or stop the metrics and probes servers and the service probes."""
+        dataplane = self._dataplane
+        address = dataplane.networking.address
+        metrics_conf = None
+        if dataplane.metrics is not None:
+            metrics_conf = (address, dataplane.metrics.port, dataplane.metrics.path)
+        if metrics_conf != self._metrics_conf:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+                self.metrics_server = None
+            self._metrics_conf = None
+            if metrics_conf is not None:
+                server = HttpServer("metrics", self._metrics_handler(metrics_conf[2]))
+                if await self._try_bind(server, "metrics", metrics_conf, strict):
+                    self.metrics_server, self._metrics_conf = server, metrics_conf
+        probes_conf = None
+        if dataplane.probes is not None:
+            probes_conf = (address, dataplane.probes.port, dataplane.probes)
+        if probes_conf != self._probes_conf:
+            if self.probes_server is not None:
+                await self.probes_server.close()
+                self.probes_server = None
+            self._probes_conf = None
+            if probes_conf is not None:
+                server = HttpServer("probes", VirtualProbes(probes_conf[2]).handle)
+                if await self._try_bind(server, "probes", probes_conf, strict):
+                    self.probes_server, self._probes_conf = server, probes_conf
+        self._configure_service_probes(dataplane)
+        mesh = self.sidecar.mesh
+        if self.health is None and mesh is not None:
+            self.health = HealthReporter(Path(mesh.directory))
+        self.publish_health()
+
+    async def _try_bind(
+        self, server: HttpServer, what: str, conf: tuple[Any, ...], strict: bool
+    ) -> bool:
+        try:
+            await self._bind(server, what, conf[0], conf[1])
+        except Exception as exc:
+            if strict:
+                raise
+            log.error("event=listener_failed error=%r", str(exc))
+            return False
+        return True
+
+    def _configure_service_probes(self, dataplane: model.Dataplane) -> None:
+        wanted = {i.port: i for i in dataplane.networking.inbound if i.service_probe is not None}
+        for port in list(self.service_probes):
+            probe = self.service_probes[port]
+            if wanted.get(port) != probe.inbound:
+                probe.stop()
+                del self.service_probes[port]
+        for port, inbound in wanted.items():
+            if port not in self.service_probes:
+                probe = ServiceProbe(inbound, self._probe_changed)
+                self.service_probes[port] = probe
+                probe.start()
+
+    def _metrics_handler(self, path: str) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> Response:
+            if request.path == path:
+                return Response(
+                    200,
+                    metrics.render_prometheus(self.samples(request.query)),
+                    content_type=metrics.CONTENT_TYPE,
+                )
+            if request.path == "/ready":
+                return self.ready_response()
+            return text(404, f"not found: {request.path} (metrics are at {path})\n")
+
+        return handle
+
+    def ready_response(self) -> Response:
+        if self.live:
+            return text(200, "LIVE\n")
+        return text(503, "DRAINING\n")
+
+    # -- admin mutations ---------------------------------------------------------------------
+
+    def quit(self) -> None:
+        """/quitquitquit: stop gracefully, exactly as SIGTERM does (drain, then exit)."""
+        log.info("event=quit_requested")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def set_healthcheck_failed(self, failed: bool) -> None:
+        self.hc_failed = failed
+        log.info("event=healthcheck_%s", "failed" if failed else "ok")
+        self.publish_health()
+
+    async def drain_listeners(self, inbound_only: bool) -> None:
+        """/drain_listeners: stop accepting (open connections live on); report not ready."""
+        for running in self.sidecar.listeners.values():
+            if inbound_only and running.plan.direction != "inbound":
+                continue
+            running.server.close()
+        self.listeners_drained = True
+        log.info("event=listeners_drained inbound_only=%s", inbound_only)
+        self.publish_health()
+
+
+def _memory() -> tuple[int, int]:
+    """(resident, virtual) bytes of this process."""
+    try:
+        with open("/proc/self/statm") as f:
+            size, resident = (int(x) for x in f.read().split()[:2])
+        page = os.sysconf("SC_PAGE_SIZE")
+        return resident * page, size * page
+    except (OSError, ValueError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return rss, rss
+
+
+def _header(head: RequestHead, name: bytes) -> str | None:
+    value = head.header(name)
+    return value.decode(errors="replace") if value is not None else None

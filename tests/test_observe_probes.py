@@ -1,0 +1,142 @@
+"""Probes: virtual probes over plain HTTP; service probes take inbounds out of rotation."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+
+from tests.observe_support import admin_port, get, request, start_all, stats
+from tests.support import LOOPBACK, free_port, recv_all, wait_for
+
+
+class App(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        status = {"/healthz": 200, "/fail": 500}.get(self.path, 404)
+        body = f"{self.path} says {status}\n".encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_virtual_probes(mesh_uvloop):
+    mesh = mesh_uvloop
+    app = ThreadingHTTPServer((LOOPBACK, 0), App)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    try:
+        app_port, dead_port, probes_port = app.server_address[1], free_port(), free_port()
+        path = mesh.write(
+            "backend-1",
+            [{"port": free_port(), "servicePort": app_port, "tags": {"kuma.io/service": "b"}}],
+            probes={
+                "port": probes_port,
+                "endpoints": [
+                    {"inboundPort": app_port, "inboundPath": "/healthz", "path": "/app/healthz"},
+                    {"inboundPort": app_port, "inboundPath": "/fail", "path": "/app/fail"},
+                    {"inboundPort": dead_port, "inboundPath": "/healthz", "path": "/dead"},
+                ],
+            },
+        )
+        mesh.start(path)
+        assert request(probes_port, "/app/healthz")[:2] == (200, "/healthz says 200\n")
+        assert request(probes_port, "/app/fail")[:2] == (500, "/fail says 500\n")
+        assert request(probes_port, "/unknown")[0] == 404
+        assert request(probes_port, "/dead")[0] == 503
+        assert request(probes_port, "/app/healthz?x=1")[0] == 200, "matched by path"
+    finally:
+        app.shutdown()
+        app.server_close()
+
+
+def whoami(name: bytes):
+    def handler(conn: socket.socket) -> None:
+        conn.sendall(name)
+
+    return handler
+
+
+class Traffic:
+    """Opens connection after connection through the outbound, recording who answered."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.results: list[tuple[float, bytes]] = []  # (when it started, answer; b"" = failed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=5) as c:
+                    answer = recv_all(c)
+            except OSError:
+                answer = b""
+            self.results.append((started, answer))
+            self._stop.wait(0.005)  # pacing, so three processes do not spin one CPU
+
+    def since(self, moment: float) -> list[bytes]:
+        return [answer for started, answer in list(self.results) if started >= moment]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_service_probe_takes_inbound_out_of_rotation_and_back(mesh_uvloop):
+    mesh = mesh_uvloop
+    probe = {"interval": "0.2s", "timeout": "0.5s", "unhealthyThreshold": 1, "healthyThreshold": 1}
+    window = 0.2 * 1 + 2.0  # interval × unhealthy threshold + 2 s
+    app_a = mesh.server(whoami(b"a"))
+    app_b = mesh.server(whoami(b"b"))
+    files = {}
+    for name, app in (("backend-a", app_a), ("backend-b", app_b)):
+        inbound = {
+            "port": free_port(),
+            "servicePort": app.port,
+            "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "tcp"},
+            "serviceProbe": probe,
+        }
+        files[name] = mesh.write(name, [inbound])
+    web, outbound = mesh.client("web-1")
+    start_all(mesh, files["backend-a"], files["backend-b"], web)
+    traffic = Traffic(outbound)
+    try:
+        wait_for(lambda: {b"a", b"b"} <= set(traffic.since(0)), what="both backends answering")
+
+        a_port = app_a.port
+        app_a.close()  # the app behind backend-a stops answering
+        down = time.monotonic()
+        wait_for(lambda: len(traffic.since(down + window)) >= 30, timeout=window + 10)
+        after = traffic.since(down + window)
+        assert set(after) == {b"b"}, "no failed connection after the detection window"
+        a_inbound = yaml.safe_load(files["backend-a"].read_text())["networking"]["inbound"][0]
+        health = yaml.safe_load((mesh.dir / "backend-a.health.yaml").read_text())
+        assert health["inbound"] == [{"port": a_inbound["port"], "ready": False}]
+        a_admin, web_admin = admin_port(files["backend-a"]), admin_port(web)
+        assert "::health_flags::/failed_active_hc" in get(a_admin, "/clusters")
+        assert stats(a_admin)[f"cluster.localhost_{a_port}.membership_healthy"] == 0
+        web_clusters = get(web_admin, "/clusters")
+        assert f"backend::127.0.0.1:{a_inbound['port']}::health_flags::/failed_eds_health" in (
+            web_clusters
+        )
+        assert stats(web_admin)["cluster.backend.membership_healthy"] == 1
+        assert stats(web_admin)["cluster.backend.membership_total"] == 2
+
+        mesh.server(whoami(b"a"), port=a_port)  # the app comes back
+        up = time.monotonic()
+        wait_for(lambda: b"a" in traffic.since(up), timeout=window + 5, what="traffic back on a")
+        wait_for(lambda: len(traffic.since(up + window)) >= 30, timeout=window + 10)
+        assert set(traffic.since(up)) <= {b"a", b"b"}, "no failed connection on the way back"
+        assert set(traffic.since(up + window)) == {b"a", b"b"}
+        assert stats(web_admin)["cluster.backend.membership_healthy"] == 2
+    finally:
+        traffic.stop()
