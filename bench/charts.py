@@ -64,7 +64,7 @@ def _throughput(plt, scenarios: list[dict], path: Path, results: dict) -> Path:
         ax.set_ylabel(scenario["rate_unit"], fontsize=8)
         ax.tick_params(labelsize=8)
     fig.suptitle(_title(results) + " — throughput (× direct on the bars)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -73,22 +73,25 @@ def _throughput(plt, scenarios: list[dict], path: Path, results: dict) -> Path:
 def _latency(plt, scenarios: list[dict], path: Path, results: dict) -> Path:
     fig, axes = _grid(plt, len(scenarios))
     points = ("p50", "p90", "p99")
+    legend: dict[str, object] = {}
     for ax, scenario in zip(axes, scenarios, strict=False):
         entries = [p for p in scenario["paths"] if p.get("ok")]
         width = 0.8 / max(1, len(entries))
         for i, entry in enumerate(entries):
             lat = entry["figures"].get(scenario["latency_key"]) or {}
             xs = [j + (i - (len(entries) - 1) / 2) * width for j in range(len(points))]
-            ax.bar(xs, [lat.get(p, 0) / 1000 for p in points], width,
-                   label=entry["path"], color=PATH_COLOURS.get(entry["path"], "#8172b2"))
+            bars = ax.bar(xs, [lat.get(p, 0) / 1000 for p in points], width,
+                          label=entry["path"], color=PATH_COLOURS.get(entry["path"], "#8172b2"))
+            legend.setdefault(entry["path"], bars)
         ax.set_xticks(range(len(points)), points)
         ax.set_yscale("log")
         ax.set_title(scenario["name"], fontsize=10)
         ax.set_ylabel("ms", fontsize=8)
         ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7)
     fig.suptitle(_title(results) + " — latency percentiles (log scale)", fontsize=10)
-    fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend), loc="upper right", ncol=len(legend),
+               fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
