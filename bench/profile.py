@@ -140,6 +140,7 @@ def summarize_pyspy(data: Path) -> dict:
     the rest by the package of the innermost Python frame (h2, h11, hpack, sidecar, asyncio...);
     and functions on the stack (inclusive), ours and the libraries'."""
     leaf: collections.Counter[str] = collections.Counter()
+    self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     libraries: collections.Counter[str] = collections.Counter()
     packages: collections.Counter[str] = collections.Counter()
@@ -152,6 +153,7 @@ def summarize_pyspy(data: Path) -> dict:
         total += n
         frames = stack.split(";")
         leaf[frames[-1]] += n
+        self_time[_function(frames[-1])] += n
         if SYSCALL_LEAF.match(frames[-1]):
             syscalls += n
             packages["(in system calls)"] += n
@@ -178,6 +180,7 @@ def summarize_pyspy(data: Path) -> dict:
         "syscall_share": 100 * syscalls / total,
         "by_package": shares(packages, "package", 12),
         "top_leaf": shares(leaf, "frame", 12),
+        "top_self": shares(self_time, "frame", 25),
         "sidecar_inclusive": shares(inclusive, "frame", 20),
         "library_inclusive": shares(libraries, "frame", 15),
     }
@@ -213,9 +216,9 @@ def markdown(results: dict) -> list[str]:
                                          for p in summary.get("by_package", []))
                     lines += [f"{summary.get('samples', 0)} samples. By package of the innermost "
                               f"Python frame: {packages}.", ""]
-                    lines += ["| share | innermost frame |", "|---:|---|"]
+                    lines += ["| share | innermost function (self time) |", "|---:|---|"]
                     lines += [f"| {s['share']:.1f}% | `{s['frame']}` |"
-                              for s in summary.get("top_leaf", [])]
+                              for s in summary.get("top_self", summary.get("top_leaf", []))]
                     lines += ["", "| share | sidecar frame on the stack |", "|---:|---|"]
                     lines += [f"| {s['share']:.1f}% | `{s['frame']}` |"
                               for s in summary.get("sidecar_inclusive", [])]

@@ -84,14 +84,25 @@ def _module(name: str) -> str | None:
         return None
 
 
+def _git(*args: str) -> str | None:
+    """First line of a git command's output in this checkout; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
 def versions(loop: str) -> dict:
     uvloop_version = _module("uvloop")
     try:
         from sidecar import __version__ as sidecar_version
     except ImportError:
         sidecar_version = None
-    commit = _first_line(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "sidecar"])
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", "sidecar")
     if commit and dirty:
         commit += "+dirty"
     effective = loop
