@@ -100,6 +100,7 @@ async def _client(args: argparse.Namespace) -> dict:
         "message_bytes": args.size,
         "messages": len(samples),
         "messages_per_s": len(samples) / elapsed,
+        "warmup_messages": args.warmup * args.connections,  # carried, not in the figures
         "elapsed_s": elapsed,
         "_samples": samples,
     }
