@@ -9,9 +9,9 @@ no change when a path is added: a class here, named in `PATHS`.
 - `direct`: nothing in between.
 - `pair`: two pysidecars, plaintext hop (Kuma's mesh without mTLS); HTTP/1.1 is upgraded to
   HTTP/2 (h2c prior knowledge) between them.
-- `pair-mtls`: the same with mesh credentials (`--ca/--cert/--key`, certificates issued with
-  `pysidecar certs`): every hop is mTLS with SPIFFE identities. Skipped with a note when this
-  checkout's sidecar has no mTLS options yet.
+- `pair-mtls`: the same with mesh credentials (`--ca/--cert/--key`, certificates issued as
+  `pysidecar certs` issues them): every hop is mTLS with SPIFFE identities. Skipped with a note
+  when this checkout's sidecar has no mTLS options.
 - `haproxy`: the reference, two HAProxy instances doing the same job: HTTP/1.1 (or h2c) in,
   HTTP/2 over mTLS between the two (ALPN h2, client certificate required and verified against the
   mesh CA, the same certificates as the mTLS pair), HTTP/1.1 (or h2c) out; `mode tcp` with mTLS
@@ -163,7 +163,7 @@ class SidecarPair(Path):
             for role, slot, dataplane in (("sidecar-b", 1, server_dp), ("sidecar-a", 0, client_dp)):
                 argv = [
                     ctx.python, "-m", "sidecar", "--dataplane", str(dataplane),
-                    "--mesh", str(mesh), "--loop", ctx.loop, "--drain-timeout", "1",
+                    "--mesh", str(mesh), "--loop", ctx.loop, "--drain-timeout", "0.2",
                     *self._credentials(ctx, dataplane),
                 ]
                 cpus = ctx.pinning.cpus_for(f"proxy{slot}")
@@ -191,33 +191,38 @@ def _sidecar_run_help(python: str) -> str:
 
 
 class Pki:
-    """The mesh CA of one run and the workload certificates it issued, made with the sidecar's
-    own tool (`python3 -m sidecar certs init|issue`, as users make them), in the run's work dir."""
+    """The mesh CA of one run and the workload certificates it issued, in the run's work dir.
+
+    Made with the functions `pysidecar certs init|issue` use (`sidecar.identity.ca`: an ECDSA
+    P-256 CA, workload certificates with the Dataplane's SPIFFE and `kuma://` URIs, as Kuma issues
+    them), in this process: a `certs` subprocess per certificate would add seconds to every
+    mTLS measurement's start."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.dir = ctx.work / "pki"
         self.ca = self.dir / "ca.crt"
-
-    def _certs(self, *args: str) -> None:
-        from bench.context import REPO_ROOT
-
-        argv = [self.ctx.python, "-m", "sidecar", "certs", *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
-                              env=self.ctx.procs.env)
-        if done.returncode != 0:
-            raise BenchError(f"{' '.join(argv[2:])} failed:\n{done.stdout}{done.stderr}")
+        self._authority = None
 
     def issue(self, dataplane: FilePath) -> tuple[FilePath, FilePath]:
         """The certificate and key for this Dataplane file (the CA is made on first use)."""
-        if not self.ca.exists():
+        from sidecar.config.dataplane import ConfigError, load_dataplane
+        from sidecar.identity import ca
+
+        if self._authority is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._certs("init", "--mesh", MESH, "--dir", str(self.dir))
+            self._authority = ca.create_ca(MESH)
+            ca.write_cert_key(self.ca, self.dir / "ca.key", self._authority)
+        try:
+            loaded = load_dataplane(dataplane)
+            issued = ca.issue_workload(self._authority.cert, self._authority.key, loaded)
+        except (ConfigError, ca.IssueError) as exc:
+            raise BenchError(f"cannot issue a certificate for {dataplane}: {exc}") from exc
         out = self.dir / dataplane.parent.name
-        self._certs("issue", "--dataplane", str(dataplane), "--dir", str(self.dir),
-                    "--out-dir", str(out))
-        name = dataplane.stem
-        return out / f"{name}.crt", out / f"{name}.key"
+        out.mkdir(parents=True, exist_ok=True)
+        cert, key = out / f"{loaded.name}.crt", out / f"{loaded.name}.key"
+        ca.write_cert_key(cert, key, issued)
+        return cert, key
 
 
 def _pki(ctx: Context) -> Pki:
@@ -230,8 +235,9 @@ def _pki(ctx: Context) -> Pki:
 
 class SidecarPairMtls(SidecarPair):
     name = "pair-mtls"
-    description = ("as `pair`, with mesh mTLS on the hop (SPIFFE identities; certificates from "
-                   "`pysidecar certs`; HTTP/1.1 rides HTTP/2 inside it)")
+    description = ("as `pair`, with mesh mTLS on the hop (SPIFFE identities, ECDSA P-256 "
+                   "certificates as `pysidecar certs` issues them, TLS 1.3; HTTP/1.1 rides HTTP/2 "
+                   "inside it)")
     mtls = True
 
     def unavailable(self) -> str | None:

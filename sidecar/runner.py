@@ -9,10 +9,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
-from sidecar import defaults
+from sidecar import defaults, malloc
 from sidecar.config.dataplane import ConfigError
+from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY, CredentialsError
+from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
 from sidecar.listener import StackOptions
 from sidecar.plan import Timeouts
 from sidecar.runtime import BindError, Options, Sidecar
@@ -108,12 +111,83 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="sniffing of undeclared services: how long to wait for the app's first bytes "
         "(default 0.1; 0 turns sniffing off)",
     )
+    mtls = parser.add_argument_group(
+        "mesh mTLS",
+        "With credentials every hop between sidecars is mTLS with SPIFFE identities (Kuma's "
+        "wire conventions) and MeshTrafficPermission files in the mesh directory apply; without, "
+        "hops are plaintext. Files are re-read when they change (rotation).",
+    )
+    mtls.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE",
+        help="mesh CA bundle (PEM; may hold "
+        "several CAs, e.g. the old and the new one during a CA rotation)",
+    )
+    mtls.add_argument(
+        "--cert",
+        type=Path,
+        metavar="FILE",
+        help="this sidecar's workload certificate (chain), as `pysidecar certs issue` writes it",
+    )
+    mtls.add_argument("--key", type=Path, metavar="FILE", help="its private key")
+    mtls.add_argument(
+        "--certs-dir",
+        type=Path,
+        metavar="DIR",
+        help="take ca.crt, <dataplane name>.crt and <dataplane name>.key from DIR",
+    )
+    mtls.add_argument(
+        "--ca-key",
+        type=Path,
+        metavar="FILE",
+        help="dev mode: the CA's private key; the sidecar issues its own workload certificate at "
+        "start (into --certs-dir, default the CA's directory) and renews it at 80%% of its life",
+    )
+    mtls.add_argument(
+        "--cert-valid-for",
+        type=_duration,
+        default=DEFAULT_WORKLOAD_VALIDITY,
+        metavar="DURATION",
+        help="dev mode: validity of the certificates the sidecar issues itself (default 24h)",
+    )
+    mtls.add_argument(
+        "--mtls",
+        choices=MODES,
+        default=None,
+        help="strict (default with credentials): peers must use mTLS; permissive: plaintext is "
+        "accepted too, told apart by the first byte",
+    )
     parser.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("PYSIDECAR_LOOP", "auto"),
         help="event loop (default: uvloop when installed; env PYSIDECAR_LOOP)",
     )
+
+
+def _duration(text: str) -> timedelta:
+    from sidecar.identity.certs_cli import parse_duration
+
+    return parse_duration(text)
+
+
+def mtls_options(args: argparse.Namespace) -> MtlsOptions:
+    """The credential flags, checked for combinations that cannot work (SystemExit, status 1)."""
+    options = MtlsOptions(
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        certs_dir=args.certs_dir,
+        ca_key=args.ca_key,
+        mode=args.mtls,
+        valid_for=args.cert_valid_for,
+    )
+    try:
+        options.check()
+    except OptionsError as exc:
+        raise SystemExit(f"pysidecar: {exc}") from None
+    return options
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -128,11 +202,13 @@ def options_from(args: argparse.Namespace) -> Options:
         lb=args.lb,
         stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
         access_log=args.access_log,
+        mtls=mtls_options(args),
     )
 
 
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)
+    malloc.tune()  # large TLS buffers stay in the heap (see sidecar/malloc.py)
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         return runner.run(serve(options))
 
@@ -143,6 +219,9 @@ async def serve(options: Options) -> int:
         await sidecar.start()
     except (ConfigError, BindError) as exc:
         print(f"pysidecar: {exc}", file=sys.stderr)
+        return 1
+    except CredentialsError as exc:
+        print(f"pysidecar: mesh credentials: {exc}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

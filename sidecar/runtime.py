@@ -18,12 +18,15 @@ from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
 from sidecar.config.mesh import MeshDirectory
 from sidecar.http.pool import H2Pool, plain_connector
+from sidecar.identity.mesh import MeshListener, MeshSecurity, MtlsOptions
 from sidecar.inbound import InboundStack
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
+from sidecar.policy import POLICY_TYPE
+from sidecar.transport.connect import Connector
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -44,12 +47,13 @@ class Options:
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
+    mtls: MtlsOptions = field(default_factory=MtlsOptions)  # no credentials: plaintext hops
 
 
 @dataclass
 class RunningListener:
     plan: ListenerPlan
-    server: asyncio.Server
+    server: asyncio.Server | MeshListener
     stack: ListenerStack
 
 
@@ -71,21 +75,32 @@ class Sidecar:
         self.mesh_pools: dict[str, H2Pool] = {}
         self.dataplane: model.Dataplane | None = None
         self.mesh: MeshDirectory | None = None
+        self.security: MeshSecurity | None = None  # mesh mTLS, when there are credentials
         self.draining = False
         self._dataplane_signature: tuple[int, int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._policies_ignored_logged = False
         self.observability = Observability(self)  # admin, metrics, probes, access log
 
     # -- start and reload ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load, bind every listener, start watching. Raises ConfigError or BindError."""
+        """Load, bind every listener, start watching.
+
+        Raises ConfigError, BindError, or CredentialsError (naming the credential file at fault).
+        """
         path = self.options.dataplane
         self._dataplane_signature = _signature(path)
         self.dataplane = load_dataplane(path, self.options.variables)
+        if self.options.mtls.enabled:
+            self.security = MeshSecurity.create(self.options.mtls, self.dataplane)
+            self.stats.server.days_until_first_cert_expiring = (
+                self.security.store.days_until_first_expiring()
+            )
         mesh_dir = self.options.mesh_dir or path.resolve().parent
         self.mesh = MeshDirectory(mesh_dir, self.dataplane.mesh)
         self.mesh.scan()
+        self._update_policies()
         await self.resolver.refresh(self._endpoint_hosts())
         try:
             await self._apply(plan_listeners(self.dataplane, self.options.timeouts), strict=True)
@@ -95,6 +110,8 @@ class Sidecar:
             raise
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._refresh_dns()))
+        if self.security is not None:
+            self._tasks.append(self.security.start())
         log.info(
             "event=ready dataplane=%s mesh=%s listeners=%s",
             self.dataplane.name,
@@ -134,16 +151,30 @@ class Sidecar:
                 continue
             if running.plan != plan:
                 running.plan = plan
-                running.stack.update(plan, self._cluster_for(plan))
+                cluster = self._cluster_for(plan)
+                if isinstance(running.stack, OutboundStack):
+                    running.stack.update(plan, cluster, self._mesh_connector(plan, cluster))
+                    running.stack.mesh_pool = self._mesh_pool(plan, cluster)
+                else:
+                    running.stack.update(plan, cluster)
                 log.info("event=listener_updated listener=%s", plan.name)
         self._update_clusters()
 
     async def _bind(self, plan: ListenerPlan) -> RunningListener:
         stats = self.stats.listener(plan.stat_address, f"{plan.direction}_{plan.stat_address}")
         cluster = self._cluster_for(plan)
+        security = self.security
         stack: ListenerStack
+        inbound: InboundStack | None = None
         if plan.direction == "inbound":
-            stack = InboundStack(plan, cluster, stats, self.options.stack)
+            inbound = InboundStack(
+                plan,
+                cluster,
+                stats,
+                self.options.stack,
+                security.authorizer if security is not None else None,
+            )
+            stack = inbound
         else:
             stack = OutboundStack(
                 plan,
@@ -151,16 +182,21 @@ class Sidecar:
                 stats,
                 self.options.stack,
                 lambda: cluster.protocol,
-                self._mesh_pool(cluster),
+                self._mesh_pool(plan, cluster),
+                self._mesh_connector(plan, cluster),
             )
         self.observability.attach(stack.tcp, plan.key)
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
         stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
+        server: asyncio.Server | MeshListener
         try:
-            server = await loop.create_server(
-                stack, plan.address, plan.port, reuse_address=True, backlog=1024
-            )
+            if inbound is not None and security is not None:  # peers reach us over mTLS
+                server = await security.listen(inbound, plan.name, plan.address, plan.port, stats)
+            else:
+                server = await loop.create_server(
+                    stack, plan.address, plan.port, reuse_address=True, backlog=1024
+                )
         except OSError as exc:
             raise BindError(
                 f"listener {plan.name}: cannot bind {plan.address}:{plan.port}: "
@@ -180,12 +216,35 @@ class Sidecar:
             )
         return cluster
 
-    def _mesh_pool(self, cluster: Cluster) -> H2Pool:
+    def _mesh_connector(self, plan: ListenerPlan, cluster: Cluster) -> Connector:
+        """How an outbound reaches its service's sidecars: mTLS with credentials, else TCP."""
+        if self.security is None:
+            return plain_connector(plan.connect_timeout, cluster.stats)
+        extra = {k: v for k, v in (plan.selector or {}).items() if k != model.SERVICE_TAG}
+        return self.security.connector(plan.service, plan.connect_timeout, cluster.stats, extra)
+
+    def _mesh_pool(self, plan: ListenerPlan, cluster: Cluster) -> H2Pool:
         pool = self.mesh_pools.get(cluster.name)
         if pool is None:
-            connector = plain_connector(defaults.OUTBOUND_CONNECT_TIMEOUT, cluster.stats)
-            pool = self.mesh_pools[cluster.name] = mesh_pool(connector)
+            pool = self.mesh_pools[cluster.name] = mesh_pool(
+                self._mesh_connector(plan, cluster), trusted=self.security is not None
+            )
         return pool
+
+    def _update_policies(self) -> None:
+        """MeshTrafficPermission from the mesh directory; they need identities, so mTLS."""
+        assert self.mesh is not None
+        documents = self.mesh.snapshot.documents_of_kind(POLICY_TYPE)
+        if self.security is not None:
+            self.security.authorizer.update(documents)
+        elif documents and not self._policies_ignored_logged:
+            self._policies_ignored_logged = True
+            log.warning(
+                "event=policies_ignored kind=%s count=%d reason=%r",
+                POLICY_TYPE,
+                len(documents),
+                "mTLS is off (no mesh credentials): callers have no identity to authorize",
+            )
 
     def _update_clusters(self) -> None:
         assert self.mesh is not None
@@ -220,7 +279,12 @@ class Sidecar:
                 if signature != self._dataplane_signature:
                     self._dataplane_signature = signature
                     await self.reload()
+                if self.security is not None:
+                    self.stats.server.days_until_first_cert_expiring = (
+                        self.security.store.days_until_first_expiring()
+                    )
                 if self.mesh.scan():
+                    self._update_policies()
                     await self.resolver.refresh(self._endpoint_hosts())
                     self._update_clusters()
             except Exception:  # a watcher that dies silently would freeze the mesh view

@@ -178,6 +178,7 @@ def every_family_store() -> StatsStore:
     cluster.upstream_rq_xx["2"] = 5
     cluster.upstream_rq_code["200"] = 5
     cluster.external_upstream_rq_xx["5"] = 1
+    cluster.grpc_status["14"] = 1
     cluster.upstream_cx_connect_ms.observe(0.3)
     cluster.upstream_cx_length_ms.observe(4000000)
     http = store.http("inbound_127.0.0.1_10000")
