@@ -189,10 +189,63 @@ def check_tcp_refused(spec: dict[str, Any], deadline: float) -> str:
     return f"refused: {', '.join(spec.get('targets', []))}"
 
 
+def _metric_sum(targets: list[str], path: str, family: str, label_re: str) -> int:
+    """Sum of one Prometheus family's samples whose labels match label_re, over every target
+    (HOST:PORT of a sidecar's metrics server, dialled directly: it listens on the container's
+    address)."""
+    import re
+
+    sample = re.compile(rf"^{re.escape(family)}\{{([^}}]*)\}} ([0-9.e+]+)$")
+    total = 0
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", path, headers={"Connection": "close"})
+        reply = conn.getresponse()
+        text = reply.read().decode()
+        conn.close()
+        if reply.status != 200:
+            raise CheckFailed(f"{target}{path}: HTTP {reply.status}")
+        for line in text.splitlines():
+            m = sample.match(line)
+            if m and re.search(label_re, m.group(1)):
+                total += int(float(m.group(2)))
+    return total
+
+
+def check_metrics_count(spec: dict[str, Any], deadline: float) -> str:
+    """The sidecars' metrics count what was sent: read `family` (labels matching `labels`) summed
+    over `metrics` targets, make `calls` GETs through the outbound `port`, read again; the
+    difference must be exactly `calls` (e.g. requests that reached the backends over HTTP/2)."""
+    targets = [str(t) for t in spec["metrics"]]
+    mpath = str(spec.get("metrics_path", "/metrics"))
+    family, labels = str(spec["family"]), str(spec.get("labels", ""))
+    calls = int(spec.get("calls", 8))
+
+    def attempt() -> str:
+        before = _metric_sum(targets, mpath, family, labels)
+        for i in range(calls):
+            conn = http.client.HTTPConnection(LOOPBACK, int(spec["port"]), timeout=5)
+            conn.request("GET", f"{spec.get('path', '/')}?metrics-call={i}",
+                         headers={"Connection": "close"})  # fmt: skip
+            reply = conn.getresponse()
+            reply.read()
+            conn.close()
+            if reply.status != 200:
+                raise CheckFailed(f"call {i}: HTTP {reply.status}")
+        after = _metric_sum(targets, mpath, family, labels)
+        if after - before != calls:
+            raise CheckFailed(f"{family}: sent {calls}, counted {after - before} ({before}->{after})")
+        return f"{family} +{calls} over {', '.join(targets)} (now {after})"
+
+    return _retrying(deadline, attempt)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
     "tcp-echo": check_tcp_echo,
     "http-get": check_http_get,
     "tcp-refused": check_tcp_refused,
+    "metrics-count": check_metrics_count,
 }
 
 
