@@ -6,6 +6,7 @@ reach it; it reaches other services only through its sidecar's outbounds on 127.
     demo_app.py http-backend --name backend-v1 --version v1 [--port 8080]
     demo_app.py http-web --backend 127.0.0.1:20001 [--port 8080]
     demo_app.py tcp-echo --name echo-1 [--port 8080]
+    demo_app.py ws-echo --name ws-http [--port 8080]      (websocket echo, sidecar.demoapps)
     demo_app.py client --checks /config/checks.yaml [--profiles tcp,http] [--once] [--deadline 60]
 
 The client runs the checks of checks.yaml whose `profile` is active (`default` always is; others
@@ -113,6 +114,24 @@ def serve_http_web(backend: str, port: int) -> None:
         server.serve_forever()
 
 
+def serve_ws_echo(name: str, port: int) -> None:
+    """Websocket echo (pysidecar's stdlib demo server): each text message comes back as
+    "<name> echoes: <message>"."""
+    import asyncio
+
+    from sidecar import demoapps  # pysidecar is installed in the image
+
+    async def main() -> None:
+        server = await asyncio.start_server(
+            lambda r, w: demoapps.websocket_echo(name, r, w), LOOPBACK, port
+        )
+        log(f"ws-echo {name} listening on {LOOPBACK}:{port}")
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
 # --- client checks ---------------------------------------------------------------------------
 
 
@@ -189,6 +208,34 @@ def check_tcp_refused(spec: dict[str, Any], deadline: float) -> str:
     return f"refused: {', '.join(spec.get('targets', []))}"
 
 
+def check_websocket(spec: dict[str, Any], deadline: float) -> str:
+    """Upgrade to a websocket through an outbound, send `messages`, expect each echoed by
+    `answered_by`; one connection per call."""
+    import asyncio
+
+    from sidecar import demoapps
+
+    name = str(spec["answered_by"])
+    messages = [f"hello #{i}" for i in range(int(spec.get("messages", 3)))]
+
+    def attempt() -> str:
+        for call in range(int(spec.get("calls", 2))):
+            try:
+                status, echoes = asyncio.run(
+                    asyncio.wait_for(demoapps.websocket_call(LOOPBACK, int(spec["port"]), messages), 10)
+                )
+            except (OSError, EOFError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+                raise CheckFailed(f"call {call}: {exc!r}") from None
+            if " 101 " not in f"{status} ":
+                raise CheckFailed(f"call {call}: handshake answered {status!r}")
+            want = [f"{name} echoes: {m}" for m in messages]
+            if echoes != want:
+                raise CheckFailed(f"call {call}: echoes {echoes!r}, expected {want!r}")
+        return f"101 upgrade, {len(messages)} messages echoed by {name}, {spec.get('calls', 2)} calls"
+
+    return _retrying(deadline, attempt)
+
+
 def _metric_sum(targets: list[str], path: str, family: str, label_re: str) -> int:
     """Sum of one Prometheus family's samples whose labels match label_re, over every target
     (HOST:PORT of a sidecar's metrics server, dialled directly: it listens on the container's
@@ -246,6 +293,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
     "http-get": check_http_get,
     "tcp-refused": check_tcp_refused,
     "metrics-count": check_metrics_count,
+    "websocket": check_websocket,
 }
 
 
@@ -321,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tcp-echo")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("ws-echo")
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, default=8080)
     p = sub.add_parser("client")
     p.add_argument("--checks", required=True)
     p.add_argument("--profiles", default=os.environ.get("DEMO_PROFILES", ""))
@@ -336,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_http_web(args.backend, args.port)
     elif args.mode == "tcp-echo":
         serve_tcp_echo(args.name, args.port)
+    elif args.mode == "ws-echo":
+        serve_ws_echo(args.name, args.port)
     else:
         return client(args)
     return 0
