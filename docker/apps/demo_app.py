@@ -6,6 +6,7 @@ reach it; it reaches other services only through its sidecar's outbounds on 127.
     demo_app.py http-backend --name backend-v1 --version v1 [--port 8080]
     demo_app.py http-web --backend 127.0.0.1:20001 [--port 8080]
     demo_app.py tcp-echo --name echo-1 [--port 8080]
+    demo_app.py tls-echo --name tls-echo --cert F --key F [--port 8080]
     demo_app.py ws-echo --name ws-http [--port 8080]      (websocket echo, sidecar.demoapps)
     demo_app.py client --checks /config/checks.yaml [--profiles tcp,http] [--once] [--deadline 60]
 
@@ -114,6 +115,28 @@ def serve_http_web(backend: str, port: int) -> None:
         server.serve_forever()
 
 
+def serve_tls_echo(name: str, port: int, cert: str, key: str) -> None:
+    """Line echo behind the app's own TLS (the sidecars pass it through as opaque bytes)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(f"{name} got over TLS: ".encode() + line)
+
+    class Server(_ThreadingTCPServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            sock, addr = super().get_request()
+            return context.wrap_socket(sock, server_side=True), addr
+
+    with Server((LOOPBACK, port), Handler) as server:
+        log(f"tls-echo {name} listening on {LOOPBACK}:{port} (TLS, its own certificate)")
+        server.serve_forever()
+
+
 def serve_ws_echo(name: str, port: int) -> None:
     """Websocket echo (pysidecar's stdlib demo server): each text message comes back as
     "<name> echoes: <message>"."""
@@ -208,6 +231,29 @@ def check_tcp_refused(spec: dict[str, Any], deadline: float) -> str:
     return f"refused: {', '.join(spec.get('targets', []))}"
 
 
+def check_tls_echo(spec: dict[str, Any], deadline: float) -> str:
+    """TLS end to end through an outbound: verify the app's certificate for `server_name`
+    against `ca` (so no sidecar terminated it), then a line echo inside."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(spec["ca"]))
+    server_name = str(spec["server_name"])
+
+    def attempt() -> str:
+        version = ""
+        for i in range(int(spec.get("calls", 2))):
+            with socket.create_connection((LOOPBACK, int(spec["port"])), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname=server_name) as sock:
+                    version = str(sock.version())
+                    sock.sendall(f"hello #{i}\n".encode())
+                    reply = sock.makefile("rb").readline().decode(errors="replace").strip()
+            if not reply.endswith(f"got over TLS: hello #{i}"):
+                raise CheckFailed(f"call {i}: unexpected reply {reply!r}")
+        return f"{version} with {server_name}'s own certificate, echoed"
+
+    return _retrying(deadline, attempt)
+
+
 def check_websocket(spec: dict[str, Any], deadline: float) -> str:
     """Upgrade to a websocket through an outbound, send `messages`, expect each echoed by
     `answered_by`; one connection per call."""
@@ -294,6 +340,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
     "tcp-refused": check_tcp_refused,
     "metrics-count": check_metrics_count,
     "websocket": check_websocket,
+    "tls-echo": check_tls_echo,
 }
 
 
@@ -369,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tcp-echo")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("tls-echo")
+    p.add_argument("--name", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--port", type=int, default=8080)
     p = sub.add_parser("ws-echo")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=8080)
@@ -387,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_http_web(args.backend, args.port)
     elif args.mode == "tcp-echo":
         serve_tcp_echo(args.name, args.port)
+    elif args.mode == "tls-echo":
+        serve_tls_echo(args.name, args.port, args.cert, args.key)
     elif args.mode == "ws-echo":
         serve_ws_echo(args.name, args.port)
     else:
