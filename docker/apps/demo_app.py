@@ -268,16 +268,20 @@ def check_websocket(spec: dict[str, Any], deadline: float) -> str:
         for call in range(int(spec.get("calls", 2))):
             try:
                 status, echoes = asyncio.run(
-                    asyncio.wait_for(demoapps.websocket_call(LOOPBACK, int(spec["port"]), messages), 10)
+                    asyncio.wait_for(
+                        demoapps.websocket_call(LOOPBACK, int(spec["port"]), messages), 10
+                    )
                 )
-            except (OSError, EOFError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+            except (TimeoutError, OSError, EOFError, KeyError, ValueError) as exc:
                 raise CheckFailed(f"call {call}: {exc!r}") from None
             if " 101 " not in f"{status} ":
                 raise CheckFailed(f"call {call}: handshake answered {status!r}")
             want = [f"{name} echoes: {m}" for m in messages]
             if echoes != want:
                 raise CheckFailed(f"call {call}: echoes {echoes!r}, expected {want!r}")
-        return f"101 upgrade, {len(messages)} messages echoed by {name}, {spec.get('calls', 2)} calls"
+        return (
+            f"101 upgrade, {len(messages)} messages echoed by {name}, {spec.get('calls', 2)} calls"
+        )
 
     return _retrying(deadline, attempt)
 
@@ -328,7 +332,9 @@ def check_metrics_count(spec: dict[str, Any], deadline: float) -> str:
                 raise CheckFailed(f"call {i}: HTTP {reply.status}")
         after = _metric_sum(targets, mpath, family, labels)
         if after - before != calls:
-            raise CheckFailed(f"{family}: sent {calls}, counted {after - before} ({before}->{after})")
+            raise CheckFailed(
+                f"{family}: sent {calls}, counted {after - before} ({before}->{after})"
+            )
         return f"{family} +{calls} over {', '.join(targets)} (now {after})"
 
     return _retrying(deadline, attempt)
