@@ -42,6 +42,9 @@ class InboundStack(ListenerStack):
         timeout = self.options.detection_timeout
         return Peek(self._sniff, timeout=timeout if timeout > 0 else None)
 
+    def plain_tcp(self) -> bool:
+        return self.plan.protocol == "tcp"  # kafka has its tap
+
     def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
         return self.http_by_preface(
             first, final, trusted=False, max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS

@@ -4,6 +4,7 @@ set of open connections (for drain), and settings that a reload may replace in p
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class StackOptions:
     """Sidecar-wide knobs the stacks need (from the command line)."""
 
     detection_timeout: float = defaults.PROTOCOL_DETECTION_TIMEOUT
+    splice: bool = True  # plain TCP relayed with splice(2) where possible (--tcp-relay)
 
 
 class ListenerStack:
@@ -45,6 +47,19 @@ class ListenerStack:
 
     def __call__(self) -> asyncio.Protocol:
         raise NotImplementedError
+
+    def plain_tcp(self) -> bool:
+        """Will the next connection be relayed as plain TCP from its first byte: no sniffing, no
+        TLS, no tap? Then it may take the splice relay (`accept`)."""
+        return False
+
+    def accept(self, sock: socket.socket, address: object) -> None:
+        """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
+        connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
+        if self.plain_tcp():
+            self.tcp.splice(sock, address)
+            return
+        asyncio.get_running_loop().create_task(_adopt(self, sock))
 
     def update(self, plan: ListenerPlan, cluster: Cluster) -> None:
         """A reload changed this listener's plan: new connections and requests use the new one."""
@@ -136,6 +151,13 @@ class ListenerStack:
                     conn.transport.close()
                 else:
                     conn.transport.abort()
+
+
+async def _adopt(factory: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+    except OSError:
+        sock.close()
 
 
 def tcp_settings(plan: ListenerPlan) -> TcpSettings:

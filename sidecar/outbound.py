@@ -51,6 +51,10 @@ class OutboundStack(ListenerStack):
             return self.tcp()
         return Peek(self._sniff, timeout=self.options.detection_timeout)
 
+    def plain_tcp(self) -> bool:
+        protocol = self.service_protocol()
+        return protocol == "tcp" or (protocol is None and self.options.detection_timeout <= 0)
+
     def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
         return self.http_by_preface(
             first, final, trusted=False, max_streams=defaults.APP_MAX_CONCURRENT_STREAMS

@@ -109,6 +109,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.1; 0 turns sniffing off)",
     )
     parser.add_argument(
+        "--tcp-relay",
+        choices=("auto", "protocol"),
+        default="auto",
+        help="auto: plain TCP on both sides is relayed with splice(2), zero-copy (Linux); "
+        "protocol: every connection through the asyncio.Protocol relay",
+    )
+    parser.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("PYSIDECAR_LOOP", "auto"),
@@ -126,7 +133,10 @@ def options_from(args: argparse.Namespace) -> Options:
         drain_timeout=args.drain_timeout,
         timeouts=Timeouts(args.request_timeout, args.stream_idle_timeout),
         lb=args.lb,
-        stack=StackOptions(detection_timeout=args.protocol_detection_timeout),
+        stack=StackOptions(
+            detection_timeout=args.protocol_detection_timeout,
+            splice=args.tcp_relay == "auto",
+        ),
         access_log=args.access_log,
     )
 

@@ -24,6 +24,8 @@ from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
+from sidecar.transport import splice
+from sidecar.transport.acceptor import Acceptor
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -44,12 +46,13 @@ class Options:
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
+    reuse_port: bool = False  # SO_REUSEPORT on every listener: one of several worker processes
 
 
 @dataclass
 class RunningListener:
     plan: ListenerPlan
-    server: asyncio.Server
+    server: asyncio.Server | Acceptor
     stack: ListenerStack
 
 
@@ -157,16 +160,41 @@ class Sidecar:
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
         stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
+        server: asyncio.Server | Acceptor
+        if plan.selector is not None and self.mesh is not None:
+            cluster.protocol = self.mesh.snapshot.service_protocol(plan.service)
         try:
-            server = await loop.create_server(
-                stack, plan.address, plan.port, reuse_address=True, backlog=1024
-            )
+            if self.options.stack.splice and splice.supported() and stack.plain_tcp():
+                # Plain TCP: accept raw sockets for the splice relay (other connections, should
+                # the protocol change, still get their protocol: ListenerStack.accept).
+                server = Acceptor.bind(
+                    loop,
+                    plan.address,
+                    plan.port,
+                    stack.accept,
+                    reuse_port=self.options.reuse_port,
+                    backlog=1024,
+                )
+            else:
+                server = await loop.create_server(
+                    stack,
+                    plan.address,
+                    plan.port,
+                    reuse_address=True,
+                    reuse_port=self.options.reuse_port or None,
+                    backlog=1024,
+                )
         except OSError as exc:
             raise BindError(
                 f"listener {plan.name}: cannot bind {plan.address}:{plan.port}: "
                 f"{exc.strerror or exc}"
             ) from None
-        log.info("event=listener_bound listener=%s cluster=%s", plan.name, plan.cluster)
+        log.info(
+            "event=listener_bound listener=%s cluster=%s accept=%s",
+            plan.name,
+            plan.cluster,
+            "raw" if isinstance(server, Acceptor) else "transport",
+        )
         return RunningListener(plan, server, stack)
 
     # -- clusters --------------------------------------------------------------------------

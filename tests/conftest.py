@@ -23,9 +23,10 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 class Mesh:
     """A mesh directory with sidecars and apps that the test owns and stops."""
 
-    def __init__(self, directory: Path, loop: str) -> None:
+    def __init__(self, directory: Path, loop: str, protocol: str | None = None) -> None:
         self.dir = directory
         self.loop = loop
+        self.protocol = protocol  # declared on every backend() inbound unless its tags say
         self.sidecars: list[Sidecar] = []
         self.servers: list[TcpServer] = []
 
@@ -52,11 +53,10 @@ class Mesh:
     ) -> tuple[Path, int]:
         """A member serving `service`, its app on app_port; returns (file, inbound port)."""
         port = free_port()
-        inbound = {
-            "port": port,
-            "servicePort": app_port,
-            "tags": {"kuma.io/service": service, **(tags or {})},
-        }
+        tags = {"kuma.io/service": service, **(tags or {})}
+        if self.protocol is not None:
+            tags.setdefault("kuma.io/protocol", self.protocol)
+        inbound = {"port": port, "servicePort": app_port, "tags": tags}
         return self.write(name, [inbound], **kw), port
 
     def client(
@@ -101,6 +101,20 @@ def mesh(tmp_path: Path, loop_kind: str) -> Iterator[Mesh]:
 def mesh_uvloop(tmp_path: Path) -> Iterator[Mesh]:
     """For tests of behaviour that does not depend on the event loop."""
     m = Mesh(tmp_path, "uvloop")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+# The TCP path both ways: "splice" declares kuma.io/protocol: tcp on the backends (plain TCP from
+# the first byte: the splice relay), "sniffed" leaves it undeclared (the sidecars sniff, then relay
+# with the asyncio.Protocol relay).
+TCP_RELAYS = ["splice", "sniffed"]
+
+
+def tcp_mesh(directory: Path, loop: str, relay: str) -> Iterator[Mesh]:
+    m = Mesh(directory, loop, protocol="tcp" if relay == "splice" else None)
     try:
         yield m
     finally:

@@ -322,8 +322,7 @@ class Observability:
             return
         loop_now = relay.loop.time()
         duration = loop_now - relay.started
-        transport = relay.downstream.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
+        peer = relay.peername
         downstream = f"{peer[0]}:{peer[1]}" if peer else None
         self.access_log.tcp(
             start=time.time() - duration,

@@ -2,18 +2,25 @@
 
 One `TcpProxy` serves one listener. Its settings can be replaced while it runs (a reload that
 changes only the cluster or the timeouts keeps the listener and its open connections).
+
+Two ways in: as a protocol factory (`proxy()`, the `asyncio.Protocol` relay: TLS, taps, sniffed
+connections), or `proxy.splice(sock, address)` with a raw accepted socket (the zero-copy relay of
+`sidecar.transport.splice`, for plain TCP on both sides), driven by callbacks without a task.
+Both count the same stats and call the same hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
 from sidecar.transport.relay import Relay, Side
+from sidecar.transport.splice import SpliceRelay
 
 log = logging.getLogger("sidecar.tcp")
 
@@ -35,7 +42,7 @@ class TcpProxy:
         self.cluster = cluster
         self.settings = settings
         self.stats = stats
-        self.relays: set[Relay] = set()
+        self.relays: set[Relay | SpliceRelay] = set()
         # Observability hooks (sidecar.observe): a read-only tap on a new connection (Kafka),
         # and the end of a connection (access log, per-host counts).
         self.on_connection: Callable[[Relay], None] | None = None
@@ -53,6 +60,53 @@ class TcpProxy:
         if self.on_connection is not None:
             self.on_connection(relay)
         return relay.downstream
+
+    def splice(self, sock: socket.socket, peername: object) -> None:
+        """Relay an accepted plain-TCP socket with splice(2) (no tap: `on_connection` is not
+        called; the listener only sends plain TCP here when no tap applies)."""
+        relay = SpliceRelay(self._loop, self.settings.idle_timeout, self._closed, sock, peername)
+        self.relays.add(relay)
+        stats = self.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        stats.tcp_downstream_cx_total += 1
+        self._splice_attempt(relay, self.settings.connect_attempts)
+
+    def _splice_attempt(self, relay: SpliceRelay, attempts: int) -> None:
+        """One upstream attempt of a splice relay; on failure the next endpoint, as `_connect`."""
+        if relay.closed:
+            return
+        cluster = self.cluster
+        cstats = cluster.stats
+        target = cluster.pick() if attempts > 0 else None
+        if target is None:
+            if attempts > 0:
+                cstats.upstream_cx_none_healthy += 1
+                relay.response_flags = "UH"
+                log.warning(
+                    "event=no_healthy_upstream listener=%s cluster=%s", self.name, cluster.name
+                )
+            relay.response_flags = relay.response_flags or "UF"
+            relay.close()
+            return
+        started = self._loop.time()
+        cstats.upstream_cx_total += 1
+
+        def done(error: str | None, timed_out: bool) -> None:
+            if error is not None:
+                if timed_out:
+                    cstats.upstream_cx_connect_timeout += 1
+                cstats.upstream_cx_connect_fail += 1
+                self._connect_failed(target, error)
+                self._splice_attempt(relay, attempts - 1)
+                return
+            cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
+            cstats.upstream_cx_active += 1
+            relay.target = target
+            cluster.acquire(target)
+            relay.link()
+
+        relay.connect(target.host, target.port, self.settings.connect_timeout, done)
 
     def _downstream_made(self, side: Side) -> None:
         self._loop.create_task(self._connect(side.relay))
@@ -108,7 +162,7 @@ class TcpProxy:
             reason,
         )
 
-    def _closed(self, relay: Relay) -> None:
+    def _closed(self, relay: Relay | SpliceRelay) -> None:
         self.relays.discard(relay)
         stats, cstats = self.stats, self.cluster.stats
         stats.downstream_cx_active -= 1
