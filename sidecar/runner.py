@@ -10,12 +10,12 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sidecar import defaults
-from sidecar.config.dataplane import ConfigError
-from sidecar.listener import StackOptions
-from sidecar.plan import Timeouts
-from sidecar.runtime import BindError, Options, Sidecar
+from sidecar import defaults, workers
+
+if TYPE_CHECKING:  # imported where used: a --workers supervisor never loads the data path
+    from sidecar.runtime import Options
 
 log = logging.getLogger("sidecar")
 
@@ -111,10 +111,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tcp-relay",
         choices=("auto", "protocol"),
-        default="auto",
+        default=os.environ.get("PYSIDECAR_TCP_RELAY", "auto"),
         help="auto: plain TCP on both sides is relayed with splice(2), zero-copy (Linux); "
-        "protocol: every connection through the asyncio.Protocol relay",
+        "protocol: every connection through the asyncio.Protocol relay (env PYSIDECAR_TCP_RELAY)",
     )
+    parser.add_argument(
+        "--workers",
+        default=os.environ.get("PYSIDECAR_WORKERS", "1"),
+        metavar="N|auto",
+        help="serve with N processes, one event loop each, sharing every listener (SO_REUSEPORT); "
+        "auto: one per core. Admin, metrics and probes are served once, for the whole sidecar "
+        "(default 1; env PYSIDECAR_WORKERS)",
+    )
+    # Set by the supervisor on the workers it starts (sidecar.workers).
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--loop",
         choices=LOOPS,
@@ -125,6 +138,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> Options:
     from sidecar.cli import parse_variables
+    from sidecar.listener import StackOptions
+    from sidecar.plan import Timeouts
+    from sidecar.runtime import Options
 
     return Options(
         dataplane=args.dataplane,
@@ -142,18 +158,44 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
+    count = workers.count_of(str(args.workers))
+    worker = None
+    if args.worker_index is not None:
+        worker = workers.WorkerInfo(args.worker_index, count, args.worker_dir, args.worker_of)
+    elif count > 1:
+        loop_factory(args.loop)  # a bad --loop fails here, once, rather than in every worker
+        from sidecar.cli import parse_variables
+
+        parse_variables(args.dataplane_var)  # likewise; the Dataplane is the workers' to load
+        return workers.Supervisor(list(args.argv), count).run()
     options = options_from(args)
+    ready: Callable[[], None] | None = None
+    if worker is not None:
+        options.worker = worker
+        options.reuse_port = True
+        ready = workers.worker_setup(worker, args.worker_ready_fd)
+        for handler in logging.root.handlers:
+            handler.setFormatter(
+                logging.Formatter(
+                    f"%(asctime)s %(levelname)s %(name)s worker={worker.index} %(message)s"
+                )
+            )
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        return runner.run(serve(options))
+        return runner.run(serve(options, ready))
 
 
-async def serve(options: Options) -> int:
+async def serve(options: Options, ready: Callable[[], None] | None = None) -> int:
+    from sidecar.config.dataplane import ConfigError
+    from sidecar.runtime import BindError, Sidecar
+
     sidecar = Sidecar(options)
     try:
         await sidecar.start()
     except (ConfigError, BindError) as exc:
         print(f"pysidecar: {exc}", file=sys.stderr)
         return 1
+    if ready is not None:
+        ready()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,4 +204,11 @@ async def serve(options: Options) -> int:
     await stop.wait()
     log.info("event=stopping")
     await sidecar.drain()
+    if options.worker is not None:
+        # Drained. A second stop signal may still come (the supervisor passes SIGTERM on, and a
+        # terminal sends SIGINT to the whole group): it must not kill the exiting worker, so the
+        # loop's handlers give way to "ignore" rather than to the defaults at its close.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
     return 0

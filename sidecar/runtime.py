@@ -26,6 +26,7 @@ from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
 from sidecar.transport import splice
 from sidecar.transport.acceptor import Acceptor
+from sidecar.workers import WorkerInfo
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -47,6 +48,7 @@ class Options:
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
     reuse_port: bool = False  # SO_REUSEPORT on every listener: one of several worker processes
+    worker: WorkerInfo | None = None  # --workers: this process's place among them
 
 
 @dataclass
@@ -99,7 +101,8 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._refresh_dns()))
         log.info(
-            "event=ready dataplane=%s mesh=%s listeners=%s",
+            "event=%s dataplane=%s mesh=%s listeners=%s",
+            "ready" if self.options.worker is None else "worker_serving",
             self.dataplane.name,
             self.dataplane.mesh,
             ",".join(lst.plan.name for lst in self.listeners.values()) or "-",

@@ -206,4 +206,3 @@ class Relay:
                 self.close()
                 return
         self._timer = self.loop.call_later(self._idle_timeout / _IDLE_CHECKS, self._check_idle)
-

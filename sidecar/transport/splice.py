@@ -213,7 +213,8 @@ class SpliceRelay:
 
     __slots__ = ("loop", "downstream", "upstream", "started", "target", "active", "linked",
                  "closed", "idle_timed_out", "response_flags", "peername", "_idle_timeout",
-                 "_idle_checks", "_on_closed", "_timer", "_connect_timer", "_on_connect")  # fmt: skip
+                 "_idle_checks", "_on_closed", "_timer", "_connect_timer",
+                 "_on_connect")  # fmt: skip
 
     def __init__(
         self,
