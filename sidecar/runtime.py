@@ -216,6 +216,8 @@ class Sidecar:
         if pool is None:
             connector = plain_connector(defaults.OUTBOUND_CONNECT_TIMEOUT, cluster.stats)
             pool = self.mesh_pools[cluster.name] = mesh_pool(connector)
+            if self.options.worker is not None:  # the peers have workers too: spread over them
+                pool.spread = self.options.worker.count
         return pool
 
     def _update_clusters(self) -> None:
