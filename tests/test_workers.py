@@ -237,3 +237,46 @@ def test_sums_of_snapshots():
     assert kept.listeners["127.0.0.1_1"].downstream_cx_total == 4
     assert kept.listeners["127.0.0.1_1"].downstream_cx_active == 0
     assert json.loads(json.dumps(aggregate.snapshot(a))) == aggregate.snapshot(a)
+
+
+def test_http_through_two_worker_pair_is_counted_once(mesh_uvloop):
+    """HTTP/1.1 → HTTP/2 between the sidecars (several connections per endpoint with workers)."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Ok(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    app = ThreadingHTTPServer((LOOPBACK, 0), Ok)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    mesh = mesh_uvloop
+    try:
+        backend, _ = mesh.backend(
+            "backend-1", app.server_address[1], tags={"kuma.io/protocol": "http"}
+        )
+        web, outbound = mesh.client("web-1")
+        start(mesh, backend, web)
+        for _ in range(CONNECTIONS):  # a connection each: both of web's workers get some
+            conn = http.client.HTTPConnection(LOOPBACK, outbound, timeout=10)
+            for _ in range(3):
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                assert (response.status, response.read()) == (200, b"ok")
+            conn.close()
+        s = stats(admin_port(web))
+        assert s["cluster.backend.upstream_rq_total"] == 3 * CONNECTIONS
+        assert s[f"http.outbound_127.0.0.1_{outbound}.downstream_rq_total"] == 3 * CONNECTIONS
+        assert all(n > 0 for n in counts(admin_port(web), f"127.0.0.1_{outbound}"))
+    finally:
+        app.shutdown()
+        app.server_close()
