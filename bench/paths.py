@@ -9,6 +9,7 @@ pair — issue 8) means adding a class here and naming it in `PATHS`; scenarios 
 from __future__ import annotations
 
 import contextlib
+import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -96,6 +97,10 @@ class SidecarPair(Path):
     description = "client → sidecar A outbound → sidecar B inbound → server (tcp, no mTLS)"
     bind_attempts = 3
 
+    def sidecar_args(self, mesh: pathlib.Path) -> list[str]:
+        """Extra command-line flags for both sidecars (none: plaintext hops)."""
+        return []
+
     @contextlib.contextmanager
     def open(self, ctx: Context, server_port: int, label: str) -> Iterator[Route]:
         for attempt in range(1, self.bind_attempts + 1):
@@ -127,11 +132,12 @@ class SidecarPair(Path):
             host=HOST, admin=free_port(), inbound=free_port(), service=server_port,
         ))
         procs = []
+        extra = self.sidecar_args(mesh)
         try:
             for role, slot, dataplane in (("sidecar-b", 1, server_dp), ("sidecar-a", 0, client_dp)):
                 argv = [
                     ctx.python, "-m", "sidecar", "--dataplane", str(dataplane),
-                    "--mesh", str(mesh), "--loop", ctx.loop, "--drain-timeout", "1",
+                    "--mesh", str(mesh), "--loop", ctx.loop, "--drain-timeout", "1", *extra,
                 ]
                 cpus = ctx.pinning.cpus_for(f"proxy{slot}")
                 procs.append(ctx.procs.spawn(role, argv, log_name=f"{label}-{role}", cpus=cpus))
@@ -145,6 +151,31 @@ class SidecarPair(Path):
         return outbound, procs
 
 
+class MtlsSidecarPair(SidecarPair):
+    """The pair with mesh mTLS on the hop between A and B (strict, TLS 1.3, SPIFFE checks).
+
+    A mesh CA (ECDSA P-256, as `pysidecar certs init` makes by default) is created in the mesh
+    directory and both sidecars run in dev mode (`--ca`, `--ca-key`): each issues its own
+    workload certificate at start. Every new connection through the pair is one mTLS handshake
+    at A (client side) and one at B (server side).
+    """
+
+    name = "mtls-pair"
+    description = (
+        "client → sidecar A outbound → mTLS → sidecar B inbound → server (tcp, strict mTLS, "
+        "ECDSA P-256 certificates, TLS 1.3)"
+    )
+
+    def sidecar_args(self, mesh: pathlib.Path) -> list[str]:
+        from sidecar.identity import ca
+
+        certs = mesh / "certs"
+        authority = ca.create_ca("bench")
+        ca.write_certificate(certs / "ca.crt", authority.cert)
+        ca.write_private_key(certs / "ca.key", authority.key)
+        return ["--ca", str(certs / "ca.crt"), "--ca-key", str(certs / "ca.key")]
+
+
 def _read(proc: Proc) -> str:
     try:
         return proc.log.read_text(errors="replace") if proc.log else ""
@@ -152,4 +183,4 @@ def _read(proc: Proc) -> str:
         return ""
 
 
-PATHS: dict[str, Path] = {p.name: p for p in (Direct(), SidecarPair())}
+PATHS: dict[str, Path] = {p.name: p for p in (Direct(), SidecarPair(), MtlsSidecarPair())}

@@ -17,6 +17,8 @@ from bench.profile import markdown as profile_markdown
 # Figures the issues ask for (issue 3, "Bench"): one core per sidecar.
 BULK_RATIO_TARGET = 0.5
 ADDED_P99_TARGET_MS = 0.3
+# Issue 4: bulk through the pair with mTLS on the hop.
+MTLS_BULK_RATIO_TARGET = 0.35
 
 
 def machine() -> dict:
@@ -207,6 +209,15 @@ def targets(results: dict) -> list[dict]:
     found = []
     for scenario in results["scenarios"]:
         for e in scenario.get("paths", []):
+            if e["path"] == "mtls-pair" and e.get("ok") and scenario["kind"] == "bulk":
+                ratio = e.get("vs_direct", {}).get("throughput_ratio")
+                if ratio is not None:
+                    found.append({
+                        "target": f"{scenario['name']}: mtls-pair throughput "
+                                  f"≥ {MTLS_BULK_RATIO_TARGET} × direct (issue 4)",
+                        "measured": f"{ratio:.2f} × direct",
+                        "met": ratio >= MTLS_BULK_RATIO_TARGET,
+                    })
             if e["path"] != "pair" or not e.get("ok"):
                 continue
             vs = e.get("vs_direct", {})
@@ -224,6 +235,47 @@ def targets(results: dict) -> list[dict]:
                     "met": vs["added_p99_ms"] <= ADDED_P99_TARGET_MS,
                 })
     return found
+
+
+def mtls_markdown(results: dict) -> list[str]:
+    """The mTLS pair against the plaintext pair and direct, and its handshake rate."""
+    rows = []
+    for scenario in results["scenarios"]:
+        by_path = {e["path"]: e for e in scenario.get("paths", []) if e.get("ok")}
+        mtls = by_path.get("mtls-pair")
+        if mtls is None:
+            continue
+        unit, digits = HEADLINE_UNITS[scenario["kind"]]
+        key = {"bulk": "gbit_per_s", "rr": "messages_per_s", "connect": "connections_per_s"}[
+            scenario["kind"]
+        ]
+        value = mtls["figures"][key]
+        cells = []
+        for other in ("direct", "pair"):
+            ref = by_path.get(other)
+            ratio = value / ref["figures"][key] if ref and ref["figures"][key] else None
+            cells.append(f"{ratio:.2f}" if ratio is not None else "–")
+        cpu = mtls.get("proxy_cpu_s_per_unit")
+        cpu_text = f"{cpu:.3f} CPU s/{mtls['work']['unit']}" if cpu is not None else "–"
+        rows.append(
+            f"| {scenario['name']} | {_f(value, digits)} {unit} | {cells[0]} | {cells[1]} "
+            f"| {cpu_text} |"
+        )
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## mTLS pair (issue 4)",
+        "",
+        "| scenario | mtls-pair | × direct | × plaintext pair | proxy CPU (A + B) |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Every connection through the mTLS pair is one TLS 1.3 handshake at each sidecar (A as "
+        "client, B as server): the connection rates above are the handshakes per second each "
+        "sidecar made, and their CPU per 1k connections is the cost of 1,000 handshakes on both.",
+    ]
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -248,10 +300,11 @@ def markdown(results: dict) -> str:
         lines.append(f"- Note: {note}")
     found = results.get("targets") or []
     if found:
-        lines += ["", "## Targets (issue 3)", "", "| target | measured | |", "|---|---:|---|"]
+        lines += ["", "## Targets (issues 3, 4)", "", "| target | measured | |", "|---|---:|---|"]
         for t in found:
             verdict = "met" if t["met"] else "NOT met"
             lines.append(f"| {t['target']} | {t['measured']} | {verdict} |")
+    lines += mtls_markdown(results)
     for scenario in results["scenarios"]:
         lines += ["", f"## {scenario['name']} — {scenario['title']}", "", scenario["measures"], ""]
         if scenario.get("skipped"):

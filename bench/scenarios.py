@@ -209,9 +209,11 @@ class TcpConnect(EchoScenario):
         "exchange."
     )
 
+    concurrency = 1
+
     def client(self, ctx: Context, port: int, duration: float, label: str) -> tuple[dict, Proc]:
         argv = [ctx.python, "-m", "bench.tools", "connect-client", "--port", str(port),
-                "--duration", str(duration)]
+                "--duration", str(duration), "--concurrency", str(self.concurrency)]
         figures, proc = self._run_client(ctx, argv, duration, label)
         if figures["connections"] == 0:
             raise BenchError(f"no connection succeeded ({figures['failures']} failed)")
@@ -230,6 +232,17 @@ class TcpConnect(EchoScenario):
         }
 
 
+class TcpConnectParallel(TcpConnect):
+    name = "tcp-connect-c16"
+    title = "New TCP connections per second, 16 at a time"
+    measures = (
+        "As tcp-connect with 16 client threads side by side, so that the path's capacity, not the "
+        "client's round trips, sets the rate. Through the mTLS pair every connection is one TLS "
+        "handshake at each sidecar: its rate is the sidecars' mTLS handshakes per second."
+    )
+    concurrency = 16
+
+
 def _ratio(value: float, reference: float) -> float | None:
     return value / reference if reference else None
 
@@ -245,5 +258,6 @@ def _added(latency_us: dict, direct_us: dict) -> dict:
 
 
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (TcpBulk(), TcpBulkReverse(), TcpRR(), TcpConnect())
+    s.name: s
+    for s in (TcpBulk(), TcpBulkReverse(), TcpRR(), TcpConnect(), TcpConnectParallel())
 }

@@ -55,3 +55,12 @@ PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first
 # The header that tells a peer's inbound that this request was HTTP/1.x at the app (linkerd's
 # l5d-orig-proto); the inbound strips it and speaks HTTP/1.1 to its app.
 ORIG_PROTO_HEADER = b"x-pysidecar-orig-proto"
+
+# Mesh mTLS (sidecar.identity.mesh).
+MTLS_HANDSHAKE_TIMEOUT = 10.0  # inbound: from accept to a verified peer (Kuma's inbound connect)
+# Permissive mode tells TLS from plaintext by the first byte; a client silent this long is
+# plaintext (a server that speaks first).
+PERMISSIVE_DETECTION_TIMEOUT = 0.5
+# TLS 1.3 outbound: a peer refuses our certificate only after our handshake is done. Wait this
+# long at most for its verdict (a session ticket, data, or an alert) before using the connection.
+MTLS_PEER_VERDICT_WAIT = 0.1

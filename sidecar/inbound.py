@@ -7,6 +7,13 @@
   peer's request that was HTTP/1 at its app carries the orig-proto header, so the app gets
   HTTP/1.1 again, h2c otherwise. A connection that stays silent for the detection timeout is
   relayed (a server that speaks first).
+
+Under mTLS (`sidecar.identity.mesh`) each connection arrives through `accept(peer)` with the
+caller's verified identity: MeshTrafficPermission is decided for it once per TCP connection (a
+denied one is closed right after the handshake) or once per HTTP request (403 `RBAC: access
+denied`); HTTP apps get `x-forwarded-client-cert: URI=<caller's SPIFFE id>`, and HTTP/2 from a
+verified peer sidecar skips header re-validation (`trusted`). Plaintext connections (no mTLS, or
+permissive mode) arrive as `accept(None)`.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import asyncio
 from sidecar import defaults
 from sidecar.cluster import Cluster
 from sidecar.http.pool import H1Pool, H2Pool, plain_connector
-from sidecar.http.router import Exchange, Pool, Route, inbound_headers
-from sidecar.listener import ListenerStack, StackOptions
+from sidecar.http.router import Exchange, Pool, Route, inbound_headers, local_reply, proxy
+from sidecar.identity.mesh import RBAC_ACCESS_DENIED, Authorizer, Peer
+from sidecar.listener import Handler, ListenerStack, StackOptions
 from sidecar.observe.stats import ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, detect
@@ -26,43 +34,50 @@ from sidecar.transport.peek import Peek
 
 class InboundStack(ListenerStack):
     def __init__(
-        self, plan: ListenerPlan, cluster: Cluster, stats: ListenerStats, options: StackOptions
+        self,
+        plan: ListenerPlan,
+        cluster: Cluster,
+        stats: ListenerStats,
+        options: StackOptions,
+        authorizer: Authorizer | None = None,
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         connector = plain_connector(plan.connect_timeout, cluster.stats)
         self.h1_pool = H1Pool(connector)
         self.h2_pool = H2Pool(connector, trusted=False)
+        self.authorizer = authorizer  # None: no mTLS, so no identities to authorize
 
     def __call__(self) -> asyncio.Protocol:
+        return self.accept(None)
+
+    def accept(self, peer: Peer | None) -> asyncio.Protocol:
+        """The protocol for one new connection from `peer` (None: a plaintext caller)."""
         protocol = self.plan.protocol
         if protocol in ("tcp", "kafka"):
-            return self.tcp()
+            return self._relay(peer)
+        connection = _Connection(self, peer)
         if protocol is not None:
-            return Peek(self._http, timeout=None)
+            return Peek(connection.http, timeout=None)
         timeout = self.options.detection_timeout
-        return Peek(self._sniff, timeout=timeout if timeout > 0 else None)
+        return Peek(connection.sniff, timeout=timeout if timeout > 0 else None)
 
     def plain_tcp(self) -> bool:
-        return self.plan.protocol == "tcp"  # kafka has its tap
+        # kafka has its tap; with mTLS there are identities to check (and TLS to terminate)
+        return self.plan.protocol == "tcp" and self.authorizer is None
 
-    def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
-        return self.http_by_preface(
-            first, final, trusted=False, max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS
-        )
-
-    def _sniff(self, first: bytes, final: bool) -> asyncio.Protocol | None:
-        detected = detect(first)
-        if detected is Detected.HTTP2:
-            return self.h2_server(trusted=False, max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS)
-        if detected is None and not final:
-            return None
+    def _relay(self, peer: Peer | None) -> asyncio.Protocol:
+        if self.authorizer is not None and not self.authorizer.allows(
+            self.plan.service, peer, self.stats, self.plan.name, "protocol=tcp"
+        ):
+            return _Denied()
         return self.tcp()
 
-    def route(self) -> Route:
+    def route(self, peer: Peer | None = None) -> Route:
         declared = self.plan.protocol
+        identity = peer.spiffe_id if peer is not None else None
 
         def prepare(exchange: Exchange) -> Pool:
-            orig = inbound_headers(exchange.request, client_identity=None)
+            orig = inbound_headers(exchange.request, client_identity=identity)
             if declared == "http":
                 return self.h1_pool
             if declared in ("http2", "grpc"):
@@ -71,7 +86,71 @@ class InboundStack(ListenerStack):
 
         return self.make_route(prepare, connect_attempts=1)
 
+    def handler(self, peer: Peer | None = None) -> Handler:
+        """Each request of a connection from `peer`: authorized, then routed to the app."""
+        route = self.route(peer)
+        authorizer = self.authorizer
+        if authorizer is None and peer is None:  # plaintext mesh: nothing to decide or count
+            return lambda exchange: proxy(exchange, route)
+        # The caller's counts at this inbound (`source_service` in the metrics).
+        source = self.stats.source(peer.service) if peer is not None else None
+
+        async def handle(exchange: Exchange) -> None:
+            if source is not None:
+                source.downstream_rq_total += 1
+            if authorizer is not None and not authorizer.allows(
+                self.plan.service, peer, self.stats, self.plan.name, "protocol=http"
+            ):
+                await local_reply(exchange, 403, RBAC_ACCESS_DENIED)
+                return
+            await proxy(exchange, route)
+
+        return handle
+
     def close_all(self) -> None:
         super().close_all()
         self.h1_pool.close()
         self.h2_pool.close()
+
+
+class _Connection:
+    """The choices for one inbound connection, made with its caller's identity at hand."""
+
+    __slots__ = ("stack", "peer")
+
+    def __init__(self, stack: InboundStack, peer: Peer | None) -> None:
+        self.stack = stack
+        self.peer = peer
+
+    def http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
+        stack = self.stack
+        return stack.http_by_preface(
+            first,
+            final,
+            trusted=self.peer is not None,  # a verified peer sidecar validated the headers
+            max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS,
+            handler=stack.handler(self.peer),
+        )
+
+    def sniff(self, first: bytes, final: bool) -> asyncio.Protocol | None:
+        stack = self.stack
+        detected = detect(first)
+        if detected is Detected.HTTP2:
+            return stack.h2_server(
+                trusted=self.peer is not None,
+                max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS,
+                handler=stack.handler(self.peer),
+            )
+        if detected is None and not final:
+            return None
+        return stack._relay(self.peer)
+
+
+class _Denied(asyncio.Protocol):
+    """A TCP connection MeshTrafficPermission denies: closed as soon as it is handed over."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass

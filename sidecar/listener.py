@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar import defaults
 from sidecar.cluster import Cluster
@@ -16,8 +17,12 @@ from sidecar.http.h2 import H2Protocol
 from sidecar.http.router import Exchange, Pool, Route, proxy
 from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
+from sidecar.transport.connect import Connector, plain_connector
 from sidecar.transport.detect import Detected, detect
 from sidecar.transport.tcp import TcpProxy, TcpSettings
+
+# What serves one downstream exchange (H1ServerExchange or H2ServerStream).
+Handler = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -32,13 +37,19 @@ class ListenerStack:
     """The protocol factory of one listener. Subclasses decide per connection what to run."""
 
     def __init__(
-        self, plan: ListenerPlan, cluster: Cluster, stats: ListenerStats, options: StackOptions
+        self,
+        plan: ListenerPlan,
+        cluster: Cluster,
+        stats: ListenerStats,
+        options: StackOptions,
+        connector: Connector | None = None,
     ) -> None:
+        """`connector` makes the relay's upstream connections (default: plain TCP)."""
         self.plan = plan
         self.cluster = cluster
         self.stats = stats
         self.options = options
-        self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats)
+        self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats, connector)
         self.http_connections: set[H1Server | H2Protocol] = set()
         self.draining = False
         # Set by the runtime's observability: HTTP connection-manager stats, the access log.
@@ -50,23 +61,30 @@ class ListenerStack:
 
     def plain_tcp(self) -> bool:
         """Will the next connection be relayed as plain TCP from its first byte: no sniffing, no
-        TLS, no tap? Then it may take the splice relay (`accept`)."""
+        TLS, no tap? (The stack's view; `splices` adds the upstream's.)"""
         return False
 
-    def accept(self, sock: socket.socket, address: object) -> None:
+    def splices(self) -> bool:
+        """Plain TCP on both sides: the splice relay can carry the next connection."""
+        return self.plain_tcp() and self.tcp.plain_upstream
+
+    def accept_socket(self, sock: socket.socket, address: object) -> None:
         """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
         connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
-        if self.plain_tcp():
+        if self.splices():
             self.tcp.splice(sock, address)
             return
         asyncio.get_running_loop().create_task(_adopt(self, sock))
 
-    def update(self, plan: ListenerPlan, cluster: Cluster) -> None:
+    def update(
+        self, plan: ListenerPlan, cluster: Cluster, connector: Connector | None = None
+    ) -> None:
         """A reload changed this listener's plan: new connections and requests use the new one."""
         self.plan = plan
         self.cluster = cluster
         self.tcp.cluster = cluster
         self.tcp.settings = tcp_settings(plan)
+        self.tcp.connector = connector or plain_connector(plan.connect_timeout, cluster.stats)
 
     # -- HTTP servers ---------------------------------------------------------------------
 
@@ -86,10 +104,14 @@ class ListenerStack:
             self.on_request_done,
         )
 
-    def h1_server(self) -> H1Server:
+    def handler(self) -> Handler:
+        """What serves each request of a new connection: the router, on this listener's route."""
         route = self.route()
+        return lambda exchange: proxy(exchange, route)
+
+    def h1_server(self, handler: Handler | None = None) -> H1Server:
         server = H1Server(
-            lambda exchange: proxy(exchange, route),
+            handler or self.handler(),
             default_authority=self.plan.cluster.encode(),
             on_close=self.http_connections.discard,
         )
@@ -97,11 +119,12 @@ class ListenerStack:
         self._count_connection()
         return server
 
-    def h2_server(self, *, trusted: bool, max_streams: int) -> H2Protocol:
-        route = self.route()
+    def h2_server(
+        self, *, trusted: bool, max_streams: int, handler: Handler | None = None
+    ) -> H2Protocol:
         server = H2Protocol(
             client_side=False,
-            handler=lambda stream: proxy(stream, route),
+            handler=handler or self.handler(),
             trusted=trusted,
             max_concurrent_streams=max_streams,
             on_close=self.http_connections.discard,
@@ -111,15 +134,21 @@ class ListenerStack:
         return server
 
     def http_by_preface(
-        self, first: bytes, final: bool, *, trusted: bool, max_streams: int
+        self,
+        first: bytes,
+        final: bool,
+        *,
+        trusted: bool,
+        max_streams: int,
+        handler: Handler | None = None,
     ) -> asyncio.Protocol | None:
         """HTTP/2 by its connection preface, HTTP/1.1 otherwise (its codec judges the bytes)."""
         detected = detect(first)
         if detected is None and not final:
             return None
         if detected is Detected.HTTP2:
-            return self.h2_server(trusted=trusted, max_streams=max_streams)
-        return self.h1_server()
+            return self.h2_server(trusted=trusted, max_streams=max_streams, handler=handler)
+        return self.h1_server(handler)
 
     def _count_connection(self) -> None:
         self.stats.downstream_cx_total += 1

@@ -38,8 +38,11 @@ class OutboundStack(ListenerStack):
         options: StackOptions,
         service_protocol: Callable[[], str | None],
         mesh_pool: H2Pool,
+        connector: Connector | None = None,
     ) -> None:
-        super().__init__(plan, cluster, stats, options)
+        """`connector`: how the relay reaches the peer sidecars (mTLS or plain TCP); the mesh
+        pool carries its own for HTTP."""
+        super().__init__(plan, cluster, stats, options, connector)
         self.service_protocol = service_protocol
         self.mesh_pool = mesh_pool
 
@@ -86,6 +89,9 @@ class OutboundStack(ListenerStack):
         return self.make_route(prepare, defaults.HTTP_CONNECT_ATTEMPTS)
 
 
-def mesh_pool(connector: Connector) -> H2Pool:
-    """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars."""
-    return H2Pool(connector, trusted=False)
+def mesh_pool(connector: Connector, *, trusted: bool = False) -> H2Pool:
+    """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars.
+
+    `trusted`: the peers are verified sidecars (mTLS), which validate headers themselves.
+    """
+    return H2Pool(connector, trusted=trusted)

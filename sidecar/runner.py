@@ -9,12 +9,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sidecar import defaults, workers
+from sidecar import defaults, malloc, workers
+from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY
+from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
 
-if TYPE_CHECKING:  # imported where used: a --workers supervisor never loads the data path
+if TYPE_CHECKING:  # imported where used: a --workers supervisor does not load the data path
     from sidecar.runtime import Options
 
 log = logging.getLogger("sidecar")
@@ -108,6 +111,53 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="sniffing of undeclared services: how long to wait for the app's first bytes "
         "(default 0.1; 0 turns sniffing off)",
     )
+    mtls = parser.add_argument_group(
+        "mesh mTLS",
+        "With credentials every hop between sidecars is mTLS with SPIFFE identities (Kuma's "
+        "wire conventions) and MeshTrafficPermission files in the mesh directory apply; without, "
+        "hops are plaintext. Files are re-read when they change (rotation).",
+    )
+    mtls.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE",
+        help="mesh CA bundle (PEM; may hold "
+        "several CAs, e.g. the old and the new one during a CA rotation)",
+    )
+    mtls.add_argument(
+        "--cert",
+        type=Path,
+        metavar="FILE",
+        help="this sidecar's workload certificate (chain), as `pysidecar certs issue` writes it",
+    )
+    mtls.add_argument("--key", type=Path, metavar="FILE", help="its private key")
+    mtls.add_argument(
+        "--certs-dir",
+        type=Path,
+        metavar="DIR",
+        help="take ca.crt, <dataplane name>.crt and <dataplane name>.key from DIR",
+    )
+    mtls.add_argument(
+        "--ca-key",
+        type=Path,
+        metavar="FILE",
+        help="dev mode: the CA's private key; the sidecar issues its own workload certificate at "
+        "start (into --certs-dir, default the CA's directory) and renews it at 80%% of its life",
+    )
+    mtls.add_argument(
+        "--cert-valid-for",
+        type=_duration,
+        default=DEFAULT_WORKLOAD_VALIDITY,
+        metavar="DURATION",
+        help="dev mode: validity of the certificates the sidecar issues itself (default 24h)",
+    )
+    mtls.add_argument(
+        "--mtls",
+        choices=MODES,
+        default=None,
+        help="strict (default with credentials): peers must use mTLS; permissive: plaintext is "
+        "accepted too, told apart by the first byte",
+    )
     parser.add_argument(
         "--tcp-relay",
         choices=("auto", "protocol"),
@@ -136,6 +186,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _duration(text: str) -> timedelta:
+    from sidecar.identity.certs_cli import parse_duration
+
+    return parse_duration(text)
+
+
+def mtls_options(args: argparse.Namespace) -> MtlsOptions:
+    """The credential flags, checked for combinations that cannot work (SystemExit, status 1)."""
+    options = MtlsOptions(
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        certs_dir=args.certs_dir,
+        ca_key=args.ca_key,
+        mode=args.mtls,
+        valid_for=args.cert_valid_for,
+    )
+    try:
+        options.check()
+    except OptionsError as exc:
+        raise SystemExit(f"pysidecar: {exc}") from None
+    return options
+
+
 def options_from(args: argparse.Namespace) -> Options:
     from sidecar.cli import parse_variables
     from sidecar.listener import StackOptions
@@ -154,6 +228,7 @@ def options_from(args: argparse.Namespace) -> Options:
             splice=args.tcp_relay == "auto",
         ),
         access_log=args.access_log,
+        mtls=mtls_options(args),
     )
 
 
@@ -167,8 +242,10 @@ def run(args: argparse.Namespace) -> int:
         from sidecar.cli import parse_variables
 
         parse_variables(args.dataplane_var)  # likewise; the Dataplane is the workers' to load
-        return workers.Supervisor(list(args.argv), count).run()
+        dev_mode = mtls_options(args).ca_key is not None
+        return workers.Supervisor(list(args.argv), count, first_alone=dev_mode).run()
     options = options_from(args)
+    malloc.tune()  # large TLS buffers stay in the heap (see sidecar/malloc.py)
     ready: Callable[[], None] | None = None
     if worker is not None:
         options.worker = worker
@@ -186,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(options: Options, ready: Callable[[], None] | None = None) -> int:
     from sidecar.config.dataplane import ConfigError
+    from sidecar.identity.ca import CredentialsError
     from sidecar.runtime import BindError, Sidecar
 
     sidecar = Sidecar(options)
@@ -193,6 +271,9 @@ async def serve(options: Options, ready: Callable[[], None] | None = None) -> in
         await sidecar.start()
     except (ConfigError, BindError) as exc:
         print(f"pysidecar: {exc}", file=sys.stderr)
+        return 1
+    except CredentialsError as exc:
+        print(f"pysidecar: mesh credentials: {exc}", file=sys.stderr)
         return 1
     if ready is not None:
         ready()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,17 @@ from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
 from sidecar.config.mesh import MeshDirectory
 from sidecar.http.pool import H2Pool, plain_connector
+from sidecar.identity.mesh import MeshListener, MeshSecurity, MtlsOptions
 from sidecar.inbound import InboundStack
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
+from sidecar.policy import POLICY_TYPE
 from sidecar.transport import splice
 from sidecar.transport.acceptor import Acceptor
+from sidecar.transport.connect import Connector
 from sidecar.workers import WorkerInfo
 
 log = logging.getLogger("sidecar.runtime")
@@ -47,6 +51,7 @@ class Options:
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
+    mtls: MtlsOptions = field(default_factory=MtlsOptions)  # no credentials: plaintext hops
     reuse_port: bool = False  # SO_REUSEPORT on every listener: one of several worker processes
     worker: WorkerInfo | None = None  # --workers: this process's place among them
 
@@ -54,7 +59,7 @@ class Options:
 @dataclass
 class RunningListener:
     plan: ListenerPlan
-    server: asyncio.Server | Acceptor
+    server: asyncio.Server | MeshListener | Acceptor
     stack: ListenerStack
 
 
@@ -76,21 +81,32 @@ class Sidecar:
         self.mesh_pools: dict[str, H2Pool] = {}
         self.dataplane: model.Dataplane | None = None
         self.mesh: MeshDirectory | None = None
+        self.security: MeshSecurity | None = None  # mesh mTLS, when there are credentials
         self.draining = False
         self._dataplane_signature: tuple[int, int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._policies_ignored_logged = False
         self.observability = Observability(self)  # admin, metrics, probes, access log
 
     # -- start and reload ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load, bind every listener, start watching. Raises ConfigError or BindError."""
+        """Load, bind every listener, start watching.
+
+        Raises ConfigError, BindError, or CredentialsError (naming the credential file at fault).
+        """
         path = self.options.dataplane
         self._dataplane_signature = _signature(path)
         self.dataplane = load_dataplane(path, self.options.variables)
+        if self.options.mtls.enabled:
+            self.security = MeshSecurity.create(self._mtls_options(), self.dataplane)
+            self.stats.server.days_until_first_cert_expiring = (
+                self.security.store.days_until_first_expiring()
+            )
         mesh_dir = self.options.mesh_dir or path.resolve().parent
         self.mesh = MeshDirectory(mesh_dir, self.dataplane.mesh)
         self.mesh.scan()
+        self._update_policies()
         await self.resolver.refresh(self._endpoint_hosts())
         try:
             await self._apply(plan_listeners(self.dataplane, self.options.timeouts), strict=True)
@@ -100,6 +116,8 @@ class Sidecar:
             raise
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._refresh_dns()))
+        if self.security is not None:
+            self._tasks.append(self.security.start())
         log.info(
             "event=%s dataplane=%s mesh=%s listeners=%s",
             "ready" if self.options.worker is None else "worker_serving",
@@ -107,6 +125,16 @@ class Sidecar:
             self.dataplane.mesh,
             ",".join(lst.plan.name for lst in self.listeners.values()) or "-",
         )
+
+    def _mtls_options(self) -> MtlsOptions:
+        """Dev mode with --workers: worker 0 issues and renews the certificate, the others read
+        its files (and follow its renewals as any rotation: each worker watches the files)."""
+        mtls, worker = self.options.mtls, self.options.worker
+        if mtls.ca_key is None or worker is None or worker.primary:
+            return mtls
+        assert self.dataplane is not None
+        ca, cert, key = mtls.paths(self.dataplane.name)
+        return dataclasses.replace(mtls, ca=ca, cert=cert, key=key, certs_dir=None, ca_key=None)
 
     async def reload(self) -> None:
         """Re-read the Dataplane file and apply only the difference; a bad file changes nothing."""
@@ -140,16 +168,30 @@ class Sidecar:
                 continue
             if running.plan != plan:
                 running.plan = plan
-                running.stack.update(plan, self._cluster_for(plan))
+                cluster = self._cluster_for(plan)
+                if isinstance(running.stack, OutboundStack):
+                    running.stack.update(plan, cluster, self._mesh_connector(plan, cluster))
+                    running.stack.mesh_pool = self._mesh_pool(plan, cluster)
+                else:
+                    running.stack.update(plan, cluster)
                 log.info("event=listener_updated listener=%s", plan.name)
         self._update_clusters()
 
     async def _bind(self, plan: ListenerPlan) -> RunningListener:
         stats = self.stats.listener(plan.stat_address, f"{plan.direction}_{plan.stat_address}")
         cluster = self._cluster_for(plan)
+        security = self.security
         stack: ListenerStack
+        inbound: InboundStack | None = None
         if plan.direction == "inbound":
-            stack = InboundStack(plan, cluster, stats, self.options.stack)
+            inbound = InboundStack(
+                plan,
+                cluster,
+                stats,
+                self.options.stack,
+                security.authorizer if security is not None else None,
+            )
+            stack = inbound
         else:
             stack = OutboundStack(
                 plan,
@@ -157,25 +199,31 @@ class Sidecar:
                 stats,
                 self.options.stack,
                 lambda: cluster.protocol,
-                self._mesh_pool(cluster),
+                self._mesh_pool(plan, cluster),
+                self._mesh_connector(plan, cluster),
             )
         self.observability.attach(stack.tcp, plan.key)
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
         stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
-        server: asyncio.Server | Acceptor
+        server: asyncio.Server | MeshListener | Acceptor
         if plan.selector is not None and self.mesh is not None:
             cluster.protocol = self.mesh.snapshot.service_protocol(plan.service)
+        reuse_port = self.options.reuse_port
         try:
-            if self.options.stack.splice and splice.supported() and stack.plain_tcp():
-                # Plain TCP: accept raw sockets for the splice relay (other connections, should
-                # the protocol change, still get their protocol: ListenerStack.accept).
+            if inbound is not None and security is not None:  # peers reach us over mTLS
+                server = await security.listen(
+                    inbound, plan.name, plan.address, plan.port, stats, reuse_port=reuse_port
+                )
+            elif self.options.stack.splice and splice.supported() and stack.splices():
+                # Plain TCP both ways: accept raw sockets for the splice relay (should the
+                # protocol change, other connections still get theirs: accept_socket).
                 server = Acceptor.bind(
                     loop,
                     plan.address,
                     plan.port,
-                    stack.accept,
-                    reuse_port=self.options.reuse_port,
+                    stack.accept_socket,
+                    reuse_port=reuse_port,
                     backlog=1024,
                 )
             else:
@@ -184,7 +232,7 @@ class Sidecar:
                     plan.address,
                     plan.port,
                     reuse_address=True,
-                    reuse_port=self.options.reuse_port or None,
+                    reuse_port=reuse_port or None,
                     backlog=1024,
                 )
         except OSError as exc:
@@ -211,14 +259,37 @@ class Sidecar:
             )
         return cluster
 
-    def _mesh_pool(self, cluster: Cluster) -> H2Pool:
+    def _mesh_connector(self, plan: ListenerPlan, cluster: Cluster) -> Connector:
+        """How an outbound reaches its service's sidecars: mTLS with credentials, else TCP."""
+        if self.security is None:
+            return plain_connector(plan.connect_timeout, cluster.stats)
+        extra = {k: v for k, v in (plan.selector or {}).items() if k != model.SERVICE_TAG}
+        return self.security.connector(plan.service, plan.connect_timeout, cluster.stats, extra)
+
+    def _mesh_pool(self, plan: ListenerPlan, cluster: Cluster) -> H2Pool:
         pool = self.mesh_pools.get(cluster.name)
         if pool is None:
-            connector = plain_connector(defaults.OUTBOUND_CONNECT_TIMEOUT, cluster.stats)
-            pool = self.mesh_pools[cluster.name] = mesh_pool(connector)
+            pool = self.mesh_pools[cluster.name] = mesh_pool(
+                self._mesh_connector(plan, cluster), trusted=self.security is not None
+            )
             if self.options.worker is not None:  # the peers have workers too: spread over them
                 pool.spread = self.options.worker.count
         return pool
+
+    def _update_policies(self) -> None:
+        """MeshTrafficPermission from the mesh directory; they need identities, so mTLS."""
+        assert self.mesh is not None
+        documents = self.mesh.snapshot.documents_of_kind(POLICY_TYPE)
+        if self.security is not None:
+            self.security.authorizer.update(documents)
+        elif documents and not self._policies_ignored_logged:
+            self._policies_ignored_logged = True
+            log.warning(
+                "event=policies_ignored kind=%s count=%d reason=%r",
+                POLICY_TYPE,
+                len(documents),
+                "mTLS is off (no mesh credentials): callers have no identity to authorize",
+            )
 
     def _update_clusters(self) -> None:
         assert self.mesh is not None
@@ -253,7 +324,12 @@ class Sidecar:
                 if signature != self._dataplane_signature:
                     self._dataplane_signature = signature
                     await self.reload()
+                if self.security is not None:
+                    self.stats.server.days_until_first_cert_expiring = (
+                        self.security.store.days_until_first_expiring()
+                    )
                 if self.mesh.scan():
+                    self._update_policies()
                     await self.resolver.refresh(self._endpoint_hosts())
                     self._update_clusters()
             except Exception:  # a watcher that dies silently would freeze the mesh view

@@ -189,9 +189,12 @@ class _Worker:
 class Supervisor:
     """Starts, watches and stops the workers (see the module's docstring)."""
 
-    def __init__(self, argv: list[str], count: int) -> None:
+    def __init__(self, argv: list[str], count: int, first_alone: bool = False) -> None:
         self.argv = argv  # the command line as given, `run` included
         self.count = count
+        # Start worker 0 alone and the others once it is ready (mTLS dev mode: it issues the
+        # certificate that the others read).
+        self.first_alone = first_alone
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
         self.signals: list[int] = []
@@ -223,7 +226,7 @@ class Supervisor:
 
     def _run(self, wake_r: int) -> int:
         log.info("event=workers_starting count=%d", self.count)
-        for worker in self.workers:
+        for worker in self.workers[:1] if self.first_alone else self.workers:
             self._spawn(worker)
         started = False
         while True:
@@ -245,6 +248,10 @@ class Supervisor:
                 self._stop_all()
                 self._wait_all()
                 return 1
+            if self.first_alone and self.workers[0].ready and not self.stopping:
+                self.first_alone = False
+                for worker in self.workers[1:]:
+                    self._spawn(worker)
             if not started and all(w.ready for w in self.workers):
                 started = True
                 log.info(

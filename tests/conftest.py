@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.pki import Pki
 from tests.support import Sidecar, TcpServer, dataplane, free_port, write_yaml
 
 # Many tests open hundreds of sockets at once.
@@ -105,6 +106,12 @@ def mesh_uvloop(tmp_path: Path) -> Iterator[Mesh]:
         yield m
     finally:
         m.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A mesh CA (mesh `default`) in tmp_path/certs, issuing workload certificates on demand."""
+    return Pki(tmp_path / "certs")
 
 
 # The TCP path both ways: "splice" declares kuma.io/protocol: tcp on the backends (plain TCP from

@@ -47,33 +47,36 @@ def _assert_proxies_measured(pair: dict) -> None:
 
 def test_tcp_rr_measures_both_paths(run: dict) -> None:
     paths = _paths(run["results"], "tcp-rr")
-    assert set(paths) == {"direct", "pair"}
+    assert set(paths) == {"direct", "pair", "mtls-pair"}
     for entry in paths.values():
         assert entry["ok"], entry.get("error")
         figures = entry["figures"]
         assert figures["messages"] > 0 and figures["messages_per_s"] > 0
         assert 0 < figures["rtt_us"]["p50"] <= figures["rtt_us"]["p99"]
-    _assert_proxies_measured(paths["pair"])
-    assert "added_p99_ms" in paths["pair"]["vs_direct"]
+    for name in ("pair", "mtls-pair"):
+        _assert_proxies_measured(paths[name])
+        assert "added_p99_ms" in paths[name]["vs_direct"]
 
 
 def test_tcp_bulk_measures_both_paths(run: dict) -> None:
     if not HAVE_IPERF3:
         pytest.skip("iperf3 is not installed: tcp-bulk was not run")
     paths = _paths(run["results"], "tcp-bulk")
-    assert set(paths) == {"direct", "pair"}
+    assert set(paths) == {"direct", "pair", "mtls-pair"}
     for entry in paths.values():
         assert entry["ok"], entry.get("error")
         assert entry["figures"]["gbit_per_s"] > 0
         assert entry["figures"]["bytes"] > 0
-    _assert_proxies_measured(paths["pair"])
-    assert paths["pair"]["vs_direct"]["throughput_ratio"] > 0
+    for name in ("pair", "mtls-pair"):
+        _assert_proxies_measured(paths[name])
+        assert paths[name]["vs_direct"]["throughput_ratio"] > 0
 
 
 def test_report_is_written_and_printed(run: dict) -> None:
     report = (run["out"] / "report.md").read_text()
     assert "## tcp-rr" in report
     assert "| pair |" in report
+    assert "| mtls-pair |" in report and "## mTLS pair (issue 4)" in report
     assert report.strip() in run["stdout"]
 
 

@@ -380,10 +380,28 @@ def test_sniffed_tls_is_passed_through_untouched(mesh, tmp_path):
     import ssl
 
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-subj", "/CN=app.test", "-addext", "subjectAltName=DNS:app.test",
-         "-days", "1", "-keyout", str(tmp_path / "app.key"), "-out", str(tmp_path / "app.crt")],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=app.test",
+            "-addext",
+            "subjectAltName=DNS:app.test",
+            "-days",
+            "1",
+            "-keyout",
+            str(tmp_path / "app.key"),
+            "-out",
+            str(tmp_path / "app.crt"),
+        ],
+        check=True,
+        capture_output=True,
     )
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(tmp_path / "app.crt", tmp_path / "app.key")
@@ -408,8 +426,7 @@ def test_stream_idle_timeout_resets_a_silent_exchange(mesh):
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
         conn.recv(1)  # then nothing, until the sidecar gives up on the stream
 
-    path, _ = mesh.backend("backend-1", mesh.server(silent).port,
-                           tags={"kuma.io/protocol": "http"})
+    path, _ = mesh.backend("backend-1", mesh.server(silent).port, tags={"kuma.io/protocol": "http"})
     mesh.start(path)
     web, port = mesh.client("web-1")
     sidecar = mesh.start(web, "--stream-idle-timeout", "0.4")
@@ -462,15 +479,19 @@ def test_client_stream_reset_reaches_the_app(mesh):
     c = socket.create_connection((LOOPBACK, port), timeout=10)
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
-    client.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"),
-                            (":path", "/upload")])
+    client.send_headers(
+        1, [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/upload")]
+    )
     client.send_data(1, b"x" * 1000)
     c.sendall(client.data_to_send())
     client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
     c.sendall(client.data_to_send())
     assert cut.wait(10), "the app never saw the request go away"
-    client.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "a"),
-                            (":path", "/after")], end_stream=True)
+    client.send_headers(
+        3,
+        [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/after")],
+        end_stream=True,
+    )
     c.sendall(client.data_to_send())
     status = None
     while status is None:

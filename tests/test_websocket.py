@@ -125,18 +125,21 @@ def test_16_mib_message(ws_mesh):
     run(scenario())
 
 
-@pytest.mark.parametrize("code", [1000, 1001, 1008, 1011, 3000, 4999])
-def test_close_code_and_reason_are_echoed(ws_mesh, ws_app, code):
+CLOSE_CODES = [1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999]
+
+
+def test_every_close_code_and_reason_is_echoed(ws_mesh, ws_app):
     url, _, _ = ws_mesh
 
-    async def scenario():
+    async def scenario(code: int):
         ws = await connect(url)
         await ws.close(code, f"bye {code}")
         return ws.close_code, ws.close_reason
 
-    assert run(scenario()) == (code, f"bye {code}")
-    wait_for(lambda: ws_app.closes, what="the app to see the close")
-    assert ws_app.closes[-1] == (code, f"bye {code}")
+    for i, code in enumerate(CLOSE_CODES):
+        assert run(scenario(code)) == (code, f"bye {code}")
+        wait_for(lambda i=i: len(ws_app.closes) > i, what="the app to see the close")
+        assert ws_app.closes[i] == (code, f"bye {code}")
 
 
 def test_handshake_rejected_by_the_app_is_an_ordinary_response(ws_mesh):

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sidecar.transport.connect import ConnectError
+
 Headers = list[tuple[bytes, bytes]]  # lower-case names, wire order, repeats kept
 
 # Connection-specific headers: meaningless beyond one hop and illegal in HTTP/2 (RFC 9113 8.2.2).
@@ -47,8 +49,10 @@ class RefusedStream(StreamReset):
     kept-alive connection): safe to retry elsewhere."""
 
 
-class UpstreamConnectError(Exception):
-    """No connection to any endpoint could be made (503 after the attempts)."""
+# An endpoint could not be connected (refused, timed out, wrong peer identity): the router tries
+# the next one, and answers 503 after the attempts. One class with the transport's ConnectError,
+# so that every connector (plain TCP, mesh mTLS) fails the same way.
+UpstreamConnectError = ConnectError
 
 
 @dataclass

@@ -78,6 +78,7 @@ class H2Protocol(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.going_away = False  # a GOAWAY was sent or received: no new streams here
+        self.peer_spoke = False  # the peer's SETTINGS arrived: it is a live HTTP/2 endpoint
         self.peer_address: tuple[str, int] | None = None
         self.target: Target | None = None  # the endpoint, for a pooled client connection
         self.tasks: set[asyncio.Task[None]] = set()
@@ -134,7 +135,13 @@ class H2Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(ConnectionClosed(f"connection lost: {exc}" if exc else "connection closed"))
+        reason = f"connection lost: {exc}" if exc else "connection closed"
+        if self.client_side and not self.peer_spoke:
+            # Lost before the peer said a word (e.g. accepted into a backlog by a listener that
+            # was closing): nothing was processed, so the requests may go elsewhere.
+            self._lost(RefusedStream(reason))
+        else:
+            self._lost(ConnectionClosed(reason))
         self.resume_writing()
 
     # -- events -------------------------------------------------------------------------------
@@ -181,6 +188,7 @@ class H2Protocol(asyncio.Protocol):
         elif isinstance(event, h2.events.WindowUpdated):
             self._wake_windows(event.stream_id)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.peer_spoke = True
             self._wake_windows(0)
             self._wake_slots()
         elif isinstance(event, h2.events.ConnectionTerminated):

@@ -8,57 +8,28 @@
   busy peer worker.
 - `H1Pool`: keep-alive HTTP/1.1 toward a local app, one exchange per connection at a time.
 
-Both take a `Connector`, which is how the mesh's transport (plain TCP or mTLS) is chosen without
-the pools knowing about it.
+Both take a `Connector` (`sidecar.transport.connect`), which is how the mesh's transport (plain
+TCP or mTLS) is chosen without the pools knowing about it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from sidecar.cluster import Target
-from sidecar.http.exchange import RequestHead, UpstreamConnectError
+from sidecar.http.exchange import RequestHead
 from sidecar.http.h1 import H1Client, H1ClientStream
 from sidecar.http.h2 import H2ClientStream, H2Protocol
-from sidecar.observe.stats import ClusterStats
+from sidecar.transport.connect import Connector, plain_connector
 
 log = logging.getLogger("sidecar.pool")
 
-Connector = Callable[[Target, Callable[[], asyncio.Protocol]], Awaitable[asyncio.BaseTransport]]
+__all__ = ["Connector", "H1Pool", "H2Pool", "UpstreamStream", "plain_connector"]
+
 UpstreamStream = H2ClientStream | H1ClientStream
 
 _MAX_IDLE_H1 = 64
-
-
-def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connector:
-    """Connect over plain TCP, bounded by the connect timeout, counted in the cluster's stats."""
-
-    async def connect(
-        target: Target, factory: Callable[[], asyncio.Protocol]
-    ) -> asyncio.BaseTransport:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if stats is not None:
-            stats.upstream_cx_total += 1
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(factory, target.host, target.port)
-        except TimeoutError:
-            if stats is not None:
-                stats.upstream_cx_connect_timeout += 1
-                stats.upstream_cx_connect_fail += 1
-            raise UpstreamConnectError(f"{target}: connect timeout") from None
-        except OSError as exc:
-            if stats is not None:
-                stats.upstream_cx_connect_fail += 1
-            raise UpstreamConnectError(f"{target}: {exc.strerror or exc}") from None
-        if stats is not None:
-            stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
-        return transport
-
-    return connect
 
 
 class H2Pool:

@@ -223,48 +223,58 @@ async def _attempt(
     exchange: Exchange, route: Route, upstream: UpstreamStream, acct: RequestAccounting
 ) -> str | None:
     """Carry the exchange on one upstream stream: None once answered, RETRY when the upstream
-    refused it unprocessed and nothing of the request body was spent, else the 503 reason."""
+    refused it unprocessed and nothing of the request body was spent, else the 503 reason.
+
+    The request body is sent by a task of its own while the response head is awaited; an
+    attempt that fails stops it, so a retry never has two senders reading the same body.
+    """
+    pump = None
+    if not exchange.body.at_end:
+        pump = asyncio.get_running_loop().create_task(
+            _pump_request(exchange.body, upstream, acct)
+        )
     try:
-        response = await _response_head(upstream, exchange, route.request_timeout, acct)
+        response = await _response_head(upstream, pump, route.request_timeout)
     except RefusedStream:
+        _stop(pump)
         return RETRY if exchange.body.reads == 0 else REMOTE_RESET
     except TimeoutError:
+        _stop(pump)
         upstream.reset()
         acct.local_failure(504, "UT")
         log.info("event=request_timeout listener=%s cluster=%s", route.listener, route.cluster.name)
         await local_reply(exchange, 504, REQUEST_TIMEOUT)
         return None
     except StreamReset:
+        _stop(pump)
         acct.upstream_reset()
         return REMOTE_RESET
     acct.upstream_response(response.status)
-    await _stream_response(exchange, upstream, response, acct)
+    await _stream_response(exchange, upstream, response, acct, pump)
     return None
 
 
-async def _response_head(
-    upstream: UpstreamStream, exchange: Exchange, timeout: float, acct: RequestAccounting
-) -> ResponseHead:
-    """Send the request body (in the background) and wait for the response head.
+def _stop(pump: asyncio.Task[None] | None) -> None:
+    if pump is not None and not pump.done():
+        pump.cancel()
 
-    As in Envoy, the request timeout starts once the whole request has been sent: a long upload
-    is not cut by it.
-    """
-    if not exchange.body.at_end:
-        loop = asyncio.get_running_loop()
-        pump = loop.create_task(_pump_request(exchange.body, upstream, acct))
-        upstream.request_pump = pump  # type: ignore[union-attr]
-        if timeout > 0:
-            response = asyncio.ensure_future(upstream.response())
-            await asyncio.wait((response, pump), return_when=asyncio.FIRST_COMPLETED)
-            if response.done():
-                return response.result()
-            async with asyncio.timeout(timeout):
-                return await response
-    if timeout > 0:
+
+async def _response_head(
+    upstream: UpstreamStream, pump: asyncio.Task[None] | None, timeout: float
+) -> ResponseHead:
+    """Wait for the response head. As in Envoy, the request timeout starts once the whole
+    request has been sent: a long upload is not cut by it."""
+    if timeout <= 0:
+        return await upstream.response()
+    if pump is not None:
+        response = asyncio.ensure_future(upstream.response())
+        await asyncio.wait((response, pump), return_when=asyncio.FIRST_COMPLETED)
+        if response.done():
+            return response.result()
         async with asyncio.timeout(timeout):
-            return await upstream.response()
-    return await upstream.response()
+            return await response
+    async with asyncio.timeout(timeout):
+        return await upstream.response()
 
 
 async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:
@@ -282,6 +292,7 @@ async def _stream_response(
     upstream: UpstreamStream,
     response: ResponseHead,
     acct: RequestAccounting,
+    pump: asyncio.Task[None] | None,
 ) -> None:
     body = upstream.body
     response.headers = strip_hop_by_hop(response.headers)
@@ -305,7 +316,6 @@ async def _stream_response(
             upstream.reset()  # the downstream left: stop the upstream
         return
     finally:
-        pump = getattr(upstream, "request_pump", None)
         if pump is not None and not pump.done():
             if tunnel and body.error is None:
                 await pump  # a tunnel ends when both directions have

@@ -332,7 +332,10 @@ class Admin:
         )
 
     async def certs(self, request: Request) -> Response:
-        return json_response({"certificates": []})
+        security = self.sidecar.security  # mesh mTLS; None: no certificates in use
+        if security is None:
+            return json_response({"certificates": []})
+        return json_response(security.certs_document())
 
     async def memory(self, request: Request) -> Response:
         await self.obs.collect()

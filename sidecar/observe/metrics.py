@@ -130,6 +130,8 @@ FAMILIES: tuple[Family, ...] = (
     family("listener", "ssl_fail_verify_error", stat="ssl.fail_verify_error"),
     family("listener", "rbac_allowed", stat="rbac.allowed", name="envoy_rbac_allowed"),
     family("listener", "rbac_denied", stat="rbac.denied", name="envoy_rbac_denied"),
+    family("listener", "rbac_shadow_denied", stat="rbac.shadow_denied",
+           name="envoy_rbac_shadow_denied", help="allowed by AllowWithShadowDeny"),
     # -- tcp proxy -------------------------------------------------------------------------------
     family("tcp", "tcp_downstream_cx_total", stat="downstream_cx_total"),
     family("tcp", "tcp_downstream_cx_rx_bytes_total", stat="downstream_cx_rx_bytes_total",

@@ -79,10 +79,13 @@ class ListenerStats:
     tcp_downstream_cx_tx_bytes_total: int = 0
     tcp_idle_timeout: int = 0
     ssl_handshake: int = 0
-    ssl_connection_error: int = 0
-    ssl_fail_verify_error: int = 0
-    rbac_allowed: int = 0  # authorization (MeshTrafficPermission) at an inbound
+    ssl_connection_error: int = 0  # refused handshakes, certificate verification aside
+    ssl_fail_verify_error: int = 0  # a client certificate not verified (chain, validity, SPIFFE)
+    # MeshTrafficPermission decisions on this inbound (Envoy's rbac.allowed / .denied), per TCP
+    # connection or HTTP request; shadow_denied: allowed by AllowWithShadowDeny.
+    rbac_allowed: int = 0
     rbac_denied: int = 0
+    rbac_shadow_denied: int = 0
     # Bytes of connections still open: the relay adds a connection's bytes to the counters above
     # when it ends; the observability layer sets these just before each read, so the exposed
     # totals grow while bytes flow, as Envoy's do.

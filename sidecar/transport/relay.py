@@ -93,8 +93,10 @@ class Side(asyncio.Protocol):
                 peer.transport.close()
         if peer is not None and peer.eof:
             self.relay.close()
-        # Keep our transport open for the reply; TLS transports ignore this and close.
-        return True
+        # Keep our transport open for the reply. A TLS transport cannot stay half-open (asyncio
+        # and uvloop close it after a close_notify, and warn when asked otherwise).
+        transport = self.transport
+        return transport is None or transport.can_write_eof()
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:

@@ -1,12 +1,15 @@
 """TCP proxying: accept a downstream connection, connect upstream with failover, relay bytes.
 
 One `TcpProxy` serves one listener. Its settings can be replaced while it runs (a reload that
-changes only the cluster or the timeouts keeps the listener and its open connections).
+changes only the cluster or the timeouts keeps the listener and its open connections). How the
+upstream hop is made (plain TCP, or mTLS toward a peer sidecar) is its `connector`'s business
+(`sidecar.transport.connect`): the proxy only picks endpoints and moves on when one fails.
 
 Two ways in: as a protocol factory (`proxy()`, the `asyncio.Protocol` relay: TLS, taps, sniffed
 connections), or `proxy.splice(sock, address)` with a raw accepted socket (the zero-copy relay of
 `sidecar.transport.splice`, for plain TCP on both sides), driven by callbacks without a task.
-Both count the same stats and call the same hooks.
+Both count the same stats and call the same hooks; the splice relay dials plain TCP itself, so
+it is only used when the connector is the plain one (`plain_upstream`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
+from sidecar.transport.connect import ConnectError, Connector, plain_connector
 from sidecar.transport.relay import Relay, Side
 from sidecar.transport.splice import SpliceRelay
 
@@ -27,7 +31,7 @@ log = logging.getLogger("sidecar.tcp")
 
 @dataclass(frozen=True)
 class TcpSettings:
-    connect_timeout: float
+    connect_timeout: float  # per attempt; used by the default (plain) connector
     idle_timeout: float
     connect_attempts: int
 
@@ -36,12 +40,19 @@ class TcpProxy:
     """The protocol factory of a TCP listener: each call starts one relayed connection."""
 
     def __init__(
-        self, name: str, cluster: Cluster, settings: TcpSettings, stats: ListenerStats
+        self,
+        name: str,
+        cluster: Cluster,
+        settings: TcpSettings,
+        stats: ListenerStats,
+        connector: Connector | None = None,
     ) -> None:
         self.name = name
         self.cluster = cluster
         self.settings = settings
         self.stats = stats
+        # The connector counts the cluster's connect stats; the default one dials plain TCP.
+        self.connector = connector or plain_connector(settings.connect_timeout, cluster.stats)
         self.relays: set[Relay | SpliceRelay] = set()
         # Observability hooks (sidecar.observe): a read-only tap on a new connection (Kafka),
         # and the end of a connection (access log, per-host counts).
@@ -60,6 +71,11 @@ class TcpProxy:
         if self.on_connection is not None:
             self.on_connection(relay)
         return relay.downstream
+
+    @property
+    def plain_upstream(self) -> bool:
+        """The upstream hop is plain TCP (no mTLS): what the splice relay can dial."""
+        return bool(getattr(self.connector, "plain", False))
 
     def splice(self, sock: socket.socket, peername: object) -> None:
         """Relay an accepted plain-TCP socket with splice(2) (no tap: `on_connection` is not
@@ -112,12 +128,11 @@ class TcpProxy:
         self._loop.create_task(self._connect(side.relay))
 
     async def _connect(self, relay: Relay) -> None:
-        cluster, settings = self.cluster, self.settings
-        cstats = cluster.stats
+        cluster, settings, connect = self.cluster, self.settings, self.connector
         for _ in range(settings.connect_attempts):
             target = cluster.pick()
             if target is None:
-                cstats.upstream_cx_none_healthy += 1
+                cluster.stats.upstream_cx_none_healthy += 1
                 relay.response_flags = "UH"
                 log.warning(
                     "event=no_healthy_upstream listener=%s cluster=%s", self.name, cluster.name
@@ -125,24 +140,21 @@ class TcpProxy:
                 break
             if relay.closed:
                 return
-            started = self._loop.time()
-            cstats.upstream_cx_total += 1
             try:
-                async with asyncio.timeout(settings.connect_timeout):
-                    await self._loop.create_connection(
-                        lambda: relay.upstream, target.host, target.port
-                    )
-            except TimeoutError:
-                cstats.upstream_cx_connect_timeout += 1
-                cstats.upstream_cx_connect_fail += 1
-                self._connect_failed(target, "connect timeout")
+                await connect(target, lambda: relay.upstream)
+            except ConnectError as exc:
+                # A refused attempt may have read bytes (e.g. a peer with the wrong identity that
+                # spoke first): they must not reach the downstream through the next endpoint.
+                relay.upstream.pending = None
+                relay.upstream.eof = False
+                self._connect_failed(target, str(exc))
                 continue
-            except OSError as exc:
-                cstats.upstream_cx_connect_fail += 1
-                self._connect_failed(target, exc.strerror or str(exc))
-                continue
-            cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
-            cstats.upstream_cx_active += 1
+            if relay.upstream.transport is None:
+                # The peer accepted the connection and closed it at once (e.g. its
+                # MeshTrafficPermission denied us): pass the close on, no other endpoint.
+                relay.close()
+                return
+            cluster.stats.upstream_cx_active += 1
             relay.target = target
             cluster.acquire(target)
             if relay.closed:  # the downstream left while we were connecting

@@ -1,0 +1,960 @@
+"""The mesh's transport security in one place, so that the data paths never see TLS.
+
+Built once per sidecar (`MeshSecurity.create(options, dataplane)`) when it has mesh credentials;
+without them there is no `MeshSecurity` and every hop is plaintext, as in a Kuma mesh without mTLS.
+
+- Outbound (`connector`): a `sidecar.transport.connect.Connector` per destination service. It
+  dials the endpoint with mTLS (ALPN `kuma`, SNI `<service>{mesh=<mesh>}`), checks that the peer
+  is exactly `spiffe://<mesh>/<service>`, and with TLS 1.3 waits briefly for the peer's verdict on
+  our certificate (see `_ClientGate`). Any failure is a `ConnectError` naming the endpoint and what
+  was wrong (the identity found, the TLS alert): the relay and the HTTP router then log it and try
+  the next endpoint. It resumes TLS 1.3 sessions per endpoint (`_ResumingSSLObject`), as Envoy
+  does between sidecars: a resumed handshake costs about half a full one. Both ends still see the
+  other's certificate (from the session) and check its SPIFFE identity; what a resumption skips
+  is the chain and validity check, for the server's ticket lifetime (OpenSSL's 2 h) at most, and
+  any rotation of either side's credentials ends it (new contexts, new ticket keys).
+- Inbound (`listen`): a `MeshListener` accepts the raw sockets itself, looks at the first byte
+  without consuming it (MSG_PEEK: nothing needs replaying) and then hands the socket to
+  `loop.connect_accepted_socket`, with the current server context for a TLS ClientHello (0x16) or
+  without TLS for plaintext in permissive mode. After the handshake the caller's certificate must
+  carry a `spiffe://<mesh>/` identity; the connection then goes to `stack.accept(peer)` with the
+  verified `Peer`. Refusals (plaintext in strict mode, another CA, expired certificates, no or a
+  wrong identity, garbage) are logged once per connection with the peer's address and the reason,
+  and counted (`ssl_connection_error`, `ssl_fail_verify_error`); the listener keeps serving.
+  This works the same on uvloop and asyncio (both implement `connect_accepted_socket` with ssl).
+- Authorization (`authorizer`): MeshTrafficPermission from the mesh directory, decided per TCP
+  connection or HTTP request by the inbound stack (`Authorizer.allows`), logged and counted
+  (`rbac_allowed`, `rbac_denied`, `rbac_shadow_denied`).
+- Rotation: `start()` runs `CredentialStore.watch()`; every new connection reads the store's
+  current contexts, so new material is used within a second or so and open connections live on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cryptography import x509
+
+from sidecar import defaults
+from sidecar.config.model import Dataplane
+from sidecar.identity import spiffe, tls
+from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY
+from sidecar.identity.spiffe import IdentityError
+from sidecar.identity.tls import CredentialsError, CredentialStore
+from sidecar.observe.stats import ClusterStats, ListenerStats
+from sidecar.policy import POLICY_TYPE, Decision, MeshTrafficPermission, PolicyError, decide
+from sidecar.policy import parse_policy as parse_policy_document
+from sidecar.transport.connect import ConnectError, Connector, ProtocolFactory
+
+if TYPE_CHECKING:
+    from sidecar.cluster import Target
+
+log = logging.getLogger("sidecar.mtls")
+
+STRICT = "strict"
+PERMISSIVE = "permissive"
+MODES = (STRICT, PERMISSIVE)
+RBAC_ACCESS_DENIED = "RBAC: access denied"  # Envoy's body for a 403 from its RBAC filter
+
+_TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a handshake (the ClientHello)
+_ACCEPT_BATCH = 64  # connections accepted per readiness event, so one listener cannot starve
+_ACCEPT_PAUSE = 0.1  # after an accept error (EMFILE...), before trying again
+_VERDICT_PASSES = 3  # outbound TLS 1.3: loop passes to look for the peer's verdict at once
+_VERDICT_POLL = 0.001  # then look this often (data or a close wake the wait at once)
+_ENDPOINTS_LIMIT = 4096  # peer endpoints remembered (verdict, session to resume)
+
+
+class OptionsError(ValueError):
+    """Command-line credentials that do not fit together; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class MtlsOptions:
+    """Where the mesh credentials come from (`pysidecar run --ca/--cert/--key/--certs-dir...`).
+
+    - files: `ca`, `cert`, `key`, or `certs_dir` holding `ca.crt`, `<dataplane name>.crt`, `.key`
+      (what `pysidecar certs init/issue` write); a file given on its own wins over the directory;
+    - dev mode: `ca_key` (with `ca` or `certs_dir/ca.crt`): the sidecar issues its own workload
+      certificate at start into `certs_dir` (default: the CA's directory) and renews it at 80 %
+      of its lifetime (`valid_for`).
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    certs_dir: Path | None = None
+    ca_key: Path | None = None
+    mode: str | None = None  # strict (the default with credentials) | permissive
+    valid_for: timedelta = DEFAULT_WORKLOAD_VALIDITY
+
+    @property
+    def enabled(self) -> bool:
+        return any(p is not None for p in (self.ca, self.cert, self.key, self.certs_dir))
+
+    def check(self) -> None:
+        """`OptionsError` for combinations that cannot work, before anything is read."""
+        if self.mode is not None and self.mode not in MODES:
+            raise OptionsError(f"--mtls must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.enabled:
+            if self.ca_key is not None:
+                raise OptionsError("--ca-key (dev mode) needs the CA certificate: give --ca")
+            if self.mode is not None:
+                raise OptionsError(
+                    f"--mtls {self.mode} needs mesh credentials: give --ca, --cert and --key, "
+                    "--certs-dir, or --ca and --ca-key (dev mode)"
+                )
+            return
+        if self.ca_key is not None:
+            if self.cert is not None or self.key is not None:
+                raise OptionsError(
+                    "--ca-key (dev mode) issues the workload certificate itself: "
+                    "leave out --cert and --key"
+                )
+            if self.ca is None and self.certs_dir is None:
+                raise OptionsError("--ca-key (dev mode) needs --ca or --certs-dir")
+            return
+        if self.certs_dir is None:
+            missing = [
+                flag
+                for flag, value in (("--ca", self.ca), ("--cert", self.cert), ("--key", self.key))
+                if value is None
+            ]
+            if missing:
+                raise OptionsError(
+                    f"mesh credentials need --ca, --cert and --key (missing {', '.join(missing)}),"
+                    " or --certs-dir, or --ca with --ca-key (dev mode)"
+                )
+
+    def paths(self, dataplane_name: str) -> tuple[Path, Path, Path]:
+        """The CA bundle, certificate and key files (in dev mode: the ones it will write)."""
+        directory = self.certs_dir
+        ca_path = self.ca or (directory / "ca.crt" if directory else None)
+        assert ca_path is not None, "check() first"
+        if self.ca_key is not None:
+            workdir = directory or ca_path.parent
+            return ca_path, workdir / f"{dataplane_name}.crt", workdir / f"{dataplane_name}.key"
+        cert = self.cert or (directory / f"{dataplane_name}.crt" if directory else None)
+        key = self.key or (directory / f"{dataplane_name}.key" if directory else None)
+        assert cert is not None and key is not None, "check() first"
+        return ca_path, cert, key
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The verified caller of one inbound connection."""
+
+    service: str  # its kuma.io/service (the first, sorted, when it has several)
+    spiffe_id: str  # spiffe://<mesh>/<service>: what x-forwarded-client-cert carries
+    uris: tuple[str, ...]  # every URI SAN of its certificate
+    tags: Mapping[str, frozenset[str]] = field(repr=False)  # for MeshTrafficPermission
+
+    @classmethod
+    def from_uris(cls, uris: Iterable[str], mesh: str) -> Peer:
+        """`IdentityError` unless the URIs hold a `spiffe://<mesh>/<service>`."""
+        uris = tuple(uris)
+        service = spiffe.verify_client(uris, mesh)
+        return cls(
+            service,
+            spiffe.spiffe_id(mesh, service),
+            uris,
+            spiffe.source_tags_from_uris(uris, mesh),
+        )
+
+
+class Stack(Protocol):
+    """What an inbound listener under mTLS hands each accepted connection to."""
+
+    def accept(self, peer: Peer | None) -> asyncio.Protocol: ...
+
+
+# --- authorization -----------------------------------------------------------------------------
+
+
+class Authorizer:
+    """MeshTrafficPermission of the mesh directory, with the decisions logged and counted.
+
+    Policies are replaced whole when the mesh directory changes (`update`); a decision is cached
+    per (destination, caller identity) until then, so an HTTP request costs a dict lookup.
+    """
+
+    _CACHE_LIMIT = 4096
+
+    def __init__(self, mesh: str) -> None:
+        self.mesh = mesh
+        self.policies: tuple[MeshTrafficPermission, ...] = ()
+        self._cache: dict[tuple[str, tuple[str, ...] | None], Decision] = {}
+        self._errors: dict[str, str] = {}
+
+    def update(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> bool:
+        """Take the MeshTrafficPermission documents of a mesh snapshot; True when they changed.
+
+        A document that does not parse is left out (Kuma would not have accepted it), with one
+        warning per file and message.
+        """
+        policies: list[MeshTrafficPermission] = []
+        errors: dict[str, str] = {}
+        for source, doc in documents:
+            if doc.get("type") != POLICY_TYPE:
+                continue
+            try:
+                policies.append(parse_policy_document(doc, source))
+            except PolicyError as exc:
+                errors[f"{source}:{doc.get('name')}"] = str(exc)
+        for key, message in errors.items():
+            if self._errors.get(key) != message:
+                log.warning("event=policy_skipped error=%r", message)
+        self._errors = errors
+        new = tuple(policies)
+        if new == self.policies:
+            return False
+        self.policies = new
+        self._cache.clear()
+        log.info(
+            "event=policies_loaded kind=%s count=%d names=%s",
+            POLICY_TYPE,
+            len(new),
+            ",".join(p.name for p in new) or "-",
+        )
+        return True
+
+    def decide(self, service: str, peer: Peer | None) -> Decision:
+        key = (service, peer.uris if peer is not None else None)
+        decision = self._cache.get(key)
+        if decision is None:
+            tags = peer.tags if peer is not None else {}
+            decision = decide(self.policies, service, tags, mesh=self.mesh)
+            if len(self._cache) >= self._CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+    def allows(
+        self, service: str, peer: Peer | None, stats: ListenerStats, listener: str, what: str
+    ) -> bool:
+        """Decide a call to `service` from `peer` (None: a plaintext caller), count, log."""
+        decision = self.decide(service, peer)
+        source = peer.spiffe_id if peer is not None else "plaintext"
+        if not decision.allowed:
+            stats.rbac_denied += 1
+            log.info(
+                "event=rbac_denied listener=%s %s service=%s source=%s policy=%s",
+                listener,
+                what,
+                service,
+                source,
+                decision.policy_name or "-",
+            )
+            return False
+        stats.rbac_allowed += 1
+        if decision.shadow_deny:
+            stats.rbac_shadow_denied += 1
+            log.info(
+                "event=rbac_shadow_denied listener=%s %s service=%s source=%s policy=%s",
+                listener,
+                what,
+                service,
+                source,
+                decision.policy_name,
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event=rbac_allowed listener=%s %s service=%s source=%s policy=%s",
+                listener,
+                what,
+                service,
+                source,
+                decision.policy_name or "-",
+            )
+        return True
+
+
+# --- the sidecar's mTLS -------------------------------------------------------------------------
+
+
+class MeshSecurity:
+    def __init__(self, store: CredentialStore, mesh: str, mode: str) -> None:
+        self.store = store
+        self.mesh = mesh
+        self.mode = mode
+        self.authorizer = Authorizer(mesh)
+        # What the outbound knows of each peer endpoint, for our current credentials.
+        self._endpoints: dict[tuple[str, int], _EndpointState] = {}
+
+    @classmethod
+    def create(cls, options: MtlsOptions, dataplane: Dataplane) -> MeshSecurity:
+        """Load (or, in dev mode, issue) the credentials; `CredentialsError` names the file."""
+        options.check()
+        ca_path, cert_path, key_path = options.paths(dataplane.name)
+        if options.ca_key is not None:
+            store = CredentialStore.dev(
+                ca_path,
+                options.ca_key,
+                dataplane,
+                cert_path.parent,
+                valid_for=options.valid_for,
+            )
+        else:
+            store = CredentialStore.from_files(ca_path, cert_path, key_path)
+        security = cls(store, dataplane.mesh, options.mode or STRICT)
+        creds = store.credentials
+        ours = spiffe.client_services(creds.identities, dataplane.mesh)
+        if not ours:
+            raise CredentialsError(
+                creds.cert_path,
+                f"certificate has no spiffe://{dataplane.mesh}/ identity "
+                f"(found {spiffe.describe(creds.identities)}); it cannot serve mesh "
+                f"{dataplane.mesh!r}",
+            )
+        missing = sorted({inbound.service for inbound in dataplane.networking.inbound} - set(ours))
+        if missing:
+            log.warning(
+                "event=certificate_misses_services cert=%s services=%s reason=%r",
+                creds.cert_path,
+                ",".join(missing),
+                "peers calling these services will refuse this sidecar's certificate",
+            )
+        log.info(
+            "event=mtls_enabled mode=%s mesh=%s identity=%s not_after=%s ca=%s cert=%s%s",
+            security.mode,
+            dataplane.mesh,
+            spiffe.describe(creds.identities),
+            creds.not_after.isoformat(),
+            creds.ca_path,
+            creds.cert_path,
+            " dev_mode=issued" if options.ca_key is not None else "",
+        )
+        return security
+
+    def certs_document(self) -> dict[str, Any]:
+        """The admin API's `/certs`, in Envoy's shape: the CA bundle and our chain in use."""
+        creds = self.store.credentials
+        now = datetime.now(UTC)
+
+        def describe(cert: x509.Certificate, path: Path) -> dict[str, Any]:
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+            except x509.ExtensionNotFound:
+                uris = []
+            return {
+                "path": str(path),
+                "serial_number": format(cert.serial_number, "x"),
+                "subject_alt_names": [{"uri": uri} for uri in uris],
+                "days_until_expiration": str(tls.days_until_first_expiring([cert], now)),
+                "valid_from": cert.not_valid_before_utc.isoformat(),
+                "expiration_time": cert.not_valid_after_utc.isoformat(),
+            }
+
+        return {
+            "certificates": [
+                {
+                    "ca_cert": [describe(c, creds.ca_path) for c in creds.ca_certs],
+                    "cert_chain": [describe(c, creds.cert_path) for c in creds.chain],
+                }
+            ]
+        }
+
+    def start(self) -> asyncio.Task[None]:
+        """Watch the credential files (and renew in dev mode); cancel the task to stop."""
+        return asyncio.get_running_loop().create_task(self.store.watch())
+
+    # -- outbound ---------------------------------------------------------------------------
+
+    def connector(
+        self,
+        service: str,
+        timeout: float,
+        stats: ClusterStats | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Connector:
+        """mTLS toward the sidecars of `service` (`tags`: an outbound subset, part of the SNI)."""
+        mesh = self.mesh
+        store = self.store
+        sni = tls.server_hostname(service, mesh, dict(tags or {}))
+        wanted = spiffe.spiffe_id(mesh, service)
+        endpoints = self._endpoints
+
+        async def connect(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            if stats is not None:
+                stats.upstream_cx_total += 1
+            gate = _ClientGate()
+            transport: asyncio.BaseTransport | None = None
+            # The context and the generation are read together: a rotation during this
+            # connection applies to the next one.
+            context, generation = store.client_context, store.generation
+            endpoint = (target.host, target.port)
+            state = endpoints.get(endpoint)
+            if state is None or state.generation != generation:
+                if len(endpoints) >= _ENDPOINTS_LIMIT:
+                    endpoints.clear()
+                state = endpoints[endpoint] = _EndpointState(generation)
+            if context.sslobject_class is not _ResumingSSLObject:
+                context.sslobject_class = _ResumingSSLObject
+            offered = _offered_session.set(state.session_to_offer())
+            try:
+                async with asyncio.timeout(timeout):
+                    transport, _ = await loop.create_connection(
+                        lambda: gate,
+                        target.host,
+                        target.port,
+                        ssl=context,
+                        server_hostname=sni,
+                        ssl_handshake_timeout=timeout,
+                    )
+                    ssl_object = transport.get_extra_info("ssl_object")
+                    uris = tls.peer_uris(ssl_object)
+                    if wanted not in uris:
+                        raise ConnectError(
+                            f"{target}: peer is not {wanted} (found {spiffe.describe(uris)})"
+                        )
+                    if not state.accepted:
+                        try:
+                            await gate.peer_verdict(
+                                ssl_object, loop.time() + defaults.MTLS_PEER_VERDICT_WAIT
+                            )
+                        except ConnectError as exc:
+                            raise ConnectError(f"{target}: {exc}") from None
+                        state.accepted = True
+            except TimeoutError:
+                _abort(transport)
+                state.forget()
+                if stats is not None:
+                    stats.upstream_cx_connect_timeout += 1
+                    stats.upstream_cx_connect_fail += 1
+                raise ConnectError(f"{target}: connect timeout (TCP and mTLS handshake)") from None
+            except ConnectError:
+                _abort(transport)
+                state.forget()
+                if stats is not None:
+                    stats.upstream_cx_connect_fail += 1
+                raise
+            except (OSError, IdentityError) as exc:
+                _abort(transport)
+                state.forget()
+                if stats is not None:
+                    stats.upstream_cx_connect_fail += 1
+                raise ConnectError(f"{target}: {describe_tls_error(exc)}") from None
+            finally:
+                _offered_session.reset(offered)
+            state.latest = ssl_object  # its session ticket, once it came, resumes the next one
+            if stats is not None:
+                stats.ssl_handshake += 1
+                stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
+            gate.hand_over(factory())
+            return transport
+
+        return connect
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    async def listen(
+        self,
+        stack: Stack,
+        name: str,
+        address: str,
+        port: int,
+        stats: ListenerStats,
+        reuse_port: bool = False,
+    ) -> MeshListener:
+        """Bind an inbound listener that accepts mTLS (and plaintext in permissive mode).
+
+        `reuse_port`: SO_REUSEPORT, for a sidecar of several worker processes (`--workers`).
+        `OSError` when the address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(sockaddr)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = MeshListener(self, stack, name, stats, sock)
+        listener.start()
+        return listener
+
+
+# The session the connector offers for the connection it is making: set around
+# `create_connection`, read when asyncio or uvloop wraps the socket (in the callback that the
+# connection's transport runs with the connecting task's context).
+_offered_session: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar(
+    "pysidecar_offered_session", default=None
+)
+
+
+class _ResumingSSLObject(ssl.SSLObject):
+    """Client side: offers the session that the connector picked for this endpoint.
+
+    TLS 1.3 resumption (a session ticket from an earlier connection to the same endpoint, with
+    a fresh ECDHE exchange) skips the certificate signatures and chain checks, which are most of
+    a handshake's CPU; both sides still see each other's certificate from the session, so the
+    SPIFFE checks run as for a full handshake. A ticket is only good for the server context that
+    issued it: after a rotation on either side the handshake is a full one again.
+    """
+
+    @classmethod
+    def _create(  # type: ignore[override]
+        cls,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = _offered_session.get()
+        try:
+            return super()._create(  # type: ignore[misc]
+                incoming,
+                outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+                context=context,
+            )
+        except ValueError:  # a session of another context (a rotation in between)
+            return super()._create(  # type: ignore[misc]
+                incoming,
+                outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                context=context,
+            )
+
+
+class _EndpointState:
+    """One peer endpoint, for one generation of our credentials."""
+
+    __slots__ = ("generation", "accepted", "session", "latest")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.accepted = False  # it accepted our certificate once: no more verdict waits
+        self.session: ssl.SSLSession | None = None
+        self.latest: ssl.SSLObject | None = None  # the last connection, whose ticket may come
+
+    def session_to_offer(self) -> ssl.SSLSession | None:
+        latest = self.latest
+        if latest is not None:
+            session = latest.session
+            if session is not None and session.has_ticket:
+                self.session, self.latest = session, None
+        session = self.session
+        if session is not None and time.time() >= session.time + session.timeout:
+            self.session = session = None  # expired: the server would refuse it
+        return session
+
+    def forget(self) -> None:
+        """A failed connection: verify the next one fully, and offer no session."""
+        self.accepted = False
+        self.session = self.latest = None
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    if transport is not None and not transport.is_closing():
+        transport.abort()
+
+
+def describe_tls_error(exc: BaseException) -> str:
+    """A refusal's reason for a log line: OpenSSL's words, the certificate problem if any."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or str(exc)
+        return f"certificate verify failed: {detail}"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "").lower().replace("_", " ")
+        if reason:
+            return f"TLS error: {reason}"
+        return f"TLS error: {exc}"
+    if isinstance(exc, IdentityError):
+        return str(exc)
+    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
+        return "TLS handshake timeout"
+    if isinstance(exc, TimeoutError):
+        return "TLS handshake timeout"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "connection reset during the TLS handshake"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class _ClientGate(asyncio.Protocol):
+    """Holds a fresh outbound mTLS connection until it may be used, then hands it over.
+
+    With TLS 1.3 our side of the handshake ends before the peer has checked our certificate; a
+    peer that refuses it says so with an alert on our first read. The peer's verdict is visible
+    a round trip later: a session ticket (OpenSSL and BoringSSL servers send them as soon as they
+    accept the client), data, or the alert and close. `peer_verdict` waits for one of these, at
+    most `MTLS_PEER_VERDICT_WAIT`, so that a refusal fails this endpoint (and the caller tries the
+    next) instead of breaking the first request. A peer that sends no ticket and stays silent is
+    used after the wait. Bytes read meanwhile are replayed to the real protocol. The connector
+    waits only for the first connection to an endpoint per credentials generation (and after a
+    failure): an endpoint that accepted our certificate is trusted to accept it again until our
+    credentials rotate (a peer that changes its mind later fails that connection on its first
+    read instead).
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+        self.data: list[bytes] = []
+        self.eof = False
+        self.closed = False
+        self.error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # a TLS transport closes after close_notify anyway
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def peer_verdict(self, ssl_object: ssl.SSLObject | None, until: float) -> None:
+        """Return once the peer accepted us (or nothing tells); `ConnectError` if it refused."""
+        if ssl_object is None or ssl_object.version() != "TLSv1.3":
+            return  # TLS 1.2: the peer checked our certificate within the handshake
+        loop = asyncio.get_running_loop()
+        passes = 0
+        while True:
+            if self.data:
+                return  # it spoke to us: it accepted us
+            session = ssl_object.session
+            if session is not None and session.has_ticket:
+                return  # accepted (it may still close at once, e.g. denied by its policy)
+            if self.closed or self.eof:
+                reason = describe_tls_error(self.error) if self.error else "closed by the peer"
+                raise ConnectError(
+                    f"peer refused our certificate right after the handshake ({reason})"
+                )
+            now = loop.time()
+            if now >= until:
+                return  # no ticket and silent: nothing tells, use it
+            passes += 1
+            if passes <= _VERDICT_PASSES:
+                await asyncio.sleep(0)  # the ticket is often in the very next read
+                continue
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(min(_VERDICT_POLL, until - now), self._wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+    def hand_over(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give the connection, and what happened on it meanwhile, to its real protocol."""
+        transport = self.transport
+        assert transport is not None
+        if not self.closed:
+            transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.data:
+            data, self.data = b"".join(self.data), []
+            protocol.data_received(data)  # type: ignore[attr-defined]
+        if self.eof:
+            protocol.eof_received()  # type: ignore[attr-defined]
+        if self.closed:
+            protocol.connection_lost(self.error)
+
+
+# --- inbound ------------------------------------------------------------------------------------
+
+
+class MeshListener:
+    """An inbound listener under mTLS: accepts, tells TLS from plaintext, verifies the caller.
+
+    Has the part of `asyncio.Server` the runtime uses (`close`, `sockets`, `wait_closed`).
+    """
+
+    def __init__(
+        self,
+        security: MeshSecurity,
+        stack: Stack,
+        name: str,
+        stats: ListenerStats,
+        sock: socket.socket,
+    ) -> None:
+        self.security = security
+        self.stack = stack
+        self.name = name
+        self.stats = stats
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self._closed_event = asyncio.Event()
+
+    # asyncio.Server's surface
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return () if self.closed else (self.sock,)
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted (and handshakes under way) go on."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self._closed_event.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+    # accepting
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: the socket stays readable, so step back for a moment
+                # rather than spinning on it.
+                log.error(
+                    "event=accept_failed listener=%s error=%r", self.name, exc.strerror or exc
+                )
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(_ACCEPT_PAUSE, self._resume)
+                return
+            conn.setblocking(False)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            _Incoming(self, conn, address).start()
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.start()
+
+    def peer_name(self, address: Any) -> str:
+        if isinstance(address, tuple) and len(address) >= 2:
+            host = address[0]
+            return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+        return str(address)
+
+    def refused(self, address: Any, reason: str, *, verify: bool = False) -> None:
+        """One log line and one count per refused connection."""
+        if verify:
+            self.stats.ssl_fail_verify_error += 1
+        else:
+            self.stats.ssl_connection_error += 1
+        log.warning(
+            "event=tls_refused listener=%s peer=%s mode=%s reason=%r",
+            self.name,
+            self.peer_name(address),
+            self.security.mode,
+            reason,
+        )
+
+    def spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
+
+
+class _Incoming:
+    """One accepted socket until it is TLS, plaintext or refused (its first byte decides)."""
+
+    __slots__ = ("listener", "conn", "address", "deadline", "_timer", "_fd")
+
+    def __init__(self, listener: MeshListener, conn: socket.socket, address: Any) -> None:
+        self.listener = listener
+        self.conn = conn
+        self.address = address
+        self.deadline = listener.loop.time() + defaults.MTLS_HANDSHAKE_TIMEOUT
+        self._timer: asyncio.TimerHandle | None = None
+        self._fd = conn.fileno()
+
+    def start(self) -> None:
+        loop = self.listener.loop
+        loop.add_reader(self._fd, self._readable)
+        wait = (
+            defaults.PERMISSIVE_DETECTION_TIMEOUT
+            if self.listener.security.mode == PERMISSIVE
+            else defaults.MTLS_HANDSHAKE_TIMEOUT
+        )
+        self._timer = loop.call_later(wait, self._silent)
+
+    def _stop_waiting(self) -> None:
+        self.listener.loop.remove_reader(self._fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _readable(self) -> None:
+        try:
+            first = self.conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return  # a spurious wake-up: keep waiting
+        except OSError as exc:
+            self._stop_waiting()
+            self.conn.close()
+            log.debug(
+                "event=connection_lost_before_handshake listener=%s peer=%s error=%r",
+                self.listener.name,
+                self.listener.peer_name(self.address),
+                exc.strerror or str(exc),
+            )
+            return
+        self._stop_waiting()
+        listener = self.listener
+        if first and first[0] == _TLS_HANDSHAKE:
+            listener.spawn(self._tls())
+        elif listener.security.mode == PERMISSIVE:
+            listener.spawn(self._plaintext())
+        elif not first:
+            # Connected and closed without a byte (a port probe): nothing to refuse.
+            self.conn.close()
+            log.debug(
+                "event=closed_before_handshake listener=%s peer=%s",
+                listener.name,
+                listener.peer_name(self.address),
+            )
+        else:
+            self.conn.close()
+            listener.refused(
+                self.address,
+                f"not TLS: first byte 0x{first[0]:02x} is not a TLS handshake record "
+                "(a plaintext client? this inbound requires mTLS)",
+            )
+
+    def _silent(self) -> None:
+        self._timer = None
+        self._stop_waiting()
+        listener = self.listener
+        if listener.security.mode == PERMISSIVE:
+            listener.spawn(self._plaintext())  # a plaintext client waiting for its server
+            return
+        self.conn.close()
+        listener.refused(
+            self.address,
+            f"no TLS ClientHello within {defaults.MTLS_HANDSHAKE_TIMEOUT:g} s",
+        )
+
+    async def _plaintext(self) -> None:
+        listener = self.listener
+        try:
+            await listener.loop.connect_accepted_socket(
+                lambda: listener.stack.accept(None), self.conn
+            )
+        except OSError:
+            self.conn.close()
+
+    async def _tls(self) -> None:
+        listener = self.listener
+        loop = listener.loop
+        timeout = max(0.1, self.deadline - loop.time())
+        context = listener.security.store.server_context  # the current one: rotation
+        try:
+            await loop.connect_accepted_socket(
+                lambda: _ServerGate(listener, self.address),
+                self.conn,
+                ssl=context,
+                ssl_handshake_timeout=timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - every refusal is logged and counted alike
+            self.conn.close()
+            listener.refused(
+                self.address,
+                describe_tls_error(exc),
+                verify=isinstance(exc, ssl.SSLCertVerificationError),
+            )
+
+
+class _ServerGate(asyncio.Protocol):
+    """Sees the connection right after the handshake: checks the caller's SPIFFE identity and
+    hands the connection to the listener's stack with the verified `Peer`."""
+
+    def __init__(self, listener: MeshListener, address: Any) -> None:
+        self.listener = listener
+        self.address = address
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self.listener
+        ssl_object = transport.get_extra_info("ssl_object")
+        try:
+            peer = Peer.from_uris(tls.peer_uris(ssl_object), listener.security.mesh)
+        except IdentityError as exc:
+            transport.abort()
+            listener.refused(self.address, str(exc), verify=True)
+            return
+        stats = listener.stats
+        stats.ssl_handshake += 1
+        stats.source(peer.service).downstream_cx_total += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event=mtls_accepted listener=%s peer=%s identity=%s version=%s alpn=%s resumed=%s",
+                listener.name,
+                listener.peer_name(self.address),
+                peer.spiffe_id,
+                ssl_object.version(),
+                ssl_object.selected_alpn_protocol(),
+                ssl_object.session_reused,
+            )
+        protocol = listener.stack.accept(peer)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - handed over before
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+__all__ = [
+    "MODES",
+    "PERMISSIVE",
+    "RBAC_ACCESS_DENIED",
+    "STRICT",
+    "Authorizer",
+    "MeshListener",
+    "MeshSecurity",
+    "MtlsOptions",
+    "OptionsError",
+    "Peer",
+    "describe_tls_error",
+]
