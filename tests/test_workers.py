@@ -280,3 +280,41 @@ def test_http_through_two_worker_pair_is_counted_once(mesh_uvloop):
     finally:
         app.shutdown()
         app.server_close()
+
+
+def test_certificate_rotation_reaches_every_worker(mesh_uvloop, pki):
+    """Each worker watches the credential files: after a rotation every one serves the new
+    certificate to new connections (16 connections: both workers get some)."""
+    from tests.pki import ask, mtls_pair
+    from tests.test_mtls_rotation import served_serial
+
+    pair = mtls_pair(mesh_uvloop, pki, backend_args=("--workers", "2"))
+    for i in range(8):
+        assert ask(pair.outbound, b"call %d\n" % i) == b"call %d\n" % i
+    old = pki.serial("backend-1")
+    assert {served_serial(pair.inbound, pki, "web-1") for _ in range(16)} == {old}
+    pki.issue("backend-1", "backend")
+    new = pki.serial("backend-1")
+    assert new != old
+    for i in (0, 1):
+        pair.backend.wait_log(f"worker={i} event=credentials_loaded generation=2")
+    assert {served_serial(pair.inbound, pki, "web-1") for _ in range(16)} == {new}
+    assert ask(pair.outbound, b"after\n") == b"after\n"
+
+
+def test_dev_mode_with_workers_issues_one_certificate(mesh_uvloop, pki):
+    """Dev mode (--ca-key): worker 0 issues the certificate, the others load its files."""
+    from tests.pki import ask
+
+    mesh = mesh_uvloop
+    mesh.protocol = "tcp"
+    app = mesh.server(echo)
+    backend, _ = mesh.backend("backend-1", app.port)
+    web, outbound = mesh.client("web-1")
+    dev = ["--ca", str(pki.ca_path), "--ca-key", str(pki.ca_key_path)]
+    b = mesh.start(backend, *dev, "--workers", "2", ready=False).wait_ready(timeout=60)
+    mesh.start(web, *dev)
+    assert b.log.count("dev_mode=issued") == 1, "only worker 0 issues"
+    assert "worker=1 event=mtls_enabled" in b.log
+    for i in range(8):
+        assert ask(outbound, b"call %d\n" % i) == b"call %d\n" % i
