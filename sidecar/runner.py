@@ -250,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
     if worker is not None:
         options.worker = worker
         options.reuse_port = True
+        # A reload asked for while this worker starts must not end it (SIGHUP's default): the
+        # loop's handler takes over once serving; the Dataplane is read fresh at start anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         ready = workers.worker_setup(worker, args.worker_ready_fd)
         for handler in logging.root.handlers:
             handler.setFormatter(

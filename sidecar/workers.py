@@ -48,6 +48,9 @@ from typing import Any
 log = logging.getLogger("sidecar.workers")
 
 READY = b"R"
+# Exit statuses of a worker that was asked to stop and did: drained (0), or ended by the stop
+# signal itself before its handlers were in place (still starting) or after they were gone.
+_STOPPED = (0, None, -signal.SIGTERM, -signal.SIGINT)
 RESTART_QUICK = 10.0  # a worker that dies sooner than this after its start is restarted slowly
 RESTART_PAUSE_MAX = 30.0
 CHANNEL_TIMEOUT = 2.0  # a worker that does not answer a read within this is left out of it
@@ -261,7 +264,7 @@ class Supervisor:
                 )
             if self.stopping:
                 if all(w.proc is None for w in self.workers):
-                    failed = [w for w in self.workers if w.exit_status not in (0, None)]
+                    failed = [w for w in self.workers if w.exit_status not in _STOPPED]
                     log.info("event=workers_stopped failed=%d", len(failed))
                     return 1 if failed else 0
                 continue
