@@ -21,25 +21,28 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import profile, report
+from bench import charts, profile, report
+from bench.catalog import SCENARIOS
 from bench.context import REPO_ROOT, Context, Pinning, child_env
-from bench.paths import PATHS
+from bench.paths import PATH_ALIASES, PATHS
 from bench.procs import BenchError, Processes, machine_busy_s, sample
-from bench.scenarios import SCENARIOS, Scenario, Server
+from bench.scenarios import Scenario, Server
 
-PROXY_LABELS = {"sidecar-a": "A", "sidecar-b": "B"}
+PROXY_LABELS = {"sidecar-a": "A", "sidecar-b": "B", "haproxy-a": "A", "haproxy-b": "B"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m bench",
         description="Measure what a pysidecar hop costs: each scenario, direct versus through "
-                    "a sidecar pair, on 127.0.0.1.",
+                    "a sidecar pair (plaintext and mTLS) and a reference HAProxy pair, on "
+                    "127.0.0.1.",
     )
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
                         help=f"run this scenario (repeatable; default: all of "
                              f"{', '.join(SCENARIOS)})")
-    parser.add_argument("--path", action="append", choices=list(PATHS), metavar="NAME",
+    parser.add_argument("--path", action="append", choices=[*PATHS, *PATH_ALIASES],
+                        metavar="NAME",
                         help=f"measure this path (repeatable; default: all of {', '.join(PATHS)}; "
                              f"direct is always measured, ratios need it)")
     parser.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
@@ -79,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and (reason := profile.unavailable(args.profile)):
         raise SystemExit(f"python3 -m bench: --profile {args.profile}: {reason}")
     scenarios = [SCENARIOS[n] for n in dict.fromkeys(args.scenario or SCENARIOS)]
-    path_names = list(dict.fromkeys(["direct", *(args.path or PATHS)]))
+    path_names = list(dict.fromkeys(
+        ["direct", *(PATH_ALIASES.get(p, p) for p in (args.path or PATHS))]
+    ))
     started = dt.datetime.now().astimezone()
     out = args.out or REPO_ROOT / "bench" / "out" / started.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes(out / "logs", child_env())
     ctx = Context(procs, Pinning(args.pin), args.loop, out, work, profile=args.profile)
     results: dict = {
-        "schema": 1,
+        "schema": 2,
         "started": started.isoformat(timespec="seconds"),
         "command": shlex.join(["python3", "-m", "bench", *argv]),
         "machine": report.machine(),
@@ -117,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         results["notes"].append(
             f"{args.profile} was attached to the proxies: their figures are perturbed"
         )
+    for name in path_names:
+        reason = PATHS[name].unavailable()
+        if reason:
+            results["notes"].append(f"path `{name}` skipped: {reason}")
     if cores < 4:
         results["notes"].append(
             f"this machine has {cores} cores: the pair path runs four busy processes (client, "
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     results["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     results["targets"] = report.targets(results)
     results["processes"] = procs.describe()
+    results["charts"] = charts.draw(results, out)
     text = report.markdown(results)
     (out / "report.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -169,6 +179,11 @@ def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], durati
         "kind": scenario.kind,
         "title": scenario.title,
         "measures": scenario.measures,
+        "protocol": scenario.protocol,
+        "rate_key": scenario.rate_key,
+        "rate_unit": scenario.rate_unit,
+        "rate_digits": scenario.rate_digits,
+        "latency_key": scenario.latency_key,
         "skipped": scenario.unavailable(),
         "paths": [],
     }
@@ -190,11 +205,25 @@ def run_scenario(ctx: Context, scenario: Scenario, path_names: list[str], durati
     for measured in runs.values():
         if measured:
             entry["paths"].append(_median_run(scenario, measured))
-    direct = next((p for p in entry["paths"] if p["path"] == "direct" and p.get("ok")), None)
-    for p in entry["paths"]:
-        if p.get("ok") and direct is not None:
-            p["vs_direct"] = scenario.compare(p["figures"], direct["figures"])
+    compare_paths(scenario, entry["paths"])
     return entry
+
+
+def compare_paths(scenario: Scenario, paths: list[dict]) -> None:
+    """Each path against direct and against the HAProxy pair: figures and cost per unit."""
+    ok = {p["path"]: p for p in paths if p.get("ok")}
+    for reference in ("direct", "haproxy", "haproxy-plain"):
+        ref = ok.get(reference)
+        if ref is None:
+            continue
+        for p in ok.values():
+            if p is ref and reference == "direct":
+                continue
+            vs = scenario.compare(p["figures"], ref["figures"])
+            mine, theirs = p.get("per_proxy_cpu_s"), ref.get("per_proxy_cpu_s")
+            if mine and theirs:
+                vs["efficiency_ratio"] = mine / theirs
+            p[f"vs_{reference.replace('-', '_')}"] = vs
 
 
 def _median_run(scenario: Scenario, measured: list[dict]) -> dict:
@@ -223,7 +252,8 @@ def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
         result["skipped"] = reason
         return result
     try:
-        with path.open(ctx, server.port, label) as route:
+        with path.open(ctx, server.port, label, scenario.protocol) as route:
+            scenario.warmup(ctx, route.port, label)
             watched = [server.proc, *route.proxies]
             before = {p.pid: sample(p.pid) for p in watched}
             profiling = None
@@ -264,6 +294,8 @@ def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
             "cpu_s": a.cpu_s - b.cpu_s if a and b else None,
             "peak_rss_mb": a.peak_rss_kb / 1024 if a else None,
         }
+        if item["cpu_s"] is not None and elapsed:
+            item["cores"] = item["cpu_s"] / elapsed
         if is_proxy and item["cpu_s"] is not None and work.amount:
             item["cpu_s_per_unit"] = item["cpu_s"] / work.amount
             proxy_total += item["cpu_s"]
@@ -282,21 +314,14 @@ def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
         },
         "figures": figures,
         "elapsed_s": elapsed,
-        "work": {"amount": work.amount, "unit": work.unit},
+        "work": {"amount": work.amount, "unit": work.unit, "scale": work.scale,
+                 "each": work.each},
         "processes": processes,
         "proxy_cpu_s_per_unit": proxy_total / work.amount if route.proxies and work.amount
         else None,
+        # Requests (messages, GB, ...) per CPU-second of all proxies together.
+        "per_proxy_cpu_s": work.amount * work.scale / proxy_total
+        if route.proxies and proxy_total > 0 else None,
     })
-    print(f"bench: {label}: {_describe(scenario, figures)}", file=sys.stderr)
+    print(f"bench: {label}: {scenario.describe(figures)}", file=sys.stderr)
     return result
-
-
-def _describe(scenario: Scenario, figures: dict) -> str:
-    if scenario.kind == "bulk":
-        return f"{figures['gbit_per_s']:.2f} Gbit/s"
-    if scenario.kind == "rr":
-        rtt = figures["rtt_us"]
-        return (f"{figures['messages_per_s']:,.0f} msgs/s, p50 {rtt['p50']:.1f} µs, "
-                f"p99 {rtt['p99']:.1f} µs")
-    t = figures["connect_rtt_us"]
-    return f"{figures['connections_per_s']:,.0f} conns/s, p50 {t['p50']:.1f} µs"

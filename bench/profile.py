@@ -56,6 +56,8 @@ class Profiling:
         self.runs: list[tuple[Proc, Proc, Path]] = []
         seconds = max(1, math.ceil(duration))
         for proxy in proxies:
+            if tool == "py-spy" and not proxy.role.startswith("sidecar"):
+                continue  # py-spy reads Python processes only (perf covers HAProxy)
             if tool == "perf":
                 data = self.dir / f"{label}-{proxy.role}.perf.data"
                 argv = ["perf", "record", "-F", "499", "-g", "-p", str(proxy.pid), "-o",
@@ -115,10 +117,34 @@ def _short_binary(name: str) -> str:
     return re.sub(r"\blibpython3\.\d+\.so\S*", "libpython", name)
 
 
+SYSCALL_LEAF = re.compile(r"^(write|writev|read|readv|recv|recvfrom|send|sendto|sendmsg|"
+                          r"recvmsg|epoll_wait|epoll_pwait|getpid|getrandom|connect|accept4?|"
+                          r"close|shutdown|setsockopt|getsockopt) \(libc")
+PY_FRAME = re.compile(r"\(([^()]*\.py):\d+\)$")
+
+
+def _package(frame: str) -> str | None:
+    """`Connection.send (h11/_connection.py:512)` → `h11`; a stdlib module → its file name."""
+    found = PY_FRAME.search(frame)
+    if not found:
+        return None
+    path = found.group(1)
+    if path.startswith("<frozen"):
+        return path
+    return path.split("/", 1)[0] if "/" in path else path
+
+
 def summarize_pyspy(data: Path) -> dict:
+    """Shares of samples: innermost frames; time inside system calls (py-spy samples wall time
+    of a running thread, so this includes being descheduled inside a write that woke the peer);
+    the rest by the package of the innermost Python frame (h2, h11, hpack, sidecar, asyncio...);
+    and functions on the stack (inclusive), ours and the libraries'."""
     leaf: collections.Counter[str] = collections.Counter()
+    self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+    libraries: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
+    total = syscalls = 0
     for line in data.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -127,18 +153,36 @@ def summarize_pyspy(data: Path) -> dict:
         total += n
         frames = stack.split(";")
         leaf[frames[-1]] += n
+        self_time[_function(frames[-1])] += n
+        if SYSCALL_LEAF.match(frames[-1]):
+            syscalls += n
+            packages["(in system calls)"] += n
+        else:
+            python = [f for f in frames if PY_FRAME.search(f)]
+            packages[_package(python[-1]) if python else "(native, no Python frame)"] += n
         # Inclusive by function (line numbers dropped), counted once per stack.
-        for function in {_function(f) for f in frames if "sidecar/" in f}:
-            inclusive[function] += n
+        functions = {_function(f) for f in frames if PY_FRAME.search(f)}
+        for function in functions:
+            if "sidecar/" in function:
+                inclusive[function] += n
+            elif not function.startswith(("<module>", "run (", "main (")) and "asyncio/" \
+                    not in function and "uvloop" not in function:
+                libraries[function] += n
     if not total:
         return {"tool": "py-spy", "samples": 0}
+
+    def shares(counter: collections.Counter[str], key: str, n: int) -> list[dict]:
+        return [{"share": 100 * v / total, key: k} for k, v in counter.most_common(n)]
+
     return {
         "tool": "py-spy",
         "samples": total,
-        "top_leaf": [{"share": 100 * n / total, "frame": f} for f, n in leaf.most_common(12)],
-        "sidecar_inclusive": [
-            {"share": 100 * n / total, "frame": f} for f, n in inclusive.most_common(12)
-        ],
+        "syscall_share": 100 * syscalls / total,
+        "by_package": shares(packages, "package", 12),
+        "top_leaf": shares(leaf, "frame", 12),
+        "top_self": shares(self_time, "frame", 25),
+        "sidecar_inclusive": shares(inclusive, "frame", 20),
+        "library_inclusive": shares(libraries, "frame", 15),
     }
 
 
@@ -168,10 +212,18 @@ def markdown(results: dict) -> list[str]:
                     lines += [f"| {s['share']:.1f}% | `{s['symbol']}` |"
                               for s in summary["top_symbols"]]
                 else:
-                    lines += ["| share | innermost frame |", "|---:|---|"]
+                    packages = ", ".join(f"{p['package']} {p['share']:.1f}%"
+                                         for p in summary.get("by_package", []))
+                    lines += [f"{summary.get('samples', 0)} samples. By package of the innermost "
+                              f"Python frame: {packages}.", ""]
+                    lines += ["| share | innermost function (self time) |", "|---:|---|"]
                     lines += [f"| {s['share']:.1f}% | `{s['frame']}` |"
-                              for s in summary.get("top_leaf", [])]
+                              for s in summary.get("top_self", summary.get("top_leaf", []))]
                     lines += ["", "| share | sidecar frame on the stack |", "|---:|---|"]
                     lines += [f"| {s['share']:.1f}% | `{s['frame']}` |"
                               for s in summary.get("sidecar_inclusive", [])]
+                    if summary.get("library_inclusive"):
+                        lines += ["", "| share | library frame on the stack |", "|---:|---|"]
+                        lines += [f"| {s['share']:.1f}% | `{s['frame']}` |"
+                                  for s in summary["library_inclusive"]]
     return lines

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
 import subprocess
 from importlib import metadata
 
 from bench.context import REPO_ROOT
 from bench.profile import markdown as profile_markdown
 
-# Figures the issues ask for (issue 3, "Bench"): one core per sidecar.
-BULK_RATIO_TARGET = 0.5
-ADDED_P99_TARGET_MS = 0.3
-# Issue 4: bulk through the pair with mTLS on the hop.
-MTLS_BULK_RATIO_TARGET = 0.35
+# Figures the issues ask for ("Bench" sections of issues 3, 4, 5, 6 and 8): one worker per sidecar.
+BULK_RATIO_TARGET = 0.5  # issues 3, 8: TCP bulk through the plaintext pair, × direct
+ADDED_P99_TARGET_MS = 0.3  # issue 3: tcp-rr added round trip p99
+MTLS_BULK_RATIO_TARGET = 0.35  # issue 4: bulk through the mTLS pair, × direct
+RATE_ADDED_P50_MS = 0.5  # issue 5: at 1,000 req/s, added p50
+RATE_ADDED_P99_MS = 1.5  # issues 5, 8: at 1,000 req/s, added p99
+CORES_PER_1K_RPS = 0.3  # issue 5: CPU per sidecar per 1,000 req/s
+WS_RATIO_TARGET = 0.35  # issue 6: websocket echo through the pair, × direct msgs/s
+HTTP_EFFICIENCY_VS_HAPROXY = 0.25  # issue 8: HTTP/1.1 requests per proxy CPU-second, × HAProxy's
+GRPC_UNARY_CALLS = 2000  # issue 8: calls/s per worker pair
+RSS_MB_AT_1K = 40  # issue 8: peak RSS per sidecar at 1,000 req/s
 
 
 def machine() -> dict:
@@ -59,17 +67,42 @@ def _first_line(argv: list[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def versions(loop: str) -> dict:
+def _version(argv: list[str], pattern: str = r"[\d]+\.[\d.]+\S*") -> str | None:
+    if shutil.which(argv[0]) is None:
+        return None
+    line = _first_line(argv)
+    if not line:
+        return None
+    found = re.search(pattern, line)
+    return found.group(0) if found else line
+
+
+def _module(name: str) -> str | None:
     try:
-        uvloop_version = metadata.version("uvloop")
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
-        uvloop_version = None
+        return None
+
+
+def _git(*args: str) -> str | None:
+    """First line of a git command's output in this checkout; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def versions(loop: str) -> dict:
+    uvloop_version = _module("uvloop")
     try:
         from sidecar import __version__ as sidecar_version
     except ImportError:
         sidecar_version = None
-    commit = _first_line(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "sidecar"])
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", "sidecar")
     if commit and dirty:
         commit += "+dirty"
     effective = loop
@@ -81,8 +114,122 @@ def versions(loop: str) -> dict:
         "sidecar_loop": effective,
         "pysidecar": sidecar_version,
         "pysidecar_commit": commit,
-        "iperf3": _first_line(["iperf3", "--version"]),
+        "iperf3": _first_line(["iperf3", "--version"]) if shutil.which("iperf3") else None,
+        "h2load": _version(["h2load", "--version"]),
+        "nghttpd": _version(["nghttpd", "--version"]),
+        "haproxy": _version(["haproxy", "-v"]),
+        "openssl": _version(["openssl", "version"]),
+        "h11": _module("h11"),
+        "h2": _module("h2"),
+        "grpcio": _module("grpcio"),
+        "websockets": _module("websockets"),
+        "matplotlib": _module("matplotlib"),
     }
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+
+def _entry(results: dict, scenario: str, path: str) -> dict | None:
+    for s in results["scenarios"]:
+        if s["name"] == scenario:
+            for e in s.get("paths", []):
+                if e["path"] == path and e.get("ok"):
+                    return e
+    return None
+
+
+def _secure(results: dict, scenario: str) -> tuple[dict | None, str]:
+    """The mTLS pair's entry when it was measured, else the plaintext pair's (and which)."""
+    e = _entry(results, scenario, "pair-mtls")
+    if e is not None:
+        return e, "pair-mtls"
+    return _entry(results, scenario, "pair"), "pair (mTLS off: pair-mtls not measured)"
+
+
+def _proxies(entry: dict) -> list[dict]:
+    return [p for p in entry.get("processes", []) if p.get("proxy")]
+
+
+def targets(results: dict) -> list[dict]:
+    found: list[dict] = []
+
+    def add(issue: str, target: str, path: str, measured: str, met: bool | None) -> None:
+        found.append({"issue": issue, "target": target, "path": path, "measured": measured,
+                      "met": met})
+
+    for name in ("tcp-bulk", "tcp-bulk-reverse"):
+        e = _entry(results, name, "pair")
+        if e and "vs_direct" in e:
+            r = e["vs_direct"]["ratio"]
+            add("3, 8", f"{name}: throughput ≥ {BULK_RATIO_TARGET} × direct", "pair",
+                f"{r:.2f} × direct", r >= BULK_RATIO_TARGET)
+    e = _entry(results, "tcp-bulk", "pair-mtls")
+    if e and "vs_direct" in e:
+        r = e["vs_direct"]["ratio"]
+        add("4", f"tcp-bulk: mTLS throughput ≥ {MTLS_BULK_RATIO_TARGET} × direct", "pair-mtls",
+            f"{r:.2f} × direct", r >= MTLS_BULK_RATIO_TARGET)
+        if "vs_haproxy" in e:
+            r = e["vs_haproxy"]["ratio"]
+            add("8", "tcp-bulk: mTLS throughput ≥ the HAProxy mTLS pair's", "pair-mtls",
+                f"{r:.2f} × haproxy", r >= 1.0)
+    e = _entry(results, "tcp-rr", "pair")
+    if e and "vs_direct" in e:
+        v = e["vs_direct"]["added_p99_ms"]
+        add("3", f"tcp-rr: added round-trip p99 ≤ {ADDED_P99_TARGET_MS} ms", "pair",
+            f"{v:.3f} ms", v <= ADDED_P99_TARGET_MS)
+    plain, tls = _entry(results, "tcp-connect", "pair"), _entry(results, "tcp-connect",
+                                                               "pair-mtls")
+    if plain and tls:
+        add("4", "tcp-connect: new connections/s (mTLS handshakes) through the mTLS pair, "
+                 "against the plaintext pair (reported)", "pair-mtls",
+            f"{tls['figures']['connections_per_s']:,.0f} vs "
+            f"{plain['figures']['connections_per_s']:,.0f} conns/s", None)
+
+    e, which = _secure(results, "http1-rate")
+    if e and "vs_direct" in e:
+        vs = e["vs_direct"]
+        add("5", f"http1-rate (1,000 req/s): added p50 ≤ {RATE_ADDED_P50_MS} ms", which,
+            f"{vs['added_p50_ms']:.2f} ms", vs["added_p50_ms"] <= RATE_ADDED_P50_MS)
+        add("5, 8", f"http1-rate (1,000 req/s): added p99 ≤ {RATE_ADDED_P99_MS} ms", which,
+            f"{vs['added_p99_ms']:.2f} ms", vs["added_p99_ms"] <= RATE_ADDED_P99_MS)
+        rate = e["figures"]["requests_per_s"]
+        if rate:
+            per_1k = {p["label"]: p["cores"] * 1000 / rate for p in _proxies(e) if "cores" in p}
+            if per_1k:
+                add("5", f"http1-rate: CPU ≤ {CORES_PER_1K_RPS} core per 1,000 req/s per "
+                         "sidecar", which,
+                    " · ".join(f"{k} {v:.2f}" for k, v in per_1k.items())
+                    + f" core (at {rate:,.0f} req/s)",
+                    max(per_1k.values()) <= CORES_PER_1K_RPS)
+        rss = {p["label"]: p["peak_rss_mb"] for p in _proxies(e) if p.get("peak_rss_mb")}
+        if rss:
+            add("8", f"peak RSS ≤ {RSS_MB_AT_1K} MB per sidecar at 1,000 req/s", which,
+                " · ".join(f"{k} {v:.1f}" for k, v in rss.items()) + " MB",
+                max(rss.values()) <= RSS_MB_AT_1K)
+    e, which = _secure(results, "http1")
+    if e:
+        add("5", "http1: maximum req/s per worker (one worker per sidecar; reported)", which,
+            f"{e['figures']['requests_per_s']:,.0f} req/s", None)
+        ref = like_for_like(e)
+        if ref and "efficiency_ratio" in e[f"vs_{ref}"]:
+            r = e[f"vs_{ref}"]["efficiency_ratio"]
+            versus = ref.replace("_", "-")
+            add("8", f"http1: requests per proxy CPU-second ≥ {HTTP_EFFICIENCY_VS_HAPROXY} × "
+                     "the HAProxy pair's (with mTLS)", f"{which.split(' ')[0]} vs {versus}",
+                f"{r:.3f} × {versus}", r >= HTTP_EFFICIENCY_VS_HAPROXY)
+    e, which = _secure(results, "grpc-unary")
+    if e:
+        v = e["figures"]["calls_per_s"]
+        add("8", f"grpc-unary ≥ {GRPC_UNARY_CALLS:,} calls/s per worker pair", which,
+            f"{v:,.0f} calls/s", v >= GRPC_UNARY_CALLS)
+    for name in ("ws-echo", "ws-echo-tcp"):
+        e = _entry(results, name, "pair")
+        if e and "vs_direct" in e:
+            r = e["vs_direct"]["ratio"]
+            add("6", f"{name}: messages/s ≥ {WS_RATIO_TARGET} × direct", "pair",
+                f"{r:.2f} × direct", r >= WS_RATIO_TARGET)
+    return found
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -95,77 +242,83 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 
 def _per_proxy(entry: dict, key: str, digits: int) -> str:
-    proxies = [p for p in entry.get("processes", []) if p.get("proxy")]
+    proxies = _proxies(entry)
     if not proxies:
         return "–"
     return " · ".join(f"{p['label']} {_f(p.get(key), digits)}" for p in proxies)
 
 
-def _added(entry: dict, key: str) -> str:
-    if entry["path"] == "direct":
+def _vs(entry: dict, reference: str, key: str, digits: int = 2) -> str:
+    if entry["path"] == reference:
         return "–"
-    return _f(entry.get("vs_direct", {}).get(key), 3)
+    return _f(entry.get(f"vs_{reference}", {}).get(key), digits)
 
 
-def _proxy_total(entry: dict) -> str:
-    value = entry.get("proxy_cpu_s_per_unit")
-    return _f(value, 3) if value is not None else "–"
+def like_for_like(entry: dict) -> str | None:
+    """Which HAProxy pair this path compares with: the one whose hop is as secure as its own
+    (plaintext: `haproxy-plain`, mTLS: `haproxy`; direct: `haproxy`), falling back to the other
+    when only one was measured. None when neither was."""
+    plain = entry["path"] in ("pair", "haproxy-plain")
+    order = ("haproxy_plain", "haproxy") if plain else ("haproxy", "haproxy_plain")
+    for ref in order:
+        if f"vs_{ref}" in entry:
+            return ref
+    return None
 
 
-def _bulk_rows(entries: list[dict]) -> list[str]:
-    rows = [
-        "| path | Gbit/s | × direct | proxy CPU s/GB (total) | CPU s/GB per proxy "
-        "| CPU s per proxy | peak RSS MB per proxy |",
-        "|---|---:|---:|---:|---|---|---|",
-    ]
+def _vs_haproxy(entry: dict, key: str) -> str:
+    if entry["path"].startswith("haproxy"):
+        return "–"
+    ref = like_for_like(entry)
+    if ref is None:
+        return "–"
+    value = entry[f"vs_{ref}"].get(key)
+    if value is None:
+        return "–"
+    return f"{value:,.2f}" + (" (plain)" if ref == "haproxy_plain" else "")
+
+
+def _efficiency(entry: dict) -> str:
+    value = entry.get("per_proxy_cpu_s")
+    if value is None:
+        return "–"
+    return _f(value, 2 if value < 100 else 0)
+
+
+def _table(scenario: dict, entries: list[dict]) -> list[str]:
+    unit, digits = scenario["rate_unit"], scenario["rate_digits"]
+    work = entries[0].get("work", {})
+    each = work.get("each") or work.get("unit", "")
+    latency = scenario.get("latency_key")
+    failures = any(e["figures"].get("failed") for e in entries)
+    header = ["path", unit, "× direct", "× HAProxy pair"]
+    align = ["---", "---:", "---:", "---:"]
+    if latency:
+        header += ["p50 µs", "p90 µs", "p99 µs", "max µs", "added p50 ms", "added p99 ms"]
+        align += ["---:"] * 6
+    if failures:
+        header.append("failed")
+        align.append("---:")
+    header += [f"proxy CPU s/{work.get('unit', '')}", f"{each} per proxy CPU-s",
+               "CPU-s eff. × HAProxy", "proxy cores", "peak RSS MB"]
+    align += ["---:", "---:", "---:", "---", "---"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for e in entries:
-        fig, vs = e["figures"], e.get("vs_direct", {})
-        rows.append(
-            f"| {e['path']} | {_f(fig['gbit_per_s'])} | {_f(vs.get('throughput_ratio'))} "
-            f"| {_proxy_total(e)} | {_per_proxy(e, 'cpu_s_per_unit', 3)} "
-            f"| {_per_proxy(e, 'cpu_s', 2)} | {_per_proxy(e, 'peak_rss_mb', 1)} |"
-        )
+        fig = e["figures"]
+        cells = [e["path"], _f(fig[scenario["rate_key"]], digits), _vs(e, "direct", "ratio"),
+                 _vs_haproxy(e, "ratio")]
+        if latency:
+            lat = fig.get(latency) or {}
+            cells += [_f(lat.get("p50"), 0), _f(lat.get("p90"), 0), _f(lat.get("p99"), 0),
+                      _f(lat.get("max"), 0), _vs(e, "direct", "added_p50_ms", 3),
+                      _vs(e, "direct", "added_p99_ms", 3)]
+        if failures:
+            cells.append(str(fig.get("failed", 0)))
+        cells += [_f(e.get("proxy_cpu_s_per_unit"), 3), _efficiency(e),
+                  _vs_haproxy(e, "efficiency_ratio"), _per_proxy(e, "cores", 2),
+                  _per_proxy(e, "peak_rss_mb", 1)]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
-
-
-def _rr_rows(entries: list[dict]) -> list[str]:
-    rows = [
-        "| path | msgs/s | × direct | p50 µs | p90 µs | p99 µs | max µs | added p50 ms "
-        "| added p99 ms | proxy CPU s/1k msgs (total) | peak RSS MB per proxy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for e in entries:
-        fig, vs = e["figures"], e.get("vs_direct", {})
-        rtt = fig["rtt_us"]
-        rows.append(
-            f"| {e['path']} | {_f(fig['messages_per_s'], 0)} | {_f(vs.get('rate_ratio'))} "
-            f"| {_f(rtt['p50'], 1)} | {_f(rtt['p90'], 1)} | {_f(rtt['p99'], 1)} "
-            f"| {_f(rtt['max'], 0)} | {_added(e, 'added_p50_ms')} "
-            f"| {_added(e, 'added_p99_ms')} | {_proxy_total(e)} "
-            f"| {_per_proxy(e, 'peak_rss_mb', 1)} |"
-        )
-    return rows
-
-
-def _connect_rows(entries: list[dict]) -> list[str]:
-    rows = [
-        "| path | conns/s | × direct | p50 µs | p99 µs | added p50 ms | added p99 ms "
-        "| proxy CPU s/1k conns (total) | peak RSS MB per proxy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for e in entries:
-        fig, vs = e["figures"], e.get("vs_direct", {})
-        t = fig["connect_rtt_us"]
-        rows.append(
-            f"| {e['path']} | {_f(fig['connections_per_s'], 0)} | {_f(vs.get('rate_ratio'))} "
-            f"| {_f(t['p50'], 1)} | {_f(t['p99'], 1)} | {_added(e, 'added_p50_ms')} "
-            f"| {_added(e, 'added_p99_ms')} | {_proxy_total(e)} "
-            f"| {_per_proxy(e, 'peak_rss_mb', 1)} |"
-        )
-    return rows
-
-
-TABLES = {"bulk": _bulk_rows, "rr": _rr_rows, "connect": _connect_rows}
 
 
 def _others(entries: list[dict]) -> str:
@@ -190,92 +343,31 @@ def _others(entries: list[dict]) -> str:
     )
 
 
-HEADLINE_UNITS = {"bulk": ("Gbit/s", 2), "rr": ("msgs/s", 0), "connect": ("conns/s", 0)}
-
-
 def _spread(scenario: dict, entries: list[dict]) -> str:
-    unit, digits = HEADLINE_UNITS[scenario["kind"]]
+    digits = scenario["rate_digits"]
+    unit = scenario["rate_unit"]
+    if scenario["kind"] == "rate":
+        unit, digits = "p99 µs (the runs are ranked by it)", 0
     parts = []
     for e in entries:
         repeats = e.get("repeats")
         if repeats:
-            values = " · ".join(_f(v, digits) for v in repeats["headline_sorted"])
+            values = " · ".join(_f(abs(v), digits) for v in repeats["headline_sorted"])
             failed = f" ({repeats['failed']} failed)" if repeats["failed"] else ""
             parts.append(f"{e['path']} {values}{failed}")
     return f"Every run, {unit}, sorted: " + "; ".join(parts) + "." if parts else ""
 
 
-def targets(results: dict) -> list[dict]:
-    found = []
-    for scenario in results["scenarios"]:
-        for e in scenario.get("paths", []):
-            if e["path"] == "mtls-pair" and e.get("ok") and scenario["kind"] == "bulk":
-                ratio = e.get("vs_direct", {}).get("throughput_ratio")
-                if ratio is not None:
-                    found.append({
-                        "target": f"{scenario['name']}: mtls-pair throughput "
-                                  f"≥ {MTLS_BULK_RATIO_TARGET} × direct (issue 4)",
-                        "measured": f"{ratio:.2f} × direct",
-                        "met": ratio >= MTLS_BULK_RATIO_TARGET,
-                    })
-            if e["path"] != "pair" or not e.get("ok"):
-                continue
-            vs = e.get("vs_direct", {})
-            if scenario["kind"] == "bulk" and vs.get("throughput_ratio") is not None:
-                found.append({
-                    "target": f"{scenario['name']}: pair throughput ≥ {BULK_RATIO_TARGET} × direct",
-                    "measured": f"{vs['throughput_ratio']:.2f} × direct",
-                    "met": vs["throughput_ratio"] >= BULK_RATIO_TARGET,
-                })
-            if scenario["kind"] == "rr" and vs.get("added_p99_ms") is not None:
-                found.append({
-                    "target": f"{scenario['name']}: added round-trip p99 "
-                              f"≤ {ADDED_P99_TARGET_MS} ms",
-                    "measured": f"{vs['added_p99_ms']:.3f} ms",
-                    "met": vs["added_p99_ms"] <= ADDED_P99_TARGET_MS,
-                })
-    return found
-
-
-def mtls_markdown(results: dict) -> list[str]:
-    """The mTLS pair against the plaintext pair and direct, and its handshake rate."""
-    rows = []
-    for scenario in results["scenarios"]:
-        by_path = {e["path"]: e for e in scenario.get("paths", []) if e.get("ok")}
-        mtls = by_path.get("mtls-pair")
-        if mtls is None:
-            continue
-        unit, digits = HEADLINE_UNITS[scenario["kind"]]
-        key = {"bulk": "gbit_per_s", "rr": "messages_per_s", "connect": "connections_per_s"}[
-            scenario["kind"]
-        ]
-        value = mtls["figures"][key]
-        cells = []
-        for other in ("direct", "pair"):
-            ref = by_path.get(other)
-            ratio = value / ref["figures"][key] if ref and ref["figures"][key] else None
-            cells.append(f"{ratio:.2f}" if ratio is not None else "–")
-        cpu = mtls.get("proxy_cpu_s_per_unit")
-        cpu_text = f"{cpu:.3f} CPU s/{mtls['work']['unit']}" if cpu is not None else "–"
-        rows.append(
-            f"| {scenario['name']} | {_f(value, digits)} {unit} | {cells[0]} | {cells[1]} "
-            f"| {cpu_text} |"
-        )
-    if not rows:
-        return []
-    lines = [
-        "",
-        "## mTLS pair (issue 4)",
-        "",
-        "| scenario | mtls-pair | × direct | × plaintext pair | proxy CPU (A + B) |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-        "",
-        "Every connection through the mTLS pair is one TLS 1.3 handshake at each sidecar (A as "
-        "client, B as server): the connection rates above are the handshakes per second each "
-        "sidecar made, and their CPU per 1k connections is the cost of 1,000 handshakes on both.",
-    ]
-    return lines
+def _versions_line(v: dict) -> str:
+    bits = [f"Python {v['python']}", f"uvloop {v['uvloop'] or 'not installed'}",
+            f"pysidecar {v['pysidecar']} ({v['pysidecar_commit'] or 'no git'})"]
+    for key in ("h11", "h2", "grpcio", "websockets"):
+        if v.get(key):
+            bits.append(f"{key} {v[key]}")
+    for key in ("h2load", "nghttpd", "haproxy", "openssl"):
+        bits.append(f"{key} {v.get(key) or 'not installed'}")
+    bits.append(v.get("iperf3") or "iperf3 not installed")
+    return ", ".join(bits)
 
 
 def markdown(results: dict) -> str:
@@ -286,9 +378,7 @@ def markdown(results: dict) -> str:
         f"- Command: `{results['command']}`",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores ({m['usable_cores']} usable), "
         f"{m['memory_gib']} GiB, Linux {m['kernel']}",
-        f"- Versions: Python {v['python']}, uvloop {v['uvloop'] or 'not installed'}, "
-        f"pysidecar {v['pysidecar']} ({v['pysidecar_commit'] or 'no git'}), "
-        f"{v['iperf3'] or 'iperf3 not installed'}",
+        f"- Versions: {_versions_line(v)}",
         f"- Sidecar event loop: {v['sidecar_loop']}; {s['duration']} s per measurement"
         + (f"; each path measured {s['repeat']} times, taking turns, the median run shown"
            if s.get("repeat", 1) > 1 else ""),
@@ -300,11 +390,16 @@ def markdown(results: dict) -> str:
         lines.append(f"- Note: {note}")
     found = results.get("targets") or []
     if found:
-        lines += ["", "## Targets (issues 3, 4)", "", "| target | measured | |", "|---|---:|---|"]
+        lines += ["", "## Targets (issues 3, 4, 5, 6, 8; one worker per sidecar)", "",
+                  "| issue | target | path | measured | |", "|---|---|---|---:|---|"]
         for t in found:
-            verdict = "met" if t["met"] else "NOT met"
-            lines.append(f"| {t['target']} | {t['measured']} | {verdict} |")
-    lines += mtls_markdown(results)
+            verdict = "reported" if t["met"] is None else ("met" if t["met"] else "NOT met")
+            lines.append(f"| {t['issue']} | {t['target']} | {t['path']} | {t['measured']} "
+                         f"| {verdict} |")
+    for name in results.get("charts", {}).get("files", []):
+        lines += ["", f"![{name}]({name})"]
+    if results.get("charts", {}).get("note"):
+        lines += ["", f"Charts: {results['charts']['note']}"]
     for scenario in results["scenarios"]:
         lines += ["", f"## {scenario['name']} — {scenario['title']}", "", scenario["measures"], ""]
         if scenario.get("skipped"):
@@ -312,7 +407,7 @@ def markdown(results: dict) -> str:
             continue
         ok = [e for e in scenario["paths"] if e.get("ok")]
         if ok:
-            lines += TABLES[scenario["kind"]](ok)
+            lines += _table(scenario, ok)
             lines += ["", _others(ok) + "."]
             spread = _spread(scenario, ok)
             if spread:
@@ -326,9 +421,15 @@ def markdown(results: dict) -> str:
     lines += profile_markdown(results)
     lines += [
         "",
-        "Ratios compare each path with `direct` in the same run. CPU s/GB and CPU s/1k are the "
-        "CPU seconds (user + system) the proxy processes used during the measurement divided by "
-        "what they carried; peak RSS is VmHWM. A = the client's sidecar (outbound), "
-        "B = the server's sidecar (inbound).",
+        "Ratios compare each path with `direct` and with the HAProxy pair whose hop is as "
+        "secure as its own, in the same run: `pair` with `haproxy-plain` (marked \"plain\"), "
+        "`pair-mtls` and `direct` with `haproxy` (mTLS). "
+        "Added latencies are the path's percentile minus direct's. Proxy CPU s/unit: the CPU "
+        "seconds (user + system, all threads) of the two proxy processes during the "
+        "measurement over what they carried; \"per proxy CPU-s\" is the inverse (requests, "
+        "messages, GB per CPU-second of both proxies together), and \"CPU-s eff. × HAProxy\" "
+        "compares it with the HAProxy pair's. Proxy cores: each proxy's CPU time over the "
+        "measurement's wall time. Peak RSS is VmHWM. A = the client's proxy (outbound), B = the "
+        "server's proxy (inbound).",
     ]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,12 @@
 
 A scenario starts its server once, then for each path runs its client against the port the path
 gives it, and turns the client's output into figures. The harness (`bench.cli`) does the rest:
-paths, CPU and memory of the proxies, ratios to direct, the report.
+paths, CPU and memory of the proxies, ratios to direct and to the HAProxy pair, the report.
+
+Every scenario names its headline figure (`rate_key`, higher is better, e.g. `gbit_per_s`,
+`requests_per_s`), the latency percentiles it has (`latency_key`, a dict of µs, or None) and the
+unit its proxies' CPU time is divided by (`work`). The TCP scenarios are here; the L7, websocket
+and TLS ones in `bench.scenarios_l7`; the list of all of them in `bench.catalog`.
 """
 
 from __future__ import annotations
@@ -31,17 +36,38 @@ class Work:
     """How much a measurement carried, in the unit CPU time is divided by."""
 
     amount: float
-    unit: str  # "GB", "1k msgs", "1k conns"
+    unit: str  # "GB", "1k msgs", "1k conns", "1k reqs", "1k calls"
+    # `amount * scale` counts `each` (1k reqs → requests): the report's "per proxy CPU-second"
+    scale: float = 1.0
+    each: str = ""
 
 
 class Scenario:
     name = ""
-    kind = ""  # how its figures read and render: "bulk", "rr", "connect"
+    kind = ""  # "bulk", "rr", "connect", "http", "rate", "grpc", "ws"
     title = ""
     measures = ""
+    protocol = "tcp"  # what the server's inbound is tagged with (kuma.io/protocol)
+    rate_key = ""  # the headline figure, higher is better
+    rate_unit = ""
+    rate_digits = 0
+    latency_key: str | None = None  # percentiles in µs, when the scenario has them
+    tools: tuple[str, ...] = ()  # executables it needs (skipped with a note without them)
+    modules: tuple[str, ...] = ()  # Python modules it needs
 
     def unavailable(self) -> str | None:
+        missing = [t for t in self.tools if shutil.which(t) is None]
+        if missing:
+            return f"{', '.join(missing)} not installed"
+        import importlib.util
+
+        absent = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        if absent:
+            return f"Python module(s) {', '.join(absent)} not installed"
         return None
+
+    def warmup(self, ctx: Context, port: int, label: str) -> None:
+        """Traffic before the measurement (connections, pools, caches), not counted."""
 
     def server(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[Server]:
         """Start the server and wait until it listens. Leaving the context stops it."""
@@ -54,16 +80,31 @@ class Scenario:
     def work(self, figures: dict) -> Work:
         raise NotImplementedError
 
-    def compare(self, figures: dict, direct: dict) -> dict:
-        """This path's figures against direct's, measured in the same run."""
-        raise NotImplementedError
+    def compare(self, figures: dict, reference: dict) -> dict:
+        """This path's figures against another path's (direct, haproxy) in the same run: the
+        ratio of the headline figures and, with latencies, what this path adds to each
+        percentile (µs for all, ms for p50 and p99)."""
+        out = {"ratio": _ratio(figures[self.rate_key], reference[self.rate_key])}
+        if self.latency_key:
+            out.update(_added(figures[self.latency_key], reference[self.latency_key]))
+        return out
 
     def headline(self, figures: dict) -> float:
         """The one figure (higher is better) by which repeated runs are ranked."""
-        raise NotImplementedError
+        return figures[self.rate_key]
 
-    def _run_client(self, ctx: Context, argv: list[str], duration: float, label: str) -> tuple[
-        dict, Proc
+    def describe(self, figures: dict) -> str:
+        """One line for the console."""
+        text = f"{figures[self.rate_key]:,.{self.rate_digits}f} {self.rate_unit}"
+        if self.latency_key:
+            lat = figures[self.latency_key]
+            text += f", p50 {lat['p50']:,.0f} µs, p99 {lat['p99']:,.0f} µs"
+        if figures.get("failed"):
+            text += f", {figures['failed']} failed"
+        return text
+
+    def _run_raw(self, ctx: Context, argv: list[str], duration: float, label: str) -> tuple[
+        bytes, Proc
     ]:
         proc = ctx.procs.spawn(
             "client", argv, log_name=f"{label}-client", cpus=ctx.pinning.cpus_for("client"),
@@ -78,10 +119,28 @@ class Scenario:
                 f"{argv[0]} exited with {proc.popen.returncode}:\n"
                 f"{out.decode(errors='replace')[-2000:]}\n{proc.log_tail()}"
             )
+        return out, proc
+
+    def _run_client(self, ctx: Context, argv: list[str], duration: float, label: str) -> tuple[
+        dict, Proc
+    ]:
+        out, proc = self._run_raw(ctx, argv, duration, label)
         try:
             return json.loads(out), proc
         except ValueError:
             raise BenchError(f"{argv[0]} printed no JSON:\n{out[-2000:]!r}") from None
+
+    def _spawn_server(self, ctx: Context, argv: list[str], port: int, label: str,
+                      what: str, timeout: float = 20) -> Proc:
+        proc = ctx.procs.spawn(
+            "server", argv, log_name=f"{label}-server", cpus=ctx.pinning.cpus_for("server")
+        )
+        try:
+            wait_until(lambda: listening(port), timeout, f"{what} listening", proc)
+        except BaseException:
+            ctx.procs.stop(proc)
+            raise
+        return proc
 
 
 # -- tcp-bulk: iperf3 --------------------------------------------------------------------------
@@ -90,6 +149,8 @@ class Scenario:
 class TcpBulk(Scenario):
     name = "tcp-bulk"
     kind = "bulk"
+    rate_key, rate_unit, rate_digits = "gbit_per_s", "Gbit/s", 2
+    tools = ("iperf3",)
     title = "TCP bulk throughput (iperf3, one stream, client sends)"
     measures = (
         "iperf3 with one TCP stream for the duration; throughput as the receiver counted it. "
@@ -97,18 +158,12 @@ class TcpBulk(Scenario):
     )
     reverse = False
 
-    def unavailable(self) -> str | None:
-        return None if shutil.which("iperf3") else "iperf3 is not installed"
-
     @contextlib.contextmanager
     def server(self, ctx: Context, label: str) -> Iterator[Server]:
         port = free_port()
-        argv = ["iperf3", "-s", "-B", HOST, "-p", str(port)]
-        proc = ctx.procs.spawn(
-            "server", argv, log_name=f"{label}-server", cpus=ctx.pinning.cpus_for("server")
-        )
+        proc = self._spawn_server(ctx, ["iperf3", "-s", "-B", HOST, "-p", str(port)], port,
+                                  label, "iperf3 -s")
         try:
-            wait_until(lambda: listening(port), 10, "iperf3 -s listening", proc)
             yield Server(port, proc)
         finally:
             ctx.procs.stop(proc)
@@ -136,13 +191,7 @@ class TcpBulk(Scenario):
         }, proc
 
     def work(self, figures: dict) -> Work:
-        return Work(figures["bytes"] / 1e9, "GB")
-
-    def headline(self, figures: dict) -> float:
-        return figures["gbit_per_s"]
-
-    def compare(self, figures: dict, direct: dict) -> dict:
-        return {"throughput_ratio": _ratio(figures["gbit_per_s"], direct["gbit_per_s"])}
+        return Work(figures["bytes"] / 1e9, "GB", 1, "GB")
 
 
 class TcpBulkReverse(TcpBulk):
@@ -160,11 +209,8 @@ class EchoScenario(Scenario):
     def server(self, ctx: Context, label: str) -> Iterator[Server]:
         port = free_port()
         argv = [ctx.python, "-m", "bench.tools", "echo-server", "--port", str(port)]
-        proc = ctx.procs.spawn(
-            "server", argv, log_name=f"{label}-server", cpus=ctx.pinning.cpus_for("server")
-        )
+        proc = self._spawn_server(ctx, argv, port, label, "echo server")
         try:
-            wait_until(lambda: listening(port), 10, "echo server listening", proc)
             yield Server(port, proc)
         finally:
             ctx.procs.stop(proc)
@@ -173,6 +219,8 @@ class EchoScenario(Scenario):
 class TcpRR(EchoScenario):
     name = "tcp-rr"
     kind = "rr"
+    rate_key, rate_unit = "messages_per_s", "msgs/s"
+    latency_key = "rtt_us"
     title = "TCP small-message round trip (64 bytes, one at a time, one connection)"
     measures = (
         "One connection; the client sends 64 bytes and waits for the echo before sending the "
@@ -187,21 +235,14 @@ class TcpRR(EchoScenario):
         return self._run_client(ctx, argv, duration, label)
 
     def work(self, figures: dict) -> Work:
-        return Work(figures["messages"] / 1000, "1k msgs")
-
-    def headline(self, figures: dict) -> float:
-        return figures["messages_per_s"]
-
-    def compare(self, figures: dict, direct: dict) -> dict:
-        return {
-            "rate_ratio": _ratio(figures["messages_per_s"], direct["messages_per_s"]),
-            **_added(figures["rtt_us"], direct["rtt_us"]),
-        }
+        return Work(figures["messages"] / 1000, "1k msgs", 1000, "msg")
 
 
 class TcpConnect(EchoScenario):
     name = "tcp-connect"
     kind = "connect"
+    rate_key, rate_unit = "connections_per_s", "conns/s"
+    latency_key = "connect_rtt_us"
     title = "New TCP connections per second (connect, 1 byte each way, close; one at a time)"
     measures = (
         "The client opens a connection, sends 1 byte, reads the echo and closes, then opens the "
@@ -220,16 +261,7 @@ class TcpConnect(EchoScenario):
         return figures, proc
 
     def work(self, figures: dict) -> Work:
-        return Work(figures["connections"] / 1000, "1k conns")
-
-    def headline(self, figures: dict) -> float:
-        return figures["connections_per_s"]
-
-    def compare(self, figures: dict, direct: dict) -> dict:
-        return {
-            "rate_ratio": _ratio(figures["connections_per_s"], direct["connections_per_s"]),
-            **_added(figures["connect_rtt_us"], direct["connect_rtt_us"]),
-        }
+        return Work(figures["connections"] / 1000, "1k conns", 1000, "conn")
 
 
 class TcpConnectParallel(TcpConnect):
@@ -257,7 +289,6 @@ def _added(latency_us: dict, direct_us: dict) -> dict:
     }
 
 
-SCENARIOS: dict[str, Scenario] = {
-    s.name: s
-    for s in (TcpBulk(), TcpBulkReverse(), TcpRR(), TcpConnect(), TcpConnectParallel())
-}
+TCP_SCENARIOS: list[Scenario] = [
+    TcpBulk(), TcpBulkReverse(), TcpRR(), TcpConnect(), TcpConnectParallel(),
+]

@@ -3,6 +3,8 @@
     python3 -m bench.tools echo-server --port PORT
     python3 -m bench.tools rr-client --port PORT --duration S [--size 64] [--count N]
     python3 -m bench.tools connect-client --port PORT --duration S [--count N]
+    python3 -m bench.tools http-server | grpc-server | grpc-client | ws-server | ws-client
+                           | tls-server | tls-client ...   (bench/tools_*.py)
 
 Clients print one JSON object on stdout. They are written to cost as little as possible per
 operation (blocking sockets, a tight loop, `perf_counter_ns`, results kept in an `array`), so that
@@ -206,6 +208,15 @@ def connect_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy(module: str, name: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m bench.tools")
     sub = parser.add_subparsers(dest="tool", required=True)
@@ -225,6 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     cc.add_argument("--count", type=int, default=500_000)
     cc.add_argument("--concurrency", type=int, default=1, help="connections side by side")
     cc.set_defaults(func=connect_client)
+    http = sub.add_parser("http-server")
+    http.add_argument("--port", type=int, required=True)
+    http.add_argument("--body-size", type=int, default=64)
+    http.set_defaults(func=_lazy("bench.tools_http", "http_server"))
+    # The others import grpc / websockets / cryptography only when they run.
+    from bench import tools_grpc, tools_tls, tools_ws
+
+    tools_grpc.add_parsers(sub)
+    tools_ws.add_parsers(sub)
+    tools_tls.add_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -177,6 +177,25 @@ compose 180 exec -T demo-client python3 /apps/demo_app.py client \
     --checks /config/checks.yaml --profiles "$COMPOSE_PROFILES" --once --deadline 60 \
     || fail "checks"
 
+# The backend sidecars' own admin API (127.0.0.1:9901 in their namespace): their http inbound got
+# requests over HTTP/2, i.e. web's sidecar upgraded HTTP/1.1 for the mTLS hop.
+say "backend sidecars' /stats: requests received over HTTP/2, inbound TLS handshakes; health documents"
+for svc in backend-v1-sidecar backend-v2-sidecar; do
+    compose 60 exec -T "$svc" python3 -c '
+import json, re, sys, urllib.request
+doc = json.load(urllib.request.urlopen("http://127.0.0.1:9901/stats?format=json", timeout=5))
+stats = doc.get("stats", doc)
+pairs = {s["name"]: s.get("value", 0) for s in stats if "name" in s} if isinstance(stats, list) else dict(stats)
+h2 = {k: v for k, v in pairs.items()
+      if re.fullmatch(r"http\.inbound_.+_10000\.downstream_rq_http2_total", k)}
+tls = {k: v for k, v in pairs.items() if re.fullmatch(r"listener\..+_10000\.ssl\.handshake", k)}
+print(sys.argv[1], h2, tls)
+sys.exit(0 if h2 and sum(h2.values()) > 0 and tls and sum(tls.values()) > 0 else 1)
+' "$svc" >&2 || fail "$svc: no request over HTTP/2, or no TLS handshake on the inbound, in /stats"
+    compose 30 exec -T "$svc" test -s "/mesh/${svc%-sidecar}.health.yaml" \
+        || fail "$svc: no health document /mesh/${svc%-sidecar}.health.yaml"
+done
+
 # Every container still as it should be, and no error in any log.
 not_ok=$(states)
 [ -z "$not_ok" ] || fail "after the checks: $not_ok"

@@ -6,6 +6,8 @@ reach it; it reaches other services only through its sidecar's outbounds on 127.
     demo_app.py http-backend --name backend-v1 --version v1 [--port 8080]
     demo_app.py http-web --backend 127.0.0.1:20001 [--port 8080]
     demo_app.py tcp-echo --name echo-1 [--port 8080]
+    demo_app.py tls-echo --name tls-echo --cert F --key F [--port 8080]
+    demo_app.py ws-echo --name ws-http [--port 8080]      (websocket echo, sidecar.demoapps)
     demo_app.py client --checks /config/checks.yaml [--profiles tcp,http] [--once] [--deadline 60]
 
 The client runs the checks of checks.yaml whose `profile` is active (`default` always is; others
@@ -113,6 +115,46 @@ def serve_http_web(backend: str, port: int) -> None:
         server.serve_forever()
 
 
+def serve_tls_echo(name: str, port: int, cert: str, key: str) -> None:
+    """Line echo behind the app's own TLS (the sidecars pass it through as opaque bytes)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(f"{name} got over TLS: ".encode() + line)
+
+    class Server(_ThreadingTCPServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            sock, addr = super().get_request()
+            return context.wrap_socket(sock, server_side=True), addr
+
+    with Server((LOOPBACK, port), Handler) as server:
+        log(f"tls-echo {name} listening on {LOOPBACK}:{port} (TLS, its own certificate)")
+        server.serve_forever()
+
+
+def serve_ws_echo(name: str, port: int) -> None:
+    """Websocket echo (pysidecar's stdlib demo server): each text message comes back as
+    "<name> echoes: <message>"."""
+    import asyncio
+
+    from sidecar import demoapps  # pysidecar is installed in the image
+
+    async def main() -> None:
+        server = await asyncio.start_server(
+            lambda r, w: demoapps.websocket_echo(name, r, w), LOOPBACK, port
+        )
+        log(f"ws-echo {name} listening on {LOOPBACK}:{port}")
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
 # --- client checks ---------------------------------------------------------------------------
 
 
@@ -189,10 +231,122 @@ def check_tcp_refused(spec: dict[str, Any], deadline: float) -> str:
     return f"refused: {', '.join(spec.get('targets', []))}"
 
 
+def check_tls_echo(spec: dict[str, Any], deadline: float) -> str:
+    """TLS end to end through an outbound: verify the app's certificate for `server_name`
+    against `ca` (so no sidecar terminated it), then a line echo inside."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(spec["ca"]))
+    server_name = str(spec["server_name"])
+
+    def attempt() -> str:
+        version = ""
+        for i in range(int(spec.get("calls", 2))):
+            with socket.create_connection((LOOPBACK, int(spec["port"])), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname=server_name) as sock:
+                    version = str(sock.version())
+                    sock.sendall(f"hello #{i}\n".encode())
+                    reply = sock.makefile("rb").readline().decode(errors="replace").strip()
+            if not reply.endswith(f"got over TLS: hello #{i}"):
+                raise CheckFailed(f"call {i}: unexpected reply {reply!r}")
+        return f"{version} with {server_name}'s own certificate, echoed"
+
+    return _retrying(deadline, attempt)
+
+
+def check_websocket(spec: dict[str, Any], deadline: float) -> str:
+    """Upgrade to a websocket through an outbound, send `messages`, expect each echoed by
+    `answered_by`; one connection per call."""
+    import asyncio
+
+    from sidecar import demoapps
+
+    name = str(spec["answered_by"])
+    messages = [f"hello #{i}" for i in range(int(spec.get("messages", 3)))]
+
+    def attempt() -> str:
+        for call in range(int(spec.get("calls", 2))):
+            try:
+                status, echoes = asyncio.run(
+                    asyncio.wait_for(
+                        demoapps.websocket_call(LOOPBACK, int(spec["port"]), messages), 10
+                    )
+                )
+            except (TimeoutError, OSError, EOFError, KeyError, ValueError) as exc:
+                raise CheckFailed(f"call {call}: {exc!r}") from None
+            if " 101 " not in f"{status} ":
+                raise CheckFailed(f"call {call}: handshake answered {status!r}")
+            want = [f"{name} echoes: {m}" for m in messages]
+            if echoes != want:
+                raise CheckFailed(f"call {call}: echoes {echoes!r}, expected {want!r}")
+        return (
+            f"101 upgrade, {len(messages)} messages echoed by {name}, {spec.get('calls', 2)} calls"
+        )
+
+    return _retrying(deadline, attempt)
+
+
+def _metric_sum(targets: list[str], path: str, family: str, label_re: str) -> int:
+    """Sum of one Prometheus family's samples whose labels match label_re, over every target
+    (HOST:PORT of a sidecar's metrics server, dialled directly: it listens on the container's
+    address)."""
+    import re
+
+    sample = re.compile(rf"^{re.escape(family)}\{{([^}}]*)\}} ([0-9.e+]+)$")
+    total = 0
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", path, headers={"Connection": "close"})
+        reply = conn.getresponse()
+        text = reply.read().decode()
+        conn.close()
+        if reply.status != 200:
+            raise CheckFailed(f"{target}{path}: HTTP {reply.status}")
+        for line in text.splitlines():
+            m = sample.match(line)
+            if m and re.search(label_re, m.group(1)):
+                total += int(float(m.group(2)))
+    return total
+
+
+def check_metrics_count(spec: dict[str, Any], deadline: float) -> str:
+    """The sidecars' metrics count what was sent: read `family` (labels matching `labels`) summed
+    over `metrics` targets, make `calls` GETs through the outbound `port`, read again; the
+    difference must be exactly `calls` (e.g. requests that reached the backends over HTTP/2)."""
+    targets = [str(t) for t in spec["metrics"]]
+    mpath = str(spec.get("metrics_path", "/metrics"))
+    family, labels = str(spec["family"]), str(spec.get("labels", ""))
+    calls = int(spec.get("calls", 8))
+
+    def attempt() -> str:
+        before = _metric_sum(targets, mpath, family, labels)
+        for i in range(calls):
+            conn = http.client.HTTPConnection(LOOPBACK, int(spec["port"]), timeout=5)
+            conn.request("GET", f"{spec.get('path', '/')}?metrics-call={i}",
+                         headers={"Connection": "close"})  # fmt: skip
+            reply = conn.getresponse()
+            reply.read()
+            conn.close()
+            if reply.status != 200:
+                raise CheckFailed(f"call {i}: HTTP {reply.status}")
+        after = _metric_sum(targets, mpath, family, labels)
+        if after - before != calls:
+            raise CheckFailed(
+                f"{family}: sent {calls}, counted {after - before} ({before}->{after})"
+            )
+        return f"{family} +{calls} over {', '.join(targets)} (now {after})"
+
+    return _retrying(deadline, attempt)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
     "tcp-echo": check_tcp_echo,
     "http-get": check_http_get,
     "tcp-refused": check_tcp_refused,
+    "metrics-count": check_metrics_count,
+    "websocket": check_websocket,
+    "tls-echo": check_tls_echo,
 }
 
 
@@ -268,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tcp-echo")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("tls-echo")
+    p.add_argument("--name", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("ws-echo")
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, default=8080)
     p = sub.add_parser("client")
     p.add_argument("--checks", required=True)
     p.add_argument("--profiles", default=os.environ.get("DEMO_PROFILES", ""))
@@ -283,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         serve_http_web(args.backend, args.port)
     elif args.mode == "tcp-echo":
         serve_tcp_echo(args.name, args.port)
+    elif args.mode == "tls-echo":
+        serve_tls_echo(args.name, args.port, args.cert, args.key)
+    elif args.mode == "ws-echo":
+        serve_ws_echo(args.name, args.port)
     else:
         return client(args)
     return 0
