@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(at, "run")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # as given, `run` inserted: what --workers starts its workers with
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

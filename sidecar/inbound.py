@@ -60,6 +60,10 @@ class InboundStack(ListenerStack):
         timeout = self.options.detection_timeout
         return self.peek(connection.sniff, timeout if timeout > 0 else None, silent_closes=False)
 
+    def plain_tcp(self) -> bool:
+        # kafka has its tap; with mTLS there are identities to check (and TLS to terminate)
+        return self.plan.protocol == "tcp" and self.authorizer is None
+
     def _relay(self, peer: Peer | None) -> asyncio.Protocol:
         if self.authorizer is not None and not self.authorizer.allows(
             self.plan.service, peer, self.stats, self.plan.name, "protocol=tcp"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ class StackOptions:
     """Sidecar-wide knobs the stacks need (from the command line)."""
 
     detection_timeout: float = defaults.PROTOCOL_DETECTION_TIMEOUT
+    splice: bool = True  # plain TCP relayed with splice(2) where possible (--tcp-relay)
     limits: Limits = field(default_factory=Limits)
     fds: FdGuard | None = None  # the process's descriptor guard; None: not checked
 
@@ -90,6 +92,22 @@ class ListenerStack:
     def new_connection(self) -> asyncio.Protocol:
         raise NotImplementedError
 
+    def plain_tcp(self) -> bool:
+        """Will the next connection be relayed as plain TCP from its first byte: no sniffing, no
+        TLS, no tap? (The stack's view; `splices` adds the upstream's.)"""
+        return False
+
+    def splices(self) -> bool:
+        """Plain TCP on both sides: the splice relay can carry the next connection."""
+        return self.plain_tcp() and self.tcp.plain_upstream
+
+    def accept_socket(self, sock: socket.socket, address: object) -> None:
+        """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
+        connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
+        if self.splices():
+            self.tcp.splice(sock, address)
+            return
+        asyncio.get_running_loop().create_task(_adopt(self, sock))
     def admit(self) -> bool:
         """Whether a new connection may be served: under the listener's connection limit, and
         with file descriptors to spare. A refusal is counted; the first of a run is logged."""
@@ -273,6 +291,13 @@ class ListenerStack:
                     conn.transport.close()
                 else:
                     conn.transport.abort()
+
+
+async def _adopt(factory: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+    except OSError:
+        sock.close()
 
 
 def tcp_settings(plan: ListenerPlan) -> TcpSettings:

@@ -53,6 +53,10 @@ class OutboundStack(ListenerStack):
             return self.tcp()
         return self.peek(self._sniff, self.options.detection_timeout, silent_closes=False)
 
+    def plain_tcp(self) -> bool:
+        protocol = self.service_protocol()
+        return protocol == "tcp" or (protocol is None and self.options.detection_timeout <= 0)
+
     def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
         return self.http_by_preface(first, final, trusted=False, mesh_hop=False)
 

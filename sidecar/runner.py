@@ -11,15 +11,15 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sidecar import defaults, malloc
-from sidecar.config.dataplane import ConfigError
-from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY, CredentialsError
+from sidecar import defaults, malloc, workers
+from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY
 from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
 from sidecar.limits import LimitsError, describe, load_limits
-from sidecar.listener import StackOptions
-from sidecar.plan import Timeouts
-from sidecar.runtime import BindError, Options, Sidecar
+
+if TYPE_CHECKING:  # imported where used: a --workers supervisor does not load the data path
+    from sidecar.runtime import Options
 
 log = logging.getLogger("sidecar")
 
@@ -162,6 +162,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "accepted too, told apart by the first byte",
     )
     parser.add_argument(
+        "--tcp-relay",
+        choices=("auto", "protocol"),
+        default=os.environ.get("PYSIDECAR_TCP_RELAY", "auto"),
+        help="auto: plain TCP on both sides is relayed with splice(2), zero-copy (Linux); "
+        "protocol: every connection through the asyncio.Protocol relay (env PYSIDECAR_TCP_RELAY)",
+    )
+    parser.add_argument(
+        "--workers",
+        default=os.environ.get("PYSIDECAR_WORKERS", "1"),
+        metavar="N|auto",
+        help="serve with N processes, one event loop each, sharing every listener (SO_REUSEPORT); "
+        "auto: one per core. Admin, metrics and probes are served once, for the whole sidecar "
+        "(default 1; env PYSIDECAR_WORKERS)",
+    )
+    # Set by the supervisor on the workers it starts (sidecar.workers).
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--limits",
         type=Path,
         default=None,
@@ -209,6 +229,9 @@ def mtls_options(args: argparse.Namespace) -> MtlsOptions:
 
 def options_from(args: argparse.Namespace) -> Options:
     from sidecar.cli import parse_variables
+    from sidecar.listener import StackOptions
+    from sidecar.plan import Timeouts
+    from sidecar.runtime import Options
 
     try:
         limits = load_limits(args.limits, args.limit)
@@ -221,20 +244,53 @@ def options_from(args: argparse.Namespace) -> Options:
         drain_timeout=args.drain_timeout,
         timeouts=Timeouts(args.request_timeout, args.stream_idle_timeout),
         lb=args.lb,
-        stack=StackOptions(detection_timeout=args.protocol_detection_timeout, limits=limits),
+        stack=StackOptions(
+            detection_timeout=args.protocol_detection_timeout,
+            splice=args.tcp_relay == "auto",
+            limits=limits,
+        ),
         access_log=args.access_log,
         mtls=mtls_options(args),
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    count = workers.count_of(str(args.workers))
+    worker = None
+    if args.worker_index is not None:
+        worker = workers.WorkerInfo(args.worker_index, count, args.worker_dir, args.worker_of)
+    elif count > 1:
+        loop_factory(args.loop)  # a bad --loop fails here, once, rather than in every worker
+        from sidecar.cli import parse_variables
+
+        parse_variables(args.dataplane_var)  # likewise; the Dataplane is the workers' to load
+        dev_mode = mtls_options(args).ca_key is not None
+        return workers.Supervisor(list(args.argv), count, first_alone=dev_mode).run()
     options = options_from(args)
     malloc.tune()  # large TLS buffers stay in the heap (see sidecar/malloc.py)
+    ready: Callable[[], None] | None = None
+    if worker is not None:
+        options.worker = worker
+        options.reuse_port = True
+        # A reload asked for while this worker starts must not end it (SIGHUP's default): the
+        # loop's handler takes over once serving; the Dataplane is read fresh at start anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        ready = workers.worker_setup(worker, args.worker_ready_fd)
+        for handler in logging.root.handlers:
+            handler.setFormatter(
+                logging.Formatter(
+                    f"%(asctime)s %(levelname)s %(name)s worker={worker.index} %(message)s"
+                )
+            )
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        return runner.run(serve(options))
+        return runner.run(serve(options, ready))
 
 
-async def serve(options: Options) -> int:
+async def serve(options: Options, ready: Callable[[], None] | None = None) -> int:
+    from sidecar.config.dataplane import ConfigError
+    from sidecar.identity.ca import CredentialsError
+    from sidecar.runtime import BindError, Sidecar
+
     sidecar = Sidecar(options)
     try:
         await sidecar.start()
@@ -244,6 +300,8 @@ async def serve(options: Options) -> int:
     except CredentialsError as exc:
         print(f"pysidecar: mesh credentials: {exc}", file=sys.stderr)
         return 1
+    if ready is not None:
+        ready()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -252,4 +310,11 @@ async def serve(options: Options) -> int:
     await stop.wait()
     log.info("event=stopping")
     await sidecar.drain()
+    if options.worker is not None:
+        # Drained. A second stop signal may still come (the supervisor passes SIGTERM on, and a
+        # terminal sends SIGINT to the whole group): it must not kill the exiting worker, so the
+        # loop's handlers give way to "ignore" rather than to the defaults at its close.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
     return 0

@@ -27,8 +27,11 @@ from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
 from sidecar.policy import POLICY_TYPE
+from sidecar.transport import splice
+from sidecar.transport.acceptor import Acceptor
 from sidecar.transport.connect import Connector
 from sidecar.transport.fds import FdGuard, loop_exception_handler
+from sidecar.workers import WorkerInfo
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -50,12 +53,14 @@ class Options:
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
     mtls: MtlsOptions = field(default_factory=MtlsOptions)  # no credentials: plaintext hops
+    reuse_port: bool = False  # SO_REUSEPORT on every listener: one of several worker processes
+    worker: WorkerInfo | None = None  # --workers: this process's place among them
 
 
 @dataclass
 class RunningListener:
     plan: ListenerPlan
-    server: asyncio.Server | MeshListener
+    server: asyncio.Server | MeshListener | Acceptor
     stack: ListenerStack
 
 
@@ -98,7 +103,7 @@ class Sidecar:
         self._dataplane_signature = _signature(path)
         self.dataplane = load_dataplane(path, self.options.variables)
         if self.options.mtls.enabled:
-            self.security = MeshSecurity.create(self.options.mtls, self.dataplane)
+            self.security = MeshSecurity.create(self._mtls_options(), self.dataplane)
             self.stats.server.days_until_first_cert_expiring = (
                 self.security.store.days_until_first_expiring()
             )
@@ -128,11 +133,22 @@ class Sidecar:
         if self.security is not None:
             self._tasks.append(self.security.start())
         log.info(
-            "event=ready dataplane=%s mesh=%s listeners=%s",
+            "event=%s dataplane=%s mesh=%s listeners=%s",
+            "ready" if self.options.worker is None else "worker_serving",
             self.dataplane.name,
             self.dataplane.mesh,
             ",".join(lst.plan.name for lst in self.listeners.values()) or "-",
         )
+
+    def _mtls_options(self) -> MtlsOptions:
+        """Dev mode with --workers: worker 0 issues and renews the certificate, the others read
+        its files (and follow its renewals as any rotation: each worker watches the files)."""
+        mtls, worker = self.options.mtls, self.options.worker
+        if mtls.ca_key is None or worker is None or worker.primary:
+            return mtls
+        assert self.dataplane is not None
+        ca, cert, key = mtls.paths(self.dataplane.name)
+        return dataclasses.replace(mtls, ca=ca, cert=cert, key=key, certs_dir=None, ca_key=None)
 
     async def reload(self) -> None:
         """Re-read the Dataplane file and apply only the difference; a bad file changes nothing."""
@@ -204,20 +220,46 @@ class Sidecar:
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
         stack.on_request_done = self.observability.request_logger(plan.cluster)
         loop = asyncio.get_running_loop()
-        server: asyncio.Server | MeshListener
+        server: asyncio.Server | MeshListener | Acceptor
+        if plan.selector is not None and self.mesh is not None:
+            cluster.protocol = self.mesh.snapshot.service_protocol(plan.service)
+        reuse_port = self.options.reuse_port
         try:
             if inbound is not None and security is not None:  # peers reach us over mTLS
-                server = await security.listen(inbound, plan.name, plan.address, plan.port, stats)
+                server = await security.listen(
+                    inbound, plan.name, plan.address, plan.port, stats, reuse_port=reuse_port
+                )
+            elif self.options.stack.splice and splice.supported() and stack.splices():
+                # Plain TCP both ways: accept raw sockets for the splice relay (should the
+                # protocol change, other connections still get theirs: accept_socket).
+                server = Acceptor.bind(
+                    loop,
+                    plan.address,
+                    plan.port,
+                    stack.accept_socket,
+                    reuse_port=reuse_port,
+                    backlog=1024,
+                )
             else:
                 server = await loop.create_server(
-                    stack, plan.address, plan.port, reuse_address=True, backlog=1024
+                    stack,
+                    plan.address,
+                    plan.port,
+                    reuse_address=True,
+                    reuse_port=reuse_port or None,
+                    backlog=1024,
                 )
         except OSError as exc:
             raise BindError(
                 f"listener {plan.name}: cannot bind {plan.address}:{plan.port}: "
                 f"{exc.strerror or exc}"
             ) from None
-        log.info("event=listener_bound listener=%s cluster=%s", plan.name, plan.cluster)
+        log.info(
+            "event=listener_bound listener=%s cluster=%s accept=%s",
+            plan.name,
+            plan.cluster,
+            "raw" if isinstance(server, Acceptor) else "transport",
+        )
         return RunningListener(plan, server, stack)
 
     # -- clusters --------------------------------------------------------------------------
@@ -246,6 +288,8 @@ class Sidecar:
                 trusted=self.security is not None,
                 stats=cluster.stats,
             )
+            if self.options.worker is not None:  # the peers have workers too: spread over them
+                pool.spread = self.options.worker.count
         return pool
 
     def _update_policies(self) -> None:

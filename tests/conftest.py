@@ -24,9 +24,10 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 class Mesh:
     """A mesh directory with sidecars and apps that the test owns and stops."""
 
-    def __init__(self, directory: Path, loop: str) -> None:
+    def __init__(self, directory: Path, loop: str, protocol: str | None = None) -> None:
         self.dir = directory
         self.loop = loop
+        self.protocol = protocol  # declared on every backend() inbound unless its tags say
         self.sidecars: list[Sidecar] = []
         self.servers: list[TcpServer] = []
 
@@ -53,11 +54,10 @@ class Mesh:
     ) -> tuple[Path, int]:
         """A member serving `service`, its app on app_port; returns (file, inbound port)."""
         port = free_port()
-        inbound = {
-            "port": port,
-            "servicePort": app_port,
-            "tags": {"kuma.io/service": service, **(tags or {})},
-        }
+        tags = {"kuma.io/service": service, **(tags or {})}
+        if self.protocol is not None:
+            tags.setdefault("kuma.io/protocol", self.protocol)
+        inbound = {"port": port, "servicePort": app_port, "tags": tags}
         return self.write(name, [inbound], **kw), port
 
     def client(
@@ -112,3 +112,17 @@ def mesh_uvloop(tmp_path: Path) -> Iterator[Mesh]:
 def pki(tmp_path: Path) -> Pki:
     """A mesh CA (mesh `default`) in tmp_path/certs, issuing workload certificates on demand."""
     return Pki(tmp_path / "certs")
+
+
+# The TCP path both ways: "splice" declares kuma.io/protocol: tcp on the backends (plain TCP from
+# the first byte: the splice relay), "sniffed" leaves it undeclared (the sidecars sniff, then relay
+# with the asyncio.Protocol relay).
+TCP_RELAYS = ["splice", "sniffed"]
+
+
+def tcp_mesh(directory: Path, loop: str, relay: str) -> Iterator[Mesh]:
+    m = Mesh(directory, loop, protocol="tcp" if relay == "splice" else None)
+    try:
+        yield m
+    finally:
+        m.close()

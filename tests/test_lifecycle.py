@@ -6,8 +6,19 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
 from tests.support import LOOPBACK, REPO, echo, free_port, port_open, recv_all, wait_for
+
+
+@pytest.fixture(params=TCP_RELAYS)
+def mesh(request: pytest.FixtureRequest, tmp_path: Path, loop_kind: str) -> Iterator[Mesh]:
+    """Every test here twice per loop: through the splice relay and the sniffed Protocol relay."""
+    yield from tcp_mesh(tmp_path, loop_kind, request.param)
 
 
 def whoami(name: bytes):

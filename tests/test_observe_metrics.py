@@ -6,6 +6,7 @@ import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,21 @@ import yaml
 
 from sidecar.observe import metrics
 from sidecar.observe.stats import StatsStore
+from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
 from tests.observe_support import admin_port, exchange, get, request, series, stats
 from tests.support import LOOPBACK, echo, free_port, recv_all, wait_for
+
+
+@pytest.fixture(params=TCP_RELAYS)
+def mesh(request: pytest.FixtureRequest, tmp_path: Path, loop_kind: str) -> Iterator[Mesh]:
+    """Every test here twice per loop: through the splice relay and the sniffed Protocol relay."""
+    yield from tcp_mesh(tmp_path, loop_kind, request.param)
+
+
+@pytest.fixture(params=TCP_RELAYS)
+def mesh_uvloop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
+    yield from tcp_mesh(tmp_path, "uvloop", request.param)
+
 
 REQUEST, REPLY = 1000, 2500
 

@@ -9,8 +9,20 @@ import asyncio
 import hashlib
 import socket
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
 from tests.support import LOOPBACK, digest_of, echo, pattern, recv_all, wait_for
+
+
+@pytest.fixture(params=TCP_RELAYS)
+def mesh(request: pytest.FixtureRequest, tmp_path: Path, loop_kind: str) -> Iterator[Mesh]:
+    """Every test here twice per loop: through the splice relay and the sniffed Protocol relay."""
+    yield from tcp_mesh(tmp_path, loop_kind, request.param)
+
 
 MiB = 1024 * 1024
 
@@ -21,6 +33,9 @@ def test_round_trip(mesh):
         c.sendall(b"hello mesh")
         c.shutdown(socket.SHUT_WR)
         assert recv_all(c) == b"hello mesh"
+    # Declared tcp: both sidecars accept raw sockets for the splice relay; sniffed: transports.
+    for sidecar in mesh.sidecars:
+        assert ("accept=raw" in sidecar.log) == (mesh.protocol == "tcp")
 
 
 def test_256_mib_each_way_with_checksums(mesh):

@@ -1,7 +1,11 @@
 """Upstream connection pools, per endpoint.
 
 - `H2Pool`: multiplexed HTTP/2. All requests to one endpoint share one connection; a second opens
-  only when the peer's stream limit is reached or the connection is going away (GOAWAY).
+  only when the peer's stream limit is reached or the connection is going away (GOAWAY). With
+  `spread` > 1 (a sidecar of several workers: the peer has several too, and the kernel gives each
+  of its workers whole connections) up to `spread` connections are opened per endpoint, and each
+  request takes the one with the fewest streams in flight, which also steers work away from a
+  busy peer worker.
 - `H1Pool`: keep-alive HTTP/1.1 toward a local app, one exchange per connection at a time.
 
 Both take a `Connector` (`sidecar.transport.connect`), which is how the mesh's transport (plain
@@ -49,12 +53,24 @@ class H2Pool:
         self.stats = stats
         self.connections: dict[Target, list[H2Protocol]] = {}
         self._connecting: dict[Target, asyncio.Future[None]] = {}
+        self.spread = 1  # connections per endpoint to keep open (see the module's docstring)
+        self._spreading: set[asyncio.Future[None]] = set()
 
     async def open_stream(
         self, target: Target, head: RequestHead, end_stream: bool
     ) -> H2ClientStream:
         while True:
             conns = self.connections.get(target, [])
+            if self.spread > 1 and conns:
+                if len(conns) < self.spread and target not in self._connecting:
+                    task = asyncio.ensure_future(self._connect_more(target))
+                    self._spreading.add(task)
+                    task.add_done_callback(self._spreading.discard)
+                best = min(
+                    (c for c in conns if c.available), key=lambda c: len(c.streams), default=None
+                )
+                if best is not None:
+                    return best.open_stream(head, end_stream)
             for conn in conns:
                 if conn.available:
                     return conn.open_stream(head, end_stream)
@@ -91,6 +107,13 @@ class H2Pool:
         finally:
             del self._connecting[target]
             future.set_result(None)
+
+    async def _connect_more(self, target: Target) -> None:
+        """Another connection beside those in use (spread); a failure only leaves fewer."""
+        try:
+            await self._connect(target)
+        except Exception as exc:
+            log.debug("event=h2_spread_connect_failed endpoint=%s error=%r", target, str(exc))
 
     def _closed(self, proto: H2Protocol) -> None:
         if self.stats is not None and proto.target is not None:

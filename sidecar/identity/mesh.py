@@ -468,10 +468,17 @@ class MeshSecurity:
     # -- inbound ----------------------------------------------------------------------------
 
     async def listen(
-        self, stack: Stack, name: str, address: str, port: int, stats: ListenerStats
+        self,
+        stack: Stack,
+        name: str,
+        address: str,
+        port: int,
+        stats: ListenerStats,
+        reuse_port: bool = False,
     ) -> MeshListener:
         """Bind an inbound listener that accepts mTLS (and plaintext in permissive mode).
 
+        `reuse_port`: SO_REUSEPORT, for a sidecar of several worker processes (`--workers`).
         `OSError` when the address cannot be bound.
         """
         loop = asyncio.get_running_loop()
@@ -482,6 +489,8 @@ class MeshSecurity:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(sockaddr)
             sock.listen(1024)
             sock.setblocking(False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ class Admin:
             "/server_info": (self.server_info, False, "print server version/status information"),
             "/certs": (self.certs, False, "print certs on machine"),
             "/memory": (self.memory, False, "print current allocation/heap usage"),
+            "/workers": (self.workers, False, "the worker processes (--workers) and their counts"),
             "/quitquitquit": (self.quit, True, "exit the server (gracefully, as on SIGTERM)"),
             "/healthcheck/fail": (self.hc_fail, True, "cause the server to fail health checks"),
             "/healthcheck/ok": (self.hc_ok, True, "cause the server to pass health checks"),
@@ -115,6 +117,7 @@ class Admin:
         return self.obs.ready_response()
 
     async def stats(self, request: Request) -> Response:
+        await self.obs.collect()
         try:
             selected = self.obs.samples(request.query)
         except ValueError as exc:
@@ -133,6 +136,7 @@ class Admin:
         return text(200, metrics.render_text(selected))
 
     async def prometheus(self, request: Request) -> Response:
+        await self.obs.collect()
         try:
             selected = self.obs.samples(request.query)
         except ValueError as exc:
@@ -223,28 +227,14 @@ class Admin:
         }
         return json_response(doc)
 
-    def _host_stats(self, cluster: str) -> dict[str, dict[str, int]]:
-        active: dict[str, int] = {}
-        for running in self.sidecar.listeners.values():
-            if running.plan.cluster != cluster:
-                continue
-            for relay in running.stack.tcp.relays:
-                if relay.target is not None and relay.linked:
-                    key = str(relay.target)
-                    active[key] = active.get(key, 0) + 1
-        ended = self.obs.closed_by_host.get(cluster, {})
-        hosts = set(active) | set(ended)
-        return {
-            h: {"cx_active": active.get(h, 0), "cx_total": active.get(h, 0) + ended.get(h, 0)}
-            for h in hosts
-        }
-
     async def clusters(self, request: Request) -> Response:
         obs = self.obs
+        await obs.collect()
+        host_counts = obs.host_counts()
         if request.query.get("format") == "json":
             statuses = []
             for name in self.sidecar.clusters:
-                counts = self._host_stats(name)
+                counts = host_counts.get(name, {})
                 statuses.append(
                     {
                         "name": name,
@@ -287,7 +277,7 @@ class Admin:
                 ):
                     lines.append(f"{name}::{priority}::{limit}::{value}")
             lines.append(f"{name}::added_via_api::true")
-            counts = self._host_stats(name)
+            counts = host_counts.get(name, {})
             for h in obs.hosts(name):
                 prefix = f"{name}::{h}"
                 c = counts.get(str(h), {})
@@ -348,8 +338,9 @@ class Admin:
         return json_response(security.certs_document())
 
     async def memory(self, request: Request) -> Response:
+        await self.obs.collect()
         self.obs.refresh()
-        server = self.sidecar.stats.server
+        server = self.obs.store().server
         return json_response(
             {
                 "allocated": str(server.memory_allocated),
@@ -382,27 +373,49 @@ class Admin:
 
     async def reset_counters(self, request: Request) -> Response:
         metrics.reset_counters(self.sidecar.stats)
+        if self.obs.workers is not None:
+            await self.obs.workers.broadcast({"op": "reset_counters"})
+            self.obs.workers.retired = type(self.sidecar.stats)()
         return text(200, "OK\n")
 
+    async def workers(self, request: Request) -> Response:
+        workers = self.obs.workers
+        if workers is None:
+            rows = [{"index": 0, "pid": os.getpid(), "state": "serving"}]
+        else:
+            await self.obs.collect()
+            rows = workers.workers()
+        return json_response({"workers": rows})
+
     async def logging(self, request: Request) -> Response:
-        loggers = _loggers()
-        for key, value in request.query.items():
-            level = _PY_LEVEL.get(value.lower())
-            if level is None:
-                return text(400, f"unknown level {value!r}: one of {', '.join(LOG_LEVELS)}\n")
-            if key == "level":
-                logging.getLogger().setLevel(level)
-                for logger in loggers.values():
-                    logger.setLevel(level)
-            elif key in loggers:
-                loggers[key].setLevel(level)
-            else:
-                return text(404, f"unknown logger {key!r}\n")
-            log.info("event=log_level logger=%s level=%s", key, value)
+        error = set_log_levels(request.query)
+        if error is not None:
+            return error
+        if request.query and self.obs.workers is not None:
+            await self.obs.workers.broadcast({"op": "logging", "levels": dict(request.query)})
         lines = ["active loggers:"]
         for name, logger in sorted(_loggers().items()):
             lines.append(f"  {name}: {logging.getLevelName(logger.getEffectiveLevel()).lower()}")
         return text(200, "\n".join(lines) + "\n")
+
+
+def set_log_levels(levels: Mapping[str, str]) -> Response | None:
+    """Apply `?level=` / `?<logger>=` settings; an error response for a bad one."""
+    loggers = _loggers()
+    for key, value in levels.items():
+        level = _PY_LEVEL.get(value.lower())
+        if level is None:
+            return text(400, f"unknown level {value!r}: one of {', '.join(LOG_LEVELS)}\n")
+        if key == "level":
+            logging.getLogger().setLevel(level)
+            for logger in loggers.values():
+                logger.setLevel(level)
+        elif key in loggers:
+            loggers[key].setLevel(level)
+        else:
+            return text(404, f"unknown logger {key!r}\n")
+        log.info("event=log_level logger=%s level=%s", key, value)
+    return None
 
 
 def metrics_name(cluster: str) -> str:

@@ -36,6 +36,8 @@ from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.httpserver import HttpServer, Request, Response, text
 from sidecar.observe.kafkatap import KafkaTap
 from sidecar.observe.probes import HealthReporter, ServiceProbe, VirtualProbes
+from sidecar.observe.stats import StatsStore
+from sidecar.observe.workerview import WorkerView
 from sidecar.plan import ListenerPlan
 
 if TYPE_CHECKING:
@@ -83,6 +85,14 @@ class Observability:
         self.health: HealthReporter | None = None
         self.access_log: AccessLog | None = None
         self.closed_by_host: dict[str, dict[str, int]] = {}  # cluster → host → ended connections
+        # --workers: worker 0 serves everything for the whole sidecar, the others only answer it.
+        info = getattr(sidecar.options, "worker", None)
+        self.workers = WorkerView(self, info) if info is not None else None
+
+    @property
+    def primary(self) -> bool:
+        """This process serves admin, metrics, probes and health (always, but with --workers)."""
+        return self.workers is None or self.workers.primary
 
     def _admin_handler(self) -> Callable[[Request], Any]:
         from sidecar.observe.admin import Admin
@@ -105,6 +115,10 @@ class Observability:
                 raise BindError(f"access log {target}: cannot open: {reason}") from None
             for running in self.sidecar.listeners.values():  # bound before the log was open
                 running.stack.on_request_done = self.request_logger(running.plan.cluster)
+        if self.workers is not None:
+            await self.workers.start()
+            if not self.primary:
+                return
         try:
             await self._bind(
                 self.admin, "admin", defaults.ADMIN_ADDRESS, dataplane.networking.admin_port
@@ -126,13 +140,16 @@ class Observability:
 
     async def reload(self) -> None:
         """The Dataplane changed: follow its metrics, probes and service probes."""
-        await self._configure(strict=False)
+        if self.primary:
+            await self._configure(strict=False)
 
     def draining(self) -> None:
         """A drain started: every inbound goes unhealthy for the other members (Kuma's drain)."""
         self.publish_health()
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
         for probe in self.service_probes.values():
             probe.stop()
         self.service_probes.clear()
@@ -207,7 +224,44 @@ class Observability:
                 pattern = re.compile(query["filter"])
             except re.error as exc:
                 raise ValueError(f"invalid regex in filter: {exc}") from None
-        return metrics.select(self.sidecar.stats, usedonly="usedonly" in query, pattern=pattern)
+        return metrics.select(self.store(), usedonly="usedonly" in query, pattern=pattern)
+
+    async def collect(self) -> None:
+        """Before a read of stats: with --workers, fetch every other worker's (see `store`)."""
+        if self.workers is not None and self.workers.primary:
+            await self.workers.collect()
+
+    def store(self) -> StatsStore:
+        """The stats to show, refreshed: this process's, or with --workers the sum over every
+        worker as of the last `collect`."""
+        if self.workers is not None and self.workers.primary:
+            return self.workers.merged(self.sidecar.stats)
+        return self.sidecar.stats
+
+    def local_host_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """cluster → endpoint → open (`cx_active`) and all (`cx_total`) relayed connections."""
+        active: dict[str, dict[str, int]] = {}
+        for running in self.sidecar.listeners.values():
+            per_host = active.setdefault(running.plan.cluster, {})
+            for relay in running.stack.tcp.relays:
+                if relay.target is not None and relay.linked:
+                    key = str(relay.target)
+                    per_host[key] = per_host.get(key, 0) + 1
+        counts: dict[str, dict[str, dict[str, int]]] = {}
+        for cluster in set(active) | set(self.closed_by_host):
+            now, ended = active.get(cluster, {}), self.closed_by_host.get(cluster, {})
+            counts[cluster] = {
+                h: {"cx_active": now.get(h, 0), "cx_total": now.get(h, 0) + ended.get(h, 0)}
+                for h in set(now) | set(ended)
+            }
+        return counts
+
+    def host_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """`local_host_counts`, summed over the workers as of the last `collect`."""
+        local = self.local_host_counts()
+        if self.workers is not None and self.workers.primary:
+            return self.workers.host_counts(local)
+        return local
 
     def plans(self) -> list[ListenerPlan]:
         return [running.plan for running in self.sidecar.listeners.values()]
@@ -334,8 +388,7 @@ class Observability:
             return
         loop_now = relay.loop.time()
         duration = loop_now - relay.started
-        transport = relay.downstream.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
+        peer = relay.peername
         downstream = f"{peer[0]}:{peer[1]}" if peer else None
         self.access_log.tcp(
             start=time.time() - duration,
@@ -439,6 +492,7 @@ class Observability:
     def _metrics_handler(self, path: str) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
             if request.path == path:
+                await self.collect()
                 return Response(
                     200,
                     metrics.render_prometheus(self.samples(request.query)),
@@ -460,15 +514,17 @@ class Observability:
     def quit(self) -> None:
         """/quitquitquit: stop gracefully, exactly as SIGTERM does (drain, then exit)."""
         log.info("event=quit_requested")
-        os.kill(os.getpid(), signal.SIGTERM)
+        # With --workers the supervisor stops every worker, this one included.
+        os.kill(self.workers.info.parent if self.workers else os.getpid(), signal.SIGTERM)
 
     def set_healthcheck_failed(self, failed: bool) -> None:
         self.hc_failed = failed
         log.info("event=healthcheck_%s", "failed" if failed else "ok")
         self.publish_health()
 
-    async def drain_listeners(self, inbound_only: bool) -> None:
-        """/drain_listeners: stop accepting (open connections live on); report not ready."""
+    async def drain_listeners(self, inbound_only: bool, broadcast: bool = True) -> None:
+        """/drain_listeners: stop accepting (open connections live on); report not ready.
+        With --workers every worker does (`broadcast`)."""
         for running in self.sidecar.listeners.values():
             if inbound_only and running.plan.direction != "inbound":
                 continue
@@ -476,6 +532,8 @@ class Observability:
         self.listeners_drained = True
         log.info("event=listeners_drained inbound_only=%s", inbound_only)
         self.publish_health()
+        if broadcast and self.workers is not None:
+            await self.workers.broadcast({"op": "drain_listeners", "inbound_only": inbound_only})
 
 
 def _memory() -> tuple[int, int]:

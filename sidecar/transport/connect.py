@@ -52,4 +52,5 @@ def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connec
             stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
         return transport
 
+    connect.plain = True  # type: ignore[attr-defined]  # the splice relay may dial it itself
     return connect

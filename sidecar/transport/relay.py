@@ -61,8 +61,8 @@ class Side(asyncio.Protocol):
         if self.relay.closed:
             transport.close()
             return
+        # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport they make.
         transport.set_write_buffer_limits(defaults.RELAY_HIGH_WATER, defaults.RELAY_LOW_WATER)
-        _tune(transport)
         if self.on_made is not None:
             self.on_made(self)
 
@@ -138,6 +138,12 @@ class Relay:
         if idle_timeout > 0:
             self._timer = loop.call_later(idle_timeout / _IDLE_CHECKS, self._check_idle)
 
+    @property
+    def peername(self) -> Any:
+        """The downstream peer's address (for the access log); None once unknown."""
+        transport = self.downstream.transport
+        return transport.get_extra_info("peername") if transport is not None else None
+
     def link(self) -> None:
         """Both sides are connected: replay anything read early and start pumping."""
         self.linked = True
@@ -202,13 +208,3 @@ class Relay:
                 self.close()
                 return
         self._timer = self.loop.call_later(self._idle_timeout / _IDLE_CHECKS, self._check_idle)
-
-
-def _tune(transport: asyncio.Transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass

@@ -4,12 +4,19 @@ One `TcpProxy` serves one listener. Its settings can be replaced while it runs (
 changes only the cluster or the timeouts keeps the listener and its open connections). How the
 upstream hop is made (plain TCP, or mTLS toward a peer sidecar) is its `connector`'s business
 (`sidecar.transport.connect`): the proxy only picks endpoints and moves on when one fails.
+
+Two ways in: as a protocol factory (`proxy()`, the `asyncio.Protocol` relay: TLS, taps, sniffed
+connections), or `proxy.splice(sock, address)` with a raw accepted socket (the zero-copy relay of
+`sidecar.transport.splice`, for plain TCP on both sides), driven by callbacks without a task.
+Both count the same stats and call the same hooks; the splice relay dials plain TCP itself, so
+it is only used when the connector is the plain one (`plain_upstream`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +25,7 @@ from sidecar.observe.stats import ListenerStats
 from sidecar.observe.throttle import LogThrottle
 from sidecar.transport.connect import ConnectError, Connector, plain_connector
 from sidecar.transport.relay import Relay, Side
+from sidecar.transport.splice import SpliceRelay
 
 log = logging.getLogger("sidecar.tcp")
 
@@ -46,7 +54,7 @@ class TcpProxy:
         self.stats = stats
         # The connector counts the cluster's connect stats; the default one dials plain TCP.
         self.connector = connector or plain_connector(settings.connect_timeout, cluster.stats)
-        self.relays: set[Relay] = set()
+        self.relays: set[Relay | SpliceRelay] = set()
         # Observability hooks (sidecar.observe): a read-only tap on a new connection (Kafka),
         # and the end of a connection (access log, per-host counts).
         self.on_connection: Callable[[Relay], None] | None = None
@@ -65,6 +73,58 @@ class TcpProxy:
         if self.on_connection is not None:
             self.on_connection(relay)
         return relay.downstream
+
+    @property
+    def plain_upstream(self) -> bool:
+        """The upstream hop is plain TCP (no mTLS): what the splice relay can dial."""
+        return bool(getattr(self.connector, "plain", False))
+
+    def splice(self, sock: socket.socket, peername: object) -> None:
+        """Relay an accepted plain-TCP socket with splice(2) (no tap: `on_connection` is not
+        called; the listener only sends plain TCP here when no tap applies)."""
+        relay = SpliceRelay(self._loop, self.settings.idle_timeout, self._closed, sock, peername)
+        self.relays.add(relay)
+        stats = self.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        stats.tcp_downstream_cx_total += 1
+        self._splice_attempt(relay, self.settings.connect_attempts)
+
+    def _splice_attempt(self, relay: SpliceRelay, attempts: int) -> None:
+        """One upstream attempt of a splice relay; on failure the next endpoint, as `_connect`."""
+        if relay.closed:
+            return
+        cluster = self.cluster
+        cstats = cluster.stats
+        target = cluster.pick() if attempts > 0 else None
+        if target is None:
+            if attempts > 0:
+                cstats.upstream_cx_none_healthy += 1
+                relay.response_flags = "UH"
+                log.warning(
+                    "event=no_healthy_upstream listener=%s cluster=%s", self.name, cluster.name
+                )
+            relay.response_flags = relay.response_flags or "UF"
+            relay.close()
+            return
+        started = self._loop.time()
+        cstats.upstream_cx_total += 1
+
+        def done(error: str | None, timed_out: bool) -> None:
+            if error is not None:
+                if timed_out:
+                    cstats.upstream_cx_connect_timeout += 1
+                cstats.upstream_cx_connect_fail += 1
+                self._connect_failed(target, error)
+                self._splice_attempt(relay, attempts - 1)
+                return
+            cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
+            cstats.upstream_cx_active += 1
+            relay.target = target
+            cluster.acquire(target)
+            relay.link()
+
+        relay.connect(target.host, target.port, self.settings.connect_timeout, done)
 
     def _downstream_made(self, side: Side) -> None:
         self._loop.create_task(self._connect(side.relay))
@@ -131,7 +191,7 @@ class TcpProxy:
             held_back,
         )
 
-    def _closed(self, relay: Relay) -> None:
+    def _closed(self, relay: Relay | SpliceRelay) -> None:
         self.relays.discard(relay)
         stats, cstats = self.stats, self.cluster.stats
         stats.downstream_cx_active -= 1
