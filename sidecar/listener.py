@@ -105,9 +105,13 @@ class ListenerStack:
         """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
         connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
         if self.splices():
+            if not self.admit():  # the connection limit and the descriptor guard, as __call__
+                sock.close()
+                return
             self.tcp.splice(sock, address)
             return
-        asyncio.get_running_loop().create_task(_adopt(self, sock))
+        asyncio.get_running_loop().create_task(_adopt(self, sock))  # admitted by __call__
+
     def admit(self) -> bool:
         """Whether a new connection may be served: under the listener's connection limit, and
         with file descriptors to spare. A refusal is counted; the first of a run is logged."""

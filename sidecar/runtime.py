@@ -239,6 +239,7 @@ class Sidecar:
                     stack.accept_socket,
                     reuse_port=reuse_port,
                     backlog=1024,
+                    on_exhausted=stack.accept_failed,
                 )
             else:
                 server = await loop.create_server(

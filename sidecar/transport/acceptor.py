@@ -25,10 +25,19 @@ Handler = Callable[[socket.socket, Any], None]
 
 
 class Acceptor:
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Handler):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handle: Handler,
+        on_exhausted: Callable[[OSError], None] | None = None,
+    ):
+        """`on_exhausted(exc)`: told when accepting fails for want of descriptors or memory (the
+        listener's descriptor guard logs one line per episode); logged here otherwise."""
         self.loop = loop
         self.sock = sock
         self.handle = handle
+        self.on_exhausted = on_exhausted
         self.closed = False
         self._fd = sock.fileno()
         self._paused: asyncio.TimerHandle | None = None
@@ -44,6 +53,7 @@ class Acceptor:
         *,
         reuse_port: bool = False,
         backlog: int = 1024,
+        on_exhausted: Callable[[OSError], None] | None = None,
     ) -> Acceptor:
         """Bind and listen as `create_server(reuse_address=True)` does; raises OSError."""
         infos = socket.getaddrinfo(
@@ -65,7 +75,7 @@ class Acceptor:
         except BaseException:
             sock.close()
             raise
-        return cls(loop, sock, handle)
+        return cls(loop, sock, handle, on_exhausted)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -83,7 +93,12 @@ class Acceptor:
                 if exc.errno in _RESOURCE_ERRORS:
                     # Out of descriptors or memory: stop accepting for a second, as asyncio does,
                     # rather than spin on a listening socket that stays readable.
-                    log.error("event=accept_failed error=%r paused=1s", exc.strerror or str(exc))
+                    if self.on_exhausted is not None:
+                        self.on_exhausted(exc)
+                    else:
+                        log.error(
+                            "event=accept_failed error=%r paused=1s", exc.strerror or str(exc)
+                        )
                     self.loop.remove_reader(self._fd)
                     self._paused = self.loop.call_later(1.0, self._resume)
                     return

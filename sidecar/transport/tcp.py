@@ -88,6 +88,14 @@ class TcpProxy:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
+        cstats = self.cluster.stats
+        if cstats.upstream_cx_active >= cstats.cb_max_connections:
+            # The cluster's circuit breaker is open, as in `_connect`.
+            cstats.upstream_cx_overflow += 1
+            relay.response_flags = "UO"
+            log.info("event=upstream_overflow listener=%s cluster=%s", self.name, self.cluster.name)
+            relay.close()
+            return
         self._splice_attempt(relay, self.settings.connect_attempts)
 
     def _splice_attempt(self, relay: SpliceRelay, attempts: int) -> None:
@@ -120,6 +128,7 @@ class TcpProxy:
                 return
             cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
             cstats.upstream_cx_active += 1
+            cluster.outlier.success(target)
             relay.target = target
             cluster.acquire(target)
             relay.link()
