@@ -227,8 +227,11 @@ class H2Protocol(asyncio.Protocol):
                     stats.downstream_cx_protocol_error += 1
             self._flush()
             self._lost(ConnectionClosed(f"protocol error: {exc}"))
-            if self.transport is not None:
-                self.transport.close()
+            transport = self.transport
+            if transport is not None:
+                transport.close()  # after the GOAWAY; a peer that does not read it is cut below
+                if not self.client_side:
+                    asyncio.get_running_loop().call_later(1.0, transport.abort)
             return
         for event in events:
             self._dispatch(event)
