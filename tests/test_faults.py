@@ -412,8 +412,12 @@ def test_circuit_breakers_answer_503_overflow_when_open(mesh_uvloop):
             conn.sendall(b"in\n")
             assert conn.recv(16) == b"in\n"
         with socket.create_connection((LOOPBACK, tcp_port), timeout=5) as third:
-            third.sendall(b"over\n")
-            assert third.recv(16) == b""  # closed: the echo cluster is at its 2 connections
+            try:
+                third.sendall(b"over\n")
+                answer = third.recv(16)
+            except ConnectionResetError:  # the splice relay closes with a reset
+                answer = b""
+            assert answer == b""  # closed: the echo cluster is at its 2 connections
         assert stats(admin)["cluster.echo.upstream_cx_overflow"] == 1
         for conn in kept:
             conn.close()
