@@ -1,4 +1,4 @@
-"""`pysidecar`: run (the default) | validate | certs | demo | stat.
+"""`pysidecar`: run (the default) | validate | certs | demo | stat | limits.
 
 `pysidecar --dataplane dp.yaml` runs a sidecar, as `kuma-dp run --dataplane-file` would. Each
 subcommand lives with the code it drives and registers itself here through `register(subparsers)`.
@@ -12,7 +12,7 @@ import sys
 
 from sidecar import __version__
 
-SUBCOMMANDS = ("run", "validate", "certs", "demo", "stat")
+SUBCOMMANDS = ("run", "validate", "certs", "demo", "stat", "limits")
 
 
 def parse_variables(pairs: list[str]) -> dict[str, str]:

@@ -50,6 +50,10 @@ APP_MAX_CONCURRENT_STREAMS = 100
 H2_STREAM_WINDOW = 1024 * 1024
 H2_CONNECTION_WINDOW = 16 * 1024 * 1024
 H2_MAX_FRAME_SIZE = 256 * 1024
+# How many closed streams an HTTP/2 connection remembers (to tell a late frame on a reset stream
+# from a protocol error). h2 keeps 65536, about 6 MB on a long-lived connection; a late frame
+# arrives within a round trip, thousands of streams before it is forgotten.
+H2_CLOSED_STREAMS_REMEMBERED = 4096
 BODY_HIGH_WATER = 256 * 1024  # bytes of one body the sidecar holds before pausing its source
 PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first bytes; 0 = off
 # The header that tells a peer's inbound that this request was HTTP/1.x at the app (linkerd's
@@ -64,3 +68,48 @@ PERMISSIVE_DETECTION_TIMEOUT = 0.5
 # TLS 1.3 outbound: a peer refuses our certificate only after our handshake is done. Wait this
 # long at most for its verdict (a session ticket, data, or an alert) before using the connection.
 MTLS_PEER_VERDICT_WAIT = 0.1
+
+# -- Limits (sidecar.limits: each one overridable with --limits FILE or --limit NAME=VALUE) -------
+# HTTP downstream: Envoy's max_request_headers_kb (60) and max_headers_count (100), then 431.
+MAX_REQUEST_HEADERS_COUNT = 100
+# Slowloris: a request's headers must be complete this long after its first byte (Envoy's
+# request_headers_timeout, which Envoy leaves off; 10 s is generous for any real client). A
+# connection to an HTTP listener that sends nothing at all is closed after the same time.
+REQUEST_HEADERS_TIMEOUT = 10.0
+# An HTTP connection with no request in flight is closed after this (Envoy's idle_timeout, 1 h).
+HTTP_IDLE_TIMEOUT = 3600.0
+# A listener takes at most this many connections at once; more are refused and counted
+# (downstream_cx_overflow). Envoy sets no limit; one is needed so that one listener's flood cannot
+# take every file descriptor.
+MAX_CONNECTIONS_PER_LISTENER = 8192
+# New connections are refused (downstream_cx_overload_reject) once the process is within this many
+# descriptors of RLIMIT_NOFILE, so that open connections keep the descriptors they need.
+FD_RESERVE = 64
+# HTTP/2 abuse limits, Envoy's names and defaults (http2_protocol_options):
+H2_PREMATURE_RESET_TOTAL_STREAM_COUNT = 500  # rapid reset: judged once this many streams opened
+H2_MAX_CONSECUTIVE_EMPTY_FRAMES = 1  # DATA frames with no payload and no END_STREAM in a row
+H2_MAX_PRIORITY_FRAMES_PER_STREAM = 100
+H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME = 10
+# PING and SETTINGS frames a peer may send per second (pysidecar's own; Envoy bounds only the
+# acknowledgements it has queued): no real client comes near it, a flood is cut within a second.
+H2_MAX_CONTROL_FRAMES_PER_SECOND = 1000
+# Bytes queued toward a peer that does not read (acknowledgements, resets, headers; data waits
+# for the peer): past this, the connection is closed (Envoy: http2.outbound_flood).
+H2_MAX_OUTBOUND_BUFFER = 1024 * 1024
+# The header list the mesh hop accepts: the app-facing limit plus room for the per-field overhead
+# of HPACK's accounting (32 bytes a field) and the headers the sidecars add.
+MESH_HEADER_LIST_FACTOR = 2
+# Circuit breaking per cluster (Kuma's defaults), 503 when open.
+CB_MAX_CONNECTIONS = 1024
+CB_MAX_PENDING_REQUESTS = 1024
+CB_MAX_REQUESTS = 1024
+CB_MAX_RETRIES = 3
+# Passive outlier detection (Envoy's defaults): an endpoint with this many consecutive failures
+# (5xx answers, connect failures, resets or timeouts before an answer) is ejected for
+# base × the number of its ejections (at most the max), and comes back by itself. At most 10% of
+# a cluster's endpoints are ejected, and at least one may be; when every endpoint is ejected the
+# cluster uses them all (Envoy's panic mode).
+OUTLIER_CONSECUTIVE_5XX = 5
+OUTLIER_BASE_EJECTION_TIME = 30.0
+OUTLIER_MAX_EJECTION_TIME = 300.0
+OUTLIER_MAX_EJECTION_PERCENT = 10

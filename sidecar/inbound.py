@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar import defaults
 from sidecar.cluster import Cluster
 from sidecar.http.pool import H1Pool, H2Pool, plain_connector
 from sidecar.http.router import Exchange, Pool, Route, inbound_headers, local_reply, proxy
@@ -29,7 +28,6 @@ from sidecar.listener import Handler, ListenerStack, StackOptions
 from sidecar.observe.stats import ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, detect
-from sidecar.transport.peek import Peek
 
 
 class InboundStack(ListenerStack):
@@ -43,23 +41,24 @@ class InboundStack(ListenerStack):
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         connector = plain_connector(plan.connect_timeout, cluster.stats)
-        self.h1_pool = H1Pool(connector)
-        self.h2_pool = H2Pool(connector, trusted=False)
+        self.h1_pool = H1Pool(connector, cluster.stats)
+        self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats)
         self.authorizer = authorizer  # None: no mTLS, so no identities to authorize
 
-    def __call__(self) -> asyncio.Protocol:
+    def new_connection(self) -> asyncio.Protocol:
         return self.accept(None)
 
     def accept(self, peer: Peer | None) -> asyncio.Protocol:
-        """The protocol for one new connection from `peer` (None: a plaintext caller)."""
+        """The protocol for one new connection from `peer` (None: a plaintext caller). The
+        listener admitted it (`admit`: connection limit, descriptors) before its handshake."""
         protocol = self.plan.protocol
         if protocol in ("tcp", "kafka"):
             return self._relay(peer)
         connection = _Connection(self, peer)
         if protocol is not None:
-            return Peek(connection.http, timeout=None)
+            return self.http_peek(connection.http)
         timeout = self.options.detection_timeout
-        return Peek(connection.sniff, timeout=timeout if timeout > 0 else None)
+        return self.peek(connection.sniff, timeout if timeout > 0 else None, silent_closes=False)
 
     def plain_tcp(self) -> bool:
         # kafka has its tap; with mTLS there are identities to check (and TLS to terminate)
@@ -128,7 +127,7 @@ class _Connection:
             first,
             final,
             trusted=self.peer is not None,  # a verified peer sidecar validated the headers
-            max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS,
+            mesh_hop=True,
             handler=stack.handler(self.peer),
         )
 
@@ -138,7 +137,7 @@ class _Connection:
         if detected is Detected.HTTP2:
             return stack.h2_server(
                 trusted=self.peer is not None,
-                max_streams=defaults.MESH_MAX_CONCURRENT_STREAMS,
+                mesh_hop=True,
                 handler=stack.handler(self.peer),
             )
         if detected is None and not final:

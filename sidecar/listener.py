@@ -1,12 +1,14 @@
 """What inbound and outbound listeners share: the TCP proxy, HTTP servers bound to a route, the
-set of open connections (for drain), and settings that a reload may replace in place."""
+set of open connections (for drain and for the connection limit), the periodic check of their
+timeouts, and settings that a reload may replace in place."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar import defaults
@@ -15,11 +17,16 @@ from sidecar.http.accounting import RequestRecord
 from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import H2Protocol
 from sidecar.http.router import Exchange, Pool, Route, proxy
+from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.connect import Connector, plain_connector
 from sidecar.transport.detect import Detected, detect
+from sidecar.transport.fds import FdGuard
+from sidecar.transport.peek import Decide, Peek
 from sidecar.transport.tcp import TcpProxy, TcpSettings
+
+log = logging.getLogger("sidecar.listener")
 
 # What serves one downstream exchange (H1ServerExchange or H2ServerStream).
 Handler = Callable[[Any], Awaitable[None]]
@@ -31,6 +38,18 @@ class StackOptions:
 
     detection_timeout: float = defaults.PROTOCOL_DETECTION_TIMEOUT
     splice: bool = True  # plain TCP relayed with splice(2) where possible (--tcp-relay)
+    limits: Limits = field(default_factory=Limits)
+    fds: FdGuard | None = None  # the process's descriptor guard; None: not checked
+
+
+class Refused(asyncio.Protocol):
+    """A connection the listener will not serve (over a limit): closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass
 
 
 class ListenerStack:
@@ -51,12 +70,26 @@ class ListenerStack:
         self.options = options
         self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats, connector)
         self.http_connections: set[H1Server | H2Protocol] = set()
+        # Connections accepted and not yet handed to a protocol: being told apart (Peek), or in
+        # their mTLS handshake. They count toward the connection limit.
+        self.pending = 0
+        self.overflowing = False  # refusing at the connection limit (logged once per episode)
         self.draining = False
         # Set by the runtime's observability: HTTP connection-manager stats, the access log.
         self.http_stats = HttpStats(plan.stat_address)
         self.on_request_done: Callable[[RequestRecord], None] | None = None
 
+    @property
+    def limits(self) -> Limits:
+        return self.options.limits
+
     def __call__(self) -> asyncio.Protocol:
+        """The protocol factory the listening socket calls for each accepted connection."""
+        if not self.admit():
+            return Refused()
+        return self.new_connection()
+
+    def new_connection(self) -> asyncio.Protocol:
         raise NotImplementedError
 
     def plain_tcp(self) -> bool:
@@ -72,9 +105,76 @@ class ListenerStack:
         """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
         connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
         if self.splices():
-            self.tcp.splice(sock, address)
+            if self.admit():  # the connection limit and the descriptor guard, as in __call__
+                self.tcp.splice(sock, address)
+            else:
+                sock.close()
             return
         asyncio.get_running_loop().create_task(_adopt(self, sock))
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served: under the listener's connection limit, and
+        with file descriptors to spare. A refusal is counted; the first of a run is logged."""
+        if self.active >= self.limits.max_connections:
+            self.stats.downstream_cx_overflow += 1
+            if not self.overflowing:
+                self.overflowing = True
+                log.warning(
+                    "event=listener_overflow listener=%s limit=%d action=refusing",
+                    self.plan.name,
+                    self.limits.max_connections,
+                )
+            return False
+        self.overflowing = False
+        fds = self.options.fds
+        if fds is not None and not fds.admit():
+            self.stats.downstream_cx_overload_reject += 1
+            return False
+        return True
+
+    def peek(self, decide: Decide, timeout: float | None, *, silent_closes: bool) -> Peek:
+        """A Peek counted among the listener's connections. `silent_closes`: a connection that
+        sends nothing within the timeout is closed (HTTP listeners: the request headers
+        timeout), rather than handed to `decide`."""
+        self.pending += 1
+        return Peek(
+            decide,
+            timeout,
+            on_settled=self._peek_settled,
+            on_silent=self._silent if silent_closes else None,
+        )
+
+    def _peek_settled(self) -> None:
+        self.pending -= 1
+
+    # The mTLS listener (sidecar.identity.mesh) accepts itself and reports here.
+
+    def pending_started(self) -> None:
+        self.pending += 1
+
+    def pending_settled(self) -> None:
+        self.pending -= 1
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.limits.tls_handshake_timeout
+
+    def accept_failed(self, exc: OSError) -> None:
+        """The kernel refused an accept (EMFILE and the like): one episode, logged once."""
+        fds = self.options.fds
+        if fds is not None:
+            fds.accept_failed()
+        else:
+            log.error("event=accept_failed listener=%s error=%r", self.plan.name, str(exc))
+
+    def _silent(self, transport: asyncio.Transport) -> None:
+        self.http_stats.downstream_rq_header_timeout += 1
+        transport.close()
+
+    def http_peek(self, decide: Decide) -> Peek:
+        """Wait for an HTTP client's first bytes, at most the request headers timeout."""
+        timeout = self.limits.request_headers_timeout
+        return self.peek(decide, timeout if timeout > 0 else None, silent_closes=True)
 
     def update(
         self, plan: ListenerPlan, cluster: Cluster, connector: Connector | None = None
@@ -114,20 +214,29 @@ class ListenerStack:
             handler or self.handler(),
             default_authority=self.plan.cluster.encode(),
             on_close=self.http_connections.discard,
+            limits=self.limits,
+            stats=self.http_stats,
         )
         self.http_connections.add(server)
         self._count_connection()
         return server
 
     def h2_server(
-        self, *, trusted: bool, max_streams: int, handler: Handler | None = None
+        self, *, trusted: bool, mesh_hop: bool, handler: Handler | None = None
     ) -> H2Protocol:
+        """`mesh_hop`: peers are sidecars (the mesh's stream limit and header allowance)."""
+        limits = self.limits
         server = H2Protocol(
             client_side=False,
             handler=handler or self.handler(),
             trusted=trusted,
-            max_concurrent_streams=max_streams,
+            max_concurrent_streams=(
+                limits.mesh_max_concurrent_streams if mesh_hop else limits.h2_max_concurrent_streams
+            ),
             on_close=self.http_connections.discard,
+            limits=limits,
+            stats=self.http_stats,
+            mesh_hop=mesh_hop,
         )
         self.http_connections.add(server)
         self._count_connection()
@@ -139,7 +248,7 @@ class ListenerStack:
         final: bool,
         *,
         trusted: bool,
-        max_streams: int,
+        mesh_hop: bool,
         handler: Handler | None = None,
     ) -> asyncio.Protocol | None:
         """HTTP/2 by its connection preface, HTTP/1.1 otherwise (its codec judges the bytes)."""
@@ -147,7 +256,7 @@ class ListenerStack:
         if detected is None and not final:
             return None
         if detected is Detected.HTTP2:
-            return self.h2_server(trusted=trusted, max_streams=max_streams, handler=handler)
+            return self.h2_server(trusted=trusted, mesh_hop=mesh_hop, handler=handler)
         return self.h1_server(handler)
 
     def _count_connection(self) -> None:
@@ -157,7 +266,13 @@ class ListenerStack:
 
     @property
     def active(self) -> int:
-        return len(self.tcp.relays) + len(self.http_connections)
+        return len(self.tcp.relays) + len(self.http_connections) + self.pending
+
+    def sweep(self, now: float) -> None:
+        """Check the HTTP connections' timeouts (request headers, idle); the runtime calls this
+        a few times per shortest timeout, so no connection needs a timer of its own."""
+        for conn in list(self.http_connections):
+            conn.sweep(now)
 
     def drain(self) -> None:
         """Stop taking new requests on open connections; in-flight ones may finish."""

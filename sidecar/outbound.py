@@ -19,10 +19,9 @@ from sidecar.cluster import Cluster
 from sidecar.http.pool import Connector, H2Pool
 from sidecar.http.router import Exchange, Route, outbound_headers
 from sidecar.listener import ListenerStack, StackOptions
-from sidecar.observe.stats import ListenerStats
+from sidecar.observe.stats import ClusterStats, ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, client_hello_sni, detect
-from sidecar.transport.peek import Peek
 
 log = logging.getLogger("sidecar.outbound")
 
@@ -46,22 +45,20 @@ class OutboundStack(ListenerStack):
         self.service_protocol = service_protocol
         self.mesh_pool = mesh_pool
 
-    def __call__(self) -> asyncio.Protocol:
+    def new_connection(self) -> asyncio.Protocol:
         protocol = self.service_protocol()
         if protocol in HTTP_FAMILY:
-            return Peek(self._http, timeout=None)
+            return self.http_peek(self._http)
         if protocol is not None or self.options.detection_timeout <= 0:
             return self.tcp()
-        return Peek(self._sniff, timeout=self.options.detection_timeout)
+        return self.peek(self._sniff, self.options.detection_timeout, silent_closes=False)
 
     def plain_tcp(self) -> bool:
         protocol = self.service_protocol()
         return protocol == "tcp" or (protocol is None and self.options.detection_timeout <= 0)
 
     def _http(self, first: bytes, final: bool) -> asyncio.Protocol | None:
-        return self.http_by_preface(
-            first, final, trusted=False, max_streams=defaults.APP_MAX_CONCURRENT_STREAMS
-        )
+        return self.http_by_preface(first, final, trusted=False, mesh_hop=False)
 
     def _sniff(self, first: bytes, final: bool) -> asyncio.Protocol | None:
         detected = detect(first)
@@ -70,7 +67,7 @@ class OutboundStack(ListenerStack):
         if detected is Detected.HTTP1:
             return self.h1_server()
         if detected is Detected.HTTP2:
-            return self.h2_server(trusted=False, max_streams=defaults.APP_MAX_CONCURRENT_STREAMS)
+            return self.h2_server(trusted=False, mesh_hop=False)
         if detected is Detected.TLS:
             log.debug(
                 "event=sniffed listener=%s protocol=tls sni=%s",
@@ -89,9 +86,12 @@ class OutboundStack(ListenerStack):
         return self.make_route(prepare, defaults.HTTP_CONNECT_ATTEMPTS)
 
 
-def mesh_pool(connector: Connector, *, trusted: bool = False) -> H2Pool:
+def mesh_pool(
+    connector: Connector, *, trusted: bool = False, stats: ClusterStats | None = None
+) -> H2Pool:
     """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars.
 
     `trusted`: the peers are verified sidecars (mTLS), which validate headers themselves.
+    `stats`: the cluster's, whose connection limit the pool counts against.
     """
-    return H2Pool(connector, trusted=trusted)
+    return H2Pool(connector, trusted=trusted, stats=stats)

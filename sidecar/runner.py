@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sidecar import defaults, malloc, workers
 from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY
 from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
+from sidecar.limits import LimitsError, describe, load_limits
 
 if TYPE_CHECKING:  # imported where used: a --workers supervisor does not load the data path
     from sidecar.runtime import Options
@@ -42,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="run a sidecar for one Dataplane (the default command)")
     add_run_arguments(parser)
     parser.set_defaults(func=run)
+    limits = sub.add_parser("limits", help="list every limit, its default and its meaning")
+    limits.set_defaults(func=lambda _args: print(describe(), end="") or 0)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +182,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--limits",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML file of limit overrides, `name: value` (see `pysidecar limits`)",
+    )
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one limit (wins over --limits); repeatable",
+    )
+    parser.add_argument(
         "--loop",
         choices=LOOPS,
         default=os.environ.get("PYSIDECAR_LOOP", "auto"),
@@ -216,6 +233,10 @@ def options_from(args: argparse.Namespace) -> Options:
     from sidecar.plan import Timeouts
     from sidecar.runtime import Options
 
+    try:
+        limits = load_limits(args.limits, args.limit)
+    except LimitsError as exc:
+        raise SystemExit(f"pysidecar: {exc}") from None
     return Options(
         dataplane=args.dataplane,
         variables=parse_variables(args.dataplane_var),
@@ -226,6 +247,7 @@ def options_from(args: argparse.Namespace) -> Options:
         stack=StackOptions(
             detection_timeout=args.protocol_detection_timeout,
             splice=args.tcp_relay == "auto",
+            limits=limits,
         ),
         access_log=args.access_log,
         mtls=mtls_options(args),

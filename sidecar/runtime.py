@@ -30,6 +30,7 @@ from sidecar.policy import POLICY_TYPE
 from sidecar.transport import splice
 from sidecar.transport.acceptor import Acceptor
 from sidecar.transport.connect import Connector
+from sidecar.transport.fds import FdGuard, loop_exception_handler
 from sidecar.workers import WorkerInfo
 
 log = logging.getLogger("sidecar.runtime")
@@ -47,7 +48,7 @@ class Options:
     drain_timeout: float = defaults.DRAIN_TIMEOUT
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
-    stack: StackOptions = field(default_factory=StackOptions)
+    stack: StackOptions = field(default_factory=StackOptions)  # with the limits
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
@@ -74,6 +75,9 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 class Sidecar:
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.limits = options.stack.limits
+        self.fds = FdGuard(self.limits.fd_reserve)
+        self.stack_options = dataclasses.replace(options.stack, fds=self.fds)
         self.stats = StatsStore()
         self.resolver = Resolver()
         self.listeners: dict[tuple[str, int], RunningListener] = {}
@@ -116,6 +120,16 @@ class Sidecar:
             raise
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._refresh_dns()))
+        self._tasks.append(asyncio.create_task(self._sweep()))
+        self._tasks.append(asyncio.create_task(self.fds.watch()))
+        # asyncio logs every accept that fails for want of descriptors (thousands a second):
+        # the guard folds them into one episode, logged once.
+        asyncio.get_running_loop().set_exception_handler(loop_exception_handler(self.fds))
+        if self.limits.changed():
+            log.info(
+                "event=limits %s",
+                " ".join(f"{k}={v}" for k, v in sorted(self.limits.changed().items())),
+            )
         if self.security is not None:
             self._tasks.append(self.security.start())
         log.info(
@@ -188,7 +202,7 @@ class Sidecar:
                 plan,
                 cluster,
                 stats,
-                self.options.stack,
+                self.stack_options,
                 security.authorizer if security is not None else None,
             )
             stack = inbound
@@ -197,7 +211,7 @@ class Sidecar:
                 plan,
                 cluster,
                 stats,
-                self.options.stack,
+                self.stack_options,
                 lambda: cluster.protocol,
                 self._mesh_pool(plan, cluster),
                 self._mesh_connector(plan, cluster),
@@ -225,6 +239,7 @@ class Sidecar:
                     stack.accept_socket,
                     reuse_port=reuse_port,
                     backlog=1024,
+                    failed=stack.accept_failed,
                 )
             else:
                 server = await loop.create_server(
@@ -255,7 +270,7 @@ class Sidecar:
         if cluster is None:
             stat_name = plan.cluster.replace(":", "_")
             cluster = self.clusters[plan.cluster] = Cluster(
-                plan.cluster, self.stats.cluster(stat_name), self.options.lb
+                plan.cluster, self.stats.cluster(stat_name), self.options.lb, self.limits
             )
         return cluster
 
@@ -270,7 +285,9 @@ class Sidecar:
         pool = self.mesh_pools.get(cluster.name)
         if pool is None:
             pool = self.mesh_pools[cluster.name] = mesh_pool(
-                self._mesh_connector(plan, cluster), trusted=self.security is not None
+                self._mesh_connector(plan, cluster),
+                trusted=self.security is not None,
+                stats=cluster.stats,
             )
             if self.options.worker is not None:  # the peers have workers too: spread over them
                 pool.spread = self.options.worker.count
@@ -334,6 +351,20 @@ class Sidecar:
                     self._update_clusters()
             except Exception:  # a watcher that dies silently would freeze the mesh view
                 log.exception("event=watch_failed")
+
+    async def _sweep(self) -> None:
+        """The HTTP connections' timeouts (request headers, idle), checked a few times per the
+        shortest of them by one task rather than a timer per connection."""
+        loop = asyncio.get_running_loop()
+        interval = self.limits.sweep_interval()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for running in list(self.listeners.values()):
+                try:
+                    running.stack.sweep(now)
+                except Exception:  # one bad connection must not stop the checks
+                    log.exception("event=sweep_failed listener=%s", running.plan.name)
 
     async def _refresh_dns(self) -> None:
         while True:

@@ -95,8 +95,8 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 class Hypercorn:
     """hypercorn serving `echo_app` on loopback (HTTP/1.1 and h2c prior knowledge)."""
 
-    def __init__(self, app: Any = echo_app) -> None:
-        self.port = free_port()
+    def __init__(self, app: Any = echo_app, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         config = Config()

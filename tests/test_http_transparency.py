@@ -460,6 +460,7 @@ def test_client_stream_reset_reaches_the_app(mesh):
     import h2.events
 
     cut = threading.Event()
+    arrived = threading.Event()
 
     def app(conn):
         data = b""
@@ -468,6 +469,7 @@ def test_client_stream_reset_reaches_the_app(mesh):
         if data.startswith(b"GET /after"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             return
+        arrived.set()
         try:
             while conn.recv(65536):
                 pass
@@ -484,6 +486,9 @@ def test_client_stream_reset_reaches_the_app(mesh):
     )
     client.send_data(1, b"x" * 1000)
     c.sendall(client.data_to_send())
+    # Reset once the request is at the app: a stream reset before it reached an upstream is
+    # never sent there at all (rapid-reset hardening).
+    assert arrived.wait(10), "the request never reached the app"
     client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
     c.sendall(client.data_to_send())
     assert cut.wait(10), "the app never saw the request go away"

@@ -55,6 +55,10 @@ class RefusedStream(StreamReset):
 UpstreamConnectError = ConnectError
 
 
+class UpstreamOverflow(Exception):
+    """A circuit breaker of the cluster is open: 503 at once (Envoy's UO)."""
+
+
 @dataclass
 class RequestHead:
     method: bytes
@@ -162,6 +166,14 @@ class Body:
             return  # complete already: a later reset (e.g. RST_STREAM NO_ERROR) changes nothing
         self.error = exc
         self._wake()
+
+    def discard(self) -> int:
+        """Drop what was queued and not read (a stream cut short); returns how many bytes, so
+        that the codec can give their flow-control credit back."""
+        dropped = self.buffered
+        self._chunks.clear()
+        self.buffered = 0
+        return dropped
 
     def _wake(self) -> None:
         waiter = self._waiter

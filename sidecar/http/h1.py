@@ -3,16 +3,25 @@ calling its app), both speaking the codec-neutral exchange of `sidecar.http.exch
 
 h11 does the framing: Content-Length and chunked bodies, trailers, HTTP/1.0 and keep-alive, and
 it refuses malformed messages. Reading pauses while a body's buffer is past its high-water mark.
+
+Requests are held to more than h11 checks (`check_head`), because a proxy that accepts what the
+next hop reads differently is how requests get smuggled: Content-Length together with
+Transfer-Encoding, a repeated or listed Content-Length, Transfer-Encoding on HTTP/1.0, obs-fold,
+bare LF or CR, control characters in values, more headers than the limit, an unknown HTTP
+version, and request targets that are not one of the four forms all get 400 (431, 505) and the
+connection is closed. Slowloris gets 408 (`sweep`, driven by the listener).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 import h11
+from h11._receivebuffer import ReceiveBuffer
 
 from sidecar import defaults
 from sidecar.http.exchange import (
@@ -24,6 +33,8 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
+from sidecar.limits import Limits
+from sidecar.observe.stats import HttpStats
 
 log = logging.getLogger("sidecar.h1")
 
@@ -31,6 +42,7 @@ _REASONS = {
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
     426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
@@ -38,7 +50,100 @@ _REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
+
+DEFAULT_LIMITS = Limits()
+
+
+# Control characters other than HTAB (CR and LF that end lines are removed before the search).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _bad(message: str, status: int = 400) -> h11.LocalProtocolError:
+    # Raised inside h11's reader, h11 turns it into the RemoteProtocolError next_event raises.
+    return h11.LocalProtocolError(message, error_status_hint=status)
+
+
+def check_head(raw: bytes | bytearray, max_headers: int) -> None:
+    """Refuse what h11 lets through in a request head or a trailer section (RFC 9112 and 9110),
+    raising h11.LocalProtocolError with the status to answer. `raw` ends with the blank line."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        raise _bad("bare LF in the request head")
+    if b"\r\n " in raw or b"\r\n\t" in raw:
+        raise _bad("obs-fold (a header line continued on the next line)")
+    if _CONTROL.search(raw.replace(b"\r\n", b"")):
+        raise _bad("a control character in the request head")
+    lines = raw.count(b"\r\n") - 1  # the blank line ends the head
+    eol = raw.find(b"\r\n")
+    first = bytes(raw[:eol]) if eol >= 0 else b""
+    space, colon = first.find(b" "), first.find(b":")
+    is_request = space != -1 and (colon == -1 or space < colon)
+    fields = lines - 1 if is_request else lines
+    if fields > max_headers:
+        raise _bad(f"{fields} header fields, more than {max_headers}", 431)
+    lower = b"\r\n" + bytes(raw).lower()  # every field line now starts after a CRLF
+    lengths = lower.count(b"\r\ncontent-length:")
+    codings = lower.count(b"\r\ntransfer-encoding:")
+    if not is_request:
+        if lengths or codings:
+            raise _bad("Content-Length or Transfer-Encoding in trailers")
+        return
+    if not (first.endswith(b" HTTP/1.1") or first.endswith(b" HTTP/1.0")):
+        version = first.rpartition(b" ")[2]
+        if version.startswith(b"HTTP/"):
+            raise _bad(f"unsupported version {version.decode(errors='replace')}", 505)
+    if lengths > 1:
+        raise _bad("Content-Length given more than once")
+    if lengths:
+        start = lower.find(b"\r\ncontent-length:") + 17
+        if b"," in lower[start : lower.find(b"\r\n", start)]:
+            raise _bad("Content-Length with several values")
+        if codings:
+            raise _bad("both Content-Length and Transfer-Encoding")
+    if codings and first.endswith(b" HTTP/1.0"):
+        raise _bad("Transfer-Encoding in an HTTP/1.0 request")
+
+
+class _StrictRequestBuffer(ReceiveBuffer):
+    """h11's receive buffer for a server connection, with `check_head` on every head and
+    trailer section it hands to h11's parser (they are the only things read as lines)."""
+
+    def __init__(self, max_headers: int) -> None:
+        super().__init__()
+        self.max_headers = max_headers
+        self._extracted: bytearray | None = None
+
+    def _extract(self, count: int) -> bytearray:
+        out = super()._extract(count)
+        self._extracted = out
+        return out
+
+    def maybe_extract_lines(self):  # type: ignore[no-untyped-def]
+        lines = super().maybe_extract_lines()
+        if lines is not None and self._extracted is not None:
+            check_head(self._extracted, self.max_headers)
+        return lines
+
+
+def target_problem(method: bytes, target: bytes) -> str | None:
+    """Why a request target is none of RFC 9112's four forms (3.2), or None when it is one."""
+    if b"#" in target:
+        return "a fragment in the request target"
+    if method == b"CONNECT":
+        host, colon, port = target.rpartition(b":")
+        if not colon or not host or not port.isdigit() or b"/" in target:
+            return "CONNECT needs host:port"
+        return None
+    if target == b"*":
+        return None if method == b"OPTIONS" else "asterisk-form is only for OPTIONS"
+    if target[:1] == b"/":
+        return None
+    lower = target[:8].lower()
+    if lower.startswith(b"http://") or lower.startswith(b"https://"):
+        host = target.split(b"://", 1)[1].partition(b"/")[0]
+        return None if host else "absolute-form without a host"
+    return "not a request target (origin, absolute, authority or asterisk form)"
 
 
 def _reason(status: int) -> bytes:
@@ -131,15 +236,25 @@ class H1Server(_Writer):
         handler: Callable[[H1ServerExchange], Awaitable[None]],
         default_authority: bytes,
         on_close: Callable[[H1Server], None] | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        stats: HttpStats | None = None,
     ) -> None:
         super().__init__()
         self.on_close = on_close
         self.draining = False
         self.handler = handler
         self.default_authority = default_authority
+        self.limits = limits
+        self.stats = stats
         self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=defaults.MAX_REQUEST_HEADERS_BYTES
+            h11.SERVER, max_incomplete_event_size=limits.max_request_headers_bytes
         )
+        self.conn._receive_buffer = _StrictRequestBuffer(limits.max_headers_count)
+        # Timeouts (checked by `sweep`): when the request head now arriving began, and since
+        # when the connection has had no request.
+        self.head_started: float | None = None
+        self.idle_since = 0.0
         self.exchange: H1ServerExchange | None = None
         self.reading_paused = False
         self.peer_address: tuple[str, int] | None = None
@@ -149,11 +264,14 @@ class H1Server(_Writer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer_address = transport.get_extra_info("peername")
+        self.head_started = self.idle_since = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             _feed_raw(self, self.tunnel.body, data)
             return
+        if self.exchange is None and self.head_started is None:
+            self.head_started = asyncio.get_running_loop().time()  # a request's first bytes
         try:
             self.conn.receive_data(data)
         except h11.RemoteProtocolError as exc:
@@ -188,6 +306,36 @@ class H1Server(_Writer):
         if self.exchange is None and self.transport is not None:
             self.transport.close()
 
+    def sweep(self, now: float) -> None:
+        """The listener's periodic check: request headers timeout (slowloris) and idle timeout.
+        A request in flight is the stream idle timeout's business (the router's)."""
+        if self.closed or self.exchange is not None or self.tunnel is not None:
+            return
+        limits = self.limits
+        if self.head_started is not None:
+            timeout = limits.request_headers_timeout
+            if timeout > 0 and now - self.head_started > timeout:
+                log.info("event=request_headers_timeout peer=%s", self.peer_address)
+                if self.stats is not None:
+                    self.stats.downstream_rq_header_timeout += 1
+                self._raw_reply(408, "request header timeout")
+        elif limits.http_idle_timeout > 0 and now - self.idle_since > limits.http_idle_timeout:
+            if self.stats is not None:
+                self.stats.downstream_cx_idle_timeout += 1
+            if self.transport is not None:
+                self.transport.close()
+
+    def _raw_reply(self, status: int, text: str) -> None:
+        """A reply h11 would not frame (no request was read), then close."""
+        body = f"{text}\n".encode()
+        self._write(
+            b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
+        )
+        self.head_started = None
+        if self.transport is not None:
+            self.transport.close()
+
     def _process(self) -> None:
         while True:
             try:
@@ -219,12 +367,17 @@ class H1Server(_Writer):
                 return
 
     def _request(self, event: h11.Request) -> None:
+        self.head_started = None
         # h11 bounds only heads that arrive in pieces; a whole one is measured here (Envoy: 431).
         size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if size > defaults.MAX_REQUEST_HEADERS_BYTES:
+        if size > self.limits.max_request_headers_bytes:
             self._protocol_error(
                 h11.RemoteProtocolError("request headers too large", error_status_hint=431)
             )
+            return
+        problem = target_problem(event.method, event.target)
+        if problem is not None:
+            self._protocol_error(h11.RemoteProtocolError(problem, error_status_hint=400))
             return
         host, path = split_target(event.target)
         authority = host
@@ -280,6 +433,7 @@ class H1Server(_Writer):
 
     def _next_cycle(self) -> None:
         self.exchange = None
+        self.idle_since = asyncio.get_running_loop().time()
         conn = self.conn
         if self.tunnel is not None:
             self.tunnel = None
@@ -312,6 +466,12 @@ class H1Server(_Writer):
         log.info(
             "event=bad_request peer=%s status=%d error=%r", self.peer_address, status, str(exc)
         )
+        self.head_started = None
+        if self.stats is not None:
+            if status == 431:
+                self.stats.http1_header_overflow += 1
+            else:
+                self.stats.downstream_cx_protocol_error += 1
         if self.exchange is not None:
             self.exchange.body.abort(StreamReset(f"malformed request: {exc}"))
         self._refuse(status, _REASONS[status].decode())
@@ -357,6 +517,11 @@ class H1ServerExchange:
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
         self._chunked = False
+
+    @property
+    def cancelled(self) -> bool:
+        """The client went away: nothing more should be done for this request."""
+        return self.error is not None
 
     def lost(self, error: StreamReset) -> None:
         self.error = error
@@ -537,6 +702,9 @@ class H1ClientStream:
         if self.tunnel is not None:
             if await self.tunnel:  # accepted: half-close toward the app
                 _write_eof(client.transport)
+                client.eof_out = True
+                if client.eof_in and client.transport is not None:
+                    client.transport.close()  # the app had finished already: both ways done
             return
         if client.conn.our_state is not h11.SEND_BODY:
             return
@@ -568,14 +736,24 @@ class H1ClientStream:
 class H1Client(_Writer):
     """An HTTP/1.1 connection to a local app, carrying one exchange at a time (kept alive)."""
 
-    def __init__(self, on_idle: Callable[[H1Client], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_idle: Callable[[H1Client], None] | None = None,
+        on_lost: Callable[[H1Client], None] | None = None,
+    ) -> None:
         super().__init__()
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
         self.on_idle = on_idle
+        self.on_lost = on_lost
+        self.counted = False  # against its cluster's connections (the pool's business)
         self.reading_paused = False
         self.stream: H1ClientStream | None = None
         self.reused = False  # a kept-alive connection the app may have closed meanwhile
         self.tunnelling = False  # the app switched protocols: raw bytes from here on
+        # A tunnel half-closes each way; once both ways are done the socket is closed (nothing
+        # else would: the transport was told to stay open after the app's EOF).
+        self.eof_in = False
+        self.eof_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -635,7 +813,8 @@ class H1Client(_Writer):
     def eof_received(self) -> bool:
         if self.tunnelling and self.stream is not None:
             self.stream.body.end()  # half-close from the app; the other direction goes on
-            return True
+            self.eof_in = True
+            return not self.eof_out  # both ways done: let the transport close
         try:
             self.conn.receive_data(b"")
         except h11.RemoteProtocolError as exc:
@@ -647,6 +826,8 @@ class H1Client(_Writer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.resume_writing()
+        if self.on_lost is not None:
+            self.on_lost(self)
         if self.stream is not None:
             if self.tunnelling and exc is None:
                 self.stream.body.end()

@@ -4,6 +4,14 @@ As a server it turns each request into an `H2ServerStream` (the downstream excha
 handler coroutine; as a client it opens `H2ClientStream`s on a multiplexed connection. Flow
 control is honest both ways: credit is returned only when the router consumed the bytes, and
 sends wait for the peer's window and for the transport's buffer to drain.
+
+A server connection from an untrusted peer is guarded against the known HTTP/2 abuses, with
+Envoy's rules and counters (`sidecar.limits` has the numbers): rapid reset (CVE-2023-44487),
+floods of empty DATA, PRIORITY, WINDOW_UPDATE, PING or SETTINGS frames, a peer that does not read
+what it makes us send, header blocks and HPACK expansions past the header list size (the
+CONTINUATION flood and the HPACK bomb). Each ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+Requests with too many or too large headers get 431 on their stream, streams over the concurrent
+limit REFUSED_STREAM (RFC 9113 5.1.2; h2 alone would close the connection).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hyperframe.frame
+from h2.frame_buffer import FrameBuffer
 
 from sidecar import defaults
 from sidecar.cluster import Target
@@ -31,6 +40,8 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
+from sidecar.limits import Limits
+from sidecar.observe.stats import HttpStats
 
 log = logging.getLogger("sidecar.h2")
 
@@ -51,6 +62,53 @@ class ConnectionClosed(StreamReset):
     """The HTTP/2 connection went away."""
 
 
+DEFAULT_LIMITS = Limits()
+_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+class _BoundedFrameBuffer(FrameBuffer):
+    """h2's frame buffer with a bound on a header block's encoded bytes, so that a CONTINUATION
+    flood is refused before it is buffered, not after (h2 only counts the frames)."""
+
+    def __init__(self, max_block: int) -> None:
+        super().__init__(server=True)
+        self.max_block = max_block
+
+    @property
+    def pending_block(self) -> bool:
+        """A header block has begun and not ended (its END_HEADERS is awaited)."""
+        return bool(self._headers_buffer)
+
+    def _update_header_buffer(self, f):  # type: ignore[no-untyped-def]
+        frame = super()._update_header_buffer(f)
+        pending = self._headers_buffer
+        if pending and sum(len(x.data) for x in pending) > self.max_block:
+            raise h2.exceptions.DenialOfServiceError(
+                f"header block over {self.max_block} bytes (CONTINUATION flood)"
+            )
+        if isinstance(frame, hyperframe.frame.HeadersFrame) and len(frame.data) > self.max_block:
+            raise h2.exceptions.DenialOfServiceError(f"header block over {self.max_block} bytes")
+        return frame
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, remembering fewer closed streams: its 65536 grow a long-lived connection
+    by some 6 MB (found by the soak: a steady climb of RSS with the request count)."""
+
+    MAX_CLOSED_STREAMS = defaults.H2_CLOSED_STREAMS_REMEMBERED
+
+
+class _ServerConnection(_Connection):
+    """h2 treats a HEADERS frame beyond our concurrent stream limit as a connection error; RFC
+    9113 5.1.2 allows a stream error (REFUSED_STREAM), which keeps the connection's other
+    streams alive. h2 is told there is always room; H2Protocol refuses the excess itself."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        open_now = super().open_inbound_streams
+        return min(open_now, self.local_settings.max_concurrent_streams - 1)
+
+
 class H2Protocol(asyncio.Protocol):
     def __init__(
         self,
@@ -60,7 +118,13 @@ class H2Protocol(asyncio.Protocol):
         trusted: bool = False,
         max_concurrent_streams: int = defaults.APP_MAX_CONCURRENT_STREAMS,
         on_close: Callable[[H2Protocol], None] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        stats: HttpStats | None = None,
+        mesh_hop: bool = False,
     ) -> None:
+        """`mesh_hop`: a server for peer sidecars, whose requests carry the headers the sidecars
+        add: it allows twice the header list and count. `trusted`: a verified peer sidecar, which
+        validated the headers and is not guarded against abuse (its app was, at its outbound)."""
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
@@ -70,7 +134,34 @@ class H2Protocol(asyncio.Protocol):
             validate_outbound_headers=not trusted,
             normalize_outbound_headers=not trusted,
         )
-        self.conn = h2.connection.H2Connection(config=config)
+        self.limits = limits
+        self.stats = stats
+        factor = defaults.MESH_HEADER_LIST_FACTOR if mesh_hop else 1
+        self.header_list_size = limits.max_request_headers_bytes * factor
+        self.max_headers = limits.max_headers_count * factor
+        if client_side:
+            self.conn = _Connection(config=config)
+        else:
+            self.conn = _ServerConnection(config=config)
+            # A header list up to twice the limit is decoded (HPACK stays in step) and answered
+            # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).
+            self.conn.decoder.max_header_list_size = 2 * self.header_list_size
+            self.conn.incoming_buffer = _BoundedFrameBuffer(2 * self.header_list_size)
+        self.guarded = not client_side and not trusted
+        self.calmed = False  # an abuse was seen: GOAWAY sent, nothing more is read
+        # Abuse accounting (server side), Envoy's rules: see sidecar.limits.
+        self.streams_opened = 0
+        self.premature_resets = 0
+        self._empty_frames = 0
+        self._priority_frames = 0
+        self._window_updates = 0
+        self._data_frames_sent = 0
+        self._control_frames = 0
+        self._control_window_start = 0.0
+        # Timeouts (checked by `sweep`): since when without streams; when a header block that
+        # has not ended was first seen.
+        self.idle_since = 0.0
+        self._block_since: float | None = None
         self.client_side = client_side
         self.handler = handler
         self.on_close = on_close
@@ -95,27 +186,45 @@ class H2Protocol(asyncio.Protocol):
         self.peer_address = transport.get_extra_info("peername")
         self.conn.local_settings = h2.settings.Settings(
             client=self.client_side,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: defaults.H2_STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: defaults.H2_MAX_FRAME_SIZE,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-            },
+            initial_values=self._settings(),
         )
         # Settings given as initial values count as acknowledged: the frame-size limit the codec
         # enforces has to follow them by hand (it is read from the settings only at creation).
-        self.conn.max_inbound_frame_size = defaults.H2_MAX_FRAME_SIZE
+        limits = self.limits
+        self.conn.max_inbound_frame_size = limits.h2_max_frame_size
         self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(defaults.H2_CONNECTION_WINDOW - 65535)
+        self.conn.increment_flow_control_window(limits.h2_initial_connection_window_size - 65535)
+        self.idle_since = asyncio.get_running_loop().time()
         self._flush()
         if not self._ready.done():
             self._ready.set_result(None)
 
+    def _settings(self) -> dict[int, int]:
+        codes = h2.settings.SettingCodes
+        limits = self.limits
+        settings = {
+            codes.MAX_CONCURRENT_STREAMS: self._max_concurrent_streams,
+            codes.INITIAL_WINDOW_SIZE: limits.h2_initial_stream_window_size,
+            codes.MAX_FRAME_SIZE: limits.h2_max_frame_size,
+            codes.ENABLE_CONNECT_PROTOCOL: 1,
+        }
+        if not self.client_side:
+            settings[codes.MAX_HEADER_LIST_SIZE] = self.header_list_size
+        return settings
+
     def data_received(self, data: bytes) -> None:
+        if self.calmed:
+            return  # GOAWAY sent for abuse: what else comes is read and dropped
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("event=h2_protocol_error peer=%s error=%r", self.peer_address, str(exc))
+            stats = self.stats
+            if stats is not None:
+                if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                    stats.http2_header_overflow += 1
+                else:
+                    stats.downstream_cx_protocol_error += 1
             self._flush()
             self._lost(ConnectionClosed(f"protocol error: {exc}"))
             if self.transport is not None:
@@ -123,7 +232,16 @@ class H2Protocol(asyncio.Protocol):
             return
         for event in events:
             self._dispatch(event)
+            if self.calmed:
+                return
         self._flush()
+        if self._write_paused is not None and self.guarded:
+            transport = self.transport
+            if transport is not None and (
+                transport.get_write_buffer_size() > self.limits.h2_max_outbound_buffer
+            ):
+                # What it makes us send (acknowledgements, resets) piles up unread.
+                self._abuse("http2_outbound_flood", "peer does not read", goaway=False)
 
     def pause_writing(self) -> None:
         if self._write_paused is None:
@@ -148,6 +266,15 @@ class H2Protocol(asyncio.Protocol):
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
+            if self.guarded:
+                if event.data or event.stream_ended is not None:
+                    self._empty_frames = 0
+                else:
+                    self._empty_frames += 1
+                    limit = self.limits.h2_max_consecutive_inbound_frames_with_empty_payload
+                    if self._empty_frames > limit:
+                        self._abuse("http2_inbound_empty_frames_flood", "empty DATA frames")
+                        return
             stream = self.streams.get(event.stream_id)
             padding = event.flow_controlled_length - len(event.data)
             if padding:
@@ -179,6 +306,10 @@ class H2Protocol(asyncio.Protocol):
                 stream.remote_ended()
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
+            if stream is not None and not self.client_side and event.remote_reset:
+                self._client_reset(stream)
+                if self.calmed:
+                    return
             if stream is not None:
                 refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
                 error = (RefusedStream if refused else StreamReset)(
@@ -186,11 +317,32 @@ class H2Protocol(asyncio.Protocol):
                 )
                 stream.reset_received(error)
         elif isinstance(event, h2.events.WindowUpdated):
+            if self.guarded:
+                self._window_updates += 1
+                per_data = self.limits.h2_max_inbound_window_update_frames_per_data_frame_sent
+                # Envoy's allowance: 5 + 2 × (streams opened + per_data × DATA frames sent).
+                allowed = 5 + 2 * (self.streams_opened + per_data * self._data_frames_sent)
+                if self._window_updates > allowed:
+                    self._abuse("http2_inbound_window_update_frames_flood", "WINDOW_UPDATE frames")
+                    return
             self._wake_windows(event.stream_id)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.peer_spoke = True
+            if self.guarded:
+                self._control_frame()
+                if self.calmed:
+                    return
             self._wake_windows(0)
             self._wake_slots()
+        elif isinstance(event, h2.events.PingReceived):
+            if self.guarded:
+                self._control_frame()
+        elif isinstance(event, h2.events.PriorityUpdated):
+            if self.guarded:
+                self._priority_frames += 1
+                per_stream = self.limits.h2_max_inbound_priority_frames_per_stream
+                if self._priority_frames > per_stream * (1 + self.streams_opened):
+                    self._abuse("http2_inbound_priority_frames_flood", "PRIORITY frames")
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.going_away = True
             last = event.last_stream_id or 0
@@ -202,16 +354,28 @@ class H2Protocol(asyncio.Protocol):
             self._maybe_close()
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
+        self._empty_frames = 0
+        self.streams_opened += 1
         if self.handler is None or self.going_away:
+            self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= self._max_concurrent_streams:
+            if self.stats is not None:
+                self.stats.downstream_rq_overload += 1
             self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         pseudo: dict[bytes, bytes] = {}
         headers: Headers = []
+        size = 0
         for name, value in event.headers:
+            size += len(name) + len(value) + 32  # RFC 9113 6.5.2's accounting
             if name[:1] == b":":
                 pseudo[name] = value
             else:
                 headers.append((name, value))
+        if size > self.header_list_size or len(headers) > self.max_headers:
+            self._headers_too_large(event, size, len(headers))
+            return
         head = RequestHead(
             method=pseudo.get(b":method", b"GET"),
             scheme=pseudo.get(b":scheme", b"http"),
@@ -228,6 +392,107 @@ class H2Protocol(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(self._serve(stream))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _headers_too_large(self, event: h2.events.RequestReceived, size: int, count: int) -> None:
+        """Answer 431 on the stream (Envoy's answer too); the connection goes on."""
+        log.info(
+            "event=bad_request peer=%s status=431 header_bytes=%d headers=%d",
+            self.peer_address,
+            size,
+            count,
+        )
+        if self.stats is not None:
+            self.stats.http2_header_overflow += 1
+        stream_id = event.stream_id
+        self.conn.send_headers(
+            stream_id, [(b":status", b"431"), (b"content-length", b"0")], end_stream=True
+        )
+        if event.stream_ended is None:  # it is still sending: tell it to stop (RFC 9113 8.1)
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    # -- abuse (server side, untrusted peers) --------------------------------------------------
+
+    def _client_reset(self, stream: H2Stream) -> None:
+        """A client reset a stream: count it, and judge rapid reset (CVE-2023-44487) as Envoy
+        does: once enough streams were opened, more than half reset before their answer."""
+        if self.stats is not None:
+            self.stats.http2_rx_reset += 1
+        if not self.guarded or not isinstance(stream, H2ServerStream) or stream.responded:
+            return
+        self.premature_resets += 1
+        opened = self.streams_opened
+        if (
+            opened >= self.limits.h2_premature_reset_total_stream_count
+            and self.premature_resets * 2 > opened
+        ):
+            self._abuse("http2_premature_reset", "rapid reset")
+
+    def _control_frame(self) -> None:
+        """PING and SETTINGS: at most the limit per second (one clock read per limit's worth)."""
+        self._control_frames += 1
+        if self._control_frames <= self.limits.h2_max_control_frames_per_second:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._control_window_start >= 1.0:
+            self._control_window_start = now
+            self._control_frames = 1
+            return
+        self._abuse("http2_inbound_control_frames_flood", "PING/SETTINGS frames")
+
+    def _abuse(self, counter: str, what: str, *, goaway: bool = True) -> None:
+        """Close a connection that abuses the protocol: GOAWAY ENHANCE_YOUR_CALM (when it can be
+        delivered), its streams reset, counted; the rest of the sidecar is unaffected."""
+        if self.calmed or self.closed:
+            return
+        self.calmed = True
+        if self.stats is not None:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        log.warning(
+            "event=h2_abuse peer=%s kind=%s streams_opened=%d action=%s",
+            self.peer_address,
+            counter.removeprefix("http2_"),
+            self.streams_opened,
+            "goaway" if goaway else "close",
+        )
+        transport = self.transport
+        if goaway:
+            try:
+                self.conn.close_connection(_CALM, additional_data=what.encode())
+            except h2.exceptions.ProtocolError:
+                pass
+            self._flush()
+        self._lost(ConnectionClosed(f"closed for abuse: {what}"))
+        if transport is not None:
+            if goaway:
+                transport.close()  # after the GOAWAY; a peer that does not read it is cut below
+                asyncio.get_running_loop().call_later(1.0, transport.abort)
+            else:
+                transport.abort()
+
+    def sweep(self, now: float) -> None:
+        """The listener's periodic check: idle timeout, and a header block left unfinished past
+        the request headers timeout (a CONTINUATION stall)."""
+        if self.closed or self.client_side:
+            return
+        limits = self.limits
+        buffer = self.conn.incoming_buffer
+        if isinstance(buffer, _BoundedFrameBuffer) and buffer.pending_block:
+            if self._block_since is None:
+                self._block_since = now
+            elif 0 < limits.request_headers_timeout < now - self._block_since:
+                log.info("event=request_headers_timeout peer=%s protocol=h2", self.peer_address)
+                self._abuse("downstream_rq_header_timeout", "header block never ended")
+            return
+        self._block_since = None
+        if (
+            not self.streams
+            and limits.http_idle_timeout > 0
+            and now - self.idle_since > limits.http_idle_timeout
+        ):
+            if self.stats is not None:
+                self.stats.downstream_cx_idle_timeout += 1
+            self.goaway()
+            self.close()
 
     async def _serve(self, stream: H2ServerStream) -> None:
         assert self.handler is not None
@@ -265,6 +530,11 @@ class H2Protocol(asyncio.Protocol):
                 self.conn.end_stream(stream_id)
                 self._flush()
                 return
+            if self._write_paused is not None:
+                # Another stream filled the transport: wait, so that one connection holds about
+                # one high-water mark and one frame, however many streams send.
+                await self.drain()
+                continue
             window = min(
                 self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
             )
@@ -284,6 +554,7 @@ class H2Protocol(asyncio.Protocol):
             self.conn.send_data(
                 stream_id, chunk.tobytes() if len(chunk) != len(data) else data, end_stream=last
             )
+            self._data_frames_sent += 1
             self._flush()
             if self._write_paused is not None:
                 await self.drain()
@@ -344,6 +615,8 @@ class H2Protocol(asyncio.Protocol):
     def _stream_finished(self, stream: H2Stream) -> None:
         if stream.local_done and stream.remote_done:
             self.streams.pop(stream.stream_id, None)
+            if not self.streams and not self.client_side:
+                self.idle_since = asyncio.get_running_loop().time()
             self._wake_slots()
             self._maybe_close()
 
@@ -437,6 +710,17 @@ class H2Stream:
         if self.reset_error is None:
             self.reset_error = error
         self.body.abort(error)
+        if self.body.error is not None and self.body.buffered:
+            # Cut short with data nobody will read: give its credit back to the connection, or
+            # every such stream would shrink the connection's window for good.
+            unread = self.body.discard()
+            proto = self.proto
+            if not proto.closed:
+                try:
+                    proto.conn.acknowledge_received_data(unread, self.stream_id)
+                except h2.exceptions.ProtocolError:
+                    pass
+                proto._flush()
         self.remote_done = self.local_done = True
         self.proto._wake_windows(self.stream_id)
         self.proto._stream_finished(self)
@@ -479,6 +763,11 @@ class H2ServerStream(H2Stream):
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.peer_address = proto.peer_address
+
+    @property
+    def cancelled(self) -> bool:
+        """The client reset the stream (or the connection went): nothing more to do for it."""
+        return self.reset_error is not None
 
     def informational(self, head: ResponseHead) -> None:
         if self.reset_error is not None or self.responded:

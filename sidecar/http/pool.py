@@ -18,9 +18,10 @@ import asyncio
 import logging
 
 from sidecar.cluster import Target
-from sidecar.http.exchange import RequestHead
+from sidecar.http.exchange import RequestHead, UpstreamOverflow
 from sidecar.http.h1 import H1Client, H1ClientStream
 from sidecar.http.h2 import H2ClientStream, H2Protocol
+from sidecar.observe.stats import ClusterStats
 from sidecar.transport.connect import Connector, plain_connector
 
 log = logging.getLogger("sidecar.pool")
@@ -32,10 +33,24 @@ UpstreamStream = H2ClientStream | H1ClientStream
 _MAX_IDLE_H1 = 64
 
 
+def _reserve_connection(stats: ClusterStats | None) -> None:
+    """Count a new upstream connection against the cluster's circuit breaker, or refuse it."""
+    if stats is None:
+        return
+    if stats.upstream_cx_active >= stats.cb_max_connections:
+        stats.upstream_cx_overflow += 1
+        raise UpstreamOverflow("cluster at its max connections")
+    stats.upstream_cx_active += 1
+
+
 class H2Pool:
-    def __init__(self, connector: Connector, *, trusted: bool) -> None:
+    def __init__(
+        self, connector: Connector, *, trusted: bool, stats: ClusterStats | None = None
+    ) -> None:
+        """`stats`: the cluster's, whose connections this pool counts and bounds."""
         self.connector = connector
         self.trusted = trusted
+        self.stats = stats
         self.connections: dict[Target, list[H2Protocol]] = {}
         self._connecting: dict[Target, asyncio.Future[None]] = {}
         self.spread = 1  # connections per endpoint to keep open (see the module's docstring)
@@ -78,8 +93,14 @@ class H2Pool:
         future = asyncio.get_running_loop().create_future()
         self._connecting[target] = future
         try:
+            _reserve_connection(self.stats)
             proto = H2Protocol(client_side=True, trusted=self.trusted, on_close=self._closed)
-            await self.connector(target, lambda: proto)
+            try:
+                await self.connector(target, lambda: proto)
+            except BaseException:
+                if self.stats is not None:
+                    self.stats.upstream_cx_active -= 1
+                raise
             proto.target = target
             self.connections.setdefault(target, []).append(proto)
             log.debug("event=h2_connected endpoint=%s", target)
@@ -95,6 +116,8 @@ class H2Pool:
             log.debug("event=h2_spread_connect_failed endpoint=%s error=%r", target, str(exc))
 
     def _closed(self, proto: H2Protocol) -> None:
+        if self.stats is not None and proto.target is not None:
+            self.stats.upstream_cx_active -= 1
         target = proto.target
         conns = self.connections.get(target) if target is not None else None
         if conns is not None and proto in conns:
@@ -109,8 +132,10 @@ class H2Pool:
 
 
 class H1Pool:
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Connector, stats: ClusterStats | None = None) -> None:
+        """`stats`: the cluster's, whose connections this pool counts and bounds."""
         self.connector = connector
+        self.stats = stats
         self.idle: dict[Target, list[H1Client]] = {}
 
     async def open_stream(
@@ -122,9 +147,21 @@ class H1Pool:
             if client.reusable:
                 client.reused = True
                 return client.open(head, end_stream)
-        client = H1Client(on_idle=lambda c: self._idle(target, c))
-        await self.connector(target, lambda: client)
+        _reserve_connection(self.stats)
+        client = H1Client(on_idle=lambda c: self._idle(target, c), on_lost=self._lost)
+        try:
+            await self.connector(target, lambda: client)
+        except BaseException:
+            if self.stats is not None:
+                self.stats.upstream_cx_active -= 1
+            raise
+        client.counted = self.stats is not None
         return client.open(head, end_stream)
+
+    def _lost(self, client: H1Client) -> None:
+        if client.counted and self.stats is not None:
+            client.counted = False
+            self.stats.upstream_cx_active -= 1
 
     def _idle(self, target: Target, client: H1Client) -> None:
         idle = self.idle.setdefault(target, [])

@@ -4,6 +4,9 @@ It picks the endpoint (per request, round robin), retries connect failures and r
 the next endpoint, bounds the wait for the response head, streams both bodies with back-pressure,
 and maps failures the way Envoy does: 503 when no endpoint could take the request, 504 on the
 request timeout, and a reset (never a truncated body that looks complete) once a response started.
+
+It also applies the cluster's circuit breakers (requests in flight, pending and being retried:
+503 `overflow` when open, as Envoy answers) and tells outlier detection how each endpoint did.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
     UpstreamConnectError,
+    UpstreamOverflow,
     strip_hop_by_hop,
 )
 from sidecar.http.pool import UpstreamStream
 from sidecar.observe.stats import HttpStats
+from sidecar.observe.throttle import LogThrottle
 
 log = logging.getLogger("sidecar.router")
 
@@ -42,6 +47,9 @@ REMOTE_RESET = (
     "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
 )
 REQUEST_TIMEOUT = "upstream request timeout"
+OVERFLOW = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+
+_throttle = LogThrottle()  # failure lines that can come in floods
 
 
 class Exchange(Protocol):
@@ -52,6 +60,9 @@ class Exchange(Protocol):
     peer_address: tuple[str, int] | None
     responded: bool
     status: int
+
+    @property
+    def cancelled(self) -> bool: ...
 
     def informational(self, head: ResponseHead) -> None: ...
     async def respond(self, head: ResponseHead, end: bool = False) -> None: ...
@@ -161,35 +172,83 @@ async def proxy(exchange: Exchange, route: Route) -> None:
 RETRY = "retry"
 
 
+async def _overflow(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
+    """A circuit breaker is open: 503 at once, counted; logged at debug only (it comes in
+    floods, and the counters say it)."""
+    route.cluster.stats.upstream_rq_pending_overflow += 1
+    log.debug("event=upstream_overflow listener=%s cluster=%s", route.listener, route.cluster.name)
+    acct.local_failure(503, "UO")
+    await local_reply(exchange, 503, OVERFLOW)
+
+
 async def _proxy(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
+    stats = route.cluster.stats
+    retrying = False
+    try:
+        retrying = await _route(exchange, route, acct)
+    finally:
+        if retrying:
+            stats.upstream_rq_retry_active -= 1
+
+
+async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> bool:
+    """Try the endpoints; True when this request took a place in the retry budget."""
     pool = route.prepare(exchange)
     head = exchange.request
     cluster = route.cluster
+    stats = cluster.stats
     failure = CONNECT_FAILURE
-    for _ in range(max(1, route.connect_attempts)):
+    retrying = False
+    for attempt in range(max(1, route.connect_attempts)):
+        if exchange.cancelled:
+            # Reset by the client before it reached an upstream (rapid reset, or a client that
+            # gave up): no upstream request for it.
+            stats.upstream_rq_cancelled += 1
+            return retrying
+        if attempt and not retrying:
+            if stats.upstream_rq_retry_active >= stats.cb_max_retries:
+                stats.upstream_rq_retry_overflow += 1
+                break
+            retrying = True
+            stats.upstream_rq_retry_active += 1
         target = cluster.pick()
         if target is None:
             log.info(
                 "event=no_healthy_upstream listener=%s cluster=%s", route.listener, cluster.name
             )
-            cluster.stats.upstream_cx_none_healthy += 1
+            stats.upstream_cx_none_healthy += 1
             acct.local_failure(503, "UH")
             await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
-            return
+            return retrying
+        pending = stats.upstream_rq_pending_active
+        if pending >= stats.cb_max_pending_requests or (
+            pending + stats.upstream_rq_active >= stats.cb_max_requests
+        ):
+            await _overflow(exchange, route, acct)
+            return retrying
         try:
-            cluster.stats.upstream_rq_pending_active += 1
+            stats.upstream_rq_pending_active += 1
             try:
                 upstream = await pool.open_stream(target, head, exchange.body.at_end)
             finally:
-                cluster.stats.upstream_rq_pending_active -= 1
+                stats.upstream_rq_pending_active -= 1
+        except UpstreamOverflow:
+            await _overflow(exchange, route, acct)
+            return retrying
         except (UpstreamConnectError, RefusedStream) as exc:
-            log.info(
-                "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
-                route.listener,
-                cluster.name,
-                target,
-                str(exc),
-            )
+            if isinstance(exc, UpstreamConnectError):
+                cluster.outlier.failure(target)
+            held_back = _throttle.allow((route.listener, target, str(exc)))
+            if held_back is not None:
+                log.info(
+                    "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s "
+                    "reason=%r since_last_line=%d",
+                    route.listener,
+                    cluster.name,
+                    target,
+                    str(exc),
+                    held_back,
+                )
             continue
         upstream.on_informational = exchange.informational
         cluster.acquire(target)
@@ -200,7 +259,7 @@ async def _proxy(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
             lambda: (upstream.reset(), exchange.reset()),  # noqa: B023
         )
         try:
-            outcome = await _attempt(exchange, route, upstream, acct)
+            outcome = await _attempt(exchange, route, upstream, acct, target)
         finally:
             watch.cancel()
             cluster.release(target)
@@ -210,24 +269,32 @@ async def _proxy(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
                 "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
             )
         if outcome is None:
-            return
+            return retrying
         if outcome is not RETRY:
             failure = outcome
             break
-        cluster.stats.upstream_rq_retry += 1
+        stats.upstream_rq_retry += 1
     acct.local_failure(503, "UF" if failure is CONNECT_FAILURE else "UR")
     await local_reply(exchange, 503, failure)
+    return retrying
 
 
 async def _attempt(
-    exchange: Exchange, route: Route, upstream: UpstreamStream, acct: RequestAccounting
+    exchange: Exchange,
+    route: Route,
+    upstream: UpstreamStream,
+    acct: RequestAccounting,
+    target: Target,
 ) -> str | None:
     """Carry the exchange on one upstream stream: None once answered, RETRY when the upstream
     refused it unprocessed and nothing of the request body was spent, else the 503 reason.
 
     The request body is sent by a task of its own while the response head is awaited; an
-    attempt that fails stops it, so a retry never has two senders reading the same body.
+    attempt that fails stops it, so a retry never has two senders reading the same body. How it
+    went is reported to outlier detection (a 5xx, a timeout or a reset counts against the
+    endpoint).
     """
+    outlier = route.cluster.outlier
     pump = None
     if not exchange.body.at_end:
         pump = asyncio.get_running_loop().create_task(
@@ -239,6 +306,7 @@ async def _attempt(
         _stop(pump)
         return RETRY if exchange.body.reads == 0 else REMOTE_RESET
     except TimeoutError:
+        outlier.failure(target)
         _stop(pump)
         upstream.reset()
         acct.local_failure(504, "UT")
@@ -246,12 +314,23 @@ async def _attempt(
         await local_reply(exchange, 504, REQUEST_TIMEOUT)
         return None
     except StreamReset:
+        if not exchange_gone(exchange):
+            outlier.failure(target)
         _stop(pump)
         acct.upstream_reset()
         return REMOTE_RESET
+    if response.status >= 500:
+        outlier.failure(target)
+    else:
+        outlier.success(target)
     acct.upstream_response(response.status)
     await _stream_response(exchange, upstream, response, acct, pump)
     return None
+
+
+def exchange_gone(exchange: Exchange) -> bool:
+    """The downstream went away (its body was cut): a reset upstream is not the endpoint's fault."""
+    return exchange.body.error is not None
 
 
 def _stop(pump: asyncio.Task[None] | None) -> None:

@@ -172,9 +172,17 @@ class Peer:
 
 
 class Stack(Protocol):
-    """What an inbound listener under mTLS hands each accepted connection to."""
+    """What an inbound listener under mTLS hands each accepted connection to
+    (`sidecar.inbound.InboundStack`): it admits connections (its connection limit and the
+    descriptor guard), counts those still in their handshake, and gives the handshake timeout."""
 
     def accept(self, peer: Peer | None) -> asyncio.Protocol: ...
+    def admit(self) -> bool: ...
+    def accept_failed(self, exc: OSError) -> None: ...
+    def pending_started(self) -> None: ...
+    def pending_settled(self) -> None: ...
+    @property
+    def handshake_timeout(self) -> float: ...
 
 
 # --- authorization -----------------------------------------------------------------------------
@@ -751,13 +759,14 @@ class MeshListener:
                 return
             except OSError as exc:
                 # EMFILE and friends: the socket stays readable, so step back for a moment
-                # rather than spinning on it.
-                log.error(
-                    "event=accept_failed listener=%s error=%r", self.name, exc.strerror or exc
-                )
+                # rather than spinning on it (the stack logs it once per episode).
+                self.stack.accept_failed(exc)
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(_ACCEPT_PAUSE, self._resume)
                 return
+            if not self.stack.admit():  # over the connection limit, or out of descriptors
+                conn.close()
+                continue
             conn.setblocking(False)
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -798,25 +807,35 @@ class MeshListener:
 class _Incoming:
     """One accepted socket until it is TLS, plaintext or refused (its first byte decides)."""
 
-    __slots__ = ("listener", "conn", "address", "deadline", "_timer", "_fd")
+    __slots__ = ("listener", "conn", "address", "deadline", "timeout", "_timer", "_fd", "_done")
 
     def __init__(self, listener: MeshListener, conn: socket.socket, address: Any) -> None:
         self.listener = listener
         self.conn = conn
         self.address = address
-        self.deadline = listener.loop.time() + defaults.MTLS_HANDSHAKE_TIMEOUT
+        # From accept to a verified peer (a client that stalls mid-handshake is cut here).
+        self.timeout = listener.stack.handshake_timeout
+        self.deadline = listener.loop.time() + self.timeout
         self._timer: asyncio.TimerHandle | None = None
         self._fd = conn.fileno()
+        self._done = False
 
     def start(self) -> None:
         loop = self.listener.loop
+        self.listener.stack.pending_started()  # counted among the listener's connections
         loop.add_reader(self._fd, self._readable)
         wait = (
             defaults.PERMISSIVE_DETECTION_TIMEOUT
             if self.listener.security.mode == PERMISSIVE
-            else defaults.MTLS_HANDSHAKE_TIMEOUT
+            else self.timeout
         )
         self._timer = loop.call_later(wait, self._silent)
+
+    def _settle(self) -> None:
+        """Handed over to a protocol, or closed: no longer pending."""
+        if not self._done:
+            self._done = True
+            self.listener.stack.pending_settled()
 
     def _stop_waiting(self) -> None:
         self.listener.loop.remove_reader(self._fd)
@@ -832,6 +851,7 @@ class _Incoming:
         except OSError as exc:
             self._stop_waiting()
             self.conn.close()
+            self._settle()
             log.debug(
                 "event=connection_lost_before_handshake listener=%s peer=%s error=%r",
                 self.listener.name,
@@ -848,6 +868,7 @@ class _Incoming:
         elif not first:
             # Connected and closed without a byte (a port probe): nothing to refuse.
             self.conn.close()
+            self._settle()
             log.debug(
                 "event=closed_before_handshake listener=%s peer=%s",
                 listener.name,
@@ -855,6 +876,7 @@ class _Incoming:
             )
         else:
             self.conn.close()
+            self._settle()
             listener.refused(
                 self.address,
                 f"not TLS: first byte 0x{first[0]:02x} is not a TLS handshake record "
@@ -869,10 +891,8 @@ class _Incoming:
             listener.spawn(self._plaintext())  # a plaintext client waiting for its server
             return
         self.conn.close()
-        listener.refused(
-            self.address,
-            f"no TLS ClientHello within {defaults.MTLS_HANDSHAKE_TIMEOUT:g} s",
-        )
+        self._settle()
+        listener.refused(self.address, f"no TLS ClientHello within {self.timeout:g} s")
 
     async def _plaintext(self) -> None:
         listener = self.listener
@@ -882,6 +902,8 @@ class _Incoming:
             )
         except OSError:
             self.conn.close()
+        finally:
+            self._settle()
 
     async def _tls(self) -> None:
         listener = self.listener
@@ -902,6 +924,8 @@ class _Incoming:
                 describe_tls_error(exc),
                 verify=isinstance(exc, ssl.SSLCertVerificationError),
             )
+        finally:
+            self._settle()
 
 
 class _ServerGate(asyncio.Protocol):

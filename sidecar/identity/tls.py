@@ -22,6 +22,12 @@ Outbound (us -> peer sidecar), per new upstream connection
 
 Metrics
     store.days_until_first_expiring()   # envoy_server_days_until_first_cert_expiring
+    store.seconds_until_first_expiring()  # the same to the second (workload certs live a day)
+
+Expiry: every tick of `watch` checks how long the first certificate to expire (CA or workload)
+has left. Once it has less than a fifth of the workload certificate's lifetime left (the renewal
+is overdue by then), one warning says so and which file to rotate; once it has expired, one error.
+Each is logged once per set of credentials, not once per tick.
 
 Contexts follow Kuma's hop: TLS 1.2 minimum (1.3 is negotiated whenever both ends have it), ALPN
 `kuma`, the peer's chain verified against the mesh CA bundle in both directions (CERT_REQUIRED).
@@ -68,6 +74,7 @@ log = logging.getLogger("sidecar.identity")
 ALPN = "kuma"
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 RENEW_FRACTION = 0.8  # dev mode renews a workload certificate at 80 % of its lifetime
+EXPIRY_WARNING_FRACTION = 0.2  # warn when less than this share of the lifetime is left
 WATCH_INTERVAL = 1.0
 
 __all__ = [
@@ -402,6 +409,7 @@ class CredentialStore:
         self.last_error: CredentialsError | None = None
         self._subscribers: list[Callable[[MeshCredentials], None]] = []
         self._front: ssl.SSLContext | None = None
+        self.expiry_stage: tuple[int, str] | None = None  # (generation, "expiring"|"expired")
         signature = _signature(self.paths)
         self._install(self._build(), signature)
 
@@ -541,10 +549,50 @@ class CredentialStore:
         return self.refresh(force=True)
 
     def tick(self, now: datetime | None = None) -> bool:
-        """One round of `watch`: renew if due (dev mode), else pick up changed files."""
-        if self.renew_due(now):
-            return self.renew(now)
-        return self.refresh()
+        """One round of `watch`: renew if due (dev mode), else pick up changed files; then say
+        so if the credentials in use are about to expire."""
+        swapped = self.renew(now) if self.renew_due(now) else self.refresh()
+        self.check_expiry(now)
+        return swapped
+
+    def check_expiry(self, now: datetime | None = None) -> str | None:
+        """Log, once per stage and credentials, that the first certificate is about to expire
+        (warning) or has expired (error); returns the stage, None while all is well."""
+        creds = self.credentials
+        now = now or self.clock()
+        first = creds.first_expiring()
+        left = (first - now).total_seconds()
+        lifetime = (creds.not_after - creds.not_before).total_seconds()
+        if left <= 0:
+            stage = "expired"
+        elif left < EXPIRY_WARNING_FRACTION * lifetime:
+            stage = "expiring"
+        else:
+            return None
+        if self.expiry_stage == (self.generation, stage):
+            return stage
+        self.expiry_stage = (self.generation, stage)
+        which = next(
+            (c for c in (*creds.chain, *creds.ca_certs) if c.not_valid_after_utc == first),
+            creds.cert,
+        )
+        where = creds.cert_path if which in creds.chain else creds.ca_path
+        if stage == "expired":
+            log.error(
+                "event=certificate_expired file=%s not_after=%s action=%r",
+                where,
+                first.isoformat(),
+                "peers refuse this sidecar's connections: rotate the credentials",
+            )
+        else:
+            log.warning(
+                "event=certificate_expiring file=%s not_after=%s seconds_left=%d action=%r",
+                where,
+                first.isoformat(),
+                left,
+                "rotation is overdue: replace the certificate before it expires",
+            )
+        return stage
 
     async def watch(self, interval: float = WATCH_INTERVAL) -> None:
         """Poll forever (cancel the task to stop). File reads and, in dev mode, key generation run
@@ -584,3 +632,8 @@ class CredentialStore:
     def days_until_first_expiring(self, now: datetime | None = None) -> int:
         """`envoy_server_days_until_first_cert_expiring` for the credentials in use."""
         return self.credentials.days_until_first_expiring(now or self.clock())
+
+    def seconds_until_first_expiring(self, now: datetime | None = None) -> int:
+        """Whole seconds until the first certificate in use expires (0 once it has)."""
+        left = (self.credentials.first_expiring() - (now or self.clock())).total_seconds()
+        return max(0, int(left))

@@ -184,6 +184,10 @@ class Observability:
         server.uptime = int(self.uptime)
         server.memory_allocated, server.memory_heap_size = _memory()
         server.total_connections = self.sidecar.active_connections()
+        security = getattr(self.sidecar, "security", None)  # mesh mTLS, when it is on
+        if security is not None:
+            server.days_until_first_cert_expiring = security.store.days_until_first_expiring()
+            server.seconds_until_first_cert_expiring = security.store.seconds_until_first_expiring()
         self._count_open_connections()
         for name, cluster in self.sidecar.clusters.items():
             hosts = self.hosts(name)
@@ -276,19 +280,27 @@ class Observability:
         if cluster is None:
             return []
         plan = next((p for p in self.plans() if p.cluster == cluster_name), None)
+        ejected = cluster.outlier.ejected  # passive outlier detection: Envoy's flag for them
         if plan is not None and plan.direction == "inbound":
             probe = self.service_probes.get(plan.port)
             ok = probe is None or probe.healthy
             return [
-                Host(t.host, t.port, ok, "healthy" if ok else "/failed_active_hc")
+                Host(
+                    t.host,
+                    t.port,
+                    ok and t.key not in ejected,
+                    ("" if ok else "/failed_active_hc")
+                    + ("/failed_outlier_check" if t.key in ejected else "")
+                    or "healthy",
+                )
                 for t in cluster.targets
             ]
         hosts = [
             Host(
                 t.host,
                 t.port,
-                True,
-                "healthy",
+                t.key not in ejected,
+                "/failed_outlier_check" if t.key in ejected else "healthy",
                 t.endpoint.tags.get(model.ZONE_TAG, "") if t.endpoint else "",
             )
             for t in cluster.targets

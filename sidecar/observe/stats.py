@@ -73,7 +73,8 @@ class ListenerStats:
     tcp_prefix: str  # envoy_tcp_prefix, e.g. "inbound_127.0.0.1_10000"
     downstream_cx_total: int = 0
     downstream_cx_active: int = 0
-    downstream_cx_overflow: int = 0
+    downstream_cx_overflow: int = 0  # refused at the listener's connection limit
+    downstream_cx_overload_reject: int = 0  # refused: file descriptors nearly exhausted
     tcp_downstream_cx_total: int = 0
     tcp_downstream_cx_rx_bytes_total: int = 0
     tcp_downstream_cx_tx_bytes_total: int = 0
@@ -133,7 +134,11 @@ class ClusterStats:
     upstream_cx_length_ms: Histogram = field(default_factory=Histogram)
     membership_healthy: int = 0
     membership_total: int = 0
+    # Passive outlier detection (sidecar.cluster.OutlierDetector).
     outlier_detection_ejections_active: int = 0
+    outlier_detection_ejections_enforced_total: int = 0
+    outlier_detection_ejections_enforced_consecutive_5xx: int = 0
+    outlier_detection_ejections_overflow: int = 0  # not ejected: max ejection percent reached
     ssl_handshake: int = 0
     # HTTP (L7): bumped per request by the router.
     upstream_rq_total: int = 0
@@ -145,6 +150,7 @@ class ClusterStats:
     upstream_rq_tx_reset: int = 0
     upstream_rq_cancelled: int = 0
     upstream_rq_retry: int = 0
+    upstream_rq_retry_overflow: int = 0
     upstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
     upstream_rq_code: dict[str, int] = field(default_factory=dict)  # "200" → count
     external_upstream_rq_xx: dict[str, int] = field(default_factory=dict)  # from upstream only
@@ -156,6 +162,29 @@ class ClusterStats:
     grpc_request_message_count: int = 0
     grpc_response_message_count: int = 0
     grpc_status: dict[str, int] = field(default_factory=dict)  # calls by grpc-status ("0", "14")
+    # Circuit breakers: the thresholds (set by the cluster, not metrics) and what is in use that
+    # only they count; the `*_open` gauges are derived at read time.
+    cb_max_connections: int = 1024
+    cb_max_pending_requests: int = 1024
+    cb_max_requests: int = 1024
+    cb_max_retries: int = 3
+    upstream_rq_retry_active: int = 0
+
+    @property
+    def circuit_breakers_cx_open(self) -> int:
+        return int(self.upstream_cx_active >= self.cb_max_connections)
+
+    @property
+    def circuit_breakers_rq_pending_open(self) -> int:
+        return int(self.upstream_rq_pending_active >= self.cb_max_pending_requests)
+
+    @property
+    def circuit_breakers_rq_open(self) -> int:
+        return int(self.upstream_rq_active >= self.cb_max_requests)
+
+    @property
+    def circuit_breakers_rq_retry_open(self) -> int:
+        return int(self.upstream_rq_retry_active >= self.cb_max_retries)
 
 
 @dataclass(eq=False)
@@ -170,6 +199,20 @@ class HttpStats:
     downstream_cx_active: int = 0
     downstream_cx_upgrades_total: int = 0
     no_route: int = 0
+    # Limits hit (sidecar.limits), Envoy's names.
+    downstream_rq_header_timeout: int = 0  # request headers not complete in time: 408, closed
+    downstream_cx_idle_timeout: int = 0
+    downstream_cx_protocol_error: int = 0  # malformed HTTP/1 (400) or an HTTP/2 protocol error
+    downstream_rq_overload: int = 0  # streams refused at the concurrent stream limit
+    http1_header_overflow: int = 0  # request headers over the size or count limit: 431
+    http2_header_overflow: int = 0  # the same on HTTP/2 (431), or a header block too big: GOAWAY
+    http2_premature_reset: int = 0  # connections closed for rapid reset (CVE-2023-44487)
+    http2_inbound_empty_frames_flood: int = 0
+    http2_inbound_priority_frames_flood: int = 0
+    http2_inbound_window_update_frames_flood: int = 0
+    http2_inbound_control_frames_flood: int = 0  # PING/SETTINGS beyond their rate
+    http2_outbound_flood: int = 0  # a peer that does not read what we must send
+    http2_rx_reset: int = 0  # streams the client reset
     downstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
     downstream_rq_time: Histogram = field(default_factory=Histogram)
 
@@ -201,6 +244,7 @@ class ServerStats:
     memory_heap_size: int = 0
     total_connections: int = 0
     days_until_first_cert_expiring: int | None = None  # set by the identity layer (mTLS)
+    seconds_until_first_cert_expiring: int | None = None  # the same to the second
 
 
 class StatsStore:

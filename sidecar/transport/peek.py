@@ -14,9 +14,22 @@ Decide = Callable[[bytes, bool], asyncio.Protocol | None]
 
 
 class Peek(asyncio.Protocol):
-    def __init__(self, decide: Decide, timeout: float | None) -> None:
+    """`on_settled` is called once, when the connection is handed over or lost while waiting
+    (the listener counts waiting connections); `on_silent(transport)`, when given, replaces the
+    decision for a connection that sent nothing before the timeout (it is closed, not served)."""
+
+    def __init__(
+        self,
+        decide: Decide,
+        timeout: float | None,
+        *,
+        on_settled: Callable[[], None] | None = None,
+        on_silent: Callable[[asyncio.Transport], None] | None = None,
+    ) -> None:
         self.decide = decide
         self.timeout = timeout
+        self.on_settled = on_settled
+        self.on_silent = on_silent
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self._timer: asyncio.TimerHandle | None = None
@@ -39,8 +52,22 @@ class Peek(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if not self._done:
-            self._try(final=True)
+        if self._done:
+            return
+        if not self.buffer and self.on_silent is not None and self.transport is not None:
+            self._settle()
+            self.on_silent(self.transport)
+            return
+        self._try(final=True)
+
+    def _settle(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.on_settled is not None:
+            on_settled, self.on_settled = self.on_settled, None
+            on_settled()
 
     def _try(self, final: bool) -> asyncio.Protocol | None:
         if self._done:
@@ -48,10 +75,7 @@ class Peek(asyncio.Protocol):
         winner = self.decide(self.buffer, final)
         if winner is None:
             return None
-        self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._settle()
         transport = self.transport
         assert transport is not None
         transport.set_protocol(winner)
@@ -62,6 +86,8 @@ class Peek(asyncio.Protocol):
         return winner
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done:
+            self._settle()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

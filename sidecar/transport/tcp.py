@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
+from sidecar.observe.throttle import LogThrottle
 from sidecar.transport.connect import ConnectError, Connector, plain_connector
 from sidecar.transport.relay import Relay, Side
 from sidecar.transport.splice import SpliceRelay
@@ -59,6 +60,7 @@ class TcpProxy:
         self.on_connection: Callable[[Relay], None] | None = None
         self.on_close: Callable[[Relay], None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._throttle = LogThrottle()
 
     def __call__(self) -> asyncio.Protocol:
         relay = Relay(self._loop, self.settings.idle_timeout, self._closed)
@@ -86,6 +88,14 @@ class TcpProxy:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
+        cstats = self.cluster.stats
+        if cstats.upstream_cx_active >= cstats.cb_max_connections:
+            # The cluster's circuit breaker is open, as in `_connect`.
+            cstats.upstream_cx_overflow += 1
+            relay.response_flags = "UO"
+            log.info("event=upstream_overflow listener=%s cluster=%s", self.name, self.cluster.name)
+            relay.close()
+            return
         self._splice_attempt(relay, self.settings.connect_attempts)
 
     def _splice_attempt(self, relay: SpliceRelay, attempts: int) -> None:
@@ -117,6 +127,7 @@ class TcpProxy:
                 self._splice_attempt(relay, attempts - 1)
                 return
             cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
+            cluster.outlier.success(target)
             cstats.upstream_cx_active += 1
             relay.target = target
             cluster.acquire(target)
@@ -129,6 +140,14 @@ class TcpProxy:
 
     async def _connect(self, relay: Relay) -> None:
         cluster, settings, connect = self.cluster, self.settings, self.connector
+        cstats = cluster.stats
+        if cstats.upstream_cx_active >= cstats.cb_max_connections:
+            # The cluster's circuit breaker is open (Envoy's tcp_proxy closes the connection).
+            cstats.upstream_cx_overflow += 1
+            relay.response_flags = "UO"
+            log.info("event=upstream_overflow listener=%s cluster=%s", self.name, cluster.name)
+            relay.close()
+            return
         for _ in range(settings.connect_attempts):
             target = cluster.pick()
             if target is None:
@@ -154,7 +173,8 @@ class TcpProxy:
                 # MeshTrafficPermission denied us): pass the close on, no other endpoint.
                 relay.close()
                 return
-            cluster.stats.upstream_cx_active += 1
+            cluster.outlier.success(target)
+            cstats.upstream_cx_active += 1
             relay.target = target
             cluster.acquire(target)
             if relay.closed:  # the downstream left while we were connecting
@@ -166,12 +186,18 @@ class TcpProxy:
         relay.close()
 
     def _connect_failed(self, target: Target, reason: str) -> None:
+        self.cluster.outlier.failure(target)
+        held_back = self._throttle.allow((target, reason))
+        if held_back is None:
+            return  # the same failure was logged less than a second ago
         log.warning(
-            "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r",
+            "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s reason=%r "
+            "since_last_line=%d",
             self.name,
             self.cluster.name,
             target,
             reason,
+            held_back,
         )
 
     def _closed(self, relay: Relay | SpliceRelay) -> None:
