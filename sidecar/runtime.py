@@ -218,7 +218,7 @@ class Sidecar:
             )
         self.observability.attach(stack.tcp, plan.key)
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
-        stack.on_request_done = self.observability.request_logger(plan.cluster)
+        stack.on_request_done = self.observability.request_logger(plan)
         loop = asyncio.get_running_loop()
         server: asyncio.Server | MeshListener | Acceptor
         if plan.selector is not None and self.mesh is not None:
