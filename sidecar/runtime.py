@@ -239,6 +239,7 @@ class Sidecar:
                     stack.accept_socket,
                     reuse_port=reuse_port,
                     backlog=1024,
+                    failed=stack.accept_failed,
                 )
             else:
                 server = await loop.create_server(

@@ -25,10 +25,17 @@ Handler = Callable[[socket.socket, Any], None]
 
 
 class Acceptor:
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Handler):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handle: Handler,
+        failed: Callable[[OSError], None] | None = None,
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.handle = handle
+        self.failed = failed  # told of an accept the kernel refused (EMFILE…); else logged
         self.closed = False
         self._fd = sock.fileno()
         self._paused: asyncio.TimerHandle | None = None
@@ -44,6 +51,7 @@ class Acceptor:
         *,
         reuse_port: bool = False,
         backlog: int = 1024,
+        failed: Callable[[OSError], None] | None = None,
     ) -> Acceptor:
         """Bind and listen as `create_server(reuse_address=True)` does; raises OSError."""
         infos = socket.getaddrinfo(
@@ -65,7 +73,7 @@ class Acceptor:
         except BaseException:
             sock.close()
             raise
-        return cls(loop, sock, handle)
+        return cls(loop, sock, handle, failed)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -83,7 +91,10 @@ class Acceptor:
                 if exc.errno in _RESOURCE_ERRORS:
                     # Out of descriptors or memory: stop accepting for a second, as asyncio does,
                     # rather than spin on a listening socket that stays readable.
-                    log.error("event=accept_failed error=%r paused=1s", exc.strerror or str(exc))
+                    if self.failed is not None:
+                        self.failed(exc)
+                    else:
+                        log.error("event=accept_failed error=%r paused=1s", exc.strerror or exc)
                     self.loop.remove_reader(self._fd)
                     self._paused = self.loop.call_later(1.0, self._resume)
                     return

@@ -133,6 +133,7 @@ class TcpProxy:
                 self._splice_attempt(relay, attempts - 1)
                 return
             cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
+            cluster.outlier.success(target)
             cstats.upstream_cx_active += 1
             relay.target = target
             cluster.acquire(target)
