@@ -105,12 +105,12 @@ class ListenerStack:
         """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
         connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
         if self.splices():
-            if not self.admit():  # the connection limit and the descriptor guard, as __call__
+            if self.admit():  # the connection limit and the descriptor guard, as in __call__
+                self.tcp.splice(sock, address)
+            else:
                 sock.close()
-                return
-            self.tcp.splice(sock, address)
             return
-        asyncio.get_running_loop().create_task(_adopt(self, sock))  # admitted by __call__
+        asyncio.get_running_loop().create_task(_adopt(self, sock))
 
     def admit(self) -> bool:
         """Whether a new connection may be served: under the listener's connection limit, and

@@ -218,7 +218,7 @@ class Sidecar:
             )
         self.observability.attach(stack.tcp, plan.key)
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
-        stack.on_request_done = self.observability.request_logger(plan.cluster)
+        stack.on_request_done = self.observability.request_logger(plan)
         loop = asyncio.get_running_loop()
         server: asyncio.Server | MeshListener | Acceptor
         if plan.selector is not None and self.mesh is not None:
@@ -239,7 +239,7 @@ class Sidecar:
                     stack.accept_socket,
                     reuse_port=reuse_port,
                     backlog=1024,
-                    on_exhausted=stack.accept_failed,
+                    failed=stack.accept_failed,
                 )
             else:
                 server = await loop.create_server(

@@ -184,3 +184,15 @@ def test_mtls_and_authorization_show_in_metrics_and_admin(mesh_uvloop, pki):
     certs = json.loads(get("/certs"))["certificates"][0]
     assert certs["cert_chain"][0]["subject_alt_names"][0] == {"uri": "spiffe://default/backend"}
     assert certs["ca_cert"][0]["path"] == str(pki.ca_path)
+
+
+def test_inbound_http_access_log_names_the_verified_caller(mesh, pki, app, tmp_path):
+    log_file = tmp_path / "backend-access.log"
+    pair = mtls_pair(mesh, pki, protocol="http", app_port=app.port,
+                     backend_args=("--access-log", str(log_file)))  # fmt: skip
+    conn = http.client.HTTPConnection(LOOPBACK, pair.outbound, timeout=10)
+    assert request(conn, "/logged", **{"x-forwarded-client-cert": "URI=spiffe://x/y"})[0] == 200
+    wait_for(lambda: log_file.exists() and "/logged" in log_file.read_text(), 10, "a log line")
+    line = log_file.read_text().splitlines()[-1]
+    assert '"GET /logged HTTP/2" 200' in line, line
+    assert '"spiffe://default/web"' in line and "spiffe://x/y" not in line, line

@@ -114,7 +114,7 @@ class Observability:
                 reason = exc.strerror or exc
                 raise BindError(f"access log {target}: cannot open: {reason}") from None
             for running in self.sidecar.listeners.values():  # bound before the log was open
-                running.stack.on_request_done = self.request_logger(running.plan.cluster)
+                running.stack.on_request_done = self.request_logger(running.plan)
         if self.workers is not None:
             await self.workers.start()
             if not self.primary:
@@ -344,11 +344,15 @@ class Observability:
         proxy.on_connection = on_connection
         proxy.on_close = on_close
 
-    def request_logger(self, cluster: str) -> Callable[[RequestRecord], None] | None:
-        """The L7 path's access-log hook for one listener (None when the log is off)."""
+    def request_logger(self, plan: ListenerPlan) -> Callable[[RequestRecord], None] | None:
+        """The L7 path's access-log hook for one listener (None when the log is off). At an
+        inbound the source is the caller's verified identity, which the inbound has just put
+        in x-forwarded-client-cert (replacing whatever the caller sent)."""
         access_log = self.access_log
         if access_log is None:
             return None
+        cluster = plan.cluster
+        inbound = plan.direction == "inbound"
 
         def done(record: RequestRecord) -> None:
             head = record.request
@@ -370,7 +374,7 @@ class Observability:
                     authority=head.authority.decode(errors="replace"),
                     upstream_host=record.upstream_host,
                     downstream=record.downstream,
-                    source=None,
+                    source=_caller(head) if inbound else None,
                     cluster=cluster,
                 )
             except Exception:  # observability must never break the data path
@@ -551,3 +555,8 @@ def _memory() -> tuple[int, int]:
 def _header(head: RequestHead, name: bytes) -> str | None:
     value = head.header(name)
     return value.decode(errors="replace") if value is not None else None
+
+
+def _caller(head: RequestHead) -> str | None:
+    xfcc = _header(head, b"x-forwarded-client-cert")
+    return xfcc.removeprefix("URI=") if xfcc else None

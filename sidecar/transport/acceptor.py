@@ -30,14 +30,12 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         handle: Handler,
-        on_exhausted: Callable[[OSError], None] | None = None,
-    ):
-        """`on_exhausted(exc)`: told when accepting fails for want of descriptors or memory (the
-        listener's descriptor guard logs one line per episode); logged here otherwise."""
+        failed: Callable[[OSError], None] | None = None,
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.handle = handle
-        self.on_exhausted = on_exhausted
+        self.failed = failed  # told of an accept the kernel refused (EMFILE…); else logged
         self.closed = False
         self._fd = sock.fileno()
         self._paused: asyncio.TimerHandle | None = None
@@ -53,7 +51,7 @@ class Acceptor:
         *,
         reuse_port: bool = False,
         backlog: int = 1024,
-        on_exhausted: Callable[[OSError], None] | None = None,
+        failed: Callable[[OSError], None] | None = None,
     ) -> Acceptor:
         """Bind and listen as `create_server(reuse_address=True)` does; raises OSError."""
         infos = socket.getaddrinfo(
@@ -75,7 +73,7 @@ class Acceptor:
         except BaseException:
             sock.close()
             raise
-        return cls(loop, sock, handle, on_exhausted)
+        return cls(loop, sock, handle, failed)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -93,12 +91,10 @@ class Acceptor:
                 if exc.errno in _RESOURCE_ERRORS:
                     # Out of descriptors or memory: stop accepting for a second, as asyncio does,
                     # rather than spin on a listening socket that stays readable.
-                    if self.on_exhausted is not None:
-                        self.on_exhausted(exc)
+                    if self.failed is not None:
+                        self.failed(exc)
                     else:
-                        log.error(
-                            "event=accept_failed error=%r paused=1s", exc.strerror or str(exc)
-                        )
+                        log.error("event=accept_failed error=%r paused=1s", exc.strerror or exc)
                     self.loop.remove_reader(self._fd)
                     self._paused = self.loop.call_later(1.0, self._resume)
                     return

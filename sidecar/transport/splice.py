@@ -16,6 +16,8 @@ Semantics are the Protocol relay's:
   in the kernel, whatever the volume.
 - Half-close: EOF from one peer becomes `shutdown(SHUT_WR)` toward the other once the pipe is
   drained; the connection stays open for the reply and ends when both directions have ended.
+  A graceful close (idle timeout, drain deadline, no upstream) drops unread input first, so that
+  the peers see a FIN, not a reset.
 - Resets: an error on either socket (a reset, a write to a reset peer) closes both with SO_LINGER 0,
   so the other peer sees a reset too.
 - Idle timeout: as the Protocol relay, without a clock call per chunk.
@@ -45,6 +47,7 @@ _IDLE_CHECKS = 4  # as in sidecar.transport.relay
 PIPE_SIZE = 256 * 1024  # one read of uvloop's size; the back-pressure bound per direction
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _splice = getattr(os, "splice", None)
+_SCRATCH = bytearray(64 * 1024)  # where a graceful close discards what it will not relay
 
 
 def supported() -> bool:
@@ -345,6 +348,8 @@ class SpliceRelay:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
                 except OSError:
                     pass
+            else:
+                _discard_unread(sock)
             sock.close()
         self._finish()
 
@@ -369,3 +374,15 @@ class SpliceRelay:
                 self.close()
                 return
         self._timer = self.loop.call_later(self._idle_timeout / _IDLE_CHECKS, self._check_idle)
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    """Read and drop what the peer sent and we will not relay: closing a socket with unread
+    bytes sends a reset, and a graceful close must be a FIN (as the Protocol relay's is, whose
+    transports have read everything that arrived)."""
+    try:
+        for _ in range(16):
+            if not sock.recv_into(_SCRATCH, len(_SCRATCH), socket.MSG_DONTWAIT):
+                return
+    except OSError:
+        pass

@@ -88,15 +88,21 @@ class TcpProxy:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
-        cstats = self.cluster.stats
-        if cstats.upstream_cx_active >= cstats.cb_max_connections:
-            # The cluster's circuit breaker is open, as in `_connect`.
-            cstats.upstream_cx_overflow += 1
-            relay.response_flags = "UO"
-            log.info("event=upstream_overflow listener=%s cluster=%s", self.name, self.cluster.name)
-            relay.close()
+        if self._circuit_open(relay):
             return
         self._splice_attempt(relay, self.settings.connect_attempts)
+
+    def _circuit_open(self, relay: Relay | SpliceRelay) -> bool:
+        """The cluster's connection circuit breaker is open: close the downstream connection, as
+        Envoy's tcp_proxy does, and count it. Both relays ask before connecting upstream."""
+        cstats = self.cluster.stats
+        if cstats.upstream_cx_active < cstats.cb_max_connections:
+            return False
+        cstats.upstream_cx_overflow += 1
+        relay.response_flags = "UO"
+        log.info("event=upstream_overflow listener=%s cluster=%s", self.name, self.cluster.name)
+        relay.close()
+        return True
 
     def _splice_attempt(self, relay: SpliceRelay, attempts: int) -> None:
         """One upstream attempt of a splice relay; on failure the next endpoint, as `_connect`."""
@@ -127,8 +133,8 @@ class TcpProxy:
                 self._splice_attempt(relay, attempts - 1)
                 return
             cstats.upstream_cx_connect_ms.observe((self._loop.time() - started) * 1000)
-            cstats.upstream_cx_active += 1
             cluster.outlier.success(target)
+            cstats.upstream_cx_active += 1
             relay.target = target
             cluster.acquire(target)
             relay.link()
@@ -141,12 +147,7 @@ class TcpProxy:
     async def _connect(self, relay: Relay) -> None:
         cluster, settings, connect = self.cluster, self.settings, self.connector
         cstats = cluster.stats
-        if cstats.upstream_cx_active >= cstats.cb_max_connections:
-            # The cluster's circuit breaker is open (Envoy's tcp_proxy closes the connection).
-            cstats.upstream_cx_overflow += 1
-            relay.response_flags = "UO"
-            log.info("event=upstream_overflow listener=%s cluster=%s", self.name, cluster.name)
-            relay.close()
+        if self._circuit_open(relay):
             return
         for _ in range(settings.connect_attempts):
             target = cluster.pick()
