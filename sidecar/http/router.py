@@ -297,9 +297,7 @@ async def _attempt(
     outlier = route.cluster.outlier
     pump = None
     if not exchange.body.at_end:
-        pump = asyncio.get_running_loop().create_task(
-            _pump_request(exchange.body, upstream, acct)
-        )
+        pump = asyncio.get_running_loop().create_task(_pump_request(exchange.body, upstream, acct))
     try:
         response = await _response_head(upstream, pump, route.request_timeout)
     except RefusedStream:
