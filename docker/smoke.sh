@@ -3,14 +3,18 @@
 # active check of docker/checks.yaml through the sidecars, tear everything down and verify that no
 # container, network or volume of the run is left. Exit 0 only if all of that passed.
 #
-#   docker/smoke.sh                       # the default checks
-#   COMPOSE_PROFILES=grpc docker/smoke.sh # plus the services and checks of a profile
+#   docker/smoke.sh                       # every service, with the `prometheus` profile
+#   COMPOSE_PROFILES= docker/smoke.sh     # without Prometheus
 #
 # Environment:
 #   SMOKE_TIMEOUT         whole run bound, seconds (default 900); every step has its own bound too
 #   PYSIDECAR_BASE_IMAGE  base image; default: python:3.11-slim when present or pullable, else
 #                         pysidecar-base:bookworm made offline by docker/build-base.sh
 #   SMOKE_OFFLINE=1       do not try to pull; go straight to the offline base and host wheels
+#   COMPOSE_PROFILES      compose profiles to bring up and check (default: prometheus)
+#   PYSIDECAR_PROMETHEUS_IMAGE  Prometheus image of that profile; default: prom/prometheus:v2.53.0
+#                         when present or pullable, else pysidecar-prometheus:local (the base plus
+#                         this host's prometheus binary, docker/build-base.sh prometheus)
 #   PYSIDECAR_CA_CERTS    extra CA certificate files (PEM, space-separated) that the image build
 #                         trusts for the package index (only when it downloads); never committed
 #   PYSIDECAR_BUILD_NETWORK  network of the build's RUN steps, e.g. `host` where only the host
@@ -26,12 +30,15 @@ fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 IMAGE=${PYSIDECAR_IMAGE:-pysidecar:smoke}
+APPS_IMAGE=${PYSIDECAR_APPS_IMAGE:-pysidecar-apps:smoke}
+PROMETHEUS_UPSTREAM=prom/prometheus:v2.53.0
+export COMPOSE_PROFILES=${COMPOSE_PROFILES-prometheus}
 PROJECT=pysidecar-smoke-$$
 COMPOSE_FILE=docker/compose.yaml
 STAGE=""
 UP=0
 
-say() { echo "smoke: $*" >&2; }
+say() { echo "smoke: [${SECONDS}s] $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
 # --- prerequisites ---------------------------------------------------------------------------
@@ -114,6 +121,21 @@ if [ "$OFFLINE" = 1 ]; then
 else
     say "base image $BASE"
 fi
+if [[ ",$COMPOSE_PROFILES," == *,prometheus,* ]]; then
+    if [ -n "${PYSIDECAR_PROMETHEUS_IMAGE:-}" ]; then
+        :
+    elif have_image "$PROMETHEUS_UPSTREAM" || { [ "$OFFLINE" = 0 ] \
+            && timeout 180 docker pull -q "$PROMETHEUS_UPSTREAM" >/dev/null 2>&1; }; then
+        PYSIDECAR_PROMETHEUS_IMAGE=$PROMETHEUS_UPSTREAM
+    else
+        PYSIDECAR_PROMETHEUS_IMAGE=pysidecar-prometheus:local
+        say "Prometheus: $PYSIDECAR_PROMETHEUS_IMAGE from this host's binary (docker/build-base.sh prometheus)"
+        BASE_TAG=$BASE PROMETHEUS_TAG=$PYSIDECAR_PROMETHEUS_IMAGE timeout 300 \
+            docker/build-base.sh prometheus >&2
+    fi
+    export PYSIDECAR_PROMETHEUS_IMAGE
+    say "Prometheus image $PYSIDECAR_PROMETHEUS_IMAGE"
+fi
 
 # --- image -----------------------------------------------------------------------------------
 # A minimal build context staged outside the repository: the legacy builder sends the whole
@@ -124,25 +146,34 @@ mkdir -p "$STAGE/docker/wheels" "$STAGE/docker/ca-certs"
 cp pyproject.toml README.md "$STAGE/"
 cp -r sidecar "$STAGE/sidecar"
 find "$STAGE/sidecar" -name __pycache__ -prune -exec rm -rf {} +
+mkdir -p "$STAGE/docker/apps"
 cp docker/Dockerfile docker/healthcheck.py "$STAGE/docker/"
+cp docker/apps/requirements.txt "$STAGE/docker/apps/"
 if [ "$OFFLINE" = 1 ]; then cp docker/wheels/*.whl "$STAGE/docker/wheels/"; fi
 for cert in ${PYSIDECAR_CA_CERTS:-}; do cp "$cert" "$STAGE/docker/ca-certs/$(basename "$cert" .crt).crt"; done
-say "docker build -> $IMAGE"
-if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --build-arg "BASE_IMAGE=$BASE" \
-    ${PYSIDECAR_BUILD_NETWORK:+--network "$PYSIDECAR_BUILD_NETWORK"} -t "$IMAGE" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
-    tail -n 40 /tmp/pysidecar-smoke-build.$$ >&2
+# Two targets of one Dockerfile; the second build reuses the first's cached stages.
+build() {
+    local target=$1 tag=$2
+    say "docker build --target $target -> $tag"
+    if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --target "$target" \
+        --build-arg "BASE_IMAGE=$BASE" ${PYSIDECAR_BUILD_NETWORK:+--network "$PYSIDECAR_BUILD_NETWORK"} \
+        -t "$tag" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
+        tail -n 40 /tmp/pysidecar-smoke-build.$$ >&2
+        rm -f /tmp/pysidecar-smoke-build.$$
+        fail "docker build --target $target"
+    fi
     rm -f /tmp/pysidecar-smoke-build.$$
-    fail "docker build"
-fi
-rm -f /tmp/pysidecar-smoke-build.$$
+}
+build sidecar "$IMAGE"
+build apps "$APPS_IMAGE"
 # The legacy builder leaves the build stage and the previous image untagged: ours only, by label.
 timeout 60 docker image prune -f --filter label=io.pysidecar.image >/dev/null || true
 rm -rf "$STAGE"
 STAGE=""
 
 # --- the mesh --------------------------------------------------------------------------------
-export PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_BASE_IMAGE=$BASE
-export COMPOSE_PROFILES=${COMPOSE_PROFILES:-}
+export PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_APPS_IMAGE=$APPS_IMAGE PYSIDECAR_BASE_IMAGE=$BASE
+export PYSIDECAR_PROMETHEUS_PORT=""   # Prometheus on an ephemeral host port: none to collide with
 say "up: project $PROJECT${COMPOSE_PROFILES:+, profiles $COMPOSE_PROFILES}"
 UP=1
 compose 300 up -d --no-build >&2 || fail "compose up"
@@ -163,7 +194,7 @@ states() {
     done
 }
 say "waiting for every sidecar to be healthy"
-deadline=$((SECONDS + 90))
+deadline=$((SECONDS + 120))
 while not_ok=$(states) && [ -n "$not_ok" ]; do
     if [ "$SECONDS" -ge "$deadline" ] || grep -qE ' (exited|dead|unhealthy)$' <<<"$not_ok"; then
         fail "containers not ready: $not_ok"
