@@ -99,11 +99,21 @@ build_wheels() {
             exit 1
         fi
     fi
+    # Rebuilt only when what they come from changed: the same wheels keep the image build's
+    # layer cache (pysidecar's own wheel is left out: the image builds it from the sources).
+    local stamp
+    stamp="python $host $(cat pyproject.toml docker/apps/requirements.txt | sha1sum | cut -c1-16)"
+    if [ -z "${FORCE:-}" ] && [ "$(cat "$WHEELS/.inputs" 2>/dev/null)" = "$stamp" ]; then
+        log "$WHEELS up to date ($stamp; FORCE=1 rebuilds)"
+        return
+    fi
     mkdir -p "$WHEELS"
-    rm -f "$WHEELS"/*.whl
+    rm -f "$WHEELS"/*.whl "$WHEELS/.inputs"
     log "pip wheel . -> $WHEELS (Python $host)"
     # setuptools and wheel too: the image builds pysidecar's own wheel without build isolation.
     "$PYTHON" -m pip wheel -q . 'setuptools>=64' wheel -r docker/apps/requirements.txt -w "$WHEELS"
+    rm -f "$WHEELS"/pysidecar-*.whl
+    echo "$stamp" >"$WHEELS/.inputs"
     ls "$WHEELS" >&2
 }
 
