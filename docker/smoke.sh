@@ -164,9 +164,13 @@ build() {
     fi
     rm -f /tmp/pysidecar-smoke-build.$$
 }
-build sidecar "$IMAGE"
 build apps "$APPS_IMAGE"
-# The legacy builder leaves the build stage and the previous image untagged: ours only, by label.
+build sidecar "$IMAGE"
+# The legacy builder leaves each intermediate stage's result untagged ("dangling"), and pruning
+# those would throw away the layer cache the next run needs: tag them (cache hits, a second), so
+# that only the superseded ones are left dangling and pruned below, ours only, by label.
+build venv-apps pysidecar-cache:venv-apps
+build venv-sidecar pysidecar-cache:venv-sidecar
 timeout 60 docker image prune -f --filter label=io.pysidecar.image >/dev/null || true
 rm -rf "$STAGE"
 STAGE=""
