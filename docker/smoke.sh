@@ -206,11 +206,23 @@ while not_ok=$(states) && [ -n "$not_ok" ]; do
     sleep 1
 done
 
-say "checks through the sidecars"
-# The client ran the checks once at start (its log); run them again, deterministically, here.
 client=$(timeout 20 docker ps -q --filter "label=com.docker.compose.project=$PROJECT" \
     --filter "label=com.docker.compose.service=demo-client")
 [ -n "$client" ] || fail "no demo-client container"
+# The client runs the checks once when it starts (what `compose up` shows): wait for its summary,
+# which must say nothing failed, before running them again; two runs at once would each see the
+# other's traffic in the sidecars' counters.
+say "the client's own run at start-up"
+client_log() { timeout 20 docker logs "$client" 2>&1; }
+deadline=$((SECONDS + 240))
+until client_log | grep -q '^summary:'; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the client printed no summary within 240 s"
+    sleep 1
+done
+client_log | grep -E '^(PASS|FAIL|SKIP|summary)' >&2
+client_log | grep -qE '^summary: [0-9]+ passed, 0 failed' || fail "the client's run at start-up failed"
+
+say "checks through the sidecars, again"
 timeout 180 docker exec "$client" python3 /apps/demo_app.py client \
     --checks /config/checks.yaml --profiles "$COMPOSE_PROFILES" --once --deadline 60 \
     || fail "checks"
