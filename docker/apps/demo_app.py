@@ -1,4 +1,5 @@
-"""The demo mesh's applications: stdlib only, one mode per role.
+"""The demo mesh's applications, one mode per role: the standard library, plus grpcio and
+kafka-python (apps/requirements.txt, in the `apps` image) for the gRPC and Kafka modes and checks.
 
 Every app listens on 127.0.0.1 only, so nothing but its own sidecar (same network namespace) can
 reach it; it reaches other services only through its sidecar's outbounds on 127.0.0.1.
