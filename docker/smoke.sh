@@ -35,7 +35,6 @@ PROMETHEUS_UPSTREAM=prom/prometheus:v2.53.0
 export COMPOSE_PROFILES=${COMPOSE_PROFILES-prometheus}
 PROJECT=pysidecar-smoke-$$
 COMPOSE_FILE=docker/compose.yaml
-STAGE=""
 UP=0
 
 say() { echo "smoke: [${SECONDS}s] $*" >&2; }
@@ -69,7 +68,6 @@ leftovers() {
 teardown() {
     local status=$?
     trap - EXIT INT TERM
-    [ -n "$STAGE" ] && rm -rf "$STAGE"
     if [ "$UP" = 1 ]; then
         if [ "$status" != 0 ]; then
             say "--- state and logs on failure ---"
@@ -137,43 +135,13 @@ if [[ ",$COMPOSE_PROFILES," == *,prometheus,* ]]; then
     say "Prometheus image $PYSIDECAR_PROMETHEUS_IMAGE"
 fi
 
-# --- image -----------------------------------------------------------------------------------
-# A minimal build context staged outside the repository: the legacy builder sends the whole
-# context (a root .dockerignore is not ours to rely on), and extra CA certificates never enter the
-# work tree.
-STAGE=$(mktemp -d /tmp/pysidecar-smoke-ctx.XXXXXX)
-mkdir -p "$STAGE/docker/wheels" "$STAGE/docker/ca-certs"
-cp pyproject.toml README.md "$STAGE/"
-cp -r sidecar "$STAGE/sidecar"
-find "$STAGE/sidecar" -name __pycache__ -prune -exec rm -rf {} +
-mkdir -p "$STAGE/docker/apps"
-cp docker/Dockerfile docker/healthcheck.py "$STAGE/docker/"
-cp docker/apps/requirements.txt "$STAGE/docker/apps/"
-if [ "$OFFLINE" = 1 ]; then cp docker/wheels/*.whl "$STAGE/docker/wheels/"; fi
-for cert in ${PYSIDECAR_CA_CERTS:-}; do cp "$cert" "$STAGE/docker/ca-certs/$(basename "$cert" .crt).crt"; done
-# Two targets of one Dockerfile; the second build reuses the first's cached stages.
-build() {
-    local target=$1 tag=$2
-    say "docker build --target $target -> $tag"
-    if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --target "$target" \
-        --build-arg "BASE_IMAGE=$BASE" ${PYSIDECAR_BUILD_NETWORK:+--network "$PYSIDECAR_BUILD_NETWORK"} \
-        -t "$tag" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
-        tail -n 40 /tmp/pysidecar-smoke-build.$$ >&2
-        rm -f /tmp/pysidecar-smoke-build.$$
-        fail "docker build --target $target"
-    fi
-    rm -f /tmp/pysidecar-smoke-build.$$
-}
-build apps "$APPS_IMAGE"
-build sidecar "$IMAGE"
-# The legacy builder leaves each intermediate stage's result untagged ("dangling"), and pruning
-# those would throw away the layer cache the next run needs: tag them (cache hits, a second), so
-# that only the superseded ones are left dangling and pruned below, ours only, by label.
-build venv-apps pysidecar-cache:venv-apps
-build venv-sidecar pysidecar-cache:venv-sidecar
-timeout 60 docker image prune -f --filter label=io.pysidecar.image >/dev/null || true
-rm -rf "$STAGE"
-STAGE=""
+# --- images ----------------------------------------------------------------------------------
+# From a minimal context staged outside the repository (see build-images.sh); with the offline
+# base, the host's wheels are used, so nothing is downloaded.
+say "images $APPS_IMAGE and $IMAGE (docker/build-images.sh)"
+if [ "$OFFLINE" = 0 ]; then export PYSIDECAR_SKIP_WHEELS=1; fi
+PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_APPS_IMAGE=$APPS_IMAGE PYSIDECAR_BASE_IMAGE=$BASE \
+    timeout 900 docker/build-images.sh || fail "docker/build-images.sh"
 
 # --- the mesh --------------------------------------------------------------------------------
 export PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_APPS_IMAGE=$APPS_IMAGE PYSIDECAR_BASE_IMAGE=$BASE
