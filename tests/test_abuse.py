@@ -174,19 +174,38 @@ def test_control_and_empty_frame_floods_are_cut_off(site, name, flood, counter):
         assert site.count(counter) == before + 1
 
 
+# A response far larger than any buffer: were it buffered rather than paused, the sidecars'
+# memory would grow by about as much in the second before the stream idle timeout.
+HUGE = 200_000_000
+BOUND = 8 * 1024 * 1024  # windows, high-water marks, sockets (about 1 MiB measured)
+
+
+def peaks(site: Site) -> list[int]:
+    return [sidecar.memory("VmHWM") for sidecar in site.mesh.sidecars]
+
+
+def reset_peaks(site: Site) -> list[int]:
+    for sidecar in site.mesh.sidecars:
+        sidecar.reset_peak()
+    return peaks(site)
+
+
 def test_zero_window_forever_is_closed_and_memory_bounded(site):
-    """A client that never grants flow-control credit: the response waits, holding at most a
-    window's worth, and the stream idle timeout resets it (then the connection's idle timeout
-    closes the connection)."""
-    rss = site.web.memory()
+    """A client that never grants flow-control credit: the response waits, neither sidecar
+    holding more than a bounded amount of it (the peak RSS, both hops), the stream idle timeout
+    resets it (counted), then the connection's idle timeout closes the connection."""
+    before = site.count("downstream_rq_idle_timeout")
     with Legit(site.port):
+        start = reset_peaks(site)
         conn = RawH2(site.port, settings_payload(initial_window_size=0))
-        conn.request(1, "/bytes/30000000")
+        conn.request(1, f"/bytes/{HUGE}")
         received = conn.read(lambda r: r.rst(1) is not None, timeout=10)
         assert received.rst(1) is not None
-        assert site.web.memory() - rss < 30 * 1024 * 1024
+        grown = [p - s for p, s in zip(peaks(site), start, strict=True)]
+        assert max(grown) < BOUND, f"peak RSS grew by {grown}"
         received = cut_off(conn)
         assert received.goaway() is not None  # idle: GOAWAY NO_ERROR, then closed
+    assert site.count("downstream_rq_idle_timeout") - before == 1
     assert site.count("downstream_cx_idle_timeout") >= 1
 
 
@@ -392,20 +411,22 @@ def test_slowloris_and_silence_are_cut_off(site):
 
 
 def test_slow_reader_is_paused_then_closed(site):
-    """A client that asks for a large response and does not read: the sidecar stops reading the
-    response (it holds a bounded amount), and the stream idle timeout closes the connection."""
-    rss = site.web.memory()
-    timeouts = site.web.log.count("event=stream_idle_timeout")
+    """A client that asks for a large response and does not read: the sidecars stop reading the
+    response (each holds a bounded amount: the peak RSS of both hops), and the stream idle
+    timeout closes the connection (counted)."""
+    before = site.count("downstream_rq_idle_timeout")
     with Legit(site.port):
+        start = reset_peaks(site)
         reader = socket.socket()
         reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         reader.connect((LOOPBACK, site.port))
-        reader.sendall(b"GET /bytes/30000000 HTTP/1.1\r\nHost: backend\r\n\r\n")
+        reader.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: backend\r\n\r\n" % HUGE)
         wait_for(
-            lambda: site.web.log.count("event=stream_idle_timeout") > timeouts,
+            lambda: site.count("downstream_rq_idle_timeout") > before,
             what="the stream idle timeout",
         )
-        assert site.web.memory() - rss < 30 * 1024 * 1024
+        grown = [p - s for p, s in zip(peaks(site), start, strict=True)]
+        assert max(grown) < BOUND, f"peak RSS grew by {grown}"
         received = 0
         reader.settimeout(5)
         try:
@@ -415,6 +436,8 @@ def test_slow_reader_is_paused_then_closed(site):
             pass
         reader.close()
         assert received < 8 * 1024 * 1024, "only what the socket buffers held"
+    assert site.count("downstream_rq_idle_timeout") - before == 1
+    assert site.web.log.count("event=stream_idle_timeout") >= 1
 
 
 def test_connection_flood_is_refused_and_counted(tmp_path):

@@ -265,6 +265,7 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
             cluster.release(target)
             acct.upstream_done()
         if watch.fired:
+            route.http_stats.downstream_rq_idle_timeout += 1
             log.info(
                 "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
             )

@@ -214,6 +214,8 @@ FAMILIES: tuple[Family, ...] = (
     family("http", "no_route"),
     family("http", "downstream_rq_header_timeout"),
     family("http", "downstream_cx_idle_timeout"),
+    family("http", "downstream_rq_idle_timeout",
+           help="requests or tunnels reset after the stream idle timeout without a byte"),
     family("http", "downstream_cx_protocol_error"),
     family("http", "downstream_rq_overload", help="streams refused at the concurrent limit"),
     family("http", "http1_header_overflow", stat="http1.header_overflow",

@@ -202,6 +202,7 @@ class HttpStats:
     # Limits hit (sidecar.limits), Envoy's names.
     downstream_rq_header_timeout: int = 0  # request headers not complete in time: 408, closed
     downstream_cx_idle_timeout: int = 0
+    downstream_rq_idle_timeout: int = 0  # requests reset by the stream idle timeout
     downstream_cx_protocol_error: int = 0  # malformed HTTP/1 (400) or an HTTP/2 protocol error
     downstream_rq_overload: int = 0  # streams refused at the concurrent stream limit
     http1_header_overflow: int = 0  # request headers over the size or count limit: 431
