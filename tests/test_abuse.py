@@ -210,6 +210,8 @@ def test_zero_window_forever_is_closed_and_memory_bounded(site):
 
 
 def test_oversized_and_malformed_frames_close_only_that_connection(site):
+    """Each ends its own connection with GOAWAY and is counted as a protocol error."""
+    before = site.count("downstream_cx_protocol_error")
     with Legit(site.port):
         conn = RawH2(site.port)
         conn.request(1, "/", end=False)
@@ -224,6 +226,7 @@ def test_oversized_and_malformed_frames_close_only_that_connection(site):
         conn.send(frame(HEADERS, 0x5, 1, b"\xff\xff\xff"))  # not HPACK
         received = cut_off(conn)
         assert received.goaway() is not None
+    assert site.count("downstream_cx_protocol_error") - before == 3
 
 
 # -- HTTP/1.1 --------------------------------------------------------------------------------
