@@ -225,3 +225,42 @@ async def test_a_peer_that_does_not_read_what_it_makes_us_send_is_closed():
     assert transport.closing
     assert stats.http2_outbound_flood == 1
     assert len(transport.written) < 65536 + 20 * 17  # bounded: one batch past the limit at most
+
+
+# -- log lines a peer causes: throttled -----------------------------------------------------------
+
+
+def test_peer_caused_log_lines_are_throttled_and_say_how_many_were_held_back():
+    from sidecar.observe.throttle import PeerEventFilter
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect()
+    peer_events = PeerEventFilter()
+    handler.addFilter(peer_events)
+    logger = logging.getLogger("sidecar.test_peer_events")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        for i in range(1000):
+            logger.info("event=bad_request peer=%s status=%d", f"127.0.0.1:{i}", 400)
+        logger.info("event=listener_overflow listener=%s", "x")  # not a peer event: always
+        logger.warning("event=h2_abuse kind=premature_reset")  # another kind: its own line
+        assert records == [
+            "event=bad_request peer=127.0.0.1:0 status=400",
+            "event=listener_overflow listener=x",
+            "event=h2_abuse kind=premature_reset",
+        ]
+        # A second later (the throttle's clock moved back instead of waiting for it):
+        key = ("sidecar.test_peer_events", "bad_request")
+        started, held = peer_events.throttle._last[key]
+        peer_events.throttle._last[key] = (started - 1.0, held)
+        logger.info("event=bad_request peer=%s status=%d", "127.0.0.1:1000", 431)
+        assert records[-1] == "event=bad_request peer=127.0.0.1:1000 status=431 held_back=999"
+    finally:
+        logger.removeHandler(handler)
