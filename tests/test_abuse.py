@@ -45,7 +45,8 @@ from tests.support import LOOPBACK, Sidecar, recv_all, wait_for
 LIMITS = (
     "--limit", "request_headers_timeout=1",
     "--limit", "http_idle_timeout=2",
-    "--stream-idle-timeout", "1",
+    "--limit", "outbound_stream_idle_timeout=1",
+    "--limit", "inbound_stream_idle_timeout=1",
 )  # fmt: skip
 
 

@@ -67,6 +67,33 @@ def test_bad_limits_name_source_and_field(tmp_path, content, flags, message):
         load_limits(path, flags)
 
 
+def test_stream_idle_timeouts_come_from_the_limits_unless_the_flag_sets_both():
+    from sidecar.config.dataplane import parse_dataplane
+    from sidecar.plan import Timeouts, plan_listeners
+
+    dataplane = parse_dataplane(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n"
+        "  inbound:\n  - port: 10001\n    servicePort: 8080\n    tags:\n"
+        "      kuma.io/service: web\n  outbound:\n  - port: 10002\n    tags:\n"
+        "      kuma.io/service: backend\n",
+        "web-1.yaml",
+    )
+
+    def idle(timeouts: Timeouts) -> dict[str, float]:
+        plans = plan_listeners(dataplane, timeouts).values()
+        return {p.direction: p.stream_idle_timeout for p in plans}
+
+    assert idle(Timeouts()) == {"inbound": 3600.0, "outbound": 1800.0}  # Kuma's defaults
+    limits = load_limits(None, ["inbound_stream_idle_timeout=7", "outbound_stream_idle_timeout=0"])
+    from_limits = Timeouts(
+        inbound_stream_idle=limits.inbound_stream_idle_timeout,
+        outbound_stream_idle=limits.outbound_stream_idle_timeout,
+    )
+    assert idle(from_limits) == {"inbound": 7.0, "outbound": 0.0}  # 0: disabled
+    flag = Timeouts(stream_idle=2.5, inbound_stream_idle=7, outbound_stream_idle=0)
+    assert idle(flag) == {"inbound": 2.5, "outbound": 2.5}
+
+
 def test_every_limit_is_described():
     text = describe()
     for name in Limits.__dataclass_fields__:
