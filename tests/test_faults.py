@@ -470,6 +470,51 @@ def test_circuit_breakers_answer_503_overflow_when_open(mesh_uvloop):
         app.close()
 
 
+def test_pending_requests_past_the_breaker_get_503_overflow(mesh_uvloop):
+    """`max_pending_requests`: requests waiting for a connection to an endpoint (here one whose
+    accept queue is full, so the connection attempt hangs) count as pending; past the limit the
+    next one gets 503 `overflow` at once, counted, with the rq_pending_open gauge up."""
+    mesh = mesh_uvloop
+    clogged = socket.socket()
+    clogged.bind((LOOPBACK, 0))
+    clogged.listen(0)
+    address = clogged.getsockname()
+    queued = []  # fill the accept queue: the kernel drops the next SYNs, a connect hangs
+    for _ in range(8):
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.connect_ex(address)
+        queued.append(conn)
+    waiting: list[socket.socket] = []
+    try:
+        mesh.write(
+            "backend-1",
+            [{"port": address[1], "servicePort": free_port(),
+              "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}],
+        )  # fmt: skip
+        web_file, port = mesh.client("web-1")
+        mesh.start(web_file, "--limit", "max_pending_requests=2")
+        admin = admin_port(web_file)
+        for _ in range(2):
+            conn = socket.create_connection((LOOPBACK, port), timeout=10)
+            conn.sendall(b"GET /waits HTTP/1.1\r\nHost: backend\r\n\r\n")
+            waiting.append(conn)
+        wait_for(
+            lambda: stats(admin)["cluster.backend.upstream_rq_pending_active"] == 2,
+            what="two requests pending",
+        )
+        assert stats(admin)["cluster.backend.circuit_breakers.default.rq_pending_open"] == 1
+        started = time.monotonic()
+        status, body = get(port, "/one-too-many")
+        assert status == 503 and b"reset reason: overflow" in body, body
+        assert time.monotonic() - started < 1, "refused at once, not queued"
+        assert stats(admin)["cluster.backend.upstream_rq_pending_overflow"] == 1
+    finally:
+        for conn in [*waiting, *queued]:
+            conn.close()
+        clogged.close()
+
+
 def test_finished_websocket_tunnels_leave_no_sockets_behind(mesh_uvloop):
     """Found by the soak: once both directions of an upgraded connection to the app had ended,
     its socket stayed open (the transport was told to outlive the app's EOF) until a garbage
