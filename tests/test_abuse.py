@@ -26,6 +26,7 @@ from tests.attack import (
     HEADERS,
     PING,
     PRIORITY,
+    PROTOCOL_ERROR,
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
@@ -229,6 +230,62 @@ def test_oversized_and_malformed_frames_close_only_that_connection(site):
         received = cut_off(conn)
         assert received.goaway() is not None
     assert site.count("downstream_cx_protocol_error") - before == 3
+
+
+INVALID_FIELDS = {
+    "space in a name": ("bad name", "x"),
+    "empty name": ("", "x"),
+    "colon in a name": ("x:y", "z"),
+    "upper-case name": ("X-Upper", "z"),
+    "NUL in a value": ("x", "a\x00b"),
+    "CR in a value": ("x", "a\rb"),
+    "LF in a value": ("x", "a\nb"),
+    "connection-specific field": ("connection", "close"),
+}
+
+ABSURD_HEADS = {  # each answered 400 on its stream by the sidecar; the connection goes on
+    "path of no form": request_headers("nowhere"),
+    "path with a fragment": request_headers("/a#b"),
+    "path with a space": request_headers("/a b"),
+    "asterisk path on GET": request_headers("*"),
+    "method with a space": request_headers("/", method="G ET"),
+    "authority with a space": [(":method", "GET"), (":scheme", "http"),
+                               (":authority", "a b"), (":path", "/")],
+    "authority with userinfo": [(":method", "GET"), (":scheme", "http"),
+                                (":authority", "user@backend"), (":path", "/")],
+}  # fmt: skip
+
+
+def test_http2_invalid_fields_and_absurd_targets_are_refused(site):
+    """Invalid field names and values end the connection (PROTOCOL_ERROR, Envoy's default for a
+    malformed request), counted; a request line nobody could forward — a :path of no form, a
+    space or fragment in it, a bad :method or :authority — gets 400 on its stream (counted as
+    http2.rx_messaging_error) and is never sent to the app; a 70 000-byte :path gets 431."""
+    errors = site.count("downstream_cx_protocol_error")
+    messaging = site.count("http2.rx_messaging_error")
+    upstream = stats(site.admin).get("cluster.backend.upstream_rq_total", 0)
+    with Legit(site.port) as legit:
+        for name, field in INVALID_FIELDS.items():
+            conn = RawH2(site.port)
+            conn.headers(1, [*request_headers("/"), field], end=True)
+            goaway = cut_off(conn).goaway()
+            assert goaway is not None and goaway.error_code == PROTOCOL_ERROR, (name, goaway)
+        conn = RawH2(site.port)
+        stream_id = 1
+        for name, head in ABSURD_HEADS.items():
+            conn.headers(stream_id, head, end=True)
+            status, body = conn.response(stream_id)
+            assert status == 400 and body.startswith(b"Bad Request: "), (name, status, body)
+            stream_id += 2
+        conn.headers(stream_id, request_headers("/" + "a" * 70000), end=True)
+        assert conn.response(stream_id)[0] == 431
+        conn.request(stream_id + 2, "/after")
+        assert conn.response(stream_id + 2)[0] == 200
+        conn.close()
+    assert site.count("downstream_cx_protocol_error") - errors == len(INVALID_FIELDS)
+    assert site.count("http2.rx_messaging_error") - messaging == len(ABSURD_HEADS)
+    sent_upstream = stats(site.admin)["cluster.backend.upstream_rq_total"] - upstream
+    assert sent_upstream == legit.ok + 1, "the legitimate requests and /after; nothing else"
 
 
 # -- HTTP/1.1 --------------------------------------------------------------------------------

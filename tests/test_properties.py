@@ -21,8 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.config.mesh import _read
+from sidecar.http.exchange import RequestHead
 from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import PREFACE, H2Protocol
+from sidecar.http.rules import request_problem
 from sidecar.identity.spiffe import parse_xfcc
 from sidecar.limits import Limits, LimitsError, load_limits
 from sidecar.transport.detect import MAX_PEEK, Detected, client_hello_sni, detect
@@ -68,6 +70,27 @@ def test_parse_xfcc_raises_only_value_error_on_any_text(text):
     except ValueError:
         return
     assert all(isinstance(e, dict) for e in elements)
+
+
+# -- a request head before it is forwarded ---------------------------------------------------------
+
+head_bytes = st.one_of(
+    st.binary(max_size=20),
+    st.sampled_from([b"/", b"*", b"GET", b"OPTIONS", b"CONNECT", b"backend:80", b"/a b", b"a@b"]),
+)
+
+
+@given(head_bytes, head_bytes, head_bytes, st.one_of(st.none(), st.just(b"websocket")))
+def test_a_forwarded_head_makes_one_request_line_and_one_host(method, path, authority, protocol):
+    """`request_problem` never raises, and what it lets through writes as an HTTP/1.1 request
+    line of exactly three parts and a Host value of one token: nothing to smuggle."""
+    head = RequestHead(method, b"http", authority, path, protocol=protocol)
+    problem = request_problem(head)
+    assert problem is None or isinstance(problem, str)
+    if problem is None:
+        line = b" ".join([method, path or b"/", b"HTTP/1.1"])
+        assert len(line.split(b" ")) == 3
+        assert not any(byte < 0x21 or byte == 0x7F for byte in method + path + authority)
 
 
 # -- the limits file ---------------------------------------------------------------------------

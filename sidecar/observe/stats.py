@@ -214,6 +214,7 @@ class HttpStats:
     http2_inbound_control_frames_flood: int = 0  # PING/SETTINGS beyond their rate
     http2_outbound_flood: int = 0  # a peer that does not read what we must send
     http2_rx_reset: int = 0  # streams the client reset
+    http2_rx_messaging_error: int = 0  # a head breaking RFC 9113 8 (e.g. a bad :path): 400
     downstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
     downstream_rq_time: Histogram = field(default_factory=Histogram)
 
