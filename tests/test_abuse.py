@@ -537,3 +537,22 @@ def test_connection_flood_is_refused_and_counted(tmp_path):
     finally:
         mesh.close()
         app.close()
+
+
+def test_an_http1_host_that_cannot_be_an_authority_gets_400(site):
+    """The HTTP/1.1 codec takes any visible value for Host; one with a space or userinfo would be
+    forwarded as the upstream's :authority: 400 and counted, the connection kept."""
+    before = site.count("downstream_cx_protocol_error")
+    with socket.create_connection((LOOPBACK, site.port), timeout=5) as conn:
+        for host in (b"a b", b"user@backend"):
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head and (data := conn.recv(4096)):
+                head += data
+            assert head.startswith(b"HTTP/1.1 400 "), head
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = head.partition(b"\r\n\r\n")[2]
+            while len(body) < length:
+                body += conn.recv(4096)
+            assert body == b"Bad Request: invalid authority"
+    assert site.count("downstream_cx_protocol_error") - before == 2

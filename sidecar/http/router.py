@@ -181,8 +181,13 @@ async def _malformed(
     exchange: Exchange, route: Route, acct: RequestAccounting, problem: str
 ) -> None:
     """A head that must not be forwarded (sidecar.http.rules): 400, counted as Envoy counts an
-    HTTP/2 message that breaks RFC 9113 section 8; the connection goes on."""
-    route.http_stats.http2_rx_messaging_error += 1
+    HTTP/2 message that breaks RFC 9113 section 8 (over HTTP/1.1, where the codec let the head
+    through — an invalid Host — as a protocol error); the connection goes on."""
+    stats = route.http_stats
+    if exchange.request.http_version == b"2":
+        stats.http2_rx_messaging_error += 1
+    else:
+        stats.downstream_cx_protocol_error += 1
     if acct.record is not None:
         acct.record.flags = "DPE"
     held_back = _throttle.allow(("malformed", route.listener))
