@@ -252,7 +252,8 @@ def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
         result["skipped"] = reason
         return result
     try:
-        with path.open(ctx, server.port, label, scenario.protocol) as route:
+        with path.open(ctx, server.port, label, scenario.protocol,
+                       scenario.connections) as route:
             scenario.warmup(ctx, route.port, label)
             watched = [server.proc, *route.proxies]
             before = {p.pid: sample(p.pid) for p in watched}

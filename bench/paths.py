@@ -54,9 +54,13 @@ class Path:
         return None
 
     def open(
-        self, ctx: Context, server_port: int, label: str, protocol: str = "tcp"
+        self, ctx: Context, server_port: int, label: str, protocol: str = "tcp",
+        capacity: int | None = None,
     ) -> contextlib.AbstractContextManager[Route]:
-        """Bring the path up in front of the server; leaving the context stops what it started."""
+        """Bring the path up in front of the server; leaving the context stops what it started.
+
+        `capacity`: the most connections the scenario holds open at once, when that is more than
+        the proxies' default limits allow (they are raised to it)."""
         raise NotImplementedError
 
 
@@ -65,8 +69,8 @@ class Direct(Path):
     description = "client → server"
 
     @contextlib.contextmanager
-    def open(self, ctx: Context, server_port: int, label: str,
-             protocol: str = "tcp") -> Iterator[Route]:
+    def open(self, ctx: Context, server_port: int, label: str, protocol: str = "tcp",
+             capacity: int | None = None) -> Iterator[Route]:
         yield Route(server_port)
 
 
@@ -123,11 +127,12 @@ class SidecarPair(Path):
     mtls = False
 
     @contextlib.contextmanager
-    def open(self, ctx: Context, server_port: int, label: str,
-             protocol: str = "tcp") -> Iterator[Route]:
+    def open(self, ctx: Context, server_port: int, label: str, protocol: str = "tcp",
+             capacity: int | None = None) -> Iterator[Route]:
         for attempt in range(1, self.bind_attempts + 1):
             try:
-                port, procs = self._start(ctx, server_port, f"{label}-{attempt}", protocol)
+                port, procs = self._start(ctx, server_port, f"{label}-{attempt}", protocol,
+                                          capacity)
             except BenchError as exc:
                 # A free port may have been taken between our probe and the sidecar's bind.
                 if "cannot bind" in str(exc) and attempt < self.bind_attempts:
@@ -144,7 +149,7 @@ class SidecarPair(Path):
         return []
 
     def _start(self, ctx: Context, server_port: int, label: str,
-               protocol: str) -> tuple[int, list[Proc]]:
+               protocol: str, capacity: int | None = None) -> tuple[int, list[Proc]]:
         mesh = ctx.work / f"mesh-{label}"
         mesh.mkdir(parents=True)
         outbound = free_port()
@@ -164,7 +169,7 @@ class SidecarPair(Path):
                 argv = [
                     ctx.python, "-m", "sidecar", "--dataplane", str(dataplane),
                     "--mesh", str(mesh), "--loop", ctx.loop, "--drain-timeout", "0.2",
-                    *self._credentials(ctx, dataplane),
+                    *self._credentials(ctx, dataplane), *_capacity_limits(capacity),
                 ]
                 cpus = ctx.pinning.cpus_for(f"proxy{slot}")
                 procs.append(ctx.procs.spawn(role, argv, log_name=f"{label}-{role}", cpus=cpus))
@@ -176,6 +181,15 @@ class SidecarPair(Path):
             raise
         procs.reverse()  # A, then B: the order a byte from the client meets them
         return outbound, procs
+
+
+def _capacity_limits(capacity: int | None) -> list[str]:
+    """`--limit` flags that let a sidecar hold `capacity` connections on one listener and to one
+    cluster (Envoy's and Kuma's defaults, 8192 and 1024, are below what some scenarios hold)."""
+    if not capacity:
+        return []
+    room = str(capacity + 100)
+    return ["--limit", f"max_connections={room}", "--limit", f"max_upstream_connections={room}"]
 
 
 @functools.cache
@@ -258,7 +272,7 @@ class SidecarPairMtls(SidecarPair):
 HAPROXY_GLOBAL = """\
 global
     nbthread 1
-    maxconn 4000
+    maxconn {maxconn}
     tune.bufsize 16384
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-default-server-options ssl-min-ver TLSv1.2
@@ -308,8 +322,8 @@ class HAProxyPair(Path):
         return None
 
     @contextlib.contextmanager
-    def open(self, ctx: Context, server_port: int, label: str,
-             protocol: str = "tcp") -> Iterator[Route]:
+    def open(self, ctx: Context, server_port: int, label: str, protocol: str = "tcp",
+             capacity: int | None = None) -> Iterator[Route]:
         work = ctx.work / f"haproxy-{label}"
         work.mkdir(parents=True)
         front, peer = free_port(), free_port()
@@ -340,6 +354,8 @@ class HAProxyPair(Path):
             hop_client = hop_server = " proto h2" if l7 else ""
         common = {
             "host": HOST,
+            # HAProxy counts a proxied connection once and reserves two descriptors for it.
+            "maxconn": max(4000, (capacity or 0) + 100),
             "mode": "http" if l7 else "tcp",
             "http_defaults": "    option http-keep-alive\n    http-reuse always\n" if l7 else "",
         }

@@ -36,6 +36,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's RLIMIT_NOFILE (inherited by what it starts) to at least `needed` where
+    the hard limit allows, or root may raise that too; the soft limit it ends with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        with contextlib.suppress(ValueError, OSError):  # not root: the hard limit stays
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:port (or any address), read from /proc/net/tcp.
 

@@ -20,7 +20,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bench.context import Context
-from bench.procs import BenchError, Proc, collect_output, free_port, listening, wait_until
+from bench.procs import (
+    BenchError,
+    Proc,
+    collect_output,
+    free_port,
+    listening,
+    raise_fd_limit,
+    wait_until,
+)
 
 HOST = "127.0.0.1"
 
@@ -53,6 +61,7 @@ class Scenario:
     rate_digits = 0
     latency_key: str | None = None  # percentiles in µs, when the scenario has them
     tools: tuple[str, ...] = ()  # executables it needs (skipped with a note without them)
+    connections: int | None = None  # connections held at once, where more than proxies allow
     modules: tuple[str, ...] = ()  # Python modules it needs
 
     def unavailable(self) -> str | None:
@@ -275,6 +284,51 @@ class TcpConnectParallel(TcpConnect):
     concurrency = 16
 
 
+class IdleConnections(EchoScenario):
+    name = "idle-conns"
+    kind = "idle"
+    rate_key, rate_unit = "held", "conns held"
+    title = "10,000 idle connections held through the path (memory per connection)"
+    measures = (
+        "The client opens 10,000 connections (fewer, with a note, where the descriptor limit is "
+        "lower) through the path in batches of 200, sends one byte "
+        "on each and waits for its echo (so each is connected end to end), holds them all idle "
+        "for the duration, then sends one byte on each again: `held` counts those that still "
+        "answer. The figure to read is each proxy's peak RSS with all of them open; the proxies' "
+        "connection limits are raised to the count (the defaults, 8192 per listener and Kuma's "
+        "1024 per cluster, refuse the rest — as they should)."
+    )
+    target = 10_000
+    connections = target  # fewer where the descriptor limit cannot be raised (`server`)
+
+    @contextlib.contextmanager
+    def server(self, ctx: Context, label: str) -> Iterator[Server]:
+        # Client and server hold one descriptor per connection, each proxy two and some to spare.
+        have = raise_fd_limit(2 * self.target + 1_000)
+        self.connections = min(self.target, (have - 1_000) // 2)
+        if self.connections < self.target:
+            ctx.notes.append(
+                f"idle-conns held {self.connections:,} connections, not {self.target:,}: "
+                f"RLIMIT_NOFILE here is {have:,} and cannot be raised (a proxy needs two "
+                f"descriptors per connection); the RSS per connection scales to {self.target:,}"
+            )
+        with super().server(ctx, label) as server:
+            yield server
+
+    def client(self, ctx: Context, port: int, duration: float, label: str) -> tuple[dict, Proc]:
+        argv = [ctx.python, "-m", "bench.tools", "idle-client", "--port", str(port),
+                "--connections", str(self.connections), "--hold", str(duration)]
+        # Opening them is bounded by the path's connection rate (mTLS: ~150/s on 2 cores).
+        opening = 60 + self.connections / 40
+        figures, proc = self._run_client(ctx, argv, duration + opening, label)
+        if figures["established"] == 0:
+            raise BenchError(f"no connection was echoed ({figures['failed']} failed)")
+        return figures, proc
+
+    def work(self, figures: dict) -> Work:
+        return Work(figures["established"] / 1000, "1k conns", 1000, "conn")
+
+
 def _ratio(value: float, reference: float) -> float | None:
     return value / reference if reference else None
 
@@ -290,5 +344,5 @@ def _added(latency_us: dict, direct_us: dict) -> dict:
 
 
 TCP_SCENARIOS: list[Scenario] = [
-    TcpBulk(), TcpBulkReverse(), TcpRR(), TcpConnect(), TcpConnectParallel(),
+    TcpBulk(), TcpBulkReverse(), TcpRR(), TcpConnect(), TcpConnectParallel(), IdleConnections(),
 ]

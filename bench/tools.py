@@ -3,6 +3,7 @@
     python3 -m bench.tools echo-server --port PORT
     python3 -m bench.tools rr-client --port PORT --duration S [--size 64] [--count N]
     python3 -m bench.tools connect-client --port PORT --duration S [--count N]
+    python3 -m bench.tools idle-client --port PORT --hold S [--connections 10000]
     python3 -m bench.tools http-server | grpc-server | grpc-client | ws-server | ws-client
                            | tls-server | tls-client ...   (bench/tools_*.py)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import selectors
 import socket
 import sys
 import threading
@@ -208,6 +210,78 @@ def connect_client(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- idle connections ------------------------------------------------------------------------
+
+
+def _echo_one_byte(socks: list[socket.socket], deadline: float) -> list[socket.socket]:
+    """Send one byte on every socket and wait for its echo; the sockets that answered."""
+    sel = selectors.DefaultSelector()
+    for sock in socks:
+        try:
+            sock.send(b"i")
+        except OSError:
+            continue
+        sel.register(sock, selectors.EVENT_READ)
+    answered = []
+    while sel.get_map() and (left := deadline - time.monotonic()) > 0:
+        for key, _ in sel.select(timeout=left):
+            sock = key.fileobj
+            try:
+                data = sock.recv(16)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            sel.unregister(sock)
+            if data:
+                answered.append(sock)
+    sel.close()
+    return answered
+
+
+def idle_client(args: argparse.Namespace) -> int:
+    """Open `connections` through the path, echo a byte on each, hold them, echo again."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    held: list[socket.socket] = []
+    failed = 0
+    started = time.monotonic()
+    for first in range(0, args.connections, args.batch):
+        batch = []
+        for _ in range(min(args.batch, args.connections - first)):
+            try:
+                sock = socket.create_connection((HOST, args.port), timeout=10)
+            except OSError:
+                failed += 1
+                continue
+            sock.setblocking(False)
+            batch.append(sock)
+        answered = _echo_one_byte(batch, time.monotonic() + 30)
+        failed += len(batch) - len(answered)
+        for sock in set(batch) - set(answered):
+            sock.close()
+        held.extend(answered)
+    opened_s = time.monotonic() - started
+    time.sleep(args.hold)  # the measurement: connections held idle while the harness samples RSS
+    alive = _echo_one_byte(held, time.monotonic() + 60)
+    for sock in held:
+        sock.close()
+    json.dump(
+        {
+            "connections": args.connections,
+            "established": len(held),
+            "failed": failed,
+            "held": len(alive),
+            "open_s": opened_s,
+            "hold_s": args.hold,
+        },
+        sys.stdout,
+    )
+    return 0
+
+
 def _lazy(module: str, name: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -236,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     cc.add_argument("--count", type=int, default=500_000)
     cc.add_argument("--concurrency", type=int, default=1, help="connections side by side")
     cc.set_defaults(func=connect_client)
+    idle = sub.add_parser("idle-client")
+    idle.add_argument("--port", type=int, required=True)
+    idle.add_argument("--connections", type=int, default=10_000)
+    idle.add_argument("--batch", type=int, default=200, help="connections opened between echoes")
+    idle.add_argument("--hold", type=float, required=True, help="seconds to hold them idle")
+    idle.set_defaults(func=idle_client)
     http = sub.add_parser("http-server")
     http.add_argument("--port", type=int, required=True)
     http.add_argument("--body-size", type=int, default=64)
