@@ -18,7 +18,8 @@ sampled with the traffic counters, into `soak.csv`. The summary (`summary.txt`, 
 judges each sidecar after the warm-up: the median of the last quarter of the samples against the
 median of the first quarter of the post-warm-up samples. Flat means RSS grew less than
 max(8 MiB, 10 %) and descriptors by at most 4; a leak of a few KiB per connection or request
-shows as steady growth (the least-squares slope per minute is printed too).
+shows as steady growth (the least-squares slope per minute is printed too). The soak passes
+(exit 0) when both sidecars are flat and no operation of the traffic failed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import csv
 import http.client
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -561,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             traffic.stop()
         stop(sidecars)
         apps.close()
+        shutil.rmtree(work, ignore_errors=True)
 
     lines = []
     all_flat = True
@@ -569,13 +572,20 @@ def main(argv: list[str] | None = None) -> int:
         all_flat &= flat
         lines.append(text)
     assert traffic is not None
+    lost = 0
     for kind, counter in sorted(traffic.counters.items()):
+        lost += counter.errors
         if counter.ok or counter.errors:
             lines.append(
                 f"traffic {kind}: {counter.ok} ok, {counter.errors} errors"
                 + (f" (last: {counter.last_error})" if counter.errors else "")
             )
-    lines.append(f"verdict: {'flat' if all_flat else 'NOT flat'}")
+    # A sidecar that stays flat by dropping traffic has not passed: every error fails the soak.
+    verdict = "flat" if all_flat else "NOT flat"
+    lines.append(
+        f"verdict: {verdict}, " + (f"{lost} operations failed" if lost else "nothing lost")
+    )
+    all_flat &= lost == 0
     summary = "\n".join(lines) + "\n"
     (out / "summary.txt").write_text(summary)
     print(summary, end="")

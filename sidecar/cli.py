@@ -11,6 +11,7 @@ import logging
 import sys
 
 from sidecar import __version__
+from sidecar.observe.throttle import PeerEventFilter
 
 SUBCOMMANDS = ("run", "validate", "certs", "demo", "stat", "limits")
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("hpack", "h2"):  # per-frame debug output from the protocol libraries
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    peer_events = PeerEventFilter()  # one line a second per kind of bad request, not thousands
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(peer_events)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

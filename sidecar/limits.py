@@ -52,6 +52,16 @@ class Limits:
         "seconds an HTTP connection may stay without a request (downstream_cx_idle_timeout); "
         "0 disables",
     )
+    outbound_stream_idle_timeout: float = _limit(
+        defaults.OUTBOUND_STREAM_IDLE_TIMEOUT,
+        "seconds an outbound request or tunnel may move no byte either way; then both sides are "
+        "reset (downstream_rq_idle_timeout): what ends a client that never reads or never opens "
+        "its window; 0 disables; --stream-idle-timeout sets both directions",
+    )
+    inbound_stream_idle_timeout: float = _limit(
+        defaults.INBOUND_STREAM_IDLE_TIMEOUT,
+        "the same for requests from peer sidecars to the local app (Kuma's default: 1 h)",
+    )
     max_connections: int = _limit(
         defaults.MAX_CONNECTIONS_PER_LISTENER,
         "open connections per listener; more are refused (downstream_cx_overflow)",

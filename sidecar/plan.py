@@ -52,7 +52,14 @@ class Timeouts:
     """HTTP timeouts that the command line may override (Kuma sets them with MeshTimeout)."""
 
     request: float = defaults.OUTBOUND_REQUEST_TIMEOUT  # outbound; the inbound has none
-    stream_idle: float | None = None  # None: Kuma's defaults, 30 min outbound and 1 h inbound
+    stream_idle: float | None = None  # --stream-idle-timeout: both directions; None: these two
+    inbound_stream_idle: float = defaults.INBOUND_STREAM_IDLE_TIMEOUT
+    outbound_stream_idle: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
+
+    def stream_idle_for(self, direction: str) -> float:
+        if self.stream_idle is not None:
+            return self.stream_idle
+        return self.inbound_stream_idle if direction == "inbound" else self.outbound_stream_idle
 
 
 def plan_listeners(
@@ -74,7 +81,7 @@ def plan_listeners(
                 idle_timeout=defaults.INBOUND_IDLE_TIMEOUT,
                 connect_attempts=1,
                 request_timeout=defaults.INBOUND_REQUEST_TIMEOUT,
-                stream_idle_timeout=timeouts.stream_idle or defaults.INBOUND_STREAM_IDLE_TIMEOUT,
+                stream_idle_timeout=timeouts.stream_idle_for("inbound"),
             )
         )
     for outbound in dataplane.networking.outbound:
@@ -89,7 +96,7 @@ def plan_listeners(
                 protocol=None,
                 selector=outbound.selector,
                 request_timeout=timeouts.request,
-                stream_idle_timeout=timeouts.stream_idle or defaults.OUTBOUND_STREAM_IDLE_TIMEOUT,
+                stream_idle_timeout=timeouts.stream_idle_for("outbound"),
             )
         )
     return {p.key: p for p in plans}

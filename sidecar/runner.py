@@ -96,8 +96,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="HTTP: close a request or tunnel with no bytes either way for this long "
-        "(default 1800 outbound, 3600 inbound)",
+        help="HTTP: close a request or tunnel with no bytes either way for this long, both "
+        "directions (default: the limits outbound_stream_idle_timeout, 1800, and "
+        "inbound_stream_idle_timeout, 3600); 0 disables",
     )
     parser.add_argument(
         "--lb",
@@ -242,7 +243,12 @@ def options_from(args: argparse.Namespace) -> Options:
         variables=parse_variables(args.dataplane_var),
         mesh_dir=args.mesh,
         drain_timeout=args.drain_timeout,
-        timeouts=Timeouts(args.request_timeout, args.stream_idle_timeout),
+        timeouts=Timeouts(
+            args.request_timeout,
+            args.stream_idle_timeout,
+            limits.inbound_stream_idle_timeout,
+            limits.outbound_stream_idle_timeout,
+        ),
         lb=args.lb,
         stack=StackOptions(
             detection_timeout=args.protocol_detection_timeout,

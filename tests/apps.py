@@ -15,6 +15,11 @@ from hypercorn.config import Config
 from tests.support import LOOPBACK, free_port, port_open, wait_for
 
 
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with what it saw: method, path, HTTP version, headers, body size and digest.
 
@@ -55,11 +60,19 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "headers": [(b"content-type", b"application/octet-stream")],
             }
         )
+        # Stop once the client has gone: Hypercorn ignores a send after a disconnect, so a
+        # large answer would otherwise keep the app's one loop busy (and every other request
+        # waiting) for as long as it takes to make the rest of it.
+        gone = asyncio.get_running_loop().create_task(_disconnected(receive))
         chunk = b"x" * 65536
-        while n > 0:
-            piece = chunk[: min(n, len(chunk))]
-            n -= len(piece)
-            await send({"type": "http.response.body", "body": piece, "more_body": n > 0})
+        try:
+            while n > 0 and not gone.done():
+                piece = chunk[: min(n, len(chunk))]
+                n -= len(piece)
+                await send({"type": "http.response.body", "body": piece, "more_body": n > 0})
+                await asyncio.sleep(0)  # let `gone` see the disconnect
+        finally:
+            gone.cancel()
         return
     status = int(parts[1]) if parts[0] == "status" else 200
     seen = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import select
 import socket
 import struct
 import threading
@@ -126,7 +127,10 @@ class RawH2:
         return True
 
     def block(self, headers: Iterable[tuple[str, str]]) -> bytes:
-        return self.encoder.encode(list(headers))
+        """A header block, without Huffman coding: pure-Python coding of the large values the
+        tests send takes most of a second on a loaded machine — longer than the short idle
+        timeouts the tests run with."""
+        return self.encoder.encode(list(headers), huffman=False)
 
     def headers(self, stream_id: int, headers: Iterable[tuple[str, str]], *, end: bool) -> bool:
         flags = END_HEADERS | (END_STREAM if end else 0)
@@ -200,6 +204,26 @@ class RawH2:
 def cut_off(conn: RawH2, timeout: float = 10.0) -> Received:
     """Read until the server closes the connection (it must)."""
     return conn.read(lambda r: False, timeout)
+
+
+def refused(conns: list[socket.socket], within: float = 1.0) -> int:
+    """How many of `conns` the server closed (EOF or reset) within `within` seconds of now;
+    the others were admitted and stay silent. One wait for all of them, not one each."""
+    waiting = {conn.fileno(): conn for conn in conns}
+    closed = 0
+    poller = select.poll()
+    for fd in waiting:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + within
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            conn = waiting.pop(fd)
+            poller.unregister(fd)
+            try:
+                closed += conn.recv(1, socket.MSG_PEEK) == b""
+            except ConnectionResetError:
+                closed += 1
+    return closed
 
 
 class Legit:

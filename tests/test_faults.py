@@ -169,6 +169,51 @@ def test_peer_that_accepts_and_never_answers_times_out_and_is_ejected(mesh_uvloo
         app.close()
 
 
+def test_endpoints_answering_5xx_or_refusing_connects_are_ejected_and_return(mesh_uvloop):
+    """Envoy's passive outlier detection, its defaults but a short base ejection time: an
+    endpoint whose answers are 5xx (a peer sidecar whose app is down: 503) is ejected after 5 in
+    a row, one that refuses connections (a member whose sidecar is not running) after 5 connect
+    failures — those requests go to the next endpoint, so the client never sees them. Both come
+    back by themselves once the ejection time has passed."""
+    mesh = mesh_uvloop
+    app = Hypercorn()
+    try:
+        healthy, _ = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
+        failing, _ = mesh.backend("backend-2", free_port(), tags={"kuma.io/protocol": "http"})
+        mesh.backend("backend-3", free_port(), tags={"kuma.io/protocol": "http"})  # no sidecar
+        web_file, port = mesh.client("web-1")
+        started = [
+            mesh.start(healthy, ready=False),
+            mesh.start(failing, ready=False),
+            mesh.start(
+                web_file,
+                "--limit", "outlier_base_ejection_time=1.5",
+                "--limit", "outlier_max_ejection_percent=100",  # 10 % of 3: one at a time
+                ready=False,
+            ),
+        ]  # fmt: skip
+        for sidecar in started:  # started side by side: ready in the time of one
+            sidecar.wait_ready()
+        admin = admin_port(web_file)
+        statuses = [get(port)[0] for _ in range(30)]
+        assert statuses.count(503) == 5, statuses
+        assert set(statuses) == {200, 503}
+        assert statuses[-10:] == [200] * 10, "both ejected: only the healthy one answers"
+        values = stats(admin)
+        assert values["cluster.backend.outlier_detection.ejections_enforced_total"] == 2
+        assert values["cluster.backend.outlier_detection.ejections_active"] == 2
+        assert values["cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx"] == 2
+        assert values["cluster.backend.membership_healthy"] == 1
+        wait_for(
+            lambda: stats(admin)["cluster.backend.outlier_detection.ejections_active"] == 0,
+            what="the endpoints to come back",
+        )
+        assert stats(admin)["cluster.backend.membership_healthy"] == 3
+        assert 503 in {get(port)[0] for _ in range(6)}, "back in the rotation"
+    finally:
+        app.close()
+
+
 async def test_dns_failure_keeps_the_last_good_addresses(tmp_path, caplog):
     """A member dialled by host name: when the name stops resolving, the cluster keeps its last
     addresses (traffic goes on), the outage is logged once, and a new answer is taken."""
@@ -423,6 +468,51 @@ def test_circuit_breakers_answer_503_overflow_when_open(mesh_uvloop):
             conn.close()
     finally:
         app.close()
+
+
+def test_pending_requests_past_the_breaker_get_503_overflow(mesh_uvloop):
+    """`max_pending_requests`: requests waiting for a connection to an endpoint (here one whose
+    accept queue is full, so the connection attempt hangs) count as pending; past the limit the
+    next one gets 503 `overflow` at once, counted, with the rq_pending_open gauge up."""
+    mesh = mesh_uvloop
+    clogged = socket.socket()
+    clogged.bind((LOOPBACK, 0))
+    clogged.listen(0)
+    address = clogged.getsockname()
+    queued = []  # fill the accept queue: the kernel drops the next SYNs, a connect hangs
+    for _ in range(8):
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.connect_ex(address)
+        queued.append(conn)
+    waiting: list[socket.socket] = []
+    try:
+        mesh.write(
+            "backend-1",
+            [{"port": address[1], "servicePort": free_port(),
+              "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}],
+        )  # fmt: skip
+        web_file, port = mesh.client("web-1")
+        mesh.start(web_file, "--limit", "max_pending_requests=2")
+        admin = admin_port(web_file)
+        for _ in range(2):
+            conn = socket.create_connection((LOOPBACK, port), timeout=10)
+            conn.sendall(b"GET /waits HTTP/1.1\r\nHost: backend\r\n\r\n")
+            waiting.append(conn)
+        wait_for(
+            lambda: stats(admin)["cluster.backend.upstream_rq_pending_active"] == 2,
+            what="two requests pending",
+        )
+        assert stats(admin)["cluster.backend.circuit_breakers.default.rq_pending_open"] == 1
+        started = time.monotonic()
+        status, body = get(port, "/one-too-many")
+        assert status == 503 and b"reset reason: overflow" in body, body
+        assert time.monotonic() - started < 1, "refused at once, not queued"
+        assert stats(admin)["cluster.backend.upstream_rq_pending_overflow"] == 1
+    finally:
+        for conn in [*waiting, *queued]:
+            conn.close()
+        clogged.close()
 
 
 def test_finished_websocket_tunnels_leave_no_sockets_behind(mesh_uvloop):

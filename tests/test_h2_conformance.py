@@ -47,12 +47,14 @@ from tests.attack import (
     request_headers,
 )
 from tests.conftest import Mesh
+from tests.observe_support import admin_port, stats
 
 
 @dataclass
 class Servers:
     outbound: int  # web's outbound: an app's HTTP/2
     inbound: int  # backend's inbound: the mesh hop
+    web_admin: int
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
         web, outbound = mesh.client("web-1")
         mesh.start(backend)
         mesh.start(web)
-        yield Servers(outbound, inbound)
+        yield Servers(outbound, inbound, admin_port(web))
     finally:
         mesh.close()
         app.close()
@@ -215,7 +217,9 @@ def test_stream_errors_get_rst_stream_and_the_connection_goes_on(port):
 
 def test_streams_over_the_concurrent_limit_are_refused_not_the_connection(servers):
     """5.1.2: a stream over SETTINGS_MAX_CONCURRENT_STREAMS (100 toward apps) gets RST_STREAM
-    REFUSED_STREAM; h2 alone would end the connection."""
+    REFUSED_STREAM, counted (downstream_rq_overload); h2 alone would end the connection."""
+    overload = f"http.outbound_127.0.0.1_{servers.outbound}.downstream_rq_overload"
+    before = stats(servers.web_admin).get(overload, 0)
     conn = RawH2(servers.outbound).settled()
     for stream_id in range(1, 2 * 100, 2):  # 100 open streams, their bodies never sent
         conn.send(headers_frame(conn, stream_id, request_headers("/", method="POST"), END_HEADERS))
@@ -223,6 +227,7 @@ def test_streams_over_the_concurrent_limit_are_refused_not_the_connection(server
     received = conn.read(lambda r: r.rst(201) is not None)
     assert received.rst(201).error_code == REFUSED_STREAM
     assert received.goaway() is None
+    assert stats(servers.web_admin)[overload] - before == 1
     conn.send(frame(DATA, END_STREAM, 1, b""))  # one ends: a slot is free again
     assert conn.response(1)[0] == 200
     conn.send(headers_frame(conn, 203, request_headers("/now-there-is-room")))

@@ -1,16 +1,15 @@
-"""Limits, request-head strictness, circuit-breaker thresholds and outlier detection, unit by unit
-(no sockets): the parts the hardening end-to-end tests rely on."""
+"""Limits, circuit-breaker thresholds, outlier detection, DNS and descriptor guards, unit by unit
+(no sockets): the parts the hardening end-to-end tests rely on. (HTTP/1.1 request-head
+strictness is tested at the socket, in test_abuse, so that it holds whatever parser is used.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-import h11
 import pytest
 
 from sidecar.cluster import Cluster, Resolver, Target
-from sidecar.http.h1 import _StrictRequestBuffer, target_problem
 from sidecar.limits import Limits, LimitsError, describe, load_limits
 from sidecar.observe.stats import ClusterStats
 from sidecar.transport.fds import FdGuard
@@ -68,118 +67,37 @@ def test_bad_limits_name_source_and_field(tmp_path, content, flags, message):
         load_limits(path, flags)
 
 
+def test_stream_idle_timeouts_come_from_the_limits_unless_the_flag_sets_both():
+    from sidecar.config.dataplane import parse_dataplane
+    from sidecar.plan import Timeouts, plan_listeners
+
+    dataplane = parse_dataplane(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n"
+        "  inbound:\n  - port: 10001\n    servicePort: 8080\n    tags:\n"
+        "      kuma.io/service: web\n  outbound:\n  - port: 10002\n    tags:\n"
+        "      kuma.io/service: backend\n",
+        "web-1.yaml",
+    )
+
+    def idle(timeouts: Timeouts) -> dict[str, float]:
+        plans = plan_listeners(dataplane, timeouts).values()
+        return {p.direction: p.stream_idle_timeout for p in plans}
+
+    assert idle(Timeouts()) == {"inbound": 3600.0, "outbound": 1800.0}  # Kuma's defaults
+    limits = load_limits(None, ["inbound_stream_idle_timeout=7", "outbound_stream_idle_timeout=0"])
+    from_limits = Timeouts(
+        inbound_stream_idle=limits.inbound_stream_idle_timeout,
+        outbound_stream_idle=limits.outbound_stream_idle_timeout,
+    )
+    assert idle(from_limits) == {"inbound": 7.0, "outbound": 0.0}  # 0: disabled
+    flag = Timeouts(stream_idle=2.5, inbound_stream_idle=7, outbound_stream_idle=0)
+    assert idle(flag) == {"inbound": 2.5, "outbound": 2.5}
+
+
 def test_every_limit_is_described():
     text = describe()
     for name in Limits.__dataclass_fields__:
         assert f"{name}: " in text
-
-
-# -- the request head: what h11 lets through and we do not ----------------------------------------
-
-
-def parse(raw: bytes, max_headers: int = 100) -> tuple[str, int | None]:
-    """("ok", None), or ("error", the status a server answers)."""
-    conn = h11.Connection(h11.SERVER)
-    conn._receive_buffer = _StrictRequestBuffer(max_headers)
-    try:
-        conn.receive_data(raw)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
-                return "ok", None
-    except h11.RemoteProtocolError as exc:
-        return "error", exc.error_status_hint
-
-
-HOST = b"Host: a\r\n"
-SMUGGLING = {
-    "CL and TE": b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "TE and CL": b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n"
-    b"Content-Length: 5\r\n\r\n0\r\n\r\n",
-    "duplicate CL, same value": b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n"
-    b"Content-Length: 5\r\n\r\nhello",
-    "duplicate CL, other value": b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n"
-    b"Content-Length: 6\r\n\r\nhello!",
-    "CL list": b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5, 5\r\n\r\nhello",
-    "CL signed": b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: +5\r\n\r\nhello",
-    "CL hex": b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 0x5\r\n\r\nhello",
-    "TE on HTTP/1.0": b"POST / HTTP/1.0\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
-    b"0\r\n\r\n",
-    "TE with space before colon": b"POST / HTTP/1.1\r\n"
-    + HOST
-    + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
-    "obs-fold": b"GET / HTTP/1.1\r\n" + HOST + b"X-A: b\r\n c\r\n\r\n",
-    "bare LF in head": b"GET / HTTP/1.1\nHost: a\n\n",
-    "bare LF after a header": b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
-    "bare CR": b"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
-    "bare LF in trailers": b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
-    b"0\r\nX: y\n\r\n",
-    "CL in trailers": b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
-    b"0\r\nContent-Length: 5\r\n\r\n",
-    "chunk size with bare LF": b"POST / HTTP/1.1\r\n"
-    + HOST
-    + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
-    "NUL in value": b"GET / HTTP/1.1\r\n" + HOST + b"X: a\x00b\r\n\r\n",
-    "control character in value": b"GET / HTTP/1.1\r\n" + HOST + b"X: a\x01b\r\n\r\n",
-    "DEL in value": b"GET / HTTP/1.1\r\n" + HOST + b"X: a\x7fb\r\n\r\n",
-    "bad header name": b"GET / HTTP/1.1\r\n" + HOST + b"X(y): z\r\n\r\n",
-    "empty header name": b"GET / HTTP/1.1\r\n" + HOST + b": z\r\n\r\n",
-    "two Host headers": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    "no Host": b"GET / HTTP/1.1\r\n\r\n",
-}
-
-
-@pytest.mark.parametrize("name", sorted(SMUGGLING))
-def test_ambiguous_or_malformed_requests_get_400(name):
-    assert parse(SMUGGLING[name]) == ("error", 400)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"GET / HTTP/1.1\r\n" + HOST + b"X-A: b\r\n\r\n",
-        b"GET / HTTP/1.1\r\n" + HOST + b"X-A: tab\there, 8-bit \xe9\r\n\r\n",
-        b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\nhello",
-        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
-        b"5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n",
-        b"GET / HTTP/1.0\r\n\r\n",
-    ],
-)
-def test_well_formed_requests_pass(raw):
-    assert parse(raw) == ("ok", None)
-
-
-def test_header_count_over_the_limit_is_431():
-    many = b"".join(b"x-h%d: v\r\n" % i for i in range(11))
-    assert parse(b"GET / HTTP/1.1\r\n" + HOST + many + b"\r\n", max_headers=12) == ("ok", None)
-    assert parse(b"GET / HTTP/1.1\r\n" + HOST + many + b"\r\n", max_headers=11) == ("error", 431)
-
-
-@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9"])
-def test_unknown_http_versions_get_505(version):
-    assert parse(b"GET / " + version + b"\r\n" + HOST + b"\r\n") == ("error", 505)
-
-
-@pytest.mark.parametrize(
-    "method, target, ok",
-    [
-        (b"GET", b"/path?q=1", True),
-        (b"GET", b"http://host:80/x", True),
-        (b"GET", b"HTTPS://host", True),
-        (b"OPTIONS", b"*", True),
-        (b"CONNECT", b"example.com:443", True),
-        (b"GET", b"*", False),
-        (b"GET", b"foo", False),
-        (b"GET", b"/a#frag", False),
-        (b"GET", b"http:///nohost", False),
-        (b"CONNECT", b"/path", False),
-        (b"CONNECT", b"host", False),
-        (b"CONNECT", b"host:port", False),
-    ],
-)
-def test_request_target_forms(method, target, ok):
-    assert (target_problem(method, target) is None) is ok
 
 
 # -- circuit-breaker thresholds and outlier detection ---------------------------------------------
@@ -334,3 +252,42 @@ async def test_a_peer_that_does_not_read_what_it_makes_us_send_is_closed():
     assert transport.closing
     assert stats.http2_outbound_flood == 1
     assert len(transport.written) < 65536 + 20 * 17  # bounded: one batch past the limit at most
+
+
+# -- log lines a peer causes: throttled -----------------------------------------------------------
+
+
+def test_peer_caused_log_lines_are_throttled_and_say_how_many_were_held_back():
+    from sidecar.observe.throttle import PeerEventFilter
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect()
+    peer_events = PeerEventFilter()
+    handler.addFilter(peer_events)
+    logger = logging.getLogger("sidecar.test_peer_events")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        for i in range(1000):
+            logger.info("event=bad_request peer=%s status=%d", f"127.0.0.1:{i}", 400)
+        logger.info("event=listener_overflow listener=%s", "x")  # not a peer event: always
+        logger.warning("event=h2_abuse kind=premature_reset")  # another kind: its own line
+        assert records == [
+            "event=bad_request peer=127.0.0.1:0 status=400",
+            "event=listener_overflow listener=x",
+            "event=h2_abuse kind=premature_reset",
+        ]
+        # A second later (the throttle's clock moved back instead of waiting for it):
+        key = ("sidecar.test_peer_events", "bad_request")
+        started, held = peer_events.throttle._last[key]
+        peer_events.throttle._last[key] = (started - 1.0, held)
+        logger.info("event=bad_request peer=%s status=%d", "127.0.0.1:1000", 431)
+        assert records[-1] == "event=bad_request peer=127.0.0.1:1000 status=431 held_back=999"
+    finally:
+        logger.removeHandler(handler)

@@ -2,10 +2,11 @@
 any input (the Dataplane, policy, Kafka and XFCC parsers have theirs beside their other tests:
 test_config_fuzz, test_policy, test_kafka, test_identity_spiffe).
 
-Here: protocol sniffing, the TLS ClientHello reader, the XFCC parser on any text, the strict
-HTTP/1 request head, the limits file, a mesh-directory file of any bytes, and the two HTTP server
-codecs as a whole — any bytes into an HTTP/1.1 server, any frames into an HTTP/2 server, and
-nothing escapes `data_received`: a bad peer ends its own connection, never the sidecar.
+Here: protocol sniffing, the TLS ClientHello reader, the XFCC parser on any text, the limits
+file, a mesh-directory file of any bytes, and the two HTTP server codecs as a whole — any bytes
+into an HTTP/1.1 server, any frames into an HTTP/2 server, and nothing escapes `data_received`:
+a bad peer ends its own connection, never the sidecar. (Which status a malformed HTTP/1.1 head
+gets is judged at the socket, in test_abuse, so that it holds whatever parser is behind it.)
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.config.mesh import _read
-from sidecar.http.h1 import H1Server, _StrictRequestBuffer
+from sidecar.http.exchange import RequestHead
+from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import PREFACE, H2Protocol
+from sidecar.http.rules import request_problem
 from sidecar.identity.spiffe import parse_xfcc
 from sidecar.limits import Limits, LimitsError, load_limits
 from sidecar.transport.detect import MAX_PEEK, Detected, client_hello_sni, detect
@@ -70,40 +72,25 @@ def test_parse_xfcc_raises_only_value_error_on_any_text(text):
     assert all(isinstance(e, dict) for e in elements)
 
 
-# -- the strict HTTP/1 request head -------------------------------------------------------------
+# -- a request head before it is forwarded ---------------------------------------------------------
 
-head_lines = st.lists(
-    st.one_of(
-        st.binary(max_size=40),
-        st.sampled_from(
-            [b"Content-Length: 5", b"Transfer-Encoding: chunked", b" folded", b"Host: a",
-             b"content-length: 5, 5", b"X: \x01"]
-        ),
-    ),
-    max_size=8,
-)  # fmt: skip
-endings = st.sampled_from([b"\r\n", b"\n", b"\r", b""])
-
-
-@given(
-    st.sampled_from([b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"GET / HTTP/2.0", b""]),
-    head_lines,
-    endings,
-    st.binary(max_size=50),
+head_bytes = st.one_of(
+    st.binary(max_size=20),
+    st.sampled_from([b"/", b"*", b"GET", b"OPTIONS", b"CONNECT", b"backend:80", b"/a b", b"a@b"]),
 )
-def test_request_head_raises_only_h11_protocol_errors(request_line, lines, ending, body):
-    raw = ending.join([request_line, *lines]) + ending + ending + body
-    conn = h11.Connection(h11.SERVER)
-    conn._receive_buffer = _StrictRequestBuffer(5)
-    try:
-        conn.receive_data(raw)
-        conn.receive_data(b"")
-        for _ in range(20):
-            event = conn.next_event()
-            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
-                break
-    except h11.RemoteProtocolError as exc:
-        assert exc.error_status_hint in (400, 431, 501, 505)
+
+
+@given(head_bytes, head_bytes, head_bytes, st.one_of(st.none(), st.just(b"websocket")))
+def test_a_forwarded_head_makes_one_request_line_and_one_host(method, path, authority, protocol):
+    """`request_problem` never raises, and what it lets through writes as an HTTP/1.1 request
+    line of exactly three parts and a Host value of one token: nothing to smuggle."""
+    head = RequestHead(method, b"http", authority, path, protocol=protocol)
+    problem = request_problem(head)
+    assert problem is None or isinstance(problem, str)
+    if problem is None:
+        line = b" ".join([method, path or b"/", b"HTTP/1.1"])
+        assert len(line.split(b" ")) == 3
+        assert not any(byte < 0x21 or byte == 0x7F for byte in method + path + authority)
 
 
 # -- the limits file ---------------------------------------------------------------------------
@@ -114,7 +101,7 @@ limit_values = st.one_of(
 )  # fmt: skip
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)  # a file per example
 @given(
     st.dictionaries(
         st.one_of(st.sampled_from(sorted(Limits.__dataclass_fields__)), st.text(max_size=10)),
@@ -135,6 +122,7 @@ def test_limits_file_raises_only_limits_error(values):
     assert isinstance(limits, Limits)
 
 
+@settings(deadline=None)  # a file per example: a loaded disk is slow
 @given(st.binary(max_size=400))
 def test_a_mesh_file_of_any_bytes_is_read_or_reported(data):
     """A corrupted file in the mesh directory: its documents, or the message that skips it."""

@@ -34,6 +34,7 @@ from sidecar.http.exchange import (
     strip_hop_by_hop,
 )
 from sidecar.http.pool import UpstreamStream
+from sidecar.http.rules import request_problem
 from sidecar.observe.stats import HttpStats
 from sidecar.observe.throttle import LogThrottle
 
@@ -161,6 +162,10 @@ async def proxy(exchange: Exchange, route: Route) -> None:
         exchange.peer_address,
     )
     try:
+        problem = request_problem(exchange.request)
+        if problem is not None:
+            await _malformed(exchange, route, acct, problem)
+            return
         await _proxy(exchange, route, acct)
     except StreamReset as exc:
         # The downstream went away (or reset its stream): nothing more to say to it.
@@ -170,6 +175,30 @@ async def proxy(exchange: Exchange, route: Route) -> None:
 
 
 RETRY = "retry"
+
+
+async def _malformed(
+    exchange: Exchange, route: Route, acct: RequestAccounting, problem: str
+) -> None:
+    """A head that must not be forwarded (sidecar.http.rules): 400, counted as Envoy counts an
+    HTTP/2 message that breaks RFC 9113 section 8 (over HTTP/1.1, where the codec let the head
+    through — an invalid Host — as a protocol error); the connection goes on."""
+    stats = route.http_stats
+    if exchange.request.http_version == b"2":
+        stats.http2_rx_messaging_error += 1
+    else:
+        stats.downstream_cx_protocol_error += 1
+    if acct.record is not None:
+        acct.record.flags = "DPE"
+    held_back = _throttle.allow(("malformed", route.listener))
+    if held_back is not None:
+        log.info(
+            "event=bad_request listener=%s status=400 error=%r since_last_line=%d",
+            route.listener,
+            problem,
+            held_back,
+        )
+    await local_reply(exchange, 400, f"Bad Request: {problem}")
 
 
 async def _overflow(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
@@ -265,6 +294,7 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
             cluster.release(target)
             acct.upstream_done()
         if watch.fired:
+            route.http_stats.downstream_rq_idle_timeout += 1
             log.info(
                 "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
             )

@@ -202,6 +202,7 @@ class HttpStats:
     # Limits hit (sidecar.limits), Envoy's names.
     downstream_rq_header_timeout: int = 0  # request headers not complete in time: 408, closed
     downstream_cx_idle_timeout: int = 0
+    downstream_rq_idle_timeout: int = 0  # requests reset by the stream idle timeout
     downstream_cx_protocol_error: int = 0  # malformed HTTP/1 (400) or an HTTP/2 protocol error
     downstream_rq_overload: int = 0  # streams refused at the concurrent stream limit
     http1_header_overflow: int = 0  # request headers over the size or count limit: 431
@@ -213,6 +214,7 @@ class HttpStats:
     http2_inbound_control_frames_flood: int = 0  # PING/SETTINGS beyond their rate
     http2_outbound_flood: int = 0  # a peer that does not read what we must send
     http2_rx_reset: int = 0  # streams the client reset
+    http2_rx_messaging_error: int = 0  # a head breaking RFC 9113 8 (e.g. a bad :path): 400
     downstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
     downstream_rq_time: Histogram = field(default_factory=Histogram)
 

@@ -4,8 +4,9 @@ many were held back."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 
 class LogThrottle:
@@ -26,3 +27,34 @@ class LogThrottle:
             self._last.clear()  # bounded: a churn of keys forgets the old ones
         self._last[key] = (now, 0)
         return last[1] if last is not None else 0
+
+
+# Lines a remote peer causes, one per connection or request it sends: an attacker's flood of bad
+# requests must not become a flood of log lines (the stats count every one of them).
+PEER_EVENTS = frozenset({"bad_request", "request_headers_timeout", "h2_protocol_error", "h2_abuse"})
+
+
+class PeerEventFilter(logging.Filter):
+    """Lets through at most one line per second of each peer-caused event; the next one that
+    passes says how many were held back (`held_back=N`). Installed on the process's log
+    handlers, so it applies whichever module logs the event."""
+
+    def __init__(self, events: Iterable[str] = PEER_EVENTS, interval: float = 1.0) -> None:
+        super().__init__()
+        self.events = frozenset(events)
+        self.throttle = LogThrottle(interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if not isinstance(msg, str) or not msg.startswith("event="):
+            return True
+        event = msg[6:].split(" ", 1)[0]
+        if event not in self.events:
+            return True
+        held_back = self.throttle.allow((record.name, event))
+        if held_back is None:
+            return False
+        if held_back:
+            record.msg = f"{record.getMessage()} held_back={held_back}"
+            record.args = None
+        return True

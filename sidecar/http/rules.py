@@ -1,0 +1,40 @@
+"""What a request head must be before the sidecar forwards it, whatever HTTP version it came in.
+
+The HTTP/1.1 codec refuses a bad request line before a head exists; HTTP/2 carries the same
+parts as pseudo-headers, which h2 checks for presence and order but not for content. A `:path`
+of `nowhere`, `/a b` or `/a#b`, a `:method` with a space, or an `:authority` with a space or
+userinfo would otherwise be written into the HTTP/1.1 request line or Host header toward the
+app — a request the next hop parses differently (RFC 9113 8.3.1: such a request is malformed).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sidecar.http.exchange import RequestHead
+
+# RFC 9110 5.6.2 token: what a method is made of.
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 3986 host (reg-name, IP literal) and port: unreserved, pct-encoded, sub-delims, ':[]'.
+_AUTHORITY = re.compile(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*")
+# An origin-form path: no whitespace, control character, DEL or fragment.
+_PATH = re.compile(rb"/[^\x00-\x20\x7f#]*")
+
+
+def request_problem(head: RequestHead) -> str | None:
+    """Why the head must not be forwarded (a 400), or None. A few regular-expression matches:
+    it runs for every request."""
+    if _METHOD.fullmatch(head.method) is None:
+        return "invalid method"
+    if _AUTHORITY.fullmatch(head.authority) is None:
+        return "invalid authority"
+    if head.method == b"CONNECT" and head.protocol is None:
+        return None  # authority-form: no path
+    path = head.path
+    if path == b"*":
+        return None if head.method == b"OPTIONS" else "asterisk path is only for OPTIONS"
+    if path[:1] != b"/":
+        return "path must begin with /"
+    if _PATH.fullmatch(path) is None:
+        return "invalid character in path"
+    return None
