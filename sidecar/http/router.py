@@ -234,12 +234,14 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
             # gave up): no upstream request for it.
             stats.upstream_rq_cancelled += 1
             return retrying
-        if attempt and not retrying:
-            if stats.upstream_rq_retry_active >= stats.cb_max_retries:
-                stats.upstream_rq_retry_overflow += 1
-                break
-            retrying = True
-            stats.upstream_rq_retry_active += 1
+        if attempt:  # a retry (Envoy counts each one), within the cluster's retry budget
+            if not retrying:
+                if stats.upstream_rq_retry_active >= stats.cb_max_retries:
+                    stats.upstream_rq_retry_overflow += 1
+                    break
+                retrying = True
+                stats.upstream_rq_retry_active += 1
+            stats.upstream_rq_retry += 1
         target = cluster.pick()
         if target is None:
             log.info(
@@ -303,7 +305,6 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
         if outcome is not RETRY:
             failure = outcome
             break
-        stats.upstream_rq_retry += 1
     acct.local_failure(503, "UF" if failure is CONNECT_FAILURE else "UR")
     await local_reply(exchange, 503, failure)
     return retrying
