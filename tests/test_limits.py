@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import h11
 import pytest
 
 from sidecar.cluster import Cluster, Resolver, Target
-from sidecar.http.h1 import _StrictRequestBuffer, target_problem
+from sidecar.http.h1 import target_problem
+from sidecar.http.h1wire import End, ProtocolError, RequestParser
 from sidecar.limits import Limits, LimitsError, describe, load_limits
 from sidecar.observe.stats import ClusterStats
 from sidecar.transport.fds import FdGuard
@@ -74,21 +74,17 @@ def test_every_limit_is_described():
         assert f"{name}: " in text
 
 
-# -- the request head: what h11 lets through and we do not ----------------------------------------
+# -- the request head: what the strict parser refuses ----------------------------------------------
 
 
 def parse(raw: bytes, max_headers: int = 100) -> tuple[str, int | None]:
-    """("ok", None), or ("error", the status a server answers)."""
-    conn = h11.Connection(h11.SERVER)
-    conn._receive_buffer = _StrictRequestBuffer(max_headers)
+    """("ok", None) once a whole request was read, or ("error", the status a server answers)."""
+    parser = RequestParser(max_fields=max_headers)
     try:
-        conn.receive_data(raw)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
-                return "ok", None
-    except h11.RemoteProtocolError as exc:
-        return "error", exc.error_status_hint
+        events = parser.receive(raw)
+    except ProtocolError as exc:
+        return "error", exc.status
+    return ("ok", None) if any(type(e) is End for e in events) else ("incomplete", None)
 
 
 HOST = b"Host: a\r\n"

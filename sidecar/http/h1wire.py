@@ -177,10 +177,6 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     eol = head.find(b"\r\n")
     match = _REQUEST_LINE.fullmatch(head, 0, eol)
     if match is None:
-        first = head[:eol]
-        version = first.rpartition(b" ")[2]
-        if version.startswith(b"HTTP/") and first.count(b" ") == 2:
-            raise ProtocolError(f"unsupported version {version.decode(errors='replace')}", 505)
         raise ProtocolError("a malformed request line")
     method, target, major, minor = match.groups()
     if major != b"1" or minor not in (b"1", b"0"):
@@ -330,7 +326,7 @@ class _Parser:
                 raise ProtocolError("headers too large", 431)
             # A head that ends in bare LFs would never be found: refuse it now (and a bare CR or
             # LF anywhere, counting only what is new since the last look).
-            start = max(0, scanned - 1)
+            start = scanned - 1 if scanned and buf[scanned - 1] == 13 else scanned  # a CR's LF
             lf = buf.count(b"\n", start)
             cr = buf.count(b"\r", start) - (buf[-1:] == b"\r")  # a last CR may meet its LF
             if lf != buf.count(b"\r\n", start) or cr != lf:
@@ -431,7 +427,7 @@ class _Parser:
             self._buf = buf[2:]
             self._trailers = False
             return self._ended(out, _END)
-        if buf == b"\r":
+        if buf == b"\r" or (self._eof and buf.find(b"\r\n\r\n") < 0):
             return self._cut(out)
         try:
             block = self._take_head()
