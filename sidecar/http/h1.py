@@ -332,13 +332,13 @@ class H1Server(_Writer):
             return
         host, path = split_target(target)
         authority = host
-        headers: Headers = request.headers
-        if authority is None:
-            for k, v in headers:
-                if k == b"host":
+        headers: Headers = request.headers  # the parser's list: ours to change
+        for i, (k, v) in enumerate(headers):
+            if k == b"host":  # at most one (the parser refuses more)
+                del headers[i]
+                if authority is None:
                     authority = v
-                    break
-        headers = [(k, v) for k, v in headers if k != b"host"]
+                break
         method, protocol = request.method, None
         if method == b"CONNECT":
             authority, path = target, b""
