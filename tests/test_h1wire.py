@@ -1,11 +1,16 @@
 """The HTTP/1.1 wire codec (sidecar.http.h1wire) on its own: framing, strictness, the parsers fed
 in any split, arbitrary bytes (only ProtocolError may come out) and a differential test against
-h11 on valid messages (both must read the same method, target, fields, body and trailers).
+h11 on valid messages (both must read the same method, target, fields, body and trailers); then
+its asyncio ends (sidecar.http.h1) in-process: pipelining, one write per response, keep-alive,
+the early part of a pipelined head timed, a pipelined flood paused, request body framing.
 
 The refusals a server answers at the socket (400/431/501/505 and close) are in test_limits
 (the parser) and test_abuse (a running sidecar)."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import h11
 import pytest
@@ -13,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.http import h1wire
+from sidecar.http.exchange import RequestHead, ResponseHead, StreamReset
+from sidecar.http.h1 import H1Client, H1Server, H1ServerExchange
 from sidecar.http.h1wire import (
     Closed,
     End,
@@ -22,6 +29,8 @@ from sidecar.http.h1wire import (
     Response,
     ResponseParser,
 )
+from sidecar.limits import Limits
+from tests.attack import FakeTransport
 
 
 def summary(events: list[h1wire.Event]) -> list[tuple]:
@@ -451,3 +460,159 @@ def test_responses_read_alike_by_h11(status, headers, chunks, framing, trailers,
     expected = h11_events(client, wire)
     pieces = [wire[i : i + step] for i in range(0, len(wire), step)]
     assert ours(read_all(ResponseParser(), pieces)) == expected
+
+
+# -- the asyncio ends (sidecar.http.h1) in-process ---------------------------------------------
+
+
+class CountingTransport(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.paused = False
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def _hello(exchange: H1ServerExchange) -> None:
+    while await exchange.body.read() is not None:
+        pass
+    await exchange.respond(ResponseHead(200, [(b"content-length", b"5")]))
+    await exchange.write(b"hello")
+    await exchange.finish()
+
+
+async def _settle(condition: Any) -> None:
+    """Let the handler tasks run until `condition()` holds (bounded: a few hundred turns)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+def test_server_answers_pipelined_requests_in_order_one_write_each():
+    async def run() -> None:
+        server = H1Server(_hello, default_authority=b"backend")
+        transport = CountingTransport()
+        server.connection_made(transport)
+        server.data_received(
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        await _settle(lambda: transport.written.count(b"hello") == 2)
+        assert transport.written.count(b"HTTP/1.1 200 OK\r\n") == 2
+        assert transport.writes == 2  # each response's head left with its body
+        assert not transport.closing
+        server.data_received(b"GET /3 HTTP/1.0\r\n\r\n")
+        await _settle(lambda: transport.closing)
+        assert transport.written.endswith(b"connection: close\r\n\r\nhello")
+
+    asyncio.run(run())
+
+
+def test_server_times_a_head_that_arrived_early():
+    """Part of the next request came with the first one: once the first is answered, the
+    request headers timeout runs for the rest (a pipelined slowloris gets 408 too)."""
+
+    async def run() -> None:
+        server = H1Server(_hello, default_authority=b"backend", limits=Limits(**{
+            "request_headers_timeout": 1.0}))  # fmt: skip
+        transport = CountingTransport()
+        server.connection_made(transport)
+        server.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo")
+        await _settle(lambda: b"hello" in transport.written)
+        assert server.head_started is not None
+        server.sweep(server.head_started + 2.0)
+        assert transport.written.count(b"HTTP/1.1 408 ") == 1 and transport.closing
+
+    asyncio.run(run())
+
+
+def test_server_stops_reading_a_pipelined_flood_until_its_turn():
+    async def run() -> None:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(exchange: H1ServerExchange) -> None:
+            started.set()
+            await release.wait()
+            await _hello(exchange)
+
+        server = H1Server(slow, default_authority=b"backend")
+        transport = CountingTransport()
+        server.connection_made(transport)
+        server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await started.wait()
+        one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        server.data_received(one * (70 * 1024 // len(one)))
+        assert transport.paused
+        release.set()
+        await _settle(lambda: not transport.paused)
+
+    asyncio.run(run())
+
+
+def _client_with(transport: FakeTransport) -> H1Client:
+    client = H1Client()
+    client.connection_made(transport)
+    return client
+
+
+def test_client_reuses_a_connection_only_when_the_response_allows():
+    async def run() -> None:
+        transport = CountingTransport()
+        client = _client_with(transport)
+        head = RequestHead(
+            b"GET", b"http", b"app", b"/", [(b"accept", b"*/*")], http_version=b"1.1"
+        )
+        stream = client.open(head, end_stream=True)
+        assert transport.written == b"GET / HTTP/1.1\r\nhost: app\r\naccept: */*\r\n\r\n"
+        assert not client.reusable
+        client.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert (await stream.response()).status == 200
+        assert await stream.body.read() == b"ok" and client.reusable
+        stream = client.open(head, end_stream=True)
+        client.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        assert await stream.body.read() is None
+        assert not client.reusable and transport.closing
+        transport = CountingTransport()
+        client = _client_with(transport)
+        stream = client.open(head, end_stream=True)
+        client.data_received(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
+        assert await stream.body.read() == b"until close"
+        client.eof_received()
+        assert await stream.body.read() is None and not client.reusable
+
+    asyncio.run(run())
+
+
+def test_client_frames_request_bodies():
+    async def run() -> None:
+        transport = CountingTransport()
+        client = _client_with(transport)
+        head = RequestHead(b"POST", b"http", b"app", b"/", [], http_version=b"1.1")
+        stream = client.open(head, end_stream=False)
+        await stream.write(b"abc")
+        await stream.finish([(b"x-sum", b"1")])
+        assert transport.written.endswith(
+            b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n"
+        )
+        client = _client_with(CountingTransport())
+        head.headers = [(b"content-length", b"3")]
+        stream = client.open(head, end_stream=False)
+        with pytest.raises(StreamReset):
+            await stream.write(b"abcd")  # more than declared: the app would read a second request
+        stream = _client_with(CountingTransport()).open(head, end_stream=False)
+        await stream.write(b"ab")
+        with pytest.raises(StreamReset):
+            await stream.finish()  # less than declared
+
+    asyncio.run(run())

@@ -404,6 +404,8 @@ class H1Server(_Writer):
                 return
             if events:
                 self._handle(events)
+            elif self.parser.buffered:
+                self.head_started = self.idle_since  # part of a head came early: time it
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         status = exc.status if exc.status in _REASONS else 400
