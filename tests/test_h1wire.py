@@ -519,6 +519,24 @@ def test_server_answers_pipelined_requests_in_order_one_write_each():
     asyncio.run(run())
 
 
+def test_server_answers_http10_without_a_length_until_close():
+    async def streamed(exchange: H1ServerExchange) -> None:
+        await exchange.respond(ResponseHead(200, []))
+        await exchange.write(b"one ")
+        await exchange.write(b"two")
+        await exchange.finish([(b"x-dropped", b"trailers need chunked")])
+
+    async def run() -> None:
+        server = H1Server(streamed, default_authority=b"backend")
+        transport = CountingTransport()
+        server.connection_made(transport)
+        server.data_received(b"GET / HTTP/1.0\r\n\r\n")
+        await _settle(lambda: transport.closing)
+        assert transport.written == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\none two"
+
+    asyncio.run(run())
+
+
 def test_server_times_a_head_that_arrived_early():
     """Part of the next request came with the first one: once the first is answered, the
     request headers timeout runs for the rest (a pipelined slowloris gets 408 too)."""

@@ -500,6 +500,7 @@ class H1ServerExchange:
             self._framing = _BodyFraming(True, None)
         else:
             self.keep_alive = False  # HTTP/1.0 without a length: the body ends at close
+            self._framing = _BodyFraming(False, None)
         if not self.keep_alive:
             headers = [*headers, (b"connection", b"close")]
         try:
