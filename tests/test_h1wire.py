@@ -537,6 +537,30 @@ def test_server_answers_http10_without_a_length_until_close():
     asyncio.run(run())
 
 
+def test_server_chunks_a_response_without_a_length():
+    async def streamed(exchange: H1ServerExchange) -> None:
+        await exchange.respond(ResponseHead(200, []))
+        for piece in (b"a", b"", b"bc"):
+            await exchange.write(piece)
+        await exchange.finish([(b"x-sum", b"1")])
+
+    async def run() -> None:
+        server = H1Server(streamed, default_authority=b"backend")
+        transport = CountingTransport()
+        server.connection_made(transport)
+        server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await _settle(
+            lambda: transport.written.endswith(b"\r\n\r\n") and b"x-sum" in transport.written
+        )
+        assert transport.written == (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"1\r\na\r\n2\r\nbc\r\n0\r\nx-sum: 1\r\n\r\n"
+        )
+        assert not transport.closing  # kept alive
+
+    asyncio.run(run())
+
+
 def test_server_times_a_head_that_arrived_early():
     """Part of the next request came with the first one: once the first is answered, the
     request headers timeout runs for the rest (a pipelined slowloris gets 408 too)."""
@@ -620,6 +644,7 @@ def test_client_frames_request_bodies():
         head = RequestHead(b"POST", b"http", b"app", b"/", [], http_version=b"1.1")
         stream = client.open(head, end_stream=False)
         await stream.write(b"abc")
+        await stream.write(b"")  # an empty DATA frame: no zero-size chunk, which would end it
         await stream.finish([(b"x-sum", b"1")])
         assert transport.written.endswith(
             b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n"

@@ -159,7 +159,7 @@ class _BodyFraming:
 
     def frame(self, data: bytes) -> bytes:
         if self.chunked:
-            return h1wire.chunk(data)
+            return h1wire.chunk(data) if data else b""  # an empty chunk would end the body
         if self.remaining is not None:
             if len(data) > self.remaining:
                 raise StreamReset("body longer than its Content-Length")

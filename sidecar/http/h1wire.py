@@ -543,6 +543,7 @@ def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
 
 
 def chunk(data: bytes) -> bytes:
+    """One chunk; `data` must not be empty (a zero-size chunk is the last one)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
