@@ -164,6 +164,15 @@ def test_eof(tail, events):
         assert got == events
 
 
+def test_empty_lines_before_a_request_are_skipped_in_one_go():
+    parser = RequestParser()
+    assert parser.receive(b"\r\n" * 30000 + b"\r") == [] and parser.buffered == 1
+    events = parser.receive(b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [type(e) for e in events] == [Request, End]
+    with pytest.raises(ProtocolError):
+        RequestParser().receive(b"\r\n\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
 def test_eof_inside_a_head_is_refused():
     parser = RequestParser()
     parser.receive(b"GET / HTTP/1.1\r\nHo")

@@ -43,6 +43,10 @@ _CHUNK_EXT = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 )
 
+# What is left after a message or a chunk is copied when it is this small; a larger rest goes
+# into a bytearray whose front is dropped in place (no copy per message or chunk).
+_SMALL_REST: Final = 4096
+
 # Body framing, as the parsers track it.
 _NO_BODY: Final = 0
 _LENGTH: Final = 1
@@ -316,6 +320,20 @@ class _Parser:
                 break
         return out
 
+    def _consume(self, n: int) -> None:
+        """Drop the first `n` bytes. Many messages or chunks in one read are taken one by one,
+        so the rest is not copied each time: a bytearray drops its front in place."""
+        buf = self._buf
+        if n >= len(buf):
+            self._buf = b""
+        elif type(buf) is bytearray:
+            del buf[:n]
+        elif len(buf) - n <= _SMALL_REST:
+            self._buf = buf[n:]
+        else:
+            buf = self._buf = bytearray(buf)
+            del buf[:n]
+
     def _take_head(self) -> bytes | None:
         """The head up to its blank line (the CRLF of its last line kept), or None for more."""
         buf = self._buf
@@ -338,7 +356,7 @@ class _Parser:
         if end + 4 > self.max_head_bytes:
             raise ProtocolError("headers too large", 431)
         head = bytes(buf[: end + 2])
-        self._buf = buf[end + 4 :]
+        self._consume(end + 4)
         self._scanned = 0
         return head
 
@@ -367,7 +385,7 @@ class _Parser:
             self._buf = b""
             return n - len(buf)
         out.append(bytes(buf[:n]))
-        self._buf = buf[n:]
+        self._consume(n)
         return 0
 
     def _body(self, out: list[Event]) -> bool:
@@ -393,7 +411,7 @@ class _Parser:
             return True
         if self._chunk_end:
             if buf[:2] == b"\r\n":
-                self._buf = buf[2:]
+                self._consume(2)
                 self._chunk_end = False
                 return True
             if buf == b"\r":
@@ -413,7 +431,7 @@ class _Parser:
             raise ProtocolError("a malformed or absurd chunk size")
         if semicolon and _CHUNK_EXT.fullmatch(line, len(size)) is None:
             raise ProtocolError("a malformed chunk extension")  # extensions are ignored
-        self._buf = buf[eol + 2 :]
+        self._consume(eol + 2)
         self._remaining = int(size, 16)
         if self._remaining:
             self._chunk_end = True
@@ -424,7 +442,7 @@ class _Parser:
     def _trailer_section(self, out: list[Event]) -> bool:
         buf = self._buf
         if buf[:2] == b"\r\n":
-            self._buf = buf[2:]
+            self._consume(2)
             self._trailers = False
             return self._ended(out, _END)
         if buf == b"\r" or (self._eof and buf.find(b"\r\n\r\n") < 0):
@@ -463,8 +481,17 @@ class RequestParser(_Parser):
 
     def _head(self, out: list[Event]) -> bool:
         buf = self._buf
-        while buf[:2] == b"\r\n":  # RFC 9112 2.2: empty lines before a request line are ignored
-            buf = self._buf = buf[2:]
+        if buf[:2] == b"\r\n":  # RFC 9112 2.2: empty lines before a request line are ignored
+            rest = buf.lstrip(b"\r\n")  # all at once: one by one would copy the rest each time
+            empty = len(buf) - len(rest)
+            pairs = empty // 2
+            if buf[: 2 * pairs] != b"\r\n" * pairs or (empty % 2 and (rest or buf[-1:] != b"\r")):
+                raise ProtocolError("a bare CR or LF before the request line")
+            if empty % 2:  # a CR whose LF has not come yet
+                self._buf = b"\r"
+                return False
+            self._consume(empty)
+            buf = self._buf
         if not buf:
             return True
         head = self._take_head()
