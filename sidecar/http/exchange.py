@@ -1,6 +1,6 @@
 """The codec-neutral HTTP exchange: heads, streamed bodies with back-pressure, trailers.
 
-An HTTP/1.1 codec (h11) and an HTTP/2 codec (h2) both produce and consume these, so h1→h2,
+An HTTP/1.1 codec (h1wire) and an HTTP/2 codec (h2) both produce and consume these, so h1→h2,
 h2→h1 and h2→h2 proxying are compositions of the same parts rather than separate paths.
 
 A `Body` is one direction of one exchange. The codec that reads it from the wire `feed`s chunks
@@ -89,7 +89,12 @@ class ResponseHead:
 
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
-    """Drop Connection, every header it names, and the fixed hop-by-hop set; keep `te: trailers`."""
+    """Drop Connection, every header it names, and the fixed hop-by-hop set; keep `te: trailers`.
+
+    Most messages have none of them: then `headers` itself is returned (found with two C-level
+    calls, not a walk in Python), and a caller that changes the list must copy it first."""
+    if HOP_BY_HOP.isdisjoint(dict(headers)):
+        return headers
     named = {
         token.strip().lower()
         for k, v in headers

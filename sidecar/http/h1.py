@@ -1,29 +1,26 @@
-"""HTTP/1.1 with h11: the server end (an app calling its outbound) and the client end (an inbound
-calling its app), both speaking the codec-neutral exchange of `sidecar.http.exchange`.
+"""HTTP/1.1 toward apps: the server end (an app calling its outbound) and the client end (an
+inbound calling its app), both speaking the codec-neutral exchange of `sidecar.http.exchange`.
 
-h11 does the framing: Content-Length and chunked bodies, trailers, HTTP/1.0 and keep-alive, and
-it refuses malformed messages. Reading pauses while a body's buffer is past its high-water mark.
+The wire format is `sidecar.http.h1wire` (sans-I/O); this module is the asyncio adapter: it
+feeds the parsers from `data_received`, turns their events into heads and `Body` chunks, frames
+what goes out (Content-Length, chunked, or until close for HTTP/1.0), and decides when a
+connection is reused, handed over to a tunnel (Upgrade, CONNECT) or closed. Reading pauses while
+a body's buffer is past its high-water mark, and while pipelined requests wait their turn.
 
-Requests are held to more than h11 checks (`check_head`), because a proxy that accepts what the
-next hop reads differently is how requests get smuggled: Content-Length together with
-Transfer-Encoding, a repeated or listed Content-Length, Transfer-Encoding on HTTP/1.0, obs-fold,
-bare LF or CR, control characters in values, more headers than the limit, an unknown HTTP
-version, and request targets that are not one of the four forms all get 400 (431, 505) and the
-connection is closed. Slowloris gets 408 (`sweep`, driven by the listener).
+A request the parser refuses (smuggling forms, malformed heads: see h1wire) and a request target
+that is none of the four forms get 400 (431, 501, 505) and the connection is closed. Slowloris
+gets 408 (`sweep`, driven by the listener).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-import h11
-from h11._receivebuffer import ReceiveBuffer
-
 from sidecar import defaults
+from sidecar.http import h1wire
 from sidecar.http.exchange import (
     TUNNEL_ESTABLISHED,
     Body,
@@ -33,6 +30,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
+from sidecar.http.h1wire import Closed, End, ProtocolError, Request, Response
 from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats
 
@@ -52,78 +50,11 @@ _REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
+# Every reason phrase, looked up once here rather than through the enum per response.
+_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 DEFAULT_LIMITS = Limits()
-
-
-# Control characters other than HTAB (CR and LF that end lines are removed before the search).
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def _bad(message: str, status: int = 400) -> h11.LocalProtocolError:
-    # Raised inside h11's reader, h11 turns it into the RemoteProtocolError next_event raises.
-    return h11.LocalProtocolError(message, error_status_hint=status)
-
-
-def check_head(raw: bytes | bytearray, max_headers: int) -> None:
-    """Refuse what h11 lets through in a request head or a trailer section (RFC 9112 and 9110),
-    raising h11.LocalProtocolError with the status to answer. `raw` ends with the blank line."""
-    if raw.count(b"\n") != raw.count(b"\r\n"):
-        raise _bad("bare LF in the request head")
-    if b"\r\n " in raw or b"\r\n\t" in raw:
-        raise _bad("obs-fold (a header line continued on the next line)")
-    if _CONTROL.search(raw.replace(b"\r\n", b"")):
-        raise _bad("a control character in the request head")
-    lines = raw.count(b"\r\n") - 1  # the blank line ends the head
-    eol = raw.find(b"\r\n")
-    first = bytes(raw[:eol]) if eol >= 0 else b""
-    space, colon = first.find(b" "), first.find(b":")
-    is_request = space != -1 and (colon == -1 or space < colon)
-    fields = lines - 1 if is_request else lines
-    if fields > max_headers:
-        raise _bad(f"{fields} header fields, more than {max_headers}", 431)
-    lower = b"\r\n" + bytes(raw).lower()  # every field line now starts after a CRLF
-    lengths = lower.count(b"\r\ncontent-length:")
-    codings = lower.count(b"\r\ntransfer-encoding:")
-    if not is_request:
-        if lengths or codings:
-            raise _bad("Content-Length or Transfer-Encoding in trailers")
-        return
-    if not (first.endswith(b" HTTP/1.1") or first.endswith(b" HTTP/1.0")):
-        version = first.rpartition(b" ")[2]
-        if version.startswith(b"HTTP/"):
-            raise _bad(f"unsupported version {version.decode(errors='replace')}", 505)
-    if lengths > 1:
-        raise _bad("Content-Length given more than once")
-    if lengths:
-        start = lower.find(b"\r\ncontent-length:") + 17
-        if b"," in lower[start : lower.find(b"\r\n", start)]:
-            raise _bad("Content-Length with several values")
-        if codings:
-            raise _bad("both Content-Length and Transfer-Encoding")
-    if codings and first.endswith(b" HTTP/1.0"):
-        raise _bad("Transfer-Encoding in an HTTP/1.0 request")
-
-
-class _StrictRequestBuffer(ReceiveBuffer):
-    """h11's receive buffer for a server connection, with `check_head` on every head and
-    trailer section it hands to h11's parser (they are the only things read as lines)."""
-
-    def __init__(self, max_headers: int) -> None:
-        super().__init__()
-        self.max_headers = max_headers
-        self._extracted: bytearray | None = None
-
-    def _extract(self, count: int) -> bytearray:
-        out = super()._extract(count)
-        self._extracted = out
-        return out
-
-    def maybe_extract_lines(self):  # type: ignore[no-untyped-def]
-        lines = super().maybe_extract_lines()
-        if lines is not None and self._extracted is not None:
-            check_head(self._extracted, self.max_headers)
-        return lines
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def target_problem(method: bytes, target: bytes) -> str | None:
@@ -147,10 +78,7 @@ def target_problem(method: bytes, target: bytes) -> str | None:
 
 
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _PHRASES.get(status, b"")
 
 
 class _Writer(asyncio.Protocol):
@@ -191,19 +119,8 @@ def _body_consumed(proto: H1Server | H1Client, body: Body) -> Callable[[int], No
     return consumed
 
 
-def upgrade_token(headers: Headers) -> bytes | None:
-    """The protocol an HTTP/1.1 request asks to upgrade to (Connection must name Upgrade)."""
-    connection = b",".join(v for k, v in headers if k == b"connection").lower()
-    if b"upgrade" not in [t.strip() for t in connection.split(b",")]:
-        return None
-    for k, v in headers:
-        if k == b"upgrade":
-            return v.split(b",")[0].strip().lower()
-    return None
-
-
-def _feed_raw(proto: H1Server | H1Client, body: Body, data: bytes) -> None:
-    """Tunnel bytes into a body, pausing the socket when the body is full."""
+def _feed(proto: H1Server | H1Client, body: Body, data: bytes) -> None:
+    """Body (or tunnel) bytes into a body, pausing the socket when the body is full."""
     if body.feed(data) and not proto.reading_paused and proto.transport is not None:
         proto.reading_paused = True
         proto.transport.pause_reading()
@@ -220,12 +137,52 @@ def _write_eof(transport: asyncio.Transport | None) -> None:
 
 def split_target(target: bytes) -> tuple[bytes | None, bytes]:
     """Absolute-form `http://host/path` → (host, /path); origin-form → (None, target)."""
+    if target[:1] == b"/":
+        return None, target
     lower = target[:8].lower()
     if lower.startswith(b"http://") or lower.startswith(b"https://"):
         rest = target.split(b"://", 1)[1]
         host, slash, path = rest.partition(b"/")
         return host, slash + path if slash else b"/"
     return None, target
+
+
+class _BodyFraming:
+    """What the body being sent still owes its framing: a Content-Length counted down (sending
+    more or less than declared would desynchronise the peer), or chunks."""
+
+    __slots__ = ("chunked", "remaining")
+
+    def __init__(self, chunked: bool, remaining: int | None) -> None:
+        self.chunked = chunked
+        self.remaining = remaining  # None: not counted (chunked, until close, no body)
+
+    def frame(self, data: bytes) -> bytes:
+        if self.chunked:
+            return h1wire.chunk(data) if data else b""  # an empty chunk would end the body
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                raise StreamReset("body longer than its Content-Length")
+            self.remaining -= len(data)
+        return data
+
+    def last(self, trailers: Headers | None) -> bytes:
+        if self.chunked:
+            return h1wire.last_chunk(trailers)
+        if self.remaining:
+            raise StreamReset("body shorter than its Content-Length")
+        return b""
+
+
+def _content_length(headers: Headers) -> int | None:
+    """The Content-Length a head to send declares (None: none); one that is not a single
+    decimal cannot frame the body."""
+    for k, v in headers:
+        if k == b"content-length":
+            if not v.isdigit():
+                raise StreamReset(f"cannot frame a body by Content-Length {v!r}")
+            return int(v)
+    return None
 
 
 class H1Server(_Writer):
@@ -247,10 +204,9 @@ class H1Server(_Writer):
         self.default_authority = default_authority
         self.limits = limits
         self.stats = stats
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=limits.max_request_headers_bytes
+        self.parser = h1wire.RequestParser(
+            limits.max_request_headers_bytes, limits.max_headers_count
         )
-        self.conn._receive_buffer = _StrictRequestBuffer(limits.max_headers_count)
         # Timeouts (checked by `sweep`): when the request head now arriving began, and since
         # when the connection has had no request.
         self.head_started: float | None = None
@@ -268,26 +224,34 @@ class H1Server(_Writer):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            _feed_raw(self, self.tunnel.body, data)
+            _feed(self, self.tunnel.body, data)
             return
         if self.exchange is None and self.head_started is None:
             self.head_started = asyncio.get_running_loop().time()  # a request's first bytes
+        parser = self.parser
         try:
-            self.conn.receive_data(data)
-        except h11.RemoteProtocolError as exc:
+            events = parser.receive(data)
+        except ProtocolError as exc:
             self._protocol_error(exc)
             return
-        self._process()
+        if events:
+            self._handle(events)
+        elif parser.paused and parser.buffered > self.limits.max_request_headers_bytes:
+            # Pipelined requests pile up while one is served: stop reading until its turn.
+            if not self.reading_paused and self.transport is not None:
+                self.reading_paused = True
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self.tunnel is not None:
             self.tunnel.body.end()  # half-close: the other direction goes on
             return True
         try:
-            self.conn.receive_data(b"")
-        except h11.RemoteProtocolError:
-            pass
-        self._process()
+            events = self.parser.receive_eof()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return True
+        self._handle(events)
         # Keep our side open: a client that half-closed after its request still gets the reply;
         # the connection closes once that is sent.
         return True
@@ -326,7 +290,7 @@ class H1Server(_Writer):
                 self.transport.close()
 
     def _raw_reply(self, status: int, text: str) -> None:
-        """A reply h11 would not frame (no request was read), then close."""
+        """A local error reply (no response has begun on this connection), then close."""
         body = f"{text}\n".encode()
         self._write(
             b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n"
@@ -336,70 +300,60 @@ class H1Server(_Writer):
         if self.transport is not None:
             self.transport.close()
 
-    def _process(self) -> None:
-        while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._protocol_error(exc)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Request):
-                self._request(event)
+    def _handle(self, events: list[h1wire.Event]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is bytes:
+                assert self.exchange is not None
+                _feed(self, self.exchange.body, event)  # type: ignore[arg-type]
+            elif kind is Request:
+                self._request(event)  # type: ignore[arg-type]
                 if self.exchange is None:  # refused: the connection is closing
                     return
-            elif isinstance(event, h11.Data):
-                assert self.exchange is not None
-                if self.exchange.body.feed(bytes(event.data)) and not self.reading_paused:
-                    self.reading_paused = True
-                    assert self.transport is not None
-                    self.transport.pause_reading()
-            elif isinstance(event, h11.EndOfMessage):
-                assert self.exchange is not None
-                if not self.exchange.upgrade:  # an upgrade's body is the tunnel, if accepted
-                    self.exchange.body.end(list(event.headers) or None)
-            elif isinstance(event, h11.ConnectionClosed):
+            elif kind is End:
+                exchange = self.exchange
+                assert exchange is not None
+                exchange.request_ended = True
+                if not exchange.upgrade:  # an upgrade's body is the tunnel, if accepted
+                    exchange.body.end(event.trailers)  # type: ignore[union-attr]
+            elif kind is Closed:
                 if self.exchange is not None and not self.exchange.body.ended:
                     self.exchange.body.abort(StreamReset("client closed mid-request"))
                 if self.exchange is None and self.transport is not None:
                     self.transport.close()
                 return
 
-    def _request(self, event: h11.Request) -> None:
+    def _request(self, request: Request) -> None:
         self.head_started = None
-        # h11 bounds only heads that arrive in pieces; a whole one is measured here (Envoy: 431).
-        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if size > self.limits.max_request_headers_bytes:
-            self._protocol_error(
-                h11.RemoteProtocolError("request headers too large", error_status_hint=431)
-            )
-            return
-        problem = target_problem(event.method, event.target)
+        target = request.target
+        problem = target_problem(request.method, target)
         if problem is not None:
-            self._protocol_error(h11.RemoteProtocolError(problem, error_status_hint=400))
+            self._protocol_error(ProtocolError(problem))
             return
-        host, path = split_target(event.target)
+        host, path = split_target(target)
         authority = host
-        headers: Headers = []
-        for name, value in event.headers:
-            if name == b"host":
+        headers: Headers = request.headers  # the parser's list: ours to change
+        for i, (k, v) in enumerate(headers):
+            if k == b"host":  # at most one (the parser refuses more)
+                del headers[i]
                 if authority is None:
-                    authority = value
-                continue
-            headers.append((name, value))
-        method, protocol = event.method, None
+                    authority = v
+                break
+        method, protocol = request.method, None
         if method == b"CONNECT":
-            authority, path = event.target, b""
-        else:
-            upgrade = upgrade_token(headers)
+            authority, path = target, b""
+        elif request.upgrade is not None:
+            upgrade = request.upgrade
             if upgrade == b"websocket":
                 # Carried as an extended CONNECT (RFC 8441), the form HTTP/2 gives upgrades.
                 method, protocol = b"CONNECT", upgrade
-            elif upgrade is not None and upgrade != b"h2c":  # h2c: served over HTTP/1.1
-                self.exchange = None
+            elif upgrade != b"h2c":  # h2c: served over HTTP/1.1
                 self._refuse(501, f"upgrade to {upgrade.decode(errors='replace')} is not supported")
                 return
+        if request.expect_continue:
+            # Envoy answers `Expect: 100-continue` itself and does not forward it.
+            headers = [(k, v) for k, v in headers if k != b"expect"]
+            self._write(_CONTINUE)
         head = RequestHead(
             method=method,
             scheme=b"http",
@@ -407,19 +361,11 @@ class H1Server(_Writer):
             path=path,
             headers=headers,
             protocol=protocol,
-            http_version=event.http_version,
+            http_version=request.version,
         )
-        exchange = H1ServerExchange(self, head)
+        exchange = H1ServerExchange(self, head, request)
         exchange.upgrade = method == b"CONNECT"
         self.exchange = exchange
-        # Envoy answers `Expect: 100-continue` itself and does not forward it.
-        if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
-            head.headers = [(k, v) for k, v in headers if k != b"expect"]
-            self._write(
-                self.conn.send(
-                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                )
-            )
         self.task = asyncio.get_running_loop().create_task(self._serve(exchange))
 
     async def _serve(self, exchange: H1ServerExchange) -> None:
@@ -429,40 +375,40 @@ class H1Server(_Writer):
             log.exception("event=handler_failed")
             exchange.reset()
             return
-        self._next_cycle()
+        self._next_cycle(exchange)
 
-    def _next_cycle(self) -> None:
+    def _next_cycle(self, exchange: H1ServerExchange) -> None:
         self.exchange = None
         self.idle_since = asyncio.get_running_loop().time()
-        conn = self.conn
+        transport = self.transport
+        if transport is None:
+            return
         if self.tunnel is not None:
             self.tunnel = None
-            if self.transport is not None:
-                self.transport.close()
-        elif self.draining:
-            if self.transport is not None:
-                self.transport.close()
-        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            if self.reading_paused and self.transport is not None:
-                self.reading_paused = False
-                self.transport.resume_reading()
-            self._process()
-        elif conn.our_state in (h11.MUST_CLOSE, h11.CLOSED) or conn.their_state in (
-            h11.MUST_CLOSE,
-            h11.CLOSED,
-            h11.ERROR,
+            transport.close()
+        elif (
+            self.draining
+            or not exchange.request_ended  # answered before the request was read: unframed
+            or not exchange.finished
+            or not exchange.keep_alive
         ):
-            if self.transport is not None:
-                self.transport.close()
-        elif conn.our_state is h11.DONE:
-            # We answered before the request body was read (e.g. a local error): this connection
-            # can no longer be framed reliably.
-            if self.transport is not None:
-                self.transport.close()
+            transport.close()
+        else:
+            if self.reading_paused:
+                self.reading_paused = False
+                transport.resume_reading()
+            try:
+                events = self.parser.next_cycle()  # a pipelined request may be waiting
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if events:
+                self._handle(events)
+            elif self.parser.buffered:
+                self.head_started = self.idle_since  # part of a head came early: time it
 
-    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
-        status = exc.error_status_hint if exc.error_status_hint in _REASONS else 400
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        status = exc.status if exc.status in _REASONS else 400
         log.info(
             "event=bad_request peer=%s status=%d error=%r", self.peer_address, status, str(exc)
         )
@@ -477,35 +423,17 @@ class H1Server(_Writer):
         self._refuse(status, _REASONS[status].decode())
 
     def _refuse(self, status: int, text: str) -> None:
-        """Answer with a local error and close the connection."""
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = f"{text}\n".encode()
-            try:
-                self._write(
-                    self.conn.send(
-                        h11.Response(
-                            status_code=status,
-                            headers=[
-                                (b"content-length", str(len(body)).encode()),
-                                (b"content-type", b"text/plain"),
-                                (b"connection", b"close"),
-                            ],
-                            reason=_REASONS[status],
-                        )
-                    )
-                )
-                self._write(self.conn.send(h11.Data(data=body)))
-                self._write(self.conn.send(h11.EndOfMessage()))
-            except h11.LocalProtocolError:
-                pass
-        if self.transport is not None:
+        """Answer with a local error (unless a response has begun) and close the connection."""
+        if self.exchange is None or not self.exchange.responded:
+            self._raw_reply(status, text)
+        elif self.transport is not None:
             self.transport.close()
 
 
 class H1ServerExchange:
     """The downstream exchange of one HTTP/1.x request."""
 
-    def __init__(self, proto: H1Server, request: RequestHead) -> None:
+    def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
         self.body = Body(None, defaults.BODY_HIGH_WATER)
@@ -516,7 +444,14 @@ class H1ServerExchange:
         self.error: StreamReset | None = None
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
-        self._chunked = False
+        self.keep_alive = wire.keep_alive
+        self.request_ended = False  # the request's body was read to its end
+        self.finished = False  # the response was sent to its end
+        self._framing = _BodyFraming(False, 0)
+        # The response head, held back for a moment so that it leaves in one write with the
+        # body's first bytes (or the whole body): a write(2) fewer and one wake-up of the
+        # client fewer per response. `_flush_head` sends it alone if no body follows at once.
+        self._head: bytes | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -534,101 +469,106 @@ class H1ServerExchange:
     def informational(self, head: ResponseHead) -> None:
         if self.error is not None or self.responded or head.status in (100, 101):
             return  # 100 was answered when the request arrived
-        self.proto._write(
-            self.proto.conn.send(
-                h11.InformationalResponse(
-                    status_code=head.status, headers=head.headers, reason=_reason(head.status)
-                )
-            )
-        )
+        try:
+            data = h1wire.response_head(head.status, _reason(head.status), head.headers)
+        except ProtocolError:
+            return  # not forwarded: an interim response is advisory
+        self.proto._write(data)
 
     async def respond(self, head: ResponseHead, end: bool = False) -> None:
         self._check()
         self.responded = True
-        self.status = head.status
-        if self.upgrade and head.status == TUNNEL_ESTABLISHED:
+        status = self.status = head.status
+        if self.upgrade and status == TUNNEL_ESTABLISHED:
             self._open_tunnel(head)
             return
         if self.upgrade:
             self.body.end()  # declined: nothing follows the request
         headers = head.headers
-        conn = self.proto.conn
-        has_length = any(k == b"content-length" for k, _ in headers)
-        if end and not has_length and head.status >= 200 and head.status not in (204, 304):
-            if self.request.method != b"HEAD":
-                headers = [*headers, (b"content-length", b"0")]
-        elif not has_length and self.request.http_version == b"1.1":
-            self._chunked = True
+        length = _content_length(headers)
+        if status in (204, 304) or self.request.method == b"HEAD":
+            self._framing = _BodyFraming(False, 0)  # no body, whatever the head says
+            if length is None and status not in (204, 304):
+                # HEAD: the framing a GET would have had (h11 did the same).
+                headers = [*headers, (b"transfer-encoding", b"chunked")]
+        elif length is not None:
+            self._framing = _BodyFraming(False, length)
+        elif end:
+            headers = [*headers, (b"content-length", b"0")]
+        elif self.request.http_version == b"1.1":
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+            self._framing = _BodyFraming(True, None)
+        else:
+            self.keep_alive = False  # HTTP/1.0 without a length: the body ends at close
+            self._framing = _BodyFraming(False, None)
+        if not self.keep_alive:
+            headers = [*headers, (b"connection", b"close")]
         try:
-            self.proto._write(
-                conn.send(
-                    h11.Response(
-                        status_code=head.status,
-                        headers=headers,
-                        reason=_reason(head.status),
-                    )
-                )
-            )
-            if end:
-                self.proto._write(conn.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError as exc:
+            data = h1wire.response_head(status, _reason(status), headers)
+        except ProtocolError as exc:
             raise StreamReset(f"cannot frame response: {exc}") from exc
+        if end:
+            self.finished = True
+            self.proto._write(data)
+            return
+        self._head = data
+        asyncio.get_running_loop().call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        data, self._head = self._head, None
+        if data is not None and self.error is None:
+            self.proto._write(data)
 
     def _open_tunnel(self, head: ResponseHead) -> None:
         """Answer the upgrade (101, or 200 to a CONNECT), then carry raw bytes both ways."""
-        proto, conn = self.proto, self.proto.conn
+        proto = self.proto
         try:
             if self.request.protocol is None:
-                event: h11.Response | h11.InformationalResponse = h11.Response(
-                    status_code=200, headers=head.headers, reason=b"Connection established"
-                )
+                data = h1wire.response_head(200, b"Connection established", head.headers)
             else:
                 headers = [
                     (b"upgrade", self.request.protocol),
                     (b"connection", b"Upgrade"),
                     *head.headers,
                 ]
-                event = h11.InformationalResponse(
-                    status_code=101, headers=headers, reason=b"Switching Protocols"
-                )
-            proto._write(conn.send(event))
-        except h11.LocalProtocolError as exc:
+                data = h1wire.response_head(101, b"Switching Protocols", headers)
+        except ProtocolError as exc:
             raise StreamReset(f"cannot switch protocols: {exc}") from exc
+        proto._write(data)
         self.tunnelling = True
         proto.tunnel = self
-        trailing, closed = conn.trailing_data
+        parser = proto.parser
+        trailing = parser.trailing
         if trailing:
-            _feed_raw(proto, self.body, bytes(trailing))
-        if closed:
+            _feed(proto, self.body, trailing)
+        if parser.eof:
             self.body.end()
 
     async def write(self, data: bytes) -> None:
         self._check()
-        if self.tunnelling:
-            self.proto._write(data)
-            if self.proto._write_paused is not None:
-                await self.proto.drain()
-            return
-        try:
-            self.proto._write(self.proto.conn.send(h11.Data(data=data)))
-        except h11.LocalProtocolError as exc:
-            raise StreamReset(f"cannot frame body: {exc}") from exc
-        if self.proto._write_paused is not None:
-            await self.proto.drain()
+        proto = self.proto
+        if not self.tunnelling:
+            if self.finished:
+                raise StreamReset("the response has ended")
+            data = self._framing.frame(data)
+            if self._head is not None:
+                data, self._head = self._head + data, None
+        proto._write(data)
+        if proto._write_paused is not None:
+            await proto.drain()
 
     async def finish(self, trailers: Headers | None = None) -> None:
         self._check()
         if self.tunnelling:
             _write_eof(self.proto.transport)
             return
-        conn = self.proto.conn
-        if conn.our_state is not h11.SEND_BODY:
+        if self.finished:
             return
-        try:
-            end = h11.EndOfMessage(headers=trailers if (trailers and self._chunked) else [])
-            self.proto._write(conn.send(end))
-        except h11.LocalProtocolError as exc:
-            raise StreamReset(f"cannot end response: {exc}") from exc
+        data = self._framing.last(trailers)
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self.finished = True
+        self.proto._write(data)
 
     def abandon_request(self) -> None:
         """Nothing to do: a connection whose request was not read to the end is closed."""
@@ -647,7 +587,7 @@ class H1ClientStream:
     is complete, while the router is still reading this response's body.
     """
 
-    def __init__(self, client: H1Client, request: RequestHead, chunked: bool) -> None:
+    def __init__(self, client: H1Client, request: RequestHead, framing: _BodyFraming) -> None:
         self.client = client
         self.request = request
         # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
@@ -659,7 +599,8 @@ class H1ClientStream:
         self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
         self.reset_error: StreamReset | None = None
-        self.chunked = chunked
+        self.framing = framing
+        self.sent = False  # the request was sent to its end
 
     @property
     def answered(self) -> bool:
@@ -688,10 +629,9 @@ class H1ClientStream:
         if self.tunnel is not None:
             await self._write_tunnel(data)
             return
-        try:
-            client._write(client.conn.send(h11.Data(data=data)))
-        except h11.LocalProtocolError as exc:
-            raise StreamReset(str(exc)) from exc
+        if self.sent or client.stream is not self:
+            raise StreamReset("the request has ended")
+        client._write(self.framing.frame(data))
         if client._write_paused is not None:
             await client.drain()
 
@@ -706,13 +646,11 @@ class H1ClientStream:
                 if client.eof_in and client.transport is not None:
                     client.transport.close()  # the app had finished already: both ways done
             return
-        if client.conn.our_state is not h11.SEND_BODY:
+        if self.sent or client.stream is not self:
             return
-        try:
-            end = h11.EndOfMessage(headers=trailers if (trailers and self.chunked) else [])
-            client._write(client.conn.send(end))
-        except h11.LocalProtocolError as exc:
-            raise StreamReset(str(exc)) from exc
+        data = self.framing.last(trailers)
+        self.sent = True
+        client._write(data)
 
     def reset(self) -> None:
         if self.client.stream is self:
@@ -742,7 +680,7 @@ class H1Client(_Writer):
         on_lost: Callable[[H1Client], None] | None = None,
     ) -> None:
         super().__init__()
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
+        self.parser = h1wire.ResponseParser()
         self.on_idle = on_idle
         self.on_lost = on_lost
         self.counted = False  # against its cluster's connections (the pool's business)
@@ -760,10 +698,14 @@ class H1Client(_Writer):
 
     @property
     def reusable(self) -> bool:
+        parser = self.parser
         return (
             not self.closed
-            and self.conn.our_state is h11.IDLE
-            and self.conn.their_state is h11.IDLE
+            and self.stream is None
+            and not self.tunnelling
+            and parser.keep_alive
+            and parser.idle
+            and not parser.eof
         )
 
     def open(self, head: RequestHead, end_stream: bool) -> H1ClientStream:
@@ -782,15 +724,26 @@ class H1Client(_Writer):
             else:
                 target = head.authority
             end_stream = True  # the request itself has no body; what follows is the tunnel
-        chunked = not end_stream and not any(k == b"content-length" for k, _ in headers)
-        if chunked:
+        length = _content_length(headers)
+        if end_stream:
+            framing = _BodyFraming(False, 0)
+        elif length is None:
             headers.append((b"transfer-encoding", b"chunked"))
-        stream = self.stream = H1ClientStream(self, head, chunked)
+            framing = _BodyFraming(True, None)
+        else:
+            framing = _BodyFraming(False, length)
+        if end_stream and length:  # a Content-Length with no body to follow (h11 refused it too)
+            raise StreamReset("cannot frame request: no body for its Content-Length")
+        try:
+            data = h1wire.request_head(method, target, headers)
+        except ProtocolError as exc:
+            raise StreamReset(f"cannot frame request: {exc}") from exc
+        stream = self.stream = H1ClientStream(self, head, framing)
+        stream.sent = end_stream
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self._write(self.conn.send(h11.Request(method=method, target=target, headers=headers)))
-        if end_stream:
-            self._write(self.conn.send(h11.EndOfMessage()))
+        self.parser.expect(method)
+        self._write(data)
         return stream
 
     def abort(self, error: StreamReset) -> None:
@@ -801,14 +754,15 @@ class H1Client(_Writer):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnelling and self.stream is not None:
-            _feed_raw(self, self.stream.body, data)
+            _feed(self, self.stream.body, data)
             return
         try:
-            self.conn.receive_data(data)
-        except h11.RemoteProtocolError as exc:
+            events = self.parser.receive(data)
+        except ProtocolError as exc:
             self._bad_response(exc)
             return
-        self._process()
+        if events:
+            self._process(events)
 
     def eof_received(self) -> bool:
         if self.tunnelling and self.stream is not None:
@@ -816,11 +770,11 @@ class H1Client(_Writer):
             self.eof_in = True
             return not self.eof_out  # both ways done: let the transport close
         try:
-            self.conn.receive_data(b"")
-        except h11.RemoteProtocolError as exc:
+            events = self.parser.receive_eof()
+        except ProtocolError as exc:
             self._bad_response(exc)
             return False
-        self._process()
+        self._process(events)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -834,48 +788,41 @@ class H1Client(_Writer):
             else:
                 self.stream.fail(self._closed_error())
 
-    def _process(self) -> None:
-        while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._bad_response(exc)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            stream = self.stream
-            if stream is None:
-                if isinstance(event, h11.ConnectionClosed) and self.transport is not None:
-                    self.transport.close()  # the app closed an idle kept-alive connection
-                return
-            if isinstance(event, h11.InformationalResponse):
-                head = ResponseHead(event.status_code, list(event.headers))
-                if event.status_code == 101 and stream.tunnel is not None:
+    def _process(self, events: list[h1wire.Event]) -> None:
+        stream = self.stream
+        if stream is None:
+            # Bytes or EOF from the app with no request outstanding: an idle kept-alive
+            # connection it closed, or something no request asked for. Either way, done.
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            kind = type(event)
+            if kind is bytes:
+                _feed(self, stream.body, event)  # type: ignore[arg-type]
+            elif kind is Response:
+                status = event.status  # type: ignore[union-attr]
+                head = ResponseHead(status, event.headers)  # type: ignore[union-attr]
+                if status < 200:
+                    if status == 101:
+                        if stream.tunnel is None:
+                            self._bad_response(ProtocolError("101 to a request with no Upgrade"))
+                            return
+                        self._switch(stream, head)
+                        return
+                    if stream.on_informational is not None:
+                        stream.on_informational(head)
+                elif self.parser.switched:  # a 2xx to a CONNECT: the app accepted
                     self._switch(stream, head)
                     return
-                if stream.on_informational is not None:
-                    stream.on_informational(head)
-            elif isinstance(event, h11.Response):
-                head = ResponseHead(event.status_code, list(event.headers))
-                if (
-                    stream.tunnel is not None
-                    and stream.request.protocol is None
-                    and 200 <= event.status_code < 300
-                ):
-                    self._switch(stream, head)  # a CONNECT the app accepted
-                    return
-                stream.switched(False)
-                stream.responded(head)
-            elif isinstance(event, h11.Data):
-                if stream.body.feed(bytes(event.data)) and not self.reading_paused:
-                    self.reading_paused = True
-                    assert self.transport is not None
-                    self.transport.pause_reading()
-            elif isinstance(event, h11.EndOfMessage):
-                stream.body.end(list(event.headers) or None)
-                self._done()
+                else:
+                    stream.switched(False)
+                    stream.responded(head)
+            elif kind is End:
+                stream.body.end(event.trailers)  # type: ignore[union-attr]
+                self._done(stream)
                 return
-            elif isinstance(event, h11.ConnectionClosed):
+            elif kind is Closed:
                 stream.fail(self._closed_error())
                 return
 
@@ -884,10 +831,11 @@ class H1Client(_Writer):
         head.status = TUNNEL_ESTABLISHED
         stream.responded(head)
         stream.switched(True)
-        trailing, closed = self.conn.trailing_data
+        parser = self.parser
+        trailing = parser.trailing
         if trailing:
-            _feed_raw(self, stream.body, bytes(trailing))
-        if closed:
+            _feed(self, stream.body, trailing)
+        if parser.eof:
             stream.body.end()
 
     def _closed_error(self) -> StreamReset:
@@ -896,20 +844,29 @@ class H1Client(_Writer):
             return RefusedStream("kept-alive connection closed by the app")
         return StreamReset("upstream closed the connection")
 
-    def _done(self) -> None:
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-            self.stream = None
-            if self.reading_paused and self.transport is not None:
-                self.reading_paused = False
-                self.transport.resume_reading()
-            if self.on_idle is not None:
-                self.on_idle(self)
-        elif self.transport is not None:
-            # The response ended before our request did: this connection cannot be reused.
-            self.stream = None
-            self.transport.close()
+    def _done(self, stream: H1ClientStream) -> None:
+        self.stream = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not stream.sent or not self.parser.keep_alive:
+            # The response ended before our request did, or the app closes after it: this
+            # connection cannot be reused.
+            transport.close()
+            return
+        try:
+            leftover = self.parser.next_cycle()
+        except ProtocolError:
+            leftover = [Closed(False)]
+        if leftover or not self.parser.idle:
+            transport.close()  # bytes no request asked for, or the app's EOF
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if self.on_idle is not None:
+            self.on_idle(self)
 
-    def _bad_response(self, exc: h11.RemoteProtocolError) -> None:
+    def _bad_response(self, exc: ProtocolError) -> None:
         log.info("event=bad_upstream_response error=%r", str(exc))
         self.abort(StreamReset(f"malformed response: {exc}"))

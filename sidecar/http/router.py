@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,6 +33,7 @@ from sidecar.http.exchange import (
     strip_hop_by_hop,
 )
 from sidecar.http.pool import UpstreamStream
+from sidecar.http.request_id import new_request_id
 from sidecar.http.rules import request_problem
 from sidecar.observe.stats import HttpStats
 from sidecar.observe.throttle import LogThrottle
@@ -437,21 +437,25 @@ async def _stream_response(
 
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
-    headers = [(k, v) for k, v in strip_hop_by_hop(head.headers) if k != b"host"]
-    names = {k for k, _ in headers}
+    headers = strip_hop_by_hop(head.headers)
+    names = dict(headers)  # which names there are, in one C call (values: the last of each)
+    if b"host" in names or defaults.ORIG_PROTO_HEADER in names:
+        headers = [(k, v) for k, v in headers if k != b"host" and k != defaults.ORIG_PROTO_HEADER]
+    elif headers is head.headers:
+        headers = list(headers)
     if peer_address is not None:
         client = peer_address[0].encode()
-        for i, (k, v) in enumerate(headers):
-            if k == b"x-forwarded-for":
-                headers[i] = (k, v + b", " + client)
-                break
+        if b"x-forwarded-for" in names:
+            for i, (k, v) in enumerate(headers):
+                if k == b"x-forwarded-for":
+                    headers[i] = (k, v + b", " + client)
+                    break
         else:
             headers.append((b"x-forwarded-for", client))
     if b"x-forwarded-proto" not in names:
         headers.append((b"x-forwarded-proto", head.scheme or b"http"))
     if b"x-request-id" not in names:
-        headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
-    headers = [(k, v) for k, v in headers if k != defaults.ORIG_PROTO_HEADER]
+        headers.append((b"x-request-id", new_request_id()))
     if head.http_version != b"2":
         headers.append((defaults.ORIG_PROTO_HEADER, b"HTTP/" + head.http_version))
     head.headers = headers

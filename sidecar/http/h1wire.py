@@ -1,0 +1,580 @@
+"""HTTP/1.1 on the wire, sans-I/O: a strict request parser, a response parser and serialisers.
+
+The parsers are fed bytes and hand back events: a head (`Request` / `Response`), body chunks
+(`bytes`), `End` (with the trailers, if any) and `Closed`. They do no I/O and keep no more state
+than framing needs, so `sidecar.http.h1` drives them from `data_received`.
+
+Why our own and not h11: h11 costs ~170 Python calls per request on each end (bench/README.md,
+"Where the time goes"); here a head is parsed with a few C-level passes over the bytes — one
+regex for the start line, one to check every field line, one to split them — and the framing
+headers are found by searching the lower-cased head once, not by walking the fields.
+
+Strictness is the point of a proxy's parser: a message the next hop could read differently is how
+requests get smuggled. A request is refused (`ProtocolError`, with the status to answer) for
+Content-Length with Transfer-Encoding, a repeated, listed or non-decimal Content-Length,
+Transfer-Encoding on HTTP/1.0 or other than `chunked` alone (501), obs-fold, bare CR or LF,
+control characters, field names that are not tokens, a missing or repeated Host on HTTP/1.1, more
+fields than the limit or a head over the size limit (431), an unknown HTTP version (505), and
+chunk sizes or chunk lines that are malformed or absurd. Responses are held to the same field
+syntax, since they are forwarded too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from sidecar import defaults
+
+Headers = list[tuple[bytes, bytes]]
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+# Every field line, each ending with CRLF: a token, a colon, a value (control characters other
+# than HTAB were refused before this runs, so `[^\r\n]` is only visible characters and blanks).
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r\n)*")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+# Control characters other than HTAB, CR and LF (CR and LF are counted against the line ends).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXT = re.compile(
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+
+# What is left after a message or a chunk is copied when it is this small; a larger rest goes
+# into a bytearray whose front is dropped in place (no copy per message or chunk).
+_SMALL_REST: Final = 4096
+
+# Body framing, as the parsers track it.
+_NO_BODY: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_UNTIL_EOF: Final = 3
+
+
+class ProtocolError(Exception):
+    """A message this codec refuses. `status` is what a server answers to it (400, 431, 501,
+    505); the connection cannot be trusted after it and is closed."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Request:
+    """A request head. Field names are lower-case; wire order and repeats are kept."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "expect_continue",
+        "upgrade",
+        "framing",
+        "length",
+    )
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers) -> None:
+        self.method = method
+        self.target = target
+        self.version = version  # b"1.1" or b"1.0"
+        self.headers = headers
+        self.keep_alive = version == b"1.1"  # False: close after the response (1.0, close)
+        self.expect_continue = False
+        self.upgrade: bytes | None = None  # the protocol asked for (Connection: upgrade)
+        self.framing = _NO_BODY
+        self.length = 0  # of a Content-Length body
+
+
+class Response:
+    """A response head (an informational one when 100 <= status < 200)."""
+
+    __slots__ = ("status", "version", "headers", "reason", "keep_alive", "framing", "length")
+
+    def __init__(self, status: int, version: bytes, headers: Headers, reason: bytes) -> None:
+        self.status = status
+        self.version = version
+        self.headers = headers
+        self.reason = reason
+        self.keep_alive = version == b"1.1"
+        self.framing = _UNTIL_EOF  # what the head says; no body for HEAD, 1xx, 204, 304
+        self.length = 0
+
+
+class End:
+    """The end of a message's body, with its trailers (None when there were none)."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.trailers = trailers
+
+
+class Closed:
+    """The peer closed its side. `complete` is False when it did so inside a message."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self, complete: bool) -> None:
+        self.complete = complete
+
+
+Event = Request | Response | bytes | End | Closed
+
+_END: Final = End()  # the usual end: no trailers (immutable in practice, so shared)
+
+
+def _split_fields(block: bytes, max_fields: int, what: str) -> Headers:
+    """`block` is the field lines, each ending with CRLF (it may be empty)."""
+    if _FIELDS.fullmatch(block) is None:
+        raise ProtocolError(f"a malformed field line in the {what} (obs-fold, bad name)")
+    fields = _FIELD.findall(block)
+    if len(fields) > max_fields:
+        raise ProtocolError(f"{len(fields)} header fields, more than {max_fields}", 431)
+    return [(name.lower(), value) for name, value in fields]
+
+
+def _check_chars(head: bytes, what: str) -> None:
+    """Refuse bare CR, bare LF and control characters other than HTAB."""
+    lines = head.count(b"\r\n")
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        raise ProtocolError(f"a bare CR or LF in the {what}")
+    if _CONTROL.search(head) is not None:
+        raise ProtocolError(f"a control character in the {what}")
+
+
+def _values(lower: bytes, fields: bytes, name: bytes) -> list[bytes]:
+    """The values of field `name`. `fields` is the field lines each preceded by CRLF, `lower`
+    the same lower-cased: a name is found where it starts a line."""
+    key = b"\r\n" + name + b":"
+    out = []
+    at = lower.find(key)
+    while at >= 0:
+        start = at + len(key)
+        end = lower.find(b"\r\n", start)
+        out.append(fields[start:end].strip(b" \t"))
+        at = lower.find(key, end)
+    return out
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    """A comma-separated list (RFC 9110 5.6.1), lower-cased, empty elements dropped."""
+    return [t.strip(b" \t").lower() for v in values for t in v.split(b",") if t.strip(b" \t")]
+
+
+def _content_length(values: list[bytes]) -> int:
+    if len(values) > 1:
+        raise ProtocolError("Content-Length given more than once")
+    value = values[0]
+    if not value.isdigit() or len(value) > 18:
+        raise ProtocolError("Content-Length is not a decimal length")
+    return int(value)
+
+
+def parse_request_head(head: bytes, max_fields: int) -> Request:
+    """Parse and check one request head (`head` ends with the CRLF of its last line)."""
+    _check_chars(head, "request head")
+    eol = head.find(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(head, 0, eol)
+    if match is None:
+        raise ProtocolError("a malformed request line")
+    method, target, major, minor = match.groups()
+    if major != b"1" or minor not in (b"1", b"0"):
+        raise ProtocolError(f"unsupported version HTTP/{major.decode()}.{minor.decode()}", 505)
+    version = b"1.1" if minor == b"1" else b"1.0"
+    headers = _split_fields(head[eol + 2 :], max_fields, "request head")
+    request = Request(method, target, version, headers)
+    fields = head[eol:]  # every field line now follows a CRLF
+    lower = fields.lower()
+    if b"\r\ncontent-length:" in lower:
+        if b"\r\ntransfer-encoding:" in lower:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        request.length = _content_length(_values(lower, fields, b"content-length"))
+        request.framing = _LENGTH
+    elif b"\r\ntransfer-encoding:" in lower:
+        if version == b"1.0":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+        if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
+            raise ProtocolError("a transfer coding other than chunked", 501)
+        request.framing = _CHUNKED
+    hosts = lower.count(b"\r\nhost:")
+    if hosts > 1 or (hosts == 0 and version == b"1.1"):
+        raise ProtocolError("HTTP/1.1 needs exactly one Host")
+    if b"\r\nconnection:" in lower:
+        connection = _tokens(_values(lower, fields, b"connection"))
+        if b"close" in connection:
+            request.keep_alive = False
+        if b"upgrade" in connection and b"\r\nupgrade:" in lower:
+            upgrade = _tokens(_values(lower, fields, b"upgrade"))
+            request.upgrade = upgrade[0] if upgrade else None
+    if b"\r\nexpect:" in lower:
+        request.expect_continue = b"100-continue" in _tokens(_values(lower, fields, b"expect"))
+    return request
+
+
+def parse_response_head(head: bytes, max_fields: int) -> Response:
+    """Parse and check one response head; its framing as the head says it (the parser knows
+    when there is no body whatever it says)."""
+    _check_chars(head, "response head")
+    eol = head.find(b"\r\n")
+    match = _STATUS_LINE.fullmatch(head, 0, eol)
+    if match is None:
+        raise ProtocolError("a malformed status line")
+    minor, status, reason = match.groups()
+    response = Response(
+        int(status),
+        b"1.1" if minor == b"1" else b"1.0",
+        _split_fields(head[eol + 2 :], max_fields, "response head"),
+        reason or b"",
+    )
+    fields = head[eol:]
+    lower = fields.lower()
+    if b"\r\nconnection:" in lower and b"close" in _tokens(_values(lower, fields, b"connection")):
+        response.keep_alive = False
+    if b"\r\ncontent-length:" in lower:
+        if b"\r\ntransfer-encoding:" in lower:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        response.length = _content_length(_values(lower, fields, b"content-length"))
+        response.framing = _LENGTH
+    elif b"\r\ntransfer-encoding:" in lower:
+        if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
+            raise ProtocolError("a transfer coding other than chunked", 501)
+        response.framing = _CHUNKED
+    return response
+
+
+class _Parser:
+    """Framing shared by both directions: a body by length, chunked or until EOF, then End.
+
+    After a message ends the parser pauses until its owner calls `next_cycle`: what follows is
+    the next (pipelined) message, or a tunnel's first bytes (`trailing`)."""
+
+    def __init__(self, max_head_bytes: int, max_fields: int) -> None:
+        self.max_head_bytes = max_head_bytes
+        self.max_fields = max_fields
+        self._buf: bytes | bytearray = b""
+        self._scanned = 0  # how far the search for the end of a head has gone
+        self._framing = _NO_BODY
+        self._remaining = 0  # of the current Content-Length body or chunk
+        self._in_body = False
+        self._chunk_end = False  # the CRLF after a chunk's data is next
+        self._trailers = False  # the trailer section is next
+        self._eof = False
+        self.paused = False
+
+    @property
+    def trailing(self) -> bytes:
+        """Bytes received after the last message: the start of a tunnel after an upgrade."""
+        return bytes(self._buf)
+
+    @property
+    def eof(self) -> bool:
+        """The peer has closed its side."""
+        return self._eof
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def idle(self) -> bool:
+        """Between messages, with nothing of the next one read."""
+        return not self._in_body and not self._buf
+
+    def receive(self, data: bytes) -> list[Event]:
+        if data:
+            buf = self._buf
+            if not buf:
+                self._buf = data
+            else:
+                if type(buf) is bytes:
+                    buf = self._buf = bytearray(buf)
+                buf += data
+        return self._events() if not self.paused else []
+
+    def receive_eof(self) -> list[Event]:
+        self._eof = True
+        return self._events() if not self.paused else []
+
+    def next_cycle(self) -> list[Event]:
+        """Resume after a message: parse what is already buffered of the next one."""
+        self.paused = False
+        return self._events()
+
+    def _events(self) -> list[Event]:
+        out: list[Event] = []
+        while not self.paused:
+            if self._in_body:
+                if not (self._chunked(out) if self._framing == _CHUNKED else self._body(out)):
+                    break
+            elif not self._buf:
+                if self._eof:
+                    out.append(Closed(True))
+                    self.paused = True
+                break
+            elif not self._head(out):
+                break
+        return out
+
+    def _consume(self, n: int) -> None:
+        """Drop the first `n` bytes. Many messages or chunks in one read are taken one by one,
+        so the rest is not copied each time: a bytearray drops its front in place."""
+        buf = self._buf
+        if n >= len(buf):
+            self._buf = b""
+        elif type(buf) is bytearray:
+            del buf[:n]
+        elif len(buf) - n <= _SMALL_REST:
+            self._buf = buf[n:]
+        else:
+            buf = self._buf = bytearray(buf)
+            del buf[:n]
+
+    def _take_head(self) -> bytes | None:
+        """The head up to its blank line (the CRLF of its last line kept), or None for more."""
+        buf = self._buf
+        scanned = self._scanned
+        end = buf.find(b"\r\n\r\n", max(0, scanned - 3))
+        if end < 0:
+            if len(buf) > self.max_head_bytes:
+                raise ProtocolError("headers too large", 431)
+            # A head that ends in bare LFs would never be found: refuse it now (and a bare CR or
+            # LF anywhere, counting only what is new since the last look).
+            start = scanned - 1 if scanned and buf[scanned - 1] == 13 else scanned  # a CR's LF
+            lf = buf.count(b"\n", start)
+            cr = buf.count(b"\r", start) - (buf[-1:] == b"\r")  # a last CR may meet its LF
+            if lf != buf.count(b"\r\n", start) or cr != lf:
+                raise ProtocolError("a bare CR or LF in the head")
+            if self._eof:
+                raise ProtocolError("connection closed inside a head")
+            self._scanned = len(buf)
+            return None
+        if end + 4 > self.max_head_bytes:
+            raise ProtocolError("headers too large", 431)
+        head = bytes(buf[: end + 2])
+        self._consume(end + 4)
+        self._scanned = 0
+        return head
+
+    def _head(self, out: list[Event]) -> bool:
+        raise NotImplementedError
+
+    def _start_body(self, out: list[Event], framing: int, length: int) -> None:
+        if framing == _NO_BODY or (framing == _LENGTH and not length):
+            out.append(_END)
+            self.paused = True
+        else:
+            self._framing, self._remaining = framing, length
+            self._in_body = True
+
+    def _ended(self, out: list[Event], event: Event) -> bool:
+        self._in_body = False
+        self.paused = True
+        out.append(event)
+        return True
+
+    def _take(self, out: list[Event], n: int) -> int:
+        """Emit up to `n` bytes of body from the buffer; returns how many are still due."""
+        buf = self._buf
+        if len(buf) <= n:
+            out.append(buf if type(buf) is bytes else bytes(buf))
+            self._buf = b""
+            return n - len(buf)
+        out.append(bytes(buf[:n]))
+        self._consume(n)
+        return 0
+
+    def _body(self, out: list[Event]) -> bool:
+        """Emit what the buffer holds of a length or until-EOF body; False for more bytes."""
+        if not self._buf:
+            if self._eof:
+                return self._ended(out, _END if self._framing == _UNTIL_EOF else Closed(False))
+            return False
+        if self._framing == _UNTIL_EOF:
+            self._take(out, len(self._buf))
+            return True
+        self._remaining = self._take(out, self._remaining)
+        if not self._remaining:
+            self._ended(out, _END)
+        return True
+
+    def _chunked(self, out: list[Event]) -> bool:
+        buf = self._buf
+        if not buf:
+            return self._cut(out)
+        if self._remaining:
+            self._remaining = self._take(out, self._remaining)
+            return True
+        if self._chunk_end:
+            if buf[:2] == b"\r\n":
+                self._consume(2)
+                self._chunk_end = False
+                return True
+            if buf == b"\r":
+                return self._cut(out)
+            raise ProtocolError("chunk data not followed by CRLF")
+        if self._trailers:
+            return self._trailer_section(out)
+        eol = buf.find(b"\r\n", 0, defaults.MAX_CHUNK_LINE + 2)
+        if eol < 0:
+            if len(buf) > defaults.MAX_CHUNK_LINE or b"\n" in buf:
+                raise ProtocolError("a malformed or too long chunk-size line")
+            return self._cut(out)
+        line = bytes(buf[:eol])
+        size, semicolon, ext = line.partition(b";")
+        size = size.rstrip(b" \t")
+        if _HEX.fullmatch(size) is None:
+            raise ProtocolError("a malformed or absurd chunk size")
+        if semicolon and _CHUNK_EXT.fullmatch(line, len(size)) is None:
+            raise ProtocolError("a malformed chunk extension")  # extensions are ignored
+        self._consume(eol + 2)
+        self._remaining = int(size, 16)
+        if self._remaining:
+            self._chunk_end = True
+        else:
+            self._trailers = True
+        return True
+
+    def _trailer_section(self, out: list[Event]) -> bool:
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            self._consume(2)
+            self._trailers = False
+            return self._ended(out, _END)
+        if buf == b"\r" or (self._eof and buf.find(b"\r\n\r\n") < 0):
+            return self._cut(out)
+        try:
+            block = self._take_head()
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc} (trailers)", exc.status) from None
+        if block is None:
+            return self._cut(out)
+        _check_chars(block, "trailers")
+        lower = b"\r\n" + block.lower()
+        if b"\r\ncontent-length:" in lower or b"\r\ntransfer-encoding:" in lower:
+            raise ProtocolError("Content-Length or Transfer-Encoding in trailers")
+        trailers = _split_fields(block, self.max_fields, "trailers")
+        self._trailers = False
+        return self._ended(out, End(trailers))
+
+    def _cut(self, out: list[Event]) -> bool:
+        """Out of bytes inside a chunked body: wait, or report the cut at EOF."""
+        if self._eof:
+            self._chunk_end = self._trailers = False
+            return self._ended(out, Closed(False))
+        return False
+
+
+class RequestParser(_Parser):
+    """The server end: requests from a client."""
+
+    def __init__(
+        self,
+        max_head_bytes: int = defaults.MAX_REQUEST_HEADERS_BYTES,
+        max_fields: int = defaults.MAX_REQUEST_HEADERS_COUNT,
+    ) -> None:
+        super().__init__(max_head_bytes, max_fields)
+
+    def _head(self, out: list[Event]) -> bool:
+        buf = self._buf
+        if buf[:2] == b"\r\n":  # RFC 9112 2.2: empty lines before a request line are ignored
+            rest = buf.lstrip(b"\r\n")  # all at once: one by one would copy the rest each time
+            empty = len(buf) - len(rest)
+            pairs = empty // 2
+            if buf[: 2 * pairs] != b"\r\n" * pairs or (empty % 2 and (rest or buf[-1:] != b"\r")):
+                raise ProtocolError("a bare CR or LF before the request line")
+            if empty % 2:  # a CR whose LF has not come yet
+                self._buf = b"\r"
+                return False
+            self._consume(empty)
+            buf = self._buf
+        if not buf:
+            return True
+        head = self._take_head()
+        if head is None:
+            return False
+        request = parse_request_head(head, self.max_fields)
+        out.append(request)
+        self._start_body(out, request.framing, request.length)
+        return True
+
+
+class ResponseParser(_Parser):
+    """The client end: responses from a server. `expect(method)` is called before each request
+    is sent: a response to HEAD has no body, and a 2xx to CONNECT or a 101 ends HTTP/1.1 on the
+    connection (the parser pauses and stays paused; what follows is `trailing`)."""
+
+    def __init__(
+        self,
+        max_head_bytes: int = defaults.MAX_RESPONSE_HEADERS_BYTES,
+        max_fields: int = defaults.MAX_RESPONSE_HEADERS_COUNT,
+    ) -> None:
+        super().__init__(max_head_bytes, max_fields)
+        self.method = b"GET"
+        self.keep_alive = True  # False once a response says the connection closes after it
+        self.switched = False
+
+    def expect(self, method: bytes) -> None:
+        self.method = method
+
+    def _head(self, out: list[Event]) -> bool:
+        head = self._take_head()
+        if head is None:
+            return False
+        response = parse_response_head(head, self.max_fields)
+        out.append(response)
+        status = response.status
+        if status < 200:
+            if status == 101:
+                self.switched = self.paused = True
+            return True  # the final response follows
+        if self.method == b"CONNECT" and status < 300:
+            self.switched = self.paused = True
+            return True
+        if not response.keep_alive:
+            self.keep_alive = False
+        if self.method == b"HEAD" or status in (204, 304):
+            self._start_body(out, _NO_BODY, 0)
+        else:
+            if response.framing == _UNTIL_EOF:
+                self.keep_alive = False
+            self._start_body(out, response.framing, response.length)
+        return True
+
+
+# -- serialisers -------------------------------------------------------------------------------
+
+_SEP = b": "
+
+
+def _head_bytes(start: bytes, headers: Headers) -> bytes:
+    """A start line and fields as one block of bytes, refused if a name or value would break a
+    line (CR, LF or NUL: response splitting, a smuggled header)."""
+    out = b"\r\n".join([start, *map(_SEP.join, headers), b"\r\n"])
+    lines = len(headers) + 2
+    if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\x00" in out:
+        raise ProtocolError("CR, LF or NUL in a header to send")
+    return out
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    return _head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
+
+
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    return _head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk; `data` must not be empty (a zero-size chunk is the last one)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    return _head_bytes(b"0", trailers)
