@@ -252,7 +252,7 @@ def test_goaway_from_a_draining_peer_fails_no_request(mesh, app):
     # seconds, and requests still open when the deadline closes a connection fail by design.
     backends = [mesh.start(p, drain_timeout=60) for p in paths]
     web, port = mesh.client("web-1")
-    mesh.start(web)
+    web_sidecar = mesh.start(web)
     failures: list[str] = []
     done = threading.Event()
     count = [0]
@@ -278,7 +278,7 @@ def test_goaway_from_a_draining_peer_fails_no_request(mesh, app):
     done.set()
     t.join()
     assert backends[0].proc.wait(70) == 0
-    assert failures == []
+    assert failures == [], web_sidecar.log[-6000:]
 
 
 def test_1_gib_upload_and_download_with_bounded_memory(mesh, loop_kind):
