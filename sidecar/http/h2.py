@@ -40,6 +40,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
+from sidecar.http.hpack_literal import LiteralEncoder
 from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats
 
@@ -122,17 +123,22 @@ class H2Protocol(asyncio.Protocol):
         stats: HttpStats | None = None,
         mesh_hop: bool = False,
     ) -> None:
-        """`mesh_hop`: a server for peer sidecars, whose requests carry the headers the sidecars
-        add: it allows twice the header list and count. `trusted`: a verified peer sidecar, which
-        validated the headers and is not guarded against abuse (its app was, at its outbound)."""
+        """`mesh_hop`: a connection between two sidecars. As a server it is for peer sidecars,
+        whose requests carry the headers the sidecars add: it allows twice the header list and
+        count. On both ends it sends headers without h2's validation: what a sidecar sends on
+        the hop is what its own codecs validated when they received it (h11, or h2 from the
+        app), plus headers it built itself.
+
+        `trusted`: the peer is a verified sidecar (mTLS), whose headers are taken without h2's
+        validation (its outbound validated them) and which is not guarded against abuse (its
+        app was, at its outbound). A plaintext peer is never trusted: anyone can connect."""
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
-            # Between two pysidecars both ends are ours: skip re-validating what we validated.
             validate_inbound_headers=not trusted,
             normalize_inbound_headers=not trusted,
-            validate_outbound_headers=not trusted,
-            normalize_outbound_headers=not trusted,
+            validate_outbound_headers=not mesh_hop,
+            normalize_outbound_headers=not mesh_hop,
         )
         self.limits = limits
         self.stats = stats
@@ -147,6 +153,7 @@ class H2Protocol(asyncio.Protocol):
             # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).
             self.conn.decoder.max_header_list_size = 2 * self.header_list_size
             self.conn.incoming_buffer = _BoundedFrameBuffer(2 * self.header_list_size)
+        self.conn.encoder = LiteralEncoder()
         self.guarded = not client_side and not trusted
         self.calmed = False  # an abuse was seen: GOAWAY sent, nothing more is read
         # Abuse accounting (server side), Envoy's rules: see sidecar.limits.
@@ -175,6 +182,8 @@ class H2Protocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._max_concurrent_streams = max_concurrent_streams
         self._write_paused: asyncio.Future[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
+        self._unflushed = 0  # DATA bytes queued in h2 since the last write
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -225,7 +234,7 @@ class H2Protocol(asyncio.Protocol):
                     stats.http2_header_overflow += 1
                 else:
                     stats.downstream_cx_protocol_error += 1
-            self._flush()
+            self._flush_now()
             self._lost(ConnectionClosed(f"protocol error: {exc}"))
             transport = self.transport
             if transport is not None:
@@ -463,7 +472,7 @@ class H2Protocol(asyncio.Protocol):
                 self.conn.close_connection(_CALM, additional_data=what.encode())
             except h2.exceptions.ProtocolError:
                 pass
-            self._flush()
+            self._flush_now()
         self._lost(ConnectionClosed(f"closed for abuse: {what}"))
         if transport is not None:
             if goaway:
@@ -511,6 +520,18 @@ class H2Protocol(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Write what h2 queued, at the end of this turn of the event loop: the frames that one
+        turn makes (a response's HEADERS, DATA and END_STREAM, acknowledgements, other streams'
+        frames) leave in one write(2), and wake the peer once."""
+        if self._flush_handle is None and self.transport is not None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        """Write what h2 queued now (before a close, or a bulk DATA frame)."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        self._unflushed = 0
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -558,7 +579,11 @@ class H2Protocol(asyncio.Protocol):
                 stream_id, chunk.tobytes() if len(chunk) != len(data) else data, end_stream=last
             )
             self._data_frames_sent += 1
-            self._flush()
+            self._unflushed += len(chunk)
+            if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
+                self._flush_now()
+            else:
+                self._flush()
             if self._write_paused is not None:
                 await self.drain()
             if last:
@@ -625,6 +650,7 @@ class H2Protocol(asyncio.Protocol):
 
     def _maybe_close(self) -> None:
         if self.going_away and not self.streams and self.transport is not None:
+            self._flush_now()
             self.transport.close()
 
     def _lost(self, error: StreamReset) -> None:
@@ -657,13 +683,14 @@ class H2Protocol(asyncio.Protocol):
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.conn.highest_inbound_stream_id if not self.client_side else 0
         frame.error_code = code
-        self._flush()
+        self._flush_now()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame.serialize())
         self._maybe_close()
 
     def close(self) -> None:
         if self.transport is not None:
+            self._flush_now()
             self.transport.close()
 
 
