@@ -246,7 +246,7 @@ class H2Protocol(asyncio.Protocol):
             self._dispatch(event)
             if self.calmed:
                 return
-        self._flush()
+        self._flush_now()  # the batch's answers (acknowledgements, resets, credit): one write
         if self._write_paused is not None and self.guarded:
             transport = self.transport
             if transport is not None and (
