@@ -170,3 +170,51 @@ async def test_a_response_head_body_and_end_leave_in_one_write(loop_kind):
         await server.wait_closed()
     assert body == b"hello"
     assert len(writes) == 1, [len(w) for w in writes]
+
+
+def _connected_pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """A sidecar's client connection and a plain h2 server, handshaken, stream 1 open."""
+    from sidecar.http.h2 import _Connection
+
+    client = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    client.send_headers(
+        1,
+        [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")],
+    )
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+def test_plain_data_frames_are_what_h2_would_send_with_the_same_accounting():
+    fast, server = _connected_pair()
+    slow, _ = _connected_pair()
+    fast.send_plain_data(1, b"hello")
+    slow.send_data(1, b"hello")
+    wire = fast.data_to_send()
+    assert wire == slow.data_to_send()
+    assert fast.local_flow_control_window(1) == slow.local_flow_control_window(1)
+    assert fast.outbound_flow_control_window == slow.outbound_flow_control_window
+    (event,) = server.receive_data(wire)
+    assert isinstance(event, h2.events.DataReceived)
+    assert (event.stream_id, event.data, event.stream_ended) == (1, b"hello", None)
+    fast.end_stream(1)  # h2's state machine was left consistent
+    events = server.receive_data(fast.data_to_send())
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_plain_data_past_the_window_or_on_a_closed_stream_fails_as_h2_does():
+    import h2.exceptions
+
+    client, _ = _connected_pair()
+    with pytest.raises(h2.exceptions.FlowControlError):
+        client.send_plain_data(1, b"x" * 70000)  # past the 65,535-byte initial window
+    client.end_stream(1)
+    with pytest.raises(h2.exceptions.ProtocolError):  # h2: invalid input in HALF_CLOSED_LOCAL
+        client.send_plain_data(1, b"late")

@@ -26,6 +26,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 from h2.frame_buffer import FrameBuffer
 
@@ -92,11 +93,46 @@ class _BoundedFrameBuffer(FrameBuffer):
         return frame
 
 
+_SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+_OPEN_STATES = (
+    h2.connection.ConnectionState.CLIENT_OPEN,
+    h2.connection.ConnectionState.SERVER_OPEN,
+)
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, remembering fewer closed streams: its 65536 grow a long-lived connection
     by some 9 MB (found by the soak: RSS climbing with the request count until the table fills)."""
 
     MAX_CLOSED_STREAMS = defaults.H2_CLOSED_STREAMS_REMEMBERED
+
+    def send_plain_data(self, stream_id: int, data: bytes) -> None:
+        """A DATA frame that neither ends the stream nor is padded: what a body or a tunnel
+        sends, chunk after chunk. h2's `send_data` builds a frame object, runs two state
+        machines whose SEND_DATA input leaves an open stream's and connection's states as they
+        are, and makes four debug-log calls, per frame: about 25 Python calls; the frame is 9
+        bytes of header. The same checks and window accounting are done here, and the frame is
+        queued in h2's output buffer (so it keeps its place among h2's frames). Anything out of
+        the ordinary (a closed stream, no window) goes through h2, for its errors."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or not 0 < size <= self.max_outbound_frame_size
+            or size > stream.outbound_flow_control_window
+            or size > self.outbound_flow_control_window
+            or stream.state_machine.state not in _SENDING_STATES
+            or self.state_machine.state not in _OPEN_STATES
+        ):
+            self.send_data(stream_id, data)
+            return
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += size.to_bytes(3, "big")
+        out += b"\x00\x00"  # type DATA, no flags
+        out += stream_id.to_bytes(4, "big")
+        out += data
 
 
 class _ServerConnection(_Connection):
@@ -575,9 +611,11 @@ class H2Protocol(asyncio.Protocol):
             else:
                 chunk, view = view[:window], view[window:]
             last = end and not len(view)
-            self.conn.send_data(
-                stream_id, chunk.tobytes() if len(chunk) != len(data) else data, end_stream=last
-            )
+            payload = chunk.tobytes() if len(chunk) != len(data) else data
+            if last:
+                self.conn.send_data(stream_id, payload, end_stream=True)
+            else:
+                self.conn.send_plain_data(stream_id, payload)
             self._data_frames_sent += 1
             self._unflushed += len(chunk)
             if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
