@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sidecar.cluster import Target
 from sidecar.http.exchange import RequestHead, ResponseHead
 from sidecar.http.h2 import H2Protocol, H2ServerStream
-from sidecar.http.hpack_literal import LiteralEncoder
+from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 from sidecar.http.pool import plain_connector
 from sidecar.outbound import mesh_pool
 from tests.support import LOOPBACK
@@ -45,6 +45,37 @@ def test_literal_encoding_decodes_to_the_same_headers_and_leaves_the_table_empty
         if header[0] in (b"x-request-id", b"authorization", b"cookie") and header[1]:
             # (an empty one matches the static table whole: its index says nothing)
             assert not header.indexable, header  # never indexed, here and by intermediaries
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(names, values), max_size=20), st.booleans())
+def test_the_literal_decoder_reads_what_hpack_reads(headers, ours):
+    """Our encoder's blocks take the fast path; hpack's (Huffman, dynamic table) fall back to
+    hpack, whose dynamic table stays in step across blocks."""
+    encoder = LiteralEncoder() if ours else hpack.Encoder()
+    reference, decoder = hpack.Decoder(), LiteralDecoder()
+    for _ in range(2):
+        block = encoder.encode(headers)
+        expected = reference.decode(block, raw=True)
+        decoded = decoder.decode(block, raw=True)
+        assert decoded == expected
+        assert [isinstance(h, hpack.NeverIndexedHeaderTuple) for h in decoded] == [
+            isinstance(h, hpack.NeverIndexedHeaderTuple) for h in expected
+        ]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=60))
+def test_the_literal_decoder_fails_as_hpack_fails(block):
+    reference, decoder = hpack.Decoder(), LiteralDecoder()
+    reference.max_header_list_size = decoder.max_header_list_size = 100
+    try:
+        expected = reference.decode(block, raw=True)
+    except Exception as exc:  # noqa: BLE001 - whichever hpack raises, ours must too
+        with pytest.raises(type(exc)):
+            decoder.decode(block, raw=True)
+    else:
+        assert decoder.decode(block, raw=True) == expected
 
 
 def test_static_matches_are_one_byte_and_literals_are_not_huffman_coded():

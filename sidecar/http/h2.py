@@ -41,7 +41,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
-from sidecar.http.hpack_literal import LiteralEncoder
+from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats
 
@@ -185,6 +185,9 @@ class H2Protocol(asyncio.Protocol):
             self.conn = _Connection(config=config)
         else:
             self.conn = _ServerConnection(config=config)
+        if mesh_hop:
+            self.conn.decoder = LiteralDecoder()  # the peer sidecar's LiteralEncoder's blocks
+        if not client_side:
             # A header list up to twice the limit is decoded (HPACK stays in step) and answered
             # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).
             self.conn.decoder.max_header_list_size = 2 * self.header_list_size

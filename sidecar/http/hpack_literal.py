@@ -1,4 +1,4 @@
-"""An HPACK encoder that never touches the dynamic table: static-table matches or plain literals.
+"""HPACK without the dynamic table: static-table matches or plain literals, and their fast decoding.
 
 hpack's `Encoder` searches its dynamic table with a Python loop for every header, inserts every
 new header (evicting others) and Huffman-codes every literal, also in Python: 15 % of the
@@ -12,16 +12,21 @@ before (`x-request-id`), which only churn the table. So each header is sent as
   credentials and per-request-unique values, which no intermediary should index either — with
   the static table's index for the name where it has one, and no Huffman coding.
 
-That is valid HPACK for any decoder: the peer's dynamic table stays empty, so its decoding is
-cheap too. A table size change the peer asked for (SETTINGS_HEADER_TABLE_SIZE) is still
-acknowledged at the start of the next block, as RFC 7541 4.2 requires.
+That is valid HPACK for any decoder: the peer's dynamic table stays empty. A table size change
+the peer asked for (SETTINGS_HEADER_TABLE_SIZE) is still acknowledged at the start of the next
+block, as RFC 7541 4.2 requires.
+
+`LiteralDecoder` reads such blocks (what a peer sidecar sends on the mesh hop) without hpack's
+per-field method calls and debug logging; a block with anything else in it (Huffman, the dynamic
+table, a size update, a malformed field) is decoded by hpack from its start, with hpack's errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hpack import Encoder, HeaderTuple
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.exceptions import OversizedHeaderListError
 from hpack.table import HeaderTable
 
 from sidecar import defaults
@@ -104,3 +109,92 @@ class LiteralEncoder(Encoder):
                 block += _string(name)
             block += _string(value)
         return bytes(block)
+
+
+# Decoded static entries, shared (tuples are immutable); index 0 is no entry.
+_STATIC_HEADERS: list[HeaderTuple | None] = [None, *(HeaderTuple(n, v) for n, v in _STATIC)]
+_STATIC_COUNT = len(_STATIC)
+
+
+class _NotPlain(Exception):
+    """A field the fast path does not read: hpack decodes the block."""
+
+
+def _read_integer(data: bytes, i: int, mask: int) -> tuple[int, int]:
+    """RFC 7541 5.1 at `data[i]` with prefix `mask`: (value, index after it)."""
+    value = data[i] & mask
+    i += 1
+    if value < mask:
+        return value, i
+    shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+        if shift > 28:
+            raise _NotPlain
+
+
+def _read_string(data: bytes, i: int) -> tuple[bytes, int]:
+    if data[i] & 0x80:
+        raise _NotPlain  # Huffman-coded
+    length, i = _read_integer(data, i, 0x7F)
+    end = i + length
+    if end > len(data):
+        raise _NotPlain  # truncated: hpack says so
+    return data[i:end], end
+
+
+class LiteralDecoder(Decoder):
+    """hpack's `Decoder`, with a fast path for blocks of static indexes and raw literals."""
+
+    def decode(self, data: bytes, raw: bool = False) -> list:  # type: ignore[override]
+        if raw:
+            try:
+                headers = self._decode_plain(bytes(data))
+            except (_NotPlain, IndexError):
+                pass
+            else:
+                self._assert_valid_table_size()
+                return headers
+        return super().decode(data, raw)
+
+    def _decode_plain(self, data: bytes) -> list:
+        """The fields of a block as (name, value) byte tuples — `NeverIndexedHeaderTuple` for a
+        never-indexed literal — bounded by the header list size as hpack bounds them."""
+        headers: list = []
+        append = headers.append
+        static = _STATIC_HEADERS
+        limit = self.max_header_list_size
+        size = 0
+        i = 0
+        end = len(data)
+        while i < end:
+            first = data[i]
+            if first & 0x80:
+                index, i = _read_integer(data, i, 0x7F)
+                if not 0 < index <= _STATIC_COUNT:
+                    raise _NotPlain  # the dynamic table (or index 0, an error)
+                header = static[index]
+            elif first < 0x20:  # literal without indexing (0000) or never indexed (0001)
+                index, i = _read_integer(data, i, 0x0F)
+                if index:
+                    if index > _STATIC_COUNT:
+                        raise _NotPlain
+                    name = _STATIC[index - 1][0]
+                else:
+                    name, i = _read_string(data, i)
+                value, i = _read_string(data, i)
+                header = NeverIndexedHeaderTuple(name, value) if first & 0x10 else (name, value)
+            else:
+                raise _NotPlain  # incremental indexing, or a table size update
+            append(header)
+            size += len(header[0]) + len(header[1]) + 32
+            if size > limit:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received"
+                )
+        return headers
