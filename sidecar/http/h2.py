@@ -161,20 +161,27 @@ class H2Protocol(asyncio.Protocol):
     ) -> None:
         """`mesh_hop`: a connection between two sidecars. As a server it is for peer sidecars,
         whose requests carry the headers the sidecars add: it allows twice the header list and
-        count. On both ends it sends headers without h2's validation: what a sidecar sends on
-        the hop is what its own codecs validated when they received it (h11, or h2 from the
-        app), plus headers it built itself.
+        count. Its header blocks come from a peer's `LiteralEncoder`: they are decoded by the
+        fast `LiteralDecoder`.
 
         `trusted`: the peer is a verified sidecar (mTLS), whose headers are taken without h2's
-        validation (its outbound validated them) and which is not guarded against abuse (its
-        app was, at its outbound). A plaintext peer is never trusted: anyone can connect."""
+        validation (its outbound validated them on receipt from its app) and which is not
+        guarded against abuse (its app was, at its outbound). A plaintext peer, and an app, are
+        never trusted: anyone can connect.
+
+        Headers are sent without h2's validation and normalisation on every connection: what a
+        sidecar sends is what one of its codecs validated when it received it (h11, h2 from an
+        app or a plaintext peer, or the verified peer's validation at its own receipt), with
+        hop-by-hop headers stripped (`strip_hop_by_hop`), plus headers it built itself;
+        credentials are kept out of HPACK tables by `LiteralEncoder` (h2's normalisation did
+        that too)."""
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
             validate_inbound_headers=not trusted,
             normalize_inbound_headers=not trusted,
-            validate_outbound_headers=not mesh_hop,
-            normalize_outbound_headers=not mesh_hop,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.limits = limits
         self.stats = stats
