@@ -151,8 +151,9 @@ def _headers_frame(data: bytes) -> HeadersFrame | None:
     return None
 
 
-@pytest.mark.parametrize("loop_kind", ["asyncio"])  # a Python transport whose write we can count
-async def test_a_response_head_body_and_end_leave_in_one_write(loop_kind):
+async def test_a_response_head_body_and_end_leave_in_one_write():
+    """On pytest-asyncio's loop (asyncio's, not uvloop): a Python transport, whose write can be
+    counted by wrapping it."""
     writes: list[bytes] = []
 
     async def respond(stream: H2ServerStream) -> None:
