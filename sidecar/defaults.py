@@ -61,6 +61,17 @@ H2_MAX_FRAME_SIZE = 256 * 1024
 # a late frame arrives within a round trip, long before 2048 more streams have closed (0.2 s at
 # 10,000 requests a second on one connection). Each connection's table fills, then stays: 280 KB.
 H2_CLOSED_STREAMS_REMEMBERED = 2048
+# Headers our HPACK encoder sends as "never indexed" (RFC 7541 6.2.3), which no intermediary
+# may add to a table either: credentials (as h2's own rules, and nghttp2's) and values unique to
+# each request, which would only churn a table. Every other literal is sent without indexing.
+H2_NEVER_INDEXED = frozenset(
+    {b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-request-id"}
+)
+# A sidecar's HTTP/2 writes wait for the end of the event loop's turn, so that the frames one
+# turn makes (a response's HEADERS, DATA and END_STREAM; several streams' frames) leave in one
+# write; a DATA payload of at least this many bytes is written at once instead, so that a bulk
+# sender meets the transport's back-pressure frame by frame.
+H2_WRITE_AT_ONCE = 64 * 1024
 BODY_HIGH_WATER = 256 * 1024  # bytes of one body the sidecar holds before pausing its source
 PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first bytes; 0 = off
 # The header that tells a peer's inbound that this request was HTTP/1.x at the app (linkerd's

@@ -91,7 +91,9 @@ def mesh_pool(
 ) -> H2Pool:
     """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars.
 
-    `trusted`: the peers are verified sidecars (mTLS), which validate headers themselves.
-    `stats`: the cluster's, whose connection limit the pool counts against.
+    `trusted`: the peers are verified sidecars (mTLS): their responses' headers are taken
+    without h2's validation. `mesh_hop`: their header blocks are decoded by the fast path for
+    what a peer sidecar's encoder sends. `stats`: the cluster's, whose connection limit the
+    pool counts against.
     """
-    return H2Pool(connector, trusted=trusted, stats=stats)
+    return H2Pool(connector, trusted=trusted, stats=stats, mesh_hop=True)

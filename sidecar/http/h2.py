@@ -26,6 +26,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 from h2.frame_buffer import FrameBuffer
 
@@ -40,6 +41,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
+from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats
 
@@ -91,11 +93,46 @@ class _BoundedFrameBuffer(FrameBuffer):
         return frame
 
 
+_SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+_OPEN_STATES = (
+    h2.connection.ConnectionState.CLIENT_OPEN,
+    h2.connection.ConnectionState.SERVER_OPEN,
+)
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, remembering fewer closed streams: its 65536 grow a long-lived connection
     by some 9 MB (found by the soak: RSS climbing with the request count until the table fills)."""
 
     MAX_CLOSED_STREAMS = defaults.H2_CLOSED_STREAMS_REMEMBERED
+
+    def send_plain_data(self, stream_id: int, data: bytes) -> None:
+        """A DATA frame that neither ends the stream nor is padded: what a body or a tunnel
+        sends, chunk after chunk. h2's `send_data` builds a frame object, runs two state
+        machines whose SEND_DATA input leaves an open stream's and connection's states as they
+        are, and makes four debug-log calls, per frame: about 25 Python calls; the frame is 9
+        bytes of header. The same checks and window accounting are done here, and the frame is
+        queued in h2's output buffer (so it keeps its place among h2's frames). Anything out of
+        the ordinary (a closed stream, no window) goes through h2, for its errors."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or not 0 < size <= self.max_outbound_frame_size
+            or size > stream.outbound_flow_control_window
+            or size > self.outbound_flow_control_window
+            or stream.state_machine.state not in _SENDING_STATES
+            or self.state_machine.state not in _OPEN_STATES
+        ):
+            self.send_data(stream_id, data)
+            return
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += size.to_bytes(3, "big")
+        out += b"\x00\x00"  # type DATA, no flags
+        out += stream_id.to_bytes(4, "big")
+        out += data
 
 
 class _ServerConnection(_Connection):
@@ -122,17 +159,29 @@ class H2Protocol(asyncio.Protocol):
         stats: HttpStats | None = None,
         mesh_hop: bool = False,
     ) -> None:
-        """`mesh_hop`: a server for peer sidecars, whose requests carry the headers the sidecars
-        add: it allows twice the header list and count. `trusted`: a verified peer sidecar, which
-        validated the headers and is not guarded against abuse (its app was, at its outbound)."""
+        """`mesh_hop`: a connection between two sidecars. As a server it is for peer sidecars,
+        whose requests carry the headers the sidecars add: it allows twice the header list and
+        count. Its header blocks come from a peer's `LiteralEncoder`: they are decoded by the
+        fast `LiteralDecoder`.
+
+        `trusted`: the peer is a verified sidecar (mTLS), whose headers are taken without h2's
+        validation (its outbound validated them on receipt from its app) and which is not
+        guarded against abuse (its app was, at its outbound). A plaintext peer, and an app, are
+        never trusted: anyone can connect.
+
+        Headers are sent without h2's validation and normalisation on every connection: what a
+        sidecar sends is what one of its codecs validated when it received it (h11, h2 from an
+        app or a plaintext peer, or the verified peer's validation at its own receipt), with
+        hop-by-hop headers stripped (`strip_hop_by_hop`), plus headers it built itself;
+        credentials are kept out of HPACK tables by `LiteralEncoder` (h2's normalisation did
+        that too)."""
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
-            # Between two pysidecars both ends are ours: skip re-validating what we validated.
             validate_inbound_headers=not trusted,
             normalize_inbound_headers=not trusted,
-            validate_outbound_headers=not trusted,
-            normalize_outbound_headers=not trusted,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.limits = limits
         self.stats = stats
@@ -143,10 +192,14 @@ class H2Protocol(asyncio.Protocol):
             self.conn = _Connection(config=config)
         else:
             self.conn = _ServerConnection(config=config)
+        if mesh_hop:
+            self.conn.decoder = LiteralDecoder()  # the peer sidecar's LiteralEncoder's blocks
+        if not client_side:
             # A header list up to twice the limit is decoded (HPACK stays in step) and answered
             # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).
             self.conn.decoder.max_header_list_size = 2 * self.header_list_size
             self.conn.incoming_buffer = _BoundedFrameBuffer(2 * self.header_list_size)
+        self.conn.encoder = LiteralEncoder()
         self.guarded = not client_side and not trusted
         self.calmed = False  # an abuse was seen: GOAWAY sent, nothing more is read
         # Abuse accounting (server side), Envoy's rules: see sidecar.limits.
@@ -175,6 +228,8 @@ class H2Protocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._max_concurrent_streams = max_concurrent_streams
         self._write_paused: asyncio.Future[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
+        self._unflushed = 0  # DATA bytes queued in h2 since the last write
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -225,7 +280,7 @@ class H2Protocol(asyncio.Protocol):
                     stats.http2_header_overflow += 1
                 else:
                     stats.downstream_cx_protocol_error += 1
-            self._flush()
+            self._flush_now()
             self._lost(ConnectionClosed(f"protocol error: {exc}"))
             transport = self.transport
             if transport is not None:
@@ -237,7 +292,7 @@ class H2Protocol(asyncio.Protocol):
             self._dispatch(event)
             if self.calmed:
                 return
-        self._flush()
+        self._flush_now()  # the batch's answers (acknowledgements, resets, credit): one write
         if self._write_paused is not None and self.guarded:
             transport = self.transport
             if transport is not None and (
@@ -463,7 +518,7 @@ class H2Protocol(asyncio.Protocol):
                 self.conn.close_connection(_CALM, additional_data=what.encode())
             except h2.exceptions.ProtocolError:
                 pass
-            self._flush()
+            self._flush_now()
         self._lost(ConnectionClosed(f"closed for abuse: {what}"))
         if transport is not None:
             if goaway:
@@ -511,6 +566,18 @@ class H2Protocol(asyncio.Protocol):
     # -- sending ------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Write what h2 queued, at the end of this turn of the event loop: the frames that one
+        turn makes (a response's HEADERS, DATA and END_STREAM, acknowledgements, other streams'
+        frames) leave in one write(2), and wake the peer once."""
+        if self._flush_handle is None and self.transport is not None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        """Write what h2 queued now (before a close, or a bulk DATA frame)."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        self._unflushed = 0
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -554,11 +621,17 @@ class H2Protocol(asyncio.Protocol):
             else:
                 chunk, view = view[:window], view[window:]
             last = end and not len(view)
-            self.conn.send_data(
-                stream_id, chunk.tobytes() if len(chunk) != len(data) else data, end_stream=last
-            )
+            payload = chunk.tobytes() if len(chunk) != len(data) else data
+            if last:
+                self.conn.send_data(stream_id, payload, end_stream=True)
+            else:
+                self.conn.send_plain_data(stream_id, payload)
             self._data_frames_sent += 1
-            self._flush()
+            self._unflushed += len(chunk)
+            if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
+                self._flush_now()
+            else:
+                self._flush()
             if self._write_paused is not None:
                 await self.drain()
             if last:
@@ -625,6 +698,7 @@ class H2Protocol(asyncio.Protocol):
 
     def _maybe_close(self) -> None:
         if self.going_away and not self.streams and self.transport is not None:
+            self._flush_now()
             self.transport.close()
 
     def _lost(self, error: StreamReset) -> None:
@@ -657,13 +731,14 @@ class H2Protocol(asyncio.Protocol):
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.conn.highest_inbound_stream_id if not self.client_side else 0
         frame.error_code = code
-        self._flush()
+        self._flush_now()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame.serialize())
         self._maybe_close()
 
     def close(self) -> None:
         if self.transport is not None:
+            self._flush_now()
             self.transport.close()
 
 

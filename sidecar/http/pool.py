@@ -45,11 +45,18 @@ def _reserve_connection(stats: ClusterStats | None) -> None:
 
 class H2Pool:
     def __init__(
-        self, connector: Connector, *, trusted: bool, stats: ClusterStats | None = None
+        self,
+        connector: Connector,
+        *,
+        trusted: bool,
+        stats: ClusterStats | None = None,
+        mesh_hop: bool = False,
     ) -> None:
-        """`stats`: the cluster's, whose connections this pool counts and bounds."""
+        """`stats`: the cluster's, whose connections this pool counts and bounds. `trusted`,
+        `mesh_hop`: as `H2Protocol`'s (toward peer sidecars; verified by mTLS)."""
         self.connector = connector
         self.trusted = trusted
+        self.mesh_hop = mesh_hop
         self.stats = stats
         self.connections: dict[Target, list[H2Protocol]] = {}
         self._connecting: dict[Target, asyncio.Future[None]] = {}
@@ -94,7 +101,12 @@ class H2Pool:
         self._connecting[target] = future
         try:
             _reserve_connection(self.stats)
-            proto = H2Protocol(client_side=True, trusted=self.trusted, on_close=self._closed)
+            proto = H2Protocol(
+                client_side=True,
+                trusted=self.trusted,
+                mesh_hop=self.mesh_hop,
+                on_close=self._closed,
+            )
             try:
                 await self.connector(target, lambda: proto)
             except BaseException:
