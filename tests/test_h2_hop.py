@@ -250,3 +250,36 @@ def test_plain_data_past_the_window_or_on_a_closed_stream_fails_as_h2_does():
     client.end_stream(1)
     with pytest.raises(h2.exceptions.ProtocolError):  # h2: invalid input in HALF_CLOSED_LOCAL
         client.send_plain_data(1, b"late")
+
+
+def test_answers_after_a_graceful_goaway_still_arrive():
+    """RFC 9113 6.8: a peer that drains sends GOAWAY (NO_ERROR, last stream 1) and still answers
+    stream 1. Our client connection must deliver that answer, and the body it had queued
+    (h2 itself would close the connection and call the answer a protocol error)."""
+    from sidecar.http.h2 import _Connection
+
+    client = _Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    head = [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/")]
+    client.send_headers(1, head)
+    server.receive_data(client.data_to_send())
+    server.close_connection(last_stream_id=1)  # what a draining peer sends first …
+    goaway = server.data_to_send()
+    events = client.receive_data(goaway)
+    assert [type(e) for e in events] == [h2.events.ConnectionTerminated]
+    assert events[0].last_stream_id == 1
+    client.send_data(1, b"body", end_stream=True)  # … while its request body still goes out
+    assert client.data_to_send().endswith(b"body")
+    # The peer's answer on stream 1, framed by hand (h2's own server is closed by its GOAWAY).
+    block = hpack.Encoder().encode([(":status", "200")])
+    frame = HeadersFrame(1, block)
+    frame.flags.add("END_HEADERS")
+    frame.flags.add("END_STREAM")
+    events = client.receive_data(frame.serialize())
+    assert [type(e) for e in events][:1] == [h2.events.ResponseReceived]
+    assert dict(events[0].headers)[b":status"] == b"200"

@@ -106,6 +106,27 @@ class _Connection(h2.connection.H2Connection):
 
     MAX_CLOSED_STREAMS = defaults.H2_CLOSED_STREAMS_REMEMBERED
 
+    def _receive_goaway_frame(
+        self, frame: hyperframe.frame.GoAwayFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        """A graceful GOAWAY (NO_ERROR) leaves the connection open for the streams it covers.
+
+        RFC 9113 6.8: streams up to the GOAWAY's last stream id may still complete. h2 closes
+        its connection state machine on receipt and drops what we were about to send
+        (python-hyper/h2#1181), so the answer to a request the draining peer is still serving
+        would be refused as a protocol error ("RECV_HEADERS in state CLOSED") and the request
+        fail. Here only the event is raised: `H2Protocol` opens no stream on the connection any
+        more, refuses (retry-safe) the streams past the last id, and closes the connection once
+        the others are done. A GOAWAY with an error code is h2's business, as before.
+        """
+        if frame.error_code != 0:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
     def send_plain_data(self, stream_id: int, data: bytes) -> None:
         """A DATA frame that neither ends the stream nor is padded: what a body or a tunnel
         sends, chunk after chunk. h2's `send_data` builds a frame object, runs two state
