@@ -304,8 +304,16 @@ class TlsTransport(asyncio.Transport):
                 n += got
         except ssl.SSLWantReadError:
             pass
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            # close_notify (or a FIN without one: the peer is done sending either way)
+        except ssl.SSLZeroReturnError:
+            eof = True  # close_notify
+        except ssl.SSLEOFError:
+            # A FIN without close_notify (the peer is done sending either way), or a reset:
+            # Python reports both so (SSL_read_ex's 0 reads as an EOF), the TCP state tells.
+            if _was_reset(self._sock):
+                if n:
+                    self._protocol.data_received(bytes(view[:n]))
+                self._force_close(ConnectionResetError("connection reset by peer"))
+                return
             eof = True
         except ssl.SSLWantWriteError:
             self._read_wants_write = True
@@ -329,9 +337,9 @@ class TlsTransport(asyncio.Transport):
             self._eof_received = True
             self._stop_reading()
             keep_open = self._protocol.eof_received()
-            if self._eof_sent:
-                self.close()  # both directions have ended
-            elif not keep_open:
+            if self._eof_sent or not keep_open or self._pointer is None:
+                # Both directions have ended, or the protocol is done, or this connection
+                # cannot stay half-open (TLS 1.2): close, as asyncio's TLS transports do.
                 self.close()
 
     # -- writing ---------------------------------------------------------------------------------
@@ -490,6 +498,17 @@ class TlsTransport(asyncio.Transport):
     def _connection_lost(self, exc: BaseException | None) -> None:
         protocol_lost: Callable[[BaseException | None], None] = self._protocol.connection_lost
         protocol_lost(exc)
+
+
+_TCP_CLOSE = 7  # tcpi_state after a reset (a FIN leaves CLOSE_WAIT, TIME_WAIT, CLOSING...)
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    """The connection ended with a reset (Linux: TCP_INFO's state); False when unknown."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except (OSError, AttributeError):
+        return False
 
 
 def _address(getter: Callable[[], Any]) -> Any:
