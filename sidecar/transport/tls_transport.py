@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import socket
 import ssl
 import sys
@@ -51,6 +52,10 @@ _READ_VIEW = memoryview(_READ_BUFFER)
 
 _SSL_ERROR_WANT_WRITE = 3
 _SSL_ERROR_WANT_READ = 2
+_RECORD = 16 * 1024  # TLS's largest record of plaintext
+_TCP_CORK = getattr(socket, "TCP_CORK", 3)
+_SSL_CTRL_MODE = 33
+_SSL_MODE_RELEASE_BUFFERS = 0x10
 
 
 class _LibSsl:
@@ -73,12 +78,23 @@ class _LibSsl:
             self.get_fd = lib.SSL_get_fd
             self.get_error = lib.SSL_get_error
             self.clear_errors = lib.ERR_clear_error
+            self.set_read_ahead = lib.SSL_set_read_ahead
+            self.set_read_buffer_len = lib.SSL_set_default_read_buffer_len
+            self.has_pending = lib.SSL_has_pending
+            self.ctrl = lib.SSL_ctrl
         except (OSError, AttributeError, ImportError):
             return
         self.shutdown.argtypes = [ctypes.c_void_p]
         self.get_fd.argtypes = [ctypes.c_void_p]
         self.get_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self.clear_errors.argtypes = []
+        self.set_read_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.set_read_ahead.restype = None
+        self.set_read_buffer_len.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.set_read_buffer_len.restype = None
+        self.has_pending.argtypes = [ctypes.c_void_p]
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self.ctrl.restype = ctypes.c_long
         self.offset = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
         self.ok = True
 
@@ -90,6 +106,14 @@ class _LibSsl:
         if not pointer or self.get_fd(pointer) != fd:
             return None
         return pointer
+
+    def read_ahead(self, pointer: int, size: int) -> None:
+        """Let SSL_read take up to `size` bytes from the socket at once (several records per
+        recv instead of two recvs per record, header then body), the buffer being released
+        while empty (an idle connection holds none)."""
+        self.set_read_buffer_len(pointer, size)
+        self.set_read_ahead(pointer, 1)
+        self.ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
 
     def close_notify(self, pointer: int) -> bool | None:
         """Send close_notify: True when sent, None when the socket is full (retry when
@@ -129,6 +153,9 @@ def wrap(
         low = context._wrap_socket(  # type: ignore[attr-defined]
             sock, server_side, server_hostname, owner=None, session=None
         )
+    pointer = _LIBSSL.pointer(low, sock.fileno())
+    if pointer is not None:
+        _LIBSSL.read_ahead(pointer, defaults.TLS_READ_AHEAD)
     sslobj = ssl.SSLObject.__new__(ssl.SSLObject)
     sslobj._sslobj = low  # type: ignore[attr-defined]
     return sslobj
@@ -192,8 +219,15 @@ class TlsTransport(asyncio.Transport):
             "peername": _address(sock.getpeername),
             "sockname": _address(sock.getsockname),
         }
-        self._pointer = (
-            _LIBSSL.pointer(self._sslobj, self._fd) if sslobj.version() == "TLSv1.3" else None
+        pointer = _LIBSSL.pointer(self._sslobj, self._fd)
+        # SSL_shutdown once, for a half-close: TLS 1.3 only (1.2 forbids reading after it)
+        self._pointer = pointer if sslobj.version() == "TLSv1.3" else None
+        # Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
+        # the records read ahead, SSL_pending (the ssl module's) only the current one.
+        self._has_pending: Callable[[], int] = (
+            functools.partial(_LIBSSL.has_pending, pointer)
+            if pointer is not None
+            else self._sslobj.pending
         )
         self._closing = False  # close() or abort() was called, or the connection was lost
         self._lost = False  # connection_lost is scheduled
@@ -274,7 +308,7 @@ class TlsTransport(asyncio.Transport):
         if self._eof_received:
             return
         self._start_reading()
-        if self._sslobj.pending():
+        if self._has_pending():
             # Plaintext of a record already read from the socket: the socket may never wake us.
             self._loop.call_soon(self._read_ready)
 
@@ -329,7 +363,7 @@ class TlsTransport(asyncio.Transport):
             if (
                 n == READ_SIZE
                 and not eof
-                and self._sslobj.pending()
+                and self._has_pending()
                 and not (self._closing or self._read_paused)
             ):
                 self._loop.call_soon(self._read_ready)
@@ -368,7 +402,7 @@ class TlsTransport(asyncio.Transport):
             self._maybe_pause_protocol()
             return
         try:
-            self._sslobj.write(data)
+            self._encrypt(data)
             return
         except ssl.SSLWantWriteError:
             pass  # OpenSSL took part of it: the retry must start with these same bytes
@@ -378,6 +412,20 @@ class TlsTransport(asyncio.Transport):
         self._pending += data
         self._start_writing()
         self._maybe_pause_protocol()
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        """SSL_write: one system call per TLS record (16 KiB). For more than one record the
+        socket is corked meanwhile, so that the kernel sends full segments rather than one per
+        record (on loopback and real links alike, per-segment costs dominate the small ones)."""
+        if len(data) <= _RECORD:
+            self._sslobj.write(data)
+            return
+        setsockopt = self._sock.setsockopt
+        setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        try:
+            self._sslobj.write(data)
+        finally:
+            setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -420,7 +468,7 @@ class TlsTransport(asyncio.Transport):
         pending = self._pending
         if pending:
             try:
-                self._sslobj.write(pending)
+                self._encrypt(pending)
             except ssl.SSLWantWriteError:
                 return
             except (ssl.SSLError, OSError) as exc:
