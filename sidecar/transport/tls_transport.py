@@ -257,6 +257,10 @@ class TlsTransport(asyncio.Transport):
         protocol.connection_made(transport)
         if not transport._closing and not transport._read_paused:
             transport._start_reading()
+            if transport._has_pending():
+                # The handshake's last read took application data along (read-ahead): the
+                # socket may never announce it.
+                loop.call_soon(transport._read_ready)
         return transport
 
     # -- asyncio.BaseTransport -------------------------------------------------------------------
