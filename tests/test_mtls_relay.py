@@ -13,7 +13,7 @@ import socket
 import threading
 
 from tests.pki import mtls_pair
-from tests.support import LOOPBACK, digest_of, pattern, recv_all, wait_for
+from tests.support import LOOPBACK, digest_of, pattern, recv_all, wait_for, wait_for_stall
 
 MiB = 1024 * 1024
 _LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"
@@ -134,16 +134,7 @@ def test_a_slow_reader_pauses_the_app_with_bounded_memory(mesh, pki):
     with socket.create_connection((LOOPBACK, pair.outbound), timeout=60) as conn:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
 
-        def stalled() -> bool:
-            before = sent["bytes"]
-            wait_for(lambda: sent["bytes"] > 0, what="the app to start sending")
-            try:
-                wait_for(lambda: sent["bytes"] != before, timeout=0.3)
-            except AssertionError:
-                return True
-            return False
-
-        wait_for(stalled, timeout=30, what="the app to be blocked by back-pressure")
+        wait_for_stall(sent)
         assert sent["bytes"] < 64 * MiB, "the path buffered far more than its bounds"
         h = hashlib.sha256()
         total = 0
