@@ -60,6 +60,11 @@ class InboundStack(ListenerStack):
         timeout = self.options.detection_timeout
         return self.peek(connection.sniff, timeout if timeout > 0 else None, silent_closes=False)
 
+    def relays_bytes(self) -> bool:
+        """Every connection is relayed as bytes (no HTTP to detect): under mTLS, the relay's
+        own TLS transport carries it (`sidecar.transport.tls_transport`: half-close)."""
+        return self.plan.protocol in ("tcp", "kafka")
+
     def plain_tcp(self) -> bool:
         # kafka has its tap; with mTLS there are identities to check (and TLS to terminate)
         return self.plan.protocol == "tcp" and self.authorizer is None

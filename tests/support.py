@@ -276,3 +276,19 @@ def digest_of(size: int, seed: int = 0) -> str:
     for block in pattern(size, seed):
         h.update(block)
     return h.hexdigest()
+
+
+def wait_for_stall(sent: dict[str, int], timeout: float = 30.0) -> None:
+    """Wait until a sending app is held by back-pressure: its count `sent["bytes"]` (bumped
+    after each `sendall`) has started and then stays put for 0.3 s."""
+
+    def stalled() -> bool:
+        before = sent["bytes"]
+        wait_for(lambda: sent["bytes"] > 0, what="app to start sending")
+        try:
+            wait_for(lambda: sent["bytes"] != before, timeout=0.3)
+        except AssertionError:
+            return True
+        return False
+
+    wait_for(stalled, timeout=timeout, what="the app to be blocked by back-pressure")

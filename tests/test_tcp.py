@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
-from tests.support import LOOPBACK, digest_of, echo, pattern, recv_all, wait_for
+from tests.support import LOOPBACK, digest_of, echo, pattern, recv_all, wait_for, wait_for_stall
 
 
 @pytest.fixture(params=TCP_RELAYS)
@@ -148,16 +148,7 @@ def test_slow_reader_of_1_gib_keeps_memory_bounded(mesh):
 
         # Stalled reader: the app gets blocked once the socket buffers and the relay's bounded
         # buffers along the path are full.
-        def stalled() -> bool:
-            before = sent["bytes"]
-            wait_for(lambda: sent["bytes"] > 0, what="app to start sending")
-            try:
-                wait_for(lambda: sent["bytes"] != before, timeout=0.3)
-            except AssertionError:
-                return True
-            return False
-
-        wait_for(stalled, timeout=30, what="the app to be blocked by back-pressure")
+        wait_for_stall(sent)
         assert sent["bytes"] < 64 * MiB, "the path buffered far more than its bounds"
         h = hashlib.sha256()
         total = 0

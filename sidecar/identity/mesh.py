@@ -54,7 +54,9 @@ from sidecar.identity.tls import CredentialsError, CredentialStore
 from sidecar.observe.stats import ClusterStats, ListenerStats
 from sidecar.policy import POLICY_TYPE, Decision, MeshTrafficPermission, PolicyError, decide
 from sidecar.policy import parse_policy as parse_policy_document
+from sidecar.transport import tls_transport
 from sidecar.transport.connect import ConnectError, Connector, ProtocolFactory
+from sidecar.transport.tls_transport import TlsTransport
 
 if TYPE_CHECKING:
     from sidecar.cluster import Target
@@ -174,13 +176,16 @@ class Peer:
 class Stack(Protocol):
     """What an inbound listener under mTLS hands each accepted connection to
     (`sidecar.inbound.InboundStack`): it admits connections (its connection limit and the
-    descriptor guard), counts those still in their handshake, and gives the handshake timeout."""
+    descriptor guard), counts those still in their handshake, and gives the handshake timeout.
+    `relays_bytes`: every connection goes to the L4 relay (tcp, kafka), whose TLS transport is
+    then ours (`sidecar.transport.tls_transport`)."""
 
     def accept(self, peer: Peer | None) -> asyncio.Protocol: ...
     def admit(self) -> bool: ...
     def accept_failed(self, exc: OSError) -> None: ...
     def pending_started(self) -> None: ...
     def pending_settled(self) -> None: ...
+    def relays_bytes(self) -> bool: ...
     @property
     def handshake_timeout(self) -> float: ...
 
@@ -385,14 +390,21 @@ class MeshSecurity:
         stats: ClusterStats | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> Connector:
-        """mTLS toward the sidecars of `service` (`tags`: an outbound subset, part of the SNI)."""
+        """mTLS toward the sidecars of `service` (`tags`: an outbound subset, part of the SNI).
+
+        The connector makes asyncio's TLS transport (the HTTP/2 mesh pool rides it); its `relay`
+        attribute is the same hop on our own `TlsTransport` (`sidecar.transport.tls_transport`),
+        which the L4 relay takes: OpenSSL straight on the socket, and half-close.
+        """
         mesh = self.mesh
         store = self.store
         sni = tls.server_hostname(service, mesh, dict(tags or {}))
         wanted = spiffe.spiffe_id(mesh, service)
         endpoints = self._endpoints
 
-        async def connect(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
+        async def dial(
+            target: Target, factory: ProtocolFactory, own: bool
+        ) -> asyncio.BaseTransport:
             loop = asyncio.get_running_loop()
             started = loop.time()
             if stats is not None:
@@ -413,14 +425,19 @@ class MeshSecurity:
             offered = _offered_session.set(state.session_to_offer())
             try:
                 async with asyncio.timeout(timeout):
-                    transport, _ = await loop.create_connection(
-                        lambda: gate,
-                        target.host,
-                        target.port,
-                        ssl=context,
-                        server_hostname=sni,
-                        ssl_handshake_timeout=timeout,
-                    )
+                    if own:
+                        transport = await _open_own_tls(
+                            loop, target, context, sni, _offered_session.get(), gate
+                        )
+                    else:
+                        transport, _ = await loop.create_connection(
+                            lambda: gate,
+                            target.host,
+                            target.port,
+                            ssl=context,
+                            server_hostname=sni,
+                            ssl_handshake_timeout=timeout,
+                        )
                     ssl_object = transport.get_extra_info("ssl_object")
                     uris = tls.peer_uris(ssl_object)
                     if wanted not in uris:
@@ -463,6 +480,13 @@ class MeshSecurity:
             gate.hand_over(factory())
             return transport
 
+        async def connect(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
+            return await dial(target, factory, False)
+
+        async def relay(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
+            return await dial(target, factory, True)
+
+        connect.relay = relay  # type: ignore[attr-defined]
         return connect
 
     # -- inbound ----------------------------------------------------------------------------
@@ -582,6 +606,32 @@ class _EndpointState:
 def _abort(transport: asyncio.BaseTransport | None) -> None:
     if transport is not None and not transport.is_closing():
         transport.abort()
+
+
+async def _open_own_tls(
+    loop: asyncio.AbstractEventLoop,
+    target: Target,
+    context: ssl.SSLContext,
+    sni: str | None,
+    session: ssl.SSLSession | None,
+    protocol: asyncio.Protocol,
+) -> TlsTransport:
+    """TCP connect and TLS handshake as a client, on our own transport (the caller bounds it
+    in time); `session`: the one to resume."""
+    family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(sock, (target.host, target.port))
+        sslobj = tls_transport.wrap(
+            context, sock, server_side=False, server_hostname=sni, session=session
+        )
+        await tls_transport.handshake(loop, sock, sslobj)
+    except BaseException:
+        sock.close()
+        raise
+    return TlsTransport.start(loop, sock, sslobj, protocol)
 
 
 def describe_tls_error(exc: BaseException) -> str:
@@ -911,12 +961,20 @@ class _Incoming:
         timeout = max(0.1, self.deadline - loop.time())
         context = listener.security.store.server_context  # the current one: rotation
         try:
-            await loop.connect_accepted_socket(
-                lambda: _ServerGate(listener, self.address),
-                self.conn,
-                ssl=context,
-                ssl_handshake_timeout=timeout,
-            )
+            if listener.stack.relays_bytes():
+                # Every connection goes to the L4 relay: our own transport (fewer copies,
+                # half-close); HTTP keeps asyncio's.
+                async with asyncio.timeout(timeout):
+                    sslobj = tls_transport.wrap(context, self.conn, server_side=True)
+                    await tls_transport.handshake(loop, self.conn, sslobj)
+                TlsTransport.start(loop, self.conn, sslobj, _ServerGate(listener, self.address))
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: _ServerGate(listener, self.address),
+                    self.conn,
+                    ssl=context,
+                    ssl_handshake_timeout=timeout,
+                )
         except Exception as exc:  # noqa: BLE001 - every refusal is logged and counted alike
             self.conn.close()
             listener.refused(

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import defaults
+from sidecar.transport.idle import IdleTimer
 
 _LINGER_RST = struct.pack("ii", 1, 0)
-_IDLE_CHECKS = 4  # the idle timeout fires between timeout and timeout * (1 + 1/_IDLE_CHECKS)
 
 
 def abort_with_reset(transport: asyncio.BaseTransport | None) -> None:
@@ -131,12 +131,8 @@ class Relay:
         self.closed = False
         self.idle_timed_out = False
         self.response_flags = ""  # Envoy's %RESPONSE_FLAGS% for the access log: UH, UF
-        self._idle_timeout = idle_timeout
-        self._idle_checks = 0
         self._on_closed = on_closed
-        self._timer: asyncio.TimerHandle | None = None
-        if idle_timeout > 0:
-            self._timer = loop.call_later(idle_timeout / _IDLE_CHECKS, self._check_idle)
+        self._idle = IdleTimer.start(loop, idle_timeout, self)
 
     @property
     def peername(self) -> Any:
@@ -189,22 +185,8 @@ class Relay:
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._on_closed is not None:
             self._on_closed(self)
-
-    def _check_idle(self) -> None:
-        if self.closed:
-            return
-        if self.active:
-            self.active = False
-            self._idle_checks = 0
-        else:
-            self._idle_checks += 1
-            if self._idle_checks >= _IDLE_CHECKS:
-                self.idle_timed_out = True
-                self.close()
-                return
-        self._timer = self.loop.call_later(self._idle_timeout / _IDLE_CHECKS, self._check_idle)

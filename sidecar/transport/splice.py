@@ -42,8 +42,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sidecar.transport.idle import IdleTimer
+
 _LINGER_RST = struct.pack("ii", 1, 0)
-_IDLE_CHECKS = 4  # as in sidecar.transport.relay
 PIPE_SIZE = 256 * 1024  # one read of uvloop's size; the back-pressure bound per direction
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _splice = getattr(os, "splice", None)
@@ -215,9 +216,8 @@ class SpliceRelay:
     """
 
     __slots__ = ("loop", "downstream", "upstream", "started", "target", "active", "linked",
-                 "closed", "idle_timed_out", "response_flags", "peername", "_idle_timeout",
-                 "_idle_checks", "_on_closed", "_timer", "_connect_timer",
-                 "_on_connect")  # fmt: skip
+                 "closed", "idle_timed_out", "response_flags", "peername", "_on_closed", "_idle",
+                 "_connect_timer", "_on_connect")  # fmt: skip
 
     def __init__(
         self,
@@ -240,14 +240,10 @@ class SpliceRelay:
         self.closed = False
         self.idle_timed_out = False
         self.response_flags = ""
-        self._idle_timeout = idle_timeout
-        self._idle_checks = 0
         self._on_closed = on_closed
-        self._timer: asyncio.TimerHandle | None = None
+        self._idle = IdleTimer.start(loop, idle_timeout, self)
         self._connect_timer: asyncio.TimerHandle | None = None
         self._on_connect: Callable[[str | None, bool], None] | None = None
-        if idle_timeout > 0:
-            self._timer = loop.call_later(idle_timeout / _IDLE_CHECKS, self._check_idle)
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -349,34 +345,20 @@ class SpliceRelay:
                 except OSError:
                     pass
             else:
-                _discard_unread(sock)
+                discard_unread(sock)
             sock.close()
         self._finish()
 
     def _finish(self) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._on_closed is not None:
             self._on_closed(self)
 
-    def _check_idle(self) -> None:
-        if self.closed:
-            return
-        if self.active:
-            self.active = False
-            self._idle_checks = 0
-        else:
-            self._idle_checks += 1
-            if self._idle_checks >= _IDLE_CHECKS:
-                self.idle_timed_out = True
-                self.close()
-                return
-        self._timer = self.loop.call_later(self._idle_timeout / _IDLE_CHECKS, self._check_idle)
 
-
-def _discard_unread(sock: socket.socket) -> None:
+def discard_unread(sock: socket.socket) -> None:
     """Read and drop what the peer sent and we will not relay: closing a socket with unread
     bytes sends a reset, and a graceful close must be a FIN (as the Protocol relay's is, whose
     transports have read everything that arrived)."""

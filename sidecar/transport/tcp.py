@@ -9,7 +9,9 @@ Two ways in: as a protocol factory (`proxy()`, the `asyncio.Protocol` relay: TLS
 connections), or `proxy.splice(sock, address)` with a raw accepted socket (the zero-copy relay of
 `sidecar.transport.splice`, for plain TCP on both sides), driven by callbacks without a task.
 Both count the same stats and call the same hooks; the splice relay dials plain TCP itself, so
-it is only used when the connector is the plain one (`plain_upstream`).
+it is only used when the connector is the plain one (`plain_upstream`). A connector's `relay`
+attribute, when it has one, is what the Protocol relay dials with (the mTLS connector's makes
+our own TLS transport, `sidecar.transport.tls_transport`, which can half-close).
 """
 
 from __future__ import annotations
@@ -145,7 +147,9 @@ class TcpProxy:
         self._loop.create_task(self._connect(side.relay))
 
     async def _connect(self, relay: Relay) -> None:
-        cluster, settings, connect = self.cluster, self.settings, self.connector
+        cluster, settings = self.cluster, self.settings
+        # A connector may have a variant for byte relaying (mTLS: our own TLS transport).
+        connect: Connector = getattr(self.connector, "relay", self.connector)
         cstats = cluster.stats
         if self._circuit_open(relay):
             return

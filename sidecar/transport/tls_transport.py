@@ -1,0 +1,570 @@
+"""A TLS transport of our own for the L4 relay over mTLS: OpenSSL straight on the socket.
+
+asyncio's and uvloop's TLS transports run OpenSSL on memory BIOs: every byte is copied from the
+socket into a BIO, decrypted, handed up as `bytes`, and on the way out encrypted into a BIO and
+copied out again, one TLS record per SSL_read, in several layers of Python or Cython. They also
+cannot half-close (`can_write_eof()` is False): a close_notify ends the connection both ways.
+For bulk relaying both cost: the copies and the per-record calls are most of what a sidecar
+spends besides AES-GCM itself, and a client's FIN cannot cross the hop.
+
+`TlsTransport` is an `asyncio.Transport` over a non-blocking socket wrapped by the ssl module's
+low-level object (`SSLContext._wrap_socket`, what `ssl.SSLSocket` is built on), driven by
+`loop.add_reader` / `add_writer` on the raw descriptor:
+
+- Reading: SSL_read straight from the socket into one preallocated buffer, as many records as
+  fit (`READ_SIZE`) per readiness event, delivered to the protocol in one `data_received`.
+- Writing: SSL_write straight to the socket from the caller's bytes; only what the socket does
+  not take is kept (OpenSSL's "moving write buffer": the retry may come from another address and
+  be longer), and past the high-water mark the protocol is paused (`pause_writing`), as asyncio
+  does.
+- Half-close (TLS 1.3): `write_eof()` sends close_notify (SSL_shutdown, once) and shuts the TCP
+  write side; TLS 1.3 allows reading on until the peer's close_notify, which becomes
+  `eof_received()`, after which we may still write. Python's `SSLSocket.unwrap()` cannot be used:
+  it calls SSL_shutdown a second time to wait for the peer's alert, and that call fails on (and
+  drops) application data still in flight. So SSL_shutdown is called once through ctypes on the
+  ssl object's `SSL *` (`_ssl_pointer`, checked against the socket's descriptor); where that is
+  not available, or with TLS 1.2 (which forbids reading after close_notify), `can_write_eof()`
+  is False and the relay falls back to closing, as with asyncio's transports.
+- A reset (or any error) on the socket is `connection_lost(exc)`; `abort()` drops the socket at
+  once (the relay sets SO_LINGER 0 first to pass a reset on).
+
+The handshake (`handshake`) is driven the same way before the transport is made; the caller
+bounds it in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sidecar import defaults
+from sidecar.transport.splice import discard_unread
+
+READ_SIZE = 256 * 1024  # plaintext delivered per read event at most (16 TLS records)
+_READ_BUFFER = bytearray(READ_SIZE)  # shared: every read is copied out before the next one
+_READ_VIEW = memoryview(_READ_BUFFER)
+
+_SSL_ERROR_WANT_WRITE = 3
+_SSL_ERROR_WANT_READ = 2
+_RECORD = 16 * 1024  # TLS's largest record of plaintext
+_TCP_CORK = getattr(socket, "TCP_CORK", 3)
+_SSL_CTRL_MODE = 33
+_SSL_MODE_RELEASE_BUFFERS = 0x10
+
+
+class _LibSsl:
+    """SSL_shutdown on the `SSL *` of an `_ssl._SSLSocket`, for a one-way close_notify.
+
+    CPython's `_ssl` object starts with `PyObject_HEAD; PyObject *Socket; SSL *ssl;` (3.8 to
+    3.13); the pointer found there is used only if `SSL_get_fd` on it gives the socket's own
+    descriptor.
+    """
+
+    def __init__(self) -> None:
+        self.ok = False
+        if not (3, 8) <= sys.version_info[:2] <= (3, 13):
+            return
+        try:
+            import _ssl
+
+            lib = ctypes.CDLL(_ssl.__file__)  # libssl is among its dependencies
+            self.shutdown = lib.SSL_shutdown
+            self.get_fd = lib.SSL_get_fd
+            self.get_error = lib.SSL_get_error
+            self.clear_errors = lib.ERR_clear_error
+            self.set_read_ahead = lib.SSL_set_read_ahead
+            self.set_read_buffer_len = lib.SSL_set_default_read_buffer_len
+            self.has_pending = lib.SSL_has_pending
+            self.ctrl = lib.SSL_ctrl
+        except (OSError, AttributeError, ImportError):
+            return
+        self.shutdown.argtypes = [ctypes.c_void_p]
+        self.get_fd.argtypes = [ctypes.c_void_p]
+        self.get_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.clear_errors.argtypes = []
+        self.set_read_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.set_read_ahead.restype = None
+        self.set_read_buffer_len.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.set_read_buffer_len.restype = None
+        self.has_pending.argtypes = [ctypes.c_void_p]
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self.ctrl.restype = ctypes.c_long
+        self.offset = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+        self.ok = True
+
+    def pointer(self, sslobj: Any, fd: int) -> int | None:
+        """The `SSL *` of `sslobj`, or None when it cannot be trusted."""
+        if not self.ok:
+            return None
+        pointer = ctypes.c_void_p.from_address(id(sslobj) + self.offset).value
+        if not pointer or self.get_fd(pointer) != fd:
+            return None
+        return pointer
+
+    def read_ahead(self, pointer: int, size: int) -> None:
+        """Let SSL_read take up to `size` bytes from the socket at once (several records per
+        recv instead of two recvs per record, header then body), the buffer being released
+        while empty (an idle connection holds none)."""
+        self.set_read_buffer_len(pointer, size)
+        self.set_read_ahead(pointer, 1)
+        self.ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+
+    def close_notify(self, pointer: int) -> bool | None:
+        """Send close_notify: True when sent, None when the socket is full (retry when
+        writable), False on an error."""
+        ret = self.shutdown(pointer)
+        if ret >= 0:
+            return True
+        err = self.get_error(pointer, ret)
+        self.clear_errors()
+        return None if err in (_SSL_ERROR_WANT_WRITE, _SSL_ERROR_WANT_READ) else False
+
+
+_LIBSSL = _LibSsl()
+
+
+def wrap(
+    context: ssl.SSLContext,
+    sock: socket.socket,
+    *,
+    server_side: bool,
+    server_hostname: str | None = None,
+    session: ssl.SSLSession | None = None,
+) -> ssl.SSLObject:
+    """An `ssl.SSLObject` working on `sock` itself (non-blocking) instead of memory BIOs.
+
+    It is the ssl module's socket-backed object (`SSLContext._wrap_socket`, what `ssl.SSLSocket`
+    holds) behind the public `SSLObject` API, made as `SSLObject._create` makes one, so that
+    what reads a connection's `ssl_object` (identities, version, session) works unchanged.
+    `session`: a client's, to resume; left out when it belongs to another context (a rotation).
+    """
+    sock.setblocking(False)
+    try:
+        low = context._wrap_socket(  # type: ignore[attr-defined]
+            sock, server_side, server_hostname, owner=None, session=session
+        )
+    except ValueError:
+        low = context._wrap_socket(  # type: ignore[attr-defined]
+            sock, server_side, server_hostname, owner=None, session=None
+        )
+    pointer = _LIBSSL.pointer(low, sock.fileno())
+    if pointer is not None:
+        _LIBSSL.read_ahead(pointer, defaults.TLS_READ_AHEAD)
+    sslobj = ssl.SSLObject.__new__(ssl.SSLObject)
+    sslobj._sslobj = low  # type: ignore[attr-defined]
+    return sslobj
+
+
+async def handshake(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, sslobj: ssl.SSLObject
+) -> None:
+    """Drive the TLS handshake on the loop; raises what OpenSSL raises (`ssl.SSLError`,
+    `OSError`). The caller bounds it in time (and closes the socket when it fails)."""
+    fd = sock.fileno()
+    while True:
+        try:
+            sslobj.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            await _ready(loop, fd, write=False)
+        except ssl.SSLWantWriteError:
+            await _ready(loop, fd, write=True)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    waiter = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await waiter
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+class TlsTransport(asyncio.Transport):
+    """A connected, handshaken TLS socket as an `asyncio.Transport` (see the module's text)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        sslobj: ssl.SSLObject,
+        protocol: asyncio.Protocol,
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # the hot path skips a frame
+        self._protocol = protocol
+        self._extra = {
+            "socket": sock,
+            "ssl_object": sslobj,
+            "peername": _address(sock.getpeername),
+            "sockname": _address(sock.getsockname),
+        }
+        pointer = _LIBSSL.pointer(self._sslobj, self._fd)
+        # SSL_shutdown once, for a half-close: TLS 1.3 only (1.2 forbids reading after it)
+        self._pointer = pointer if sslobj.version() == "TLSv1.3" else None
+        # Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
+        # the records read ahead, SSL_pending (the ssl module's) only the current one.
+        self._has_pending: Callable[[], int] = (
+            functools.partial(_LIBSSL.has_pending, pointer)
+            if pointer is not None
+            else self._sslobj.pending
+        )
+        self._closing = False  # close() or abort() was called, or the connection was lost
+        self._lost = False  # connection_lost is scheduled
+        self._reading = False  # a reader is registered
+        self._read_paused = False
+        self._eof_received = False  # the peer's close_notify (or FIN) came
+        self._pending = bytearray()  # plaintext OpenSSL has not taken yet; the first bytes are
+        # those of the SSL_write to retry
+        self._writing = False  # a writer is registered
+        self._eof_wanted = False  # write_eof() called: close_notify after the pending bytes
+        self._eof_sent = False
+        self._write_paused = False  # the protocol was told pause_writing
+        self._high_water = defaults.RELAY_HIGH_WATER
+        self._low_water = defaults.RELAY_LOW_WATER
+        self._read_wants_write = False  # SSL_read must write first (a KeyUpdate reply)
+
+    @classmethod
+    def start(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        sslobj: ssl.SSLObject,
+        protocol: asyncio.Protocol,
+    ) -> TlsTransport:
+        """The transport, with `protocol.connection_made` called and reading started."""
+        transport = cls(loop, sock, sslobj, protocol)
+        protocol.connection_made(transport)
+        if not transport._closing and not transport._read_paused:
+            transport._start_reading()
+            if transport._has_pending():
+                # The handshake's last read took application data along (read-ahead): the
+                # socket may never announce it.
+                loop.call_soon(transport._read_ready)
+        return transport
+
+    # -- asyncio.BaseTransport -------------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sslcontext":
+            return self._sslobj.context
+        if name == "peercert":
+            return self._extra["ssl_object"].getpeercert()
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def close(self) -> None:
+        """Stop reading, write what is pending, send close_notify, then close (a FIN)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        self._eof_wanted = True
+        if not self._pending:
+            self._finish_writing()
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._read_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if self._closing or self._read_paused:
+            return
+        self._read_paused = True
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._read_paused:
+            return
+        self._read_paused = False
+        if self._eof_received:
+            return
+        self._start_reading()
+        if self._has_pending():
+            # Plaintext of a record already read from the socket: the socket may never wake us.
+            self._loop.call_soon(self._read_ready)
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self._eof_received:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _read_ready(self) -> None:
+        if self._closing or self._read_paused or self._eof_received:
+            return
+        read = self._sslobj.read
+        view = _READ_VIEW
+        n = 0
+        eof = False
+        try:
+            while n < READ_SIZE:
+                got = read(READ_SIZE - n, view[n:])
+                if not got:
+                    eof = True
+                    break
+                n += got
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            eof = True  # close_notify
+        except ssl.SSLEOFError:
+            # A FIN without close_notify (the peer is done sending either way), or a reset:
+            # Python reports both so (SSL_read_ex's 0 reads as an EOF), the TCP state tells.
+            if _was_reset(self._sock):
+                if n:
+                    self._protocol.data_received(bytes(view[:n]))
+                self._force_close(ConnectionResetError("connection reset by peer"))
+                return
+            eof = True
+        except ssl.SSLWantWriteError:
+            self._read_wants_write = True
+            self._stop_reading()
+            self._start_writing()
+        except (ssl.SSLError, OSError) as exc:
+            if n:
+                self._protocol.data_received(bytes(view[:n]))
+            self._force_close(exc)
+            return
+        if n:
+            self._protocol.data_received(bytes(view[:n]))
+            if (
+                n == READ_SIZE
+                and not eof
+                and self._has_pending()
+                and not (self._closing or self._read_paused)
+            ):
+                self._loop.call_soon(self._read_ready)
+        if eof and not self._closing:
+            self._eof_received = True
+            self._stop_reading()
+            keep_open = self._protocol.eof_received()
+            if self._eof_sent or not keep_open or self._pointer is None:
+                # Both directions have ended, or the protocol is done, or this connection
+                # cannot stay half-open (TLS 1.2): close, as asyncio's TLS transports do.
+                self.close()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low_water, self._high_water
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._pending)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        if self._eof_wanted or self._lost:
+            return  # after write_eof/close/abort: dropped, as asyncio's transports do
+        if not data:
+            return
+        if self._pending:
+            self._pending += data
+            self._maybe_pause_protocol()
+            return
+        try:
+            self._encrypt(data)
+            return
+        except ssl.SSLWantWriteError:
+            pass  # OpenSSL took part of it: the retry must start with these same bytes
+        except (ssl.SSLError, OSError) as exc:
+            self._force_close(exc)
+            return
+        self._pending += data
+        self._start_writing()
+        self._maybe_pause_protocol()
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        """SSL_write: one system call per TLS record (16 KiB). For more than one record the
+        socket is corked meanwhile, so that the kernel sends full segments rather than one per
+        record (on loopback and real links alike, per-segment costs dominate the small ones)."""
+        if len(data) <= _RECORD:
+            self._sslobj.write(data)
+            return
+        setsockopt = self._sock.setsockopt
+        setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+        try:
+            self._sslobj.write(data)
+        finally:
+            setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return self._pointer is not None
+
+    def write_eof(self) -> None:
+        """Send close_notify once the pending bytes are written, then FIN; reading goes on."""
+        if self._eof_wanted or self._closing:
+            return
+        if self._pointer is None:
+            raise NotImplementedError("half-close needs TLS 1.3 and SSL_shutdown")
+        self._eof_wanted = True
+        if not self._pending:
+            self._finish_writing()
+
+    def _start_writing(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._write_ready)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+
+    def _write_ready(self) -> None:
+        if self._lost:
+            return
+        if self._read_wants_write:
+            self._read_wants_write = False
+            if not self._pending and not self._eof_wanted:
+                self._stop_writing()
+            if not (self._closing or self._read_paused):
+                self._start_reading()
+                self._read_ready()
+            if self._lost:
+                return
+        pending = self._pending
+        if pending:
+            try:
+                self._encrypt(pending)
+            except ssl.SSLWantWriteError:
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._force_close(exc)
+                return
+            pending.clear()
+            if self._write_paused and not self._closing:
+                self._write_paused = False
+                self._protocol.resume_writing()
+            if self._pending:
+                return  # resume_writing wrote more, which is waiting
+        self._stop_writing()
+        if self._eof_wanted:
+            self._finish_writing()
+
+    def _maybe_pause_protocol(self) -> None:
+        if not self._write_paused and len(self._pending) > self._high_water:
+            self._write_paused = True
+            self._protocol.pause_writing()
+
+    def _finish_writing(self) -> None:
+        """Everything is written: send close_notify and FIN (write_eof), or close (close)."""
+        if not self._eof_sent:
+            sent = self._send_close_notify()
+            if sent is None:
+                self._start_writing()  # the socket is full: again when writable
+                return
+            self._eof_sent = True
+            if sent and not self._closing:
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError as exc:
+                    self._force_close(exc)
+                    return
+                if self._eof_received:
+                    self.close()  # both directions have ended
+                    return
+        if self._closing:
+            self._release(None)
+
+    def _send_close_notify(self) -> bool | None:
+        """True: sent; None: retry when writable; False: not sent (no half-close here)."""
+        pointer = self._pointer
+        if pointer is not None:
+            return _LIBSSL.close_notify(pointer)
+        if self._closing:
+            # No one-way SSL_shutdown (TLS 1.2): the ssl module's, whose second SSL_shutdown
+            # may fail on bytes in flight; the connection is ending both ways anyway.
+            try:
+                self._sslobj.shutdown()
+            except (ssl.SSLError, OSError):
+                pass
+        return False
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._closing = True
+        self._pending.clear()
+        self._release(exc, graceful=False)
+
+    def _release(self, exc: BaseException | None, *, graceful: bool = True) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._stop_reading()
+        self._stop_writing()
+        if graceful:
+            discard_unread(self._sock)  # a close with unread bytes would be a reset
+        self._sock.close()
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        protocol_lost: Callable[[BaseException | None], None] = self._protocol.connection_lost
+        protocol_lost(exc)
+
+
+_TCP_CLOSE = 7  # tcpi_state after a reset (a FIN leaves CLOSE_WAIT, TIME_WAIT, CLOSING...)
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    """The connection ended with a reset (Linux: TCP_INFO's state); False when unknown."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except (OSError, AttributeError):
+        return False
+
+
+def _address(getter: Callable[[], Any]) -> Any:
+    try:
+        return getter()
+    except OSError:
+        return None

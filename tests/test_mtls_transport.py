@@ -1,0 +1,218 @@
+"""The relay's own TLS transport in-process (`sidecar.transport.tls_transport`), for what needs a
+short timeout or a look inside: the idle timeout over TLS, back-pressure counted in bytes, the
+TLS 1.2 fallback (no half-close). Real sockets on loopback, real OpenSSL on both ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from sidecar.runner import loop_factory
+from sidecar.transport import tls_transport
+from sidecar.transport.relay import Relay
+from sidecar.transport.tls_transport import TlsTransport
+from tests.pki import Pki
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    pki = Pki(tmp_path / "certs")
+    cert, key = pki.issue("backend-1", "backend")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(pki.ca_path)
+    client.check_hostname = False
+    return server, client
+
+
+async def _accept_tls(listener: socket.socket, context: ssl.SSLContext):
+    loop = asyncio.get_running_loop()
+    conn, _ = await loop.sock_accept(listener)
+    sslobj = tls_transport.wrap(context, conn, server_side=True)
+    await asyncio.wait_for(tls_transport.handshake(loop, conn, sslobj), 5)
+    return conn, sslobj
+
+
+async def _connect_tls(port: int, context: ssl.SSLContext):
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    sslobj = tls_transport.wrap(context, sock, server_side=False)
+    await asyncio.wait_for(tls_transport.handshake(loop, sock, sslobj), 5)
+    return sock, sslobj
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    return listener
+
+
+class Collector(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.digest = hashlib.sha256()
+        self.received = 0
+        self.paused = 0
+        self.eof = asyncio.Event()
+        self.lost = asyncio.Event()
+        self.error: BaseException | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.digest.update(data)
+        self.received += len(data)
+
+    def eof_received(self):
+        self.eof.set()
+        return True
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        pass
+
+    def connection_lost(self, exc):
+        self.error = exc
+        self.lost.set()
+
+
+def _run(coro_fn, *args) -> None:
+    for kind in ("uvloop", "asyncio"):
+        with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
+            runner.run(coro_fn(*args))
+
+
+def test_half_close_both_ways_and_back_pressure_between_two_tls_transports(contexts):
+    _run(half_close_and_back_pressure, *contexts)
+
+
+async def half_close_and_back_pressure(server_ctx, client_ctx):
+    loop = asyncio.get_running_loop()
+    listener = _listener()
+    port = listener.getsockname()[1]
+    accepted = loop.create_task(_accept_tls(listener, server_ctx))
+    client_sock, client_ssl = await _connect_tls(port, client_ctx)
+    server_sock, server_ssl = await accepted
+    listener.close()
+    server, client = Collector(), Collector()
+    server_t = TlsTransport.start(loop, server_sock, server_ssl, server)
+    client_t = TlsTransport.start(loop, client_sock, client_ssl, client)
+    assert client_t.can_write_eof() and server_t.can_write_eof()  # TLS 1.3
+    assert client_t.get_extra_info("ssl_object").version() == "TLSv1.3"
+
+    # The server stops reading: the client's writes pile up to its high-water mark, then
+    # it is told to pause; what it buffers stays bounded by what it was asked to write.
+    server_t.pause_reading()
+    client_t.set_write_buffer_limits(256 * 1024, 64 * 1024)
+    block = hashlib.sha256(b"x").digest() * (MiB // 32)
+    sent = hashlib.sha256()
+    total = 0
+    while not client.paused:
+        client_t.write(block)
+        sent.update(block)
+        total += len(block)
+        await asyncio.sleep(0)
+        assert total < 256 * MiB, "never paused"
+    assert client_t.get_write_buffer_size() <= 256 * 1024 + len(block)
+    client_t.write_eof()  # close_notify after the buffered bytes, then FIN
+    server_t.resume_reading()
+    await asyncio.wait_for(server.eof.wait(), 10)
+    assert server.received == total and server.digest.hexdigest() == sent.hexdigest()
+    # Half-closed: the server still writes, the client still reads.
+    server_t.write(b"reply after your EOF")
+    server_t.write_eof()
+    await asyncio.wait_for(client.eof.wait(), 10)
+    assert client.received == len(b"reply after your EOF")
+    await asyncio.wait_for(asyncio.gather(client.lost.wait(), server.lost.wait()), 10)
+    assert client.error is None and server.error is None
+    assert client_sock.fileno() == -1 and server_sock.fileno() == -1
+
+
+def test_idle_tls_relay_connection_is_closed(contexts):
+    _run(idle_tls_relay, *contexts)
+
+
+async def idle_tls_relay(server_ctx, client_ctx):
+    """client ⇒ TLS ⇒ [TlsTransport ⇄ Relay ⇄ plain] → echo server; the relay idles out."""
+    loop = asyncio.get_running_loop()
+
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+    listener = _listener()
+    closed = asyncio.Event()
+    relay = Relay(loop, 0.2, lambda r: closed.set())
+
+    async def connect_upstream():
+        await loop.create_connection(lambda: relay.upstream, "127.0.0.1", up_port)
+        relay.link()
+
+    relay.downstream.on_made = lambda side: loop.create_task(connect_upstream())
+
+    async def serve():
+        conn, sslobj = await _accept_tls(listener, server_ctx)
+        TlsTransport.start(loop, conn, sslobj, relay.downstream)
+
+    serving = loop.create_task(serve())
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1],
+                                                   ssl=client_ctx)  # fmt: skip
+    await serving
+    writer.write(b"ping")
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the idle timeout
+    assert loop.time() - started >= 0.2
+    await asyncio.wait_for(closed.wait(), 5)
+    assert relay.idle_timed_out
+    writer.close()
+    listener.close()
+    upstream.close()
+    await upstream.wait_closed()
+
+
+def test_tls_1_2_relays_without_half_close(contexts):
+    server_ctx, client_ctx = contexts
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    _run(tls_1_2, server_ctx, client_ctx)
+
+
+async def tls_1_2(server_ctx, client_ctx):
+    """TLS 1.2 forbids reading after close_notify: no write_eof; data and close still work."""
+    loop = asyncio.get_running_loop()
+    listener = _listener()
+    accepted = loop.create_task(_accept_tls(listener, server_ctx))
+    client_sock, client_ssl = await _connect_tls(listener.getsockname()[1], client_ctx)
+    server_sock, server_ssl = await accepted
+    listener.close()
+    server, client = Collector(), Collector()
+    server_t = TlsTransport.start(loop, server_sock, server_ssl, server)
+    client_t = TlsTransport.start(loop, client_sock, client_ssl, client)
+    assert server_ssl.version() == "TLSv1.2"
+    assert not server_t.can_write_eof()
+    with pytest.raises(NotImplementedError):
+        server_t.write_eof()
+    client_t.write(b"over TLS 1.2")
+    client_t.close()
+    await asyncio.wait_for(server.lost.wait(), 10)
+    assert server.received == len(b"over TLS 1.2")
+    await asyncio.wait_for(client.lost.wait(), 10)
