@@ -34,7 +34,6 @@ DNS_REFRESH_INTERVAL = 5.0
 # Relay buffering: a connection holds at most about this many unsent bytes per direction before
 # the reading side is paused (the transport's high-water mark).
 RELAY_HIGH_WATER = 256 * 1024
-RELAY_LOW_WATER = 64 * 1024
 # The relay's own TLS transport (mTLS L4 hop): what one recv may take from the socket for
 # OpenSSL to decrypt (several 16 KiB records per system call); released while empty.
 TLS_READ_AHEAD = 128 * 1024

@@ -41,8 +41,8 @@ class InboundStack(ListenerStack):
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         connector = plain_connector(plan.connect_timeout, cluster.stats)
-        self.h1_pool = H1Pool(connector, cluster.stats)
-        self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats)
+        self.h1_pool = H1Pool(connector, cluster.stats, options.limits.stream_buffer_bytes)
+        self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats, limits=options.limits)
         self.authorizer = authorizer  # None: no mTLS, so no identities to authorize
 
     def new_connection(self) -> asyncio.Protocol:

@@ -94,6 +94,19 @@ class Limits:
         "largest frame accepted (SETTINGS_MAX_FRAME_SIZE); larger → GOAWAY FRAME_SIZE_ERROR",
         minimum=16384,
     )
+    stream_buffer_kb: int = _limit(
+        defaults.BODY_HIGH_WATER // 1024,
+        "KiB of one HTTP body (request or response) the sidecar holds before it stops reading "
+        "from the side that sends it (a slow reader pauses its sender; the stream idle timeout "
+        "ends one that never reads)",
+        minimum=16,
+    )
+    relay_buffer_kb: int = _limit(
+        defaults.RELAY_HIGH_WATER // 1024,
+        "KiB a relayed TCP connection holds per direction for a slow reader before it stops "
+        "reading from the other side (Envoy's per_connection_buffer_limit_bytes)",
+        minimum=16,
+    )
     h2_initial_stream_window_size: int = _limit(
         defaults.H2_STREAM_WINDOW,
         "bytes a peer may send on one stream before we read them",
@@ -178,6 +191,14 @@ class Limits:
         return self.max_request_headers_kb * 1024
 
     @property
+    def stream_buffer_bytes(self) -> int:
+        return self.stream_buffer_kb * 1024
+
+    @property
+    def relay_buffer_bytes(self) -> int:
+        return self.relay_buffer_kb * 1024
+
+    @property
     def mesh_header_list_size(self) -> int:
         return self.max_request_headers_bytes * defaults.MESH_HEADER_LIST_FACTOR
 
@@ -194,6 +215,9 @@ class Limits:
         """How often the per-connection timeouts are checked: a quarter of the shortest."""
         timeouts = [t for t in (self.request_headers_timeout, self.http_idle_timeout) if t > 0]
         return min(1.0, max(0.05, min(timeouts, default=4.0) / 4))
+
+
+DEFAULT_LIMITS = Limits()  # what a sidecar started without --limits/--limit runs with
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Limits)}

@@ -68,7 +68,9 @@ class ListenerStack:
         self.cluster = cluster
         self.stats = stats
         self.options = options
-        self.tcp = TcpProxy(plan.name, cluster, tcp_settings(plan), stats, connector)
+        self.tcp = TcpProxy(
+            plan.name, cluster, tcp_settings(plan, options.limits), stats, connector
+        )
         self.http_connections: set[H1Server | H2Protocol] = set()
         # Connections accepted and not yet handed to a protocol: being told apart (Peek), or in
         # their mTLS handshake. They count toward the connection limit.
@@ -183,7 +185,7 @@ class ListenerStack:
         self.plan = plan
         self.cluster = cluster
         self.tcp.cluster = cluster
-        self.tcp.settings = tcp_settings(plan)
+        self.tcp.settings = tcp_settings(plan, self.options.limits)
         self.tcp.connector = connector or plain_connector(plan.connect_timeout, cluster.stats)
 
     # -- HTTP servers ---------------------------------------------------------------------
@@ -304,5 +306,7 @@ async def _adopt(factory: Callable[[], asyncio.Protocol], sock: socket.socket) -
         sock.close()
 
 
-def tcp_settings(plan: ListenerPlan) -> TcpSettings:
-    return TcpSettings(plan.connect_timeout, plan.idle_timeout, plan.connect_attempts)
+def tcp_settings(plan: ListenerPlan, limits: Limits) -> TcpSettings:
+    return TcpSettings(
+        plan.connect_timeout, plan.idle_timeout, plan.connect_attempts, limits.relay_buffer_bytes
+    )

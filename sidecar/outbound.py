@@ -18,6 +18,7 @@ from sidecar import defaults
 from sidecar.cluster import Cluster
 from sidecar.http.pool import Connector, H2Pool
 from sidecar.http.router import Exchange, Route, outbound_headers
+from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.stats import ClusterStats, ListenerStats
 from sidecar.plan import ListenerPlan
@@ -87,13 +88,17 @@ class OutboundStack(ListenerStack):
 
 
 def mesh_pool(
-    connector: Connector, *, trusted: bool = False, stats: ClusterStats | None = None
+    connector: Connector,
+    *,
+    trusted: bool = False,
+    stats: ClusterStats | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> H2Pool:
     """The multiplexed HTTP/2 connections of one outbound cluster toward its peer sidecars.
 
     `trusted`: the peers are verified sidecars (mTLS): their responses' headers are taken
     without h2's validation. `mesh_hop`: their header blocks are decoded by the fast path for
     what a peer sidecar's encoder sends. `stats`: the cluster's, whose connection limit the
-    pool counts against.
+    pool counts against. `limits`: the sidecar's (a response body's buffer).
     """
-    return H2Pool(connector, trusted=trusted, stats=stats, mesh_hop=True)
+    return H2Pool(connector, trusted=trusted, stats=stats, mesh_hop=True, limits=limits)

@@ -288,6 +288,7 @@ class Sidecar:
                 self._mesh_connector(plan, cluster),
                 trusted=self.security is not None,
                 stats=cluster.stats,
+                limits=self.limits,
             )
             if self.options.worker is not None:  # the peers have workers too: spread over them
                 pool.spread = self.options.worker.count

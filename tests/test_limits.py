@@ -291,3 +291,46 @@ def test_peer_caused_log_lines_are_throttled_and_say_how_many_were_held_back():
         assert records[-1] == "event=bad_request peer=127.0.0.1:1000 status=431 held_back=999"
     finally:
         logger.removeHandler(handler)
+
+
+def test_buffer_limits_bound_the_relay_and_every_body():
+    """`relay_buffer_kb` is the high-water mark of each side of a relayed TCP connection (the
+    reading side pauses past it); `stream_buffer_kb` that of every HTTP body, on both codecs and
+    both ends (app-facing and toward peers)."""
+    import asyncio
+    import socket
+    from types import SimpleNamespace
+
+    from sidecar.http.exchange import RequestHead
+    from sidecar.http.h1 import H1Client, H1Server, H1ServerExchange
+    from sidecar.http.h2 import H2Protocol, H2ServerStream
+    from sidecar.http.pool import H1Pool, H2Pool
+    from sidecar.transport.connect import plain_connector
+    from sidecar.transport.relay import Relay
+
+    limits = load_limits(None, ["stream_buffer_kb=32", "relay_buffer_kb=48"])
+    assert (limits.stream_buffer_bytes, limits.relay_buffer_bytes) == (32 * 1024, 48 * 1024)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        relay = Relay(loop, 0, None, limits.relay_buffer_bytes)
+        ours, theirs = socket.socketpair()
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: relay.downstream, ours)
+            assert transport.get_write_buffer_limits() == (12 * 1024, 48 * 1024)
+            transport.close()
+        finally:
+            theirs.close()
+        head = RequestHead(b"GET", b"http", b"a", b"/")
+        h2_stream = H2ServerStream(H2Protocol(client_side=False, limits=limits), 1, head)
+        assert h2_stream.body.high_water == 32 * 1024
+        pool = H2Pool(plain_connector(1.0), trusted=False, limits=limits)
+        assert pool.limits is limits
+        assert H1Pool(plain_connector(1.0), None, limits.stream_buffer_bytes).body_buffer == 32768
+        client = H1Client(body_buffer=limits.stream_buffer_bytes)
+        assert client.open(head, True).body.high_water == 32 * 1024
+        server = H1Server(lambda exchange: asyncio.sleep(0), b"a", limits=limits)
+        wire = SimpleNamespace(keep_alive=True)
+        assert H1ServerExchange(server, head, wire).body.high_water == 32 * 1024
+
+    asyncio.run(scenario())

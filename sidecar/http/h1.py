@@ -31,7 +31,7 @@ from sidecar.http.exchange import (
     StreamReset,
 )
 from sidecar.http.h1wire import Closed, End, ProtocolError, Request, Response
-from sidecar.limits import Limits
+from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
 
 log = logging.getLogger("sidecar.h1")
@@ -53,7 +53,6 @@ _REASONS = {
 # Every reason phrase, looked up once here rather than through the enum per response.
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 
-DEFAULT_LIMITS = Limits()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -436,7 +435,7 @@ class H1ServerExchange:
     def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
-        self.body = Body(None, defaults.BODY_HIGH_WATER)
+        self.body = Body(None, proto.limits.stream_buffer_bytes)
         self.body.on_consumed = _body_consumed(proto, self.body)
         self.peer_address = proto.peer_address
         self.responded = False
@@ -593,7 +592,7 @@ class H1ClientStream:
         # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
-        self.body = Body(None, defaults.BODY_HIGH_WATER)
+        self.body = Body(None, client.body_buffer)
         self.body.on_consumed = _body_consumed(client, self.body)
         self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
         self.on_informational: Callable[[ResponseHead], None] | None = None
@@ -678,9 +677,11 @@ class H1Client(_Writer):
         self,
         on_idle: Callable[[H1Client], None] | None = None,
         on_lost: Callable[[H1Client], None] | None = None,
+        body_buffer: int = defaults.BODY_HIGH_WATER,
     ) -> None:
         super().__init__()
         self.parser = h1wire.ResponseParser()
+        self.body_buffer = body_buffer  # bytes of a response body held before reading pauses
         self.on_idle = on_idle
         self.on_lost = on_lost
         self.counted = False  # against its cluster's connections (the pool's business)

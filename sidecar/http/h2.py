@@ -42,7 +42,7 @@ from sidecar.http.exchange import (
     StreamReset,
 )
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
-from sidecar.limits import Limits
+from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
 
 log = logging.getLogger("sidecar.h2")
@@ -64,7 +64,6 @@ class ConnectionClosed(StreamReset):
     """The HTTP/2 connection went away."""
 
 
-DEFAULT_LIMITS = Limits()
 _CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
@@ -784,7 +783,7 @@ class H2Stream:
     def __init__(self, proto: H2Protocol, stream_id: int) -> None:
         self.proto = proto
         self.stream_id = stream_id
-        self.body = Body(self._consumed, defaults.BODY_HIGH_WATER)
+        self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
         self.trailers: Headers | None = None
         self.local_done = False
         self.remote_done = False

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sidecar import defaults
 from sidecar.cluster import Target
 from sidecar.http.exchange import RequestHead, UpstreamOverflow
 from sidecar.http.h1 import H1Client, H1ClientStream
 from sidecar.http.h2 import H2ClientStream, H2Protocol
+from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import ClusterStats
 from sidecar.transport.connect import Connector, plain_connector
 
@@ -51,10 +53,12 @@ class H2Pool:
         trusted: bool,
         stats: ClusterStats | None = None,
         mesh_hop: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         """`stats`: the cluster's, whose connections this pool counts and bounds. `trusted`,
-        `mesh_hop`: as `H2Protocol`'s (toward peer sidecars; verified by mTLS)."""
+        `mesh_hop`, `limits`: as `H2Protocol`'s (toward peer sidecars; verified by mTLS)."""
         self.connector = connector
+        self.limits = limits
         self.trusted = trusted
         self.mesh_hop = mesh_hop
         self.stats = stats
@@ -106,6 +110,7 @@ class H2Pool:
                 trusted=self.trusted,
                 mesh_hop=self.mesh_hop,
                 on_close=self._closed,
+                limits=self.limits,
             )
             try:
                 await self.connector(target, lambda: proto)
@@ -144,10 +149,17 @@ class H2Pool:
 
 
 class H1Pool:
-    def __init__(self, connector: Connector, stats: ClusterStats | None = None) -> None:
-        """`stats`: the cluster's, whose connections this pool counts and bounds."""
+    def __init__(
+        self,
+        connector: Connector,
+        stats: ClusterStats | None = None,
+        body_buffer: int = defaults.BODY_HIGH_WATER,
+    ) -> None:
+        """`stats`: the cluster's, whose connections this pool counts and bounds; `body_buffer`:
+        bytes of a response body held before reading from the app pauses."""
         self.connector = connector
         self.stats = stats
+        self.body_buffer = body_buffer
         self.idle: dict[Target, list[H1Client]] = {}
 
     async def open_stream(
@@ -160,7 +172,11 @@ class H1Pool:
                 client.reused = True
                 return client.open(head, end_stream)
         _reserve_connection(self.stats)
-        client = H1Client(on_idle=lambda c: self._idle(target, c), on_lost=self._lost)
+        client = H1Client(
+            on_idle=lambda c: self._idle(target, c),
+            on_lost=self._lost,
+            body_buffer=self.body_buffer,
+        )
         try:
             await self.connector(target, lambda: client)
         except BaseException:

@@ -62,7 +62,8 @@ class Side(asyncio.Protocol):
             transport.close()
             return
         # No TCP_NODELAY here: uvloop and asyncio set it on every TCP transport they make.
-        transport.set_write_buffer_limits(defaults.RELAY_HIGH_WATER, defaults.RELAY_LOW_WATER)
+        high = self.relay.buffer_bytes
+        transport.set_write_buffer_limits(high, high // 4)
         if self.on_made is not None:
             self.on_made(self)
 
@@ -118,8 +119,10 @@ class Relay:
         loop: asyncio.AbstractEventLoop,
         idle_timeout: float,
         on_closed: Callable[[Relay], Any] | None = None,
+        buffer_bytes: int = defaults.RELAY_HIGH_WATER,
     ) -> None:
         self.loop = loop
+        self.buffer_bytes = buffer_bytes  # unsent bytes a side holds before its peer pauses
         self.downstream = Side(self)
         self.upstream = Side(self)
         self.downstream.peer = self.upstream

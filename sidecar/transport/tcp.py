@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
 from sidecar.observe.throttle import LogThrottle
@@ -37,6 +38,7 @@ class TcpSettings:
     connect_timeout: float  # per attempt; used by the default (plain) connector
     idle_timeout: float
     connect_attempts: int
+    buffer_bytes: int = defaults.RELAY_HIGH_WATER  # per direction, for a slow reader
 
 
 class TcpProxy:
@@ -65,7 +67,9 @@ class TcpProxy:
         self._throttle = LogThrottle()
 
     def __call__(self) -> asyncio.Protocol:
-        relay = Relay(self._loop, self.settings.idle_timeout, self._closed)
+        relay = Relay(
+            self._loop, self.settings.idle_timeout, self._closed, self.settings.buffer_bytes
+        )
         self.relays.add(relay)
         stats = self.stats
         stats.downstream_cx_total += 1

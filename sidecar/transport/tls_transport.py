@@ -241,7 +241,7 @@ class TlsTransport(asyncio.Transport):
         self._eof_sent = False
         self._write_paused = False  # the protocol was told pause_writing
         self._high_water = defaults.RELAY_HIGH_WATER
-        self._low_water = defaults.RELAY_LOW_WATER
+        self._low_water = defaults.RELAY_HIGH_WATER // 4
         self._read_wants_write = False  # SSL_read must write first (a KeyUpdate reply)
 
     @classmethod
