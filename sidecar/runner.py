@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar import defaults, malloc, workers
-from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY
+from sidecar.identity.credentials import DEFAULT_WORKLOAD_VALIDITY
 from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
 from sidecar.limits import LimitsError, describe, load_limits
 
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(options: Options, ready: Callable[[], None] | None = None) -> int:
     from sidecar.config.dataplane import ConfigError
-    from sidecar.identity.ca import CredentialsError
+    from sidecar.identity.credentials import CredentialsError
     from sidecar.runtime import BindError, Sidecar
 
     sidecar = Sidecar(options)

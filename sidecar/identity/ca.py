@@ -44,23 +44,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidecar.config.model import SERVICE_TAG, Dataplane
+from sidecar.identity.credentials import (  # noqa: F401 - part of this module's API
+    CLOCK_SKEW,
+    DEFAULT_WORKLOAD_VALIDITY,
+    CredentialsError,
+    read_credential_file,
+)
 
-# Kuma's DefaultAllowedClockSkew: certificates start this long before they are issued.
-CLOCK_SKEW = timedelta(seconds=10)
-DEFAULT_WORKLOAD_VALIDITY = timedelta(hours=24)
 DEFAULT_CA_VALIDITY_DAYS = 3650
 RSA_BITS = 2048
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa_keys.RSAPrivateKey
-
-
-class CredentialsError(Exception):
-    """A certificate or key file that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 class IssueError(ValueError):
@@ -340,17 +334,6 @@ def write_cert_key(
     also finds its key (a watcher must still tolerate a mismatch for a moment)."""
     write_private_key(key_path, cert_key.key)
     write_certificate(cert_path, cert_key.cert)
-
-
-def read_credential_file(path: str | os.PathLike[str], what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CredentialsError(path, f"{what} file not found") from None
-    except IsADirectoryError:
-        raise CredentialsError(path, f"is a directory, expected a {what} file") from None
-    except OSError as exc:
-        raise CredentialsError(path, f"cannot read {what} file: {exc.strerror}") from None
 
 
 def parse_certificates(data: bytes, source: str) -> list[x509.Certificate]:

@@ -43,12 +43,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cryptography import x509
-
 from sidecar import defaults
 from sidecar.config.model import Dataplane
 from sidecar.identity import spiffe, tls
-from sidecar.identity.ca import DEFAULT_WORKLOAD_VALIDITY
+from sidecar.identity.credentials import DEFAULT_WORKLOAD_VALIDITY
 from sidecar.identity.spiffe import IdentityError
 from sidecar.identity.tls import CredentialsError, CredentialStore
 from sidecar.observe.stats import ClusterStats, ListenerStats
@@ -352,6 +350,8 @@ class MeshSecurity:
         """The admin API's `/certs`, in Envoy's shape: the CA bundle and our chain in use."""
         creds = self.store.credentials
         now = datetime.now(UTC)
+
+        from cryptography import x509  # only with credentials (see identity.credentials)
 
         def describe(cert: x509.Certificate, path: Path) -> dict[str, Any]:
             try:

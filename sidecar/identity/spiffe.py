@@ -31,8 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+if TYPE_CHECKING:
+    from cryptography import x509
 
 SPIFFE_SCHEME = "spiffe://"
 KUMA_SCHEME = "kuma://"
@@ -89,6 +91,8 @@ def identities_of(cert: x509.Certificate | bytes | bytearray | memoryview) -> li
     that cannot be parsed raises `IdentityError` (it came from a peer that passed the chain check,
     so this does not happen in practice, but the caller still gets one documented error).
     """
+    from cryptography import x509  # only where certificates are read (see identity.credentials)
+
     if not isinstance(cert, x509.Certificate):
         try:
             cert = x509.load_der_x509_certificate(bytes(cert))

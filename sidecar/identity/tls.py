@@ -59,15 +59,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config.model import Dataplane
-from sidecar.identity import ca, spiffe
-from sidecar.identity.ca import CredentialsError
+from sidecar.identity import spiffe
+from sidecar.identity.credentials import (
+    CLOCK_SKEW,
+    DEFAULT_WORKLOAD_VALIDITY,
+    CredentialsError,
+    read_credential_file,
+)
+
+if TYPE_CHECKING:  # `cryptography` is loaded only where credentials are read (identity.credentials)
+    from cryptography import x509
+
+    from sidecar.identity import ca
 
 log = logging.getLogger("sidecar.identity")
 
@@ -138,10 +144,14 @@ class MeshCredentials:
         now: datetime | None = None,
     ) -> MeshCredentials:
         """Read and check the three files; `CredentialsError` names the file at fault and why."""
+        from cryptography.hazmat.primitives import serialization
+
+        from sidecar.identity import ca
+
         ca_path, cert_path, key_path = Path(ca_path), Path(cert_path), Path(key_path)
-        ca_pem = ca.read_credential_file(ca_path, "CA certificate")
-        cert_pem = ca.read_credential_file(cert_path, "certificate")
-        key_pem = ca.read_credential_file(key_path, "private key")
+        ca_pem = read_credential_file(ca_path, "CA certificate")
+        cert_pem = read_credential_file(cert_path, "certificate")
+        key_pem = read_credential_file(key_path, "private key")
         ca_certs = tuple(ca.parse_certificates(ca_pem, str(ca_path)))
         chain = tuple(ca.parse_certificates(cert_pem, str(cert_path)))
         key = ca.parse_private_key(key_pem, str(key_path))
@@ -157,7 +167,7 @@ class MeshCredentials:
             raise CredentialsError(
                 cert_path, f"certificate expired at {leaf.not_valid_after_utc.isoformat()}"
             )
-        if leaf.not_valid_before_utc > now + ca.CLOCK_SKEW:
+        if leaf.not_valid_before_utc > now + CLOCK_SKEW:
             raise CredentialsError(
                 cert_path,
                 f"certificate is not valid before {leaf.not_valid_before_utc.isoformat()}",
@@ -186,6 +196,8 @@ class MeshCredentials:
 
 def _chains_to(chain: tuple[x509.Certificate, ...], cas: tuple[x509.Certificate, ...]) -> bool:
     """Whether the last certificate of `chain` is one of, or is signed by one of, the CAs."""
+    from cryptography.exceptions import InvalidSignature
+
     top = chain[-1]
     for authority in cas:
         if authority == top:
@@ -356,7 +368,7 @@ class DevIssuer:
     ca_key_path: Path
     dataplane: Dataplane
     workdir: Path
-    valid_for: timedelta = ca.DEFAULT_WORKLOAD_VALIDITY
+    valid_for: timedelta = DEFAULT_WORKLOAD_VALIDITY
     rsa: bool = False
 
     @property
@@ -369,6 +381,8 @@ class DevIssuer:
 
     def issue(self, now: datetime) -> None:
         """Issue and write a fresh certificate and key (key first, both atomically)."""
+        from sidecar.identity import ca
+
         ca_cert, ca_key = ca.load_ca(self.ca_cert_path, self.ca_key_path)
         try:
             issued = ca.issue_workload(
@@ -434,7 +448,7 @@ class CredentialStore:
         dataplane: Dataplane,
         workdir: str | os.PathLike[str],
         *,
-        valid_for: timedelta = ca.DEFAULT_WORKLOAD_VALIDITY,
+        valid_for: timedelta = DEFAULT_WORKLOAD_VALIDITY,
         rsa: bool = False,
         clock: Clock = _utc_now,
         require_client_cert: bool = True,

@@ -1,0 +1,37 @@
+"""What every user of mesh credentials needs without the `cryptography` package loaded.
+
+`cryptography` costs a sidecar some 10 MB of RSS and a tenth of a second at start; a sidecar
+without mTLS never parses a certificate, so the names it needs from the identity code (the
+error type, the validity defaults) live here and `sidecar.identity.ca` (which parses and issues
+certificates) is imported only where credentials are actually read or made.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+# Kuma's DefaultAllowedClockSkew: certificates start this long before they are issued.
+CLOCK_SKEW = timedelta(seconds=10)
+DEFAULT_WORKLOAD_VALIDITY = timedelta(hours=24)
+
+
+class CredentialsError(Exception):
+    """A certificate or key file that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def read_credential_file(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CredentialsError(path, f"{what} file not found") from None
+    except IsADirectoryError:
+        raise CredentialsError(path, f"is a directory, expected a {what} file") from None
+    except OSError as exc:
+        raise CredentialsError(path, f"cannot read {what} file: {exc.strerror}") from None
