@@ -343,9 +343,15 @@ async def _attempt(
         await local_reply(exchange, 504, REQUEST_TIMEOUT)
         return None
     except StreamReset:
-        if not exchange_gone(exchange):
-            outlier.failure(target)
         _stop(pump)
+        if exchange_gone(exchange):
+            # The client cut its own request (a reset, or EOF before its body's end), so the
+            # upstream stream was reset for it: nobody to answer, and not the endpoint's fault.
+            # Its connection is reset too, as Envoy does (no 503 for the client's own doing).
+            acct.downstream_reset()
+            exchange.reset()
+            return None
+        outlier.failure(target)
         acct.upstream_reset()
         return REMOTE_RESET
     if response.status >= 500:
