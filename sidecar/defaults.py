@@ -74,6 +74,9 @@ H2_NEVER_INDEXED = frozenset(
 # write; a DATA payload of at least this many bytes is written at once instead, so that a bulk
 # sender meets the transport's back-pressure frame by frame.
 H2_WRITE_AT_ONCE = 64 * 1024
+# A connection refused with a local reply (400, 431, 408...) is closed this long after the reply,
+# or when the client closes first; meanwhile its input is dropped (Envoy's delayed_close_timeout).
+DELAYED_CLOSE_TIMEOUT = 1.0
 BODY_HIGH_WATER = 256 * 1024  # bytes of one body the sidecar holds before pausing its source
 PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first bytes; 0 = off
 # The header that tells a peer's inbound that this request was HTTP/1.x at the app (linkerd's

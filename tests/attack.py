@@ -356,6 +356,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closing = False
+        self.eof_written = False
 
     def write(self, data: Any) -> None:
         self.written += data
@@ -389,4 +390,4 @@ class FakeTransport(asyncio.Transport):
         return True
 
     def write_eof(self) -> None:
-        pass
+        self.eof_written = True

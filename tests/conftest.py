@@ -83,6 +83,9 @@ class Mesh:
         return outbound
 
     def close(self) -> None:
+        # All are told to stop first, so that their drains run side by side, not one after another.
+        for sidecar in self.sidecars:
+            sidecar.terminate()
         for sidecar in self.sidecars:
             sidecar.stop()
         for server in self.servers:

@@ -129,6 +129,7 @@ class Sidecar:
         self.dataplane_file = dataplane_file
         self.log_path = (log_dir or dataplane_file.parent) / f"{dataplane_file.stem}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.terminated = False  # SIGTERM sent by terminate()
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "sidecar", "--log-level", "debug",
@@ -159,9 +160,15 @@ class Sidecar:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def terminate(self) -> None:
+        """SIGTERM (a drain) without waiting for it, once: `stop` waits."""
+        if self.proc.poll() is None and not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

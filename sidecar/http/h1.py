@@ -212,6 +212,7 @@ class H1Server(_Writer):
         self.idle_since = 0.0
         self.exchange: H1ServerExchange | None = None
         self.reading_paused = False
+        self.lingering = False  # a refusal was sent: input is dropped until the close
         self.peer_address: tuple[str, int] | None = None
         self.task: asyncio.Task[None] | None = None
         self.tunnel: H1ServerExchange | None = None  # after an upgrade: raw bytes both ways
@@ -224,6 +225,8 @@ class H1Server(_Writer):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             _feed(self, self.tunnel.body, data)
+            return
+        if self.lingering:
             return
         if self.exchange is None and self.head_started is None:
             self.head_started = asyncio.get_running_loop().time()  # a request's first bytes
@@ -245,6 +248,8 @@ class H1Server(_Writer):
         if self.tunnel is not None:
             self.tunnel.body.end()  # half-close: the other direction goes on
             return True
+        if self.lingering:
+            return False  # the client read our refusal and closed: so do we
         try:
             events = self.parser.receive_eof()
         except ProtocolError as exc:
@@ -296,8 +301,25 @@ class H1Server(_Writer):
             b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
         )
         self.head_started = None
-        if self.transport is not None:
-            self.transport.close()
+        self._close_after_reply()
+
+    def _close_after_reply(self) -> None:
+        """Envoy's delayed close: the reply and a FIN go out, then input is read and dropped
+        until the client closes or `defaults.DELAYED_CLOSE_TIMEOUT` passes. Closing at once with
+        the client's input still unread makes the kernel answer with a reset, which can reach
+        the client before it has read the reply (a refused request's body, pipelined requests)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(defaults.DELAYED_CLOSE_TIMEOUT, transport.close)
 
     def _handle(self, events: list[h1wire.Event]) -> None:
         for event in events:

@@ -29,7 +29,8 @@ def request_problem(head: RequestHead) -> str | None:
     if _AUTHORITY.fullmatch(head.authority) is None:
         return "invalid authority"
     if head.method == b"CONNECT" and head.protocol is None:
-        return None  # authority-form: no path
+        # Authority form, no path (RFC 9113 8.5): the authority is the whole target.
+        return None if head.authority else "CONNECT without an authority"
     path = head.path
     if path == b"*":
         return None if head.method == b"OPTIONS" else "asterisk path is only for OPTIONS"
