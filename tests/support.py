@@ -123,7 +123,9 @@ class Sidecar:
         dataplane_file: Path,
         *args: str,
         loop: str = "auto",
-        drain_timeout: float = 5.0,
+        # Short, so that stopping a test's sidecars does not wait on connections its servers
+        # still hold; the tests of draining itself set their own.
+        drain_timeout: float = 1.0,
         log_dir: Path | None = None,
     ) -> None:
         self.dataplane_file = dataplane_file
