@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from sidecar import demoapps
-from sidecar.identity import ca, spiffe
+from sidecar.identity import spiffe
 
 LOOPBACK = "127.0.0.1"
 
@@ -112,6 +112,8 @@ class Demo:
 
     def make_ca(self) -> None:
         """The mesh CA the sidecars issue their own certificates from (dev mode)."""
+        from sidecar.identity import ca  # cryptography: not for `pysidecar run` (see credentials)
+
         authority = ca.create_ca("default")
         ca.write_certificate(self.certs / "ca.crt", authority.cert)
         ca.write_private_key(self.certs / "ca.key", authority.key)
@@ -258,6 +260,8 @@ class Demo:
             f"mTLS: on (strict), mesh CA {self.certs / 'ca.crt'}; each sidecar issued its own "
             "certificate (dev mode):"
         )
+        from sidecar.identity import ca
+
         for svc in self.services:
             path = self.certs / f"{svc.name}.crt"
             try:

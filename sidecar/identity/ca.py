@@ -46,12 +46,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sidecar.config.model import SERVICE_TAG, Dataplane
 from sidecar.identity.credentials import (  # noqa: F401 - part of this module's API
     CLOCK_SKEW,
+    DEFAULT_CA_VALIDITY_DAYS,
     DEFAULT_WORKLOAD_VALIDITY,
     CredentialsError,
     read_credential_file,
 )
 
-DEFAULT_CA_VALIDITY_DAYS = 3650
 RSA_BITS = 2048
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa_keys.RSAPrivateKey

@@ -16,13 +16,20 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from sidecar.identity import spiffe
+from sidecar.identity.credentials import (
+    DEFAULT_CA_VALIDITY_DAYS,
+    DEFAULT_WORKLOAD_VALIDITY,
+    CredentialsError,
+)
 
-from sidecar.identity import ca, spiffe
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# `register` runs for every `pysidecar` command line (it builds the parser): the commands import
+# `cryptography` and the CA code themselves (see sidecar.identity.credentials).
 
 DEFAULT_DIR = "certs"
 CA_CERT = "ca.crt"
@@ -84,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--dir", default=DEFAULT_DIR, help="where to write (default: %(default)s)")
     init.add_argument("--force", action="store_true", help="overwrite an existing CA")
     init.add_argument(
-        "--valid-days", type=int, default=ca.DEFAULT_CA_VALIDITY_DAYS, help="default: %(default)s"
+        "--valid-days", type=int, default=DEFAULT_CA_VALIDITY_DAYS, help="default: %(default)s"
     )
     init.set_defaults(func=run_init)
 
@@ -100,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     issue.add_argument(
         "--valid-for",
         type=parse_duration,
-        default=ca.DEFAULT_WORKLOAD_VALIDITY,
+        default=DEFAULT_WORKLOAD_VALIDITY,
         metavar="DURATION",
         help="validity, e.g. 24h (default), 90m, 7d",
     )
@@ -118,6 +125,8 @@ def _fail(action: str, message: str) -> int:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from sidecar.identity import ca
+
     directory = Path(args.dir)
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     existing = [str(p) for p in (cert_path, key_path) if p.exists()]
@@ -148,6 +157,7 @@ def run_init(args: argparse.Namespace) -> int:
 def run_issue(args: argparse.Namespace) -> int:
     from sidecar.cli import parse_variables
     from sidecar.config.dataplane import ConfigError, load_dataplane
+    from sidecar.identity import ca
 
     directory = Path(args.dir)
     out_dir = Path(args.out_dir) if args.out_dir else directory
@@ -157,7 +167,7 @@ def run_issue(args: argparse.Namespace) -> int:
         return _fail("issue", str(exc))
     try:
         ca_cert, ca_key = ca.load_ca(directory / CA_CERT, directory / CA_KEY)
-    except ca.CredentialsError as exc:
+    except CredentialsError as exc:
         hint = (
             " (run `pysidecar certs init --mesh NAME` first)" if "not found" in exc.reason else ""
         )
@@ -191,6 +201,8 @@ def run_issue(args: argparse.Namespace) -> int:
 
 
 def key_description(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     key = cert.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA {key.key_size}"
@@ -201,6 +213,9 @@ def key_description(cert: x509.Certificate) -> str:
 
 
 def _usages(cert: x509.Certificate) -> list[str]:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     out = []
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -232,6 +247,9 @@ def _usages(cert: x509.Certificate) -> list[str]:
 
 def describe_certificate(cert: x509.Certificate, now: datetime | None = None) -> list[str]:
     """Human-readable lines for one certificate (what `certs inspect` prints)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     now = now or datetime.now(UTC)
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if now < not_before:
@@ -267,9 +285,11 @@ def describe_certificate(cert: x509.Certificate, now: datetime | None = None) ->
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from sidecar.identity import ca
+
     try:
         certs = ca.load_certificates(args.file)
-    except ca.CredentialsError as exc:
+    except CredentialsError as exc:
         return _fail("inspect", str(exc))
     for index, cert in enumerate(certs):
         header = args.file if len(certs) == 1 else f"{args.file} [{index}]"

@@ -15,6 +15,7 @@ from pathlib import Path
 # Kuma's DefaultAllowedClockSkew: certificates start this long before they are issued.
 CLOCK_SKEW = timedelta(seconds=10)
 DEFAULT_WORKLOAD_VALIDITY = timedelta(hours=24)
+DEFAULT_CA_VALIDITY_DAYS = 3650
 
 
 class CredentialsError(Exception):
