@@ -5,6 +5,7 @@ Nothing here sleeps for synchronisation: `wait_for` polls a condition with a dea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -301,3 +302,16 @@ def wait_for_stall(sent: dict[str, int], timeout: float = 30.0) -> None:
         return False
 
     wait_for(stalled, timeout=timeout, what="the app to be blocked by back-pressure")
+
+
+async def start_echo_server() -> tuple[asyncio.Server, int]:
+    """An asyncio echo server on loopback in this process (close it when done): the upstream
+    of the in-process relay tests."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, LOOPBACK, 0)
+    return server, server.sockets[0].getsockname()[1]

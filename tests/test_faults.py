@@ -551,21 +551,25 @@ def test_finished_websocket_tunnels_leave_no_sockets_behind(mesh_uvloop):
         ws_app.close()
 
 
+def _live_and_dead_backends(mesh, app_port: int, *web_args: str) -> tuple[int, int]:
+    """backend = one member serving `app_port` and one whose sidecar never runs (its inbound
+    port refuses every connection); web (started with `web_args`) calls it. Returns web's
+    outbound port and its admin port."""
+    live_file, _ = mesh.backend("backend-live", app_port, tags={"kuma.io/protocol": "http"})
+    mesh.backend("backend-dead", free_port(), tags={"kuma.io/protocol": "http"})
+    mesh.start(live_file)
+    web_file, port = mesh.client("web-1")
+    mesh.start(web_file, *web_args)
+    return port, admin_port(web_file)
+
+
 def test_retries_past_the_retry_budget_get_503_and_are_counted(mesh_uvloop):
     """Kuma's `max_retries` breaker end to end: a request whose first endpoint refuses the
     connection is retried on the other while the budget allows; with a budget of none it gets
     503 at once, counted as `upstream_rq_retry_overflow`, and nothing else is disturbed."""
-    mesh = mesh_uvloop
     app = Hypercorn()
     try:
-        live_file, _ = mesh.backend("backend-live", app.port, tags={"kuma.io/protocol": "http"})
-        # A member whose sidecar never runs: its inbound port refuses every connection.
-        mesh.backend("backend-dead", free_port(), tags={"kuma.io/protocol": "http"})
-        mesh.start(live_file)
-        web_file, port = mesh.client("web-1")
-        mesh.start(web_file, "--limit", "max_retries=0")
-        admin = admin_port(web_file)
-
+        port, admin = _live_and_dead_backends(mesh_uvloop, app.port, "--limit", "max_retries=0")
         answers = [get(port, f"/r{i}") for i in range(4)]  # round robin: two meet the dead one
         refused = [(s, b) for s, b in answers if s != 200]
         assert len(refused) == 2, answers
@@ -580,17 +584,12 @@ def test_retries_past_the_retry_budget_get_503_and_are_counted(mesh_uvloop):
 
 def test_a_retry_within_the_budget_hides_a_refused_connection(mesh_uvloop):
     """The same mesh with Kuma's default budget: every request is answered, the retries counted."""
-    mesh = mesh_uvloop
     app = Hypercorn()
     try:
-        live_file, _ = mesh.backend("backend-live", app.port, tags={"kuma.io/protocol": "http"})
-        mesh.backend("backend-dead", free_port(), tags={"kuma.io/protocol": "http"})
-        mesh.start(live_file)
-        web_file, port = mesh.client("web-1")
-        mesh.start(web_file)
+        port, admin = _live_and_dead_backends(mesh_uvloop, app.port)
         answers = [get(port, f"/r{i}") for i in range(4)]
         assert [s for s, _ in answers] == [200] * 4, answers
-        values = stats(admin_port(web_file))
+        values = stats(admin)
         # Each refused connection was one retry (how many requests met the dead member first
         # depends on where round robin starts and on retries moving it on).
         assert values["cluster.backend.upstream_cx_connect_fail"] >= 1

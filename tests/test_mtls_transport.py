@@ -18,6 +18,7 @@ from sidecar.transport import tls_transport
 from sidecar.transport.relay import Relay
 from sidecar.transport.tls_transport import TlsTransport
 from tests.pki import Pki
+from tests.support import start_echo_server
 
 MiB = 1024 * 1024
 
@@ -152,13 +153,7 @@ async def idle_tls_relay(server_ctx, client_ctx):
     """client ⇒ TLS ⇒ [TlsTransport ⇄ Relay ⇄ plain] → echo server; the relay idles out."""
     loop = asyncio.get_running_loop()
 
-    async def echo(reader, writer):
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
-    up_port = upstream.sockets[0].getsockname()[1]
+    upstream, up_port = await start_echo_server()
     listener = _listener()
     closed = asyncio.Event()
     relay = Relay(loop, 0.2, lambda r: closed.set())

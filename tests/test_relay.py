@@ -6,19 +6,14 @@ import asyncio
 
 from sidecar.runner import loop_factory
 from sidecar.transport.relay import Relay
+from tests.support import start_echo_server
 
 
 async def relay_between(idle_timeout: float):
     """client ⇄ [relay] ⇄ echo server, all on loopback in this process."""
     loop = asyncio.get_running_loop()
 
-    async def echo(reader, writer):
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    upstream_server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    up_port = upstream_server.sockets[0].getsockname()[1]
+    upstream_server, up_port = await start_echo_server()
     closed = asyncio.Event()
     relays = []
 

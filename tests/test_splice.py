@@ -8,19 +8,14 @@ from sidecar.runner import loop_factory
 from sidecar.transport import splice
 from sidecar.transport.acceptor import Acceptor
 from sidecar.transport.splice import SpliceRelay
+from tests.support import start_echo_server
 
 
 async def splice_between(idle_timeout: float):
     """client ⇄ [acceptor + splice relay] ⇄ echo server, all on loopback in this process."""
     loop = asyncio.get_running_loop()
 
-    async def echo(reader, writer):
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
-    up_port = upstream.sockets[0].getsockname()[1]
+    upstream, up_port = await start_echo_server()
     closed = asyncio.Event()
     relays: list[SpliceRelay] = []
 
