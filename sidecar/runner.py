@@ -298,6 +298,24 @@ async def serve(options: Options, ready: Callable[[], None] | None = None) -> in
     from sidecar.runtime import BindError, Sidecar
 
     sidecar = Sidecar(options)
+    # The handlers are in place before the sidecar starts (and says `event=ready`): a SIGHUP or
+    # SIGTERM that follows the ready line at once must not meet the default action, which ends
+    # the process. One that comes during the start is acted on once it has started.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    started = False
+    reload_asked = False
+
+    def on_reload() -> None:
+        nonlocal reload_asked
+        if started:
+            loop.create_task(sidecar.reload())
+        else:
+            reload_asked = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         await sidecar.start()
     except (ConfigError, BindError) as exc:
@@ -306,13 +324,11 @@ async def serve(options: Options, ready: Callable[[], None] | None = None) -> in
     except CredentialsError as exc:
         print(f"pysidecar: mesh credentials: {exc}", file=sys.stderr)
         return 1
+    started = True
+    if reload_asked:
+        loop.create_task(sidecar.reload())
     if ready is not None:
         ready()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(sidecar.reload()))
     await stop.wait()
     log.info("event=stopping")
     await sidecar.drain()
