@@ -40,15 +40,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.procs import free_port
+
 HOST = "127.0.0.1"
 SCENARIOS = ("http1", "tcp-connect", "tcp-bulk")
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # -- servers and clients run as processes (python3 -m bench.scaling --serve ...) ---------------

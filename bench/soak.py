@@ -47,14 +47,11 @@ from typing import Any
 import h11
 import yaml
 
+from bench.procs import free_port
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # -- apps (in this process, on their own event loop) ---------------------------------------------
