@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from array import array
 from collections.abc import Iterator
@@ -83,7 +84,10 @@ class H2Load(Scenario):
         figures = parse_h2load(text, log)
         if self.rps:
             figures["target_rps"] = self.rps * self.clients
-        log.unlink(missing_ok=True)
+        if os.environ.get("BENCH_KEEP_LOGS") and log.exists():
+            log.replace(ctx.out / log.name)  # h2load's per-request log, for a closer look
+        else:
+            log.unlink(missing_ok=True)
         if figures["requests"] == 0:
             raise BenchError(f"h2load: no request succeeded:\n{text[-2000:]}")
         return figures, proc

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sidecar import defaults, malloc, workers
+from sidecar import collector, defaults, malloc, workers
 from sidecar.identity.credentials import DEFAULT_WORKLOAD_VALIDITY
 from sidecar.identity.mesh import MODES, MtlsOptions, OptionsError
 from sidecar.limits import LimitsError, describe, load_limits
@@ -325,6 +325,7 @@ async def serve(options: Options, ready: Callable[[], None] | None = None) -> in
         print(f"pysidecar: mesh credentials: {exc}", file=sys.stderr)
         return 1
     started = True
+    collector.settle()  # what start-up built lives on: out of the collector's walks
     if reload_asked:
         loop.create_task(sidecar.reload())
     if ready is not None:
