@@ -44,6 +44,11 @@ must chain to the bundle and be within its validity), and only then swaps in new
 half-rotated set of files (new certificate, old key) is refused and retried on the next tick, so a
 bad rotation never takes down a working sidecar. Open connections keep the context they were
 made with.
+
+Certificates are read with `sidecar.identity.certinfo` (validity, serial, URI SANs) and the key
+and chain are checked by OpenSSL in an in-memory handshake of the credentials with themselves
+(`_check_with_openssl`), so that a sidecar with credentials from files never loads
+`cryptography` (see `sidecar.identity.credentials`); only dev mode's issuing does.
 """
 
 from __future__ import annotations
@@ -194,8 +199,8 @@ class MeshCredentials:
 
 # OpenSSL's verify codes (X509_V_ERR_*) that mean "no CA of the bundle issued this chain".
 _NOT_ISSUED_CODES = frozenset({2, 7, 18, 19, 20, 21, 29, 30, 31})
-# ...and those about a certificate's validity period.
-_TIME_CODES = frozenset({9, 10, 13, 14})
+# ...and those that say a certificate is outside its validity period (at the real time).
+_TIME_CODES = frozenset({9, 10})
 _CHECK_ROUNDS = 8  # a TLS 1.3 handshake over memory takes 3; anything more is a fault
 
 
