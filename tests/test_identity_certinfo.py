@@ -178,15 +178,13 @@ def cryptography_reads(der: bytes) -> tuple[int, datetime, datetime, tuple[str, 
     try:
         cert = x509.load_der_x509_certificate(der)
         return oracle(cert)
-    except (ValueError, StopIteration, x509.ExtensionNotFound):
-        return None
-    except Exception:  # noqa: BLE001 - cryptography's other refusals (unsupported key...)
+    except Exception:  # noqa: BLE001 - ValueError, DuplicateExtension, an unsupported key...
         return None
 
 
+@pytest.mark.filterwarnings("ignore:Parsed a serial number:UserWarning")
 @settings(max_examples=1000, deadline=None)
 @given(
-    st.data(),
     st.lists(
         st.tuples(
             st.sampled_from(["flip", "set", "insert", "delete"]),
@@ -197,8 +195,12 @@ def cryptography_reads(der: bytes) -> tuple[int, datetime, datetime, tuple[str, 
         max_size=4,
     ),
 )
-@example(data=None, edits=[])
-def test_mutated_der_is_refused_cleanly_or_read_as_cryptography_reads_it(data, edits):
+@example(edits=[])
+def test_mutated_der_is_refused_cleanly_or_read_as_cryptography_reads_it(edits):
+    """Whatever `cryptography` reads, we read the same; the rest is refused with
+    `CertificateError` (never another exception). We may read DER that `cryptography` refuses for
+    fields we do not look at (a signature algorithm's parameters, a name's strings): OpenSSL
+    parses and verifies the whole certificate before it is used."""
     der = bytearray(SEED)
     for op, at, value in edits:
         at %= len(der) + 1
