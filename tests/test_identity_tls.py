@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sidecar.config.dataplane import parse_dataplane
 from sidecar.identity import ca, spiffe, tls
@@ -27,6 +28,12 @@ from sidecar.identity.tls import CredentialsError, CredentialStore, MeshCredenti
 
 MESH = "default"
 TIMEOUT = 10.0
+
+
+def der(cert: x509.Certificate) -> bytes:
+    """The DER of a `cryptography` certificate, to compare with `MeshCredentials` (which holds
+    `certinfo.Certificate`s: a sidecar does not load `cryptography`)."""
+    return cert.public_bytes(Encoding.DER)
 
 
 def dataplane(name: str, service: str, mesh: str = MESH, **tags: str):
@@ -575,7 +582,7 @@ async def test_store_refresh_picks_up_a_rotated_certificate(pair, mesh_ca):
         rotated = rotate_cert(server, mesh_ca, "backend")
         assert store.refresh() is True
         assert store.generation == 2
-        assert store.credentials.cert == rotated
+        assert store.credentials.cert.der == der(rotated)
 
         new_reader, new_writer = await connect(srv.port, cctx, "backend")
         assert peer_serial(new_writer) == rotated.serial_number
@@ -604,7 +611,7 @@ async def test_half_rotated_files_keep_the_working_credentials(pair, mesh_ca):
     # The key follows: the next refresh takes both.
     ca.write_private_key(server.paths[2], issued.key)
     assert store.refresh() is True
-    assert store.credentials.cert == issued.cert
+    assert store.credentials.cert.der == der(issued.cert)
     assert store.last_error is None
     # A file that disappears does not break the store either.
     os.unlink(server.paths[0])
@@ -744,7 +751,7 @@ async def test_watch_notices_rotation(pair, mesh_ca):
     try:
         rotated = rotate_cert(server, mesh_ca, "backend")
         await asyncio.wait_for(swapped.wait(), TIMEOUT)
-        assert store.credentials.cert == rotated
+        assert store.credentials.cert.der == der(rotated)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -808,7 +815,7 @@ def test_dev_mode_issues_at_start_and_renews_at_80_percent(tmp_path, mesh_ca):
     assert store.credentials.cert.serial_number != creds.cert.serial_number
     assert store.credentials.not_after > creds.not_after
     assert store.renew_due() is False
-    assert ca.load_certificate(cert_file) == store.credentials.cert
+    assert der(ca.load_certificate(cert_file)) == store.credentials.cert.der
 
 
 def test_renew_is_a_no_op_outside_dev_mode(pair):

@@ -6,15 +6,19 @@ Data-path tests run under uvloop and asyncio (the `mesh` fixture)."""
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import socket
 import ssl
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sidecar.identity import ca
 from sidecar.identity.tls import peer_uris
+from tests.observe_support import admin_port, get
 from tests.pki import (
     OPENSSL,
     Pki,
@@ -26,7 +30,7 @@ from tests.pki import (
     s_client,
     tls_ask,
 )
-from tests.support import LOOPBACK, echo, free_port, recv_all, wait_for
+from tests.support import LOOPBACK, Sidecar, echo, free_port, recv_all, wait_for
 
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl CLI")
 
@@ -327,3 +331,33 @@ def test_half_close_crosses_an_mtls_hop(mesh_uvloop, pki):
         conn.sendall(b"hello")
         conn.shutdown(socket.SHUT_WR)
         assert recv_all(conn) == b"HELLO"
+
+
+# --- what a sidecar loads ------------------------------------------------------------------------
+
+
+def maps_cryptography(sidecar: Sidecar) -> bool:
+    """Whether the sidecar process has the `cryptography` package's native code mapped: any import
+    of `cryptography.x509` or `.hazmat` loads its Rust extension (some 10 MB of RSS)."""
+    maps = Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
+    return f"{os.sep}cryptography{os.sep}" in maps
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/<pid>/maps")
+def test_sidecars_with_credentials_from_files_serve_mtls_without_loading_cryptography(mesh, pki):
+    pair = mtls_pair(mesh, pki)
+    assert ask(pair.outbound, b"hello\n") == b"hello\n"
+    pair.backend.wait_log("event=mtls_accepted")
+    assert "identity=spiffe://default/web" in pair.backend.log
+    # /certs reads the certificates in use too.
+    certs = json.loads(get(admin_port(pair.backend.dataplane_file), "/certs"))
+    [chain] = certs["certificates"][0]["cert_chain"]
+    assert chain["subject_alt_names"][0] == {"uri": "spiffe://default/backend"}
+    assert not maps_cryptography(pair.backend)
+    assert not maps_cryptography(pair.web)
+    # The check sees it where it is loaded: in dev mode the sidecar issues its own certificate.
+    app = mesh.server(echo)
+    dev_file, _ = mesh.backend("dev-1", app.port, service="dev")
+    dev = mesh.start(dev_file, "--ca", str(pki.ca_path), "--ca-key", str(pki.ca_key_path))
+    assert "dev_mode=issued" in dev.log
+    assert maps_cryptography(dev)

@@ -1,9 +1,13 @@
 """What every user of mesh credentials needs without the `cryptography` package loaded.
 
-`cryptography` costs a sidecar some 10 MB of RSS and a tenth of a second at start; a sidecar
-without mTLS never parses a certificate, so the names it needs from the identity code (the
-error type, the validity defaults) live here and `sidecar.identity.ca` (which parses and issues
-certificates) is imported only where credentials are actually read or made.
+`cryptography` costs a sidecar 7 to 12 MB of RSS and a tenth of a second at start, so a running
+sidecar does not load it unless it makes certificates: the names it needs from the identity code
+(the error type, the validity defaults) live here; credentials from files (`--ca/--cert/--key`,
+`--certs-dir`) are read with `sidecar.identity.certinfo` (a small DER reader) and checked by
+OpenSSL (`sidecar.identity.tls`); and `sidecar.identity.ca` (which issues certificates with
+`cryptography`) is imported only in dev mode (`--ca-key`: the sidecar issues its own), by the CA
+tooling (`pysidecar certs`) and the demo. tests/test_mtls.py checks that a sidecar with
+credentials from files has no `cryptography` code mapped.
 """
 
 from __future__ import annotations

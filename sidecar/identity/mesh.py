@@ -58,6 +58,7 @@ from sidecar.transport.tls_transport import TlsTransport
 
 if TYPE_CHECKING:
     from sidecar.cluster import Target
+    from sidecar.identity.certinfo import Certificate
 
 log = logging.getLogger("sidecar.mtls")
 
@@ -351,18 +352,11 @@ class MeshSecurity:
         creds = self.store.credentials
         now = datetime.now(UTC)
 
-        from cryptography import x509  # only with credentials (see identity.credentials)
-
-        def describe(cert: x509.Certificate, path: Path) -> dict[str, Any]:
-            try:
-                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-            except x509.ExtensionNotFound:
-                uris = []
+        def describe(cert: Certificate, path: Path) -> dict[str, Any]:
             return {
                 "path": str(path),
                 "serial_number": format(cert.serial_number, "x"),
-                "subject_alt_names": [{"uri": uri} for uri in uris],
+                "subject_alt_names": [{"uri": uri} for uri in cert.uris],
                 "days_until_expiration": str(tls.days_until_first_expiring([cert], now)),
                 "valid_from": cert.not_valid_before_utc.isoformat(),
                 "expiration_time": cert.not_valid_after_utc.isoformat(),

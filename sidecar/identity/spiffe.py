@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from sidecar.identity.certinfo import Certificate
+
 SPIFFE_SCHEME = "spiffe://"
 KUMA_SCHEME = "kuma://"
 SERVICE_TAG = "kuma.io/service"  # same value as sidecar.config.model.SERVICE_TAG
@@ -84,27 +86,29 @@ def describe(uris: Iterable[str]) -> str:
     return ",".join(uris) if uris else "no URI SAN"
 
 
-def identities_of(cert: x509.Certificate | bytes | bytearray | memoryview) -> list[str]:
+def identities_of(
+    cert: Certificate | x509.Certificate | bytes | bytearray | memoryview,
+) -> list[str]:
     """The URI SANs of a certificate, in certificate order (DER bytes accepted).
 
     A certificate without a SAN extension has no identity: the result is empty, not an error. DER
     that cannot be parsed raises `IdentityError` (it came from a peer that passed the chain check,
-    so this does not happen in practice, but the caller still gets one documented error).
+    so this does not happen in practice, but the caller still gets one documented error). DER is
+    read with `sidecar.identity.certinfo`, not `cryptography` (which a sidecar does not load); a
+    `cryptography` certificate (the CA tooling's) is read through its DER.
     """
-    from cryptography import x509  # only where certificates are read (see identity.credentials)
+    from sidecar.identity import certinfo
 
-    if not isinstance(cert, x509.Certificate):
-        try:
-            cert = x509.load_der_x509_certificate(bytes(cert))
-        except ValueError as exc:
-            raise IdentityError(f"peer certificate cannot be parsed: {exc}") from None
+    if isinstance(cert, certinfo.Certificate):
+        return list(cert.uris)
+    if not isinstance(cert, bytes | bytearray | memoryview):
+        from cryptography.hazmat.primitives.serialization import Encoding  # the caller's
+
+        cert = cert.public_bytes(Encoding.DER)
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    except ValueError as exc:  # a malformed extension
-        raise IdentityError(f"peer certificate has a malformed extension: {exc}") from None
-    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+        return list(certinfo.parse_certificate(cert).uris)
+    except certinfo.CertificateError as exc:
+        raise IdentityError(f"peer certificate cannot be parsed: {exc}") from None
 
 
 def client_services(uris: Iterable[str], mesh: str) -> list[str]:

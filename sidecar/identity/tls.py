@@ -44,6 +44,11 @@ must chain to the bundle and be within its validity), and only then swaps in new
 half-rotated set of files (new certificate, old key) is refused and retried on the next tick, so a
 bad rotation never takes down a working sidecar. Open connections keep the context they were
 made with.
+
+Certificates are read with `sidecar.identity.certinfo` (validity, serial, URI SANs) and the key
+and chain are checked by OpenSSL in an in-memory handshake of the credentials with themselves
+(`_check_with_openssl`), so that a sidecar with credentials from files never loads
+`cryptography` (see `sidecar.identity.credentials`); only dev mode's issuing does.
 """
 
 from __future__ import annotations
@@ -55,14 +60,15 @@ import math
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidecar.config.model import Dataplane
-from sidecar.identity import spiffe
+from sidecar.identity import certinfo, spiffe
+from sidecar.identity.certinfo import Certificate
 from sidecar.identity.credentials import (
     CLOCK_SKEW,
     DEFAULT_WORKLOAD_VALIDITY,
@@ -70,10 +76,8 @@ from sidecar.identity.credentials import (
     read_credential_file,
 )
 
-if TYPE_CHECKING:  # `cryptography` is loaded only where credentials are read (identity.credentials)
+if TYPE_CHECKING:  # `cryptography` is loaded only in dev mode and the CA tooling (credentials)
     from cryptography import x509
-
-    from sidecar.identity import ca
 
 log = logging.getLogger("sidecar.identity")
 
@@ -105,26 +109,29 @@ class MeshCredentials:
     Build it with `MeshCredentials.load(ca_path, cert_path, key_path)`; the PEM bytes kept here are
     exactly those that were checked, and the ssl contexts are built from them (not by re-reading
     the files), so what is validated is what is served.
+
+    Certificates are `certinfo.Certificate` (DER and the few fields read from it), not
+    `cryptography` objects: a sidecar with credentials from files never loads `cryptography`
+    (some 10 MB of RSS). OpenSSL checks the key and the chain (see `_check_with_openssl`).
     """
 
     ca_path: Path
     cert_path: Path
     key_path: Path
-    ca_certs: tuple[x509.Certificate, ...]
-    chain: tuple[x509.Certificate, ...]  # the leaf first, then any intermediates from cert_path
-    key: ca.PrivateKey = field(repr=False)
+    ca_certs: tuple[Certificate, ...]
+    chain: tuple[Certificate, ...]  # the leaf first, then any intermediates from cert_path
     ca_pem: bytes = field(repr=False)
     cert_pem: bytes = field(repr=False)
     key_pem: bytes = field(repr=False)
 
     @property
-    def cert(self) -> x509.Certificate:
+    def cert(self) -> Certificate:
         return self.chain[0]
 
     @property
     def identities(self) -> list[str]:
         """Our URI SANs (`spiffe://<mesh>/<service>`, `kuma://<tag>/<value>`)."""
-        return spiffe.identities_of(self.cert)
+        return list(self.cert.uris)
 
     @property
     def not_before(self) -> datetime:
@@ -143,24 +150,19 @@ class MeshCredentials:
         *,
         now: datetime | None = None,
     ) -> MeshCredentials:
-        """Read and check the three files; `CredentialsError` names the file at fault and why."""
-        from cryptography.hazmat.primitives import serialization
+        """Read and check the three files; `CredentialsError` names the file at fault and why.
 
-        from sidecar.identity import ca
-
+        Our own checks first (each names its file): the PEM and DER of the certificates and the
+        key, and the leaf's validity at `now`. Then OpenSSL's (`_check_with_openssl`): the key
+        belongs to the certificate, and the chain verifies against the CA bundle.
+        """
         ca_path, cert_path, key_path = Path(ca_path), Path(cert_path), Path(key_path)
-        ca_pem = read_credential_file(ca_path, "CA certificate")
-        cert_pem = read_credential_file(cert_path, "certificate")
-        key_pem = read_credential_file(key_path, "private key")
-        ca_certs = tuple(ca.parse_certificates(ca_pem, str(ca_path)))
-        chain = tuple(ca.parse_certificates(cert_pem, str(cert_path)))
-        key = ca.parse_private_key(key_pem, str(key_path))
-        if not ca.cert_matches_key(chain[0], key):
-            raise CredentialsError(
-                key_path, f"this key does not belong to the certificate in {cert_path}"
-            )
-        if not _chains_to(chain, ca_certs):
-            raise CredentialsError(cert_path, f"certificate is not issued by any CA in {ca_path}")
+        ca_data = read_credential_file(ca_path, "CA certificate")
+        cert_data = read_credential_file(cert_path, "certificate")
+        key_data = read_credential_file(key_path, "private key")
+        ca_certs = tuple(certinfo.pem_certificates(ca_data, str(ca_path)))
+        chain = tuple(certinfo.pem_certificates(cert_data, str(cert_path)))
+        key_pem, _kind = certinfo.private_key_pem(key_data, str(key_path))
         now = now or datetime.now(UTC)
         leaf = chain[0]
         if leaf.not_valid_after_utc <= now:
@@ -172,19 +174,20 @@ class MeshCredentials:
                 cert_path,
                 f"certificate is not valid before {leaf.not_valid_before_utc.isoformat()}",
             )
-        # ssl wants PEM; a DER input is converted here so that contexts can always be built.
-        pem = serialization.Encoding.PEM
-        return cls(
+        # ssl wants PEM; what it gets is re-encoded from the DER that was read (a DER input
+        # included), so that contexts can always be built from exactly what was checked.
+        creds = cls(
             ca_path=ca_path,
             cert_path=cert_path,
             key_path=key_path,
             ca_certs=ca_certs,
             chain=chain,
-            key=key,
-            ca_pem=b"".join(c.public_bytes(pem) for c in ca_certs),
-            cert_pem=b"".join(c.public_bytes(pem) for c in chain),
-            key_pem=ca.key_pem(key),
+            ca_pem=b"".join(c.pem() for c in ca_certs),
+            cert_pem=b"".join(c.pem() for c in chain),
+            key_pem=key_pem,
         )
+        _check_with_openssl(creds)
+        return creds
 
     def first_expiring(self) -> datetime:
         """When the first of our certificates (CA bundle and chain) expires."""
@@ -194,24 +197,116 @@ class MeshCredentials:
         return days_until_first_expiring((*self.ca_certs, *self.chain), now)
 
 
-def _chains_to(chain: tuple[x509.Certificate, ...], cas: tuple[x509.Certificate, ...]) -> bool:
-    """Whether the last certificate of `chain` is one of, or is signed by one of, the CAs."""
-    from cryptography.exceptions import InvalidSignature
+# OpenSSL's verify codes (X509_V_ERR_*) that mean "no CA of the bundle issued this chain".
+_NOT_ISSUED_CODES = frozenset({2, 7, 18, 19, 20, 21, 29, 30, 31})
+# ...and those that say a certificate is outside its validity period (at the real time).
+_TIME_CODES = frozenset({9, 10})
+_CHECK_ROUNDS = 8  # a TLS 1.3 handshake over memory takes 3; anything more is a fault
 
-    top = chain[-1]
-    for authority in cas:
-        if authority == top:
-            return True
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    """For `load_cert_chain`: without a callback OpenSSL would prompt on the terminal."""
+    raise _EncryptedKey
+
+
+def _check_context(protocol: int, creds: MeshCredentials) -> ssl.SSLContext:
+    """A bare context with our certificate and key, verifying peers against the CA bundle."""
+    ctx = ssl.SSLContext(protocol)
+    if protocol == ssl.PROTOCOL_TLS_CLIENT:
+        ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    with _pem_files(creds.cert_pem, creds.key_pem) as (cert_file, key_file):
         try:
-            top.verify_directly_issued_by(authority)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return True
-    return False
+            ctx.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+        except _EncryptedKey:
+            raise CredentialsError(
+                creds.key_path, "private key is encrypted; give an unencrypted key"
+            ) from None
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise CredentialsError(
+                    creds.key_path,
+                    f"this key does not belong to the certificate in {creds.cert_path}",
+                ) from None
+            raise CredentialsError(
+                creds.cert_path, f"rejected by OpenSSL (with the key {creds.key_path}): {exc}"
+            ) from None
+    try:
+        ctx.load_verify_locations(cadata=creds.ca_pem.decode("ascii"))
+    except ssl.SSLError as exc:
+        raise CredentialsError(creds.ca_path, f"CA bundle rejected by OpenSSL: {exc}") from None
+    return ctx
+
+
+def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
+    """One full mutual-TLS handshake between the two contexts, in memory (no socket)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    sides = [(client, c_out, s_in), (server, s_out, c_in)]
+    done = [False, False]
+    for _ in range(_CHECK_ROUNDS):
+        for i, (obj, out, peer_in) in enumerate(sides):
+            if not done[i]:
+                try:
+                    obj.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+            if out.pending:
+                peer_in.write(out.read())
+        if all(done):
+            return
+    raise ssl.SSLError("the handshake did not finish")
+
+
+def _check_with_openssl(creds: MeshCredentials) -> None:
+    """Let OpenSSL check what peers will check: a handshake with ourselves, in memory.
+
+    Both sides present our certificate and verify the other's against the CA bundle, as two
+    sidecars of the mesh do: so the key belongs to the certificate, the chain is signed by a CA of
+    the bundle, and the certificate may serve as client and as server. This replaces parsing the
+    key and verifying signatures with `cryptography`; it costs a few milliseconds, at load and on
+    rotation only.
+
+    OpenSSL verifies at the real time, and Python's ssl has no flag to skip that; the leaf's
+    validity has been checked at `now` (a test's or dev mode's clock) already. When the only
+    objection is a validity period and every certificate above the leaf is valid now, it is the
+    leaf's: OpenSSL checks each signature of the chain, top down, before that certificate's
+    validity, so the chain has verified.
+    """
+    client = _check_context(ssl.PROTOCOL_TLS_CLIENT, creds)
+    server = _check_context(ssl.PROTOCOL_TLS_SERVER, creds)
+    try:
+        _handshake(client, server)
+    except ssl.SSLCertVerificationError as exc:
+        code, reason = exc.verify_code, exc.verify_message
+        if code in _TIME_CODES:
+            real_now = datetime.now(UTC)
+            above = (*creds.chain[1:], *creds.ca_certs)
+            if all(c.not_valid_before_utc <= real_now < c.not_valid_after_utc for c in above):
+                return
+        if code in _NOT_ISSUED_CODES:
+            raise CredentialsError(
+                creds.cert_path,
+                f"certificate is not issued by any CA in {creds.ca_path} ({reason})",
+            ) from None
+        raise CredentialsError(
+            creds.cert_path,
+            f"certificate does not verify against the CAs in {creds.ca_path}: {reason}",
+        ) from None
+    except ssl.SSLError as exc:
+        raise CredentialsError(
+            creds.cert_path, f"rejected by OpenSSL in a handshake with itself: {exc}"
+        ) from None
 
 
 def days_until_first_expiring(
-    certs: tuple[x509.Certificate, ...] | list[x509.Certificate], now: datetime | None = None
+    certs: Sequence[Certificate | x509.Certificate], now: datetime | None = None
 ) -> int:
     """Envoy's `server.days_until_first_cert_expiring`: whole days left, 0 once expired."""
     if not certs:
@@ -317,13 +412,20 @@ SslObject = ssl.SSLObject | ssl.SSLSocket
 
 
 def peer_uris(ssl_object: SslObject | None) -> list[str]:
-    """The URI SANs of the peer's certificate after a handshake; [] when it sent none."""
+    """The URI SANs of the peer's certificate after a handshake; [] when it sent none.
+
+    They come from the certificate as OpenSSL parsed and verified it (`getpeercert()`, which is
+    empty unless the context verifies peers, as every mesh context does), in certificate order.
+    """
     if ssl_object is None:
         return []
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+    try:
+        cert = ssl_object.getpeercert()
+    except UnicodeDecodeError as exc:  # a SAN that is not UTF-8
+        raise spiffe.IdentityError(f"peer certificate cannot be read: {exc}") from None
+    if not cert:
         return []
-    return spiffe.identities_of(der)
+    return [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
 
 
 def check_client(ssl_object: SslObject | None, mesh: str) -> str:
