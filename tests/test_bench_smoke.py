@@ -26,8 +26,19 @@ HAVE_H2LOAD = shutil.which("h2load") is not None
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "out"
     scenarios = ["tcp-rr", "tcp-bulk", "http1"]
-    argv = [sys.executable, "-m", "bench", "--duration", "0.5", "--path", "pair",
-            "--path", "pair-mtls", "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--duration",
+        "0.5",
+        "--path",
+        "pair",
+        "--path",
+        "pair-mtls",
+        "--out",
+        str(out),
+    ]
     for name in scenarios:
         argv += ["--scenario", name]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -102,8 +113,10 @@ def test_http1_through_the_h2_upgrade(run: dict) -> None:
         for proxy in (p for p in pair["processes"] if p["proxy"]):
             assert proxy["cores"] > 0
     found = {t["target"]: t for t in run["results"]["targets"]}
-    assert found["http1: maximum req/s per worker (one worker per sidecar; reported)"][
-        "path"] == "pair-mtls"
+    assert (
+        found["http1: maximum req/s per worker (one worker per sidecar; reported)"]["path"]
+        == "pair-mtls"
+    )
 
 
 def test_report_is_written_and_printed(run: dict) -> None:

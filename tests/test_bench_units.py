@@ -43,8 +43,9 @@ def test_app_answers_pipelined_requests_in_one_write() -> None:
 
 
 def test_app_skips_bodies_split_across_reads() -> None:
-    t, response = _app(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234",
-                       b"56789GET / HTTP/1.1\r\n", b"\r\n")
+    t, response = _app(
+        b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234", b"56789GET / HTTP/1.1\r\n", b"\r\n"
+    )
     assert t.out == response * 2
 
 
@@ -71,8 +72,10 @@ status codes: 2329 2xx, 0 3xx, 0 4xx, 0 5xx
 
 def test_parse_h2load_counts_and_percentiles(tmp_path) -> None:
     log = tmp_path / "log.tsv"
-    log.write_text("".join(f"1700000000{i:06d}\t200\t{100 + i}\n" for i in range(100))
-                   + "1700000000999999\t503\t5\n")
+    log.write_text(
+        "".join(f"1700000000{i:06d}\t200\t{100 + i}\n" for i in range(100))
+        + "1700000000999999\t503\t5\n"
+    )
     figures = parse_h2load(H2LOAD_OUT, log)
     assert figures["requests"] == 2329 and figures["failed"] == 2
     assert abs(figures["requests_per_s"] - 2329 / 3) < 1e-9
@@ -82,18 +85,32 @@ def test_parse_h2load_counts_and_percentiles(tmp_path) -> None:
 def _entry(path: str, rate: float, cpu: float | None, p99: float = 1000.0) -> dict:
     lat = {"p50": p99 / 2, "p90": p99 * 0.9, "p99": p99, "max": p99 * 2}
     return {
-        "path": path, "ok": True,
-        "figures": {"requests": rate * 10, "requests_per_s": rate, "latency_us": lat,
-                    "failed": 0},
+        "path": path,
+        "ok": True,
+        "figures": {"requests": rate * 10, "requests_per_s": rate, "latency_us": lat, "failed": 0},
         "elapsed_s": 10.0,
         "work": {"amount": rate * 10 / 1000, "unit": "1k reqs", "scale": 1000, "each": "req"},
         "per_proxy_cpu_s": rate * 10 / cpu if cpu else None,
         "proxy_cpu_s_per_unit": cpu / (rate * 10 / 1000) if cpu else None,
-        "processes": [] if cpu is None else [
-            {"role": "sidecar-a", "proxy": True, "label": "A", "cpu_s": cpu / 2,
-             "cores": cpu / 20, "peak_rss_mb": 39.0},
-            {"role": "sidecar-b", "proxy": True, "label": "B", "cpu_s": cpu / 2,
-             "cores": cpu / 20, "peak_rss_mb": 41.0},
+        "processes": []
+        if cpu is None
+        else [
+            {
+                "role": "sidecar-a",
+                "proxy": True,
+                "label": "A",
+                "cpu_s": cpu / 2,
+                "cores": cpu / 20,
+                "peak_rss_mb": 39.0,
+            },
+            {
+                "role": "sidecar-b",
+                "proxy": True,
+                "label": "B",
+                "cpu_s": cpu / 2,
+                "cores": cpu / 20,
+                "peak_rss_mb": 41.0,
+            },
         ],
         "machine_cpu": {"busy_s": 0, "irq_softirq_s": 0, "outside_run_s": 0},
     }
@@ -101,21 +118,47 @@ def _entry(path: str, rate: float, cpu: float | None, p99: float = 1000.0) -> di
 
 def _results() -> dict:
     scenario = Http1()
-    paths = [_entry("direct", 40000, None, 400), _entry("pair", 1000, 10.0, 10000),
-             _entry("pair-mtls", 900, 10.0, 12000), _entry("haproxy", 20000, 8.0, 1000),
-             _entry("haproxy-plain", 25000, 8.0, 800)]
+    paths = [
+        _entry("direct", 40000, None, 400),
+        _entry("pair", 1000, 10.0, 10000),
+        _entry("pair-mtls", 900, 10.0, 12000),
+        _entry("haproxy", 20000, 8.0, 1000),
+        _entry("haproxy-plain", 25000, 8.0, 800),
+    ]
     compare_paths(scenario, paths)
-    entry = {"name": "http1", "kind": "http", "title": "t", "measures": "m", "protocol": "http",
-             "rate_key": "requests_per_s", "rate_unit": "req/s", "rate_digits": 0,
-             "latency_key": "latency_us", "skipped": None, "paths": paths}
+    entry = {
+        "name": "http1",
+        "kind": "http",
+        "title": "t",
+        "measures": "m",
+        "protocol": "http",
+        "rate_key": "requests_per_s",
+        "rate_unit": "req/s",
+        "rate_digits": 0,
+        "latency_key": "latency_us",
+        "skipped": None,
+        "paths": paths,
+    }
     return {
-        "started": "2026-11-23T00:00:00+00:00", "command": "python3 -m bench",
-        "machine": {"cpu_model": "x", "cores": 2, "usable_cores": 2, "memory_gib": 1,
-                    "kernel": "k"},
-        "versions": {"python": "3", "uvloop": None, "sidecar_loop": "asyncio",
-                     "pysidecar": "0", "pysidecar_commit": None},
+        "started": "2026-11-23T00:00:00+00:00",
+        "command": "python3 -m bench",
+        "machine": {
+            "cpu_model": "x",
+            "cores": 2,
+            "usable_cores": 2,
+            "memory_gib": 1,
+            "kernel": "k",
+        },
+        "versions": {
+            "python": "3",
+            "uvloop": None,
+            "sidecar_loop": "asyncio",
+            "pysidecar": "0",
+            "pysidecar_commit": None,
+        },
         "settings": {"duration": 10, "repeat": 1, "pinning": "not pinned", "paths": {}},
-        "notes": [], "scenarios": [entry],
+        "notes": [],
+        "scenarios": [entry],
     }
 
 

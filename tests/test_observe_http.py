@@ -24,10 +24,20 @@ def test_exact_http_counters_both_sides_and_access_log(mesh_uvloop, tmp_path):
         mesh.start(web, "--access-log", str(log_file))
         urls = [f"http://{LOOPBACK}:{outbound}/ok/{i}" for i in range(3)]
         urls.append(f"http://{LOOPBACK}:{outbound}/status/404")
-        assert curl("-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
-                    *urls).returncode == 0
-        result = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}",
-                      f"http://{LOOPBACK}:{outbound}/status/503")
+        assert (
+            curl(
+                "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", *urls
+            ).returncode
+            == 0
+        )
+        result = curl(
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://{LOOPBACK}:{outbound}/status/503",
+        )
         assert result.stdout == "503"
     finally:
         app.close()
