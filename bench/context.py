@@ -57,7 +57,9 @@ class Context:
     out: Path
     work: Path  # temporary files: mesh directories, configurations
     profile: str | None = None  # "perf" | "py-spy": attach it to the proxies while measuring
-    python: str = sys.executable
+    # The interpreter of the sidecars and the Python tools: this one, or BENCH_PYTHON (e.g. a
+    # wrapper running `python3 -S`, where the machine's site loads modules into every process).
+    python: str = field(default_factory=lambda: os.environ.get("BENCH_PYTHON", sys.executable))
     notes: list[str] = field(default_factory=list)
 
     @property
