@@ -42,6 +42,7 @@ from sidecar.http.exchange import (
     StreamReset,
 )
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
+from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
 
@@ -153,6 +154,40 @@ class _Connection(h2.connection.H2Connection):
         out += b"\x00\x00"  # type DATA, no flags
         out += stream_id.to_bytes(4, "big")
         out += data
+
+    def send_plain_data_now(self, stream_id: int, data: bytes) -> bool:
+        """`send_plain_data` for a chunk that leaves whole now or not at all: False, with nothing
+        queued, when the windows cannot take all of it or the stream cannot send. What a tunnel's
+        relay forwards from `data_received` (sidecar.http.tunnel); more than a frame's worth is
+        cut into frames here."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or not size
+            or size > stream.outbound_flow_control_window
+            or size > self.outbound_flow_control_window
+            or stream.state_machine.state not in _SENDING_STATES
+            or self.state_machine.state not in _OPEN_STATES
+        ):
+            return False
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        header = b"\x00\x00" + stream_id.to_bytes(4, "big")  # type DATA, no flags, the stream
+        frame_size = self.max_outbound_frame_size
+        if size <= frame_size:
+            out += size.to_bytes(3, "big")
+            out += header
+            out += data
+            return True
+        view = memoryview(data)
+        for start in range(0, size, frame_size):
+            chunk = view[start : start + frame_size]
+            out += len(chunk).to_bytes(3, "big")
+            out += header
+            out += chunk
+        return True
 
 
 class _ServerConnection(_Connection):
@@ -360,8 +395,18 @@ class H2Protocol(asyncio.Protocol):
             if stream is None:
                 self.conn.acknowledge_received_data(len(event.data), event.stream_id)
                 return
-            if event.data:
-                stream.body.feed(event.data)
+            data = event.data
+            if data:
+                relay = stream.relay
+                if relay is not None and relay.offer(data):
+                    # Forwarded: its credit goes back now, as a read would give it (the
+                    # WINDOW_UPDATE, when h2 decides on one, leaves with this batch's answers).
+                    try:
+                        self.conn.acknowledge_received_data(len(data), event.stream_id)
+                    except h2.exceptions.ProtocolError:
+                        pass
+                else:
+                    stream.body.feed(data)
             if event.stream_ended is not None:
                 stream.remote_ended()
         elif isinstance(event, h2.events.RequestReceived):
@@ -657,6 +702,21 @@ class H2Protocol(asyncio.Protocol):
             if last:
                 return
 
+    def send_now(self, stream_id: int, data: bytes) -> bool:
+        """A tunnel chunk from a relay: queued whole, or refused (False) when the transport is
+        paused or a window is short, for the router's task to send with waiting."""
+        if self._write_paused is not None or self.closed:
+            return False
+        if not self.conn.send_plain_data_now(stream_id, data):
+            return False
+        self._data_frames_sent += 1
+        self._unflushed += len(data)
+        if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
+            self._flush_now()
+        else:
+            self._flush()
+        return True
+
     def _wake_windows(self, stream_id: int) -> None:
         if stream_id == 0:
             waiters = list(self._window_waiters.values())
@@ -784,6 +844,7 @@ class H2Stream:
         self.proto = proto
         self.stream_id = stream_id
         self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
+        self.relay: Relay | None = None  # tunnel bytes from the peer, once spliced
         self.trailers: Headers | None = None
         self.local_done = False
         self.remote_done = False
@@ -826,6 +887,12 @@ class H2Stream:
     async def write(self, data: bytes) -> None:
         if data:
             await self.proto.send_data(self, data, end=False)
+
+    def write_now(self, data: bytes) -> bool:
+        """Tunnel bytes from a relay: queued whole now, or refused for the router's task."""
+        if self.reset_error is not None or self.local_done:
+            return False
+        return self.proto.send_now(self.stream_id, data)
 
     async def finish(self, trailers: Headers | None = None) -> None:
         if self.local_done:

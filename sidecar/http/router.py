@@ -35,6 +35,7 @@ from sidecar.http.exchange import (
 from sidecar.http.pool import UpstreamStream
 from sidecar.http.request_id import new_request_id
 from sidecar.http.rules import request_problem
+from sidecar.http.tunnel import splice, unsplice
 from sidecar.observe.stats import HttpStats
 from sidecar.observe.throttle import LogThrottle
 
@@ -416,6 +417,8 @@ async def _stream_response(
             await exchange.respond(response, end=True)
         else:
             await exchange.respond(response)
+            if tunnel:
+                splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
             while (chunk := await body.read()) is not None:
                 acct.response_chunk(chunk)
                 await exchange.write(chunk)
@@ -430,12 +433,16 @@ async def _stream_response(
             upstream.reset()  # the downstream left: stop the upstream
         return
     finally:
-        if pump is not None and not pump.done():
-            if tunnel and body.error is None:
-                await pump  # a tunnel ends when both directions have
-            else:
-                pump.cancel()
-                exchange.abandon_request()
+        try:
+            if pump is not None and not pump.done():
+                if tunnel and body.error is None:
+                    await pump  # a tunnel ends when both directions have
+                else:
+                    pump.cancel()
+                    exchange.abandon_request()
+        finally:
+            if tunnel:
+                unsplice(exchange, upstream)
 
 
 # -- header policy for each direction ---------------------------------------------------------
