@@ -314,7 +314,7 @@ class H2Protocol(asyncio.Protocol):
         # Inbound framing (`data_received`): once h2 has read the preface, frames are cut here;
         # the start of a frame whose end has not arrived.
         self._framing = False
-        self._partial = b""
+        self._partial = bytearray()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -354,8 +354,16 @@ class H2Protocol(asyncio.Protocol):
             return  # GOAWAY sent for abuse: what else comes is read and dropped
         partial = self._partial
         if partial:
-            data = partial + data
-            self._partial = b""
+            # The rest of a frame: gathered in place (a large frame trickling in byte by byte
+            # costs no more than h2's own buffer did) until it is complete, or known too large.
+            partial += data
+            if len(partial) < 9:
+                return
+            length = int.from_bytes(partial[:3], "big")
+            if len(partial) < 9 + length and length <= self.conn.max_inbound_frame_size:
+                return
+            data = bytes(partial)
+            partial.clear()
         elif not self._framing:
             buffer = self.conn.incoming_buffer
             if buffer._preamble_len or buffer._data:
@@ -397,7 +405,7 @@ class H2Protocol(asyncio.Protocol):
         if run < pos and not self._to_h2(data[run:pos]):
             return False
         if pos < end:
-            self._partial = data[pos:]
+            self._partial += memoryview(data)[pos:]
         return True
 
     def _take_data(self, data: bytes, start: int, length: int, stream_id: int) -> bool:
