@@ -290,6 +290,23 @@ def test_request_bodies_in_pieces_and_between_other_frames(port):
     conn.close()
 
 
+def test_oversized_frame_arriving_in_pieces_is_refused_whole(port):
+    """A DATA frame over SETTINGS_MAX_FRAME_SIZE whose payload arrives over several reads, and
+    looks like small DATA frames of an open stream: it is refused (FRAME_SIZE_ERROR) as one
+    frame, none of the look-alikes inside it is taken for a frame."""
+    conn = RawH2(port).settled()
+    conn.send(headers_frame(conn, 1, request_headers("/sleep/1", method="POST"), END_HEADERS))
+    look_alike = frame(DATA, 0, 1, b"x" * 100)
+    payload = look_alike * (256 * 1024 // len(look_alike) + 1)
+    oversized = frame(DATA, 0, 1, payload)
+    for start in range(0, len(oversized), 50_000):
+        if not conn.send(oversized[start : start + 50_000]):
+            break
+    goaway = cut_off(conn).goaway()
+    assert goaway is not None and goaway.error_code == FRAME_SIZE_ERROR, goaway
+    served(port)
+
+
 def test_what_must_be_ignored_is_ignored(port):
     """Unknown frame types and settings are ignored (5.5, 6.5.2); PRIORITY may name an idle
     stream (5.1); none of them disturbs the connection."""

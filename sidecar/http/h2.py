@@ -381,7 +381,7 @@ class H2Protocol(asyncio.Protocol):
         (`_take_data`), every other frame goes to h2, in order and in runs, whole (h2's buffer
         never holds part of a frame, so that the next DATA frame can be taken here too). A
         frame's tail that has not arrived waits in `_partial`, up to one frame; a frame over
-        the size limit goes to h2 at once, which refuses it. False when the connection ended."""
+        the size limit goes to h2, which refuses it. False when the connection ended."""
         end = len(data)
         pos = run = 0  # the frame at hand; the first not yet given to h2
         max_size = self.conn.max_inbound_frame_size
@@ -390,6 +390,9 @@ class H2Protocol(asyncio.Protocol):
             high, low, kind, flags, stream_id = unpack(data, pos)
             length = high << 16 | low
             if length > max_size:
+                # h2 refuses it once it has all of it: until then h2 holds part of a frame, so
+                # what follows is h2's to cut.
+                self._framing = False
                 return self._to_h2(data[run:])
             stop = pos + 9 + length
             if stop > end:
