@@ -232,3 +232,42 @@ def test_busy_tunnel_is_not_cut_by_the_stream_idle_timeout(mesh_uvloop):
 def _echo(conn: socket.socket) -> None:
     while data := conn.recv(65536):
         conn.sendall(data)
+
+
+def test_tunnel_bytes_are_counted_both_ways_on_both_sidecars(mesh_uvloop, tmp_path):
+    """Bytes forwarded by the relays are counted as the router's reads counted them: the access
+    log line of the tunnel has the exact byte counts each way, at both sidecars."""
+    up, down = 12_345, 54_321  # client → app, app → client
+
+    def app(conn: socket.socket) -> None:
+        rest = accept_upgrade(conn)
+        total = len(rest)
+        while total < up:
+            data = conn.recv(65536)
+            assert data
+            total += len(data)
+        for i in range(0, down, 1000):  # many small writes: many relayed chunks
+            conn.sendall(b"d" * min(1000, down - i))
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+
+    server = mesh_uvloop.server(app)
+    backend, _ = mesh_uvloop.backend("tunnel-1", server.port, tags={"kuma.io/protocol": "http"})
+    logs = [tmp_path / "backend-access.log", tmp_path / "web-access.log"]
+    mesh_uvloop.start(backend, "--access-log", str(logs[0]))
+    web, port = mesh_uvloop.client("web-1")
+    mesh_uvloop.start(web, "--access-log", str(logs[1]))
+    client, rest = open_tunnel(port)
+    with client:
+        for i in range(0, up, 100):
+            client.sendall(b"u" * min(100, up - i))
+        received = len(rest)
+        while data := client.recv(65536):
+            received += len(data)
+        client.shutdown(socket.SHUT_WR)
+    assert received == down
+    for log in logs:
+        wait_for(lambda log=log: log.exists() and log.read_text().strip(), what=f"{log.name}")
+        line = log.read_text().splitlines()[0]
+        assert f" 101 - {up} {down} " in line, line
