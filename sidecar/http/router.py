@@ -433,16 +433,14 @@ async def _stream_response(
             upstream.reset()  # the downstream left: stop the upstream
         return
     finally:
-        try:
-            if pump is not None and not pump.done():
-                if tunnel and body.error is None:
-                    await pump  # a tunnel ends when both directions have
-                else:
-                    pump.cancel()
-                    exchange.abandon_request()
-        finally:
-            if tunnel:
-                unsplice(exchange, upstream)
+        if pump is not None and not pump.done():
+            if tunnel and body.error is None:
+                await pump  # a tunnel ends when both directions have
+            else:
+                pump.cancel()
+                exchange.abandon_request()
+        if tunnel:
+            unsplice(exchange, upstream)  # (left to the garbage collector if cancelled above)
 
 
 # -- header policy for each direction ---------------------------------------------------------
