@@ -69,6 +69,12 @@ class ConnectionClosed(StreamReset):
 _CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
+def _buffered(buffer: FrameBuffer) -> bool:
+    """h2's frame buffer holds bytes of a frame not yet complete (older h2 releases keep them
+    in `data`, newer ones in `_data`)."""
+    return bool(getattr(buffer, "_data", None) or getattr(buffer, "data", None))
+
+
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a bound on a header block's encoded bytes, so that a CONTINUATION
     flood is refused before it is buffered, not after (h2 only counts the frames)."""
@@ -366,7 +372,7 @@ class H2Protocol(asyncio.Protocol):
             partial.clear()
         elif not self._framing:
             buffer = self.conn.incoming_buffer
-            if buffer._preamble_len or buffer._data:
+            if buffer._preamble_len or _buffered(buffer):
                 # The client preface (or a frame it began) is still h2's to read; once it is
                 # read, frames are cut here (`_cut_frames`).
                 if self._to_h2(data):
