@@ -15,6 +15,8 @@ payload (FRAME_SIZE_ERROR in the RFC, PROTOCOL_ERROR from h2); the connection is
 
 from __future__ import annotations
 
+import hashlib
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,20 @@ CONNECTION_ERRORS = {
         + frame(DATA, 0, 1, b"x" * (256 * 1024 + 1)),
         FRAME_SIZE_ERROR,
     ),
+    # DATA frames of open streams are taken before h2 (sidecar.http.h2, `_take_data`): the
+    # checks it makes there answer as h2 would.
+    "DATA past the content-length, the stream still open": (
+        lambda c: headers_frame(c, 1, [*request_headers(method="POST"), ("content-length", "4")],
+                                END_HEADERS)
+        + frame(DATA, 0, 1, b"abcdef"),
+        PROTOCOL_ERROR,
+    ),
+    "DATA of an open stream inside another stream's header block": (
+        lambda c: headers_frame(c, 1, request_headers("/sleep/1", method="POST"), END_HEADERS)
+        + headers_frame(c, 3, request_headers(), 0)
+        + frame(DATA, 0, 1, b"abc"),
+        PROTOCOL_ERROR,
+    ),
     "WINDOW_UPDATE of 0 on a stream": (
         lambda c: headers_frame(c, 1, request_headers("/sleep/1"), END_HEADERS)
         + frame(WINDOW_UPDATE, 0, 1, u32(0)),
@@ -233,6 +249,62 @@ def test_streams_over_the_concurrent_limit_are_refused_not_the_connection(server
     conn.send(headers_frame(conn, 203, request_headers("/now-there-is-room")))
     assert conn.response(203)[0] == 200
     conn.close()
+
+
+def test_request_bodies_in_pieces_and_between_other_frames(port):
+    """Frames are cut by the sidecar before h2 sees them: a body whose frames arrive a byte at a
+    time, frames split anywhere across reads, DATA frames of two streams interleaved with PING,
+    WINDOW_UPDATE and padded DATA in one write, all arrive whole and in order."""
+    conn = RawH2(port).settled()
+    post = request_headers("/one", method="POST")
+    body = bytes(range(256)) * 64
+    conn.send(headers_frame(conn, 1, post, END_HEADERS))
+    wire = frame(DATA, 0, 1, body[:5000]) + frame(DATA, 0, 1, body[5000:9000])
+    for i in range(len(wire)):  # one byte per write: each read may hold less than a header
+        conn.send(wire[i : i + 1])
+    conn.send(frame(DATA, END_STREAM, 1, body[9000:]))
+    status, answer = conn.response(1)
+    assert status == 200
+    assert json.loads(answer)["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+    conn.send(headers_frame(conn, 3, request_headers("/two", method="POST"), END_HEADERS))
+    conn.send(headers_frame(conn, 5, request_headers("/three", method="POST"), END_HEADERS))
+    mixed = (
+        frame(DATA, 0, 3, b"a" * 100)
+        + frame(PING, 0, 0, b"12345678")
+        + frame(DATA, 0, 5, b"b" * 200)
+        + frame(DATA, PADDED, 3, b"\x03" + b"c" * 50 + b"\x00" * 3)
+        + frame(WINDOW_UPDATE, 0, 0, u32(1000))
+        + frame(DATA, 0, 5, b"d" * 300)
+    )
+    conn.send(mixed[:7])
+    conn.send(mixed[7:130] + mixed[130:131])
+    conn.send(mixed[131:] + frame(DATA, END_STREAM, 3, b"e") + frame(DATA, END_STREAM, 5, b""))
+    for stream_id, expected in ((3, b"a" * 100 + b"c" * 50 + b"e"), (5, b"b" * 200 + b"d" * 300)):
+        status, answer = conn.response(stream_id)
+        assert status == 200
+        seen = json.loads(answer)
+        assert seen["body_size"] == len(expected), stream_id
+        assert seen["body_sha256"] == hashlib.sha256(expected).hexdigest()
+    assert conn.received.goaway() is None
+    conn.close()
+
+
+def test_oversized_frame_arriving_in_pieces_is_refused_whole(port):
+    """A DATA frame over SETTINGS_MAX_FRAME_SIZE whose payload arrives over several reads, and
+    looks like small DATA frames of an open stream: it is refused (FRAME_SIZE_ERROR) as one
+    frame, none of the look-alikes inside it is taken for a frame."""
+    conn = RawH2(port).settled()
+    conn.send(headers_frame(conn, 1, request_headers("/sleep/1", method="POST"), END_HEADERS))
+    look_alike = frame(DATA, 0, 1, b"x" * 100)
+    payload = look_alike * (256 * 1024 // len(look_alike) + 1)
+    oversized = frame(DATA, 0, 1, payload)
+    for start in range(0, len(oversized), 50_000):
+        if not conn.send(oversized[start : start + 50_000]):
+            break
+    goaway = cut_off(conn).goaway()
+    assert goaway is not None and goaway.error_code == FRAME_SIZE_ERROR, goaway
+    served(port)
 
 
 def test_what_must_be_ignored_is_ignored(port):

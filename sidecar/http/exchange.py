@@ -208,6 +208,13 @@ class Body:
                 self._waiter = None
 
     @property
+    def reader_waiting(self) -> bool:
+        """The reader waits in `read` with nothing queued: a tunnel's relay may hand a chunk
+        past the queue (sidecar.http.tunnel) without overtaking another."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    @property
     def at_end(self) -> bool:
         """True when nothing more will come: ended with nothing left to read."""
         return self.ended and not self._chunks

@@ -31,6 +31,7 @@ from sidecar.http.exchange import (
     StreamReset,
 )
 from sidecar.http.h1wire import Closed, End, ProtocolError, Request, Response
+from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
 
@@ -223,8 +224,11 @@ class H1Server(_Writer):
         self.head_started = self.idle_since = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            _feed(self, self.tunnel.body, data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            relay = tunnel.relay
+            if relay is None or not relay.offer(data):
+                _feed(self, tunnel.body, data)
             return
         if self.lingering:
             return
@@ -465,6 +469,7 @@ class H1ServerExchange:
         self.error: StreamReset | None = None
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
+        self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
         self.keep_alive = wire.keep_alive
         self.request_ended = False  # the request's body was read to its end
         self.finished = False  # the response was sent to its end
@@ -578,6 +583,21 @@ class H1ServerExchange:
         if proto._write_paused is not None:
             await proto.drain()
 
+    def write_now(self, data: bytes) -> bool:
+        """Tunnel bytes toward the client from a relay: written unless the socket is paused."""
+        proto = self.proto
+        transport = proto.transport
+        if (
+            not self.tunnelling
+            or self.error is not None
+            or proto._write_paused is not None
+            or transport is None
+            or transport.is_closing()
+        ):
+            return False
+        transport.write(data)
+        return True
+
     async def finish(self, trailers: Headers | None = None) -> None:
         self._check()
         if self.tunnelling:
@@ -614,6 +634,7 @@ class H1ClientStream:
         # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
+        self.relay: Relay | None = None  # tunnel bytes from the app, once spliced
         self.body = Body(None, client.body_buffer)
         self.body.on_consumed = _body_consumed(client, self.body)
         self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
@@ -635,6 +656,22 @@ class H1ClientStream:
         client._write(data)
         if client._write_paused is not None:
             await client.drain()
+
+    def write_now(self, data: bytes) -> bool:
+        """Tunnel bytes toward the app from a relay: written unless the socket is paused."""
+        client = self.client
+        transport = client.transport
+        if (
+            not client.tunnelling
+            or client.stream is not self
+            or self.reset_error is not None
+            or client._write_paused is not None
+            or transport is None
+            or transport.is_closing()
+        ):
+            return False
+        transport.write(data)
+        return True
 
     def switched(self, accepted: bool) -> None:
         if self.tunnel is not None and not self.tunnel.done():
@@ -776,8 +813,11 @@ class H1Client(_Writer):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnelling and self.stream is not None:
-            _feed(self, self.stream.body, data)
+        stream = self.stream
+        if self.tunnelling and stream is not None:
+            relay = stream.relay
+            if relay is None or not relay.offer(data):
+                _feed(self, stream.body, data)
             return
         try:
             events = self.parser.receive(data)

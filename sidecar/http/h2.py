@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 
 import h2.config
@@ -42,6 +43,7 @@ from sidecar.http.exchange import (
     StreamReset,
 )
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
+from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
 
@@ -65,6 +67,12 @@ class ConnectionClosed(StreamReset):
 
 
 _CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def _buffered(buffer: FrameBuffer) -> bool:
+    """h2's frame buffer holds bytes of a frame not yet complete (older h2 releases keep them
+    in `data`, newer ones in `_data`)."""
+    return bool(getattr(buffer, "_data", None) or getattr(buffer, "data", None))
 
 
 class _BoundedFrameBuffer(FrameBuffer):
@@ -93,6 +101,11 @@ class _BoundedFrameBuffer(FrameBuffer):
 
 
 _SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+_RECEIVING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
+_FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
+_DATA_FLAGS_FOR_H2 = 0x01 | 0x08  # END_STREAM, PADDED: such DATA frames are h2's to receive
+_WINDOW_UPDATE_HEAD = b"\x00\x00\x04\x08\x00"  # length 4, type WINDOW_UPDATE, no flags
+_WINDOW_UPDATE_CONNECTION = _WINDOW_UPDATE_HEAD + b"\x00\x00\x00\x00"  # stream 0
 _OPEN_STATES = (
     h2.connection.ConnectionState.CLIENT_OPEN,
     h2.connection.ConnectionState.SERVER_OPEN,
@@ -153,6 +166,57 @@ class _Connection(h2.connection.H2Connection):
         out += b"\x00\x00"  # type DATA, no flags
         out += stream_id.to_bytes(4, "big")
         out += data
+
+    def credit(self, stream_id: int, size: int) -> None:
+        """`acknowledge_received_data` without its logging and frame objects: h2's window
+        managers still decide when an update is due (and keep their books); the WINDOW_UPDATE
+        frames are written into h2's output buffer here."""
+        increment = self._inbound_flow_control_window_manager.process_bytes(size)
+        out = self._data_to_send
+        if increment:
+            out += _WINDOW_UPDATE_CONNECTION
+            out += increment.to_bytes(4, "big")
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.open:
+            increment = stream._inbound_window_manager.process_bytes(size)
+            if increment:
+                out += _WINDOW_UPDATE_HEAD
+                out += stream_id.to_bytes(4, "big")
+                out += increment.to_bytes(4, "big")
+
+    def send_plain_data_now(self, stream_id: int, data: bytes) -> bool:
+        """`send_plain_data` for a chunk that leaves whole now or not at all: False, with nothing
+        queued, when the windows cannot take all of it or the stream cannot send. What a tunnel's
+        relay forwards from `data_received` (sidecar.http.tunnel); more than a frame's worth is
+        cut into frames here."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or not size
+            or size > stream.outbound_flow_control_window
+            or size > self.outbound_flow_control_window
+            or stream.state_machine.state not in _SENDING_STATES
+            or self.state_machine.state not in _OPEN_STATES
+        ):
+            return False
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        header = b"\x00\x00" + stream_id.to_bytes(4, "big")  # type DATA, no flags, the stream
+        frame_size = self.max_outbound_frame_size
+        if size <= frame_size:
+            out += size.to_bytes(3, "big")
+            out += header
+            out += data
+            return True
+        view = memoryview(data)
+        for start in range(0, size, frame_size):
+            chunk = view[start : start + frame_size]
+            out += len(chunk).to_bytes(3, "big")
+            out += header
+            out += chunk
+        return True
 
 
 class _ServerConnection(_Connection):
@@ -253,6 +317,10 @@ class H2Protocol(asyncio.Protocol):
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Inbound framing (`data_received`): once h2 has read the preface, frames are cut here;
+        # the start of a frame whose end has not arrived.
+        self._framing = False
+        self._partial = bytearray()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -290,6 +358,108 @@ class H2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.calmed:
             return  # GOAWAY sent for abuse: what else comes is read and dropped
+        partial = self._partial
+        if partial:
+            # The rest of a frame: gathered in place (a large frame trickling in byte by byte
+            # costs no more than h2's own buffer did) until it is complete, or known too large.
+            partial += data
+            if len(partial) < 9:
+                return
+            length = int.from_bytes(partial[:3], "big")
+            if len(partial) < 9 + length and length <= self.conn.max_inbound_frame_size:
+                return
+            data = bytes(partial)
+            partial.clear()
+        elif not self._framing:
+            buffer = self.conn.incoming_buffer
+            if buffer._preamble_len or _buffered(buffer):
+                # The client preface (or a frame it began) is still h2's to read; once it is
+                # read, frames are cut here (`_cut_frames`).
+                if self._to_h2(data):
+                    self._batch_done()
+                return
+            self._framing = True
+        if self._cut_frames(data):
+            self._batch_done()
+
+    def _cut_frames(self, data: bytes) -> bool:
+        """Cut the bytes into frames: DATA frames of open streams are taken here
+        (`_take_data`), every other frame goes to h2, in order and in runs, whole (h2's buffer
+        never holds part of a frame, so that the next DATA frame can be taken here too). A
+        frame's tail that has not arrived waits in `_partial`, up to one frame; a frame over
+        the size limit goes to h2, which refuses it. False when the connection ended."""
+        end = len(data)
+        pos = run = 0  # the frame at hand; the first not yet given to h2
+        max_size = self.conn.max_inbound_frame_size
+        unpack = _FRAME_HEADER.unpack_from
+        while end - pos >= 9:
+            high, low, kind, flags, stream_id = unpack(data, pos)
+            length = high << 16 | low
+            if length > max_size:
+                # h2 refuses it once it has all of it: until then h2 holds part of a frame, so
+                # what follows is h2's to cut.
+                self._framing = False
+                return self._to_h2(data[run:])
+            stop = pos + 9 + length
+            if stop > end:
+                break
+            if kind == 0 and not flags & _DATA_FLAGS_FOR_H2 and length:
+                if run < pos:
+                    if not self._to_h2(data[run:pos]):
+                        return False
+                    run = pos
+                if self._take_data(data, pos + 9, length, stream_id & 0x7FFFFFFF):
+                    run = stop
+            pos = stop
+        if run < pos and not self._to_h2(data[run:pos]):
+            return False
+        if pos < end:
+            self._partial += memoryview(data)[pos:]
+        return True
+
+    def _take_data(self, data: bytes, start: int, length: int, stream_id: int) -> bool:
+        """A DATA frame (neither padded nor ending its stream) on a stream open to receive,
+        handled as h2 would (its windows and body length bookkeeping, the same checks) without
+        its frame object, two state machines whose RECV_DATA leaves an open stream and
+        connection as they are, and its trace and debug logging: some 50 Python calls per
+        frame. False for anything out of the ordinary (no such stream, a window or length
+        overrun, a header block pending): h2 takes the frame, for its errors and events."""
+        conn = self.conn
+        stream = self.streams.get(stream_id)
+        h2_stream = conn.streams.get(stream_id)
+        if stream is None or h2_stream is None:
+            return False
+        machine = h2_stream.state_machine
+        if (
+            machine.state not in _RECEIVING_STATES
+            or not machine.headers_received
+            or conn.state_machine.state not in _OPEN_STATES
+            or conn.incoming_buffer._headers_buffer  # only CONTINUATION may come now
+        ):
+            return False
+        conn_window = conn._inbound_flow_control_window_manager
+        stream_window = h2_stream._inbound_window_manager
+        expected = h2_stream._expected_content_length
+        if (
+            length > conn_window.current_window_size
+            or length > stream_window.current_window_size
+            or (expected is not None and h2_stream._actual_content_length + length > expected)
+        ):
+            return False
+        conn_window.current_window_size -= length
+        stream_window.current_window_size -= length
+        h2_stream._actual_content_length += length
+        self._empty_frames = 0
+        payload = data[start : start + length]
+        relay = stream.relay
+        if relay is not None and relay.offer(payload):
+            conn.credit(stream_id, length)  # forwarded: credit back now, as a read gives it
+        else:
+            stream.body.feed(payload)
+        return True
+
+    def _to_h2(self, data: bytes) -> bool:
+        """Frames for h2, and the events they make; False when the connection ended."""
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -307,11 +477,14 @@ class H2Protocol(asyncio.Protocol):
                 transport.close()  # after the GOAWAY; a peer that does not read it is cut below
                 if not self.client_side:
                     asyncio.get_running_loop().call_later(1.0, transport.abort)
-            return
+            return False
         for event in events:
             self._dispatch(event)
             if self.calmed:
-                return
+                return False
+        return True
+
+    def _batch_done(self) -> None:
         self._flush_now()  # the batch's answers (acknowledgements, resets, credit): one write
         if self._write_paused is not None and self.guarded:
             transport = self.transport
@@ -360,8 +533,15 @@ class H2Protocol(asyncio.Protocol):
             if stream is None:
                 self.conn.acknowledge_received_data(len(event.data), event.stream_id)
                 return
-            if event.data:
-                stream.body.feed(event.data)
+            data = event.data
+            if data:
+                relay = stream.relay
+                if relay is not None and relay.offer(data):
+                    # Forwarded: its credit goes back now, as a read would give it (the
+                    # WINDOW_UPDATE, when h2 decides on one, leaves with this batch's answers).
+                    self.conn.credit(event.stream_id, len(data))
+                else:
+                    stream.body.feed(data)
             if event.stream_ended is not None:
                 stream.remote_ended()
         elif isinstance(event, h2.events.RequestReceived):
@@ -598,8 +778,10 @@ class H2Protocol(asyncio.Protocol):
         if handle is not None:
             handle.cancel()
         self._unflushed = 0
+        if not self.conn._data_to_send:
+            return
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     async def drain(self) -> None:
@@ -656,6 +838,21 @@ class H2Protocol(asyncio.Protocol):
                 await self.drain()
             if last:
                 return
+
+    def send_now(self, stream_id: int, data: bytes) -> bool:
+        """A tunnel chunk from a relay: queued whole, or refused (False) when the transport is
+        paused or a window is short, for the router's task to send with waiting."""
+        if self._write_paused is not None or self.closed:
+            return False
+        if not self.conn.send_plain_data_now(stream_id, data):
+            return False
+        self._data_frames_sent += 1
+        self._unflushed += len(data)
+        if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
+            self._flush_now()
+        else:
+            self._flush()
+        return True
 
     def _wake_windows(self, stream_id: int) -> None:
         if stream_id == 0:
@@ -784,6 +981,7 @@ class H2Stream:
         self.proto = proto
         self.stream_id = stream_id
         self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
+        self.relay: Relay | None = None  # tunnel bytes from the peer, once spliced
         self.trailers: Headers | None = None
         self.local_done = False
         self.remote_done = False
@@ -793,11 +991,10 @@ class H2Stream:
         proto = self.proto
         if proto.closed:
             return
-        try:
-            proto.conn.acknowledge_received_data(n, self.stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        proto._flush()
+        conn = proto.conn
+        conn.credit(self.stream_id, n)
+        if conn._data_to_send:
+            proto._flush()
 
     def remote_ended(self) -> None:
         self.remote_done = True
@@ -826,6 +1023,12 @@ class H2Stream:
     async def write(self, data: bytes) -> None:
         if data:
             await self.proto.send_data(self, data, end=False)
+
+    def write_now(self, data: bytes) -> bool:
+        """Tunnel bytes from a relay: queued whole now, or refused for the router's task."""
+        if self.reset_error is not None or self.local_done:
+            return False
+        return self.proto.send_now(self.stream_id, data)
 
     async def finish(self, trailers: Headers | None = None) -> None:
         if self.local_done:

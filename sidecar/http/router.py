@@ -35,6 +35,7 @@ from sidecar.http.exchange import (
 from sidecar.http.pool import UpstreamStream
 from sidecar.http.request_id import new_request_id
 from sidecar.http.rules import request_problem
+from sidecar.http.tunnel import splice, unsplice
 from sidecar.observe.stats import HttpStats
 from sidecar.observe.throttle import LogThrottle
 
@@ -416,6 +417,8 @@ async def _stream_response(
             await exchange.respond(response, end=True)
         else:
             await exchange.respond(response)
+            if tunnel:
+                splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
             while (chunk := await body.read()) is not None:
                 acct.response_chunk(chunk)
                 await exchange.write(chunk)
@@ -436,6 +439,8 @@ async def _stream_response(
             else:
                 pump.cancel()
                 exchange.abandon_request()
+        if tunnel:
+            unsplice(exchange, upstream)  # (left to the garbage collector if cancelled above)
 
 
 # -- header policy for each direction ---------------------------------------------------------
