@@ -12,7 +12,9 @@ low-level object (`SSLContext._wrap_socket`, what `ssl.SSLSocket` is built on), 
 `loop.add_reader` / `add_writer` on the raw descriptor:
 
 - Reading: SSL_read straight from the socket into one preallocated buffer, as many records as
-  fit (`READ_SIZE`) per readiness event, delivered to the protocol in one `data_received`.
+  fit (`READ_SIZE`) per readiness event, delivered to the protocol in one `data_received`; a
+  buffered protocol (`asyncio.BufferedProtocol`, as the relay's sides are) gets them read
+  straight into its own buffer (`get_buffer`/`buffer_updated`), one copy less.
 - Writing: SSL_write straight to the socket from the caller's bytes; only what the socket does
   not take is kept (OpenSSL's "moving write buffer": the retry may come from another address and
   be longer), and past the high-water mark the protocol is paused (`pause_writing`), as asyncio
@@ -97,6 +99,35 @@ class _LibSsl:
         self.ctrl.restype = ctypes.c_long
         self.offset = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
         self.ok = True
+        try:
+            self.ctx_set_ciphersuites = lib.SSL_CTX_set_ciphersuites
+            self.ctx_get_options = lib.SSL_CTX_get_options
+        except AttributeError:  # OpenSSL 1.1.0 and older: no TLS 1.3 suites to choose
+            return
+        self.ctx_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self.ctx_get_options.argtypes = [ctypes.c_void_p]
+        self.ctx_get_options.restype = ctypes.c_uint64
+
+    def context_pointer(self, context: ssl.SSLContext) -> int | None:
+        """The `SSL_CTX *` of `context`, or None when it cannot be trusted.
+
+        CPython's `PySSLContext` starts with `PyObject_HEAD; SSL_CTX *ctx;` (3.8 to 3.13); the
+        pointer found there is used only if OpenSSL reads the same options from it as the
+        ssl module does (`SSLContext.options` is `SSL_CTX_get_options` of that pointer)."""
+        if not self.ok or not hasattr(self, "ctx_get_options"):
+            return None
+        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not pointer or self.ctx_get_options(pointer) != int(context.options):
+            return None
+        return pointer
+
+    def set_ciphersuites(self, context: ssl.SSLContext, suites: str) -> bool:
+        """SSL_CTX_set_ciphersuites: the TLS 1.3 suites of `context`, in order of preference
+        (the ssl module sets only TLS 1.2's, `set_ciphers`). False where it cannot be done."""
+        pointer = self.context_pointer(context)
+        if pointer is None:
+            return False
+        return self.ctx_set_ciphersuites(pointer, suites.encode("ascii")) == 1
 
     def pointer(self, sslobj: Any, fd: int) -> int | None:
         """The `SSL *` of `sslobj`, or None when it cannot be trusted."""
@@ -127,6 +158,18 @@ class _LibSsl:
 
 
 _LIBSSL = _LibSsl()
+
+# The TLS 1.3 suites of a mesh hop, AES-128-GCM first: on AES hardware it is the cheapest of the
+# three (10 AES rounds to AES-256's 14) and what Envoy (BoringSSL) picks there; OpenSSL's own
+# default puts AES-256-GCM first. Both ends of a hop are ours; an Envoy peer gets the same.
+MESH_TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+def prefer_aes128(context: ssl.SSLContext) -> bool:
+    """Order `context`'s TLS 1.3 cipher suites as `MESH_TLS13_SUITES` (the ssl module cannot);
+    False, the context unchanged (OpenSSL's default order), where that is not possible. TLS 1.2
+    and everything else about the context stay as they are."""
+    return _LIBSSL.set_ciphersuites(context, MESH_TLS13_SUITES)
 
 
 def wrap(
@@ -200,6 +243,10 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> No
 class TlsTransport(asyncio.Transport):
     """A connected, handshaken TLS socket as an `asyncio.Transport` (see the module's text)."""
 
+    # write() never keeps a reference to the caller's buffer: OpenSSL encrypts from it at once,
+    # what it cannot take yet is copied (the relay may reuse its read buffer right away)
+    copies_writes = True
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -213,6 +260,7 @@ class TlsTransport(asyncio.Transport):
         self._fd = sock.fileno()
         self._sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # the hot path skips a frame
         self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._extra = {
             "socket": sock,
             "ssl_object": sslobj,
@@ -277,6 +325,7 @@ class TlsTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol  # type: ignore[assignment]
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -330,12 +379,18 @@ class TlsTransport(asyncio.Transport):
         if self._closing or self._read_paused or self._eof_received:
             return
         read = self._sslobj.read
-        view = _READ_VIEW
+        if self._buffered:
+            # Straight into the protocol's buffer (the relay's): no copy to hand it over.
+            view = memoryview(self._protocol.get_buffer(READ_SIZE))  # type: ignore[attr-defined]
+            size = min(len(view), READ_SIZE)
+        else:
+            view = _READ_VIEW
+            size = READ_SIZE
         n = 0
         eof = False
         try:
-            while n < READ_SIZE:
-                got = read(READ_SIZE - n, view[n:])
+            while n < size:
+                got = read(size - n, view[n:])
                 if not got:
                     eof = True
                     break
@@ -349,7 +404,7 @@ class TlsTransport(asyncio.Transport):
             # Python reports both so (SSL_read_ex's 0 reads as an EOF), the TCP state tells.
             if _was_reset(self._sock):
                 if n:
-                    self._protocol.data_received(bytes(view[:n]))
+                    self._deliver(view, n)
                 self._force_close(ConnectionResetError("connection reset by peer"))
                 return
             eof = True
@@ -359,13 +414,13 @@ class TlsTransport(asyncio.Transport):
             self._start_writing()
         except (ssl.SSLError, OSError) as exc:
             if n:
-                self._protocol.data_received(bytes(view[:n]))
+                self._deliver(view, n)
             self._force_close(exc)
             return
         if n:
-            self._protocol.data_received(bytes(view[:n]))
+            self._deliver(view, n)
             if (
-                n == READ_SIZE
+                n == size
                 and not eof
                 and self._has_pending()
                 and not (self._closing or self._read_paused)
@@ -379,6 +434,14 @@ class TlsTransport(asyncio.Transport):
                 # Both directions have ended, or the protocol is done, or this connection
                 # cannot stay half-open (TLS 1.2): close, as asyncio's TLS transports do.
                 self.close()
+
+    def _deliver(self, view: memoryview, n: int) -> None:
+        """Hand the `n` bytes read into `view` to the protocol: in place to a buffered one
+        (`view` is its buffer), as `bytes` to another (`view` is ours, reused next read)."""
+        if self._buffered:
+            self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        else:
+            self._protocol.data_received(bytes(view[:n]))
 
     # -- writing ---------------------------------------------------------------------------------
 
