@@ -141,6 +141,22 @@ def _cert_args(pki: Pki, name: str) -> list[str]:
 
 
 @needs_openssl
+def test_mesh_hops_negotiate_aes_128_gcm(mesh, pki):
+    """TLS 1.3 hops prefer TLS_AES_128_GCM_SHA256 (Envoy's choice on AES hardware; OpenSSL's
+    default order starts with AES-256-GCM): between two sidecars (the inbound logs the suite),
+    and when an OpenSSL client offers AES-256-GCM first (the inbound's order wins)."""
+    pair = mtls_pair(mesh, pki)
+    assert ask(pair.outbound) == b"ping\n"
+    pair.backend.wait_log("cipher=TLS_AES_128_GCM_SHA256")
+    args = ["-CAfile", str(pki.ca_path), "-servername", "backend{mesh=default}", "-alpn", "kuma"]
+    out = s_client(
+        pair.inbound, b"ping\n", "-brief", *args, *_cert_args(pki, "web-1"), expect=b"ping\n"
+    )
+    assert b"Ciphersuite: TLS_AES_128_GCM_SHA256" in out
+    assert b"Protocol version: TLSv1.3" in out
+
+
+@needs_openssl
 def test_expired_and_not_yet_valid_client_certificates_are_refused(mesh, pki):
     pair = mtls_pair(mesh, pki)
     args = ["-CAfile", str(pki.ca_path), "-alpn", "kuma"]

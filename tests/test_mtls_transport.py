@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.identity.tls import MeshCredentials, client_context, server_context
 from sidecar.runner import loop_factory
 from sidecar.transport import tls_transport
 from sidecar.transport.relay import Relay
@@ -172,9 +173,11 @@ async def idle_tls_relay(server_ctx, client_ctx):
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1],
                                                    ssl=client_ctx)  # fmt: skip
     await serving
+    # Timed from before the last bytes: the relay sees the echo go by before we read it, and
+    # the timeout counts from there (timing from our read was short by a few ms now and then).
+    started = loop.time()
     writer.write(b"ping")
     assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
-    started = loop.time()
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the idle timeout
     assert loop.time() - started >= 0.2
     await asyncio.wait_for(closed.wait(), 5)
@@ -211,3 +214,143 @@ async def tls_1_2(server_ctx, client_ctx):
     await asyncio.wait_for(server.lost.wait(), 10)
     assert server.received == len(b"over TLS 1.2")
     await asyncio.wait_for(client.lost.wait(), 10)
+
+
+# --- the bulk path: relay read buffer, write buffer, cipher -------------------------------------
+
+
+def test_mesh_contexts_negotiate_aes_128_gcm(tmp_path: Path):
+    """Mesh hops prefer TLS_AES_128_GCM_SHA256 (OpenSSL's default order starts with AES-256):
+    between two sidecars, against a client offering AES-256 first (our server's order wins),
+    and against a server that follows the client's order (we offer AES-128 first)."""
+    pki = Pki(tmp_path / "certs")
+    server_creds = MeshCredentials.load(pki.ca_path, *pki.issue("backend-1", "backend"))
+    client_creds = MeshCredentials.load(pki.ca_path, *pki.issue("web-1", "web"))
+    ours_server, ours_client = server_context(server_creds), client_context(client_creds)
+    assert [c["name"] for c in ours_client.get_ciphers()][0] == "TLS_AES_128_GCM_SHA256"
+
+    foreign_client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # OpenSSL's order: AES-256 first
+    foreign_client.load_verify_locations(pki.ca_path)
+    foreign_client.load_cert_chain(*pki.issue("web-2", "web"))
+    foreign_client.check_hostname = False
+    assert [c["name"] for c in foreign_client.get_ciphers()][0] == "TLS_AES_256_GCM_SHA384"
+    client_order_server = server_context(server_creds)
+    client_order_server.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    client_order_server.set_ciphers("DEFAULT")  # TLS 1.2 only; 1.3 keeps our suites
+    plain_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # OpenSSL's order, client's wins
+    plain_server.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    plain_server.load_cert_chain(*pki.issue("backend-2", "backend"))
+
+    async def negotiated(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> list[str]:
+        loop = asyncio.get_running_loop()
+        listener = _listener()
+        accepted = loop.create_task(_accept_tls(listener, server_ctx))
+        client_sock, client_ssl = await _connect_tls(listener.getsockname()[1], client_ctx)
+        server_sock, server_ssl = await accepted
+        listener.close()
+        names = [client_ssl.cipher()[0], server_ssl.cipher()[0], client_ssl.version()]
+        client_sock.close()
+        server_sock.close()
+        return names
+
+    async def check() -> None:
+        aes128 = "TLS_AES_128_GCM_SHA256"
+        assert await negotiated(ours_server, ours_client) == [aes128, aes128, "TLSv1.3"]
+        assert await negotiated(ours_server, foreign_client) == [aes128, aes128, "TLSv1.3"]
+        assert await negotiated(plain_server, ours_client) == [aes128, aes128, "TLSv1.3"]
+        # the control: two OpenSSL defaults agree on AES-256
+        aes256 = "TLS_AES_256_GCM_SHA384"
+        assert await negotiated(plain_server, foreign_client) == [aes256, aes256, "TLSv1.3"]
+
+    asyncio.run(check())
+
+
+def test_bulk_both_ways_through_two_relays_and_a_tls_hop(contexts):
+    """app client → [plain ⇄ Relay ⇄ TlsTransport] ⇒ TLS ⇒ [TlsTransport ⇄ Relay ⇄ plain] →
+    app server, in-process: 24 MiB each way checked by SHA-256, half-close crossing both ways
+    (the server answers after the client's EOF), through the relay's shared read buffer and the
+    TLS transport's write buffer, with a slow reader (small reads, a small receive buffer) on
+    each plain end so that writes are partial and the buffers get held (and replaced)."""
+    _run(bulk_through_relays, *contexts)
+
+
+def _pattern(size: int, seed: bytes) -> bytes:
+    block = b"".join(hashlib.sha256(seed + bytes([i])).digest() for i in range(256))  # 8 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def bulk_through_relays(server_ctx, client_ctx):
+    loop = asyncio.get_running_loop()
+    upload, download = _pattern(24 * MiB, b"up"), _pattern(24 * MiB, b"down")
+
+    app = socket.socket()
+    app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    app.bind(("127.0.0.1", 0))
+    app.listen()
+    app_port = app.getsockname()[1]
+
+    def app_server() -> str:
+        conn, _ = app.accept()
+        with conn:
+            digest = hashlib.sha256()
+            while chunk := conn.recv(4096):  # slow: many small reads
+                digest.update(chunk)
+            conn.sendall(download)  # after the client's EOF came through the hop
+            return digest.hexdigest()
+
+    relays: list[Relay] = []
+    # Sidecar B: TLS in, plain out to the app
+    tls_listener = _listener()
+
+    async def serve_b() -> None:
+        conn, sslobj = await _accept_tls(tls_listener, server_ctx)
+        relay = Relay(loop, 60)
+        relays.append(relay)
+
+        async def connect_app() -> None:
+            await loop.create_connection(lambda: relay.upstream, "127.0.0.1", app_port)
+            relay.link()
+
+        relay.downstream.on_made = lambda side: loop.create_task(connect_app())
+        TlsTransport.start(loop, conn, sslobj, relay.downstream)
+
+    # Sidecar A: plain in from the app client, TLS out to B
+    def relay_a() -> asyncio.Protocol:
+        relay = Relay(loop, 60)
+        relays.append(relay)
+
+        async def connect_b() -> None:
+            sock, sslobj = await _connect_tls(tls_listener.getsockname()[1], client_ctx)
+            TlsTransport.start(loop, sock, sslobj, relay.upstream)
+            relay.link()
+
+        relay.downstream.on_made = lambda side: loop.create_task(connect_b())
+        return relay.downstream
+
+    serving_b = loop.create_task(serve_b())
+    server_a = await loop.create_server(relay_a, "127.0.0.1", 0)
+    a_port = server_a.sockets[0].getsockname()[1]
+
+    def app_client() -> str:
+        with socket.create_connection(("127.0.0.1", a_port), timeout=30) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            conn.sendall(upload)
+            conn.shutdown(socket.SHUT_WR)  # half-close: the answer still comes back
+            digest = hashlib.sha256()
+            while chunk := conn.recv(4096):
+                digest.update(chunk)
+            return digest.hexdigest()
+
+    server_done = asyncio.ensure_future(asyncio.to_thread(app_server))
+    client_digest = await asyncio.wait_for(asyncio.to_thread(app_client), 120)
+    server_digest = await asyncio.wait_for(server_done, 10)
+    await serving_b
+    assert server_digest == hashlib.sha256(upload).hexdigest()
+    assert client_digest == hashlib.sha256(download).hexdigest()
+    for relay in relays:
+        assert relay.downstream.rx_bytes + relay.upstream.rx_bytes == 48 * MiB
+    if tls_transport._LIBSSL.buffers_ok:
+        assert tls_transport._LIBSSL.spare_buffers  # write buffers were put on and taken off
+    server_a.close()
+    tls_listener.close()
+    app.close()

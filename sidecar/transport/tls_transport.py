@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import functools
+import os
 import socket
 import ssl
 import sys
@@ -56,6 +58,12 @@ _SSL_ERROR_WANT_WRITE = 3
 _SSL_ERROR_WANT_READ = 2
 _RECORD = 16 * 1024  # TLS's largest record of plaintext
 _TCP_CORK = getattr(socket, "TCP_CORK", 3)
+# The write buffer: 16 records of ciphertext (a relay read of 256 KiB) with room to spare
+WRITE_BUFFER = 16 * (_RECORD + 512)
+_SPARE_BUFFERS = 8
+_BIO_C_SET_BUFF_SIZE = 117
+_BIO_CTRL_FLUSH = 11
+_BIO_FLAGS_SHOULD_RETRY = 8
 _SSL_CTRL_MODE = 33
 _SSL_MODE_RELEASE_BUFFERS = 0x10
 
@@ -75,7 +83,8 @@ class _LibSsl:
         try:
             import _ssl
 
-            lib = ctypes.CDLL(_ssl.__file__)  # libssl is among its dependencies
+            # libssl is among its dependencies; errno kept for a failed flush's reason
+            lib = ctypes.CDLL(_ssl.__file__, use_errno=True)
             self.shutdown = lib.SSL_shutdown
             self.get_fd = lib.SSL_get_fd
             self.get_error = lib.SSL_get_error
@@ -99,6 +108,37 @@ class _LibSsl:
         self.ctrl.restype = ctypes.c_long
         self.offset = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
         self.ok = True
+        self.spare_buffers: list[int] = []  # write buffers (BIO_f_buffer) to use again
+        try:
+            self.bio_f_buffer = lib.BIO_f_buffer
+            self.bio_new = lib.BIO_new
+            self.bio_free = lib.BIO_free
+            self.bio_up_ref = lib.BIO_up_ref
+            self.bio_push = lib.BIO_push
+            self.bio_pop = lib.BIO_pop
+            self.bio_ctrl = lib.BIO_ctrl
+            self.bio_int_ctrl = lib.BIO_int_ctrl
+            self.bio_test_flags = lib.BIO_test_flags
+            self.get_wbio = lib.SSL_get_wbio
+            self.set0_wbio = lib.SSL_set0_wbio
+        except AttributeError:
+            self.buffers_ok = False
+        else:
+            vp = ctypes.c_void_p
+            self.bio_f_buffer.argtypes, self.bio_f_buffer.restype = [], vp
+            self.bio_new.argtypes, self.bio_new.restype = [vp], vp
+            self.bio_free.argtypes = [vp]
+            self.bio_up_ref.argtypes = [vp]
+            self.bio_push.argtypes, self.bio_push.restype = [vp, vp], vp
+            self.bio_pop.argtypes, self.bio_pop.restype = [vp], vp
+            self.bio_ctrl.argtypes = [vp, ctypes.c_int, ctypes.c_long, vp]
+            self.bio_ctrl.restype = ctypes.c_long
+            self.bio_int_ctrl.argtypes = [vp, ctypes.c_int, ctypes.c_long, ctypes.c_int]
+            self.bio_int_ctrl.restype = ctypes.c_long
+            self.bio_test_flags.argtypes = [vp, ctypes.c_int]
+            self.get_wbio.argtypes, self.get_wbio.restype = [vp], vp
+            self.set0_wbio.argtypes, self.set0_wbio.restype = [vp, vp], None
+            self.buffers_ok = True
         try:
             self.ctx_set_ciphersuites = lib.SSL_CTX_set_ciphersuites
             self.ctx_get_options = lib.SSL_CTX_get_options
@@ -145,6 +185,50 @@ class _LibSsl:
         self.set_read_buffer_len(pointer, size)
         self.set_read_ahead(pointer, 1)
         self.ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+
+    # A write buffer in front of the socket (the write BIO only; reads stay on the socket):
+    # SSL_write's records gather in it and leave in one send. Put on for one large write and
+    # taken off once flushed, so that a connection holds it only while the socket is full.
+
+    def push_write_buffer(self, pointer: int) -> int | None:
+        """Put a write buffer (BIO_f_buffer of `WRITE_BUFFER` bytes) between `pointer`'s SSL
+        and its socket BIO; its `BIO *`, or None where that cannot be done."""
+        if not self.buffers_ok:
+            return None
+        if self.spare_buffers:
+            buffer = self.spare_buffers.pop()
+        else:
+            buffer = self.bio_new(self.bio_f_buffer())
+            if not buffer:
+                return None
+            if self.bio_int_ctrl(buffer, _BIO_C_SET_BUFF_SIZE, WRITE_BUFFER, 1) != 1:
+                self.bio_free(buffer)
+                return None
+        sock = self.get_wbio(pointer)
+        self.bio_up_ref(sock)  # the chain's reference; SSL_set0_wbio drops the SSL's own
+        self.bio_push(buffer, sock)
+        self.set0_wbio(pointer, buffer)  # the SSL owns `buffer` now
+        return buffer
+
+    def pop_write_buffer(self, pointer: int, buffer: int) -> None:
+        """Take the (flushed) write buffer off again: the socket BIO writes directly."""
+        sock = self.bio_pop(buffer)  # with the chain's reference, handed to the SSL below
+        self.bio_up_ref(buffer)  # ours, across SSL_set0_wbio freeing the SSL's
+        self.set0_wbio(pointer, sock)
+        if len(self.spare_buffers) < _SPARE_BUFFERS:
+            self.spare_buffers.append(buffer)
+        else:
+            self.bio_free(buffer)
+
+    def flush(self, buffer: int) -> bool:
+        """BIO_flush: True when all is in the socket, False when it is full (try again when
+        writable); OSError when the socket failed."""
+        if self.bio_ctrl(buffer, _BIO_CTRL_FLUSH, 0, None) > 0:
+            return True
+        if self.bio_test_flags(buffer, _BIO_FLAGS_SHOULD_RETRY):
+            return False
+        code = ctypes.get_errno() or errno.EPIPE
+        raise OSError(code, os.strerror(code))
 
     def close_notify(self, pointer: int) -> bool | None:
         """Send close_notify: True when sent, None when the socket is full (retry when
@@ -268,8 +352,11 @@ class TlsTransport(asyncio.Transport):
             "sockname": _address(sock.getsockname),
         }
         pointer = _LIBSSL.pointer(self._sslobj, self._fd)
-        # SSL_shutdown once, for a half-close: TLS 1.3 only (1.2 forbids reading after it)
+        # SSL_shutdown once, for a half-close: TLS 1.3 only (1.2 forbids reading after it);
+        # the write buffer too (no renegotiation to meet it)
         self._pointer = pointer if sslobj.version() == "TLSv1.3" else None
+        self._wbuf: int | None = None  # the write buffer while one is on (`_encrypt`)
+        self._unflushed = False  # it holds bytes the socket did not take yet
         # Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
         # the records read ahead, SSL_pending (the ssl module's) only the current one.
         self._has_pending: Callable[[], int] = (
@@ -464,7 +551,7 @@ class TlsTransport(asyncio.Transport):
             return  # after write_eof/close/abort: dropped, as asyncio's transports do
         if not data:
             return
-        if self._pending:
+        if self._pending or self._unflushed:
             self._pending += data
             self._maybe_pause_protocol()
             return
@@ -481,11 +568,20 @@ class TlsTransport(asyncio.Transport):
         self._maybe_pause_protocol()
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
-        """SSL_write: one system call per TLS record (16 KiB). For more than one record the
-        socket is corked meanwhile, so that the kernel sends full segments rather than one per
-        record (on loopback and real links alike, per-segment costs dominate the small ones)."""
-        if len(data) <= _RECORD:
+        """SSL_write. On the socket itself that is one system call per TLS record (16 KiB);
+        more than one record goes through a write buffer (`push_write_buffer`) instead and
+        leaves in one send (the buffer is taken off once flushed; while the socket is full,
+        `_unflushed` and the writer wait for it). Where there is no write buffer, the socket
+        is corked meanwhile, so that the kernel sends full segments rather than one per record
+        (on loopback and real links alike, per-segment costs dominate the small ones)."""
+        if len(data) <= _RECORD and self._wbuf is None:
             self._sslobj.write(data)
+            return
+        if self._wbuf is None and self._pointer is not None:
+            self._wbuf = _LIBSSL.push_write_buffer(self._pointer)
+        if self._wbuf is not None:
+            self._sslobj.write(data)  # SSLWantWriteError: the buffer is full, the socket too
+            self._flush()
             return
         setsockopt = self._sock.setsockopt
         setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
@@ -493,6 +589,23 @@ class TlsTransport(asyncio.Transport):
             self._sslobj.write(data)
         finally:
             setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+
+    def _flush(self) -> bool:
+        """Send what the write buffer holds: True when done (the buffer is taken off), False
+        when the socket is full (the writer is started: `_write_ready` comes back); OSError
+        when the socket failed."""
+        buffer = self._wbuf
+        if buffer is None:
+            return True
+        if not _LIBSSL.flush(buffer):
+            self._unflushed = True
+            self._start_writing()
+            return False
+        self._unflushed = False
+        self._wbuf = None
+        assert self._pointer is not None
+        _LIBSSL.pop_write_buffer(self._pointer, buffer)
+        return True
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -532,6 +645,13 @@ class TlsTransport(asyncio.Transport):
                 self._read_ready()
             if self._lost:
                 return
+        if self._unflushed:
+            try:
+                if not self._flush():
+                    return
+            except OSError as exc:
+                self._force_close(exc)
+                return
         pending = self._pending
         if pending:
             try:
@@ -545,8 +665,8 @@ class TlsTransport(asyncio.Transport):
             if self._write_paused and not self._closing:
                 self._write_paused = False
                 self._protocol.resume_writing()
-            if self._pending:
-                return  # resume_writing wrote more, which is waiting
+            if self._pending or self._unflushed:
+                return  # more is waiting (resume_writing wrote more, or the socket is full)
         self._stop_writing()
         if self._eof_wanted:
             self._finish_writing()
@@ -558,6 +678,8 @@ class TlsTransport(asyncio.Transport):
 
     def _finish_writing(self) -> None:
         """Everything is written: send close_notify and FIN (write_eof), or close (close)."""
+        if self._unflushed:
+            return  # the write buffer first: the writer comes back here once it is sent
         if not self._eof_sent:
             sent = self._send_close_notify()
             if sent is None:
