@@ -39,8 +39,11 @@ GC_THRESHOLDS = (10_000, 10, 10)
 # the reading side is paused (the transport's high-water mark).
 RELAY_HIGH_WATER = 256 * 1024
 # The relay's own TLS transport (mTLS L4 hop): what one recv may take from the socket for
-# OpenSSL to decrypt (several 16 KiB records per system call); released while empty.
-TLS_READ_AHEAD = 128 * 1024
+# OpenSSL to decrypt (about two 16 KiB records per system call); released while empty. Not
+# more: OpenSSL 3.0 moves what is left in this buffer to its front before each record (payload
+# alignment), so its cost per byte grows with the size; 32 KiB took less CPU per GB on the
+# decrypting sidecar than 64 or 128 KiB (bench/README.md, issue 4).
+TLS_READ_AHEAD = 32 * 1024
 
 # HTTP.
 OUTBOUND_REQUEST_TIMEOUT = 15.0  # bounds the wait for the response head; 0 disables
