@@ -1002,14 +1002,14 @@ class _ServerGate(asyncio.Protocol):
         stats.source(peer.service).downstream_cx_total += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "event=mtls_accepted listener=%s peer=%s identity=%s version=%s cipher=%s "
-                "alpn=%s resumed=%s",
+                "event=mtls_accepted listener=%s peer=%s identity=%s version=%s alpn=%s "
+                "cipher=%s resumed=%s",
                 listener.name,
                 listener.peer_name(self.address),
                 peer.spiffe_id,
                 ssl_object.version(),
-                (ssl_object.cipher() or ("",))[0],
                 ssl_object.selected_alpn_protocol(),
+                (ssl_object.cipher() or ("",))[0],
                 ssl_object.session_reused,
             )
         protocol = listener.stack.accept(peer)

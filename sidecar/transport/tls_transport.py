@@ -15,10 +15,18 @@ low-level object (`SSLContext._wrap_socket`, what `ssl.SSLSocket` is built on), 
   fit (`READ_SIZE`) per readiness event, delivered to the protocol in one `data_received`; a
   buffered protocol (`asyncio.BufferedProtocol`, as the relay's sides are) gets them read
   straight into its own buffer (`get_buffer`/`buffer_updated`), one copy less.
-- Writing: SSL_write straight to the socket from the caller's bytes; only what the socket does
-  not take is kept (OpenSSL's "moving write buffer": the retry may come from another address and
-  be longer), and past the high-water mark the protocol is paused (`pause_writing`), as asyncio
-  does.
+  OpenSSL reads ahead `defaults.TLS_READ_AHEAD` bytes per recv (about two records: OpenSSL 3.0
+  moves the unread rest of that buffer before each record, so more costs more).
+- Writing: SSL_write from the caller's bytes; only what the socket does not take is kept
+  (OpenSSL's "moving write buffer": the retry may come from another address and be longer), and
+  past the high-water mark the protocol is paused (`pause_writing`), as asyncio does. A write of
+  one record goes straight to the socket; a larger one (TLS 1.3) through a write buffer put in
+  front of the socket as the write BIO for as long as its bytes are unsent (a BIO_f_buffer of
+  `WRITE_BUFFER` bytes; the socket stays the read BIO), so that its records leave in one send
+  instead of one write(2) per 16 KiB record: on a mesh hop that took less CPU per GB on the
+  encrypting sidecar (bench/README.md, issue 4). Without it, the socket is corked meanwhile.
+- Cipher: mesh contexts (`sidecar.identity.tls`) prefer TLS_AES_128_GCM_SHA256 in TLS 1.3
+  (`prefer_aes128`, SSL_CTX_set_ciphersuites through ctypes: the ssl module cannot).
 - Half-close (TLS 1.3): `write_eof()` sends close_notify (SSL_shutdown, once) and shuts the TCP
   write side; TLS 1.3 allows reading on until the peer's close_notify, which becomes
   `eof_received()`, after which we may still write. Python's `SSLSocket.unwrap()` cannot be used:
