@@ -49,19 +49,26 @@ def abort_with_reset(transport: asyncio.BaseTransport | None) -> None:
 
 class ReadBuffer:
     """The buffer every relay side of this process reads into (the event loop runs one read's
-    callback to its end before the next read, so one is enough while nobody keeps it)."""
+    callback to its end before the next read, so one is enough while nobody keeps it). Made
+    at the first read: a sidecar that relays nothing keeps none of it resident."""
 
     __slots__ = ("view",)
 
     SIZE = 256 * 1024  # a read of uvloop's (256,000 bytes) or of 16 TLS records fits
 
     def __init__(self) -> None:
-        self.view = memoryview(bytearray(self.SIZE))
+        self.view: memoryview | None = None
+
+    def get(self) -> memoryview:
+        view = self.view
+        if view is None:
+            view = self.view = memoryview(bytearray(self.SIZE))
+        return view
 
     def renew(self) -> None:
-        """A transport keeps a view of the current buffer (its unsent rest): use another one.
-        The old one lives on as long as that view."""
-        self.view = memoryview(bytearray(self.SIZE))
+        """A transport keeps a view of the current buffer (its unsent rest): the next read
+        gets another one. The old one lives on as long as that view."""
+        self.view = None
 
 
 READ_BUFFER = ReadBuffer()
@@ -98,11 +105,11 @@ class Side(asyncio.BufferedProtocol):
             self.on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return READ_BUFFER.view
+        return READ_BUFFER.get()
 
     def buffer_updated(self, nbytes: int) -> None:
         shared = READ_BUFFER
-        view = shared.view
+        view = shared.get()  # the one get_buffer gave
         peer = self.peer
         transport = peer.transport if peer is not None else None
         if self.on_data is not None or transport is None:

@@ -59,8 +59,17 @@ from sidecar import defaults
 from sidecar.transport.splice import discard_unread
 
 READ_SIZE = 256 * 1024  # plaintext delivered per read event at most (16 TLS records)
-_READ_BUFFER = bytearray(READ_SIZE)  # shared: every read is copied out before the next one
-_READ_VIEW = memoryview(_READ_BUFFER)
+# Shared: every read into it is copied out before the next one; made at first use (most
+# reads go to the relay's buffer instead: a buffered protocol)
+_READ_VIEW: memoryview | None = None
+
+
+def _read_view() -> memoryview:
+    global _READ_VIEW
+    if _READ_VIEW is None:
+        _READ_VIEW = memoryview(bytearray(READ_SIZE))
+    return _READ_VIEW
+
 
 _SSL_ERROR_WANT_WRITE = 3
 _SSL_ERROR_WANT_READ = 2
@@ -479,7 +488,7 @@ class TlsTransport(asyncio.Transport):
             view = memoryview(self._protocol.get_buffer(READ_SIZE))  # type: ignore[attr-defined]
             size = min(len(view), READ_SIZE)
         else:
-            view = _READ_VIEW
+            view = _read_view()
             size = READ_SIZE
         n = 0
         eof = False
