@@ -31,10 +31,6 @@ PROBE_HEALTHY_THRESHOLD = 1
 MESH_POLL_INTERVAL = 0.5
 DNS_REFRESH_INTERVAL = 5.0
 
-# Python's garbage collector once the sidecar serves (sidecar/collector.py): collect the youngest
-# generation every 10,000 net container allocations (CPython: 700); the older two as CPython does.
-GC_THRESHOLDS = (10_000, 10, 10)
-
 # Relay buffering: a connection holds at most about this many unsent bytes per direction before
 # the reading side is paused (the transport's high-water mark).
 RELAY_HIGH_WATER = 256 * 1024

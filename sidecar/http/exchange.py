@@ -138,6 +138,10 @@ class Body:
         self.ended = False
         self.trailers: Headers | None = None
         self.error: BaseException | None = None
+        # Called with each chunk's size as it is read. It is dropped once nothing more can be
+        # read: the codecs' callbacks refer back to the stream or connection that owns this body,
+        # a reference cycle per request that only the garbage collector would otherwise free
+        # (its collections were the periodic pauses at a fixed request rate).
         self.on_consumed = on_consumed
         self.high_water = high_water
         self.reads = 0  # chunks handed out: the stream idle timeout watches it move
@@ -164,12 +168,15 @@ class Body:
             return
         self.ended = True
         self.trailers = trailers
+        if not self._chunks:
+            self.on_consumed = None  # nothing left to consume
         self._wake()
 
     def abort(self, exc: BaseException) -> None:
         if self.ended:
             return  # complete already: a later reset (e.g. RST_STREAM NO_ERROR) changes nothing
         self.error = exc
+        self.on_consumed = None  # reads raise from here on; the codec takes back what is queued
         self._wake()
 
     def discard(self) -> int:
@@ -198,6 +205,8 @@ class Body:
                 self.reads += 1
                 if self.on_consumed is not None:
                     self.on_consumed(len(data))
+                    if self.ended and not self._chunks:
+                        self.on_consumed = None  # that was the last chunk
                 return data
             if self.ended:
                 return None
