@@ -28,6 +28,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import h2.utilities
 import hyperframe.frame
 from h2.frame_buffer import FrameBuffer
 
@@ -100,10 +101,23 @@ class _BoundedFrameBuffer(FrameBuffer):
         return frame
 
 
+_OPEN = h2.stream.StreamState.OPEN
+_HALF_CLOSED_LOCAL = h2.stream.StreamState.HALF_CLOSED_LOCAL
+_HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
+_CLOSED = h2.stream.StreamState.CLOSED
 _SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
 _DATA_FLAGS_FOR_H2 = 0x01 | 0x08  # END_STREAM, PADDED: such DATA frames are h2's to receive
+# HEADERS frames taken here end their block (END_HEADERS) and are neither PADDED nor PRIORITY.
+_HEADERS_FLAGS_MASK = 0x04 | 0x08 | 0x20
+_HEADERS_FLAGS_TAKEN = 0x04
+_REQUEST_FLAGS = h2.utilities.HeaderValidationFlags(False, False, False, False)
+_RESPONSE_FLAGS = h2.utilities.HeaderValidationFlags(True, False, True, False)
+_TRAILER_FLAGS = {
+    client: h2.utilities.HeaderValidationFlags(client, True, False, False)
+    for client in (False, True)
+}
 _WINDOW_UPDATE_HEAD = b"\x00\x00\x04\x08\x00"  # length 4, type WINDOW_UPDATE, no flags
 _WINDOW_UPDATE_CONNECTION = _WINDOW_UPDATE_HEAD + b"\x00\x00\x00\x00"  # stream 0
 _OPEN_STATES = (
@@ -166,6 +180,127 @@ class _Connection(h2.connection.H2Connection):
         out += b"\x00\x00"  # type DATA, no flags
         out += stream_id.to_bytes(4, "big")
         out += data
+
+    def send_request_headers(
+        self, stream_id: int, headers: Headers, end_stream: bool, method: bytes, authority: bytes
+    ) -> None:
+        """`send_headers` for a request on a new stream (client side). h2 runs its connection
+        and stream state machines, validates the stream id twice, builds frame objects and
+        flag sets and logs four debug lines: some 90 Python calls a request. Here the stream is
+        made as h2's `_begin_new_stream` makes it and put in the state h2's SEND_HEADERS (and
+        SEND_END_STREAM) inputs leave a new client stream in, with the request method h2 keeps
+        for the response's content-length rules; the block is encoded by `LiteralEncoder`
+        (no validation or normalisation: the connection is configured without them) and framed
+        here. A stream id h2 would refuse, too many streams, a connection not open: h2's
+        `send_headers`, for its errors."""
+        if (
+            stream_id in self.streams
+            or stream_id <= self.highest_outbound_stream_id
+            or not stream_id & 1
+            or self.state_machine.state is not h2.connection.ConnectionState.CLIENT_OPEN
+            or self.open_outbound_streams >= self.remote_settings.max_concurrent_streams
+        ):
+            self.send_headers(stream_id, headers, end_stream=end_stream)
+            return
+        stream = h2.stream.H2Stream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        self.highest_outbound_stream_id = stream_id
+        machine = stream.state_machine
+        machine.client = True  # request_sent: IDLE -> OPEN
+        machine.headers_sent = True
+        machine.state = _HALF_CLOSED_LOCAL if end_stream else _OPEN
+        stream.request_method = method
+        stream._authority = authority
+        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+
+    def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        """`send_headers` for a final response (server side) or trailers (either side) on a
+        stream that can send, without h2's two state machines, frame objects, flag sets and
+        logging (some 60 Python calls): the stream's state moves as h2's SEND_HEADERS and
+        SEND_END_STREAM inputs move it. An informational response, headers a stream in another
+        state sends, trailers without END_STREAM: h2's `send_headers`, for its rules and
+        errors. The caller sends no informational response this way (h2 tells them apart by
+        the status)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or self.state_machine.state not in _OPEN_STATES:
+            self.send_headers(stream_id, headers, end_stream=end_stream)
+            return
+        machine = stream.state_machine
+        state = machine.state
+        if state not in _SENDING_STATES:
+            self.send_headers(stream_id, headers, end_stream=end_stream)
+            return
+        if not machine.headers_sent:
+            if machine.client is not False:  # a client's stream sends no response
+                self.send_headers(stream_id, headers, end_stream=end_stream)
+                return
+            machine.headers_sent = True  # response_sent
+        elif end_stream and not machine.trailers_sent:
+            machine.trailers_sent = True  # response_sent, as trailers
+        else:
+            self.send_headers(stream_id, headers, end_stream=end_stream)
+            return
+        if end_stream:
+            self._ended_locally(machine, state)
+        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+
+    def send_end_stream(self, stream_id: int) -> None:
+        """`end_stream` (an empty DATA frame with END_STREAM) on a stream that can send,
+        without h2's state machines, frame object and logging; otherwise h2's, for its
+        errors."""
+        stream = self.streams.get(stream_id)
+        if (
+            stream is None
+            or stream.state_machine.state not in _SENDING_STATES
+            or self.state_machine.state not in _OPEN_STATES
+        ):
+            self.end_stream(stream_id)
+            return
+        machine = stream.state_machine
+        self._ended_locally(machine, machine.state)
+        out = self._data_to_send
+        out += b"\x00\x00\x00\x00\x01"  # length 0, type DATA, END_STREAM
+        out += stream_id.to_bytes(4, "big")
+
+    @staticmethod
+    def _ended_locally(machine: h2.stream.H2StreamStateMachine, state: object) -> None:
+        """h2's SEND_END_STREAM input on a stream in OPEN or HALF_CLOSED_REMOTE."""
+        if state is _OPEN:
+            machine.state = _HALF_CLOSED_LOCAL
+        else:
+            machine.state = _CLOSED
+            machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
+
+    def _headers_frames(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        """A header block as a HEADERS frame, with CONTINUATION frames when it is over the
+        peer's frame size (END_STREAM on the HEADERS frame, END_HEADERS on the last), queued in
+        h2's output buffer."""
+        out = self._data_to_send
+        ident = stream_id.to_bytes(4, "big")
+        size = len(block)
+        frame_size = self.max_outbound_frame_size
+        if size <= frame_size:
+            out += size.to_bytes(3, "big")
+            out += b"\x01\x05" if end_stream else b"\x01\x04"  # HEADERS, END_HEADERS
+            out += ident
+            out += block
+            return
+        out += frame_size.to_bytes(3, "big")
+        out += b"\x01\x01" if end_stream else b"\x01\x00"
+        out += ident
+        out += block[:frame_size]
+        for start in range(frame_size, size, frame_size):
+            chunk = block[start : start + frame_size]
+            out += len(chunk).to_bytes(3, "big")
+            out += b"\x09\x04" if start + frame_size >= size else b"\x09\x00"  # CONTINUATION
+            out += ident
+            out += chunk
 
     def credit(self, stream_id: int, size: int) -> None:
         """`acknowledge_received_data` without its logging and frame objects: h2's window
@@ -283,6 +418,8 @@ class H2Protocol(asyncio.Protocol):
             # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).
             self.conn.decoder.max_header_list_size = 2 * self.header_list_size
             self.conn.incoming_buffer = _BoundedFrameBuffer(2 * self.header_list_size)
+        # The bound on a header block's encoded bytes (server side), for `_take_headers`.
+        self._max_block: int | None = None if client_side else 2 * self.header_list_size
         self.conn.encoder = LiteralEncoder()
         self.guarded = not client_side and not trusted
         self.calmed = False  # an abuse was seen: GOAWAY sent, nothing more is read
@@ -410,6 +547,15 @@ class H2Protocol(asyncio.Protocol):
                     run = pos
                 if self._take_data(data, pos + 9, length, stream_id & 0x7FFFFFFF):
                     run = stop
+            elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
+                if run < pos:
+                    if not self._to_h2(data[run:pos]):
+                        return False
+                    run = pos
+                if self._take_headers(data, pos + 9, length, stream_id & 0x7FFFFFFF, flags & 1):
+                    run = stop
+                    if self.closed or self.calmed:
+                        return False
             pos = stop
         if run < pos and not self._to_h2(data[run:pos]):
             return False
@@ -458,31 +604,148 @@ class H2Protocol(asyncio.Protocol):
             stream.body.feed(payload)
         return True
 
+    def _take_headers(
+        self, data: bytes, start: int, length: int, stream_id: int, end_stream: int
+    ) -> bool:
+        """A whole header block (one HEADERS frame with END_HEADERS, neither padded nor with
+        priority) that opens a request (server side), answers one (client side) or carries
+        trailers, handled as h2's `_receive_headers_frame` handles it: the block decoded by the
+        connection's decoder with h2's error translation, the stream made (a request) and moved
+        as h2's RECV_HEADERS and RECV_END_STREAM inputs move it, its content length set up,
+        the headers normalised and validated by h2's own pipeline where the connection has them
+        on (an untrusted peer) — without h2's frame objects, state machine calls, events and
+        logging (some 100 Python calls a block), the result handed to `_request`,
+        `response_received` or the stream's trailers directly. h2's errors for what is wrong
+        in the block (a connection error: GOAWAY, the connection lost) are raised the same way.
+        False for anything else: h2 takes the frame (a stream it would refuse or reset, an id
+        too low, a block over the bound, a block already pending, a connection not open)."""
+        conn = self.conn
+        if (
+            not stream_id
+            or conn.incoming_buffer._headers_buffer
+            or conn.state_machine.state not in _OPEN_STATES
+            or (self._max_block is not None and length > self._max_block)
+        ):
+            return False
+        ended = bool(end_stream)
+        h2_stream = conn.streams.get(stream_id)
+        if h2_stream is None:
+            if self.client_side or not stream_id & 1 or stream_id <= conn.highest_inbound_stream_id:
+                return False
+            try:
+                conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
+                headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
+                h2_stream = h2.stream.H2Stream(
+                    stream_id,
+                    config=conn.config,
+                    inbound_window_size=conn.local_settings.initial_window_size,
+                    outbound_window_size=conn.remote_settings.initial_window_size,
+                )
+                h2_stream.max_outbound_frame_size = conn.max_outbound_frame_size
+                conn.streams[stream_id] = h2_stream
+                conn.highest_inbound_stream_id = stream_id
+                machine = h2_stream.state_machine
+                if h2.utilities.is_informational_response(headers):
+                    machine.state = _CLOSED
+                    raise h2.exceptions.ProtocolError(
+                        "Invalid input StreamInputs.RECV_INFORMATIONAL_HEADERS in state IDLE"
+                    )
+                machine.client = False  # request_received: IDLE -> OPEN
+                machine.headers_received = True
+                machine.state = _HALF_CLOSED_REMOTE if ended else _OPEN
+                h2_stream._initialize_content_length(headers)
+                headers = h2_stream._process_received_headers(headers, _REQUEST_FLAGS, None)
+            except h2.exceptions.ProtocolError as exc:
+                self._protocol_error(exc, terminate=True)
+                return True
+            self._request(stream_id, headers, ended)
+            return True
+        stream = self.streams.get(stream_id)
+        machine = h2_stream.state_machine
+        if stream is None or machine.state not in _RECEIVING_STATES:
+            return False
+        trailers = machine.headers_received
+        if not trailers and not machine.client:
+            return False
+        try:
+            headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
+            informational = h2.utilities.is_informational_response(headers)
+            if informational:
+                if ended:
+                    raise h2.exceptions.ProtocolError(
+                        "Cannot set END_STREAM on informational responses"
+                    )
+                if trailers:
+                    machine.state = _CLOSED
+                    raise h2.exceptions.ProtocolError("Informational response after final response")
+                headers = h2_stream._process_received_headers(headers, _RESPONSE_FLAGS, None)
+            else:
+                if trailers:
+                    if machine.trailers_received:
+                        machine.state = _CLOSED
+                        raise h2.exceptions.ProtocolError("trailers received twice")
+                    machine.trailers_received = True
+                else:
+                    machine.headers_received = True
+                if ended:
+                    if machine.state is _OPEN:
+                        machine.state = _HALF_CLOSED_REMOTE
+                    else:
+                        machine.state = _CLOSED
+                        machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+                h2_stream._initialize_content_length(headers)
+                if trailers:
+                    if not ended:
+                        raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
+                    flags = _TRAILER_FLAGS[bool(machine.client)]
+                else:
+                    flags = _RESPONSE_FLAGS
+                headers = h2_stream._process_received_headers(headers, flags, None)
+        except h2.exceptions.ProtocolError as exc:
+            self._protocol_error(exc, terminate=True)
+            return True
+        if trailers:
+            stream.trailers = headers
+            stream.remote_ended()
+        elif isinstance(stream, H2ClientStream):
+            stream.response_received(headers, informational, ended)
+            if ended and not stream.remote_done:
+                stream.remote_ended()
+        return True
+
     def _to_h2(self, data: bytes) -> bool:
         """Frames for h2, and the events they make; False when the connection ended."""
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            log.info("event=h2_protocol_error peer=%s error=%r", self.peer_address, str(exc))
-            stats = self.stats
-            if stats is not None:
-                if isinstance(exc, h2.exceptions.DenialOfServiceError):
-                    stats.http2_header_overflow += 1
-                else:
-                    stats.downstream_cx_protocol_error += 1
-            self._flush_now()
-            self._lost(ConnectionClosed(f"protocol error: {exc}"))
-            transport = self.transport
-            if transport is not None:
-                transport.close()  # after the GOAWAY; a peer that does not read it is cut below
-                if not self.client_side:
-                    asyncio.get_running_loop().call_later(1.0, transport.abort)
+            self._protocol_error(exc)
             return False
         for event in events:
             self._dispatch(event)
             if self.calmed:
                 return False
         return True
+
+    def _protocol_error(self, exc: h2.exceptions.ProtocolError, terminate: bool = False) -> None:
+        """The peer broke the protocol: GOAWAY (h2's, queued by `receive_data`; queued here,
+        as h2 would, with `terminate` for an error found by `_take_headers`), the connection
+        lost."""
+        if terminate:
+            self.conn._terminate_connection(exc.error_code)
+        log.info("event=h2_protocol_error peer=%s error=%r", self.peer_address, str(exc))
+        stats = self.stats
+        if stats is not None:
+            if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                stats.http2_header_overflow += 1
+            else:
+                stats.downstream_cx_protocol_error += 1
+        self._flush_now()
+        self._lost(ConnectionClosed(f"protocol error: {exc}"))
+        transport = self.transport
+        if transport is not None:
+            transport.close()  # after the GOAWAY; a peer that does not read it is cut below
+            if not self.client_side:
+                asyncio.get_running_loop().call_later(1.0, transport.abort)
 
     def _batch_done(self) -> None:
         self._flush_now()  # the batch's answers (acknowledgements, resets, credit): one write
@@ -545,13 +808,17 @@ class H2Protocol(asyncio.Protocol):
             if event.stream_ended is not None:
                 stream.remote_ended()
         elif isinstance(event, h2.events.RequestReceived):
-            self._request_received(event)
+            self._request(event.stream_id, event.headers, event.stream_ended is not None)
         elif isinstance(
             event, (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)
         ):
             stream = self.streams.get(event.stream_id)
             if isinstance(stream, H2ClientStream):
-                stream.response_received(event)
+                stream.response_received(
+                    event.headers,
+                    isinstance(event, h2.events.InformationalResponseReceived),
+                    getattr(event, "stream_ended", None) is not None,
+                )
         elif isinstance(event, h2.events.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -611,28 +878,30 @@ class H2Protocol(asyncio.Protocol):
                 log.info("event=h2_goaway peer=%s code=%r", self.peer_address, event.error_code)
             self._maybe_close()
 
-    def _request_received(self, event: h2.events.RequestReceived) -> None:
+    def _request(self, stream_id: int, fields: Headers, ended: bool) -> None:
+        """A request's header block arrived (from h2's RequestReceived, or `_take_headers`):
+        refused, answered 431, or served by a new `H2ServerStream`."""
         self._empty_frames = 0
         self.streams_opened += 1
         if self.handler is None or self.going_away:
-            self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if len(self.streams) >= self._max_concurrent_streams:
             if self.stats is not None:
                 self.stats.downstream_rq_overload += 1
-            self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         pseudo: dict[bytes, bytes] = {}
         headers: Headers = []
         size = 0
-        for name, value in event.headers:
+        for name, value in fields:
             size += len(name) + len(value) + 32  # RFC 9113 6.5.2's accounting
             if name[:1] == b":":
                 pseudo[name] = value
             else:
                 headers.append((name, value))
         if size > self.header_list_size or len(headers) > self.max_headers:
-            self._headers_too_large(event, size, len(headers))
+            self._headers_too_large(stream_id, ended, size, len(headers))
             return
         head = RequestHead(
             method=pseudo.get(b":method", b"GET"),
@@ -643,15 +912,15 @@ class H2Protocol(asyncio.Protocol):
             protocol=pseudo.get(b":protocol"),
             http_version=b"2",
         )
-        stream = H2ServerStream(self, event.stream_id, head)
-        self.streams[event.stream_id] = stream
-        if event.stream_ended is not None:
+        stream = H2ServerStream(self, stream_id, head)
+        self.streams[stream_id] = stream
+        if ended:
             stream.remote_ended()
         task = asyncio.get_running_loop().create_task(self._serve(stream))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _headers_too_large(self, event: h2.events.RequestReceived, size: int, count: int) -> None:
+    def _headers_too_large(self, stream_id: int, ended: bool, size: int, count: int) -> None:
         """Answer 431 on the stream (Envoy's answer too); the connection goes on."""
         log.info(
             "event=bad_request peer=%s status=431 header_bytes=%d headers=%d",
@@ -661,11 +930,10 @@ class H2Protocol(asyncio.Protocol):
         )
         if self.stats is not None:
             self.stats.http2_header_overflow += 1
-        stream_id = event.stream_id
         self.conn.send_headers(
             stream_id, [(b":status", b"431"), (b"content-length", b"0")], end_stream=True
         )
-        if event.stream_ended is None:  # it is still sending: tell it to stop (RFC 9113 8.1)
+        if not ended:  # it is still sending: tell it to stop (RFC 9113 8.1)
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     # -- abuse (server side, untrusted peers) --------------------------------------------------
@@ -799,7 +1067,7 @@ class H2Protocol(asyncio.Protocol):
             if self.closed:
                 raise ConnectionClosed("connection closed")
             if not len(view):
-                self.conn.end_stream(stream_id)
+                self.conn.send_end_stream(stream_id)
                 self._flush()
                 return
             if self._write_paused is not None:
@@ -897,7 +1165,7 @@ class H2Protocol(asyncio.Protocol):
         headers = request_headers(head)
         stream = H2ClientStream(self, stream_id, head)
         self.streams[stream_id] = stream
-        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        self.conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
         if end_stream:
             stream.local_done = True
         self._flush()
@@ -1037,7 +1305,7 @@ class H2Stream:
             raise self.reset_error
         self.local_done = True
         if trailers:
-            self.proto.conn.send_headers(self.stream_id, trailers, end_stream=True)
+            self.proto.conn.send_stream_headers(self.stream_id, trailers, True)
             self.proto._flush()
         else:
             await self.proto.send_data(self, b"", end=True)
@@ -1091,11 +1359,11 @@ class H2ServerStream(H2Stream):
         self.status = head.status
         # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
         status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
-        self.proto.conn.send_headers(
-            self.stream_id,
-            [(b":status", str(status).encode()), *head.headers],
-            end_stream=end,
-        )
+        headers = [(b":status", str(status).encode()), *head.headers]
+        if status < 200:  # informational: h2's rules
+            self.proto.conn.send_headers(self.stream_id, headers, end_stream=end)
+        else:
+            self.proto.conn.send_stream_headers(self.stream_id, headers, end)
         if end:
             self.local_done = True
         self.proto._flush()
@@ -1113,12 +1381,12 @@ class H2ClientStream(H2Stream):
         self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
 
-    def response_received(
-        self, event: h2.events.ResponseReceived | h2.events.InformationalResponseReceived
-    ) -> None:
+    def response_received(self, fields: Headers, informational: bool, ended: bool) -> None:
+        """The response's header block (or an informational one) arrived: from h2's events or
+        `H2Protocol._take_headers`."""
         status = 0
         headers: Headers = []
-        for name, value in event.headers:
+        for name, value in fields:
             if name == b":status":
                 status = int(value)
             elif name[:1] != b":":
@@ -1126,11 +1394,11 @@ class H2ClientStream(H2Stream):
         if self.request.method == b"CONNECT" and 200 <= status < 300:
             status = TUNNEL_ESTABLISHED
         head = ResponseHead(status, headers)
-        if isinstance(event, h2.events.InformationalResponseReceived):
+        if informational:
             if self.on_informational is not None:
                 self.on_informational(head)
             return
-        if event.stream_ended is not None:
+        if ended:
             self.response_ended_with_head = True
         if not self._response.done():
             self._response.set_result(head)
