@@ -108,6 +108,15 @@ class _Writer(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def write_now(self, data: bytes) -> bool:
+        """Write unless the socket is paused or closing (a tunnel's relay then leaves the chunk
+        to the body and the router's task, which wait for the drain)."""
+        transport = self.transport
+        if self._write_paused is not None or transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
+
 
 def _body_consumed(proto: H1Server | H1Client, body: Body) -> Callable[[int], None]:
     def consumed(_: int) -> None:
@@ -585,18 +594,7 @@ class H1ServerExchange:
 
     def write_now(self, data: bytes) -> bool:
         """Tunnel bytes toward the client from a relay: written unless the socket is paused."""
-        proto = self.proto
-        transport = proto.transport
-        if (
-            not self.tunnelling
-            or self.error is not None
-            or proto._write_paused is not None
-            or transport is None
-            or transport.is_closing()
-        ):
-            return False
-        transport.write(data)
-        return True
+        return self.tunnelling and self.error is None and self.proto.write_now(data)
 
     async def finish(self, trailers: Headers | None = None) -> None:
         self._check()
@@ -660,18 +658,12 @@ class H1ClientStream:
     def write_now(self, data: bytes) -> bool:
         """Tunnel bytes toward the app from a relay: written unless the socket is paused."""
         client = self.client
-        transport = client.transport
-        if (
-            not client.tunnelling
-            or client.stream is not self
-            or self.reset_error is not None
-            or client._write_paused is not None
-            or transport is None
-            or transport.is_closing()
-        ):
-            return False
-        transport.write(data)
-        return True
+        return (
+            client.tunnelling
+            and client.stream is self
+            and self.reset_error is None
+            and client.write_now(data)
+        )
 
     def switched(self, accepted: bool) -> None:
         if self.tunnel is not None and not self.tunnel.done():

@@ -181,6 +181,20 @@ class _Connection(h2.connection.H2Connection):
         out += stream_id.to_bytes(4, "big")
         out += data
 
+    def new_stream(self, stream_id: int) -> h2.stream.H2Stream:
+        """An h2 stream made and registered as h2's `_begin_new_stream` makes it, for the
+        HEADERS that the sidecar sends or takes itself; the caller sets its state and the
+        highest stream id of its side."""
+        stream = h2.stream.H2Stream(
+            stream_id,
+            config=self.config,
+            inbound_window_size=self.local_settings.initial_window_size,
+            outbound_window_size=self.remote_settings.initial_window_size,
+        )
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        return stream
+
     def send_request_headers(
         self, stream_id: int, headers: Headers, end_stream: bool, method: bytes, authority: bytes
     ) -> None:
@@ -202,14 +216,7 @@ class _Connection(h2.connection.H2Connection):
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
             return
-        stream = h2.stream.H2Stream(
-            stream_id,
-            config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
-        )
-        stream.max_outbound_frame_size = self.max_outbound_frame_size
-        self.streams[stream_id] = stream
+        stream = self.new_stream(stream_id)
         self.highest_outbound_stream_id = stream_id
         machine = stream.state_machine
         machine.client = True  # request_sent: IDLE -> OPEN
@@ -635,14 +642,7 @@ class H2Protocol(asyncio.Protocol):
             try:
                 conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
                 headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
-                h2_stream = h2.stream.H2Stream(
-                    stream_id,
-                    config=conn.config,
-                    inbound_window_size=conn.local_settings.initial_window_size,
-                    outbound_window_size=conn.remote_settings.initial_window_size,
-                )
-                h2_stream.max_outbound_frame_size = conn.max_outbound_frame_size
-                conn.streams[stream_id] = h2_stream
+                h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
                 machine = h2_stream.state_machine
                 if h2.utilities.is_informational_response(headers):
