@@ -17,6 +17,7 @@ from hyperframe.frame import Frame, HeadersFrame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar import defaults
 from sidecar.cluster import Target
 from sidecar.http.exchange import RequestHead, ResponseHead
 from sidecar.http.h2 import H2Protocol, H2ServerStream
@@ -202,6 +203,47 @@ async def test_a_response_head_body_and_end_leave_in_one_write():
         await server.wait_closed()
     assert body == b"hello"
     assert len(writes) == 1, [len(w) for w in writes]
+
+
+async def test_a_burst_of_streams_leaves_in_writes_of_a_few_sends_each():
+    """Streams opened in one turn of the loop are written every `H2_SENDS_PER_WRITE` sends, not
+    all at the turn's end: the peer starts on the first while the rest are being made (one write
+    for a whole burst made a pair of sidecars take turns, each idle while the other worked)."""
+    answered = 0
+
+    async def respond(stream: H2ServerStream) -> None:
+        nonlocal answered
+        await stream.respond(ResponseHead(200, [(b"content-length", b"0")]), end=True)
+        answered += 1
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: H2Protocol(client_side=False, handler=respond), LOOPBACK, 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    transport, client = await loop.create_connection(
+        lambda: H2Protocol(client_side=True), LOOPBACK, port
+    )
+    writes: list[int] = []
+    write = transport.write
+
+    def counted(data: bytes) -> None:
+        writes.append(len(data))
+        write(data)
+
+    transport.write = counted  # type: ignore[method-assign]
+    head = RequestHead(method=b"GET", scheme=b"http", authority=b"a", path=b"/", headers=[])
+    burst = 4 * defaults.H2_SENDS_PER_WRITE
+    try:
+        streams = [client.open_stream(head, end_stream=True) for _ in range(burst)]
+        assert len(writes) == 4  # before this turn ends: every H2_SENDS_PER_WRITE streams
+        async with asyncio.timeout(10):
+            heads = [await stream.response() for stream in streams]
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
+    assert [h.status for h in heads] == [200] * burst and answered == burst
 
 
 def _connected_pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:

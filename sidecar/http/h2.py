@@ -458,6 +458,7 @@ class H2Protocol(asyncio.Protocol):
         self._write_paused: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
         self._unflushed = 0  # DATA bytes queued in h2 since the last write
+        self._sends = 0  # sends queued in h2 since the last write
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -1036,16 +1037,21 @@ class H2Protocol(asyncio.Protocol):
     def _flush(self) -> None:
         """Write what h2 queued, at the end of this turn of the event loop: the frames that one
         turn makes (a response's HEADERS, DATA and END_STREAM, acknowledgements, other streams'
-        frames) leave in one write(2), and wake the peer once."""
-        if self._flush_handle is None and self.transport is not None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_now)
+        frames) leave in one write(2), and wake the peer once — or after a few sends, so that
+        the peer is not idle while a burst of streams is made here (`H2_SENDS_PER_WRITE`)."""
+        self._sends += 1
+        if self._flush_handle is None:
+            if self.transport is not None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_now)
+        elif self._sends >= defaults.H2_SENDS_PER_WRITE:
+            self._flush_now()
 
     def _flush_now(self) -> None:
         """Write what h2 queued now (before a close, or a bulk DATA frame)."""
         handle, self._flush_handle = self._flush_handle, None
         if handle is not None:
             handle.cancel()
-        self._unflushed = 0
+        self._unflushed = self._sends = 0
         if not self.conn._data_to_send:
             return
         data = self.conn.data_to_send()
