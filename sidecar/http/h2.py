@@ -76,6 +76,20 @@ def _buffered(buffer: FrameBuffer) -> bool:
     return bool(getattr(buffer, "_data", None) or getattr(buffer, "data", None))
 
 
+def _setting(settings: h2.settings.Settings, code: int, default: int) -> int:
+    """A setting in force, read from h2's `Settings` internals (a deque per code, the value in
+    force first) in one call instead of its property, `Mapping.get` and `__getitem__`: the
+    stream limit and window are read several times a request."""
+    values = settings._settings.get(code)
+    value = values[0] if values else None
+    return default if value is None else value
+
+
+_MAX_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+_INITIAL_WINDOW = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
+_UNLIMITED_STREAMS = 2**32 + 1  # h2's value for a limit the peer did not set
+
+
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a bound on a header block's encoded bytes, so that a CONTINUATION
     flood is refused before it is buffered, not after (h2 only counts the frames)."""
@@ -108,7 +122,7 @@ _CLOSED = h2.stream.StreamState.CLOSED
 _SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
-_DATA_FLAGS_FOR_H2 = 0x01 | 0x08  # END_STREAM, PADDED: such DATA frames are h2's to receive
+_PADDED = 0x08  # a padded DATA frame is h2's to receive
 # HEADERS frames taken here end their block (END_HEADERS) and are neither PADDED nor PRIORITY.
 _HEADERS_FLAGS_MASK = 0x04 | 0x08 | 0x20
 _HEADERS_FLAGS_TAKEN = 0x04
@@ -188,12 +202,31 @@ class _Connection(h2.connection.H2Connection):
         stream = h2.stream.H2Stream(
             stream_id,
             config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
+            inbound_window_size=_setting(self.local_settings, _INITIAL_WINDOW, 65535),
+            outbound_window_size=_setting(self.remote_settings, _INITIAL_WINDOW, 65535),
         )
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
         return stream
+
+    def forget(self, stream_id: int) -> None:
+        """Drop a closed stream as h2's stream counting does (remembering who closed it), when
+        the sidecar is done with it. h2 forgets closed streams only while it counts open ones,
+        walking all of them: once or twice per request that walk was most of what a request
+        cost in h2 with many streams open (all of them, every time)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.closed:
+            del self.streams[stream_id]
+            self._closed_streams[stream_id] = stream.closed_by
+
+    def outbound_streams(self) -> int:
+        """A client connection's open streams, as h2's `open_outbound_streams` counts them: the
+        streams not `forget`-ten yet are open but for a few closed ones (the client side holds
+        its own streams only: pushes are refused), so h2 counts only near the limit."""
+        count = len(self.streams)
+        if count >= _setting(self.remote_settings, _MAX_STREAMS, _UNLIMITED_STREAMS):
+            count = self.open_outbound_streams
+        return count
 
     def send_request_headers(
         self, stream_id: int, headers: Headers, end_stream: bool, method: bytes, authority: bytes
@@ -212,7 +245,8 @@ class _Connection(h2.connection.H2Connection):
             or stream_id <= self.highest_outbound_stream_id
             or not stream_id & 1
             or self.state_machine.state is not h2.connection.ConnectionState.CLIENT_OPEN
-            or self.open_outbound_streams >= self.remote_settings.max_concurrent_streams
+            or self.outbound_streams()
+            >= _setting(self.remote_settings, _MAX_STREAMS, _UNLIMITED_STREAMS)
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
             return
@@ -548,12 +582,12 @@ class H2Protocol(asyncio.Protocol):
             stop = pos + 9 + length
             if stop > end:
                 break
-            if kind == 0 and not flags & _DATA_FLAGS_FOR_H2 and length:
+            if kind == 0 and not flags & _PADDED and (length or flags):
                 if run < pos:
                     if not self._to_h2(data[run:pos]):
                         return False
                     run = pos
-                if self._take_data(data, pos + 9, length, stream_id & 0x7FFFFFFF):
+                if self._take_data(data, pos + 9, length, stream_id & 0x7FFFFFFF, flags):
                     run = stop
             elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
                 if run < pos:
@@ -571,13 +605,16 @@ class H2Protocol(asyncio.Protocol):
             self._partial += memoryview(data)[pos:]
         return True
 
-    def _take_data(self, data: bytes, start: int, length: int, stream_id: int) -> bool:
-        """A DATA frame (neither padded nor ending its stream) on a stream open to receive,
-        handled as h2 would (its windows and body length bookkeeping, the same checks) without
-        its frame object, two state machines whose RECV_DATA leaves an open stream and
-        connection as they are, and its trace and debug logging: some 50 Python calls per
-        frame. False for anything out of the ordinary (no such stream, a window or length
-        overrun, a header block pending): h2 takes the frame, for its errors and events."""
+    def _take_data(
+        self, data: bytes, start: int, length: int, stream_id: int, end_stream: int
+    ) -> bool:
+        """A DATA frame (not padded) on a stream open to receive, handled as h2 would (its
+        windows and body length bookkeeping, the same checks; END_STREAM moving the stream as
+        h2's RECV_END_STREAM input moves it) without its frame object, two state machines whose
+        RECV_DATA leaves an open stream and connection as they are, events, and its trace and
+        debug logging: some 50 Python calls per frame. False for anything out of the ordinary
+        (no such stream, a window or length overrun, a body shorter than its content-length, a
+        header block pending): h2 takes the frame, for its errors and events."""
         conn = self.conn
         stream = self.streams.get(stream_id)
         h2_stream = conn.streams.get(stream_id)
@@ -594,22 +631,31 @@ class H2Protocol(asyncio.Protocol):
         conn_window = conn._inbound_flow_control_window_manager
         stream_window = h2_stream._inbound_window_manager
         expected = h2_stream._expected_content_length
+        received = h2_stream._actual_content_length + length
         if (
             length > conn_window.current_window_size
             or length > stream_window.current_window_size
-            or (expected is not None and h2_stream._actual_content_length + length > expected)
+            or (
+                expected is not None
+                and (received > expected or (end_stream and received != expected))
+            )
         ):
             return False
         conn_window.current_window_size -= length
         stream_window.current_window_size -= length
-        h2_stream._actual_content_length += length
+        h2_stream._actual_content_length = received
         self._empty_frames = 0
-        payload = data[start : start + length]
-        relay = stream.relay
-        if relay is not None and relay.offer(payload):
-            conn.credit(stream_id, length)  # forwarded: credit back now, as a read gives it
-        else:
-            stream.body.feed(payload)
+        if length:
+            payload = data[start : start + length]
+            relay = stream.relay
+            if relay is not None and relay.offer(payload):
+                conn.credit(stream_id, length)  # forwarded: credit back now, as a read gives it
+            else:
+                stream.body.feed(payload)
+        if end_stream:  # h2's stream_ended, on either transition
+            machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
+            machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+            stream.remote_ended()
         return True
 
     def _take_headers(
@@ -641,7 +687,10 @@ class H2Protocol(asyncio.Protocol):
             if self.client_side or not stream_id & 1 or stream_id <= conn.highest_inbound_stream_id:
                 return False
             try:
-                conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
+                if len(conn.streams) >= _setting(
+                    conn.local_settings, _MAX_STREAMS, _UNLIMITED_STREAMS
+                ):
+                    conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
                 headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -653,7 +702,11 @@ class H2Protocol(asyncio.Protocol):
                     )
                 machine.client = False  # request_received: IDLE -> OPEN
                 machine.headers_received = True
-                machine.state = _HALF_CLOSED_REMOTE if ended else _OPEN
+                if ended:
+                    machine.state = _HALF_CLOSED_REMOTE
+                    machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+                else:
+                    machine.state = _OPEN
                 h2_stream._initialize_content_length(headers)
                 headers = h2_stream._process_received_headers(headers, _REQUEST_FLAGS, None)
             except h2.exceptions.ProtocolError as exc:
@@ -689,11 +742,8 @@ class H2Protocol(asyncio.Protocol):
                 else:
                     machine.headers_received = True
                 if ended:
-                    if machine.state is _OPEN:
-                        machine.state = _HALF_CLOSED_REMOTE
-                    else:
-                        machine.state = _CLOSED
-                        machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+                    machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
+                    machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
                 h2_stream._initialize_content_length(headers)
                 if trailers:
                     if not ended:
@@ -1146,7 +1196,8 @@ class H2Protocol(asyncio.Protocol):
         return (
             not self.closed
             and not self.going_away
-            and self.conn.open_outbound_streams < self.conn.remote_settings.max_concurrent_streams
+            and self.conn.outbound_streams()
+            < _setting(self.conn.remote_settings, _MAX_STREAMS, _UNLIMITED_STREAMS)
         )
 
     @property
@@ -1182,6 +1233,8 @@ class H2Protocol(asyncio.Protocol):
     def _stream_finished(self, stream: H2Stream) -> None:
         if stream.local_done and stream.remote_done:
             self.streams.pop(stream.stream_id, None)
+            if not self.closed:
+                self.conn.forget(stream.stream_id)
             if not self.streams and not self.client_side:
                 self.idle_since = asyncio.get_running_loop().time()
             self._wake_slots()
