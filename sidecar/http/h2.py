@@ -421,8 +421,7 @@ class H2Protocol(asyncio.Protocol):
     ) -> None:
         """`mesh_hop`: a connection between two sidecars. As a server it is for peer sidecars,
         whose requests carry the headers the sidecars add: it allows twice the header list and
-        count. Its header blocks come from a peer's `LiteralEncoder`: they are decoded by the
-        fast `LiteralDecoder`.
+        count.
 
         `trusted`: the peer is a verified sidecar (mTLS), whose headers are taken without h2's
         validation (its outbound validated them on receipt from its app) and which is not
@@ -452,8 +451,12 @@ class H2Protocol(asyncio.Protocol):
             self.conn = _Connection(config=config)
         else:
             self.conn = _ServerConnection(config=config)
-        if mesh_hop:
-            self.conn.decoder = LiteralDecoder()  # the peer sidecar's LiteralEncoder's blocks
+        # HPACK decoded without hpack's per-field calls and logging: the peer sidecar's literal
+        # blocks, and an app's (the dynamic table, Huffman) alike.
+        decoder = LiteralDecoder()
+        decoder.max_header_list_size = self.conn.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.conn.decoder.max_allowed_table_size
+        self.conn.decoder = decoder
         if not client_side:
             # A header list up to twice the limit is decoded (HPACK stays in step) and answered
             # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).

@@ -1,4 +1,4 @@
-"""HPACK without the dynamic table: static-table matches or plain literals, and their fast decoding.
+"""HPACK without the dynamic table (static-table matches or plain literals); fast HPACK decoding.
 
 hpack's `Encoder` searches its dynamic table with a Python loop for every header, inserts every
 new header (evicting others) and Huffman-codes every literal, also in Python: 15 % of the
@@ -16,9 +16,14 @@ That is valid HPACK for any decoder: the peer's dynamic table stays empty. A tab
 the peer asked for (SETTINGS_HEADER_TABLE_SIZE) is still acknowledged at the start of the next
 block, as RFC 7541 4.2 requires.
 
-`LiteralDecoder` reads such blocks (what a peer sidecar sends on the mesh hop) without hpack's
-per-field method calls and debug logging; a block with anything else in it (Huffman, the dynamic
-table, a size update, a malformed field) is decoded by hpack from its start, with hpack's errors.
+`LiteralDecoder` decodes every HPACK block (RFC 7541) itself, with hpack's results, errors and
+dynamic-table updates, in one loop that reads one-byte integers inline. Its blocks come from peer
+sidecars (the literals above) and from apps and clients (grpcio, nghttp2, curl), whose encoders
+use the dynamic table: after an app's first request almost every field is a dynamic-table index,
+and a new field is a Huffman-coded literal with incremental indexing. hpack's `Decoder` spends
+several Python calls on each field (a memoryview slice, `decode_integer`, `get_by_index`,
+`HeaderTuple`, and a `log.debug` even when debug logging is off): about 100 of the ~1,200 Python
+calls a gRPC call costs in a sidecar.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
-from hpack.exceptions import OversizedHeaderListError
+from hpack.exceptions import (
+    HPACKDecodingError,
+    InvalidTableIndex,
+    InvalidTableSizeError,
+    OversizedHeaderListError,
+)
+from hpack.huffman_table import decode_huffman  # what hpack's Decoder uses: the same errors
 from hpack.table import HeaderTable
 
 from sidecar import defaults
@@ -111,90 +122,163 @@ class LiteralEncoder(Encoder):
         return bytes(block)
 
 
-# Decoded static entries, shared (tuples are immutable); index 0 is no entry.
+# Decoded static entries, shared (tuples are immutable), and static names; index 0 is no entry.
 _STATIC_HEADERS: list[HeaderTuple | None] = [None, *(HeaderTuple(n, v) for n, v in _STATIC)]
+_STATIC_NAMES_BY_INDEX: list[bytes | None] = [None, *(n for n, _ in _STATIC)]
+_STATIC_SIZES: list[int] = [0, *(len(n) + len(v) + 32 for n, v in _STATIC)]  # RFC 7541 4.1
 _STATIC_COUNT = len(_STATIC)
+_FIRST_DYNAMIC = _STATIC_COUNT + 1  # index 62 is the newest dynamic entry
+
+# `HeaderTuple(name, value)` runs a Python `__new__`; this builds the same object without it.
+_new_tuple = tuple.__new__
+
+# Continuation octets hpack's `decode_integer` accepts after a full prefix (VARINT_MAX_LENGTH).
+_VARINT_MAX_OCTETS = 5
 
 
-class _NotPlain(Exception):
-    """A field the fast path does not read: hpack decodes the block."""
-
-
-def _read_integer(data: bytes, i: int, mask: int) -> tuple[int, int]:
-    """RFC 7541 5.1 at `data[i]` with prefix `mask`: (value, index after it)."""
-    value = data[i] & mask
-    i += 1
-    if value < mask:
-        return value, i
+def _varint(data: bytes, i: int, value: int) -> tuple[int, int]:
+    """The rest of an RFC 7541 5.1 integer whose prefix is full (`value`, its maximum), from its
+    first continuation octet at `data[i]`: (integer, index after it). Too many octets is
+    hpack's error; a truncated one raises IndexError, which the decoder turns into hpack's."""
     shift = 0
-    while True:
+    for _ in range(_VARINT_MAX_OCTETS):
         byte = data[i]
         i += 1
         value += (byte & 0x7F) << shift
-        if not byte & 0x80:
+        if byte < 0x80:
             return value, i
         shift += 7
-        if shift > 28:
-            raise _NotPlain
+    raise HPACKDecodingError("Variable integer representation is too long")
 
 
-def _read_string(data: bytes, i: int) -> tuple[bytes, int]:
-    if data[i] & 0x80:
-        raise _NotPlain  # Huffman-coded
-    length, i = _read_integer(data, i, 0x7F)
-    end = i + length
-    if end > len(data):
-        raise _NotPlain  # truncated: hpack says so
-    return data[i:end], end
+def _invalid_index(index: int) -> InvalidTableIndex:
+    return InvalidTableIndex(f"Invalid table index {index}")
 
 
 class LiteralDecoder(Decoder):
-    """hpack's `Decoder`, with a fast path for blocks of static indexes and raw literals."""
+    """hpack's `Decoder`, decoding raw blocks itself (see the module's docstring): apps' blocks
+    (grpcio, nghttp2, curl) are mostly dynamic-table indexes and Huffman-coded literals with
+    incremental indexing, which hpack decodes with several Python calls and a `log.debug` per
+    field, about 100 calls per gRPC call; here a field of one-octet integers costs no call of its
+    own, and there is no fallback to hpack: malformed blocks get hpack's errors from here too.
+
+    `decode(data, raw=True)` returns what hpack's returns and leaves the dynamic table (entries,
+    size, maximum) as hpack's would, raising the same exception classes in the same cases, after
+    the same table updates: it is hpack's algorithm, fused into one loop without per-field calls
+    or logging. Fields are static `HeaderTuple`s (shared), `HeaderTuple`s for dynamic-table
+    entries and literals with incremental indexing, `NeverIndexedHeaderTuple`s for never-indexed
+    literals, and plain `(name, value)` tuples for literals without indexing; callers use only
+    `header[0]`, `header[1]` and whether a header is a `NeverIndexedHeaderTuple`. `raw=False`
+    (str headers) is left to hpack."""
 
     def decode(self, data: bytes, raw: bool = False) -> list:  # type: ignore[override]
-        if raw:
-            try:
-                headers = self._decode_plain(bytes(data))
-            except (_NotPlain, IndexError):
-                pass
-            else:
-                self._assert_valid_table_size()
-                return headers
-        return super().decode(data, raw)
-
-    def _decode_plain(self, data: bytes) -> list:
-        """The fields of a block as (name, value) byte tuples — `NeverIndexedHeaderTuple` for a
-        never-indexed literal — bounded by the header list size as hpack bounds them."""
+        if not raw:
+            return super().decode(data, raw)
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        table = self.header_table
+        dynamic = table.dynamic_entries  # newest first; the same deque for the whole block
+        static = _STATIC_HEADERS
+        static_sizes = _STATIC_SIZES
+        static_names = _STATIC_NAMES_BY_INDEX
+        limit = self.max_header_list_size
         headers: list = []
         append = headers.append
-        static = _STATIC_HEADERS
-        limit = self.max_header_list_size
-        size = 0
+        size = 0  # the header list's size, as hpack counts it (RFC 7541 4.1's entry size)
         i = 0
         end = len(data)
-        while i < end:
-            first = data[i]
-            if first & 0x80:
-                index, i = _read_integer(data, i, 0x7F)
-                if not 0 < index <= _STATIC_COUNT:
-                    raise _NotPlain  # the dynamic table (or index 0, an error)
-                header = static[index]
-            elif first < 0x20:  # literal without indexing (0000) or never indexed (0001)
-                index, i = _read_integer(data, i, 0x0F)
-                if index:
-                    if index > _STATIC_COUNT:
-                        raise _NotPlain
-                    name = _STATIC[index - 1][0]
+        try:
+            while i < end:
+                first = data[i]
+                i += 1
+                if first & 0x80:  # 1xxxxxxx: indexed field (6.1)
+                    index = first & 0x7F
+                    if index == 0x7F:
+                        index, i = _varint(data, i, 0x7F)
+                    if index <= _STATIC_COUNT:
+                        if not index:
+                            raise _invalid_index(index)
+                        append(static[index])
+                        size += static_sizes[index]
+                    else:
+                        try:
+                            entry = dynamic[index - _FIRST_DYNAMIC]
+                        except IndexError:
+                            raise _invalid_index(index) from None
+                        append(_new_tuple(HeaderTuple, entry))
+                        size += len(entry[0]) + len(entry[1]) + 32
+                    if size > limit:
+                        raise OversizedHeaderListError(
+                            f"A header list larger than {limit} has been received"
+                        )
+                    continue
+                if first & 0x40:  # 01xxxxxx: literal with incremental indexing (6.2.1)
+                    mask = 0x3F
+                elif first & 0x20:  # 001xxxxx: dynamic table size update (6.3)
+                    if headers:
+                        raise HPACKDecodingError("Table size update not at the start of the block")
+                    new_size = first & 0x1F
+                    if new_size == 0x1F:
+                        new_size, i = _varint(data, i, 0x1F)
+                    if new_size > self.max_allowed_table_size:
+                        raise InvalidTableSizeError("Encoder exceeded max allowable table size")
+                    self.header_table_size = new_size  # evicts what no longer fits
+                    continue
+                else:  # 0000xxxx without indexing (6.2.2), 0001xxxx never indexed (6.2.3)
+                    mask = 0x0F
+                index = first & mask
+                if index:  # the name is a table entry's
+                    if index == mask:
+                        index, i = _varint(data, i, mask)
+                    if index <= _STATIC_COUNT:
+                        name = static_names[index]
+                    else:
+                        try:
+                            name = dynamic[index - _FIRST_DYNAMIC][0]
+                        except IndexError:
+                            raise _invalid_index(index) from None
+                else:  # a literal name (5.2)
+                    octet = data[i]
+                    length = octet & 0x7F
+                    i += 1
+                    if length == 0x7F:
+                        length, i = _varint(data, i, 0x7F)
+                    stop = i + length
+                    if stop > end:
+                        raise HPACKDecodingError("Truncated header block")
+                    name = data[i:stop]
+                    if octet & 0x80:
+                        name = decode_huffman(name)
+                    i = stop
+                octet = data[i]  # the value (5.2)
+                length = octet & 0x7F
+                i += 1
+                if length == 0x7F:
+                    length, i = _varint(data, i, 0x7F)
+                stop = i + length
+                if stop > end:
+                    raise HPACKDecodingError("Truncated header block")
+                value = data[i:stop]
+                if octet & 0x80:
+                    value = decode_huffman(value)
+                i = stop
+                if first & 0x40:
+                    table.add(name, value)  # hpack's insertion and eviction
+                    header = _new_tuple(HeaderTuple, (name, value))
+                elif first & 0x10:
+                    header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
                 else:
-                    name, i = _read_string(data, i)
-                value, i = _read_string(data, i)
-                header = NeverIndexedHeaderTuple(name, value) if first & 0x10 else (name, value)
-            else:
-                raise _NotPlain  # incremental indexing, or a table size update
-            append(header)
-            size += len(header[0]) + len(header[1]) + 32
-            if size > limit:
-                raise OversizedHeaderListError(
-                    f"A header list larger than {limit} has been received"
-                )
+                    header = (name, value)
+                append(header)
+                size += len(name) + len(value) + 32
+                if size > limit:
+                    raise OversizedHeaderListError(
+                        f"A header list larger than {limit} has been received"
+                    )
+        except IndexError as err:  # a read past the block's end: truncated, as hpack says
+            raise HPACKDecodingError("Truncated header block") from err
+        # A maximum lowered by SETTINGS that the encoder did not follow: hpack's check (and
+        # error), called only when it fails, to spare its three Python calls on every block.
+        if table.maxsize > self.max_allowed_table_size:
+            self._assert_valid_table_size()
         return headers

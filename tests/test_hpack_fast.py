@@ -1,0 +1,363 @@
+"""`LiteralDecoder` decodes all of HPACK itself (sidecar.http.hpack_literal): against hpack's own
+`Decoder` as the reference, over sequences of blocks from hpack's `Encoder` (dynamic table,
+Huffman, table size changes, never-indexed fields) and over malformed blocks, it returns the
+same headers, raises the same exception classes and leaves the dynamic table as hpack leaves it.
+"""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hpack import (
+    HeaderTuple,
+    HPACKDecodingError,
+    InvalidTableIndex,
+    InvalidTableSizeError,
+    NeverIndexedHeaderTuple,
+    OversizedHeaderListError,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
+
+# Deterministic (the same examples every run), and no per-example deadline.
+FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+SIZES = [0, 1, 40, 64, 100, 256, 1024, 4096, 8192]
+MAX_ALLOWED = 8192
+
+names = st.one_of(
+    st.sampled_from(
+        [
+            b":method",
+            b":path",
+            b":authority",
+            b":status",
+            b"content-type",
+            b"user-agent",
+            b"te",
+            b"grpc-timeout",
+            b"grpc-accept-encoding",
+            b"x-request-id",
+            b"authorization",
+            b"accept-encoding",
+        ]
+    ),
+    st.binary(min_size=1, max_size=20),
+    st.binary(min_size=120, max_size=140),  # a length past the 7-bit prefix
+)
+values = st.one_of(
+    st.sampled_from([b"GET", b"POST", b"/", b"", b"200", b"trailers", b"application/grpc"]),
+    st.binary(max_size=40),
+    st.binary(min_size=126, max_size=300),
+)
+
+
+@st.composite
+def headers(draw):
+    name, value = draw(names), draw(values)
+    kind = draw(st.sampled_from(["plain", "tuple", "never", "sensitive"]))
+    if kind == "tuple":
+        return HeaderTuple(name, value)
+    if kind == "never":
+        return NeverIndexedHeaderTuple(name, value)
+    if kind == "sensitive":
+        return (name, value, True)
+    return (name, value)
+
+
+@st.composite
+def sessions(draw, max_blocks=6):
+    """An encoder's settings and its blocks: each a header list drawn mostly from a pool (so
+    later blocks hit the dynamic table), after zero or more table size changes."""
+    pool = draw(st.lists(headers(), min_size=1, max_size=10))
+    initial = draw(st.sampled_from(SIZES))
+    steps = []
+    for _ in range(draw(st.integers(1, max_blocks))):
+        changes = draw(st.lists(st.sampled_from(SIZES), max_size=2))
+        block = draw(st.lists(st.one_of(st.sampled_from(pool), headers()), max_size=12))
+        steps.append((changes, block))
+    return initial, draw(st.booleans()), steps
+
+
+def encode_session(initial, huffman, steps) -> list[bytes]:
+    encoder = hpack.Encoder()
+    encoder.header_table_size = initial
+    blocks = []
+    for changes, block in steps:
+        for size in changes:
+            if size != encoder.header_table_size:  # (setting it unchanged drops queued updates)
+                encoder.header_table_size = size
+        blocks.append(encoder.encode(block, huffman=huffman))
+    return blocks
+
+
+def pair(max_allowed: int = MAX_ALLOWED) -> tuple[hpack.Decoder, LiteralDecoder]:
+    reference, decoder = hpack.Decoder(), LiteralDecoder()
+    reference.max_allowed_table_size = decoder.max_allowed_table_size = max_allowed
+    return reference, decoder
+
+
+def table_state(decoder: hpack.Decoder) -> tuple:
+    table = decoder.header_table
+    return list(table.dynamic_entries), table._current_size, table.maxsize, table.resized
+
+
+def shape(headers: list) -> list:
+    return [(bytes(h[0]), bytes(h[1]), isinstance(h, NeverIndexedHeaderTuple)) for h in headers]
+
+
+def decode_both(reference: hpack.Decoder, decoder: LiteralDecoder, block: bytes):
+    """Decode `block` with both; assert the same outcome and table; hpack's result or error."""
+    try:
+        expected = reference.decode(block, raw=True)
+    except HPACKDecodingError as exc:
+        with pytest.raises(HPACKDecodingError) as info:
+            decoder.decode(block, raw=True)
+        assert type(info.value) is type(exc), (block, info.value, exc)
+        assert table_state(decoder) == table_state(reference)
+        return exc
+    decoded = decoder.decode(block, raw=True)
+    assert shape(decoded) == shape(expected)
+    assert table_state(decoder) == table_state(reference)
+    return expected
+
+
+@settings(FUZZ, max_examples=200)
+@given(sessions())
+def test_a_sequence_of_hpack_encoder_blocks_decodes_as_hpack_decodes_it(session):
+    blocks = encode_session(*session)
+    reference, decoder = pair()
+    for block in blocks:
+        result = decode_both(reference, decoder, block)
+        assert not isinstance(result, Exception), result
+
+
+@settings(FUZZ, max_examples=100)
+@given(sessions(max_blocks=4))
+def test_the_decoded_headers_are_the_encoded_ones(session):
+    initial, huffman, steps = session
+    blocks = encode_session(initial, huffman, steps)
+    decoder = pair()[1]
+    for (_, sent), block in zip(steps, blocks, strict=True):
+        decoded = decoder.decode(block, raw=True)
+        assert [(h[0], h[1]) for h in decoded] == [(h[0], h[1]) for h in sent]
+        for header, original in zip(decoded, sent, strict=True):
+            sensitive = (isinstance(original, HeaderTuple) and not original.indexable) or (
+                len(original) > 2 and original[2]
+            )
+            # (a sensitive one may still arrive indexed: hpack's encoder sends a table match so)
+            assert sensitive or not isinstance(header, NeverIndexedHeaderTuple)
+
+
+def _mutate(block: bytes, how: str, data) -> bytes:
+    if not block or how == "random":
+        return data.draw(st.binary(max_size=40))
+    if how == "truncate":
+        return block[: data.draw(st.integers(0, len(block) - 1))]
+    if how == "flip":
+        out = bytearray(block)
+        for _ in range(data.draw(st.integers(1, 3))):
+            position = data.draw(st.integers(0, len(out) - 1))
+            out[position] ^= 1 << data.draw(st.integers(0, 7))
+        return bytes(out)
+    if how == "splice":
+        position = data.draw(st.integers(0, len(block)))
+        return block[:position] + data.draw(st.binary(min_size=1, max_size=6)) + block[position:]
+    raise AssertionError(how)
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    sessions(max_blocks=3),
+    st.sampled_from(["random", "truncate", "flip", "splice"]),
+    st.sampled_from([100, 300, 65536]),
+    st.sampled_from([0, 256, 4096, MAX_ALLOWED, MAX_ALLOWED, MAX_ALLOWED]),
+    st.data(),
+)
+def test_a_malformed_block_fails_as_hpack_fails_it(session, how, list_size, max_allowed, data):
+    """From equal state (the same valid blocks before it), a mutated block: both raise the same
+    exception class, or both return the same headers, with the same table either way."""
+    blocks = encode_session(*session)
+    reference, decoder = pair()
+    for block in blocks[:-1]:
+        decode_both(reference, decoder, block)
+    reference.max_header_list_size = decoder.max_header_list_size = list_size
+    reference.max_allowed_table_size = decoder.max_allowed_table_size = max_allowed
+    decode_both(reference, decoder, _mutate(blocks[-1], how, data))
+
+
+@settings(FUZZ, max_examples=500)
+@given(st.binary(max_size=60), st.sampled_from([100, 65536]))
+def test_random_bytes_fail_as_hpack_fails_them(block, list_size):
+    reference, decoder = hpack.Decoder(), LiteralDecoder()
+    reference.max_header_list_size = decoder.max_header_list_size = list_size
+    decode_both(reference, decoder, block)
+
+
+def _literal(first: int, name: bytes, value: bytes) -> bytes:
+    assert len(name) < 127 and len(value) < 127
+    return bytes([first, len(name)]) + name + bytes([len(value)]) + value
+
+
+def test_rfc7541_c6_responses_with_huffman_and_eviction():
+    """RFC 7541 Appendix C.6: three responses, Huffman-coded, a 256-octet table evicting."""
+    blocks = [
+        "488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff"
+        "6e919d29ad171863c78f0b97c8e9ae82ae43d3",
+        "4883640effc1c0bf",
+        "88c16196d07abe941054d444a8200595040b8166e084a62d1bffc05a839bd9ab77ad94e7821dd7f2e6c7b3"
+        "35dfdfcd5b3960d5af27087f3672c1ab270fb5291f9587316065c003ed4ee5b1063d5007",
+    ]
+    reference, decoder = pair()
+    reference.header_table_size = decoder.header_table_size = 256
+    results = [decode_both(reference, decoder, bytes.fromhex(block)) for block in blocks]
+    assert results[2] == [
+        (b":status", b"200"),
+        (b"cache-control", b"private"),
+        (b"date", b"Mon, 21 Oct 2013 20:13:22 GMT"),
+        (b"location", b"https://www.example.com"),
+        (b"content-encoding", b"gzip"),
+        (b"set-cookie", b"foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1"),
+    ]
+    assert decoder.header_table._current_size == 215
+    assert [name for name, _ in decoder.header_table.dynamic_entries] == [
+        b"set-cookie",
+        b"content-encoding",
+        b"date",
+    ]
+
+
+def test_the_shapes_of_decoded_fields():
+    """Static entries are shared `HeaderTuple`s, dynamic ones and incrementally indexed literals
+    `HeaderTuple`s, literals without indexing plain tuples, never indexed ones marked so."""
+    decoder = LiteralDecoder()
+    block = (
+        b"\x82"  # :method GET, static
+        + _literal(0x40, b"a", b"1")  # incremental indexing, literal name
+        + b"\xbe"  # 62: the entry just added
+        + _literal(0x00, b"b", b"2")  # without indexing
+        + _literal(0x10, b"c", b"3")  # never indexed
+        + b"\x7e\x01\x34"  # incremental indexing, name of dynamic entry 62 (a), value 4
+    )
+    decoded = decoder.decode(block, raw=True)
+    assert decoded == [
+        (b":method", b"GET"),
+        (b"a", b"1"),
+        (b"a", b"1"),
+        (b"b", b"2"),
+        (b"c", b"3"),
+        (b"a", b"4"),
+    ]
+    assert decoded[0] is decoder.decode(b"\x82", raw=True)[0]
+    assert [type(h) for h in decoded] == [
+        HeaderTuple,
+        HeaderTuple,
+        HeaderTuple,
+        tuple,
+        NeverIndexedHeaderTuple,
+        HeaderTuple,
+    ]
+    assert list(decoder.header_table.dynamic_entries) == [(b"a", b"4"), (b"a", b"1")]
+    assert decoder.decode(b"\x82", raw=False) == [(":method", "GET")]  # hpack's, str
+
+
+def test_a_table_size_update_only_before_the_first_field():
+    for block in (b"\x3f\xe1\x1f\x20\x82", b"\x20\x3f\xe1\x1f\x82"):  # several updates first
+        reference, decoder = pair()
+        assert decode_both(reference, decoder, block) == [(b":method", b"GET")]
+        assert decoder.header_table.maxsize == (0 if block[0] == 0x3F else 4096)
+    reference, decoder = pair()
+    assert isinstance(decode_both(reference, decoder, b"\x82\x3f\xe1\x1f"), HPACKDecodingError)
+    reference, decoder = pair()
+    block = _literal(0x40, b"a", b"1") + b"\x20"  # after a field that changed the table
+    assert type(decode_both(reference, decoder, block)) is HPACKDecodingError
+    assert list(decoder.header_table.dynamic_entries) == [(b"a", b"1")]  # as hpack left it
+
+
+def test_a_table_size_beyond_the_allowed_maximum():
+    reference, decoder = pair(max_allowed=100)
+    assert type(decode_both(reference, decoder, b"\x3f\x46")) is InvalidTableSizeError  # 101
+    assert decode_both(reference, decoder, b"\x3f\x45") == []  # 100
+    # The maximum lowered (a SETTINGS acknowledged) and the encoder did not follow: hpack's
+    # check at the end of the block.
+    reference.max_allowed_table_size = decoder.max_allowed_table_size = 50
+    assert type(decode_both(reference, decoder, b"\x82")) is InvalidTableSizeError
+
+
+def test_index_zero_and_past_the_table():
+    for block in (
+        b"\x80",  # indexed field 0
+        b"\xbe",  # 62: the dynamic table is empty
+        b"\x7e\x01a",  # incremental indexing, name index 62
+        b"\x0f\x2f\x01a",  # without indexing, name index 62
+        b"\xff\xff\xff\xff\xff\x0f",  # a huge index (five continuation octets: allowed)
+    ):
+        reference, decoder = pair()
+        assert type(decode_both(reference, decoder, block)) is InvalidTableIndex, block
+    reference, decoder = pair()
+    decode_both(reference, decoder, _literal(0x40, b"a", b"1"))
+    assert decode_both(reference, decoder, b"\xbe") == [(b"a", b"1")]
+    assert type(decode_both(reference, decoder, b"\xbf")) is InvalidTableIndex  # 63
+
+
+def test_integer_overflow_and_truncation():
+    for block in (
+        b"\xff\xff\xff\xff\xff\xff\x01",  # six continuation octets: hpack's limit is five
+        b"\xff\x80",  # truncated integer
+        b"\x3f",  # truncated size update
+        b"\x40",  # literal without its name
+        b"\x40\x01a",  # literal without its value
+        b"\x00\x05ab",  # name shorter than its length
+        b"\x00\x01a\x7f\x80\x80\x80\x80\x01",  # a value length far past the block
+        b"\x00\x81\xff\x00",  # an invalid Huffman string (EOS)
+    ):
+        reference, decoder = pair()
+        assert type(decode_both(reference, decoder, block)) is HPACKDecodingError, block
+
+
+def test_eviction_by_a_large_entry():
+    reference, decoder = pair()
+    reference.header_table_size = decoder.header_table_size = 100
+    first = _literal(0x40, b"a", b"x" * 30)  # 63 octets
+    second = _literal(0x40, b"b", b"y" * 20)  # 53: evicts the first
+    decode_both(reference, decoder, first + second)
+    assert list(decoder.header_table.dynamic_entries) == [(b"b", b"y" * 20)]
+    assert decoder.header_table._current_size == 53
+    decode_both(reference, decoder, _literal(0x40, b"c", b"z" * 80))  # 113 > 100: clears it
+    assert len(decoder.header_table.dynamic_entries) == 0
+    assert decoder.header_table._current_size == 0
+    decode_both(reference, decoder, b"\x3f\x00" + first)  # resized to 31
+    assert decoder.header_table.maxsize == 31 and len(decoder.header_table.dynamic_entries) == 0
+
+
+def test_an_oversized_header_list():
+    reference, decoder = pair()
+    reference.max_header_list_size = decoder.max_header_list_size = 84
+    assert decode_both(reference, decoder, b"\x82" * 2) == [(b":method", b"GET")] * 2  # 2 x 42
+    assert type(decode_both(reference, decoder, b"\x82" * 3)) is OversizedHeaderListError
+    for first in (0x00, 0x10, 0x40):  # 42 + 32 + 10: the limit exactly, then one octet over
+        reference, decoder = pair()
+        reference.max_header_list_size = decoder.max_header_list_size = 84
+        assert len(decode_both(reference, decoder, b"\x82" + _literal(first, b"a", b"x" * 9))) == 2
+        block = b"\x82" + _literal(first, b"a", b"x" * 10)
+        assert type(decode_both(reference, decoder, block)) is OversizedHeaderListError
+    reference, decoder = pair()
+    decode_both(reference, decoder, _literal(0x40, b"a", b"1"))  # a dynamic entry of 34
+    reference.max_header_list_size = decoder.max_header_list_size = 68
+    assert decode_both(reference, decoder, b"\xbe\xbe") == [(b"a", b"1")] * 2  # exactly
+    reference.max_header_list_size = decoder.max_header_list_size = 67
+    assert type(decode_both(reference, decoder, b"\xbe\xbe")) is OversizedHeaderListError
+    reference, decoder = pair()
+    reference.max_header_list_size = decoder.max_header_list_size = 84
+    block = b"\x82" + _literal(0x40, b"a", b"1") + b"\x82"  # 42 + 34: added, then refused
+    assert type(decode_both(reference, decoder, block)) is OversizedHeaderListError
+    assert list(decoder.header_table.dynamic_entries) == [(b"a", b"1")]
+
+
+@settings(FUZZ, max_examples=100)
+@given(st.lists(st.tuples(names, values), max_size=15))
+def test_the_literal_encoders_blocks_still_decode(headers):
+    block = LiteralEncoder().encode(headers)
+    reference, decoder = pair()
+    assert [(h[0], h[1]) for h in decode_both(reference, decoder, block)] == headers
