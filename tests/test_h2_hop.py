@@ -86,6 +86,23 @@ def test_static_matches_are_one_byte_and_literals_are_not_huffman_coded():
     assert value in block  # raw, not Huffman-coded
 
 
+def test_str_names_and_values_encode_as_their_utf8_bytes_from_a_generator_too():
+    """The encoder takes bytes as they are; a `str` anywhere (h2's own callers may pass one)
+    makes the block again with every field encoded, never-indexed fields still so."""
+    fields = [
+        (b":method", b"GET"),
+        ("x-name", b"v"),
+        (b"x-value", "\u00e9" * 200),
+        hpack.NeverIndexedHeaderTuple("k", "v"),
+    ]
+    block = LiteralEncoder().encode(field for field in fields)
+    as_bytes = [(b":method", b"GET"), (b"x-name", b"v"), (b"x-value", "\u00e9".encode() * 200)]
+    decoded = hpack.Decoder().decode(block, raw=True)
+    assert decoded == [*as_bytes, (b"k", b"v")]
+    assert isinstance(decoded[3], hpack.NeverIndexedHeaderTuple)
+    assert block == LiteralEncoder().encode([*as_bytes, hpack.NeverIndexedHeaderTuple(b"k", b"v")])
+
+
 def test_a_table_size_the_peer_lowered_is_acknowledged_first():
     encoder = LiteralEncoder()
     encoder.header_table_size = 0  # what h2 does on the peer's SETTINGS_HEADER_TABLE_SIZE 0
