@@ -736,6 +736,7 @@ class H2Protocol(asyncio.Protocol):
                 if trailers:
                     machine.state = _CLOSED
                     raise h2.exceptions.ProtocolError("Informational response after final response")
+                h2_stream._initialize_content_length(headers)  # h2 checks every block's
                 headers = h2_stream._process_received_headers(headers, _RESPONSE_FLAGS, None)
             else:
                 if trailers:
