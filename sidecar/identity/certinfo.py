@@ -47,6 +47,7 @@ _OID = 0x06
 _UTC_TIME = 0x17
 _GENERALIZED_TIME = 0x18
 _SEQUENCE = 0x30
+_SET = 0x31
 _CTX0_CONSTRUCTED = 0xA0  # [0] EXPLICIT version
 _CTX1_PRIMITIVE = 0x81  # [1] IMPLICIT issuerUniqueID
 _CTX2_PRIMITIVE = 0x82  # [2] IMPLICIT subjectUniqueID
@@ -155,6 +156,29 @@ def _check_nested(data: bytes, start: int, end: int, depth: int = 0) -> None:
             _check_nested(data, s, e, depth + 1)
 
 
+def _check_algorithm(data: bytes, start: int, end: int, what: str) -> None:
+    """AlgorithmIdentifier: SEQUENCE's contents {algorithm OID, parameters ANY OPTIONAL}."""
+    fields = _children(data, start, end)
+    if not 1 <= len(fields) <= 2 or fields[0][0] != _OID:
+        raise CertificateError(f"{what}: expected an algorithm and its parameters")
+    _oid(data, fields[0][1], fields[0][2])
+
+
+def _check_name(data: bytes, start: int, end: int, what: str) -> None:
+    """Name: a SEQUENCE's contents, SET OF SEQUENCE {type OID, value ANY}. A value is read as one
+    element, its contents not looked into: it is an ANY (a DirectoryString in practice), which
+    `cryptography` takes as it comes too, and nothing here uses it."""
+    for rdn_tag, rdn_start, rdn_end in _children(data, start, end):
+        attributes = _children(data, rdn_start, rdn_end)
+        if rdn_tag != _SET or not attributes:
+            raise CertificateError(f"{what}: expected a SET of attributes")
+        for tag, s, e in attributes:
+            fields = _children(data, s, e)
+            if tag != _SEQUENCE or len(fields) != 2 or fields[0][0] != _OID:
+                raise CertificateError(f"{what}: expected an attribute's type and value")
+            _oid(data, fields[0][1], fields[0][2])
+
+
 def _integer(data: bytes, start: int, end: int, what: str) -> int:
     raw = data[start:end]
     if not raw:
@@ -241,7 +265,7 @@ def parse_certificate(der: bytes | bytearray | memoryview) -> Certificate:
     parts = _children(data, cert_start, cert_end)
     if len(parts) != 3 or [t for t, _, _ in parts] != [_SEQUENCE, _SEQUENCE, _BIT_STRING]:
         raise CertificateError("Certificate: expected tbsCertificate, algorithm, signature")
-    _check_nested(data, parts[1][1], parts[1][2])
+    _check_algorithm(data, parts[1][1], parts[1][2], "signatureAlgorithm")
     _, tbs_start, tbs_end = parts[0]
     fields = _children(data, tbs_start, tbs_end)
     index = 0
@@ -263,8 +287,9 @@ def parse_certificate(der: bytes | bytearray | memoryview) -> Certificate:
             raise CertificateError(f"{what}: unexpected tag 0x{fields[index + offset][0]:02x}")
     serial_f, sig_f, issuer_f, validity_f, subject_f, spki_f = fields[index : index + 6]
     serial = _integer(data, serial_f[1], serial_f[2], "serialNumber")
-    for _, s, e in (sig_f, issuer_f, subject_f):
-        _check_nested(data, s, e)
+    _check_algorithm(data, sig_f[1], sig_f[2], "signature")
+    _check_name(data, issuer_f[1], issuer_f[2], "issuer")
+    _check_name(data, subject_f[1], subject_f[2], "subject")
     not_before, pos = _time(data, validity_f[1], validity_f[2], "notBefore")
     not_after, pos = _time(data, pos, validity_f[2], "notAfter")
     if pos != validity_f[2]:
@@ -273,7 +298,7 @@ def parse_certificate(der: bytes | bytearray | memoryview) -> Certificate:
     if len(spki) != 2 or spki[0][0] != _SEQUENCE or spki[1][0] != _BIT_STRING:
         raise CertificateError("subjectPublicKeyInfo: expected algorithm and key")
     alg_start, alg_end = _expect(data, spki[0][1], spki[0][2], _OID, "key algorithm")
-    _check_nested(data, spki[0][1], spki[0][2])
+    _check_algorithm(data, spki[0][1], spki[0][2], "key algorithm")
     key_oid = _oid(data, alg_start, alg_end)
     rest = fields[index + 6 :]
     uris: tuple[str, ...] = ()
