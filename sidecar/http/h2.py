@@ -44,6 +44,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
+from sidecar.http.h2validate import received_headers
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
@@ -89,6 +90,18 @@ def _setting(settings: h2.settings.Settings, code: int, default: int) -> int:
 _MAX_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 _INITIAL_WINDOW = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 _UNLIMITED_STREAMS = 2**32 + 1  # h2's value for a limit the peer did not set
+
+
+def _received(
+    conn: h2.connection.H2Connection, headers: list, flags: h2.utilities.HeaderValidationFlags
+) -> list:
+    """h2's `_process_received_headers` for a block the sidecar takes itself: the same rules in
+    one pass (`sidecar.http.h2validate`) where the connection validates (an app, a plaintext
+    peer); h2's generator pipeline cost ~100 Python calls a gRPC request."""
+    config = conn.config
+    return received_headers(
+        headers, flags, config.validate_inbound_headers, config.normalize_inbound_headers
+    )
 
 
 class _BoundedFrameBuffer(FrameBuffer):
@@ -712,7 +725,7 @@ class H2Protocol(asyncio.Protocol):
                 else:
                     machine.state = _OPEN
                 h2_stream._initialize_content_length(headers)
-                headers = h2_stream._process_received_headers(headers, _REQUEST_FLAGS, None)
+                headers = _received(conn, headers, _REQUEST_FLAGS)
             except h2.exceptions.ProtocolError as exc:
                 self._protocol_error(exc, terminate=True)
                 return True
@@ -737,7 +750,7 @@ class H2Protocol(asyncio.Protocol):
                     machine.state = _CLOSED
                     raise h2.exceptions.ProtocolError("Informational response after final response")
                 h2_stream._initialize_content_length(headers)  # h2 checks every block's
-                headers = h2_stream._process_received_headers(headers, _RESPONSE_FLAGS, None)
+                headers = _received(conn, headers, _RESPONSE_FLAGS)
             else:
                 if trailers:
                     if machine.trailers_received:
@@ -756,7 +769,7 @@ class H2Protocol(asyncio.Protocol):
                     flags = _TRAILER_FLAGS[bool(machine.client)]
                 else:
                     flags = _RESPONSE_FLAGS
-                headers = h2_stream._process_received_headers(headers, flags, None)
+                headers = _received(conn, headers, flags)
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
