@@ -86,6 +86,10 @@ H2_SENDS_PER_WRITE = 4
 # or when the client closes first; meanwhile its input is dropped (Envoy's delayed_close_timeout).
 DELAYED_CLOSE_TIMEOUT = 1.0
 BODY_HIGH_WATER = 256 * 1024  # bytes of one body the sidecar holds before pausing its source
+# A request body that has arrived whole (a gRPC unary call, a small POST) and is at most this
+# long is sent upstream by the router before it waits for the response, when the upstream can
+# take it at once; a longer or unfinished body is sent by a task of its own (back-pressure).
+INLINE_REQUEST_BODY = 16 * 1024
 PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first bytes; 0 = off
 # The header that tells a peer's inbound that this request was HTTP/1.x at the app (linkerd's
 # l5d-orig-proto); the inbound strips it and speaks HTTP/1.1 to its app.

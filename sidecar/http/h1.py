@@ -84,6 +84,10 @@ def _reason(status: int) -> bytes:
 class _Writer(asyncio.Protocol):
     """Transport write back-pressure shared by both ends."""
 
+    # The connection's loop, set by `connection_made`: the request path reads it several times
+    # per request, and `asyncio.get_running_loop()` costs a getpid(2) each time in Python 3.11.
+    loop: asyncio.AbstractEventLoop
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._write_paused: asyncio.Future[None] | None = None
@@ -229,8 +233,9 @@ class H1Server(_Writer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
         self.peer_address = transport.get_extra_info("peername")
-        self.head_started = self.idle_since = asyncio.get_running_loop().time()
+        self.head_started = self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -242,7 +247,7 @@ class H1Server(_Writer):
         if self.lingering:
             return
         if self.exchange is None and self.head_started is None:
-            self.head_started = asyncio.get_running_loop().time()  # a request's first bytes
+            self.head_started = self.loop.time()  # a request's first bytes
         parser = self.parser
         try:
             events = parser.receive(data)
@@ -400,7 +405,7 @@ class H1Server(_Writer):
         exchange = H1ServerExchange(self, head, request)
         exchange.upgrade = method == b"CONNECT"
         self.exchange = exchange
-        self.task = asyncio.get_running_loop().create_task(self._serve(exchange))
+        self.task = self.loop.create_task(self._serve(exchange))
 
     async def _serve(self, exchange: H1ServerExchange) -> None:
         try:
@@ -413,7 +418,7 @@ class H1Server(_Writer):
 
     def _next_cycle(self, exchange: H1ServerExchange) -> None:
         self.exchange = None
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.loop.time()
         transport = self.transport
         if transport is None:
             return
@@ -547,7 +552,7 @@ class H1ServerExchange:
             self.proto._write(data)
             return
         self._head = data
-        asyncio.get_running_loop().call_soon(self._flush_head)
+        self.proto.loop.call_soon(self._flush_head)
 
     def _flush_head(self) -> None:
         data, self._head = self._head, None
@@ -635,7 +640,10 @@ class H1ClientStream:
         self.relay: Relay | None = None  # tunnel bytes from the app, once spliced
         self.body = Body(None, client.body_buffer)
         self.body.on_consumed = _body_consumed(client, self.body)
-        self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        # The response head, set once: the router awaits it directly (`response()` is the
+        # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
+        # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
+        self.response_head: asyncio.Future[ResponseHead] = client.loop.create_future()
         self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
         self.reset_error: StreamReset | None = None
@@ -644,7 +652,7 @@ class H1ClientStream:
 
     @property
     def answered(self) -> bool:
-        return self._response.done()
+        return self.response_head.done()
 
     async def _write_tunnel(self, data: bytes) -> None:
         assert self.tunnel is not None
@@ -670,7 +678,13 @@ class H1ClientStream:
             self.tunnel.set_result(accepted)
 
     async def response(self) -> ResponseHead:
-        return await asyncio.shield(self._response)
+        return await asyncio.shield(self.response_head)
+
+    def can_send_now(self, size: int) -> bool:
+        """Whether a request body of `size` bytes, all of it here, is written without waiting
+        (the router then sends it inline instead of from a task of its own): not a tunnel, and
+        the socket not paused (a write below the transport's high-water mark cannot pause it)."""
+        return self.tunnel is None and self.client._write_paused is None
 
     async def write(self, data: bytes) -> None:
         if self.reset_error is not None:
@@ -707,16 +721,16 @@ class H1ClientStream:
             self.client.abort(StreamReset("reset locally"))
 
     def responded(self, head: ResponseHead) -> None:
-        if not self._response.done():
-            self._response.set_result(head)
+        if not self.response_head.done():
+            self.response_head.set_result(head)
 
     def fail(self, error: StreamReset) -> None:
         self.switched(False)
         if self.reset_error is None:
             self.reset_error = error
-        if not self._response.done():
-            self._response.set_exception(error)
-            self._response.exception()  # retrieved: the router sees it through response()
+        if not self.response_head.done():
+            self.response_head.set_exception(error)
+            self.response_head.exception()  # retrieved: the router sees it as it awaits
         if not self.body.ended:
             self.body.abort(error)
 
@@ -747,6 +761,7 @@ class H1Client(_Writer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
 
     @property
     def reusable(self) -> bool:

@@ -135,6 +135,9 @@ _HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
 _CLOSED = h2.stream.StreamState.CLOSED
 _SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
+# The states in which h2 grows a stream's window on WINDOW_UPDATE (and tells of it).
+_WINDOW_STATES = (_OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE)
+_MAX_WINDOW = 2**31 - 1  # RFC 9113 6.9.1: the largest flow-control window and increment
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
 _PADDED = 0x08  # a padded DATA frame is h2's to receive
 # HEADERS frames taken here end their block (END_HEADERS) and are neither PADDED nor PRIORITY.
@@ -512,7 +515,10 @@ class H2Protocol(asyncio.Protocol):
         self._sends = 0  # sends queued in h2 since the last write
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._slot_waiters: list[asyncio.Future[None]] = []
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The loop, looked up once: `asyncio.get_running_loop()` costs a getpid(2) per call in
+        # Python 3.11, and the request path needs it several times per stream.
+        self.loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[None] = self.loop.create_future()
         # Inbound framing (`data_received`): once h2 has read the preface, frames are cut here;
         # the start of a frame whose end has not arrived.
         self._framing = False
@@ -533,7 +539,7 @@ class H2Protocol(asyncio.Protocol):
         self.conn.max_inbound_frame_size = limits.h2_max_frame_size
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(limits.h2_initial_connection_window_size - 65535)
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.loop.time()
         self._flush()
         if not self._ready.done():
             self._ready.set_result(None)
@@ -606,6 +612,15 @@ class H2Protocol(asyncio.Protocol):
                     run = pos
                 if self._take_data(data, pos + 9, length, stream_id & 0x7FFFFFFF, flags):
                     run = stop
+            elif kind == 8 and length == 4:
+                if run < pos:
+                    if not self._to_h2(data[run:pos]):
+                        return False
+                    run = pos
+                if self._take_window_update(data, pos + 9, stream_id & 0x7FFFFFFF):
+                    run = stop
+                    if self.calmed:
+                        return False
             elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
                 if run < pos:
                     if not self._to_h2(data[run:pos]):
@@ -621,6 +636,58 @@ class H2Protocol(asyncio.Protocol):
         if pos < end:
             self._partial += memoryview(data)[pos:]
         return True
+
+    def _take_window_update(self, data: bytes, start: int, stream_id: int) -> bool:
+        """A WINDOW_UPDATE frame, handled as h2's `_receive_window_update_frame` handles it (a
+        window grown, WindowUpdated for an open stream or the connection, nothing for a closed
+        stream h2 still knows) without its frame object, two state machines that leave every
+        state as it is, and an eager `repr` of the frame for its trace log: gRPC clients send
+        one or two per call. False for anything else (an increment out of range or one that
+        would overflow a window, a stream h2 no longer holds or has not opened, a header block
+        pending, a connection not open): h2 takes the frame, for its errors."""
+        conn = self.conn
+        increment = int.from_bytes(data[start : start + 4], "big")
+        if (
+            not 1 <= increment <= _MAX_WINDOW
+            or conn.state_machine.state not in _OPEN_STATES
+            or conn.incoming_buffer._headers_buffer  # only CONTINUATION may come now
+        ):
+            return False
+        if not stream_id:
+            window = conn.outbound_flow_control_window + increment
+            if window > _MAX_WINDOW:
+                return False
+            conn.outbound_flow_control_window = window
+            self._window_updated(0)
+            return True
+        h2_stream = conn.streams.get(stream_id)
+        if h2_stream is None:
+            return False
+        state = h2_stream.state_machine.state
+        if state is _CLOSED:
+            return True  # h2 ignores it: RFC 9113 allows it for a while after END_STREAM
+        if state not in _WINDOW_STATES:
+            return False
+        window = h2_stream.outbound_flow_control_window + increment
+        if window > _MAX_WINDOW:
+            return False
+        h2_stream.outbound_flow_control_window = window
+        self._window_updated(stream_id)
+        return True
+
+    def _window_updated(self, stream_id: int) -> None:
+        """A peer's WINDOW_UPDATE (from h2's events or `_take_window_update`): counted against
+        Envoy's flood allowance on a guarded connection, then the stream's (or, for 0, every)
+        sender waiting for window is woken."""
+        if self.guarded:
+            self._window_updates += 1
+            per_data = self.limits.h2_max_inbound_window_update_frames_per_data_frame_sent
+            # Envoy's allowance: 5 + 2 × (streams opened + per_data × DATA frames sent).
+            allowed = 5 + 2 * (self.streams_opened + per_data * self._data_frames_sent)
+            if self._window_updates > allowed:
+                self._abuse("http2_inbound_window_update_frames_flood", "WINDOW_UPDATE frames")
+                return
+        self._wake_windows(stream_id)
 
     def _take_data(
         self, data: bytes, start: int, length: int, stream_id: int, end_stream: int
@@ -911,15 +978,7 @@ class H2Protocol(asyncio.Protocol):
                 )
                 stream.reset_received(error)
         elif isinstance(event, h2.events.WindowUpdated):
-            if self.guarded:
-                self._window_updates += 1
-                per_data = self.limits.h2_max_inbound_window_update_frames_per_data_frame_sent
-                # Envoy's allowance: 5 + 2 × (streams opened + per_data × DATA frames sent).
-                allowed = 5 + 2 * (self.streams_opened + per_data * self._data_frames_sent)
-                if self._window_updates > allowed:
-                    self._abuse("http2_inbound_window_update_frames_flood", "WINDOW_UPDATE frames")
-                    return
-            self._wake_windows(event.stream_id)
+            self._window_updated(event.stream_id)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.peer_spoke = True
             if self.guarded:
@@ -986,7 +1045,7 @@ class H2Protocol(asyncio.Protocol):
         self.streams[stream_id] = stream
         if ended:
             stream.remote_ended()
-        task = asyncio.get_running_loop().create_task(self._serve(stream))
+        task = self.loop.create_task(self._serve(stream))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -1111,7 +1170,7 @@ class H2Protocol(asyncio.Protocol):
         self._sends += 1
         if self._flush_handle is None:
             if self.transport is not None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_now)
+                self._flush_handle = self.loop.call_soon(self._flush_now)
         elif self._sends >= defaults.H2_SENDS_PER_WRITE:
             self._flush_now()
 
@@ -1255,7 +1314,7 @@ class H2Protocol(asyncio.Protocol):
             if not self.closed:
                 self.conn.forget(stream.stream_id)
             if not self.streams and not self.client_side:
-                self.idle_since = asyncio.get_running_loop().time()
+                self.idle_since = self.loop.time()
             self._wake_slots()
             self._maybe_close()
 
@@ -1455,7 +1514,10 @@ class H2ClientStream(H2Stream):
     def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
         super().__init__(proto, stream_id)
         self.request = request
-        self._response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        # The response head, set once: the router awaits it directly (`response()` is the
+        # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
+        # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
+        self.response_head: asyncio.Future[ResponseHead] = proto.loop.create_future()
         self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
 
@@ -1478,14 +1540,26 @@ class H2ClientStream(H2Stream):
             return
         if ended:
             self.response_ended_with_head = True
-        if not self._response.done():
-            self._response.set_result(head)
+        if not self.response_head.done():
+            self.response_head.set_result(head)
 
     def reset_received(self, error: StreamReset) -> None:
         super().reset_received(error)
-        if not self._response.done():
-            self._response.set_exception(error)
-            self._response.exception()  # retrieved here; the router sees it through response()
+        if not self.response_head.done():
+            self.response_head.set_exception(error)
+            self.response_head.exception()  # retrieved: the router sees it as it awaits
 
     async def response(self) -> ResponseHead:
-        return await asyncio.shield(self._response)
+        return await asyncio.shield(self.response_head)
+
+    def can_send_now(self, size: int) -> bool:
+        """Whether a request body of `size` bytes, all of it here, is sent without waiting (the
+        router then sends it inline instead of from a task of its own): the transport not
+        paused and the flow-control windows open for all of it."""
+        proto = self.proto
+        return (
+            proto._write_paused is None
+            and not proto.closed
+            and self.reset_error is None
+            and proto.conn.local_flow_control_window(self.stream_id) >= size
+        )

@@ -328,8 +328,17 @@ async def _attempt(
     """
     outlier = route.cluster.outlier
     pump = None
-    if not exchange.body.at_end:
-        pump = asyncio.get_running_loop().create_task(_pump_request(exchange.body, upstream, acct))
+    body = exchange.body
+    if body.at_end:
+        pass
+    elif (
+        body.ended
+        and body.buffered <= defaults.INLINE_REQUEST_BODY
+        and upstream.can_send_now(body.buffered)
+    ):
+        await _pump_request(body, upstream, acct)  # all here, and taken at once: no task needed
+    else:
+        pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
     try:
         response = await _response_head(upstream, pump, route.request_timeout)
     except RefusedStream:
@@ -377,19 +386,49 @@ def _stop(pump: asyncio.Task[None] | None) -> None:
 async def _response_head(
     upstream: UpstreamStream, pump: asyncio.Task[None] | None, timeout: float
 ) -> ResponseHead:
-    """Wait for the response head. As in Envoy, the request timeout starts once the whole
-    request has been sent: a long upload is not cut by it."""
-    if timeout <= 0:
-        return await upstream.response()
-    if pump is not None:
-        response = asyncio.ensure_future(upstream.response())
-        await asyncio.wait((response, pump), return_when=asyncio.FIRST_COMPLETED)
-        if response.done():
-            return response.result()
-        async with asyncio.timeout(timeout):
-            return await response
-    async with asyncio.timeout(timeout):
-        return await upstream.response()
+    """Wait for the response head, bounded by the request timeout (TimeoutError)."""
+    head = upstream.response_head
+    if head.done() or timeout <= 0:
+        return await head
+    deadline = _HeadDeadline(head, timeout, pump)
+    try:
+        return await head
+    finally:
+        deadline.cancel()
+
+
+class _HeadDeadline:
+    """The request timeout on a response head's future: it fails the future with TimeoutError.
+
+    As in Envoy, the timeout starts once the whole request has been sent (when the request
+    body's task ends): a long upload is not cut by it. One timer and no task per request, where
+    `asyncio.timeout` and `asyncio.wait` cost several Python calls, a task lookup and a cancel
+    of the waiting task."""
+
+    __slots__ = ("head", "timeout", "timer")
+
+    def __init__(
+        self, head: asyncio.Future[ResponseHead], timeout: float, pump: asyncio.Task[None] | None
+    ) -> None:
+        self.head = head
+        self.timeout = timeout
+        self.timer: asyncio.TimerHandle | None = None
+        if pump is None or pump.done():
+            self._start()
+        else:
+            pump.add_done_callback(self._start)
+
+    def _start(self, _: object = None) -> None:
+        if not self.head.done():
+            self.timer = self.head.get_loop().call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        if not self.head.done():
+            self.head.set_exception(TimeoutError())
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:

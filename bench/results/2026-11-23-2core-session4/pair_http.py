@@ -3,7 +3,7 @@
 Run from a checkout's root:
 
     python bench/results/2026-11-23-2core-session4/pair_http.py [--mtls] [--grpc]
-        [--profile N | --concurrency 1,4,16 --requests 5000]
+        [--profile N [--profile-connections C] | --concurrency 1,4,16 --requests 5000]
 
 The pair is the harness's (its Dataplane templates and PKI), with `bench.tools http-server
 --body-size 64` (or `grpc-server` with `--grpc`) behind B. Two modes:
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--mtls", action="store_true")
     parser.add_argument("--grpc", action="store_true")
     parser.add_argument("--profile", type=float)
+    parser.add_argument("--profile-connections", type=int, default=16, help="h2load -c to profile")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=5000)
     args = parser.parse_args()
@@ -114,7 +115,7 @@ def main() -> None:
                 requests = grpc_calls(outbound, args.profile)
             else:
                 requests = int(args.profile)
-                h2load(outbound, 16, requests)
+                h2load(outbound, args.profile_connections, requests)
             for proc in sidecars.values():
                 proc.send_signal(signal.SIGUSR2)
             time.sleep(1)  # the dumps are written by the sidecars' signal handlers
