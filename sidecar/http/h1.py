@@ -601,14 +601,21 @@ class H1ServerExchange:
         """Tunnel bytes toward the client from a relay: written unless the socket is paused."""
         return self.tunnelling and self.error is None and self.proto.write_now(data)
 
-    async def finish(self, trailers: Headers | None = None) -> None:
+    async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None:
+        """End the response, `last` its last bytes: one write with the end (a chunked body's
+        last chunk and its terminator, or the head as well for a body of one chunk)."""
         self._check()
         if self.tunnelling:
+            if last:
+                await self.write(last)
             _write_eof(self.proto.transport)
             return
         if self.finished:
+            if last:
+                raise StreamReset("the response has ended")
             return
-        data = self._framing.last(trailers)
+        data = self._framing.frame(last) if last else b""
+        data += self._framing.last(trailers)
         if self._head is not None:
             data, self._head = self._head + data, None
         self.finished = True
@@ -699,11 +706,14 @@ class H1ClientStream:
         if client._write_paused is not None:
             await client.drain()
 
-    async def finish(self, trailers: Headers | None = None) -> None:
+    async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None:
+        """End the request, `last` its last bytes (written with the end, one write)."""
         if self.reset_error is not None:
             raise self.reset_error
         client = self.client
         if self.tunnel is not None:
+            if last:
+                await self.write(last)
             if await self.tunnel:  # accepted: half-close toward the app
                 _write_eof(client.transport)
                 client.eof_out = True
@@ -711,8 +721,11 @@ class H1ClientStream:
                     client.transport.close()  # the app had finished already: both ways done
             return
         if self.sent or client.stream is not self:
+            if last:
+                raise StreamReset("the request has ended")
             return
-        data = self.framing.last(trailers)
+        data = self.framing.frame(last) if last else b""
+        data += self.framing.last(trailers)
         self.sent = True
         client._write(data)
 

@@ -184,14 +184,15 @@ class _Connection(h2.connection.H2Connection):
         event.additional_data = frame.additional_data or None
         return [], [event]
 
-    def send_plain_data(self, stream_id: int, data: bytes) -> None:
-        """A DATA frame that neither ends the stream nor is padded: what a body or a tunnel
-        sends, chunk after chunk. h2's `send_data` builds a frame object, runs two state
-        machines whose SEND_DATA input leaves an open stream's and connection's states as they
-        are, and makes four debug-log calls, per frame: about 25 Python calls; the frame is 9
-        bytes of header. The same checks and window accounting are done here, and the frame is
-        queued in h2's output buffer (so it keeps its place among h2's frames). Anything out of
-        the ordinary (a closed stream, no window) goes through h2, for its errors."""
+    def send_plain_data(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """A DATA frame, not padded, ending the stream if `end`: what a body or a tunnel sends,
+        chunk after chunk, and a body's last chunk. h2's `send_data` builds a frame object, runs
+        two state machines whose SEND_DATA input leaves an open stream's and connection's states
+        as they are, and makes four debug-log calls, per frame: about 25 Python calls; the frame
+        is 9 bytes of header. The same checks and window accounting are done here (and the
+        stream moved as SEND_END_STREAM moves it), and the frame is queued in h2's output buffer
+        (so it keeps its place among h2's frames). Anything out of the ordinary (a closed
+        stream, no window) goes through h2, for its errors."""
         stream = self.streams.get(stream_id)
         size = len(data)
         if (
@@ -202,13 +203,18 @@ class _Connection(h2.connection.H2Connection):
             or stream.state_machine.state not in _SENDING_STATES
             or self.state_machine.state not in _OPEN_STATES
         ):
-            self.send_data(stream_id, data)
+            self.send_data(stream_id, data, end_stream=end)
             return
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
         out = self._data_to_send
         out += size.to_bytes(3, "big")
-        out += b"\x00\x00"  # type DATA, no flags
+        if end:
+            machine = stream.state_machine
+            self._ended_locally(machine, machine.state)
+            out += b"\x00\x01"  # type DATA, END_STREAM
+        else:
+            out += b"\x00\x00"  # type DATA, no flags
         out += stream_id.to_bytes(4, "big")
         out += data
 
@@ -1226,10 +1232,7 @@ class H2Protocol(asyncio.Protocol):
                 chunk, view = view[:window], view[window:]
             last = end and not len(view)
             payload = chunk.tobytes() if len(chunk) != len(data) else data
-            if last:
-                self.conn.send_data(stream_id, payload, end_stream=True)
-            else:
-                self.conn.send_plain_data(stream_id, payload)
+            self.conn.send_plain_data(stream_id, payload, last)
             self._data_frames_sent += 1
             self._unflushed += len(chunk)
             if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
@@ -1435,17 +1438,24 @@ class H2Stream:
             return False
         return self.proto.send_now(self.stream_id, data)
 
-    async def finish(self, trailers: Headers | None = None) -> None:
+    async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None:
+        """End the stream, `last` its last bytes: sent with END_STREAM (one DATA frame where
+        the windows allow) unless trailers follow."""
         if self.local_done:
+            if last:
+                raise StreamReset("the stream has ended")
             return
         if self.reset_error is not None:
             raise self.reset_error
-        self.local_done = True
         if trailers:
+            if last:
+                await self.proto.send_data(self, last, end=False)
+            self.local_done = True
             self.proto.conn.send_stream_headers(self.stream_id, trailers, True)
             self.proto._flush()
         else:
-            await self.proto.send_data(self, b"", end=True)
+            self.local_done = True
+            await self.proto.send_data(self, last, end=True)
         self.proto._stream_finished(self)
 
     def reset(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:

@@ -69,7 +69,7 @@ class Exchange(Protocol):
     def informational(self, head: ResponseHead) -> None: ...
     async def respond(self, head: ResponseHead, end: bool = False) -> None: ...
     async def write(self, data: bytes) -> None: ...
-    async def finish(self, trailers: Headers | None = None) -> None: ...
+    async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None: ...
     def abandon_request(self) -> None: ...
     def reset(self) -> None: ...
 
@@ -433,12 +433,24 @@ class _HeadDeadline:
 
 async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:
     try:
-        while (chunk := await body.read()) is not None:
-            acct.request_chunk(chunk)
-            await upstream.write(chunk)
-        await upstream.finish(body.trailers)
+        await _send_body(body, upstream, acct.request_chunk)
     except StreamReset:
         upstream.reset()
+
+
+async def _send_body(
+    body: Body, sink: Exchange | UpstreamStream, count: Callable[[bytes], None]
+) -> None:
+    """A body to its end, each chunk counted. The chunk that completes a body without trailers
+    goes with the end: one DATA frame with END_STREAM rather than an empty one after it, one
+    HTTP/1.1 write with a chunked body's terminator."""
+    while (chunk := await body.read()) is not None:
+        count(chunk)
+        if body.at_end and not body.trailers:
+            await sink.finish(None, chunk)
+            return
+        await sink.write(chunk)
+    await sink.finish(body.trailers)
 
 
 async def _stream_response(
@@ -458,10 +470,7 @@ async def _stream_response(
             await exchange.respond(response)
             if tunnel:
                 splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
-            while (chunk := await body.read()) is not None:
-                acct.response_chunk(chunk)
-                await exchange.write(chunk)
-            await exchange.finish(body.trailers)
+            await _send_body(body, exchange, acct.response_chunk)
         acct.response_ended(response.headers, body.trailers)
     except StreamReset:
         if body.error is not None:
