@@ -37,6 +37,14 @@ low-level object (`SSLContext._wrap_socket`, what `ssl.SSLSocket` is built on), 
   is False and the relay falls back to closing, as with asyncio's transports.
 - A reset (or any error) on the socket is `connection_lost(exc)`; `abort()` drops the socket at
   once (the relay sets SO_LINGER 0 first to pass a reset on).
+- Idle connections (issue 8: 10,000 through one sidecar) keep OpenSSL's connection state and
+  little else: a read that drains the socket, a close_notify received or sent, gives OpenSSL's
+  record buffers back (`release_buffers`: the 16.5 KiB write buffer every client connection
+  got from reading its NewSessionTickets, the 32 KiB read buffer of a half-closed one); the
+  loop's handles take an empty context, not the opener's (`_start_reading`); a resumed
+  client shares the offered session instead of a parsed copy (`wrap`); the transport has no
+  instance dict and makes its extra info when asked. `python -m bench.memprobe --mtls`
+  measures what a connection costs and where it goes (bench/README.md, issue 8).
 
 The handshake (`handshake`) is driven the same way before the transport is made; the caller
 bounds it in time.
@@ -45,9 +53,9 @@ bounds it in time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import errno
-import functools
 import os
 import socket
 import ssl
@@ -83,6 +91,22 @@ _BIO_CTRL_FLUSH = 11
 _BIO_FLAGS_SHOULD_RETRY = 8
 _SSL_CTRL_MODE = 33
 _SSL_MODE_RELEASE_BUFFERS = 0x10
+# The OpenSSL releases whose SSL_free_buffers checks for a partly read record (CVE-2024-4741:
+# before these it could free a buffer still in use): 3.0.14, 3.1.6, 3.2.2, 3.3.1, 3.4 on.
+_FREE_BUFFERS_FIXED = {(3, 0): 14, (3, 1): 6, (3, 2): 2, (3, 3): 1}
+# The context the transport's I/O callbacks run in (see `TlsTransport._start_reading`).
+_BARE_CONTEXT = contextvars.Context()
+
+
+def _free_buffers_safe(version: tuple[int, ...]) -> bool:
+    """Whether SSL_free_buffers of this OpenSSL (`ssl.OPENSSL_VERSION_INFO`) may be called
+    with the read state unknown: it refuses by itself while a record is partly read."""
+    major, minor, _fix, patch = version[:4]
+    if major < 3:
+        return False  # 1.1.1: fixed only in the paid-support releases
+    if major == 3 and (major, minor) in _FREE_BUFFERS_FIXED:
+        return patch >= _FREE_BUFFERS_FIXED[(major, minor)]
+    return True
 
 
 class _LibSsl:
@@ -112,6 +136,26 @@ class _LibSsl:
             self.ctrl = lib.SSL_ctrl
         except (OSError, AttributeError, ImportError):
             return
+        try:
+            self.set_session = lib.SSL_set_session
+            self.session_get_time = lib.SSL_SESSION_get_time
+            self.session_get_timeout = lib.SSL_SESSION_get_timeout
+            self.session_is_resumable = lib.SSL_SESSION_is_resumable
+        except AttributeError:
+            self.sessions_ok = False
+        else:
+            self.set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            self.session_get_time.argtypes = [ctypes.c_void_p]
+            self.session_get_time.restype = ctypes.c_long
+            self.session_get_timeout.argtypes = [ctypes.c_void_p]
+            self.session_get_timeout.restype = ctypes.c_long
+            self.session_is_resumable.argtypes = [ctypes.c_void_p]
+            self.sessions_ok = True
+        # SSL_free_buffers, where it is safe (`_free_buffers_safe`); None elsewhere
+        self.free_buffers: Callable[[int], int] | None = None
+        if _free_buffers_safe(ssl.OPENSSL_VERSION_INFO) and hasattr(lib, "SSL_free_buffers"):
+            self.free_buffers = lib.SSL_free_buffers
+            self.free_buffers.argtypes = [ctypes.c_void_p]
         self.shutdown.argtypes = [ctypes.c_void_p]
         self.get_fd.argtypes = [ctypes.c_void_p]
         self.get_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -195,10 +239,37 @@ class _LibSsl:
             return None
         return pointer
 
+    def session_pointer(self, session: Any, context: ssl.SSLContext) -> int | None:
+        """The `SSL_SESSION *` of an `ssl.SSLSession` obtained on `context` that OpenSSL would
+        resume from as it is, or None (another context's, one that cannot be trusted, or one
+        marked not resumable: OpenSSL marks a connection's session so when the connection is
+        freed without a close_notify, and the ssl module's copy drops the mark).
+
+        CPython's `PySSLSession` starts with `PyObject_HEAD; SSL_SESSION *session; PySSLContext
+        *ctx;` (3.8 to 3.13); the pointer found there is used only if OpenSSL reads the same
+        time and timeout from it as the ssl module does."""
+        if not self.ok or not self.sessions_ok or not isinstance(session, ssl.SSLSession):
+            return None
+        base = id(session) + object.__basicsize__
+        pointer = ctypes.c_void_p.from_address(base).value
+        owner = ctypes.c_void_p.from_address(base + ctypes.sizeof(ctypes.c_void_p)).value
+        if not pointer or owner != id(context):
+            return None
+        if (
+            self.session_get_time(pointer) != session.time
+            or self.session_get_timeout(pointer) != session.timeout
+            or self.session_is_resumable(pointer) != 1
+        ):
+            return None
+        return pointer
+
     def read_ahead(self, pointer: int, size: int) -> None:
         """Let SSL_read take up to `size` bytes from the socket at once (several records per
         recv instead of two recvs per record, header then body), the buffer being released
-        while empty (an idle connection holds none)."""
+        while empty. (SSL_MODE_RELEASE_BUFFERS: the ssl module sets it on every context too.
+        It frees the read buffer when a read finds nothing more and the write buffer after a
+        completed SSL_write, but not the write buffer that a read allocates for a handshake
+        message after the handshake, nor the one an alert is sent from: `release_buffers`.)"""
         self.set_read_buffer_len(pointer, size)
         self.set_read_ahead(pointer, 1)
         self.ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
@@ -247,11 +318,22 @@ class _LibSsl:
         code = ctypes.get_errno() or errno.EPIPE
         raise OSError(code, os.strerror(code))
 
+    def release_buffers(self, pointer: int) -> None:
+        """SSL_free_buffers: give back OpenSSL's record buffers (16.5 KiB each) that an idle
+        connection still holds. OpenSSL leaves one behind where RELEASE_BUFFERS does not reach:
+        the write buffer set up when SSL_read processes a post-handshake message (a TLS 1.3
+        client gets two NewSessionTickets right after every handshake; a KeyUpdate) and the
+        one a close_notify is sent from. Nothing happens (OpenSSL says 0) while a record is
+        partly read or a write is unsent; the next read or write sets them up again."""
+        if self.free_buffers is not None:
+            self.free_buffers(pointer)
+
     def close_notify(self, pointer: int) -> bool | None:
         """Send close_notify: True when sent, None when the socket is full (retry when
         writable), False on an error."""
         ret = self.shutdown(pointer)
         if ret >= 0:
+            self.release_buffers(pointer)  # the alert's write buffer: the peer may take hours
             return True
         err = self.get_error(pointer, ret)
         self.clear_errors()
@@ -287,19 +369,41 @@ def wrap(
     holds) behind the public `SSLObject` API, made as `SSLObject._create` makes one, so that
     what reads a connection's `ssl_object` (identities, version, session) works unchanged.
     `session`: a client's, to resume; left out when it belongs to another context (a rotation).
+
+    The session is handed to OpenSSL itself (SSL_set_session, which takes a reference), not
+    through the ssl module, which gives every connection a copy made by serialising the
+    session and parsing it again (`_ssl_session_dup`, a workaround for OpenSSL 1.1.0): a copy
+    of the peer's certificate, parsed, per connection for as long as it lives (about 4 KB and
+    an X.509 parse per handshake on a sidecar that resumes every connection to a peer).
+    OpenSSL never changes a session it resumes from (a TLS 1.3 client takes a copy for each
+    new ticket), so connections may share one. Where the pointer cannot be trusted, the ssl
+    module's way.
     """
     sock.setblocking(False)
+    shared = None if session is None else _LIBSSL.session_pointer(session, context)
+    offered = None if shared is not None else session
     try:
         low = context._wrap_socket(  # type: ignore[attr-defined]
-            sock, server_side, server_hostname, owner=None, session=session
+            sock, server_side, server_hostname, owner=None, session=offered
         )
     except ValueError:
         low = context._wrap_socket(  # type: ignore[attr-defined]
             sock, server_side, server_hostname, owner=None, session=None
         )
     pointer = _LIBSSL.pointer(low, sock.fileno())
+    if shared is not None and not server_side:
+        if pointer is None:
+            low.session = session  # the ssl module's way after all (its checks, its copy)
+        else:
+            _LIBSSL.set_session(pointer, shared)
     if pointer is not None:
         _LIBSSL.read_ahead(pointer, defaults.TLS_READ_AHEAD)
+    return _ssl_object(low)
+
+
+def _ssl_object(low: Any) -> ssl.SSLObject:
+    """The public `ssl.SSLObject` over the ssl module's low-level object, made as
+    `SSLObject._create` makes one."""
     sslobj = ssl.SSLObject.__new__(ssl.SSLObject)
     sslobj._sslobj = low  # type: ignore[attr-defined]
     return sslobj
@@ -348,6 +452,34 @@ class TlsTransport(asyncio.Transport):
     # what it cannot take yet is copied (the relay may reuse its read buffer right away)
     copies_writes = True
 
+    # No instance dict: one of these per relayed mTLS connection, most of them idle
+    __slots__ = (
+        "_loop",
+        "_sock",
+        "_fd",
+        "_sslobj",
+        "_protocol",
+        "_buffered",
+        "_ssl_pointer",
+        "_pointer",
+        "_wbuf",
+        "_unflushed",
+        "_closing",
+        "_lost",
+        "_reading",
+        "_read_paused",
+        "_eof_received",
+        "_pending",
+        "_writing",
+        "_eof_wanted",
+        "_eof_sent",
+        "_write_paused",
+        "_high_water",
+        "_low_water",
+        "_read_wants_write",
+        "_peername",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -362,25 +494,16 @@ class TlsTransport(asyncio.Transport):
         self._sslobj = sslobj._sslobj  # type: ignore[attr-defined]  # the hot path skips a frame
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._extra = {
-            "socket": sock,
-            "ssl_object": sslobj,
-            "peername": _address(sock.getpeername),
-            "sockname": _address(sock.getsockname),
-        }
+        # The extra info is made when asked (`get_extra_info`), not kept per connection;
+        # only the peer's address is, for a log line after the socket is closed.
+        self._peername = _address(sock.getpeername)
         pointer = _LIBSSL.pointer(self._sslobj, self._fd)
+        self._ssl_pointer = pointer  # any version (`_pointer` below: TLS 1.3 only)
         # SSL_shutdown once, for a half-close: TLS 1.3 only (1.2 forbids reading after it);
         # the write buffer too (no renegotiation to meet it)
         self._pointer = pointer if sslobj.version() == "TLSv1.3" else None
         self._wbuf: int | None = None  # the write buffer while one is on (`_encrypt`)
         self._unflushed = False  # it holds bytes the socket did not take yet
-        # Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
-        # the records read ahead, SSL_pending (the ssl module's) only the current one.
-        self._has_pending: Callable[[], int] = (
-            functools.partial(_LIBSSL.has_pending, pointer)
-            if pointer is not None
-            else self._sslobj.pending
-        )
         self._closing = False  # close() or abort() was called, or the connection was lost
         self._lost = False  # connection_lost is scheduled
         self._reading = False  # a reader is registered
@@ -415,13 +538,28 @@ class TlsTransport(asyncio.Transport):
                 loop.call_soon(transport._read_ready)
         return transport
 
+    def _has_pending(self) -> int:
+        """Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
+        the records read ahead, SSL_pending (the ssl module's) only the current one."""
+        pointer = self._ssl_pointer
+        return _LIBSSL.has_pending(pointer) if pointer is not None else self._sslobj.pending()
+
     # -- asyncio.BaseTransport -------------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return _ssl_object(self._sslobj)  # a fresh view of the same connection
+        if name == "socket":
+            return self._sock
+        if name == "peername":
+            return default if self._peername is None else self._peername
+        if name == "sockname":
+            address = _address(self._sock.getsockname)  # None once the socket is closed
+            return default if address is None else address
         if name == "sslcontext":
             return self._sslobj.context
         if name == "peercert":
-            return self._extra["ssl_object"].getpeercert()
+            return self._sslobj.getpeercert()
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
@@ -470,9 +608,14 @@ class TlsTransport(asyncio.Transport):
             self._loop.call_soon(self._read_ready)
 
     def _start_reading(self) -> None:
+        """Watch the socket for reading. The loop's handle keeps a copy of the current
+        context for as long as the connection is open (hours, idle): it is taken from an empty
+        one, so that what the code which opened the connection had set in its own (the mesh
+        connector's session to resume: a parsed copy of a TLS session with the peer's
+        certificate, about 5 KB) is not kept alive by every connection."""
         if not self._reading and not self._eof_received:
             self._reading = True
-            self._loop.add_reader(self._fd, self._read_ready)
+            _BARE_CONTEXT.run(self._loop.add_reader, self._fd, self._read_ready)
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -492,6 +635,7 @@ class TlsTransport(asyncio.Transport):
             size = READ_SIZE
         n = 0
         eof = False
+        drained = False
         try:
             while n < size:
                 got = read(size - n, view[n:])
@@ -500,7 +644,7 @@ class TlsTransport(asyncio.Transport):
                     break
                 n += got
         except ssl.SSLWantReadError:
-            pass
+            drained = True
         except ssl.SSLZeroReturnError:
             eof = True  # close_notify
         except ssl.SSLEOFError:
@@ -521,6 +665,15 @@ class TlsTransport(asyncio.Transport):
                 self._deliver(view, n)
             self._force_close(exc)
             return
+        if (
+            (drained or eof)
+            and self._ssl_pointer is not None
+            and not (self._pending or self._unflushed)
+        ):
+            # Nothing more to read for now (or ever: a half-closed connection may wait hours
+            # for the other direction): what the connection holds of OpenSSL's buffers goes
+            # back. At most a call that finds nothing to free; never while bytes are unsent.
+            _LIBSSL.release_buffers(self._ssl_pointer)
         if n:
             self._deliver(view, n)
             if (
@@ -643,7 +796,7 @@ class TlsTransport(asyncio.Transport):
     def _start_writing(self) -> None:
         if not self._writing:
             self._writing = True
-            self._loop.add_writer(self._fd, self._write_ready)
+            _BARE_CONTEXT.run(self._loop.add_writer, self._fd, self._write_ready)
 
     def _stop_writing(self) -> None:
         if self._writing:
