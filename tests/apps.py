@@ -117,6 +117,9 @@ class Hypercorn:
         config.accesslog = None
         config.errorlog = None
         config.keep_alive_timeout = 30
+        # At close, a request still running (a test's /sleep/S, one the test gave up on) is
+        # cancelled after this, not waited for up to hypercorn's default 3 s.
+        config.graceful_timeout = 0.2
         config.h2_max_inbound_frame_size = 2**14
 
         def run() -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import resource
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -8,11 +11,28 @@ from typing import Any
 import pytest
 
 from tests.pki import Pki
-from tests.support import Sidecar, TcpServer, dataplane, free_port, write_yaml
+from tests.support import Sidecar, TcpServer, dataplane, free_port, wait_ready, write_yaml
 
 # Many tests open hundreds of sockets at once.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+# The suite starts about a thousand Python processes (sidecars, `python -m bench`, the CLI), each
+# importing the whole of `sidecar`. Where PYTHONDONTWRITEBYTECODE is set (this project's machines
+# set it), every one of them compiled every module from source again: ~0.15 s of CPU a start. The
+# processes this run starts share a bytecode cache of their own instead, in a temporary directory
+# (PYTHONPYCACHEPREFIX: nothing is written into the source tree), removed when the run ends. A
+# prefix the caller set is used as it is, and kept.
+_PYCACHE: str | None = None
+if not os.environ.get("PYTHONPYCACHEPREFIX"):
+    _PYCACHE = tempfile.mkdtemp(prefix="pysidecar-tests-pycache-")
+    os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PYCACHE is not None:
+        shutil.rmtree(_PYCACHE, ignore_errors=True)
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])
@@ -78,8 +98,7 @@ class Mesh:
         app = self.server(handler)
         backend, _ = self.backend("backend-1", app.port)
         web, outbound = self.client("web-1")
-        self.start(backend)
-        self.start(web)
+        wait_ready(self.start(backend, ready=False), self.start(web, ready=False))
         return outbound
 
     def close(self) -> None:
@@ -121,10 +140,11 @@ def pki(tmp_path: Path) -> Pki:
 # the first byte: the splice relay), "sniffed" leaves it undeclared (the sidecars sniff, then relay
 # with the asyncio.Protocol relay).
 TCP_RELAYS = ["splice", "sniffed"]
+TCP_PROTOCOL = {"splice": "tcp", "sniffed": None}  # what the backends declare
 
 
 def tcp_mesh(directory: Path, loop: str, relay: str) -> Iterator[Mesh]:
-    m = Mesh(directory, loop, protocol="tcp" if relay == "splice" else None)
+    m = Mesh(directory, loop, protocol=TCP_PROTOCOL[relay])
     try:
         yield m
     finally:

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from sidecar.config.dataplane import dataplane_from_document
 from sidecar.identity import ca
-from tests.support import LOOPBACK, Sidecar, TcpServer, echo
+from tests.support import LOOPBACK, Sidecar, TcpServer, echo, wait_ready
 
 if TYPE_CHECKING:
     from tests.conftest import Mesh
@@ -206,8 +206,9 @@ def mtls_pair(
     web, outbound = mesh.client("web-1")
     pki.issue("backend-1", "backend")
     pki.issue("web-1", "web")
-    b = mesh.start(backend, *pki.args("backend-1"), *backend_args)
-    w = mesh.start(web, *pki.args("web-1"))
+    b = mesh.start(backend, *pki.args("backend-1"), *backend_args, ready=False)
+    w = mesh.start(web, *pki.args("web-1"), ready=False)
+    wait_ready(b, w)
     return Pair(b, w, inbound, outbound, app)
 
 

@@ -6,6 +6,7 @@ Nothing here sleeps for synchronisation: `wait_for` polls a condition with a dea
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import random
@@ -25,8 +26,16 @@ LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str = "condition",
+    poll: float = 0.05,
+) -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds.
+
+    The interval grows from 5 ms to `poll`: a cheap condition awaited often (a log line) can
+    poll faster, so that the wait ends closer to the moment it came true."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
@@ -36,7 +45,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)  # a poll interval, not a synchronisation sleep
-        delay = min(delay * 2, 0.05)
+        delay = min(delay * 2, poll)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -154,7 +163,8 @@ class Sidecar:
                 raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.log}")
             return "event=ready" in self.log
 
-        wait_for(ready, timeout, f"{self.dataplane_file.name} to be ready")
+        # Polled every 10 ms at most (a read of a short file): a suite starts ~700 sidecars.
+        wait_for(ready, timeout, f"{self.dataplane_file.name} to be ready", poll=0.01)
         return self
 
     def wait_log(self, text: str, timeout: float = 10.0) -> None:
@@ -195,6 +205,14 @@ class Sidecar:
     def reset_peak(self) -> None:
         """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+
+def wait_ready(*sidecars: Sidecar, timeout: float = 15.0) -> tuple[Sidecar, ...]:
+    """Wait until every one of `sidecars` is ready. Started together (`ready=False`), sidecars
+    that do not depend on each other boot side by side instead of one after the other."""
+    for sidecar in sidecars:
+        sidecar.wait_ready(timeout)
+    return sidecars
 
 
 class TcpServer:
@@ -271,9 +289,13 @@ def recv_all(conn: socket.socket, limit: int | None = None) -> bytes:
     return b"".join(chunks)
 
 
+def _pattern_unit(seed: int) -> bytes:
+    return hashlib.sha256(str(seed).encode()).digest()
+
+
 def pattern(size: int, seed: int = 0) -> Iterable[bytes]:
-    """`size` bytes of a repeatable pattern, in 1 MiB blocks."""
-    block = hashlib.sha256(str(seed).encode()).digest() * (1024 * 1024 // 32)
+    """`size` bytes of a repeatable pattern, in 1 MiB blocks: a 32-byte unit over and over."""
+    block = _pattern_unit(seed) * (1024 * 1024 // 32)
     left = size
     while left > 0:
         n = min(left, len(block))
@@ -281,11 +303,48 @@ def pattern(size: int, seed: int = 0) -> Iterable[bytes]:
         left -= n
 
 
+@functools.cache
 def digest_of(size: int, seed: int = 0) -> str:
+    """SHA-256 of `pattern(size, seed)`, computed once per run (tests under both loops and
+    both relays ask for the same ones: a GiB costs the best part of a second)."""
     h = hashlib.sha256()
     for block in pattern(size, seed):
         h.update(block)
     return h.hexdigest()
+
+
+class PatternCheck:
+    """Checks a received stream against `pattern(size, seed)` byte for byte as it arrives.
+
+    As exact as comparing digests, at the cost of a copy and a compare per piece instead of
+    SHA-256 over it twice (here, and for the expected digest): on two cores, what the test's
+    own threads spend is taken from the sidecars under test. `bytes` counts what came;
+    `mismatch` is the offset of the first byte that differs (None while all agree)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        unit = _pattern_unit(seed)
+        self._unit = len(unit)
+        # Any piece of up to 1 MiB, starting anywhere in the unit, is a slice of this.
+        self._reference = unit * (2 * 1024 * 1024 // len(unit))
+        self.bytes = 0
+        self.mismatch: int | None = None
+
+    def update(self, data: bytes) -> None:
+        step = 1024 * 1024
+        for at in range(0, len(data), step):
+            # bytes against bytes: a memcmp (comparing memoryviews goes item by item)
+            piece = bytes(data[at : at + step]) if len(data) > step else bytes(data)
+            start = self.bytes % self._unit
+            expected = self._reference[start : start + len(piece)]
+            if self.mismatch is None and piece != expected:
+                pairs = zip(piece, expected, strict=True)
+                first = next(i for i, (a, b) in enumerate(pairs) if a != b)
+                self.mismatch = self.bytes + first
+            self.bytes += len(piece)
+
+    def verdict(self) -> tuple[int, int | None]:
+        """(bytes received, offset of the first difference or None): `(size, None)` is intact."""
+        return self.bytes, self.mismatch
 
 
 def wait_for_stall(sent: dict[str, int], timeout: float = 30.0) -> None:

@@ -40,7 +40,7 @@ from tests.attack import (
 )
 from tests.conftest import Mesh
 from tests.observe_support import admin_port, stats
-from tests.support import LOOPBACK, Sidecar, recv_all, wait_for
+from tests.support import LOOPBACK, Sidecar, recv_all, wait_for, wait_ready
 
 # Short timeouts, so that the slow attacks are judged in a second or two.
 LIMITS = (
@@ -75,8 +75,9 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     try:
         backend, _ = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
         web_file, port = mesh.client("web-1")
-        mesh.start(backend, *LIMITS)
-        web = mesh.start(web_file, *LIMITS)
+        _, web = wait_ready(
+            mesh.start(backend, *LIMITS, ready=False), mesh.start(web_file, *LIMITS, ready=False)
+        )
         yield Site(mesh, port, web, admin_port(web_file))
     finally:
         mesh.close()
@@ -517,8 +518,7 @@ def test_connection_flood_is_refused_and_counted(tmp_path):
     try:
         backend, _ = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
         web_file, port = mesh.client("web-1")
-        mesh.start(backend)
-        mesh.start(web_file, *limits)
+        wait_ready(mesh.start(backend, ready=False), mesh.start(web_file, *limits, ready=False))
         admin = admin_port(web_file)
         with Legit(port, fresh=False):
             flood = []

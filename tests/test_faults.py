@@ -26,7 +26,7 @@ from sidecar.runtime import Options
 from sidecar.runtime import Sidecar as Runtime
 from tests.apps import Hypercorn
 from tests.observe_support import admin_port, stats
-from tests.support import LOOPBACK, dataplane, echo, free_port, wait_for, write_yaml
+from tests.support import LOOPBACK, dataplane, echo, free_port, wait_for, wait_ready, write_yaml
 
 
 def get(port: int, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:
@@ -43,8 +43,9 @@ def http_pair(mesh, app_port: int, *web_args: str):
     """backend (http) ← web; returns (backend sidecar, backend file, web file, outbound port)."""
     backend_file, _ = mesh.backend("backend-1", app_port, tags={"kuma.io/protocol": "http"})
     web_file, port = mesh.client("web-1")
-    backend = mesh.start(backend_file)
-    mesh.start(web_file, *web_args)
+    backend, _ = wait_ready(
+        mesh.start(backend_file, ready=False), mesh.start(web_file, *web_args, ready=False)
+    )
     return backend, backend_file, web_file, port
 
 
@@ -140,11 +141,16 @@ def test_peer_that_accepts_and_never_answers_times_out_and_is_ejected(mesh_uvloo
               "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}],
         )  # fmt: skip
         healthy_file, _ = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
-        mesh.start(healthy_file)
         web_file, port = mesh.client("web-1")
-        mesh.start(
-            web_file, "--request-timeout", "0.3", "--limit", "outlier_base_ejection_time=1.5"
-        )
+        wait_ready(
+            mesh.start(healthy_file, ready=False),
+            mesh.start(
+                web_file,
+                "--request-timeout", "0.3",
+                "--limit", "outlier_base_ejection_time=1.5",
+                ready=False,
+            ),
+        )  # fmt: skip
         admin = admin_port(web_file)
         statuses = []
         for _ in range(16):
@@ -320,8 +326,10 @@ def test_running_out_of_file_descriptors(mesh):
     app = mesh.server(echo)
     backend_file, _ = mesh.backend("backend-1", app.port)
     web_file, port = mesh.client("web-1")
-    mesh.start(backend_file)
-    web = mesh.start(web_file, "--limit", "fd_reserve=8")
+    _, web = wait_ready(
+        mesh.start(backend_file, ready=False),
+        mesh.start(web_file, "--limit", "fd_reserve=8", ready=False),
+    )
     admin = admin_port(web_file)
     pid = web.proc.pid
     existing = [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(5)]
@@ -420,9 +428,16 @@ def test_circuit_breakers_answer_503_overflow_when_open(mesh_uvloop):
             [{"port": http_port, "tags": {"kuma.io/service": "backend"}},
              {"port": tcp_port, "tags": {"kuma.io/service": "echo"}}],
         )  # fmt: skip
-        mesh.start(backend_file)
-        mesh.start(echo_file)
-        mesh.start(web_file, "--limit", "max_requests=3", "--limit", "max_upstream_connections=2")
+        wait_ready(
+            mesh.start(backend_file, ready=False),
+            mesh.start(echo_file, ready=False),
+            mesh.start(
+                web_file,
+                "--limit", "max_requests=3",
+                "--limit", "max_upstream_connections=2",
+                ready=False,
+            ),
+        )  # fmt: skip
         admin = admin_port(web_file)
 
         results: list[tuple[int, bytes]] = []
@@ -529,9 +544,10 @@ def test_finished_websocket_tunnels_leave_no_sockets_behind(mesh_uvloop):
         backend_file, _ = mesh.backend(
             "echo-1", ws_app.port, service="echo", tags={"kuma.io/protocol": "http"}
         )
-        backend = mesh.start(backend_file)
         web_file, port = mesh.client("web-1", service="echo")
-        mesh.start(web_file)
+        backend, _ = wait_ready(
+            mesh.start(backend_file, ready=False), mesh.start(web_file, ready=False)
+        )
         url = f"ws://{LOOPBACK}:{port}/"
         with connect(url) as ws:  # warm: the mesh connection is up
             ws.send("warm")
@@ -557,9 +573,8 @@ def _live_and_dead_backends(mesh, app_port: int, *web_args: str) -> tuple[int, i
     outbound port and its admin port."""
     live_file, _ = mesh.backend("backend-live", app_port, tags={"kuma.io/protocol": "http"})
     mesh.backend("backend-dead", free_port(), tags={"kuma.io/protocol": "http"})
-    mesh.start(live_file)
     web_file, port = mesh.client("web-1")
-    mesh.start(web_file, *web_args)
+    wait_ready(mesh.start(live_file, ready=False), mesh.start(web_file, *web_args, ready=False))
     return port, admin_port(web_file)
 
 

@@ -3,13 +3,16 @@ metadata and 16 MiB messages. Messages are raw bytes (no generated code needed).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 import pytest
 
-from tests.support import LOOPBACK
+from tests.conftest import Mesh
+from tests.support import LOOPBACK, wait_ready
 
 SERVICE = "mesh.test.Echo"
 MiB = 1024 * 1024
@@ -42,8 +45,9 @@ def bidi(requests, context: grpc.ServicerContext):
         yield message.upper()
 
 
-@pytest.fixture
-def grpc_app():
+@contextlib.contextmanager
+def serve_grpc() -> Iterator[int]:
+    """The grpcio echo server on loopback; yields its port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=OPTIONS)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -54,18 +58,37 @@ def grpc_app():
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port(f"{LOOPBACK}:0")
     server.start()
-    yield port
-    server.stop(grace=None)
+    try:
+        yield port
+    finally:
+        server.stop(grace=None)
 
 
 @pytest.fixture
-def channel(mesh, grpc_app):
-    path, _ = mesh.backend("echo-1", grpc_app, service="echo", tags={"kuma.io/protocol": "grpc"})
-    mesh.start(path)
-    web, port = mesh.client("web-1", service="echo")
-    mesh.start(web)
-    with grpc.insecure_channel(f"{LOOPBACK}:{port}", options=OPTIONS) as ch:
-        yield ch
+def grpc_app() -> Iterator[int]:
+    with serve_grpc() as port:
+        yield port
+
+
+# One mesh (app, backend and web sidecars, a channel) per event loop, shared by this module's
+# tests: each is one or a few calls that leave nothing behind, and starting the pair for every
+# one of them was most of this module's time.
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def channel(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[grpc.Channel]:
+    mesh = Mesh(tmp_path_factory.mktemp(f"grpc-{request.param}"), request.param)
+    try:
+        with serve_grpc() as app_port:
+            path, _ = mesh.backend(
+                "echo-1", app_port, service="echo", tags={"kuma.io/protocol": "grpc"}
+            )
+            web, port = mesh.client("web-1", service="echo")
+            wait_ready(mesh.start(path, ready=False), mesh.start(web, ready=False))
+            with grpc.insecure_channel(f"{LOOPBACK}:{port}", options=OPTIONS) as ch:
+                yield ch
+    finally:
+        mesh.close()
 
 
 def method(channel, kind: str, name: str):

@@ -50,6 +50,7 @@ from tests.attack import (
 )
 from tests.conftest import Mesh
 from tests.observe_support import admin_port, stats
+from tests.support import wait_ready
 
 
 @dataclass
@@ -66,8 +67,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
     try:
         backend, inbound = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
         web, outbound = mesh.client("web-1")
-        mesh.start(backend)
-        mesh.start(web)
+        wait_ready(mesh.start(backend, ready=False), mesh.start(web, ready=False))
         yield Servers(outbound, inbound, admin_port(web))
     finally:
         mesh.close()

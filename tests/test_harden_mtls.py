@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from tests.attack import LegitEcho, refused
 from tests.observe_support import admin_port, get, series, stats
 from tests.pki import Pki
-from tests.support import LOOPBACK, echo, wait_for
+from tests.support import LOOPBACK, echo, wait_for, wait_ready
 
 # A TLS record header announcing a 512-byte ClientHello, and the first bytes of it: then nothing.
 PARTIAL_CLIENT_HELLO = b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + b"\x00" * 16
@@ -28,13 +28,16 @@ def test_tls_clients_stalling_mid_handshake_are_cut_off_and_expiry_is_announced(
     pki.issue("backend-1", "backend", now=now - timedelta(seconds=170), valid_for=timedelta(
         seconds=200))  # fmt: skip
     pki.issue("web-1", "web")
-    backend = mesh.start(
-        backend_file,
-        *pki.args("backend-1"),
-        "--limit", "tls_handshake_timeout=1",
-        "--limit", "max_connections=40",
+    backend, _ = wait_ready(
+        mesh.start(
+            backend_file,
+            *pki.args("backend-1"),
+            "--limit", "tls_handshake_timeout=1",
+            "--limit", "max_connections=40",
+            ready=False,
+        ),
+        mesh.start(web_file, *pki.args("web-1"), ready=False),
     )  # fmt: skip
-    mesh.start(web_file, *pki.args("web-1"))
     admin = admin_port(backend_file)
     listener = f"listener.127.0.0.1_{inbound}"
 
@@ -79,8 +82,11 @@ def test_a_flood_of_tls_connections_is_refused_at_the_limit(mesh_uvloop, tmp_pat
     web_file, outbound = mesh.client("web-1")
     pki.issue("backend-1", "backend")
     pki.issue("web-1", "web")
-    mesh.start(backend_file, *pki.args("backend-1"), "--limit", "max_connections=20")
-    mesh.start(web_file, *pki.args("web-1"))
+    wait_ready(
+        mesh.start(backend_file, *pki.args("backend-1"), "--limit", "max_connections=20",
+                   ready=False),
+        mesh.start(web_file, *pki.args("web-1"), ready=False),
+    )  # fmt: skip
     admin = admin_port(backend_file)
     with socket.create_connection((LOOPBACK, outbound), timeout=5) as kept:
         kept.sendall(b"before\n")

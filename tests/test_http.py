@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from tests.apps import Hypercorn
-from tests.support import LOOPBACK, free_port, recv_all
+from tests.support import LOOPBACK, free_port, recv_all, wait_ready
 
 
 @pytest.fixture
@@ -26,11 +26,12 @@ def app():
 def http_mesh(mesh, app_port: int, protocol: str | None = "http", replicas: int = 1) -> int:
     """backend (tagged with `protocol`) behind web's outbound; returns the outbound port."""
     tags = {"kuma.io/protocol": protocol} if protocol else {}
+    started = []
     for i in range(replicas):
         path, _ = mesh.backend(f"backend-{i}", app_port, tags=tags)
-        mesh.start(path)
+        started.append(mesh.start(path, ready=False))
     web, port = mesh.client("web-1")
-    mesh.start(web)
+    wait_ready(*started, mesh.start(web, ready=False))
     return port
 
 

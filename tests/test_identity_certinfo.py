@@ -183,7 +183,7 @@ def cryptography_reads(der: bytes) -> tuple[int, datetime, datetime, tuple[str, 
 
 
 @pytest.mark.filterwarnings("ignore:Parsed a serial number:UserWarning")
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.tuples(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
-from tests.support import LOOPBACK, REPO, echo, free_port, port_open, recv_all, wait_for
+from tests.support import LOOPBACK, REPO, echo, free_port, port_open, recv_all, wait_for, wait_ready
 
 
 @pytest.fixture(params=TCP_RELAYS)
@@ -43,9 +43,11 @@ def test_failover_when_one_of_two_endpoints_dies(mesh):
     backend_a, _ = mesh.backend("backend-a", a.port)
     backend_b, _ = mesh.backend("backend-b", b.port)
     web, port = mesh.client("web-1")
-    sidecar_a = mesh.start(backend_a)
-    mesh.start(backend_b)
-    mesh.start(web)
+    sidecar_a, _, _ = wait_ready(
+        mesh.start(backend_a, ready=False),
+        mesh.start(backend_b, ready=False),
+        mesh.start(web, ready=False),
+    )
     assert {ask(port) for _ in range(6)} == {b"a\n", b"b\n"}, "round robin over both"
     sidecar_a.kill()  # endpoint a dies: its inbound refuses connections
     answers = [ask(port) for _ in range(20)]
@@ -57,8 +59,10 @@ def test_member_added_while_traffic_flows(mesh):
     b = mesh.server(whoami(b"b"))
     backend_a, _ = mesh.backend("backend-a", a.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend_a)
-    mesh.start(web)
+    wait_ready(
+        mesh.start(backend_a, ready=False),
+        mesh.start(web, ready=False),
+    )
     with socket.create_connection((LOOPBACK, port), timeout=10) as long_lived:
         assert long_lived.recv(2) == b"a\n"
         assert {ask(port) for _ in range(5)} == {b"a\n"}
@@ -76,9 +80,11 @@ def test_member_removed_stops_getting_traffic(mesh):
     backend_a, _ = mesh.backend("backend-a", a.port)
     backend_b, _ = mesh.backend("backend-b", b.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend_a)
-    mesh.start(backend_b)
-    mesh.start(web)
+    wait_ready(
+        mesh.start(backend_a, ready=False),
+        mesh.start(backend_b, ready=False),
+        mesh.start(web, ready=False),
+    )
     backend_b.unlink()
     wait_for(lambda: {ask(port) for _ in range(4)} == {b"a\n"}, timeout=2.5)
 
@@ -87,8 +93,10 @@ def test_dataplane_edit_adds_listener_without_dropping_connections(mesh):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend)
-    sidecar = mesh.start(web)
+    _, sidecar = wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, ready=False),
+    )
     import yaml
 
     with socket.create_connection((LOOPBACK, port), timeout=10) as c:
@@ -115,8 +123,10 @@ def test_sighup_reload_rejects_a_broken_file_and_keeps_serving(mesh):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend)
-    sidecar = mesh.start(web)
+    _, sidecar = wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, ready=False),
+    )
     original = web.read_text()
     web.write_text("type: Dataplane\nname: web-1\nnetworking: {}\n")
     sidecar.signal(signal.SIGHUP)
@@ -131,8 +141,10 @@ def test_sigterm_drains_open_connections_then_exits_0(mesh):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend)
-    sidecar = mesh.start(web, drain_timeout=20)
+    _, sidecar = wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, drain_timeout=20, ready=False),
+    )
     with socket.create_connection((LOOPBACK, port), timeout=10) as c:
         c.sendall(b"one")
         assert c.recv(10) == b"one"
@@ -150,8 +162,10 @@ def test_drain_timeout_closes_what_is_left(mesh):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend)
-    sidecar = mesh.start(web, drain_timeout=0.5)
+    _, sidecar = wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, drain_timeout=0.5, ready=False),
+    )
     with socket.create_connection((LOOPBACK, port), timeout=10) as c:
         c.sendall(b"one")
         assert c.recv(10) == b"one"

@@ -328,7 +328,13 @@ def test_buffer_limits_bound_the_relay_and_every_body():
         assert pool.limits is limits
         assert H1Pool(plain_connector(1.0), None, limits.stream_buffer_bytes).body_buffer == 32768
         client = H1Client(body_buffer=limits.stream_buffer_bytes)
-        assert client.open(head, True).body.high_water == 32 * 1024
+        ours, theirs = socket.socketpair()  # a client is used once connected (connection_made)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: client, ours)
+            assert client.open(head, True).body.high_water == 32 * 1024
+            transport.close()
+        finally:
+            theirs.close()
         server = H1Server(lambda exchange: asyncio.sleep(0), b"a", limits=limits)
         wire = SimpleNamespace(keep_alive=True)
         assert H1ServerExchange(server, head, wire).body.high_water == 32 * 1024

@@ -30,7 +30,7 @@ from tests.pki import (
     s_client,
     tls_ask,
 )
-from tests.support import LOOPBACK, Sidecar, echo, free_port, recv_all, wait_for
+from tests.support import LOOPBACK, Sidecar, echo, free_port, recv_all, wait_for, wait_ready
 
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl CLI")
 
@@ -209,10 +209,12 @@ def test_outbound_refuses_a_peer_with_the_wrong_identity_and_fails_over(mesh, pk
     pki.issue("backend-good", "backend")
     pki.issue("backend-evil", "payments")  # a mesh member, but not a backend
     pki.issue("web-1", "web")
-    mesh.start(good, *pki.args("backend-good"))
-    impostor = mesh.start(evil, *pki.args("backend-evil"))
+    _, impostor, client = wait_ready(
+        mesh.start(good, *pki.args("backend-good"), ready=False),
+        mesh.start(evil, *pki.args("backend-evil"), ready=False),
+        mesh.start(web, *pki.args("web-1"), ready=False),
+    )
     assert "event=certificate_misses_services" in impostor.log  # it says so at start
-    client = mesh.start(web, *pki.args("web-1"))
     assert [ask(outbound) for _ in range(8)] == [b"good\n"] * 8
     client.wait_log("peer is not spiffe://default/backend (found spiffe://default/payments")
     # The evil peer's sidecar may have started its app connection, but no byte reached it.
@@ -245,9 +247,11 @@ def test_http_outbound_fails_over_from_a_peer_with_the_wrong_identity(mesh, pki)
     pki.issue("backend-good", "backend")
     pki.issue("backend-evil", "payments")
     pki.issue("web-1", "web")
-    mesh.start(good, *pki.args("backend-good"))
-    mesh.start(evil, *pki.args("backend-evil"))
-    client = mesh.start(web, *pki.args("web-1"))
+    _, _, client = wait_ready(
+        mesh.start(good, *pki.args("backend-good"), ready=False),
+        mesh.start(evil, *pki.args("backend-evil"), ready=False),
+        mesh.start(web, *pki.args("web-1"), ready=False),
+    )
     conn = http.client.HTTPConnection(LOOPBACK, outbound, timeout=10)
     answers = []
     for _ in range(8):
@@ -290,8 +294,10 @@ def test_a_peer_refusing_our_certificate_after_a_tls13_handshake_fails_that_endp
     )  # fmt: skip
     try:
         wait_for(lambda: _port_listening(picky_port), what="openssl s_server")
-        mesh.start(good, *pki.args("backend-good"))
-        client = mesh.start(web, *pki.args("web-1"))
+        _, client = wait_ready(
+            mesh.start(good, *pki.args("backend-good"), ready=False),
+            mesh.start(web, *pki.args("web-1"), ready=False),
+        )
         assert [ask(outbound) for _ in range(6)] == [b"good\n"] * 6
         client.wait_log("peer refused our certificate right after the handshake")
     finally:
@@ -331,8 +337,10 @@ def test_listeners_stay_plaintext_without_credentials(mesh):
     app = mesh.server(echo)
     backend, inbound = mesh.backend("backend-1", app.port)
     web, outbound = mesh.client("web-1")
-    b = mesh.start(backend)
-    mesh.start(web)
+    b, _ = wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, ready=False),
+    )
     assert ask(outbound) == b"ping\n"
     assert ask(inbound, b"direct\n") == b"direct\n"
     assert "event=mtls_enabled" not in b.log

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.pki import ask
-from tests.support import REPO, Sidecar, echo, wait_for, write_yaml
+from tests.support import REPO, Sidecar, echo, wait_for, wait_ready, write_yaml
 
 
 def pysidecar(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,8 +40,10 @@ def test_sidecars_with_a_certs_directory_made_by_pysidecar_certs(mesh_uvloop, tm
     for dataplane in (backend, web):
         issued = pysidecar("certs", "issue", "--dataplane", str(dataplane), "--dir", str(certs))
         assert issued.returncode == 0, issued.stderr
-    b = mesh.start(backend, "--certs-dir", str(certs))
-    mesh.start(web, "--certs-dir", str(certs))
+    b, _ = wait_ready(
+        mesh.start(backend, "--certs-dir", str(certs), ready=False),
+        mesh.start(web, "--certs-dir", str(certs), ready=False),
+    )
     assert ask(outbound) == b"ping\n"
     assert "event=mtls_enabled mode=strict mesh=default identity=spiffe://default/backend" in b.log
     b.wait_log("event=mtls_accepted")
@@ -56,8 +58,10 @@ def test_dev_mode_issues_its_own_certificate_and_renews_it(mesh_uvloop, tmp_path
     backend, _ = mesh.backend("backend-1", app.port)
     web, outbound = mesh.client("web-1")
     # 5 s certificates (starting 10 s back, Kuma's clock skew): renewed about every 2 s.
-    b = mesh.start(backend, *dev, "--cert-valid-for", "5s")
-    mesh.start(web, *dev)
+    b, _ = wait_ready(
+        mesh.start(backend, *dev, "--cert-valid-for", "5s", ready=False),
+        mesh.start(web, *dev, ready=False),
+    )
     assert "dev_mode=issued" in b.log
     inspected = pysidecar("certs", "inspect", str(certs / "backend-1.crt"))
     assert "spiffe://default/backend" in inspected.stdout, inspected.stdout
@@ -132,7 +136,9 @@ def test_policies_need_mtls_and_say_so(mesh_uvloop):
             "spec": {"from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}}]},
         },
     )
-    b = mesh.start(backend)
-    mesh.start(web)
+    b, _ = wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, ready=False),
+    )
     assert "event=policies_ignored kind=MeshTrafficPermission count=1" in b.log
     wait_for(lambda: ask(outbound) == b"ping\n", what="plaintext traffic, not authorized")

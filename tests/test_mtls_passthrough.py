@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from tests.pki import OPENSSL, s_client, server_certificate
-from tests.support import LOOPBACK, free_port, port_open, wait_for
+from tests.support import LOOPBACK, free_port, port_open, wait_for, wait_ready
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="no openssl CLI")
 
@@ -24,8 +24,10 @@ def tls_app_pair(mesh, pki, app_port: int) -> int:
     web, outbound = mesh.client("web-1")
     pki.issue("backend-1", "backend")
     pki.issue("web-1", "web")
-    mesh.start(backend, *pki.args("backend-1"))
-    mesh.start(web, *pki.args("web-1"))
+    wait_ready(
+        mesh.start(backend, *pki.args("backend-1"), ready=False),
+        mesh.start(web, *pki.args("web-1"), ready=False),
+    )
     return outbound
 
 

@@ -146,6 +146,43 @@ async def half_close_and_back_pressure(server_ctx, client_ctx):
     assert client_sock.fileno() == -1 and server_sock.fileno() == -1
 
 
+def test_a_peer_half_closing_before_the_hand_over_leaves_our_half_open(contexts):
+    _run(half_closed_before_hand_over, *contexts)
+
+
+async def half_closed_before_hand_over(server_ctx, client_ctx):
+    """The outbound mTLS connector holds a new connection in `_ClientGate` while it waits for
+    the peer's verdict. When the app behind the peer spoke first and half-closed at once, its
+    bytes and close_notify can arrive in that time (a loaded machine): the relay must still get
+    a connection it can write to, as when they come after the hand-over."""
+    from sidecar.identity.mesh import _ClientGate
+
+    loop = asyncio.get_running_loop()
+    listener = _listener()
+    accepted = loop.create_task(_accept_tls(listener, server_ctx))
+    client_sock, client_ssl = await _connect_tls(listener.getsockname()[1], client_ctx)
+    server_sock, server_ssl = await accepted
+    listener.close()
+    server = Collector()
+    server_t = TlsTransport.start(loop, server_sock, server_ssl, server)
+    gate = _ClientGate()
+    client_t = TlsTransport.start(loop, client_sock, client_ssl, gate)
+    server_t.write(b"banner")
+    server_t.write_eof()  # the app's half-close, as the peer sidecar passes it on
+    deadline = loop.time() + 5
+    while not gate.eof:  # read while the gate still holds the connection
+        assert loop.time() < deadline, "the peer's close_notify never came"
+        await asyncio.sleep(0.005)
+    relay_side = Collector()
+    gate.hand_over(relay_side)
+    assert relay_side.received == len(b"banner") and relay_side.eof.is_set()
+    client_t.write(b"after your EOF")
+    client_t.write_eof()
+    await asyncio.wait_for(server.eof.wait(), 5)
+    assert server.received == len(b"after your EOF"), "our half was closed with the peer's"
+    await asyncio.wait_for(asyncio.gather(relay_side.lost.wait(), server.lost.wait()), 10)
+
+
 def test_idle_tls_relay_connection_is_closed(contexts):
     _run(idle_tls_relay, *contexts)
 

@@ -8,7 +8,7 @@ import grpc
 
 from tests.apps import Hypercorn
 from tests.observe_support import admin_port, stats
-from tests.support import LOOPBACK, wait_for
+from tests.support import LOOPBACK, wait_for, wait_ready
 from tests.test_grpc import OPTIONS, SERVICE, grpc_app  # noqa: F401 - fixture
 from tests.test_http import curl
 
@@ -20,8 +20,10 @@ def test_exact_http_counters_both_sides_and_access_log(mesh_uvloop, tmp_path):
         backend, inbound = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
         web, outbound = mesh.client("web-1")
         log_file = tmp_path / "web-access.log"
-        mesh.start(backend)
-        mesh.start(web, "--access-log", str(log_file))
+        wait_ready(
+            mesh.start(backend, ready=False),
+            mesh.start(web, "--access-log", str(log_file), ready=False),
+        )
         urls = [f"http://{LOOPBACK}:{outbound}/ok/{i}" for i in range(3)]
         urls.append(f"http://{LOOPBACK}:{outbound}/status/404")
         assert (
@@ -72,9 +74,8 @@ def test_exact_http_counters_both_sides_and_access_log(mesh_uvloop, tmp_path):
 def test_exact_grpc_counters(mesh_uvloop, grpc_app):  # noqa: F811 - the fixture
     mesh = mesh_uvloop
     path, _ = mesh.backend("echo-1", grpc_app, service="echo", tags={"kuma.io/protocol": "grpc"})
-    mesh.start(path)
     web, port = mesh.client("web-1", service="echo")
-    mesh.start(web)
+    wait_ready(mesh.start(path, ready=False), mesh.start(web, ready=False))
     with grpc.insecure_channel(f"{LOOPBACK}:{port}", options=OPTIONS) as channel:
         unary = channel.unary_unary(f"/{SERVICE}/Unary")
         for _ in range(4):

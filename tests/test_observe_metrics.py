@@ -16,7 +16,7 @@ from sidecar.observe import metrics
 from sidecar.observe.stats import StatsStore
 from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
 from tests.observe_support import admin_port, exchange, get, request, series, stats
-from tests.support import LOOPBACK, echo, free_port, recv_all, wait_for
+from tests.support import LOOPBACK, echo, free_port, recv_all, wait_for, wait_ready
 
 
 @pytest.fixture(params=TCP_RELAYS)
@@ -51,8 +51,10 @@ def test_exact_tcp_counters_and_access_log(mesh, tmp_path):
     )
     web, outbound = mesh.client("web-1")
     web_log, backend_log = tmp_path / "web-access.log", tmp_path / "backend-access.log"
-    mesh.start(backend, "--access-log", str(backend_log))
-    mesh.start(web, "--access-log", str(web_log))
+    wait_ready(
+        mesh.start(backend, "--access-log", str(backend_log), ready=False),
+        mesh.start(web, "--access-log", str(web_log), ready=False),
+    )
     for _ in range(3):
         assert exchange(outbound, b"q" * REQUEST) == b"r" * REPLY
     web_admin, backend_admin = admin_port(web), admin_port(backend)
@@ -122,8 +124,10 @@ def test_refused_endpoint_counts_one_connect_fail_and_fails_over(mesh_uvloop):
     backend, _ = mesh.backend("backend-1", app.port)
     dead, _ = mesh.backend("backend-2", free_port())  # a member whose sidecar is not running
     web, outbound = mesh.client("web-1")
-    mesh.start(backend)
-    mesh.start(web)
+    wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, ready=False),
+    )
     # Round robin over [alive, dead]: every connection reaches the live one, some after failing
     # over from the dead one. Each attempt counts in upstream_cx_total, each refusal in
     # upstream_cx_connect_fail.
@@ -143,8 +147,10 @@ def test_reset_counters_zeroes_counters_not_gauges(mesh_uvloop):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, outbound = mesh.client("web-1")
-    mesh.start(backend)
-    mesh.start(web)
+    wait_ready(
+        mesh.start(backend, ready=False),
+        mesh.start(web, ready=False),
+    )
     port = admin_port(web)
     with socket.create_connection((LOOPBACK, outbound), timeout=10):
         wait_for(lambda: stats(port).get("cluster.backend.upstream_cx_active") == 1)
@@ -256,13 +262,87 @@ def test_live_exposition_passes_promtool(mesh_uvloop):
     promtool_check(body)
 
 
-def test_scraped_by_a_real_prometheus(mesh_uvloop, tmp_path):
+class Prometheus:
+    """A real Prometheus scraping `/custom` on one reserved metrics port per TCP relay.
+
+    Started once for the module's scrape tests: Prometheus hands its first targets to the scrape
+    loop only after its discovery update interval (5 s, fixed), which a process per test paid
+    every time. Each test's sidecar serves the port of its relay; until then that target is
+    simply down."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail("prometheus not found: apt-get install prometheus")
+        self.metrics_ports = {relay: free_port() for relay in TCP_RELAYS}
+        self.config = directory / "prometheus.yml"
+        targets = [f"{LOOPBACK}:{port}" for port in self.metrics_ports.values()]
+        scrape = {
+            "job_name": "pysidecar",
+            "metrics_path": "/custom",
+            "static_configs": [{"targets": targets}],
+        }
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [scrape],
+                }
+            )
+        )
+        self.web_port = free_port()
+        self.log_path = directory / "prometheus.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={directory / 'tsdb'}",
+                f"--web.listen-address={LOOPBACK}:{self.web_port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def query(self, query: str) -> list | None:
+        """The result of an instant query, None while empty or unanswered."""
+        if self.proc.poll() is not None:
+            log = self.log_path.read_text(errors="replace")
+            raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n{log}")
+        try:
+            status, body, _ = request(self.web_port, f"/api/v1/query?query={query}", timeout=2)
+        except OSError:
+            return None
+        import json
+
+        result = json.loads(body)["data"]["result"] if status == 200 else []
+        return result or None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+# Autouse: started with the module's first test, it is past its first 5 s by the time the scrape
+# tests (near the end) need it, instead of each waiting them out.
+@pytest.fixture(scope="module", autouse=True)
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_scraped_by_a_real_prometheus(mesh_uvloop, prometheus):
     mesh = mesh_uvloop
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: apt-get install prometheus")
     app = mesh.server(reply_2500)
-    metrics_port = free_port()
+    metrics_port = prometheus.metrics_ports["splice" if mesh.protocol == "tcp" else "sniffed"]
     backend, inbound = mesh.backend(
         "backend-1",
         app.port,
@@ -271,57 +351,15 @@ def test_scraped_by_a_real_prometheus(mesh_uvloop, tmp_path):
     mesh.start(backend)
     for _ in range(3):
         assert exchange(inbound, b"q" * REQUEST) == b"r" * REPLY
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "pysidecar",
-                        "metrics_path": "/custom",
-                        "static_configs": [{"targets": [f"{LOOPBACK}:{metrics_port}"]}],
-                    }
-                ],
-            }
-        )
+    query = (
+        f"envoy_tcp_downstream_cx_total%7Benvoy_tcp_prefix%3D%22inbound_127.0.0.1_{inbound}%22%7D"
     )
-    web_port = free_port()
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address={LOOPBACK}:{web_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    result = wait_for(
+        lambda: prometheus.query(query), timeout=20, what="Prometheus to scrape the sidecar"
     )
-    try:
-        query = (
-            "/api/v1/query?query=envoy_tcp_downstream_cx_total"
-            f"%7Benvoy_tcp_prefix%3D%22inbound_127.0.0.1_{inbound}%22%7D"
-        )
-
-        def scraped() -> list | None:
-            try:
-                status, body, _ = request(web_port, query, timeout=2)
-            except OSError:
-                return None
-            import json
-
-            result = json.loads(body)["data"]["result"] if status == 200 else []
-            return result or None
-
-        result = wait_for(scraped, timeout=20, what="Prometheus to scrape the sidecar")
-        assert result[0]["value"][1] == "3"
-        assert result[0]["metric"]["job"] == "pysidecar"
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
-    assert Path(config).exists()
+    assert result[0]["value"][1] == "3"
+    assert result[0]["metric"]["job"] == "pysidecar"
+    assert result[0]["metric"]["instance"] == f"{LOOPBACK}:{metrics_port}"
 
 
 def test_http_connections_count_as_open_connections(mesh_uvloop):
@@ -350,8 +388,10 @@ def test_http_connections_count_as_open_connections(mesh_uvloop):
             "backend-1", app.server_address[1], tags={"kuma.io/protocol": "http"}
         )
         web, outbound = mesh.client("web-1")
-        mesh.start(backend)
-        mesh.start(web)
+        wait_ready(
+            mesh.start(backend, ready=False),
+            mesh.start(web, ready=False),
+        )
         conn = http.client.HTTPConnection(LOOPBACK, outbound, timeout=10)
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"hello"

@@ -1,21 +1,21 @@
 """The TCP path end to end: app → outbound sidecar → inbound sidecar → app, over real sockets.
 
-Every test here runs under uvloop and plain asyncio (the `mesh` fixture is parametrised).
+Every test here runs under uvloop and plain asyncio, through the splice relay and the sniffed
+Protocol relay (the `mesh` and `pair` fixtures are parametrised).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TCP_RELAYS, Mesh, tcp_mesh
-from tests.support import LOOPBACK, digest_of, echo, pattern, recv_all, wait_for, wait_for_stall
+from tests.conftest import TCP_PROTOCOL, TCP_RELAYS, Mesh, tcp_mesh
+from tests.support import LOOPBACK, PatternCheck, echo, pattern, recv_all, wait_for, wait_for_stall
 
 
 @pytest.fixture(params=TCP_RELAYS)
@@ -24,31 +24,64 @@ def mesh(request: pytest.FixtureRequest, tmp_path: Path, loop_kind: str) -> Iter
     yield from tcp_mesh(tmp_path, loop_kind, request.param)
 
 
+class SharedPair:
+    """app ← backend sidecar ← web sidecar, for every test of one relay and loop: each test
+    says what the app does with the connections it makes (`serve`). The app takes the handler
+    set when it accepts a connection, which the sidecars open when the test's client connects;
+    a test's connections are its own. Starting the pair for each test was most of the time."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.handler: Callable[[socket.socket], None] = echo
+        self.port = mesh.pair(lambda conn: self.handler(conn))
+
+    def serve(self, handler: Callable[[socket.socket], None]) -> int:
+        """From now on the app runs `handler` per connection; returns web's outbound port."""
+        self.handler = handler
+        return self.port
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(relay, loop) for relay in TCP_RELAYS for loop in ("uvloop", "asyncio")],
+    ids=[f"{relay}-{loop}" for relay in TCP_RELAYS for loop in ("uvloop", "asyncio")],
+)
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedPair]:
+    relay, loop = request.param
+    mesh = Mesh(tmp_path_factory.mktemp(f"tcp-{relay}-{loop}"), loop, TCP_PROTOCOL[relay])
+    try:
+        yield SharedPair(mesh)
+    finally:
+        mesh.close()
+
+
 MiB = 1024 * 1024
 
 
-def test_round_trip(mesh):
-    port = mesh.pair(echo)
+def test_round_trip(pair):
+    port = pair.serve(echo)
     with socket.create_connection((LOOPBACK, port)) as c:
         c.sendall(b"hello mesh")
         c.shutdown(socket.SHUT_WR)
         assert recv_all(c) == b"hello mesh"
     # Declared tcp: both sidecars accept raw sockets for the splice relay; sniffed: transports.
-    for sidecar in mesh.sidecars:
-        assert ("accept=raw" in sidecar.log) == (mesh.protocol == "tcp")
+    for sidecar in pair.mesh.sidecars:
+        assert ("accept=raw" in sidecar.log) == (pair.mesh.protocol == "tcp")
 
 
-def test_256_mib_each_way_with_checksums(mesh):
+def test_256_mib_each_way_with_checksums(pair):
     """Both directions at once: the client uploads 256 MiB while the app sends 256 MiB back."""
     size = 256 * MiB
-    received_by_app: dict[str, str] = {}
+    received_by_app: dict[str, tuple[int, int | None]] = {}
 
     def app(conn):
         def reader():
-            h = hashlib.sha256()
+            check = PatternCheck(seed=1)
             while data := conn.recv(MiB):
-                h.update(data)
-            received_by_app["digest"] = h.hexdigest()
+                check.update(data)
+            received_by_app["verdict"] = check.verdict()
 
         t = threading.Thread(target=reader)
         t.start()
@@ -57,15 +90,15 @@ def test_256_mib_each_way_with_checksums(mesh):
         conn.shutdown(socket.SHUT_WR)
         t.join()
 
-    port = mesh.pair(app)
+    port = pair.serve(app)
     with socket.create_connection((LOOPBACK, port)) as c:
         got = {}
 
         def reader():
-            h = hashlib.sha256()
+            check = PatternCheck(seed=2)
             while data := c.recv(MiB):
-                h.update(data)
-            got["digest"] = h.hexdigest()
+                check.update(data)
+            got["verdict"] = check.verdict()
 
         t = threading.Thread(target=reader)
         t.start()
@@ -73,19 +106,19 @@ def test_256_mib_each_way_with_checksums(mesh):
             c.sendall(block)
         c.shutdown(socket.SHUT_WR)
         t.join(timeout=120)
-    assert got["digest"] == digest_of(size, seed=2)
-    wait_for(lambda: "digest" in received_by_app, what="app to finish reading")
-    assert received_by_app["digest"] == digest_of(size, seed=1)
+    assert got["verdict"] == (size, None), "(bytes, offset of the first wrong byte)"
+    wait_for(lambda: "verdict" in received_by_app, what="app to finish reading")
+    assert received_by_app["verdict"] == (size, None), "(bytes, offset of the first wrong byte)"
 
 
-def test_half_close_client_still_reads_reply(mesh):
+def test_half_close_client_still_reads_reply(pair):
     """The client shuts its write side; the app replies only after EOF, and the reply arrives."""
 
     def app(conn):
         request = recv_all(conn)
         conn.sendall(b"got " + str(len(request)).encode() + b" bytes: " + request[-5:] * 1000)
 
-    port = mesh.pair(app)
+    port = pair.serve(app)
     with socket.create_connection((LOOPBACK, port)) as c:
         c.sendall(b"x" * 100_000 + b"hello")
         c.shutdown(socket.SHUT_WR)
@@ -93,13 +126,13 @@ def test_half_close_client_still_reads_reply(mesh):
     assert reply == b"got 100005 bytes: " + b"hello" * 1000
 
 
-def test_server_speaks_first(mesh):
+def test_server_speaks_first(pair):
     def app(conn):
         conn.sendall(b"220 welcome\r\n")
         assert conn.recv(100) == b"QUIT\r\n"
         conn.sendall(b"221 bye\r\n")
 
-    port = mesh.pair(app)
+    port = pair.serve(app)
     with socket.create_connection((LOOPBACK, port)) as c:
         c.settimeout(10)
         assert c.recv(100) == b"220 welcome\r\n"
@@ -107,13 +140,13 @@ def test_server_speaks_first(mesh):
         assert recv_all(c) == b"221 bye\r\n"
 
 
-def test_reset_is_propagated(mesh):
+def test_reset_is_propagated(pair):
     def app(conn):
         conn.recv(10)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         conn.close()
 
-    port = mesh.pair(app)
+    port = pair.serve(app)
     with socket.create_connection((LOOPBACK, port)) as c:
         c.settimeout(10)
         c.sendall(b"boom")
@@ -124,7 +157,7 @@ def test_reset_is_propagated(mesh):
     assert data is None, "the app's reset must reach the client as a reset, not a clean close"
 
 
-def test_slow_reader_of_1_gib_keeps_memory_bounded(mesh):
+def test_slow_reader_of_1_gib_keeps_memory_bounded(pair):
     """The app sends 1 GiB to a client that first stops reading, then reads slowly-ish.
 
     While the client does not read, the sidecars must pause the app rather than buffer: their
@@ -139,10 +172,11 @@ def test_slow_reader_of_1_gib_keeps_memory_bounded(mesh):
             sent["bytes"] += len(block)
         conn.shutdown(socket.SHUT_WR)
 
-    port = mesh.pair(app)
-    for sidecar in mesh.sidecars:
+    port = pair.serve(app)
+    sidecars = pair.mesh.sidecars
+    for sidecar in sidecars:
         sidecar.reset_peak()
-    baseline = [s.memory("VmRSS") for s in mesh.sidecars]
+    baseline = [s.memory("VmRSS") for s in sidecars]
     with socket.create_connection((LOOPBACK, port)) as c:
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
 
@@ -150,20 +184,17 @@ def test_slow_reader_of_1_gib_keeps_memory_bounded(mesh):
         # buffers along the path are full.
         wait_for_stall(sent)
         assert sent["bytes"] < 64 * MiB, "the path buffered far more than its bounds"
-        h = hashlib.sha256()
-        total = 0
+        check = PatternCheck(seed=3)
         while data := c.recv(64 * 1024):
-            h.update(data)
-            total += len(data)
-    assert total == size
-    assert h.hexdigest() == digest_of(size, seed=3)
-    for sidecar, base in zip(mesh.sidecars, baseline, strict=True):
+            check.update(data)
+    assert check.verdict() == (size, None), "(bytes, offset of the first wrong byte)"
+    for sidecar, base in zip(sidecars, baseline, strict=True):
         growth = sidecar.memory("VmHWM") - base
         assert growth < 32 * MiB, f"{sidecar.dataplane_file.name} grew by {growth / MiB:.1f} MiB"
 
 
-def test_1000_concurrent_connections(mesh):
-    port = mesh.pair(echo)
+def test_1000_concurrent_connections(pair):
+    port = pair.serve(echo)
 
     async def one(i: int) -> bytes:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import pytest
@@ -14,7 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.support import LOOPBACK, port_open, recv_all, wait_for
+from tests.conftest import Mesh
+from tests.support import LOOPBACK, port_open, recv_all, wait_for, wait_ready
 from tests.test_http import mesh_connections
 
 MiB = 1024 * 1024
@@ -79,23 +82,63 @@ def ws_app():
     server.close()
 
 
-@pytest.fixture(params=["tcp", "http", None], ids=["tcp", "http", "untagged"])
-def ws_mesh(request, mesh, ws_app):
-    protocol = request.param
+def _ws_pair(mesh: Mesh, app: EchoServer, protocol: str | None) -> tuple[str, int]:
+    """echo-1 (tagged `protocol`) serving `app`, behind web's outbound: (url, echo-1's inbound)."""
     tags = {"kuma.io/protocol": protocol} if protocol else {}
-    path, inbound = mesh.backend("echo-1", ws_app.port, service="echo", tags=tags)
-    mesh.start(path)
+    path, inbound = mesh.backend("echo-1", app.port, service="echo", tags=tags)
     web, port = mesh.client("web-1", service="echo")
-    mesh.start(web, "--request-timeout", "0.5")
-    return f"ws://{LOOPBACK}:{port}", inbound, protocol
+    wait_ready(
+        mesh.start(path, ready=False), mesh.start(web, "--request-timeout", "0.5", ready=False)
+    )
+    return f"ws://{LOOPBACK}:{port}", inbound
+
+
+PROTOCOLS = {"tcp": "tcp", "http": "http", "untagged": None}
+
+
+@pytest.fixture(params=list(PROTOCOLS.values()), ids=list(PROTOCOLS))
+def ws_mesh(request, mesh, ws_app):
+    """A mesh of the test's own (for a test that kills a sidecar): (url, inbound, protocol)."""
+    protocol = request.param
+    url, inbound = _ws_pair(mesh, ws_app, protocol)
+    return url, inbound, protocol
+
+
+@dataclass
+class SharedWs:
+    url: str
+    inbound: int
+    protocol: str | None
+    app: EchoServer
+
+
+# The tests that leave the mesh as they found it share one per protocol and loop (app, both
+# sidecars): starting a pair for each of them was most of this module's time.
+@pytest.fixture(
+    scope="module",
+    params=[(p, loop) for p in PROTOCOLS.values() for loop in ("uvloop", "asyncio")],
+    ids=[f"{name}-{loop}" for name in PROTOCOLS for loop in ("uvloop", "asyncio")],
+)
+def shared_ws(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedWs]:
+    protocol, loop = request.param
+    app = EchoServer()
+    mesh = Mesh(tmp_path_factory.mktemp("ws"), loop)
+    try:
+        url, inbound = _ws_pair(mesh, app, protocol)
+        yield SharedWs(url, inbound, protocol, app)
+    finally:
+        mesh.close()
+        app.close()
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-def test_messages_fragments_ping_and_subprotocol(ws_mesh):
-    url, _, _ = ws_mesh
+def test_messages_fragments_ping_and_subprotocol(shared_ws):
+    url = shared_ws.url
 
     async def scenario():
         async with connect(url + "/chat", subprotocols=["chat.v1"], max_size=None) as ws:
@@ -113,8 +156,8 @@ def test_messages_fragments_ping_and_subprotocol(ws_mesh):
     run(scenario())
 
 
-def test_16_mib_message(ws_mesh):
-    url, _, _ = ws_mesh
+def test_16_mib_message(shared_ws):
+    url = shared_ws.url
     payload = bytes(range(256)) * (16 * MiB // 256)
 
     async def scenario():
@@ -128,8 +171,14 @@ def test_16_mib_message(ws_mesh):
 CLOSE_CODES = [1000, 1001, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999]
 
 
-def test_every_close_code_and_reason_is_echoed(ws_mesh, ws_app):
-    url, _, _ = ws_mesh
+def test_every_close_code_and_reason_is_echoed(shared_ws):
+    url, closes = shared_ws.url, shared_ws.app.closes
+    # The app is shared with the module's other tests: it also records their closes (code
+    # 1000, no reason), possibly a moment after they ended. Ours are told apart by reason.
+    seen = len(closes)
+
+    def ours() -> list[tuple[int | None, str | None]]:
+        return [c for c in closes[seen:] if (c[1] or "").startswith("bye ")]
 
     async def scenario(code: int):
         ws = await connect(url)
@@ -138,12 +187,13 @@ def test_every_close_code_and_reason_is_echoed(ws_mesh, ws_app):
 
     for i, code in enumerate(CLOSE_CODES):
         assert run(scenario(code)) == (code, f"bye {code}")
-        wait_for(lambda i=i: len(ws_app.closes) > i, what="the app to see the close")
-        assert ws_app.closes[i] == (code, f"bye {code}")
+        wait_for(lambda i=i: len(ours()) > i, what="the app to see the close")
+        assert ours()[i] == (code, f"bye {code}")
+    assert ours() == [(code, f"bye {code}") for code in CLOSE_CODES]
 
 
-def test_handshake_rejected_by_the_app_is_an_ordinary_response(ws_mesh):
-    url, _, _ = ws_mesh
+def test_handshake_rejected_by_the_app_is_an_ordinary_response(shared_ws):
+    url = shared_ws.url
 
     async def scenario():
         with pytest.raises(InvalidStatus) as err:
@@ -155,9 +205,9 @@ def test_handshake_rejected_by_the_app_is_an_ordinary_response(ws_mesh):
     assert response.body == b"who are you?\n"
 
 
-def test_idle_tunnel_outlives_the_request_timeout(ws_mesh):
+def test_idle_tunnel_outlives_the_request_timeout(shared_ws):
     """The outbound's request timeout is 0.5 s here; an idle websocket stays open past it."""
-    url, _, _ = ws_mesh
+    url = shared_ws.url
 
     async def scenario():
         async with connect(url, ping_interval=None) as ws:
@@ -185,8 +235,8 @@ def test_peer_sidecar_killed_mid_stream_closes_promptly(ws_mesh, mesh):
     assert run(scenario()) < 5
 
 
-def test_1000_websockets_share_one_mesh_connection(ws_mesh):
-    url, inbound, protocol = ws_mesh
+def test_1000_websockets_share_one_mesh_connection(shared_ws):
+    url, inbound, protocol = shared_ws.url, shared_ws.inbound, shared_ws.protocol
     if protocol != "http":
         # tcp relays each connection on its own; an untagged service is sniffed, and a client
         # opening a thousand sockets at once on two cores is often slower to speak than the

@@ -12,7 +12,16 @@ import sys
 from sidecar.observe import aggregate
 from sidecar.observe.stats import StatsStore
 from tests.observe_support import admin_port, exchange, get, post, request, series, stats
-from tests.support import LOOPBACK, REPO, echo, free_port, port_open, recv_all, wait_for
+from tests.support import (
+    LOOPBACK,
+    REPO,
+    echo,
+    free_port,
+    port_open,
+    recv_all,
+    wait_for,
+    wait_ready,
+)
 
 REQUEST, REPLY, CONNECTIONS = 1000, 2500, 40
 
@@ -105,8 +114,9 @@ def test_sigterm_drains_every_worker_then_exits_0(mesh_uvloop):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend)
+    booting = mesh.start(backend, ready=False)  # boots while the workers start
     (sidecar,) = start(mesh, web, drain_timeout=20)
+    booting.wait_ready()
     web_admin = admin_port(web)
     listener = f"127.0.0.1_{port}"
     # Open connections until each worker holds at least one.
@@ -136,8 +146,9 @@ def test_killed_worker_is_restarted_and_counts_survive(mesh_uvloop):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, port = mesh.client("web-1")
-    mesh.start(backend)
+    booting = mesh.start(backend, ready=False)  # boots while the workers start
     start(mesh, web)
+    booting.wait_ready()
     web_admin = admin_port(web)
     for _ in range(10):
         assert exchange(port, b"x" * 10) == b"x" * 10
@@ -165,8 +176,9 @@ def test_reload_and_dataplane_edits_reach_every_worker(mesh_uvloop):
     app = mesh.server(echo)
     backend, _ = mesh.backend("backend-1", app.port)
     web, _ = mesh.client("web-1")
-    mesh.start(backend)
+    booting = mesh.start(backend, ready=False)  # boots while the workers start
     (sidecar,) = start(mesh, web)
+    booting.wait_ready()
     sidecar.signal(signal.SIGHUP)
     wait_for(lambda: all(f"worker={i} event=reloaded" in sidecar.log for i in (0, 1)))
     # An edit of the Dataplane file: each worker's own watcher binds the new listener.
@@ -312,8 +324,11 @@ def test_dev_mode_with_workers_issues_one_certificate(mesh_uvloop, pki):
     backend, _ = mesh.backend("backend-1", app.port)
     web, outbound = mesh.client("web-1")
     dev = ["--ca", str(pki.ca_path), "--ca-key", str(pki.ca_key_path)]
-    b = mesh.start(backend, *dev, "--workers", "2", ready=False).wait_ready(timeout=60)
-    mesh.start(web, *dev)
+    b, _ = wait_ready(
+        mesh.start(backend, *dev, "--workers", "2", ready=False),
+        mesh.start(web, *dev, ready=False),
+        timeout=60,
+    )
     assert b.log.count("dev_mode=issued") == 1, "only worker 0 issues"
     assert "worker=1 event=mtls_enabled" in b.log
     for i in range(8):

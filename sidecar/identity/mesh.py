@@ -685,7 +685,12 @@ class _ClientGate(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake()
-        return False  # a TLS transport closes after close_notify anyway
+        # The peer finished sending before the hand-over (the app behind it spoke first and
+        # half-closed at once). Our own TlsTransport (TLS 1.3) can stay half-open: keep our
+        # direction for the protocol it is handed to, which gets this EOF in `hand_over`.
+        # asyncio's and uvloop's TLS transports cannot (can_write_eof() is False): they close.
+        transport = self.transport
+        return transport is not None and transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
