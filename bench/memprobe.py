@@ -170,49 +170,6 @@ def hook(argv: list[str]) -> int:
 # -- the driver ------------------------------------------------------------------------------
 
 
-DATAPLANE_CLIENT = """\
-type: Dataplane
-mesh: bench
-name: bench-client
-networking:
-  address: 127.0.0.1
-  admin:
-    port: {admin}
-  inbound:
-    - port: {inbound}
-      servicePort: {service}
-      tags:
-        kuma.io/service: bench-client
-        kuma.io/protocol: tcp
-  outbound:
-    - port: {outbound}
-      tags:
-        kuma.io/service: bench-server
-"""
-
-DATAPLANE_SERVER = """\
-type: Dataplane
-mesh: bench
-name: bench-server
-networking:
-  address: 127.0.0.1
-  admin:
-    port: {admin}
-  inbound:
-    - port: {inbound}
-      servicePort: {service}
-      tags:
-        kuma.io/service: bench-server
-        kuma.io/protocol: tcp
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -360,6 +317,8 @@ def drive(args: argparse.Namespace) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from bench.context import REPO_ROOT, child_env
+    from bench.paths import DATAPLANE_CLIENT, DATAPLANE_SERVER
+    from bench.procs import free_port
 
     env = child_env()
     for item in args.env:
@@ -368,15 +327,21 @@ def drive(args: argparse.Namespace) -> int:
     if args.tracemalloc:
         env["PYTHONTRACEMALLOC"] = "1"
     work = Path(tempfile.mkdtemp(prefix="memprobe-"))
-    echo_port, outbound, inbound = _free_port(), _free_port(), _free_port()
+    echo_port, outbound, inbound = free_port(), free_port(), free_port()
     client_dp, server_dp = work / "bench-client.yaml", work / "bench-server.yaml"
     client_dp.write_text(
         DATAPLANE_CLIENT.format(
-            admin=_free_port(), outbound=outbound, inbound=_free_port(), service=_free_port()
+            host=HOST,
+            admin=free_port(),
+            outbound=outbound,
+            inbound=free_port(),
+            service=free_port(),
         )
     )
     server_dp.write_text(
-        DATAPLANE_SERVER.format(admin=_free_port(), inbound=inbound, service=echo_port)
+        DATAPLANE_SERVER.format(
+            host=HOST, admin=free_port(), inbound=inbound, service=echo_port, protocol="tcp"
+        )
     )
     creds = _credentials(work, [client_dp, server_dp]) if args.mtls else [[], []]
     room = str(args.connections + 100)
