@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import select
 import signal
@@ -29,11 +30,45 @@ class BenchError(Exception):
     """A measurement could not be made; the message says which and why."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL_LOW, _ = _ephemeral_range()
+_ports = random.Random(os.getpid() ^ time.monotonic_ns())
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """An ephemeral port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port on 127.0.0.1 for a listener bound later, below the kernel's ephemeral range,
+    never the same one twice in a process (the harness and the tests share this).
+
+    The kernel's pick for `bind(0)` may come again on the next call (a set-up that asked for a
+    Dataplane's admin and inbound ports got the same one twice), and is a candidate source port
+    for every outgoing `connect()` on the machine: between this call and the sidecar's bind, some
+    connection (a load generator) can take it. Ports below the ephemeral range are never taken
+    that way, and a random pick keeps processes running side by side apart.
+    """
+    low = max(1024, _EPHEMERAL_LOW - 12000)
+    for _ in range(200):
+        port = _ports.randrange(low, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    # A machine whose low ports are all taken: fall back to the kernel's pick.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -222,8 +257,7 @@ def wait_until(condition, timeout: float, what: str, proc: Proc | None = None) -
     while not condition():
         if proc is not None and proc.popen.poll() is not None:
             raise BenchError(
-                f"{proc.role} exited with {proc.popen.returncode} before {what}:\n"
-                f"{proc.log_tail()}"
+                f"{proc.role} exited with {proc.popen.returncode} before {what}:\n{proc.log_tail()}"
             )
         if time.monotonic() >= deadline:
             tail = f":\n{proc.log_tail()}" if proc is not None else ""

@@ -9,7 +9,6 @@ import asyncio
 import functools
 import hashlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench.procs import free_port
 
 LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -46,45 +47,6 @@ def wait_for(
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)  # a poll interval, not a synchronisation sleep
         delay = min(delay * 2, poll)
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-_EPHEMERAL_LOW, _ = _ephemeral_range()
-_ports = random.Random(os.getpid() ^ time.monotonic_ns())
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port for a listener a test will bind later, chosen below the kernel's ephemeral range.
-
-    A port the kernel hands out for `bind(0)` is also a candidate source port for every outgoing
-    `connect()` on the machine: between this call and the sidecar's bind, some connection (another
-    test, a load generator) can take it. Ports below the ephemeral range are never taken that way,
-    and a random pick keeps test processes running side by side apart.
-    """
-    low = max(1024, _EPHEMERAL_LOW - 12000)
-    for _ in range(200):
-        port = _ports.randrange(low, _EPHEMERAL_LOW)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    # A machine whose low ports are all taken: fall back to the kernel's pick.
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
