@@ -5,7 +5,9 @@ The fast path grows the connection's or a stream's send window by hand where h2 
 leaves to h2 what h2 answers with an error or treats specially (an increment of 0 or one that
 overflows a window, a stream it does not hold). Each case checks the windows and stream states
 both end with, the error answered (GOAWAY or RST_STREAM code), which frames the fast path took,
-and that a sender waiting for window is woken by an update taken on the fast path.
+and that a sender waiting for window is woken by an update taken on the fast path. Beside
+them, DATA frames with a flag RFC 9113 does not define: ignored, as h2 ignores it (the fast
+path once read any flag as END_STREAM).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 from sidecar.http.exchange import ResponseHead
 from sidecar.http.h2 import H2Protocol, H2ServerStream
 from tests.attack import (
+    DATA,
     FLOW_CONTROL_ERROR,
     GOAWAY,
     PROTOCOL_ERROR,
@@ -50,8 +53,8 @@ class Spy(H2Protocol):
         super().__init__(**kw)
         self.offered: list[tuple[int, bool]] = []
 
-    def _take_window_update(self, data, start, stream_id):  # type: ignore[override]
-        taken = super()._take_window_update(data, start, stream_id)
+    def _take_window_update(self, data, start, length, stream_id, ended):  # type: ignore[override]
+        taken = super()._take_window_update(data, start, length, stream_id, ended)
         self.offered.append((stream_id, taken))
         return taken
 
@@ -173,6 +176,9 @@ CASES = {
     "a stream not opened yet": (update(5, 10), []),
     "an even (server) stream never opened": (update(2, 10), []),
     "an update after an error": (update(0, 0) + update(1, 10), []),
+    # DATA beside them: a flag RFC 9113 does not define is ignored, END_STREAM is 0x1 alone
+    "DATA with an undefined flag does not end its stream": (frame(DATA, 0x02, 1, b"x"), []),
+    "an empty DATA frame with an undefined flag": (frame(DATA, 0x02, 1) + update(1, 3), [1]),
 }
 
 

@@ -179,12 +179,14 @@ class _BodyFraming:
             self.remaining -= len(data)
         return data
 
-    def last(self, trailers: Headers | None) -> bytes:
+    def last(self, trailers: Headers | None, data: bytes = b"") -> bytes:
+        """The end of the body, `data` its last bytes (framed with it, for one write)."""
+        framed = self.frame(data) if data else b""
         if self.chunked:
-            return h1wire.last_chunk(trailers)
+            return framed + h1wire.last_chunk(trailers)
         if self.remaining:
             raise StreamReset("body shorter than its Content-Length")
-        return b""
+        return framed
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -614,8 +616,7 @@ class H1ServerExchange:
             if last:
                 raise StreamReset("the response has ended")
             return
-        data = self._framing.frame(last) if last else b""
-        data += self._framing.last(trailers)
+        data = self._framing.last(trailers, last)
         if self._head is not None:
             data, self._head = self._head + data, None
         self.finished = True
@@ -724,8 +725,7 @@ class H1ClientStream:
             if last:
                 raise StreamReset("the request has ended")
             return
-        data = self.framing.frame(last) if last else b""
-        data += self.framing.last(trailers)
+        data = self.framing.last(trailers, last)
         self.sent = True
         client._write(data)
 

@@ -140,6 +140,7 @@ _WINDOW_STATES = (_OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE)
 _MAX_WINDOW = 2**31 - 1  # RFC 9113 6.9.1: the largest flow-control window and increment
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
 _PADDED = 0x08  # a padded DATA frame is h2's to receive
+_END_STREAM = 0x01
 # HEADERS frames taken here end their block (END_HEADERS) and are neither PADDED nor PRIORITY.
 _HEADERS_FLAGS_MASK = 0x04 | 0x08 | 0x20
 _HEADERS_FLAGS_TAKEN = 0x04
@@ -591,9 +592,10 @@ class H2Protocol(asyncio.Protocol):
             self._batch_done()
 
     def _cut_frames(self, data: bytes) -> bool:
-        """Cut the bytes into frames: DATA frames of open streams are taken here
-        (`_take_data`), every other frame goes to h2, in order and in runs, whole (h2's buffer
-        never holds part of a frame, so that the next DATA frame can be taken here too). A
+        """Cut the bytes into frames: the common DATA, HEADERS and WINDOW_UPDATE frames are
+        taken here (`_take_data`, `_take_headers`, `_take_window_update`: each says False for
+        what it leaves to h2), every other frame goes to h2, in order and in runs, whole (h2's
+        buffer never holds part of a frame, so that the next frame can be taken here too). A
         frame's tail that has not arrived waits in `_partial`, up to one frame; a frame over
         the size limit goes to h2, which refuses it. False when the connection ended."""
         end = len(data)
@@ -611,31 +613,24 @@ class H2Protocol(asyncio.Protocol):
             stop = pos + 9 + length
             if stop > end:
                 break
-            if kind == 0 and not flags & _PADDED and (length or flags):
-                if run < pos:
-                    if not self._to_h2(data[run:pos]):
-                        return False
-                    run = pos
-                if self._take_data(data, pos + 9, length, stream_id & 0x7FFFFFFF, flags):
-                    run = stop
-            elif kind == 8 and length == 4:
-                if run < pos:
-                    if not self._to_h2(data[run:pos]):
-                        return False
-                    run = pos
-                if self._take_window_update(data, pos + 9, stream_id & 0x7FFFFFFF):
-                    run = stop
-                    if self.calmed:
-                        return False
+            ended = flags & _END_STREAM  # a flag h2 does not define is ignored (RFC 9113 4.1)
+            if kind == 0 and not flags & _PADDED and (length or ended):
+                take = self._take_data
             elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
-                if run < pos:
-                    if not self._to_h2(data[run:pos]):
-                        return False
-                    run = pos
-                if self._take_headers(data, pos + 9, length, stream_id & 0x7FFFFFFF, flags & 1):
-                    run = stop
-                    if self.closed or self.calmed:
-                        return False
+                take = self._take_headers
+            elif kind == 8 and length == 4:
+                take = self._take_window_update
+            else:
+                pos = stop
+                continue
+            if run < pos:
+                if not self._to_h2(data[run:pos]):
+                    return False
+                run = pos
+            if take(data, pos + 9, length, stream_id & 0x7FFFFFFF, ended):
+                run = stop
+                if self.closed or self.calmed:
+                    return False
             pos = stop
         if run < pos and not self._to_h2(data[run:pos]):
             return False
@@ -643,7 +638,9 @@ class H2Protocol(asyncio.Protocol):
             self._partial += memoryview(data)[pos:]
         return True
 
-    def _take_window_update(self, data: bytes, start: int, stream_id: int) -> bool:
+    def _take_window_update(
+        self, data: bytes, start: int, _length: int, stream_id: int, _ended: int
+    ) -> bool:
         """A WINDOW_UPDATE frame, handled as h2's `_receive_window_update_frame` handles it (a
         window grown, WindowUpdated for an open stream or the connection, nothing for a closed
         stream h2 still knows) without its frame object, two state machines that leave every

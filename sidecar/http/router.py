@@ -329,16 +329,15 @@ async def _attempt(
     outlier = route.cluster.outlier
     pump = None
     body = exchange.body
-    if body.at_end:
-        pass
-    elif (
-        body.ended
-        and body.buffered <= defaults.INLINE_REQUEST_BODY
-        and upstream.can_send_now(body.buffered)
-    ):
-        await _pump_request(body, upstream, acct)  # all here, and taken at once: no task needed
-    else:
-        pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
+    if not body.at_end:
+        if (
+            body.ended
+            and body.buffered <= defaults.INLINE_REQUEST_BODY
+            and upstream.can_send_now(body.buffered)
+        ):
+            await _pump_request(body, upstream, acct)  # all here, taken at once: no task needed
+        else:
+            pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
     try:
         response = await _response_head(upstream, pump, route.request_timeout)
     except RefusedStream:
