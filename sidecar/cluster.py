@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from operator import itemgetter
 
 from sidecar.config.mesh import Endpoint
 from sidecar.limits import Limits
@@ -25,20 +25,34 @@ from sidecar.observe.stats import ClusterStats
 log = logging.getLogger("sidecar.cluster")
 
 
-@dataclass(frozen=True)
-class Target:
-    """One dialable address of an endpoint."""
+class Target(tuple[str, int]):
+    """One dialable address of an endpoint: the tuple `(host, port)`, with the endpoint it came
+    from alongside (None: an inbound's app) and the address as text (`address`).
 
-    host: str  # an IP address
-    port: int
-    endpoint: Endpoint | None = field(default=None, compare=False)  # None: an inbound's app
+    A tuple, so that hashing and comparing one, which the data path does several times per
+    request (balancing, circuit breakers, outlier detection, pools), runs in C rather than in a
+    dataclass's generated Python methods. Two targets are equal when their addresses are,
+    whatever their endpoints."""
+
+    host: str = property(itemgetter(0))  # type: ignore[assignment]  # an IP address
+    port: int = property(itemgetter(1))  # type: ignore[assignment]
+    endpoint: Endpoint | None
+    address: str  # "host:port", made once
+
+    def __new__(cls, host: str, port: int, endpoint: Endpoint | None = None) -> Target:
+        target = super().__new__(cls, (host, port))
+        target.endpoint = endpoint
+        target.address = f"{host}:{port}"
+        return target
+
+    def __getnewargs__(self) -> tuple[str, int, Endpoint | None]:  # copy and pickle
+        return (self[0], self[1], self.endpoint)
+
+    def __repr__(self) -> str:
+        return f"Target({self[0]!r}, {self[1]!r})"
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.host, self.port)
+        return self.address
 
 
 LB_POLICIES = ("round_robin", "least_request")
@@ -81,7 +95,7 @@ class Cluster:
 
     def update_healthy(self) -> None:
         ejected = self.outlier.ejected
-        self.healthy = tuple(t for t in self.targets if t.key not in ejected)
+        self.healthy = tuple(t for t in self.targets if t not in ejected)
         self.stats.membership_total = len(self.targets)
         self.stats.membership_healthy = len(self.healthy)
 
@@ -134,23 +148,22 @@ class OutlierDetector:
         self.base = limits.outlier_base_ejection_time
         self.max_time = limits.outlier_max_ejection_time
         self.max_percent = limits.outlier_max_ejection_percent
-        self.health: dict[tuple[str, int], _EndpointHealth] = {}
-        self.ejected: set[tuple[str, int]] = set()
+        self.health: dict[Target, _EndpointHealth] = {}
+        self.ejected: set[Target] = set()
 
     def success(self, target: Target) -> None:
-        health = self.health.get(target.key)
+        health = self.health.get(target)
         if health is not None and health.failures:
             health.failures = 0
 
     def failure(self, target: Target) -> None:
         if self.threshold <= 0:
             return
-        key = target.key
-        health = self.health.get(key)
+        health = self.health.get(target)
         if health is None:
-            health = self.health[key] = _EndpointHealth()
+            health = self.health[target] = _EndpointHealth()
         health.failures += 1
-        if health.failures >= self.threshold and key not in self.ejected:
+        if health.failures >= self.threshold and target not in self.ejected:
             self._eject(target, health)
 
     def _eject(self, target: Target, health: _EndpointHealth) -> None:
@@ -170,8 +183,8 @@ class OutlierDetector:
         duration = min(self.base * health.ejections, max(self.max_time, self.base))
         health.failures = 0
         health.ejected_until = now + duration
-        health.timer = loop.call_later(duration, self._return, target.key)
-        self.ejected.add(target.key)
+        health.timer = loop.call_later(duration, self._return, target)
+        self.ejected.add(target)
         stats.outlier_detection_ejections_active = len(self.ejected)
         stats.outlier_detection_ejections_enforced_total += 1
         stats.outlier_detection_ejections_enforced_consecutive_5xx += 1
@@ -186,26 +199,25 @@ class OutlierDetector:
             duration,
         )
 
-    def _return(self, key: tuple[str, int]) -> None:
-        health = self.health.get(key)
+    def _return(self, target: Target) -> None:
+        health = self.health.get(target)
         if health is not None:
             health.timer = None
             health.failures = 0
             health.last_return = asyncio.get_running_loop().time()
-        if key in self.ejected:
-            self.ejected.discard(key)
+        if target in self.ejected:
+            self.ejected.discard(target)
             self.cluster.stats.outlier_detection_ejections_active = len(self.ejected)
             self.cluster.update_healthy()
             log.info(
-                "event=outlier_returned cluster=%s endpoint=%s:%s",
+                "event=outlier_returned cluster=%s endpoint=%s",
                 self.cluster.name,
-                key[0],
-                key[1],
+                target,
             )
 
     def forget_others(self, targets: Iterable[Target]) -> None:
         """Endpoints that left the cluster take their state with them."""
-        keep = {t.key for t in targets}
+        keep = set(targets)
         for key in [k for k in self.health if k not in keep]:
             health = self.health.pop(key)
             if health.timer is not None:

@@ -147,19 +147,19 @@ async def test_ejection_grows_with_repeats_and_respects_max_percent():
         cluster.outlier.failure(first)
     for _ in range(5):
         cluster.outlier.failure(second)  # 10% of 10 endpoints: one at a time
-    assert cluster.outlier.ejected == {first.key}
+    assert cluster.outlier.ejected == {first}
     assert cluster.stats.outlier_detection_ejections_overflow == 1
-    health = cluster.outlier.health[first.key]
+    health = cluster.outlier.health[first]
     loop = asyncio.get_running_loop()
     assert 9 < health.ejected_until - loop.time() <= 10
-    cluster.outlier._return(first.key)  # as its timer would
+    cluster.outlier._return(first)  # as its timer would
     for _ in range(5):
         cluster.outlier.failure(first)
-    assert 19 < cluster.outlier.health[first.key].ejected_until - loop.time() <= 20
-    cluster.outlier._return(first.key)
+    assert 19 < cluster.outlier.health[first].ejected_until - loop.time() <= 20
+    cluster.outlier._return(first)
     for _ in range(5):
         cluster.outlier.failure(first)
-    assert 24 < cluster.outlier.health[first.key].ejected_until - loop.time() <= 25  # capped
+    assert 24 < cluster.outlier.health[first].ejected_until - loop.time() <= 25  # capped
     cluster.set_targets([])  # endpoints that leave take their timers with them
     assert cluster.stats.outlier_detection_ejections_active == 0
 
@@ -169,7 +169,7 @@ async def test_every_endpoint_ejected_means_panic_not_an_empty_cluster():
     only = cluster.targets[0]
     for _ in range(5):
         cluster.outlier.failure(only)
-    assert cluster.outlier.ejected == {only.key}
+    assert cluster.outlier.ejected == {only}
     assert cluster.pick() == only  # Envoy's panic mode: route to all rather than to none
     cluster.set_targets([])
 

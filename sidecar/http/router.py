@@ -20,6 +20,7 @@ from typing import Protocol
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.http.accounting import RequestAccounting, RequestRecord
+from sidecar.http.deadlines import Deadlines, LoopDeadlines
 from sidecar.http.exchange import (
     TUNNEL_ESTABLISHED,
     Body,
@@ -93,6 +94,8 @@ class Route:
     stream_idle_timeout: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
     http_stats: HttpStats = field(default_factory=lambda: HttpStats("-"))
     on_request_done: Callable[[RequestRecord], None] | None = None  # the access log
+    # The request timeouts' and stream idle checks' shared timers (made on first use).
+    deadlines: LoopDeadlines = field(default_factory=LoopDeadlines)
 
 
 async def local_reply(exchange: Exchange, status: int, text: str) -> None:
@@ -115,42 +118,37 @@ async def local_reply(exchange: Exchange, status: int, text: str) -> None:
 
 class IdleWatch:
     """The stream idle timeout: reset both sides when no body chunk moved either way for
-    `timeout` seconds. One timer per exchange, rescheduled a few times per timeout, so the data
-    path pays nothing per chunk beyond the read counter it already keeps."""
+    `timeout` seconds. Looked at `CHECKS` times per timeout (shared timers, `Deadlines`), so the
+    data path pays nothing per chunk beyond the read counters it already keeps; it fires between
+    `timeout` and `timeout * (1 + 1/CHECKS)` after the last chunk."""
 
     CHECKS = 4
+    __slots__ = ("checks", "exchange", "upstream", "last", "quiet", "fired", "bucket")
 
-    def __init__(
-        self, timeout: float, activity: Callable[[], int], on_idle: Callable[[], None]
-    ) -> None:
-        self.timeout = timeout
-        self.activity = activity
-        self.on_idle = on_idle
+    def __init__(self, checks: Deadlines, exchange: Exchange, upstream: UpstreamStream) -> None:
+        self.checks = checks
+        self.exchange = exchange
+        self.upstream = upstream
         self.last = -1
         self.quiet = 0
         self.fired = False
-        self.timer: asyncio.TimerHandle | None = None
-        if timeout > 0:
-            self._schedule()
+        self.bucket = checks.add(self)
 
-    def _schedule(self) -> None:
-        self.timer = asyncio.get_running_loop().call_later(self.timeout / self.CHECKS, self._check)
-
-    def _check(self) -> None:
-        now = self.activity()
+    def expire(self) -> None:
+        now = self.exchange.body.reads + self.upstream.body.reads
         if now != self.last:
             self.last, self.quiet = now, 0
         else:
             self.quiet += 1
             if self.quiet >= self.CHECKS:
                 self.fired = True
-                self.on_idle()
+                self.upstream.reset()
+                self.exchange.reset()
                 return
-        self._schedule()
+        self.bucket = self.checks.add(self)
 
     def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self.bucket.discard(self)
 
 
 async def proxy(exchange: Exchange, route: Route) -> None:
@@ -284,19 +282,21 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> b
             continue
         upstream.on_informational = exchange.informational
         cluster.acquire(target)
-        acct.upstream_open(str(target))
-        watch = IdleWatch(
-            route.stream_idle_timeout,
-            lambda: exchange.body.reads + upstream.body.reads,  # noqa: B023 - used before rebinding
-            lambda: (upstream.reset(), exchange.reset()),  # noqa: B023
-        )
+        acct.upstream_open(target.address)
+        watch = None
+        if route.stream_idle_timeout > 0:
+            checks = route.deadlines.get(
+                upstream.response_head.get_loop(), route.stream_idle_timeout / IdleWatch.CHECKS
+            )
+            watch = IdleWatch(checks, exchange, upstream)
         try:
             outcome = await _attempt(exchange, route, upstream, acct, target)
         finally:
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             cluster.release(target)
             acct.upstream_done()
-        if watch.fired:
+        if watch is not None and watch.fired:
             route.http_stats.downstream_rq_idle_timeout += 1
             log.info(
                 "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
@@ -339,7 +339,7 @@ async def _attempt(
         else:
             pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
     try:
-        response = await _response_head(upstream, pump, route.request_timeout)
+        response = await _response_head(upstream, pump, route)
     except RefusedStream:
         _stop(pump)
         return RETRY if exchange.body.reads == 0 else REMOTE_RESET
@@ -383,13 +383,13 @@ def _stop(pump: asyncio.Task[None] | None) -> None:
 
 
 async def _response_head(
-    upstream: UpstreamStream, pump: asyncio.Task[None] | None, timeout: float
+    upstream: UpstreamStream, pump: asyncio.Task[None] | None, route: Route
 ) -> ResponseHead:
     """Wait for the response head, bounded by the request timeout (TimeoutError)."""
     head = upstream.response_head
-    if head.done() or timeout <= 0:
+    if head.done() or route.request_timeout <= 0:
         return await head
-    deadline = _HeadDeadline(head, timeout, pump)
+    deadline = _HeadDeadline(head, route, pump)
     try:
         return await head
     finally:
@@ -400,34 +400,39 @@ class _HeadDeadline:
     """The request timeout on a response head's future: it fails the future with TimeoutError.
 
     As in Envoy, the timeout starts once the whole request has been sent (when the request
-    body's task ends): a long upload is not cut by it. One timer and no task per request, where
-    `asyncio.timeout` and `asyncio.wait` cost several Python calls, a task lookup and a cancel
-    of the waiting task."""
+    body's task ends): a long upload is not cut by it. A timer shared with the route's other
+    requests (`Deadlines`), where `asyncio.timeout` and `asyncio.wait` cost several Python calls,
+    a task lookup and a cancel of the waiting task, and a loop timer of its own a start, a stop
+    and a close."""
 
-    __slots__ = ("head", "timeout", "timer")
+    __slots__ = ("head", "route", "bucket")
 
     def __init__(
-        self, head: asyncio.Future[ResponseHead], timeout: float, pump: asyncio.Task[None] | None
+        self, head: asyncio.Future[ResponseHead], route: Route, pump: asyncio.Task[None] | None
     ) -> None:
         self.head = head
-        self.timeout = timeout
-        self.timer: asyncio.TimerHandle | None = None
+        self.route = route
+        self.bucket: set[_HeadDeadline] | None = None
         if pump is None or pump.done():
             self._start()
         else:
             pump.add_done_callback(self._start)
 
     def _start(self, _: object = None) -> None:
-        if not self.head.done():
-            self.timer = self.head.get_loop().call_later(self.timeout, self._expire)
+        head = self.head
+        if not head.done():
+            deadlines = self.route.deadlines.get(head.get_loop(), self.route.request_timeout)
+            self.bucket = deadlines.add(self)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        self.bucket = None
         if not self.head.done():
             self.head.set_exception(TimeoutError())
 
     def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.bucket is not None:
+            self.bucket.discard(self)
+            self.bucket = None
 
 
 async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:

@@ -288,9 +288,9 @@ class Observability:
                 Host(
                     t.host,
                     t.port,
-                    ok and t.key not in ejected,
+                    ok and t not in ejected,
                     ("" if ok else "/failed_active_hc")
-                    + ("/failed_outlier_check" if t.key in ejected else "")
+                    + ("/failed_outlier_check" if t in ejected else "")
                     or "healthy",
                 )
                 for t in cluster.targets
@@ -299,8 +299,8 @@ class Observability:
             Host(
                 t.host,
                 t.port,
-                t.key not in ejected,
-                "/failed_outlier_check" if t.key in ejected else "healthy",
+                t not in ejected,
+                "/failed_outlier_check" if t in ejected else "healthy",
                 t.endpoint.tags.get(model.ZONE_TAG, "") if t.endpoint else "",
             )
             for t in cluster.targets

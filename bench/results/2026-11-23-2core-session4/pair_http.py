@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--profile-connections", type=int, default=16, help="h2load -c to profile")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--hold", type=float, help="keep the pair up N seconds (for perf)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.getcwd()
     work = Path("/tmp/pair-http")
@@ -108,6 +109,11 @@ def main() -> None:
             grpc_calls(outbound, 1)
         else:
             h2load(outbound, 16, 500)  # warm-up
+        if args.hold:
+            pids = " ".join(f"{role}={proc.pid}" for role, proc in sidecars.items())
+            print(f"outbound={outbound} {pids}", flush=True)
+            time.sleep(args.hold)
+            return
         if args.profile:
             for proc in sidecars.values():
                 proc.send_signal(signal.SIGUSR1)
