@@ -1,10 +1,12 @@
-"""The relay in-process, for what needs a short timeout: idle connections are closed."""
+"""The relay in-process, for what needs a short timeout: idle connections are closed (one
+timer per loop and timeout for all of them, `sidecar.transport.idle`)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from sidecar.runner import loop_factory
+from sidecar.transport import idle
 from sidecar.transport.relay import Relay
 from tests.support import start_echo_server
 
@@ -70,5 +72,83 @@ async def active_connection_is_not_cut():
         await asyncio.sleep(0.05)  # the traffic's pace, not synchronisation
     assert not closed.is_set()
     writer.close()
+    for s in servers:
+        s.close()
+
+
+def test_many_connections_share_one_idle_timer_and_each_closes_in_its_time(loop_kind):
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        runner.run(many_idle_connections())
+
+
+async def many_idle_connections():
+    timeout = 0.4
+    count = 16
+    port, _closed, relays, servers = await relay_between(idle_timeout=timeout)
+    loop = asyncio.get_running_loop()
+
+    async def until_closed(reader: asyncio.StreamReader) -> float:
+        assert await reader.read() == b""  # closed by the relay
+        return loop.time()
+
+    conns: list = []
+    for i in range(count):
+        started = loop.time()  # before the relay exists, and before its last byte
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if i % 2 or i == count - 1:  # every other one never carries a byte
+            started = loop.time()
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+        # (the last one is read from below, and watched for its close after that)
+        task = loop.create_task(until_closed(reader)) if i < count - 1 else None
+        conns.append((reader, writer, started, task))
+        # Spread over a whole timeout: the connections join the shared timer at every phase
+        # of its period (one just before a look must not be closed a look early).
+        await asyncio.sleep(timeout / count)  # the test's pace, not synchronisation
+    # One timer watches them all: no timer per connection.
+    sweep = idle._SWEEPS[loop][timeout]
+    assert len(idle._SWEEPS[loop]) == 1 and len(sweep.owners) == count - sum(
+        1 for relay in relays if relay.closed
+    )
+    # One connection becomes active again and stays so for three timeouts: it is not cut.
+    reader, writer, _, _ = conns[-1]
+    until = loop.time() + 3 * timeout
+    while loop.time() < until:
+        started = loop.time()
+        writer.write(b"y")
+        assert await reader.readexactly(1) == b"y"
+        await asyncio.sleep(timeout / 8)  # the traffic's pace
+    assert not relays[-1].closed
+    conns[-1] = (reader, writer, started, loop.create_task(until_closed(reader)))
+    # Every connection closed, each no sooner than the timeout after its last byte, and
+    # within the timeout and a look (with room for a busy machine) after it.
+    for _, _, started, task in conns:
+        closed_at = await asyncio.wait_for(task, 5)
+        assert timeout <= closed_at - started < timeout * (1 + 1 / idle.CHECKS) + 1.0
+    assert len(relays) == count and all(relay.idle_timed_out for relay in relays)
+    # With nothing left to watch the timer is gone (a later relay makes a new one).
+    assert timeout not in idle._SWEEPS.get(loop, {})
+    for _, writer, _, _ in conns:
+        writer.close()
+    for s in servers:
+        s.close()
+
+
+def test_a_connection_closed_otherwise_leaves_the_idle_timer(loop_kind):
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        runner.run(closed_connection_leaves())
+
+
+async def closed_connection_leaves():
+    port, closed, relays, servers = await relay_between(idle_timeout=60)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"ping")
+    assert await reader.readexactly(4) == b"ping"
+    loop = asyncio.get_running_loop()
+    sweep = idle._SWEEPS[loop][60]
+    assert list(sweep.owners) == relays
+    writer.close()  # the client leaves: the relay closes both sides
+    await asyncio.wait_for(closed.wait(), 5)
+    assert not relays[0].idle_timed_out and not sweep.owners
     for s in servers:
         s.close()

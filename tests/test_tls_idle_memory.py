@@ -10,6 +10,8 @@ contexts as the sidecars make them (TLS 1.3, two NewSessionTickets per handshake
 - A connection's I/O callbacks do not keep what the code that opened it had set in its context.
 - A client resumes from the session it is offered without the ssl module's copy of it, and
   still resumes (through the copy) from a session OpenSSL marked not resumable.
+- The mesh connector keeps the session it offers to an endpoint for every later connection,
+  and takes another only when that one expired, was marked, or was not taken by the peer.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import ctypes.util
 import gc
 import socket
 import ssl
+import time
 import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sidecar.identity import mesh
+from sidecar.identity.mesh import _EndpointState
 from sidecar.identity.tls import MeshCredentials, client_context, server_context
 from sidecar.runner import loop_factory
 from sidecar.transport import tls_transport
@@ -264,3 +269,91 @@ def test_resumes_from_a_shared_session(contexts, pki: Pki):
     # what a rotation makes: a new context (here from the same files)
     rotated = client_context(MeshCredentials.load(pki.ca_path, *pki.issue("web-1", "web")))
     asyncio.run(_resumptions(server_ctx, client_ctx, rotated))
+
+
+# --- the mesh connector's session to offer (`_EndpointState`) ------------------------------------
+
+
+async def _offers(
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    restarted: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listener = _listener()
+    state = _EndpointState(generation=1)
+    pairs = []
+
+    async def connect(server: ssl.SSLContext = server_ctx) -> tuple[Any, ...]:
+        """One connection as the connector makes it: offer, connect, record."""
+        session = state.session_to_offer(client_ctx)
+        pair = await _pair(listener, server, client_ctx, session)
+        state.connected(pair[4], session)
+        pairs.append(pair)
+        return (session, *pair)
+
+    first = await connect()
+    assert first[0] is None and not first[5].session_reused
+    # Every later connection resumes from the one session kept, the same object each time:
+    # not the latest connection's, taken anew after every connection (each connection then
+    # resumed from another session: about 2 KB more per idle connection at sidecar A).
+    later = [await connect() for _ in range(4)]
+    kept = later[0][0]
+    assert kept is not None and all(offer[0] is kept for offer in later)
+    assert all(offer[5].session_reused for offer in later)
+    assert tls_transport.shares_session(kept, client_ctx)
+    # The peer no longer takes it (restarted: other ticket keys): a full handshake, and the
+    # next connection offers that connection's session, which the peer takes.
+    full = await connect(restarted)
+    assert full[0] is kept and not full[5].session_reused
+    after = await connect(restarted)
+    assert after[0] is not None and after[0] is not kept and after[5].session_reused
+    kept = after[0]
+    # The connection whose session is kept ends without a close_notify: OpenSSL marks the
+    # session not resumable. The next offer is a fresh one that resumes (not the marked one,
+    # which would go through the ssl module's copy for every connection).
+    owner = next(pair for pair in pairs if pair[4].session is not None and _same(pair, kept))
+    owner[2].abort()
+    owner[0].abort()
+    pairs.remove(owner)
+    del owner, full, after, later, first
+    await asyncio.sleep(0.01)  # the aborts' connection_lost callbacks
+    gc.collect()
+    assert not tls_transport.shares_session(kept, client_ctx)
+    fresh = await connect(restarted)
+    assert fresh[0] is not kept and fresh[5].session_reused
+    assert tls_transport.shares_session(fresh[0], client_ctx)
+    # An expired session is not offered (the server would refuse it): a full handshake.
+    later_time = time.time() + fresh[0].timeout + 1
+    monkeypatch.setattr(mesh.time, "time", lambda: later_time)
+    assert state.session_to_offer(client_ctx) is None
+    monkeypatch.undo()
+    # A failed connection: nothing is offered.
+    again = await connect(restarted)
+    assert again[0] is not None
+    state.forget()
+    assert state.session_to_offer(client_ctx) is None
+    for server_t, _, client_t, _, _ in pairs:
+        client_t.abort()
+        server_t.abort()
+    listener.close()
+
+
+def _same(pair: tuple[Any, ...], session: ssl.SSLSession) -> bool:
+    """`pair`'s client connection holds `session` itself (not another of the same ticket)."""
+    current = pair[4].session
+    base = object.__basicsize__
+    return bool(
+        ctypes.c_void_p.from_address(id(current) + base).value
+        == ctypes.c_void_p.from_address(id(session) + base).value
+    )
+
+
+@pytest.mark.skipif(not _LIBSSL.ok, reason="the ssl module's objects cannot be looked into")
+def test_the_connector_keeps_the_session_it_offers(contexts, pki: Pki, monkeypatch):
+    server_ctx, client_ctx = contexts
+    # a restarted peer: a new server context (new ticket keys), the same credentials
+    restarted = server_context(
+        MeshCredentials.load(pki.ca_path, *pki.issue("backend-1", "backend"))
+    )
+    asyncio.run(_offers(server_ctx, client_ctx, restarted, monkeypatch))

@@ -416,13 +416,12 @@ class MeshSecurity:
                 state = endpoints[endpoint] = _EndpointState(generation)
             if context.sslobject_class is not _ResumingSSLObject:
                 context.sslobject_class = _ResumingSSLObject
-            offered = _offered_session.set(state.session_to_offer())
+            session = state.session_to_offer(context)
+            offered = _offered_session.set(session)
             try:
                 async with asyncio.timeout(timeout):
                     if own:
-                        transport = await _open_own_tls(
-                            loop, target, context, sni, _offered_session.get(), gate
-                        )
+                        transport = await _open_own_tls(loop, target, context, sni, session, gate)
                     else:
                         transport, _ = await loop.create_connection(
                             lambda: gate,
@@ -467,7 +466,7 @@ class MeshSecurity:
                 raise ConnectError(f"{target}: {describe_tls_error(exc)}") from None
             finally:
                 _offered_session.reset(offered)
-            state.latest = ssl_object  # its session ticket, once it came, resumes the next one
+            state.connected(ssl_object, session)
             if stats is not None:
                 stats.ssl_handshake += 1
                 stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
@@ -570,26 +569,61 @@ class _ResumingSSLObject(ssl.SSLObject):
 
 
 class _EndpointState:
-    """One peer endpoint, for one generation of our credentials."""
+    """One peer endpoint, for one generation of our credentials.
+
+    The session offered to the endpoint is kept and offered again, not replaced by the latest
+    connection's after each one. Taken anew after every connection, each connection resumed
+    from another session (the one before it's), and an idle sidecar A kept about 2 KB more of
+    OpenSSL's memory per connection than when they all resume from one (`python -m
+    bench.memprobe --mtls`, issue 8), which they share (`tls_transport.wrap` hands it to
+    OpenSSL itself). A fresh session is taken from the latest connection only when the kept
+    one is of no more use: expired, marked not resumable by OpenSSL (then `wrap` would have to
+    resume through the ssl module's copy of it, one per connection: `shares_session`), or not
+    taken by the peer (a full handshake where it was offered: the peer restarted or changed
+    its ticket keys, so it would refuse it again).
+    """
 
     __slots__ = ("generation", "accepted", "session", "latest")
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
         self.accepted = False  # it accepted our certificate once: no more verdict waits
-        self.session: ssl.SSLSession | None = None
+        self.session: ssl.SSLSession | None = None  # the one offered, kept while it serves
         self.latest: ssl.SSLObject | None = None  # the last connection, whose ticket may come
 
-    def session_to_offer(self) -> ssl.SSLSession | None:
-        latest = self.latest
-        if latest is not None:
-            session = latest.session
-            if session is not None and session.has_ticket:
-                self.session, self.latest = session, None
+    def session_to_offer(self, context: ssl.SSLContext) -> ssl.SSLSession | None:
+        """The session to resume from (None: a full handshake); `context`: the connection's."""
         session = self.session
-        if session is not None and time.time() >= session.time + session.timeout:
-            self.session = session = None  # expired: the server would refuse it
-        return session
+        now = time.time()
+        if session is not None:
+            if now >= session.time + session.timeout:
+                self.session = session = None  # expired: the server would refuse it
+            elif tls_transport.shares_session(session, context):
+                return session  # the common case: no copy, no parse
+        # None kept, or one that OpenSSL marked (`wrap` resumes from a copy of it then): the
+        # latest connection's, once its ticket came.
+        latest = self.latest
+        if latest is None:
+            return session
+        fresh = latest.session  # SSL_get1_session: that connection's current session
+        if fresh is None or not fresh.has_ticket or now >= fresh.time + fresh.timeout:
+            return session
+        self.session, self.latest = fresh, None
+        return fresh
+
+    def connected(self, ssl_object: ssl.SSLObject | None, offered: ssl.SSLSession | None) -> None:
+        """A connection was made (with `offered` to resume from): its session ticket, once it
+        came, is there for later ones. One that did not resume from the session kept makes
+        that session useless (the peer would not take it again): the next connection offers
+        this one's instead."""
+        self.latest = ssl_object
+        if (
+            offered is not None
+            and offered is self.session
+            and ssl_object is not None
+            and not ssl_object.session_reused
+        ):
+            self.session = None
 
     def forget(self) -> None:
         """A failed connection: verify the next one fully, and offer no session."""

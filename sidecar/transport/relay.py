@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import defaults
-from sidecar.transport.idle import IdleTimer
+from sidecar.transport import idle
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -168,7 +168,12 @@ class Side(asyncio.BufferedProtocol):
 
 
 class Relay:
-    """Two linked sides and their shared lifecycle: idle timer, close and reset propagation."""
+    """Two linked sides and their shared lifecycle: idle timeout, close and reset propagation."""
+
+    # No instance dict: one of these per relayed connection, most of them idle (issue 8)
+    __slots__ = ("loop", "buffer_bytes", "downstream", "upstream", "started", "target",
+                 "active", "linked", "closed", "idle_timed_out", "response_flags", "_on_closed",
+                 "_idle")  # fmt: skip
 
     def __init__(
         self,
@@ -191,7 +196,7 @@ class Relay:
         self.idle_timed_out = False
         self.response_flags = ""  # Envoy's %RESPONSE_FLAGS% for the access log: UH, UF
         self._on_closed = on_closed
-        self._idle = IdleTimer.start(loop, idle_timeout, self)
+        self._idle = idle.watch(loop, idle_timeout, self)
 
     @property
     def peername(self) -> Any:
@@ -245,7 +250,7 @@ class Relay:
             return
         self.closed = True
         if self._idle is not None:
-            self._idle.cancel()
+            self._idle.discard(self)
             self._idle = None
         if self._on_closed is not None:
             self._on_closed(self)

@@ -42,7 +42,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.transport.idle import IdleTimer
+from sidecar.transport import idle
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 PIPE_SIZE = 256 * 1024  # one read of uvloop's size; the back-pressure bound per direction
@@ -241,7 +241,7 @@ class SpliceRelay:
         self.idle_timed_out = False
         self.response_flags = ""
         self._on_closed = on_closed
-        self._idle = IdleTimer.start(loop, idle_timeout, self)
+        self._idle = idle.watch(loop, idle_timeout, self)
         self._connect_timer: asyncio.TimerHandle | None = None
         self._on_connect: Callable[[str | None, bool], None] | None = None
 
@@ -352,7 +352,7 @@ class SpliceRelay:
     def _finish(self) -> None:
         self.closed = True
         if self._idle is not None:
-            self._idle.cancel()
+            self._idle.discard(self)
             self._idle = None
         if self._on_closed is not None:
             self._on_closed(self)

@@ -65,17 +65,21 @@ class TcpProxy:
         self.on_close: Callable[[Relay], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._throttle = LogThrottle()
+        # The callbacks every relay is given, bound once: a bound method made per relay would
+        # be kept by each open connection (64 bytes apiece, issue 8's idle connections)
+        self._on_closed: Callable[[Relay | SpliceRelay], None] = self._closed
+        self._on_made: Callable[[Side], None] = self._downstream_made
 
     def __call__(self) -> asyncio.Protocol:
         relay = Relay(
-            self._loop, self.settings.idle_timeout, self._closed, self.settings.buffer_bytes
+            self._loop, self.settings.idle_timeout, self._on_closed, self.settings.buffer_bytes
         )
         self.relays.add(relay)
         stats = self.stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         stats.tcp_downstream_cx_total += 1
-        relay.downstream.on_made = self._downstream_made
+        relay.downstream.on_made = self._on_made
         if self.on_connection is not None:
             self.on_connection(relay)
         return relay.downstream
@@ -88,7 +92,7 @@ class TcpProxy:
     def splice(self, sock: socket.socket, peername: object) -> None:
         """Relay an accepted plain-TCP socket with splice(2) (no tap: `on_connection` is not
         called; the listener only sends plain TCP here when no tap applies)."""
-        relay = SpliceRelay(self._loop, self.settings.idle_timeout, self._closed, sock, peername)
+        relay = SpliceRelay(self._loop, self.settings.idle_timeout, self._on_closed, sock, peername)
         self.relays.add(relay)
         stats = self.stats
         stats.downstream_cx_total += 1

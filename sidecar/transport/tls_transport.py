@@ -43,7 +43,8 @@ low-level object (`SSLContext._wrap_socket`, what `ssl.SSLSocket` is built on), 
   got from reading its NewSessionTickets, the 32 KiB read buffer of a half-closed one); the
   loop's handles take an empty context, not the opener's (`_start_reading`); a resumed
   client shares the offered session instead of a parsed copy (`wrap`); the transport has no
-  instance dict and makes its extra info when asked. `python -m bench.memprobe --mtls`
+  instance dict, makes its extra info when asked and has no write buffer of its own while
+  nothing waits. `python -m bench.memprobe --mtls`
   measures what a connection costs and where it goes (bench/README.md, issue 8).
 
 The handshake (`handshake`) is driven the same way before the transport is made; the caller
@@ -60,7 +61,8 @@ import os
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from sidecar import defaults
@@ -96,6 +98,12 @@ _SSL_MODE_RELEASE_BUFFERS = 0x10
 _FREE_BUFFERS_FIXED = {(3, 0): 14, (3, 1): 6, (3, 2): 2, (3, 3): 1}
 # The context the transport's I/O callbacks run in (see `TlsTransport._start_reading`).
 _BARE_CONTEXT = contextvars.Context()
+# What every transport has while it holds nothing, shared rather than one each (issue 8's idle
+# connections): no plaintext waiting (`_pending`, a bytearray of its own once some does), no
+# extra info kept (asyncio.BaseTransport's `_extra`: ours is made when asked)
+_NOTHING = b""
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+_LOW_WATER = defaults.RELAY_HIGH_WATER // 4
 
 
 def _free_buffers_safe(version: tuple[int, ...]) -> bool:
@@ -355,6 +363,14 @@ def prefer_aes128(context: ssl.SSLContext) -> bool:
     return _LIBSSL.set_ciphersuites(context, MESH_TLS13_SUITES)
 
 
+def shares_session(session: ssl.SSLSession, context: ssl.SSLContext) -> bool:
+    """Whether `wrap` would hand `session` to OpenSSL as it is (shared by every connection
+    that resumes from it) rather than through the ssl module's copy: it is `context`'s, its
+    pointer can be trusted, and OpenSSL has not marked it not resumable. A caller that keeps
+    one session to offer (the mesh connector) takes a fresh one when this says False."""
+    return _LIBSSL.session_pointer(session, context) is not None
+
+
 def wrap(
     context: ssl.SSLContext,
     sock: socket.socket,
@@ -487,7 +503,7 @@ class TlsTransport(asyncio.Transport):
         sslobj: ssl.SSLObject,
         protocol: asyncio.Protocol,
     ) -> None:
-        super().__init__()
+        super().__init__(_NO_EXTRA)  # type: ignore[arg-type]  # read-only: nothing is added
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -509,14 +525,15 @@ class TlsTransport(asyncio.Transport):
         self._reading = False  # a reader is registered
         self._read_paused = False
         self._eof_received = False  # the peer's close_notify (or FIN) came
-        self._pending = bytearray()  # plaintext OpenSSL has not taken yet; the first bytes are
-        # those of the SSL_write to retry
+        # plaintext OpenSSL has not taken yet (a bytearray; `_NOTHING` while there is none):
+        # the first bytes are those of the SSL_write to retry
+        self._pending: bytearray | bytes = _NOTHING
         self._writing = False  # a writer is registered
         self._eof_wanted = False  # write_eof() called: close_notify after the pending bytes
         self._eof_sent = False
         self._write_paused = False  # the protocol was told pause_writing
         self._high_water = defaults.RELAY_HIGH_WATER
-        self._low_water = defaults.RELAY_HIGH_WATER // 4
+        self._low_water = _LOW_WATER
         self._read_wants_write = False  # SSL_read must write first (a KeyUpdate reply)
 
     @classmethod
@@ -722,7 +739,7 @@ class TlsTransport(asyncio.Transport):
         if not data:
             return
         if self._pending or self._unflushed:
-            self._pending += data
+            self._keep(data)
             self._maybe_pause_protocol()
             return
         try:
@@ -733,9 +750,17 @@ class TlsTransport(asyncio.Transport):
         except (ssl.SSLError, OSError) as exc:
             self._force_close(exc)
             return
-        self._pending += data
+        self._keep(data)
         self._start_writing()
         self._maybe_pause_protocol()
+
+    def _keep(self, data: bytes | bytearray | memoryview) -> None:
+        """Add `data` to what waits for the socket (a copy: the caller may reuse its buffer)."""
+        pending = self._pending
+        if pending:
+            pending += data  # type: ignore[operator]  # a bytearray, extended in place
+        else:
+            self._pending = bytearray(data)
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         """SSL_write. On the socket itself that is one system call per TLS record (16 KiB);
@@ -831,7 +856,7 @@ class TlsTransport(asyncio.Transport):
             except (ssl.SSLError, OSError) as exc:
                 self._force_close(exc)
                 return
-            pending.clear()
+            self._pending = _NOTHING  # resume_writing below may write: a new bytearray
             if self._write_paused and not self._closing:
                 self._write_paused = False
                 self._protocol.resume_writing()
@@ -888,7 +913,7 @@ class TlsTransport(asyncio.Transport):
         if self._lost:
             return
         self._closing = True
-        self._pending.clear()
+        self._pending = _NOTHING
         self._release(exc, graceful=False)
 
     def _release(self, exc: BaseException | None, *, graceful: bool = True) -> None:
