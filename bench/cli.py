@@ -25,7 +25,7 @@ from bench import charts, profile, report
 from bench.catalog import SCENARIOS
 from bench.context import REPO_ROOT, Context, Pinning, child_env
 from bench.paths import PATH_ALIASES, PATHS
-from bench.procs import BenchError, Processes, machine_busy_s, sample
+from bench.procs import BenchError, Processes, machine_busy_s, memory_map, sample
 from bench.scenarios import Scenario, Server
 
 PROXY_LABELS = {"sidecar-a": "A", "sidecar-b": "B", "haproxy-a": "A", "haproxy-b": "B"}
@@ -268,6 +268,8 @@ def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
                 if profiling is not None:
                     result["profile"] = profiling.finish()
             after = {p.pid: sample(p.pid) for p in watched}
+            # where each proxy's memory is, at the end of the measurement (results.json only)
+            memory = {p.pid: memory_map(p.pid) for p in route.proxies}
     except BenchError as exc:
         result["error"] = str(exc)
         print(f"bench: {label} FAILED: {exc}", file=sys.stderr)
@@ -297,6 +299,8 @@ def measure(ctx: Context, scenario: Scenario, name: str, server: Server,
         }
         if item["cpu_s"] is not None and elapsed:
             item["cores"] = item["cpu_s"] / elapsed
+        if is_proxy and memory.get(proc.pid):
+            item["memory_kb"] = memory[proc.pid]
         if is_proxy and item["cpu_s"] is not None and work.amount:
             item["cpu_s_per_unit"] = item["cpu_s"] / work.amount
             proxy_total += item["cpu_s"]

@@ -134,6 +134,53 @@ def sample(pid: int) -> Usage | None:
     return Usage((utime + stime) / CLOCK_TICKS, hwm)
 
 
+def memory_map(pid: int, top: int = 8) -> dict | None:
+    """Where a live process's resident memory is, to explain a peak RSS measured elsewhere.
+
+    `status`: RssAnon, RssFile and Threads; `rollup`: smaps_rollup's Anonymous and AnonHugePages
+    (transparent huge pages: a machine with THP "always" rounds anonymous regions up to 2 MB);
+    `mappings`: the `top` largest by RSS, [name, rss_kb, anonymous_kb], where name is the file
+    mapped, or `[heap]` (glibc's main heap), `[anon]` (CPython's object arenas, thread arenas and
+    stacks, large buffers), `[stack]`. In kB; None when the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            status_text = fh.read()
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            rollup_text = fh.read()
+        with open(f"/proc/{pid}/smaps") as fh:
+            smaps_text = fh.read()
+    except OSError:
+        return None
+
+    def fields(text: str, names: tuple[str, ...]) -> dict[str, int]:
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name in names:
+                out[name] = int(value.split()[0])
+        return out
+
+    by_name: dict[str, list[int]] = {}
+    current: list[int] | None = None
+    for line in smaps_text.splitlines():
+        parts = line.split()
+        # a mapping's header: range perms offset dev inode [name]; then "Field: value kB" lines
+        if parts and not parts[0].endswith(":"):
+            name = " ".join(parts[5:]) if len(parts) > 5 else "[anon]"
+            current = by_name.setdefault(name, [0, 0])
+        elif current is not None and parts[0] == "Rss:":
+            current[0] += int(parts[1])
+        elif current is not None and parts[0] == "Anonymous:":
+            current[1] += int(parts[1])
+    largest = sorted(by_name.items(), key=lambda item: -item[1][0])[:top]
+    return {
+        "status": fields(status_text, ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads")),
+        "rollup": fields(rollup_text, ("Rss", "Anonymous", "AnonHugePages")),
+        "mappings": [[name, rss, anon] for name, (rss, anon) in largest],
+    }
+
+
 @dataclass
 class Proc:
     role: str  # "server", "client", "sidecar-a", ...

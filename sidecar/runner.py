@@ -326,6 +326,7 @@ async def serve(options: Options, ready: Callable[[], None] | None = None) -> in
         return 1
     started = True
     collector.settle()  # what start-up built lives on: out of the collector's walks
+    malloc.release()  # and what it freed goes back to the kernel (see sidecar/malloc.py)
     if reload_asked:
         loop.create_task(sidecar.reload())
     if ready is not None:

@@ -34,11 +34,9 @@ import json
 import logging
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -198,6 +196,10 @@ class Supervisor:
         # Start worker 0 alone and the others once it is ready (mTLS dev mode: it issues the
         # certificate that the others read).
         self.first_alone = first_alone
+        # Imported here: every sidecar imports this module, only a supervisor needs these two
+        # (with `bz2`, `lzma` and `zlib`, which `shutil` imports: ~0.7 MB resident).
+        import tempfile
+
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
         self.signals: list[int] = []
@@ -222,6 +224,8 @@ class Supervisor:
                     worker.proc.wait()
             os.close(wake_r)
             os.close(wake_w)
+            import shutil  # see __init__
+
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:

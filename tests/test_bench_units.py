@@ -187,3 +187,24 @@ def test_targets_prefer_the_mtls_pair_and_render() -> None:
     text = report.markdown(results)
     assert "| pair | 1,000 | 0.03 | 0.04 (plain) |" in text
     assert "| reported |" in text and "| NOT met |" in text
+
+
+def test_memory_map_splits_this_process_resident_memory() -> None:
+    """The bench records where a proxy's RSS is (anonymous vs file-backed, largest mappings), so
+    that a peak RSS measured on another machine can be explained from results.json alone."""
+    import os
+
+    from bench.procs import memory_map
+
+    memory = memory_map(os.getpid(), top=50)
+    assert memory is not None
+    status, rollup, mappings = memory["status"], memory["rollup"], memory["mappings"]
+    assert status["RssAnon"] + status["RssFile"] <= status["VmRSS"] + 4  # RssShmem aside
+    assert status["Threads"] >= 1
+    assert 0 <= rollup["AnonHugePages"] <= rollup["Anonymous"] <= rollup["Rss"]
+    rss = [row[1] for row in mappings]
+    assert rss == sorted(rss, reverse=True)
+    assert all(0 <= anon <= size for _, size, anon in mappings)
+    names = {row[0] for row in mappings}
+    assert "[heap]" in names or "[anon]" in names
+    assert memory_map(2**22 + 12345) is None  # no such process

@@ -59,7 +59,6 @@ import logging
 import math
 import os
 import ssl
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -340,6 +339,8 @@ def _pem_files(cert_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
             for fd in fds:
                 os.close(fd)
         return
+    import tempfile  # here only: with `shutil`, `bz2`, `lzma`, ~0.7 MB that Linux never needs
+
     with tempfile.TemporaryDirectory(
         prefix="pysidecar-tls-"
     ) as tmp:  # pragma: no cover - non-Linux
