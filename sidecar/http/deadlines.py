@@ -13,23 +13,17 @@ therefore fires between `delay` and `delay * (1 + 1/PRECISION)` after it was set
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from typing import Protocol
 
-PRECISION = 32
+from sidecar.transport import BARE_CONTEXT
 
-# The context the buckets' timers run in: an empty one, so that a timer does not keep a copy of
-# whichever request's context happened to open its bucket.
-_BARE_CONTEXT = contextvars.Context()
+PRECISION = 32
 
 
 class Expiring(Protocol):
     """What a bucket holds: something to call when its time is up."""
 
     def expire(self) -> None: ...
-
-
-Bucket = set  # of Expiring: what `add` returns, for the caller's `discard` (the cancel)
 
 
 class Deadlines:
@@ -50,7 +44,7 @@ class Deadlines:
         bucket = self.buckets.get(index)
         if bucket is None:
             bucket = self.buckets[index] = set()
-            self.loop.call_at(index * self.slice, self._expire, index, context=_BARE_CONTEXT)
+            self.loop.call_at(index * self.slice, self._expire, index, context=BARE_CONTEXT)
         bucket.add(entry)
         return bucket
 

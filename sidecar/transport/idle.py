@@ -17,16 +17,12 @@ entries takes about a millisecond, `CHECKS` times per timeout (an hour or two by
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import weakref
 from typing import Protocol
 
-CHECKS = 4
+from sidecar.transport import BARE_CONTEXT
 
-# The context the sweeps' timers run in: the timer is made by whichever relay comes first and
-# then renews itself, so a copy of that relay's opener's context (the mesh connector's session
-# to offer...) would live as long as the sweep.
-_BARE_CONTEXT = contextvars.Context()
+CHECKS = 4
 
 
 class Idles(Protocol):
@@ -67,7 +63,7 @@ class IdleSweep:
         self.owners.pop(owner, None)
 
     def _schedule(self) -> None:
-        self.handle = self.loop.call_later(self.interval, self._sweep, context=_BARE_CONTEXT)
+        self.handle = self.loop.call_later(self.interval, self._sweep, context=BARE_CONTEXT)
 
     def _sweep(self) -> None:
         self.handle = None

@@ -54,7 +54,6 @@ bounds it in time.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import errno
 import os
@@ -66,6 +65,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sidecar import defaults
+from sidecar.transport import BARE_CONTEXT
 from sidecar.transport.splice import discard_unread
 
 READ_SIZE = 256 * 1024  # plaintext delivered per read event at most (16 TLS records)
@@ -96,8 +96,6 @@ _SSL_MODE_RELEASE_BUFFERS = 0x10
 # The OpenSSL releases whose SSL_free_buffers checks for a partly read record (CVE-2024-4741:
 # before these it could free a buffer still in use): 3.0.14, 3.1.6, 3.2.2, 3.3.1, 3.4 on.
 _FREE_BUFFERS_FIXED = {(3, 0): 14, (3, 1): 6, (3, 2): 2, (3, 3): 1}
-# The context the transport's I/O callbacks run in (see `TlsTransport._start_reading`).
-_BARE_CONTEXT = contextvars.Context()
 # What every transport has while it holds nothing, shared rather than one each (issue 8's idle
 # connections): no plaintext waiting (`_pending`, a bytearray of its own once some does), no
 # extra info kept (asyncio.BaseTransport's `_extra`: ours is made when asked)
@@ -632,7 +630,7 @@ class TlsTransport(asyncio.Transport):
         certificate, about 5 KB) is not kept alive by every connection."""
         if not self._reading and not self._eof_received:
             self._reading = True
-            _BARE_CONTEXT.run(self._loop.add_reader, self._fd, self._read_ready)
+            BARE_CONTEXT.run(self._loop.add_reader, self._fd, self._read_ready)
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -821,7 +819,7 @@ class TlsTransport(asyncio.Transport):
     def _start_writing(self) -> None:
         if not self._writing:
             self._writing = True
-            _BARE_CONTEXT.run(self._loop.add_writer, self._fd, self._write_ready)
+            BARE_CONTEXT.run(self._loop.add_writer, self._fd, self._write_ready)
 
     def _stop_writing(self) -> None:
         if self._writing:
