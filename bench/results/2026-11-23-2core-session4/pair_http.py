@@ -14,7 +14,7 @@ The pair is the harness's (its Dataplane templates and PKI), with `bench.tools h
 - `--profile N` (HTTP/1.1: N requests; gRPC: N seconds of 16 calls in flight): both sidecars under
   cProfile (`../2026-11-23-tunnel/wrap.py`: enabled on SIGUSR1, dumped on SIGUSR2) after a
   warm-up; prints Python calls per request by package — exact counts.
-Work files go to /tmp/pair-http/.
+Work files go to /tmp/pair-http/ ($PAIR_HTTP_WORK when set: one per concurrent run).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, help="keep the pair up N seconds (for perf)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.getcwd()
-    work = Path("/tmp/pair-http")
+    work = Path(os.environ.get("PAIR_HTTP_WORK", "/tmp/pair-http"))
     mesh = work / "mesh"
     mesh.mkdir(parents=True, exist_ok=True)
     app, outbound = free_port(), free_port()
