@@ -19,6 +19,7 @@ permissive mode) arrive as `accept(None)`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from sidecar.cluster import Cluster
 from sidecar.http.pool import H1Pool, H2Pool, plain_connector
@@ -99,15 +100,16 @@ class InboundStack(ListenerStack):
         # The caller's counts at this inbound (`source_service` in the metrics).
         source = self.stats.source(peer.service) if peer is not None else None
 
-        async def handle(exchange: Exchange) -> None:
+        # A plain function that returns the coroutine to await, not a coroutine of its own: one
+        # layer fewer for every resumption of the request's task.
+        def handle(exchange: Exchange) -> Awaitable[None]:
             if source is not None:
                 source.downstream_rq_total += 1
             if authorizer is not None and not authorizer.allows(
                 self.plan.service, peer, self.stats, self.plan.name, "protocol=http"
             ):
-                await local_reply(exchange, 403, RBAC_ACCESS_DENIED)
-                return
-            await proxy(exchange, route)
+                return local_reply(exchange, 403, RBAC_ACCESS_DENIED)
+            return proxy(exchange, route)
 
         return handle
 

@@ -127,14 +127,13 @@ class Decision:
 
     action: str
     policy_name: str | None = None
+    # What the inbound asks of every request, worked out once (plain attributes, not properties).
+    allowed: bool = field(init=False, compare=False)
+    shadow_deny: bool = field(init=False, compare=False)
 
-    @property
-    def allowed(self) -> bool:
-        return self.action != DENY
-
-    @property
-    def shadow_deny(self) -> bool:
-        return self.action == ALLOW_WITH_SHADOW_DENY
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", self.action != DENY)
+        object.__setattr__(self, "shadow_deny", self.action == ALLOW_WITH_SHADOW_DENY)
 
 
 NO_POLICY = Decision(ALLOW, None)

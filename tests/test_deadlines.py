@@ -1,5 +1,6 @@
-"""Shared per-request timers (sidecar.http.deadlines): they fire on time, once, and not at all once
-taken out; one loop timer serves a whole bucket."""
+"""A route's per-request timers (sidecar.http.deadlines): a head times out on time and not once it
+is taken out; a silent exchange is given up after the stream idle timeout and a flowing one is
+not; one loop timer serves all entries, and runs only while there are some."""
 
 from __future__ import annotations
 
@@ -7,95 +8,125 @@ import asyncio
 
 import pytest
 
-from sidecar.http.deadlines import PRECISION, Deadlines, LoopDeadlines
+from sidecar.http.deadlines import CHECKS, PRECISION, HeadTimeouts, StreamIdleChecks
 
 
-class Entry:
-    def __init__(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None] | None = None):
-        self.loop = loop
-        self.fired: list[float] = []
-        self.done = done
+class Side:
+    """One side of an exchange as the idle checks see it: a body with a read count."""
 
-    def expire(self) -> None:
-        self.fired.append(self.loop.time())
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
+    class Body:
+        def __init__(self) -> None:
+            self.reads = 0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.body = Side.Body()
+        self.response_head = loop.create_future()
 
 
-async def test_an_entry_fires_after_its_delay_and_within_a_slice_of_it():
+async def test_a_head_times_out_after_the_timeout_and_within_a_look_of_it():
     loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop, 0.2)
-    entry = Entry(loop, loop.create_future())
+    heads = HeadTimeouts(0.2)
+    head = loop.create_future()
     start = loop.time()
-    deadlines.add(entry)
-    await asyncio.wait_for(entry.done, 5)
-    (fired,) = entry.fired
-    # uvloop's clock counts whole milliseconds: allow one either side.
-    assert 0.2 - 0.001 <= fired - start <= 0.2 * (1 + 1 / PRECISION) + 0.02
+    heads.add(head)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(head, 5)
+    elapsed = loop.time() - start
+    # uvloop's clock counts whole milliseconds: allow one either side, and the loop's lateness.
+    assert 0.2 - 0.001 <= elapsed <= 0.2 * (1 + 1 / PRECISION) + 0.05
+    assert heads.entries == {} and heads.handle is None  # nothing left: the timer stopped
 
 
-async def test_a_discarded_entry_never_fires_and_its_bucket_mates_still_do():
+async def test_a_head_taken_out_never_times_out_and_its_neighbours_still_do():
     loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop, 0.05)
-    kept, dropped = Entry(loop, loop.create_future()), Entry(loop)
-    deadlines.add(kept)
-    deadlines.add(dropped).discard(dropped)
-    await asyncio.wait_for(kept.done, 5)
-    # The bucket that held both has fired (its timer ran `kept`): `dropped` was not in it.
-    assert len(kept.fired) == 1 and dropped.fired == []
-    assert deadlines.buckets == {}
+    heads = HeadTimeouts(0.05)
+    kept, taken = loop.create_future(), loop.create_future()
+    heads.add(kept)
+    heads.add(taken)
+    heads.entries.pop(taken, None)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(kept, 5)
+    assert kept.done() and isinstance(kept.exception(), TimeoutError)
+    assert not taken.done()
 
 
-async def test_entries_set_together_share_one_loop_timer(monkeypatch):
+async def test_a_head_that_came_is_left_alone():
     loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop, 30.0)  # a slice is ~0.94 s: these all land in one or two
+    heads = HeadTimeouts(0.02)
+    head = loop.create_future()
+    heads.add(head)
+    head.set_result("answer")
+    other = loop.create_future()
+    heads.add(other)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(other, 5)
+    assert head.result() == "answer"
+
+
+async def test_many_heads_share_one_loop_timer(monkeypatch):
+    loop = asyncio.get_running_loop()
+    heads = HeadTimeouts(30.0)
     timers = []
-    original = loop.call_at
+    original = loop.call_later
 
-    def counting_call_at(*args, **kwargs):
+    def counting_call_later(*args, **kwargs):
         handle = original(*args, **kwargs)
         timers.append(handle)
         return handle
 
-    monkeypatch.setattr(loop, "call_at", counting_call_at)
-    entries = [Entry(loop) for _ in range(1000)]
-    for entry in entries:
-        deadlines.add(entry)
-    assert 1 <= len(timers) <= 2
-    assert sum(len(b) for b in deadlines.buckets.values()) == 1000
-    for handle in timers:
-        handle.cancel()
+    monkeypatch.setattr(loop, "call_later", counting_call_later)
+    futures = [loop.create_future() for _ in range(1000)]
+    for future in futures:
+        heads.add(future)
+    assert len(timers) == 1 and len(heads.entries) == 1000
+    timers[0].cancel()
 
 
-async def test_an_entry_that_adds_itself_again_fires_again():
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop, 0.02)
-    done = loop.create_future()
-
-    class Again(Entry):
-        def expire(self) -> None:
-            super().expire()
-            if len(self.fired) < 3:
-                deadlines.add(self)
-            else:
-                done.set_result(None)
-
-    entry = Again(loop)
-    deadlines.add(entry)
-    await asyncio.wait_for(done, 5)
-    assert len(entry.fired) == 3 and entry.fired == sorted(entry.fired)
-
-
-@pytest.mark.parametrize("delay", [0.5, 15.0])
-def test_loop_deadlines_keeps_one_per_delay_and_starts_afresh_on_a_new_loop(delay):
-    table = LoopDeadlines()
+def test_the_tables_start_afresh_on_a_new_loop():
+    heads = HeadTimeouts(15.0)
     first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
     try:
-        a = table.get(first, delay)
-        assert table.get(first, delay) is a
-        assert table.get(first, delay * 2) is not a
-        b = table.get(second, delay)
-        assert b is not a and b.loop is second
+        heads.add(first.create_future())
+        old_timer = heads.handle
+        assert heads.loop is first and len(heads.entries) == 1
+        heads.add(second.create_future())
+        assert heads.loop is second and len(heads.entries) == 1
+        assert old_timer is not None and old_timer.cancelled()
     finally:
+        heads.handle.cancel()
         first.close()
         second.close()
+
+
+async def test_a_silent_exchange_is_given_up_between_one_and_one_and_a_quarter_timeouts():
+    loop = asyncio.get_running_loop()
+    given_up = loop.create_future()
+    checks = StreamIdleChecks(0.2, lambda ex, up: given_up.set_result((ex, up, loop.time())))
+    upstream, exchange = Side(loop), Side(loop)
+    start = loop.time()
+    checks.add(upstream, exchange)
+    ex, up, when = await asyncio.wait_for(given_up, 5)
+    assert (ex, up) == (exchange, upstream)
+    assert 0.2 - 0.001 <= when - start <= 0.2 * (1 + 1 / CHECKS) + 0.05
+    assert checks.entries == {} and checks.looks == {}
+
+
+async def test_a_flowing_exchange_is_not_given_up_and_one_taken_out_is_forgotten():
+    loop = asyncio.get_running_loop()
+    given_up = []
+    checks = StreamIdleChecks(0.08, lambda ex, up: given_up.append(up))
+    flowing, flowing_ex = Side(loop), Side(loop)
+    checks.add(flowing, flowing_ex)
+    done, done_ex = Side(loop), Side(loop)
+    checks.add(done, done_ex)
+    deadline = loop.time() + 0.5  # over six timeouts
+    while loop.time() < deadline:
+        flowing.body.reads += 1  # a chunk every 10 ms, alternating sides
+        flowing_ex.body.reads += flowing.body.reads % 2
+        if loop.time() > deadline - 0.45:
+            checks.entries.pop(done, None)  # finished after a look or two
+        await asyncio.sleep(0.01)
+    assert given_up == []
+    assert done not in checks.looks  # its state went with the next look
+    checks.entries.pop(flowing, None)
+    checks.handle.cancel()

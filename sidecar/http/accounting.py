@@ -132,9 +132,14 @@ class RequestAccounting:
         """A response head came from the upstream itself."""
         cluster = self.cluster
         klass = _CLASSES.get(status) or str(status // 100)
-        _bump(cluster.upstream_rq_xx, klass)
-        _bump(cluster.upstream_rq_code, _CODES.get(status) or str(status))
-        _bump(cluster.external_upstream_rq_xx, klass)
+        code = _CODES.get(status) or str(status)
+        # `_bump`, written out: three calls fewer on every request
+        counts = cluster.upstream_rq_xx
+        counts[klass] = counts.get(klass, 0) + 1
+        counts = cluster.upstream_rq_code
+        counts[code] = counts.get(code, 0) + 1
+        counts = cluster.external_upstream_rq_xx
+        counts[klass] = counts.get(klass, 0) + 1
         elapsed_ms = (_now() - self.upstream_started) * 1000
         cluster.upstream_rq_time.observe(elapsed_ms)
         if self.record is not None:
@@ -189,7 +194,9 @@ class RequestAccounting:
         elapsed_ms = (_now() - self.started) * 1000
         http.downstream_rq_time.observe(elapsed_ms)
         if status:
-            _bump(http.downstream_rq_xx, _CLASSES.get(status) or str(status // 100))
+            klass = _CLASSES.get(status) or str(status // 100)
+            counts = http.downstream_rq_xx
+            counts[klass] = counts.get(klass, 0) + 1
         if self.record is not None and self.on_done is not None:
             self.record.status = status
             self.record.duration_ms = int(elapsed_ms)

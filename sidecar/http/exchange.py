@@ -160,7 +160,8 @@ class Body:
             return False
         self._chunks.append(data)
         self.buffered += len(data)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
         return self.buffered > self.high_water
 
     def end(self, trailers: Headers | None = None) -> None:
@@ -170,7 +171,8 @@ class Body:
         self.trailers = trailers
         if not self._chunks:
             self.on_consumed = None  # nothing left to consume
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def abort(self, exc: BaseException) -> None:
         if self.ended:

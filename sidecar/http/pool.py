@@ -67,24 +67,36 @@ class H2Pool:
         self.spread = 1  # connections per endpoint to keep open (see the module's docstring)
         self._spreading: set[asyncio.Future[None]] = set()
 
+    def ready_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> H2ClientStream | None:
+        """A stream on a connection that takes it now, or None when one must be waited for
+        (`open_stream`): nearly every request, served without a coroutine."""
+        conns = self.connections.get(target)
+        if not conns:
+            return None
+        if self.spread > 1:
+            if len(conns) < self.spread and target not in self._connecting:
+                task = asyncio.ensure_future(self._connect_more(target))
+                self._spreading.add(task)
+                task.add_done_callback(self._spreading.discard)
+            best = min(
+                (c for c in conns if c.available), key=lambda c: len(c.streams), default=None
+            )
+            return None if best is None else best.open_stream(head, end_stream)
+        for conn in conns:
+            if conn.available:
+                return conn.open_stream(head, end_stream)
+        return None
+
     async def open_stream(
         self, target: Target, head: RequestHead, end_stream: bool
     ) -> H2ClientStream:
         while True:
+            stream = self.ready_stream(target, head, end_stream)
+            if stream is not None:
+                return stream
             conns = self.connections.get(target, [])
-            if self.spread > 1 and conns:
-                if len(conns) < self.spread and target not in self._connecting:
-                    task = asyncio.ensure_future(self._connect_more(target))
-                    self._spreading.add(task)
-                    task.add_done_callback(self._spreading.discard)
-                best = min(
-                    (c for c in conns if c.available), key=lambda c: len(c.streams), default=None
-                )
-                if best is not None:
-                    return best.open_stream(head, end_stream)
-            for conn in conns:
-                if conn.available:
-                    return conn.open_stream(head, end_stream)
             pending = self._connecting.get(target)
             if pending is not None:
                 await asyncio.shield(pending)
@@ -162,15 +174,25 @@ class H1Pool:
         self.body_buffer = body_buffer
         self.idle: dict[Target, list[H1Client]] = {}
 
-    async def open_stream(
+    def ready_stream(
         self, target: Target, head: RequestHead, end_stream: bool
-    ) -> H1ClientStream:
+    ) -> H1ClientStream | None:
+        """The request on an idle keep-alive connection, or None when a new connection must be
+        made (`open_stream`)."""
         idle = self.idle.get(target)
         while idle:
             client = idle.pop()
             if client.reusable:
                 client.reused = True
                 return client.open(head, end_stream)
+        return None
+
+    async def open_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> H1ClientStream:
+        stream = self.ready_stream(target, head, end_stream)
+        if stream is not None:
+            return stream
         _reserve_connection(self.stats)
         client = H1Client(
             on_idle=lambda c: self._idle(target, c),

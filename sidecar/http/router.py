@@ -20,7 +20,7 @@ from typing import Protocol
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.http.accounting import RequestAccounting, RequestRecord
-from sidecar.http.deadlines import Deadlines, LoopDeadlines
+from sidecar.http.deadlines import HeadTimeouts, StreamIdleChecks
 from sidecar.http.exchange import (
     TUNNEL_ESTABLISHED,
     Body,
@@ -76,6 +76,9 @@ class Exchange(Protocol):
 
 
 class Pool(Protocol):
+    def ready_stream(
+        self, target: Target, head: RequestHead, end_stream: bool
+    ) -> UpstreamStream | None: ...
     async def open_stream(
         self, target: Target, head: RequestHead, end_stream: bool
     ) -> UpstreamStream: ...
@@ -94,8 +97,25 @@ class Route:
     stream_idle_timeout: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
     http_stats: HttpStats = field(default_factory=lambda: HttpStats("-"))
     on_request_done: Callable[[RequestRecord], None] | None = None  # the access log
-    # The request timeouts' and stream idle checks' shared timers (made on first use).
-    deadlines: LoopDeadlines = field(default_factory=LoopDeadlines)
+    # The response heads awaited against the request timeout, and the exchanges watched for the
+    # stream idle timeout (None when either is turned off): one loop timer each per route.
+    heads: HeadTimeouts | None = field(init=False)
+    idle_checks: StreamIdleChecks | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heads = HeadTimeouts(self.request_timeout) if self.request_timeout > 0 else None
+        self.idle_checks = None
+        if self.stream_idle_timeout > 0:
+            self.idle_checks = StreamIdleChecks(self.stream_idle_timeout, self._stream_idle)
+
+    def _stream_idle(self, exchange: Exchange, upstream: UpstreamStream) -> None:
+        """No body chunk moved either way for the stream idle timeout: reset both sides."""
+        self.http_stats.downstream_rq_idle_timeout += 1
+        log.info(
+            "event=stream_idle_timeout listener=%s cluster=%s", self.listener, self.cluster.name
+        )
+        upstream.reset()
+        exchange.reset()
 
 
 async def local_reply(exchange: Exchange, status: int, text: str) -> None:
@@ -116,41 +136,6 @@ async def local_reply(exchange: Exchange, status: int, text: str) -> None:
         pass
 
 
-class IdleWatch:
-    """The stream idle timeout: reset both sides when no body chunk moved either way for
-    `timeout` seconds. Looked at `CHECKS` times per timeout (shared timers, `Deadlines`), so the
-    data path pays nothing per chunk beyond the read counters it already keeps; it fires between
-    `timeout` and `timeout * (1 + 1/CHECKS)` after the last chunk."""
-
-    CHECKS = 4
-    __slots__ = ("checks", "exchange", "upstream", "last", "quiet", "fired", "bucket")
-
-    def __init__(self, checks: Deadlines, exchange: Exchange, upstream: UpstreamStream) -> None:
-        self.checks = checks
-        self.exchange = exchange
-        self.upstream = upstream
-        self.last = -1
-        self.quiet = 0
-        self.fired = False
-        self.bucket = checks.add(self)
-
-    def expire(self) -> None:
-        now = self.exchange.body.reads + self.upstream.body.reads
-        if now != self.last:
-            self.last, self.quiet = now, 0
-        else:
-            self.quiet += 1
-            if self.quiet >= self.CHECKS:
-                self.fired = True
-                self.upstream.reset()
-                self.exchange.reset()
-                return
-        self.bucket = self.checks.add(self)
-
-    def cancel(self) -> None:
-        self.bucket.discard(self)
-
-
 async def proxy(exchange: Exchange, route: Route) -> None:
     """Carry one request upstream and its response back."""
     acct = RequestAccounting(
@@ -165,7 +150,7 @@ async def proxy(exchange: Exchange, route: Route) -> None:
         if problem is not None:
             await _malformed(exchange, route, acct, problem)
             return
-        await _proxy(exchange, route, acct)
+        await _route(exchange, route, acct)
     except StreamReset as exc:
         # The downstream went away (or reset its stream): nothing more to say to it.
         log.debug("event=downstream_reset listener=%s reason=%r", route.listener, str(exc))
@@ -209,106 +194,95 @@ async def _overflow(exchange: Exchange, route: Route, acct: RequestAccounting) -
     await local_reply(exchange, 503, OVERFLOW)
 
 
-async def _proxy(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
-    stats = route.cluster.stats
-    retrying = False
-    try:
-        retrying = await _route(exchange, route, acct)
-    finally:
-        if retrying:
-            stats.upstream_rq_retry_active -= 1
-
-
-async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> bool:
-    """Try the endpoints; True when this request took a place in the retry budget."""
+async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
+    """Try the endpoints. A request that is retried holds a place in the cluster's retry
+    budget until it is done."""
     pool = route.prepare(exchange)
     head = exchange.request
     cluster = route.cluster
     stats = cluster.stats
     failure = CONNECT_FAILURE
     retrying = False
-    for attempt in range(max(1, route.connect_attempts)):
-        if exchange.cancelled:
-            # Reset by the client before it reached an upstream (rapid reset, or a client that
-            # gave up): no upstream request for it.
-            stats.upstream_rq_cancelled += 1
-            return retrying
-        if attempt:  # a retry (Envoy counts each one), within the cluster's retry budget
-            if not retrying:
-                if stats.upstream_rq_retry_active >= stats.cb_max_retries:
-                    stats.upstream_rq_retry_overflow += 1
-                    break
-                retrying = True
-                stats.upstream_rq_retry_active += 1
-            stats.upstream_rq_retry += 1
-        target = cluster.pick()
-        if target is None:
-            log.info(
-                "event=no_healthy_upstream listener=%s cluster=%s", route.listener, cluster.name
-            )
-            stats.upstream_cx_none_healthy += 1
-            acct.local_failure(503, "UH")
-            await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
-            return retrying
-        pending = stats.upstream_rq_pending_active
-        if pending >= stats.cb_max_pending_requests or (
-            pending + stats.upstream_rq_active >= stats.cb_max_requests
-        ):
-            await _overflow(exchange, route, acct)
-            return retrying
-        try:
-            stats.upstream_rq_pending_active += 1
-            try:
-                upstream = await pool.open_stream(target, head, exchange.body.at_end)
-            finally:
-                stats.upstream_rq_pending_active -= 1
-        except UpstreamOverflow:
-            await _overflow(exchange, route, acct)
-            return retrying
-        except (UpstreamConnectError, RefusedStream) as exc:
-            if isinstance(exc, UpstreamConnectError):
-                cluster.outlier.failure(target)
-            held_back = _throttle.allow((route.listener, target, str(exc)))
-            if held_back is not None:
+    try:
+        for attempt in range(max(1, route.connect_attempts)):
+            if exchange.cancelled:
+                # Reset by the client before it reached an upstream (rapid reset, or a client that
+                # gave up): no upstream request for it.
+                stats.upstream_rq_cancelled += 1
+                return
+            if attempt:  # a retry (Envoy counts each one), within the cluster's retry budget
+                if not retrying:
+                    if stats.upstream_rq_retry_active >= stats.cb_max_retries:
+                        stats.upstream_rq_retry_overflow += 1
+                        break
+                    retrying = True
+                    stats.upstream_rq_retry_active += 1
+                stats.upstream_rq_retry += 1
+            target = cluster.pick()
+            if target is None:
                 log.info(
-                    "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s "
-                    "reason=%r since_last_line=%d",
-                    route.listener,
-                    cluster.name,
-                    target,
-                    str(exc),
-                    held_back,
+                    "event=no_healthy_upstream listener=%s cluster=%s", route.listener, cluster.name
                 )
-            continue
-        upstream.on_informational = exchange.informational
-        cluster.acquire(target)
-        acct.upstream_open(target.address)
-        watch = None
-        if route.stream_idle_timeout > 0:
-            checks = route.deadlines.get(
-                upstream.response_head.get_loop(), route.stream_idle_timeout / IdleWatch.CHECKS
-            )
-            watch = IdleWatch(checks, exchange, upstream)
-        try:
-            outcome = await _attempt(exchange, route, upstream, acct, target)
-        finally:
-            if watch is not None:
-                watch.cancel()
-            cluster.release(target)
-            acct.upstream_done()
-        if watch is not None and watch.fired:
-            route.http_stats.downstream_rq_idle_timeout += 1
-            log.info(
-                "event=stream_idle_timeout listener=%s cluster=%s", route.listener, cluster.name
-            )
-        if outcome is None:
-            return retrying
-        if outcome is not RETRY:
-            failure = outcome
-            break
-    acct.local_failure(503, "UF" if failure is CONNECT_FAILURE else "UR")
-    await local_reply(exchange, 503, failure)
-    return retrying
+                stats.upstream_cx_none_healthy += 1
+                acct.local_failure(503, "UH")
+                await local_reply(exchange, 503, NO_HEALTHY_UPSTREAM)
+                return
+            pending = stats.upstream_rq_pending_active
+            if pending >= stats.cb_max_pending_requests or (
+                pending + stats.upstream_rq_active >= stats.cb_max_requests
+            ):
+                await _overflow(exchange, route, acct)
+                return
+            try:
+                ended = exchange.body.at_end
+                upstream = pool.ready_stream(target, head, ended)
+                if upstream is None:  # a connection to make or a stream slot to wait for
+                    stats.upstream_rq_pending_active += 1
+                    try:
+                        upstream = await pool.open_stream(target, head, ended)
+                    finally:
+                        stats.upstream_rq_pending_active -= 1
+            except UpstreamOverflow:
+                await _overflow(exchange, route, acct)
+                return
+            except (UpstreamConnectError, RefusedStream) as exc:
+                if isinstance(exc, UpstreamConnectError):
+                    cluster.outlier.failure(target)
+                held_back = _throttle.allow((route.listener, target, str(exc)))
+                if held_back is not None:
+                    log.info(
+                        "event=upstream_connect_failed listener=%s cluster=%s endpoint=%s "
+                        "reason=%r since_last_line=%d",
+                        route.listener,
+                        cluster.name,
+                        target,
+                        str(exc),
+                        held_back,
+                    )
+                continue
+            upstream.on_informational = exchange.informational
+            cluster.acquire(target)
+            acct.upstream_open(target.address)
+            idle_checks = route.idle_checks
+            if idle_checks is not None:
+                idle_checks.add(upstream, exchange)
+            try:
+                outcome = await _attempt(exchange, route, upstream, acct, target)
+            finally:
+                if idle_checks is not None:
+                    idle_checks.entries.pop(upstream, None)
+                cluster.release(target)
+                acct.upstream_done()
+            if outcome is None:
+                return
+            if outcome is not RETRY:
+                failure = outcome
+                break
+        acct.local_failure(503, "UF" if failure is CONNECT_FAILURE else "UR")
+        await local_reply(exchange, 503, failure)
+    finally:
+        if retrying:
+            stats.upstream_rq_retry_active -= 1
 
 
 async def _attempt(
@@ -338,8 +312,15 @@ async def _attempt(
             await _pump_request(body, upstream, acct)  # all here, taken at once: no task needed
         else:
             pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
+    head = upstream.response_head
+    heads = route.heads  # the request timeout: fails `head` with TimeoutError
+    if heads is not None and not head.done():
+        if pump is None:
+            heads.add(head)
+        else:
+            _time_after_upload(heads, head, pump)
     try:
-        response = await _response_head(upstream, pump, route)
+        response = await head
     except RefusedStream:
         _stop(pump)
         return RETRY if exchange.body.reads == 0 else REMOTE_RESET
@@ -363,6 +344,9 @@ async def _attempt(
         outlier.failure(target)
         acct.upstream_reset()
         return REMOTE_RESET
+    finally:
+        if heads is not None:
+            heads.entries.pop(head, None)
     if response.status >= 500:
         outlier.failure(target)
     else:
@@ -382,57 +366,20 @@ def _stop(pump: asyncio.Task[None] | None) -> None:
         pump.cancel()
 
 
-async def _response_head(
-    upstream: UpstreamStream, pump: asyncio.Task[None] | None, route: Route
-) -> ResponseHead:
-    """Wait for the response head, bounded by the request timeout (TimeoutError)."""
-    head = upstream.response_head
-    if head.done() or route.request_timeout <= 0:
-        return await head
-    deadline = _HeadDeadline(head, route, pump)
-    try:
-        return await head
-    finally:
-        deadline.cancel()
+def _time_after_upload(
+    heads: HeadTimeouts, head: asyncio.Future[ResponseHead], pump: asyncio.Task[None]
+) -> None:
+    """As in Envoy, the request timeout starts once the whole request has been sent (when the
+    request body's task ends): a long upload is not cut by it."""
 
-
-class _HeadDeadline:
-    """The request timeout on a response head's future: it fails the future with TimeoutError.
-
-    As in Envoy, the timeout starts once the whole request has been sent (when the request
-    body's task ends): a long upload is not cut by it. A timer shared with the route's other
-    requests (`Deadlines`), where `asyncio.timeout` and `asyncio.wait` cost several Python calls,
-    a task lookup and a cancel of the waiting task, and a loop timer of its own a start, a stop
-    and a close."""
-
-    __slots__ = ("head", "route", "bucket")
-
-    def __init__(
-        self, head: asyncio.Future[ResponseHead], route: Route, pump: asyncio.Task[None] | None
-    ) -> None:
-        self.head = head
-        self.route = route
-        self.bucket: set[_HeadDeadline] | None = None
-        if pump is None or pump.done():
-            self._start()
-        else:
-            pump.add_done_callback(self._start)
-
-    def _start(self, _: object = None) -> None:
-        head = self.head
+    def start(_: object) -> None:
         if not head.done():
-            deadlines = self.route.deadlines.get(head.get_loop(), self.route.request_timeout)
-            self.bucket = deadlines.add(self)
+            heads.add(head)
 
-    def expire(self) -> None:
-        self.bucket = None
-        if not self.head.done():
-            self.head.set_exception(TimeoutError())
-
-    def cancel(self) -> None:
-        if self.bucket is not None:
-            self.bucket.discard(self)
-            self.bucket = None
+    if pump.done():
+        start(pump)
+    else:
+        pump.add_done_callback(start)
 
 
 async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:

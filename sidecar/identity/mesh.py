@@ -254,7 +254,9 @@ class Authorizer:
         self, service: str, peer: Peer | None, stats: ListenerStats, listener: str, what: str
     ) -> bool:
         """Decide a call to `service` from `peer` (None: a plaintext caller), count, log."""
-        decision = self.decide(service, peer)
+        decision = self._cache.get((service, peer.uris if peer is not None else None))
+        if decision is None:
+            decision = self.decide(service, peer)
         source = peer.spiffe_id if peer is not None else "plaintext"
         if not decision.allowed:
             stats.rbac_denied += 1
