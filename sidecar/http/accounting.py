@@ -76,7 +76,7 @@ class RequestAccounting:
 
     __slots__ = (
         "http", "cluster", "started", "upstream_started", "grpc", "grpc_requests",
-        "grpc_responses", "record", "on_done", "upstream_counted",
+        "grpc_responses", "record", "on_done", "upstream_counted", "counts_bodies",
     )  # fmt: skip
 
     def __init__(
@@ -111,6 +111,9 @@ class RequestAccounting:
                 time.time(), request,
                 downstream=f"{downstream[0]}:{downstream[1]}" if downstream else None,
             )  # fmt: skip
+        # Whether `request_chunk` and `response_chunk` have anything to count (gRPC messages,
+        # the access log's bytes): when not, the router does not call them for every chunk.
+        self.counts_bodies = self.grpc or on_done is not None
 
     # -- upstream ------------------------------------------------------------------------------
 
@@ -190,7 +193,9 @@ class RequestAccounting:
     def finished(self, status: int) -> None:
         http = self.http
         http.downstream_rq_active -= 1
-        self.upstream_done()
+        if self.upstream_counted:  # (`upstream_done`, written out)
+            self.upstream_counted = False
+            self.cluster.upstream_rq_active -= 1
         elapsed_ms = (_now() - self.started) * 1000
         http.downstream_rq_time.observe(elapsed_ms)
         if status:

@@ -127,6 +127,7 @@ class Body:
         "on_consumed",
         "high_water",
         "reads",
+        "at_end",
     )
 
     def __init__(
@@ -145,11 +146,15 @@ class Body:
         self.on_consumed = on_consumed
         self.high_water = high_water
         self.reads = 0  # chunks handed out: the stream idle timeout watches it move
+        # Nothing more will come: ended with nothing left to read. An attribute kept up to date
+        # (in `end`, `read` and `discard`), not a property: the router asks it several times a
+        # request.
+        self.at_end = False
 
     @classmethod
     def empty(cls) -> Body:
         body = cls()
-        body.ended = True
+        body.ended = body.at_end = True
         return body
 
     # -- producer (codec) side ---------------------------------------------------------------
@@ -171,6 +176,7 @@ class Body:
         self.trailers = trailers
         if not self._chunks:
             self.on_consumed = None  # nothing left to consume
+            self.at_end = True
         if self._waiter is not None:
             self._wake()
 
@@ -187,6 +193,7 @@ class Body:
         dropped = self.buffered
         self._chunks.clear()
         self.buffered = 0
+        self.at_end = self.ended
         return dropped
 
     def _wake(self) -> None:
@@ -207,8 +214,9 @@ class Body:
                 self.reads += 1
                 if self.on_consumed is not None:
                     self.on_consumed(len(data))
-                    if self.ended and not self._chunks:
-                        self.on_consumed = None  # that was the last chunk
+                if self.ended and not self._chunks:
+                    self.on_consumed = None  # that was the last chunk
+                    self.at_end = True
                 return data
             if self.ended:
                 return None
@@ -224,8 +232,3 @@ class Body:
         past the queue (sidecar.http.tunnel) without overtaking another."""
         waiter = self._waiter
         return waiter is not None and not waiter.done()
-
-    @property
-    def at_end(self) -> bool:
-        """True when nothing more will come: ended with nothing left to read."""
-        return self.ended and not self._chunks

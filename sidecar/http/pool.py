@@ -15,6 +15,7 @@ TCP or mTLS) is chosen without the pools knowing about it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from sidecar import defaults
@@ -195,7 +196,7 @@ class H1Pool:
             return stream
         _reserve_connection(self.stats)
         client = H1Client(
-            on_idle=lambda c: self._idle(target, c),
+            on_idle=functools.partial(self._idle, target),
             on_lost=self._lost,
             body_buffer=self.body_buffer,
         )

@@ -384,19 +384,20 @@ def _time_after_upload(
 
 async def _pump_request(body: Body, upstream: UpstreamStream, acct: RequestAccounting) -> None:
     try:
-        await _send_body(body, upstream, acct.request_chunk)
+        await _send_body(body, upstream, acct.request_chunk if acct.counts_bodies else None)
     except StreamReset:
         upstream.reset()
 
 
 async def _send_body(
-    body: Body, sink: Exchange | UpstreamStream, count: Callable[[bytes], None]
+    body: Body, sink: Exchange | UpstreamStream, count: Callable[[bytes], None] | None
 ) -> None:
-    """A body to its end, each chunk counted. The chunk that completes a body without trailers
-    goes with the end: one DATA frame with END_STREAM rather than an empty one after it, one
-    HTTP/1.1 write with a chunked body's terminator."""
+    """A body to its end, each chunk counted (when `count` is given). The chunk that completes a
+    body without trailers goes with the end: one DATA frame with END_STREAM rather than an empty
+    one after it, one HTTP/1.1 write with a chunked body's terminator."""
     while (chunk := await body.read()) is not None:
-        count(chunk)
+        if count is not None:
+            count(chunk)
         if body.at_end and not body.trailers:
             await sink.finish(None, chunk)
             return
@@ -421,8 +422,9 @@ async def _stream_response(
             await exchange.respond(response)
             if tunnel:
                 splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
-            await _send_body(body, exchange, acct.response_chunk)
-        acct.response_ended(response.headers, body.trailers)
+            await _send_body(body, exchange, acct.response_chunk if acct.counts_bodies else None)
+        if acct.grpc:
+            acct.response_ended(response.headers, body.trailers)
     except StreamReset:
         if body.error is not None:
             acct.upstream_reset()
