@@ -720,7 +720,8 @@ class H2Protocol(asyncio.Protocol):
             if self._window_updates > allowed:
                 self._abuse("http2_inbound_window_update_frames_flood", "WINDOW_UPDATE frames")
                 return
-        self._wake_windows(stream_id)
+        if self._window_waiters:
+            self._wake_windows(stream_id)
 
     def _take_data(
         self, data: bytes, start: int, length: int, stream_id: int, end_stream: int
@@ -1314,7 +1315,13 @@ class H2Protocol(asyncio.Protocol):
     @property
     def available(self) -> bool:
         """Whether a new stream may be opened here now."""
-        return not self.closed and not self.going_away and self.conn.stream_allowed()
+        conn = self.conn
+        return (
+            not self.closed
+            and not self.going_away
+            # below the limit by the quick count, or by h2's
+            and (len(conn.streams) < conn.remote_max_streams or conn.stream_allowed())
+        )
 
     @property
     def usable(self) -> bool:
@@ -1456,7 +1463,8 @@ class H2Stream:
     def remote_ended(self) -> None:
         self.remote_done = True
         self.body.end(self.trailers)
-        self.proto._stream_finished(self)
+        if self.local_done:  # otherwise the local end reports the stream finished
+            self.proto._stream_finished(self)
 
     def reset_received(self, error: StreamReset) -> None:
         if self.reset_error is None:
@@ -1505,7 +1513,8 @@ class H2Stream:
         else:
             self.local_done = True
             await self.proto.send_data(self, last, end=True)
-        self.proto._stream_finished(self)
+        if self.remote_done:  # otherwise the remote end reports the stream finished
+            self.proto._stream_finished(self)
 
     def reset(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         if self.local_done and self.remote_done:
