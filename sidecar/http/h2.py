@@ -123,7 +123,8 @@ _HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
 _CLOSED = h2.stream.StreamState.CLOSED
 _SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
-# The states in which h2 grows a stream's window on WINDOW_UPDATE (and tells of it).
+# The states h2 calls open (`H2Stream.open`): in which it grows a stream's window on
+# WINDOW_UPDATE (and tells of it), and returns a stream's credit.
 _WINDOW_STATES = (_OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE)
 _MAX_WINDOW = 2**31 - 1  # RFC 9113 6.9.1: the largest flow-control window and increment
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
@@ -408,7 +409,8 @@ class _Connection(h2.connection.H2Connection):
             out += _WINDOW_UPDATE_CONNECTION
             out += increment.to_bytes(4, "big")
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.open:
+        # h2's `stream.open` (RFC 9113 5.1.2: OPEN or half-closed), read directly.
+        if stream is not None and stream.state_machine.state in _WINDOW_STATES:
             increment = stream._inbound_window_manager.process_bytes(size)
             if increment:
                 out += _WINDOW_UPDATE_HEAD
@@ -1218,9 +1220,11 @@ class H2Protocol(asyncio.Protocol):
         if handle is not None:
             handle.cancel()
         self._unflushed = self._sends = 0
-        if not self.conn._data_to_send:
+        conn = self.conn
+        if not conn._data_to_send:
             return
-        data = self.conn.data_to_send()
+        data = bytes(conn._data_to_send)  # h2's `data_to_send()`, read directly
+        conn._data_to_send = bytearray()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
