@@ -92,18 +92,6 @@ _INITIAL_WINDOW = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 _UNLIMITED_STREAMS = 2**32 + 1  # h2's value for a limit the peer did not set
 
 
-def _received(
-    conn: h2.connection.H2Connection, headers: list, flags: h2.utilities.HeaderValidationFlags
-) -> list:
-    """h2's `_process_received_headers` for a block the sidecar takes itself: the same rules in
-    one pass (`sidecar.http.h2validate`) where the connection validates (an app, a plaintext
-    peer); h2's generator pipeline cost ~100 Python calls a gRPC request."""
-    config = conn.config
-    return received_headers(
-        headers, flags, config.validate_inbound_headers, config.normalize_inbound_headers
-    )
-
-
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a bound on a header block's encoded bytes, so that a CONTINUATION
     flood is refused before it is buffered, not after (h2 only counts the frames)."""
@@ -135,7 +123,8 @@ _HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
 _CLOSED = h2.stream.StreamState.CLOSED
 _SENDING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
 _RECEIVING_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
-# The states in which h2 grows a stream's window on WINDOW_UPDATE (and tells of it).
+# The states h2 calls open (`H2Stream.open`): in which it grows a stream's window on
+# WINDOW_UPDATE (and tells of it), and returns a stream's credit.
 _WINDOW_STATES = (_OPEN, _HALF_CLOSED_LOCAL, _HALF_CLOSED_REMOTE)
 _MAX_WINDOW = 2**31 - 1  # RFC 9113 6.9.1: the largest flow-control window and increment
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream id
@@ -163,6 +152,48 @@ class _Connection(h2.connection.H2Connection):
     by some 9 MB (found by the soak: RSS climbing with the request count until the table fills)."""
 
     MAX_CLOSED_STREAMS = defaults.H2_CLOSED_STREAMS_REMEMBERED
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        # What the request path reads of the configuration and settings, kept as plain
+        # attributes (h2's are a descriptor, and a deque per setting); the settings are
+        # refreshed where h2 puts new ones in force (`_settings_in_force`).
+        # A header block the sidecar takes itself (`H2Protocol._take_headers`) goes through h2's
+        # rules (`sidecar.http.h2validate`, h2's `_process_received_headers` in one pass) where
+        # the connection validates or normalises (an app, a plaintext peer); from a verified
+        # peer sidecar it is taken as decoded (a fresh list: h2's pipeline would only copy it).
+        self.validate_inbound = config.validate_inbound_headers
+        self.normalize_inbound = config.normalize_inbound_headers
+        self.checks_inbound = self.validate_inbound or self.normalize_inbound
+        self._settings_in_force()
+
+    def _settings_in_force(self) -> None:
+        """Read the settings in force into plain attributes: the streams the peer allows us,
+        the streams we allow it, and the two initial stream windows. Called at creation, when
+        the local settings are replaced (`use_local_settings`) and when either side's settings
+        are acknowledged, the only ways h2 changes the settings in force."""
+        local, remote = self.local_settings, self.remote_settings
+        self.local_max_streams = _setting(local, _MAX_STREAMS, _UNLIMITED_STREAMS)
+        self.remote_max_streams = _setting(remote, _MAX_STREAMS, _UNLIMITED_STREAMS)
+        self.local_initial_window = _setting(local, _INITIAL_WINDOW, 65535)
+        self.remote_initial_window = _setting(remote, _INITIAL_WINDOW, 65535)
+
+    def use_local_settings(self, settings: h2.settings.Settings) -> None:
+        """Our settings, given before the connection's preface is sent."""
+        self.local_settings = settings
+        self._settings_in_force()
+
+    def _acknowledge_settings(self) -> list[hyperframe.frame.Frame]:
+        """h2 puts the peer's new settings in force (and acknowledges them)."""
+        frames = super()._acknowledge_settings()
+        self._settings_in_force()
+        return frames
+
+    def _local_settings_acked(self) -> dict:
+        """h2 puts our new settings in force, the peer having acknowledged them."""
+        changes = super()._local_settings_acked()
+        self._settings_in_force()
+        return changes
 
     def _receive_goaway_frame(
         self, frame: hyperframe.frame.GoAwayFrame
@@ -226,8 +257,8 @@ class _Connection(h2.connection.H2Connection):
         stream = h2.stream.H2Stream(
             stream_id,
             config=self.config,
-            inbound_window_size=_setting(self.local_settings, _INITIAL_WINDOW, 65535),
-            outbound_window_size=_setting(self.remote_settings, _INITIAL_WINDOW, 65535),
+            inbound_window_size=self.local_initial_window,
+            outbound_window_size=self.remote_initial_window,
         )
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
@@ -239,18 +270,20 @@ class _Connection(h2.connection.H2Connection):
         walking all of them: once or twice per request that walk was most of what a request
         cost in h2 with many streams open (all of them, every time)."""
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.closed:
-            del self.streams[stream_id]
-            self._closed_streams[stream_id] = stream.closed_by
+        if stream is not None:
+            machine = stream.state_machine  # h2's `closed` and `closed_by`, read directly
+            if machine.state is _CLOSED:
+                del self.streams[stream_id]
+                self._closed_streams[stream_id] = machine.stream_closed_by
 
-    def outbound_streams(self) -> int:
-        """A client connection's open streams, as h2's `open_outbound_streams` counts them: the
-        streams not `forget`-ten yet are open but for a few closed ones (the client side holds
-        its own streams only: pushes are refused), so h2 counts only near the limit."""
-        count = len(self.streams)
-        if count >= _setting(self.remote_settings, _MAX_STREAMS, _UNLIMITED_STREAMS):
-            count = self.open_outbound_streams
-        return count
+    def stream_allowed(self) -> bool:
+        """A client connection may open one more stream: its open streams, as h2's
+        `open_outbound_streams` counts them, are fewer than the peer allows. The streams not
+        `forget`-ten yet are open but for a few closed ones (the client side holds its own
+        streams only: pushes are refused), so h2 counts (walking all of them) only near the
+        limit."""
+        limit = self.remote_max_streams
+        return len(self.streams) < limit or self.open_outbound_streams < limit
 
     def send_request_headers(
         self, stream_id: int, headers: Headers, end_stream: bool, method: bytes, authority: bytes
@@ -269,8 +302,7 @@ class _Connection(h2.connection.H2Connection):
             or stream_id <= self.highest_outbound_stream_id
             or not stream_id & 1
             or self.state_machine.state is not h2.connection.ConnectionState.CLIENT_OPEN
-            or self.outbound_streams()
-            >= _setting(self.remote_settings, _MAX_STREAMS, _UNLIMITED_STREAMS)
+            or (len(self.streams) >= self.remote_max_streams and not self.stream_allowed())
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
             return
@@ -377,7 +409,8 @@ class _Connection(h2.connection.H2Connection):
             out += _WINDOW_UPDATE_CONNECTION
             out += increment.to_bytes(4, "big")
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.open:
+        # h2's `stream.open` (RFC 9113 5.1.2: OPEN or half-closed), read directly.
+        if stream is not None and stream.state_machine.state in _WINDOW_STATES:
             increment = stream._inbound_window_manager.process_bytes(size)
             if increment:
                 out += _WINDOW_UPDATE_HEAD
@@ -536,9 +569,8 @@ class H2Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer_address = transport.get_extra_info("peername")
-        self.conn.local_settings = h2.settings.Settings(
-            client=self.client_side,
-            initial_values=self._settings(),
+        self.conn.use_local_settings(
+            h2.settings.Settings(client=self.client_side, initial_values=self._settings())
         )
         # Settings given as initial values count as acknowledged: the frame-size limit the codec
         # enforces has to follow them by hand (it is read from the settings only at creation).
@@ -690,7 +722,8 @@ class H2Protocol(asyncio.Protocol):
             if self._window_updates > allowed:
                 self._abuse("http2_inbound_window_update_frames_flood", "WINDOW_UPDATE frames")
                 return
-        self._wake_windows(stream_id)
+        if self._window_waiters:
+            self._wake_windows(stream_id)
 
     def _take_data(
         self, data: bytes, start: int, length: int, stream_id: int, end_stream: int
@@ -774,9 +807,7 @@ class H2Protocol(asyncio.Protocol):
             if self.client_side or not stream_id & 1 or stream_id <= conn.highest_inbound_stream_id:
                 return False
             try:
-                if len(conn.streams) >= _setting(
-                    conn.local_settings, _MAX_STREAMS, _UNLIMITED_STREAMS
-                ):
+                if len(conn.streams) >= conn.local_max_streams:
                     conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
                 headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
                 h2_stream = conn.new_stream(stream_id)
@@ -795,7 +826,10 @@ class H2Protocol(asyncio.Protocol):
                 else:
                     machine.state = _OPEN
                 h2_stream._initialize_content_length(headers)
-                headers = _received(conn, headers, _REQUEST_FLAGS)
+                if conn.checks_inbound:
+                    headers = received_headers(
+                        headers, _REQUEST_FLAGS, conn.validate_inbound, conn.normalize_inbound
+                    )
             except h2.exceptions.ProtocolError as exc:
                 self._protocol_error(exc, terminate=True)
                 return True
@@ -820,7 +854,7 @@ class H2Protocol(asyncio.Protocol):
                     machine.state = _CLOSED
                     raise h2.exceptions.ProtocolError("Informational response after final response")
                 h2_stream._initialize_content_length(headers)  # h2 checks every block's
-                headers = _received(conn, headers, _RESPONSE_FLAGS)
+                flags = _RESPONSE_FLAGS
             else:
                 if trailers:
                     if machine.trailers_received:
@@ -839,7 +873,10 @@ class H2Protocol(asyncio.Protocol):
                     flags = _TRAILER_FLAGS[bool(machine.client)]
                 else:
                     flags = _RESPONSE_FLAGS
-                headers = _received(conn, headers, flags)
+            if conn.checks_inbound:
+                headers = received_headers(
+                    headers, flags, conn.validate_inbound, conn.normalize_inbound
+                )
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
@@ -1183,9 +1220,11 @@ class H2Protocol(asyncio.Protocol):
         if handle is not None:
             handle.cancel()
         self._unflushed = self._sends = 0
-        if not self.conn._data_to_send:
+        conn = self.conn
+        if not conn._data_to_send:
             return
-        data = self.conn.data_to_send()
+        data = bytes(conn._data_to_send)  # h2's `data_to_send()`, read directly
+        conn._data_to_send = bytearray()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
@@ -1212,9 +1251,18 @@ class H2Protocol(asyncio.Protocol):
                 # one high-water mark and one frame, however many streams send.
                 await self.drain()
                 continue
-            window = min(
-                self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
-            )
+            conn = self.conn
+            h2_stream = conn.streams.get(stream_id)
+            if h2_stream is None:  # h2's error for a stream it no longer holds
+                window = min(
+                    conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size
+                )
+            else:  # h2's `local_flow_control_window`, read directly, and a frame's worth
+                window = min(
+                    h2_stream.outbound_flow_control_window,
+                    conn.outbound_flow_control_window,
+                    conn.max_outbound_frame_size,
+                )
             if window <= 0:
                 waiter = asyncio.get_running_loop().create_future()
                 self._window_waiters[stream_id] = waiter
@@ -1271,11 +1319,12 @@ class H2Protocol(asyncio.Protocol):
     @property
     def available(self) -> bool:
         """Whether a new stream may be opened here now."""
+        conn = self.conn
         return (
             not self.closed
             and not self.going_away
-            and self.conn.outbound_streams()
-            < _setting(self.conn.remote_settings, _MAX_STREAMS, _UNLIMITED_STREAMS)
+            # below the limit by the quick count, or by h2's
+            and (len(conn.streams) < conn.remote_max_streams or conn.stream_allowed())
         )
 
     @property
@@ -1294,9 +1343,14 @@ class H2Protocol(asyncio.Protocol):
                 waiter.set_result(None)
 
     def open_stream(self, head: RequestHead, end_stream: bool) -> H2ClientStream:
-        if not self.usable:
+        if self.closed or self.going_away:  # not `usable`
             raise RefusedStream("connection is going away")
-        stream_id = self.conn.get_next_available_stream_id()
+        # h2's `get_next_available_stream_id`, without its debug log line.
+        conn = self.conn
+        highest = conn.highest_outbound_stream_id
+        stream_id = highest + 2 if highest else 1  # a client's streams are odd
+        if stream_id > conn.HIGHEST_ALLOWED_STREAM_ID:
+            raise h2.exceptions.NoAvailableStreamIDError("Exhausted allowed stream IDs")
         headers = request_headers(head)
         stream = H2ClientStream(self, stream_id, head)
         self.streams[stream_id] = stream
@@ -1309,13 +1363,22 @@ class H2Protocol(asyncio.Protocol):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _stream_finished(self, stream: H2Stream) -> None:
-        if stream.local_done and stream.remote_done:
-            self.streams.pop(stream.stream_id, None)
-            if not self.closed:
-                self.conn.forget(stream.stream_id)
-            if not self.streams and not self.client_side:
-                self.idle_since = self.loop.time()
+        """A stream may be done at both ends: dropped here and from h2's books, its slot given
+        to a waiter. Each end reports it (and a server stream's task once more), so a stream
+        that is gone from both tables is done with; one still in h2's (its END_STREAM left
+        after both ends were done: a `finish` that waited for window) is forgotten now."""
+        if not (stream.local_done and stream.remote_done):
+            return
+        stream_id = stream.stream_id
+        if self.streams.pop(stream_id, None) is None and stream_id not in self.conn.streams:
+            return
+        if not self.closed:
+            self.conn.forget(stream_id)
+        if not self.streams and not self.client_side:
+            self.idle_since = self.loop.time()
+        if self._slot_waiters:
             self._wake_slots()
+        if self.going_away:
             self._maybe_close()
 
     def _maybe_close(self) -> None:
@@ -1404,7 +1467,8 @@ class H2Stream:
     def remote_ended(self) -> None:
         self.remote_done = True
         self.body.end(self.trailers)
-        self.proto._stream_finished(self)
+        if self.local_done:  # otherwise the local end reports the stream finished
+            self.proto._stream_finished(self)
 
     def reset_received(self, error: StreamReset) -> None:
         if self.reset_error is None:
@@ -1453,7 +1517,8 @@ class H2Stream:
         else:
             self.local_done = True
             await self.proto.send_data(self, last, end=True)
-        self.proto._stream_finished(self)
+        if self.remote_done:  # otherwise the remote end reports the stream finished
+            self.proto._stream_finished(self)
 
     def reset(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         if self.local_done and self.remote_done:
@@ -1564,9 +1629,14 @@ class H2ClientStream(H2Stream):
         router then sends it inline instead of from a task of its own): the transport not
         paused and the flow-control windows open for all of it."""
         proto = self.proto
+        if proto._write_paused is not None or proto.closed or self.reset_error is not None:
+            return False
+        conn = proto.conn
+        h2_stream = conn.streams.get(self.stream_id)
+        if h2_stream is None:  # h2's error for a stream it no longer holds
+            return conn.local_flow_control_window(self.stream_id) >= size
+        # h2's `local_flow_control_window`, read directly
         return (
-            proto._write_paused is None
-            and not proto.closed
-            and self.reset_error is None
-            and proto.conn.local_flow_control_window(self.stream_id) >= size
+            size <= h2_stream.outbound_flow_control_window
+            and size <= conn.outbound_flow_control_window
         )
