@@ -409,10 +409,11 @@ class _Parser:
     def _take(self, out: list[Event], n: int) -> int:
         """Emit up to `n` bytes of body from the buffer; returns how many are still due."""
         buf = self._buf
-        if len(buf) <= n:
+        size = len(buf)
+        if size <= n:
             out.append(buf if type(buf) is bytes else bytes(buf))
             self._buf = b""
-            return n - len(buf)
+            return n - size
         out.append(bytes(buf[:n]))
         self._consume(n)
         return 0
