@@ -77,10 +77,6 @@ def target_problem(method: bytes, target: bytes) -> str | None:
     return "not a request target (origin, absolute, authority or asterisk form)"
 
 
-def _reason(status: int) -> bytes:
-    return _PHRASES.get(status, b"")
-
-
 class _Writer(asyncio.Protocol):
     """Transport write back-pressure shared by both ends."""
 
@@ -122,14 +118,14 @@ class _Writer(asyncio.Protocol):
         return True
 
 
-def _body_consumed(proto: H1Server | H1Client, body: Body) -> Callable[[int], None]:
-    def consumed(_: int) -> None:
-        if proto.reading_paused and body.buffered <= body.high_water // 2:
-            proto.reading_paused = False
-            if proto.transport is not None and not proto.transport.is_closing():
-                proto.transport.resume_reading()
-
-    return consumed
+def _resume_when_drained(proto: H1Server | H1Client, body: Body) -> None:
+    """The router read from `body` while reading is paused: it resumes once the body has drained
+    to half its mark. (Called from the `on_consumed` method of the exchange or stream that owns
+    the body: a bound method costs no call per request, a closure made per request did.)"""
+    if body.buffered <= body.high_water // 2:
+        proto.reading_paused = False
+        if proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.resume_reading()
 
 
 def _feed(proto: H1Server | H1Client, body: Body, data: bytes) -> None:
@@ -173,20 +169,29 @@ class _BodyFraming:
     def frame(self, data: bytes) -> bytes:
         if self.chunked:
             return h1wire.chunk(data) if data else b""  # an empty chunk would end the body
-        if self.remaining is not None:
-            if len(data) > self.remaining:
+        if self.remaining is not None and data:  # (so `_NO_BODY_FRAMING` is never written)
+            size = len(data)
+            if size > self.remaining:
                 raise StreamReset("body longer than its Content-Length")
-            self.remaining -= len(data)
+            self.remaining -= size
         return data
 
     def last(self, trailers: Headers | None, data: bytes = b"") -> bytes:
-        """The end of the body, `data` its last bytes (framed with it, for one write)."""
-        framed = self.frame(data) if data else b""
+        """The end of the body, `data` its last bytes (framed with it, for one write). Nothing
+        is framed after it: the owner refuses writes once the body has ended."""
         if self.chunked:
-            return framed + h1wire.last_chunk(trailers)
-        if self.remaining:
+            return (h1wire.chunk(data) if data else b"") + h1wire.last_chunk(trailers)
+        remaining = self.remaining
+        if remaining is not None and len(data) != remaining:
+            if len(data) > remaining:
+                raise StreamReset("body longer than its Content-Length")
             raise StreamReset("body shorter than its Content-Length")
-        return framed
+        return data
+
+
+# No body at all (a GET, a HEAD's response, an empty response): one framing for all of them, as
+# it cannot change (any byte sent through it is refused before it is counted).
+_NO_BODY_FRAMING = _BodyFraming(False, 0)
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -366,13 +371,15 @@ class H1Server(_Writer):
 
     def _request(self, request: Request) -> None:
         self.head_started = None
-        target = request.target
-        problem = target_problem(request.method, target)
-        if problem is not None:
-            self._protocol_error(ProtocolError(problem))
-            return
-        host, path = split_target(target)
-        authority = host
+        method, target = request.method, request.target
+        if target[:1] == b"/" and b"#" not in target and method != b"CONNECT":
+            authority, path = None, target  # the usual origin-form: no need to look further
+        else:
+            problem = target_problem(method, target)
+            if problem is not None:
+                self._protocol_error(ProtocolError(problem))
+                return
+            authority, path = split_target(target)
         headers: Headers = request.headers  # the parser's list: ours to change
         for i, (k, v) in enumerate(headers):
             if k == b"host":  # at most one (the parser refuses more)
@@ -380,7 +387,7 @@ class H1Server(_Writer):
                 if authority is None:
                     authority = v
                 break
-        method, protocol = request.method, None
+        protocol = None
         if method == b"CONNECT":
             authority, path = target, b""
         elif request.upgrade is not None:
@@ -477,48 +484,45 @@ class H1ServerExchange:
     def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
-        self.body = Body(None, proto.limits.stream_buffer_bytes)
-        self.body.on_consumed = _body_consumed(proto, self.body)
+        self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
         self.peer_address = proto.peer_address
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
+        self.cancelled = False  # the client went away (`error` is set): nothing more to do
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
         self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
         self.keep_alive = wire.keep_alive
         self.request_ended = False  # the request's body was read to its end
         self.finished = False  # the response was sent to its end
-        self._framing = _BodyFraming(False, 0)
+        self._framing = _NO_BODY_FRAMING
         # The response head, held back for a moment so that it leaves in one write with the
         # body's first bytes (or the whole body): a write(2) fewer and one wake-up of the
         # client fewer per response. `_flush_head` sends it alone if no body follows at once.
         self._head: bytes | None = None
 
-    @property
-    def cancelled(self) -> bool:
-        """The client went away: nothing more should be done for this request."""
-        return self.error is not None
+    def _consumed(self, _: int) -> None:
+        if self.proto.reading_paused:
+            _resume_when_drained(self.proto, self.body)
 
     def lost(self, error: StreamReset) -> None:
         self.error = error
+        self.cancelled = True
         self.body.abort(error)
-
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
 
     def informational(self, head: ResponseHead) -> None:
         if self.error is not None or self.responded or head.status in (100, 101):
             return  # 100 was answered when the request arrived
         try:
-            data = h1wire.response_head(head.status, _reason(head.status), head.headers)
+            data = h1wire.response_head(head.status, _PHRASES.get(head.status, b""), head.headers)
         except ProtocolError:
             return  # not forwarded: an interim response is advisory
         self.proto._write(data)
 
     async def respond(self, head: ResponseHead, end: bool = False) -> None:
-        self._check()
+        if self.error is not None:
+            raise self.error
         self.responded = True
         status = self.status = head.status
         if self.upgrade and status == TUNNEL_ESTABLISHED:
@@ -529,7 +533,7 @@ class H1ServerExchange:
         headers = head.headers
         length = _content_length(headers)
         if status in (204, 304) or self.request.method == b"HEAD":
-            self._framing = _BodyFraming(False, 0)  # no body, whatever the head says
+            self._framing = _NO_BODY_FRAMING  # no body, whatever the head says
             if length is None and status not in (204, 304):
                 # HEAD: the framing a GET would have had (h11 did the same).
                 headers = [*headers, (b"transfer-encoding", b"chunked")]
@@ -546,7 +550,8 @@ class H1ServerExchange:
         if not self.keep_alive:
             headers = [*headers, (b"connection", b"close")]
         try:
-            data = h1wire.response_head(status, _reason(status), headers)
+            start = b"HTTP/1.1 %d %s" % (status, _PHRASES.get(status, b""))
+            data = h1wire.head_bytes(start, headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame response: {exc}") from exc
         if end:
@@ -587,7 +592,8 @@ class H1ServerExchange:
             self.body.end()
 
     async def write(self, data: bytes) -> None:
-        self._check()
+        if self.error is not None:
+            raise self.error
         proto = self.proto
         if not self.tunnelling:
             if self.finished:
@@ -606,7 +612,8 @@ class H1ServerExchange:
     async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None:
         """End the response, `last` its last bytes: one write with the end (a chunked body's
         last chunk and its terminator, or the head as well for a body of one chunk)."""
-        self._check()
+        if self.error is not None:
+            raise self.error
         if self.tunnelling:
             if last:
                 await self.write(last)
@@ -628,6 +635,7 @@ class H1ServerExchange:
     def reset(self) -> None:
         """Abort: the client sees the connection close without a terminating chunk."""
         self.error = self.error or StreamReset("reset locally")
+        self.cancelled = True
         if self.proto.transport is not None:
             self.proto.transport.abort()
 
@@ -646,8 +654,7 @@ class H1ClientStream:
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
         self.relay: Relay | None = None  # tunnel bytes from the app, once spliced
-        self.body = Body(None, client.body_buffer)
-        self.body.on_consumed = _body_consumed(client, self.body)
+        self.body = Body(self._consumed, client.body_buffer)
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
         # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
@@ -661,6 +668,10 @@ class H1ClientStream:
     @property
     def answered(self) -> bool:
         return self.response_head.done()
+
+    def _consumed(self, _: int) -> None:
+        if self.client.reading_paused:
+            _resume_when_drained(self.client, self.body)
 
     async def _write_tunnel(self, data: bytes) -> None:
         assert self.tunnel is not None
@@ -806,7 +817,7 @@ class H1Client(_Writer):
             end_stream = True  # the request itself has no body; what follows is the tunnel
         length = _content_length(headers)
         if end_stream:
-            framing = _BodyFraming(False, 0)
+            framing = _NO_BODY_FRAMING
         elif length is None:
             headers.append((b"transfer-encoding", b"chunked"))
             framing = _BodyFraming(True, None)
@@ -815,14 +826,14 @@ class H1Client(_Writer):
         if end_stream and length:  # a Content-Length with no body to follow (h11 refused it too)
             raise StreamReset("cannot frame request: no body for its Content-Length")
         try:
-            data = h1wire.request_head(method, target, headers)
+            data = h1wire.head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame request: {exc}") from exc
         stream = self.stream = H1ClientStream(self, head, framing)
         stream.sent = end_stream
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self.parser.expect(method)
+        self.parser.method = method  # what the response answers (HEAD, CONNECT: no body)
         self._write(data)
         return stream
 
@@ -899,7 +910,8 @@ class H1Client(_Writer):
                     self._switch(stream, head)
                     return
                 else:
-                    stream.switched(False)
+                    if stream.tunnel is not None:
+                        stream.switched(False)  # the app declined the upgrade
                     stream.responded(head)
             elif kind is End:
                 stream.body.end(event.trailers)  # type: ignore[union-attr]

@@ -6,8 +6,10 @@ than framing needs, so `sidecar.http.h1` drives them from `data_received`.
 
 Why our own and not h11: h11 costs ~170 Python calls per request on each end (bench/README.md,
 "Where the time goes"); here a head is parsed with a few C-level passes over the bytes — one
-regex for the start line, one to check every field line, one to split them — and the framing
-headers are found by searching the lower-cased head once, not by walking the fields.
+regex checks the whole head (start line, every field line, no control characters), two more
+split the fields (names from the lower-cased head, values from the head as sent) — and the
+framing headers are found by searching the lower-cased head, not by walking the fields. Only a
+head that the one regex refuses goes through the checks one by one, to say what is wrong with it.
 
 Strictness is the point of a proxy's parser: a message the next hop could read differently is how
 requests get smuggled. A request is refused (`ProtocolError`, with the status to answer) for
@@ -22,7 +24,7 @@ syntax, since they are forwarded too.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NoReturn
 
 from sidecar import defaults
 
@@ -31,10 +33,24 @@ Headers = list[tuple[bytes, bytes]]
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-# Every field line, each ending with CRLF: a token, a colon, a value (control characters other
-# than HTAB were refused before this runs, so `[^\r\n]` is only visible characters and blanks).
-_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r\n)*")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+# The field lines of a head, each preceded by CRLF, and the CRLF that ends the last line: a
+# token, a colon, a value of visible characters, blanks and obs-text (no control character but
+# HTAB, so no bare CR or LF either).
+_FIELD_LINES = rb"(?:\r\n" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n"
+# A whole head in one pass: start line (a request's version 1.0 or 1.1 only), then the field
+# lines (a group: the framing headers are looked up in it).
+_REQUEST_HEAD = re.compile(
+    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])(" + _FIELD_LINES + rb")"
+)
+_RESPONSE_HEAD = re.compile(_STATUS_LINE.pattern + rb"(" + _FIELD_LINES + rb")")
+_FIELDS = re.compile(_FIELD_LINES)
+# Names and values of field lines already checked: the names are read from the lower-cased
+# lines, the values from the lines as sent; both find the same lines in the same order.
+_FIELD_NAME = re.compile(rb"\r\n(" + _TOKEN + rb"):")
+_FIELD_VALUE = re.compile(rb"\r\n" + _TOKEN + rb":[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+# A Content-Length line in the lower-cased field lines, its value a decimal of at most 18 digits
+# (an int64 whatever the digits) between optional blanks.
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r\n")
 # Control characters other than HTAB, CR and LF (CR and LF are counted against the line ends).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
@@ -128,18 +144,18 @@ Event = Request | Response | bytes | End | Closed
 _END: Final = End()  # the usual end: no trailers (immutable in practice, so shared)
 
 
-def _split_fields(block: bytes, max_fields: int, what: str) -> Headers:
-    """`block` is the field lines, each ending with CRLF (it may be empty)."""
-    if _FIELDS.fullmatch(block) is None:
-        raise ProtocolError(f"a malformed field line in the {what} (obs-fold, bad name)")
-    fields = _FIELD.findall(block)
-    if len(fields) > max_fields:
-        raise ProtocolError(f"{len(fields)} header fields, more than {max_fields}", 431)
-    return [(name.lower(), value) for name, value in fields]
+def _fields(fields: bytes, lower: bytes, max_fields: int) -> Headers:
+    """The (name, value) pairs of field lines already checked (`_FIELD_LINES`), names lower-case.
+    `fields` is the field lines each preceded by CRLF, `lower` the same lower-cased."""
+    values = _FIELD_VALUE.findall(fields)
+    if len(values) > max_fields:
+        raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
+    return list(zip(_FIELD_NAME.findall(lower), values, strict=True))
 
 
 def _check_chars(head: bytes, what: str) -> None:
-    """Refuse bare CR, bare LF and control characters other than HTAB."""
+    """Refuse bare CR, bare LF and control characters other than HTAB (a head that the one-pass
+    regex refused, or trailers)."""
     lines = head.count(b"\r\n")
     if head.count(b"\n") != lines or head.count(b"\r") != lines:
         raise ProtocolError(f"a bare CR or LF in the {what}")
@@ -166,34 +182,50 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return [t.strip(b" \t").lower() for v in values for t in v.split(b",") if t.strip(b" \t")]
 
 
-def _content_length(values: list[bytes]) -> int:
-    if len(values) > 1:
+def _content_length(lower: bytes) -> int:
+    """The one Content-Length in `lower`, the lower-cased field lines (it has one at least)."""
+    if lower.count(b"\r\ncontent-length:") > 1:
         raise ProtocolError("Content-Length given more than once")
-    value = values[0]
-    if not value.isdigit() or len(value) > 18:
+    match = _CONTENT_LENGTH.search(lower)
+    if match is None:
         raise ProtocolError("Content-Length is not a decimal length")
-    return int(value)
+    return int(match[1])
+
+
+def _request_head_problem(head: bytes) -> NoReturn:
+    """What is wrong with a head `_REQUEST_HEAD` refused: the checks one by one, in order."""
+    _check_chars(head, "request head")
+    match = _REQUEST_LINE.fullmatch(head, 0, head.find(b"\r\n"))
+    if match is None:
+        raise ProtocolError("a malformed request line")
+    major, minor = match.group(3, 4)
+    if major != b"1" or minor not in (b"1", b"0"):
+        raise ProtocolError(f"unsupported version HTTP/{major.decode()}.{minor.decode()}", 505)
+    # Characters and start line are right, so a field line is what the one pass refused.
+    raise ProtocolError("a malformed field line in the request head (obs-fold, bad name)")
+
+
+def _response_head_problem(head: bytes) -> NoReturn:
+    """What is wrong with a head `_RESPONSE_HEAD` refused: the checks one by one, in order."""
+    _check_chars(head, "response head")
+    if _STATUS_LINE.fullmatch(head, 0, head.find(b"\r\n")) is None:
+        raise ProtocolError("a malformed status line")
+    raise ProtocolError("a malformed field line in the response head (obs-fold, bad name)")
 
 
 def parse_request_head(head: bytes, max_fields: int) -> Request:
     """Parse and check one request head (`head` ends with the CRLF of its last line)."""
-    _check_chars(head, "request head")
-    eol = head.find(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(head, 0, eol)
+    match = _REQUEST_HEAD.fullmatch(head)
     if match is None:
-        raise ProtocolError("a malformed request line")
-    method, target, major, minor = match.groups()
-    if major != b"1" or minor not in (b"1", b"0"):
-        raise ProtocolError(f"unsupported version HTTP/{major.decode()}.{minor.decode()}", 505)
+        _request_head_problem(head)
+    method, target, minor, fields = match.groups()
     version = b"1.1" if minor == b"1" else b"1.0"
-    headers = _split_fields(head[eol + 2 :], max_fields, "request head")
-    request = Request(method, target, version, headers)
-    fields = head[eol:]  # every field line now follows a CRLF
     lower = fields.lower()
+    request = Request(method, target, version, _fields(fields, lower, max_fields))
     if b"\r\ncontent-length:" in lower:
         if b"\r\ntransfer-encoding:" in lower:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        request.length = _content_length(_values(lower, fields, b"content-length"))
+        request.length = _content_length(lower)
         request.framing = _LENGTH
     elif b"\r\ntransfer-encoding:" in lower:
         if version == b"1.0":
@@ -219,26 +251,23 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
 def parse_response_head(head: bytes, max_fields: int) -> Response:
     """Parse and check one response head; its framing as the head says it (the parser knows
     when there is no body whatever it says)."""
-    _check_chars(head, "response head")
-    eol = head.find(b"\r\n")
-    match = _STATUS_LINE.fullmatch(head, 0, eol)
+    match = _RESPONSE_HEAD.fullmatch(head)
     if match is None:
-        raise ProtocolError("a malformed status line")
-    minor, status, reason = match.groups()
+        _response_head_problem(head)
+    minor, status, reason, fields = match.groups()
+    lower = fields.lower()
     response = Response(
         int(status),
         b"1.1" if minor == b"1" else b"1.0",
-        _split_fields(head[eol + 2 :], max_fields, "response head"),
+        _fields(fields, lower, max_fields),
         reason or b"",
     )
-    fields = head[eol:]
-    lower = fields.lower()
     if b"\r\nconnection:" in lower and b"close" in _tokens(_values(lower, fields, b"connection")):
         response.keep_alive = False
     if b"\r\ncontent-length:" in lower:
         if b"\r\ntransfer-encoding:" in lower:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        response.length = _content_length(_values(lower, fields, b"content-length"))
+        response.length = _content_length(lower)
         response.framing = _LENGTH
     elif b"\r\ntransfer-encoding:" in lower:
         if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
@@ -263,18 +292,13 @@ class _Parser:
         self._in_body = False
         self._chunk_end = False  # the CRLF after a chunk's data is next
         self._trailers = False  # the trailer section is next
-        self._eof = False
+        self.eof = False  # the peer has closed its side
         self.paused = False
 
     @property
     def trailing(self) -> bytes:
         """Bytes received after the last message: the start of a tunnel after an upgrade."""
         return bytes(self._buf)
-
-    @property
-    def eof(self) -> bool:
-        """The peer has closed its side."""
-        return self._eof
 
     @property
     def buffered(self) -> int:
@@ -297,12 +321,14 @@ class _Parser:
         return self._events() if not self.paused else []
 
     def receive_eof(self) -> list[Event]:
-        self._eof = True
+        self.eof = True
         return self._events() if not self.paused else []
 
     def next_cycle(self) -> list[Event]:
         """Resume after a message: parse what is already buffered of the next one."""
         self.paused = False
+        if not self._buf and not self.eof:
+            return []  # the usual case: nothing of a next message yet
         return self._events()
 
     def _events(self) -> list[Event]:
@@ -312,7 +338,7 @@ class _Parser:
                 if not (self._chunked(out) if self._framing == _CHUNKED else self._body(out)):
                     break
             elif not self._buf:
-                if self._eof:
+                if self.eof:
                     out.append(Closed(True))
                     self.paused = True
                 break
@@ -338,7 +364,7 @@ class _Parser:
         """The head up to its blank line (the CRLF of its last line kept), or None for more."""
         buf = self._buf
         scanned = self._scanned
-        end = buf.find(b"\r\n\r\n", max(0, scanned - 3))
+        end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
         if end < 0:
             if len(buf) > self.max_head_bytes:
                 raise ProtocolError("headers too large", 431)
@@ -349,14 +375,17 @@ class _Parser:
             cr = buf.count(b"\r", start) - (buf[-1:] == b"\r")  # a last CR may meet its LF
             if lf != buf.count(b"\r\n", start) or cr != lf:
                 raise ProtocolError("a bare CR or LF in the head")
-            if self._eof:
+            if self.eof:
                 raise ProtocolError("connection closed inside a head")
             self._scanned = len(buf)
             return None
         if end + 4 > self.max_head_bytes:
             raise ProtocolError("headers too large", 431)
         head = bytes(buf[: end + 2])
-        self._consume(end + 4)
+        if type(buf) is bytes and len(buf) - end - 4 <= _SMALL_REST:
+            self._buf = buf[end + 4 :]  # the usual head: read whole, little or nothing after it
+        else:
+            self._consume(end + 4)
         self._scanned = 0
         return head
 
@@ -380,10 +409,11 @@ class _Parser:
     def _take(self, out: list[Event], n: int) -> int:
         """Emit up to `n` bytes of body from the buffer; returns how many are still due."""
         buf = self._buf
-        if len(buf) <= n:
+        size = len(buf)
+        if size <= n:
             out.append(buf if type(buf) is bytes else bytes(buf))
             self._buf = b""
-            return n - len(buf)
+            return n - size
         out.append(bytes(buf[:n]))
         self._consume(n)
         return 0
@@ -391,15 +421,17 @@ class _Parser:
     def _body(self, out: list[Event]) -> bool:
         """Emit what the buffer holds of a length or until-EOF body; False for more bytes."""
         if not self._buf:
-            if self._eof:
+            if self.eof:
                 return self._ended(out, _END if self._framing == _UNTIL_EOF else Closed(False))
             return False
         if self._framing == _UNTIL_EOF:
             self._take(out, len(self._buf))
             return True
         self._remaining = self._take(out, self._remaining)
-        if not self._remaining:
-            self._ended(out, _END)
+        if not self._remaining:  # the end (as `_ended` does, without a call per message)
+            self._in_body = False
+            self.paused = True
+            out.append(_END)
         return True
 
     def _chunked(self, out: list[Event]) -> bool:
@@ -445,7 +477,7 @@ class _Parser:
             self._consume(2)
             self._trailers = False
             return self._ended(out, _END)
-        if buf == b"\r" or (self._eof and buf.find(b"\r\n\r\n") < 0):
+        if buf == b"\r" or (self.eof and buf.find(b"\r\n\r\n") < 0):
             return self._cut(out)
         try:
             block = self._take_head()
@@ -454,16 +486,19 @@ class _Parser:
         if block is None:
             return self._cut(out)
         _check_chars(block, "trailers")
-        lower = b"\r\n" + block.lower()
+        fields = b"\r\n" + block
+        lower = fields.lower()
         if b"\r\ncontent-length:" in lower or b"\r\ntransfer-encoding:" in lower:
             raise ProtocolError("Content-Length or Transfer-Encoding in trailers")
-        trailers = _split_fields(block, self.max_fields, "trailers")
+        if _FIELDS.fullmatch(fields) is None:
+            raise ProtocolError("a malformed field line in the trailers (obs-fold, bad name)")
+        trailers = _fields(fields, lower, self.max_fields)
         self._trailers = False
         return self._ended(out, End(trailers))
 
     def _cut(self, out: list[Event]) -> bool:
         """Out of bytes inside a chunked body: wait, or report the cut at EOF."""
-        if self._eof:
+        if self.eof:
             self._chunk_end = self._trailers = False
             return self._ended(out, Closed(False))
         return False
@@ -498,15 +533,19 @@ class RequestParser(_Parser):
         if head is None:
             return False
         request = parse_request_head(head, self.max_fields)
-        out.append(request)
-        self._start_body(out, request.framing, request.length)
+        if request.framing == _NO_BODY:  # the usual GET: the request ends with its head
+            out += (request, _END)
+            self.paused = True
+        else:
+            out.append(request)
+            self._start_body(out, request.framing, request.length)
         return True
 
 
 class ResponseParser(_Parser):
-    """The client end: responses from a server. `expect(method)` is called before each request
-    is sent: a response to HEAD has no body, and a 2xx to CONNECT or a 101 ends HTTP/1.1 on the
-    connection (the parser pauses and stays paused; what follows is `trailing`)."""
+    """The client end: responses from a server. `method` is set (`expect(method)`) before each
+    request is sent: a response to HEAD has no body, and a 2xx to CONNECT or a 101 ends HTTP/1.1
+    on the connection (the parser pauses and stays paused; what follows is `trailing`)."""
 
     def __init__(
         self,
@@ -551,9 +590,11 @@ class ResponseParser(_Parser):
 _SEP = b": "
 
 
-def _head_bytes(start: bytes, headers: Headers) -> bytes:
+def head_bytes(start: bytes, headers: Headers) -> bytes:
     """A start line and fields as one block of bytes, refused if a name or value would break a
-    line (CR, LF or NUL: response splitting, a smuggled header)."""
+    line (CR, LF or NUL: response splitting, a smuggled header). `request_head` and
+    `response_head` write the start line for it; `sidecar.http.h1` writes its own on the
+    request path, a call fewer per message."""
     out = b"\r\n".join([start, *map(_SEP.join, headers), b"\r\n"])
     lines = len(headers) + 2
     if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\x00" in out:
@@ -562,11 +603,11 @@ def _head_bytes(start: bytes, headers: Headers) -> bytes:
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return _head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
+    return head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
 
 
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
-    return _head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
+    return head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
 
 
 def chunk(data: bytes) -> bytes:
@@ -577,4 +618,4 @@ def chunk(data: bytes) -> bytes:
 def last_chunk(trailers: Headers | None) -> bytes:
     if not trailers:
         return b"0\r\n\r\n"
-    return _head_bytes(b"0", trailers)
+    return head_bytes(b"0", trailers)
