@@ -32,8 +32,8 @@ async def test_a_head_times_out_after_the_timeout_and_within_a_look_of_it():
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(head, 5)
     elapsed = loop.time() - start
-    # uvloop's clock counts whole milliseconds: allow one either side, and the loop's lateness.
-    assert 0.2 - 0.001 <= elapsed <= 0.2 * (1 + 1 / PRECISION) + 0.05
+    # uvloop's clock counts whole milliseconds: allow one early; late by a busy machine's worth.
+    assert 0.2 - 0.001 <= elapsed <= 0.2 * (1 + 1 / PRECISION) + 0.15
     assert heads.entries == {} and heads.handle is None  # nothing left: the timer stopped
 
 
@@ -107,24 +107,24 @@ async def test_a_silent_exchange_is_given_up_between_one_and_one_and_a_quarter_t
     checks.add(upstream, exchange)
     ex, up, when = await asyncio.wait_for(given_up, 5)
     assert (ex, up) == (exchange, upstream)
-    assert 0.2 - 0.001 <= when - start <= 0.2 * (1 + 1 / CHECKS) + 0.05
+    assert 0.2 - 0.001 <= when - start <= 0.2 * (1 + 1 / CHECKS) + 0.15
     assert checks.entries == {} and checks.looks == {}
 
 
 async def test_a_flowing_exchange_is_not_given_up_and_one_taken_out_is_forgotten():
     loop = asyncio.get_running_loop()
     given_up = []
-    checks = StreamIdleChecks(0.08, lambda ex, up: given_up.append(up))
+    checks = StreamIdleChecks(0.2, lambda ex, up: given_up.append(up))
     flowing, flowing_ex = Side(loop), Side(loop)
     checks.add(flowing, flowing_ex)
     done, done_ex = Side(loop), Side(loop)
     checks.add(done, done_ex)
-    deadline = loop.time() + 0.5  # over six timeouts
+    deadline = loop.time() + 0.6  # three timeouts: a silent stream would have gone twice
     while loop.time() < deadline:
         flowing.body.reads += 1  # a chunk every 10 ms, alternating sides
         flowing_ex.body.reads += flowing.body.reads % 2
         if loop.time() > deadline - 0.45:
-            checks.entries.pop(done, None)  # finished after a look or two
+            checks.entries.pop(done, None)  # finished after two or three looks
         await asyncio.sleep(0.01)
     assert given_up == []
     assert done not in checks.looks  # its state went with the next look
