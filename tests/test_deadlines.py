@@ -130,3 +130,29 @@ async def test_a_flowing_exchange_is_not_given_up_and_one_taken_out_is_forgotten
     assert done not in checks.looks  # its state went with the next look
     checks.entries.pop(flowing, None)
     checks.handle.cancel()
+
+
+async def test_a_failing_give_up_does_not_stop_the_looks_at_the_others():
+    loop = asyncio.get_running_loop()
+    first, second = Side(loop), Side(loop)
+    given_up = loop.create_future()
+
+    def on_idle(exchange: Side, upstream: Side) -> None:
+        if upstream is first:
+            raise RuntimeError("reset failed")
+        given_up.set_result(upstream)
+
+    errors = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
+    checks = StreamIdleChecks(0.1, on_idle)
+    try:
+        checks.add(first, Side(loop))
+        checks.add(second, Side(loop))  # idle in the same look, given up after `first`
+        assert await asyncio.wait_for(given_up, 5) is second
+        assert [type(e) for e in errors] == [RuntimeError]
+        assert checks.entries == {}
+    finally:
+        loop.set_exception_handler(handler)
+        if checks.handle is not None:
+            checks.handle.cancel()

@@ -54,9 +54,11 @@ class _Sweep:
 
     def _look(self) -> None:
         self.handle = None
-        self.sweep()
-        if self.entries:
-            self._arm()
+        try:
+            self.sweep()
+        finally:  # a failing entry must not stop the looks at the others
+            if self.entries and self.handle is None:
+                self._arm()
 
     def sweep(self) -> None:
         raise NotImplementedError
