@@ -489,7 +489,6 @@ class H1ServerExchange:
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
-        self.cancelled = False  # the client went away (`error` is set): nothing more to do
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
         self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
@@ -502,13 +501,17 @@ class H1ServerExchange:
         # client fewer per response. `_flush_head` sends it alone if no body follows at once.
         self._head: bytes | None = None
 
+    @property
+    def cancelled(self) -> bool:
+        """The client went away: nothing more should be done for this request."""
+        return self.error is not None
+
     def _consumed(self, _: int) -> None:
         if self.proto.reading_paused:
             _resume_when_drained(self.proto, self.body)
 
     def lost(self, error: StreamReset) -> None:
         self.error = error
-        self.cancelled = True
         self.body.abort(error)
 
     def informational(self, head: ResponseHead) -> None:
@@ -550,8 +553,7 @@ class H1ServerExchange:
         if not self.keep_alive:
             headers = [*headers, (b"connection", b"close")]
         try:
-            start = b"HTTP/1.1 %d %s" % (status, _PHRASES.get(status, b""))
-            data = h1wire.head_bytes(start, headers)
+            data = h1wire.response_head(status, _PHRASES.get(status, b""), headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame response: {exc}") from exc
         if end:
@@ -635,7 +637,6 @@ class H1ServerExchange:
     def reset(self) -> None:
         """Abort: the client sees the connection close without a terminating chunk."""
         self.error = self.error or StreamReset("reset locally")
-        self.cancelled = True
         if self.proto.transport is not None:
             self.proto.transport.abort()
 
@@ -826,14 +827,14 @@ class H1Client(_Writer):
         if end_stream and length:  # a Content-Length with no body to follow (h11 refused it too)
             raise StreamReset("cannot frame request: no body for its Content-Length")
         try:
-            data = h1wire.head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
+            data = h1wire.request_head(method, target, headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame request: {exc}") from exc
         stream = self.stream = H1ClientStream(self, head, framing)
         stream.sent = end_stream
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self.parser.method = method  # what the response answers (HEAD, CONNECT: no body)
+        self.parser.expect(method)
         self._write(data)
         return stream
 

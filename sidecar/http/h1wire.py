@@ -428,10 +428,8 @@ class _Parser:
             self._take(out, len(self._buf))
             return True
         self._remaining = self._take(out, self._remaining)
-        if not self._remaining:  # the end (as `_ended` does, without a call per message)
-            self._in_body = False
-            self.paused = True
-            out.append(_END)
+        if not self._remaining:
+            self._ended(out, _END)
         return True
 
     def _chunked(self, out: list[Event]) -> bool:
@@ -533,19 +531,15 @@ class RequestParser(_Parser):
         if head is None:
             return False
         request = parse_request_head(head, self.max_fields)
-        if request.framing == _NO_BODY:  # the usual GET: the request ends with its head
-            out += (request, _END)
-            self.paused = True
-        else:
-            out.append(request)
-            self._start_body(out, request.framing, request.length)
+        out.append(request)
+        self._start_body(out, request.framing, request.length)
         return True
 
 
 class ResponseParser(_Parser):
-    """The client end: responses from a server. `method` is set (`expect(method)`) before each
-    request is sent: a response to HEAD has no body, and a 2xx to CONNECT or a 101 ends HTTP/1.1
-    on the connection (the parser pauses and stays paused; what follows is `trailing`)."""
+    """The client end: responses from a server. `expect(method)` is called before each request
+    is sent: a response to HEAD has no body, and a 2xx to CONNECT or a 101 ends HTTP/1.1 on the
+    connection (the parser pauses and stays paused; what follows is `trailing`)."""
 
     def __init__(
         self,
@@ -590,11 +584,9 @@ class ResponseParser(_Parser):
 _SEP = b": "
 
 
-def head_bytes(start: bytes, headers: Headers) -> bytes:
+def _head_bytes(start: bytes, headers: Headers) -> bytes:
     """A start line and fields as one block of bytes, refused if a name or value would break a
-    line (CR, LF or NUL: response splitting, a smuggled header). `request_head` and
-    `response_head` write the start line for it; `sidecar.http.h1` writes its own on the
-    request path, a call fewer per message."""
+    line (CR, LF or NUL: response splitting, a smuggled header)."""
     out = b"\r\n".join([start, *map(_SEP.join, headers), b"\r\n"])
     lines = len(headers) + 2
     if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\x00" in out:
@@ -603,11 +595,11 @@ def head_bytes(start: bytes, headers: Headers) -> bytes:
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
+    return _head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
 
 
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
-    return head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
+    return _head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
 
 
 def chunk(data: bytes) -> bytes:
@@ -618,4 +610,4 @@ def chunk(data: bytes) -> bytes:
 def last_chunk(trailers: Headers | None) -> bytes:
     if not trailers:
         return b"0\r\n\r\n"
-    return head_bytes(b"0", trailers)
+    return _head_bytes(b"0", trailers)

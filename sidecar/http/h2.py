@@ -278,12 +278,20 @@ class _Connection(h2.connection.H2Connection):
 
     def stream_allowed(self) -> bool:
         """A client connection may open one more stream: its open streams, as h2's
-        `open_outbound_streams` counts them, are fewer than the peer allows. The streams not
-        `forget`-ten yet are open but for a few closed ones (the client side holds its own
-        streams only: pushes are refused), so h2 counts (walking all of them) only near the
-        limit."""
-        limit = self.remote_max_streams
-        return len(self.streams) < limit or self.open_outbound_streams < limit
+        `open_outbound_streams` counts them (walking all of them), are fewer than the peer
+        allows. Callers ask only near the limit: the streams not `forget`-ten yet are open but
+        for a few closed ones (the client side holds its own streams only: pushes are refused),
+        so `len(streams)` below the limit already says yes."""
+        return self.open_outbound_streams < self.remote_max_streams
+
+    def send_window(self, stream_id: int) -> int:
+        """How many bytes of DATA `stream_id` may send now: h2's `local_flow_control_window`,
+        read from the stream and the connection directly (h2 looks the stream up through two
+        more calls)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:  # h2's error for a stream it no longer holds
+            return self.local_flow_control_window(stream_id)
+        return min(stream.outbound_flow_control_window, self.outbound_flow_control_window)
 
     def send_request_headers(
         self, stream_id: int, headers: Headers, end_stream: bool, method: bytes, authority: bytes
@@ -1251,18 +1259,7 @@ class H2Protocol(asyncio.Protocol):
                 # one high-water mark and one frame, however many streams send.
                 await self.drain()
                 continue
-            conn = self.conn
-            h2_stream = conn.streams.get(stream_id)
-            if h2_stream is None:  # h2's error for a stream it no longer holds
-                window = min(
-                    conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size
-                )
-            else:  # h2's `local_flow_control_window`, read directly, and a frame's worth
-                window = min(
-                    h2_stream.outbound_flow_control_window,
-                    conn.outbound_flow_control_window,
-                    conn.max_outbound_frame_size,
-                )
+            window = min(self.conn.send_window(stream_id), self.conn.max_outbound_frame_size)
             if window <= 0:
                 waiter = asyncio.get_running_loop().create_future()
                 self._window_waiters[stream_id] = waiter
@@ -1629,14 +1626,9 @@ class H2ClientStream(H2Stream):
         router then sends it inline instead of from a task of its own): the transport not
         paused and the flow-control windows open for all of it."""
         proto = self.proto
-        if proto._write_paused is not None or proto.closed or self.reset_error is not None:
-            return False
-        conn = proto.conn
-        h2_stream = conn.streams.get(self.stream_id)
-        if h2_stream is None:  # h2's error for a stream it no longer holds
-            return conn.local_flow_control_window(self.stream_id) >= size
-        # h2's `local_flow_control_window`, read directly
         return (
-            size <= h2_stream.outbound_flow_control_window
-            and size <= conn.outbound_flow_control_window
+            proto._write_paused is None
+            and not proto.closed
+            and self.reset_error is None
+            and proto.conn.send_window(self.stream_id) >= size
         )

@@ -37,7 +37,7 @@ from sidecar.http.pool import UpstreamStream
 from sidecar.http.request_id import new_request_id
 from sidecar.http.rules import request_problem
 from sidecar.http.tunnel import splice, unsplice
-from sidecar.observe.stats import HttpStats
+from sidecar.observe.stats import ClusterStats, HttpStats
 from sidecar.observe.throttle import LogThrottle
 
 log = logging.getLogger("sidecar.router")
@@ -237,11 +237,7 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
                 ended = exchange.body.at_end
                 upstream = pool.ready_stream(target, head, ended)
                 if upstream is None:  # a connection to make or a stream slot to wait for
-                    stats.upstream_rq_pending_active += 1
-                    try:
-                        upstream = await pool.open_stream(target, head, ended)
-                    finally:
-                        stats.upstream_rq_pending_active -= 1
+                    upstream = await _wait_stream(pool, stats, target, head, ended)
             except UpstreamOverflow:
                 await _overflow(exchange, route, acct)
                 return
@@ -283,6 +279,18 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
     finally:
         if retrying:
             stats.upstream_rq_retry_active -= 1
+
+
+async def _wait_stream(
+    pool: Pool, stats: ClusterStats, target: Target, head: RequestHead, ended: bool
+) -> UpstreamStream:
+    """A stream that must be waited for, the request counted as pending (Envoy's
+    upstream_rq_pending_active) meanwhile."""
+    stats.upstream_rq_pending_active += 1
+    try:
+        return await pool.open_stream(target, head, ended)
+    finally:
+        stats.upstream_rq_pending_active -= 1
 
 
 async def _attempt(
