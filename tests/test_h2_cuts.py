@@ -7,6 +7,7 @@ stream bookkeeping done once per stream, checked against h2's own books.
 - A client connection is `available` up to the peer's MAX_CONCURRENT_STREAMS, as h2 counts.
 - A stream done at both ends before its END_STREAM left (a `finish` waiting for window while
   the client ends its body) is still forgotten by h2 once the END_STREAM leaves.
+- A lone stream's last frame is written at once; with other streams open, at the end of the turn.
 """
 
 from __future__ import annotations
@@ -157,5 +158,64 @@ async def test_a_stream_whose_end_stream_waited_for_window_is_forgotten_once_it_
         await asyncio.wait_for(finished, DEADLINE)
         assert 1 not in proto.conn.streams
         assert 1 in proto.conn._closed_streams
+    finally:
+        proto.connection_lost(None)
+
+
+async def _until(condition: object, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_streams_last_frame_leaves_at_once_others_at_the_end_of_the_turn() -> None:
+    """At a low rate a connection carries one exchange at a time: its last frame is written when
+    it is queued, so the peer starts on it before this turn's bookkeeping. With other streams
+    open, the turn's frames leave together at its end (one write, one wake-up of the peer)."""
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.initiate_connection()
+    proto = H2Protocol(client_side=True)
+    wire = FakeTransport()
+    proto.connection_made(wire)
+    head = RequestHead(method=b"GET", scheme=b"http", authority=b"b", path=b"/", headers=[])
+    try:
+        proto.data_received(server.data_to_send())
+        proto._flush_now()
+        server.receive_data(bytes(wire.written))  # the preface, settings and their ack
+        wire.written.clear()
+        proto.open_stream(head, end_stream=True)
+        assert wire.written, "the lone request waited for the end of the turn"
+        server.receive_data(bytes(wire.written))
+        wire.written.clear()
+        proto.open_stream(head, end_stream=True)
+        assert not wire.written, "with another stream open, the request did not wait"
+        await _until(lambda: wire.written, "the second request was never written")
+        events = server.receive_data(bytes(wire.written))
+        assert [type(e).__name__ for e in events] == ["RequestReceived", "StreamEnded"]
+    finally:
+        proto.connection_lost(None)
+
+    client = h2_client({})
+    request(client, 1, end=True)
+    written_when_answered: list[bytes] = []
+    wire = FakeTransport()
+
+    async def answer(stream: H2ServerStream) -> None:
+        await stream.respond(ResponseHead(200, [(b"content-length", b"5")]))
+        await stream.finish(last=b"hello")
+        written_when_answered.append(bytes(wire.written))
+
+    proto = H2Protocol(client_side=False, handler=answer)
+    proto.connection_made(wire)
+    try:
+        proto.data_received(client.data_to_send())
+        await _until(lambda: written_when_answered, "the handler did not answer")
+        events = client.receive_data(written_when_answered[0])
+        names = [type(e).__name__ for e in events]
+        assert names[-3:] == ["ResponseReceived", "DataReceived", "StreamEnded"], names
     finally:
         proto.connection_lost(None)

@@ -1222,6 +1222,15 @@ class H2Protocol(asyncio.Protocol):
         elif self._sends >= defaults.H2_SENDS_PER_WRITE:
             self._flush_now()
 
+    def _flush_ended(self) -> None:
+        """A stream's last frame is queued: written at once when no other stream is open here
+        (a lone exchange, as at a low request rate: the peer starts on it before this turn's
+        bookkeeping is done), else at the end of the turn with the other streams' frames."""
+        if len(self.streams) > 1:
+            self._flush()
+        else:
+            self._flush_now()
+
     def _flush_now(self) -> None:
         """Write what h2 queued now (before a close, or a bulk DATA frame)."""
         handle, self._flush_handle = self._flush_handle, None
@@ -1252,7 +1261,7 @@ class H2Protocol(asyncio.Protocol):
                 raise ConnectionClosed("connection closed")
             if not len(view):
                 self.conn.send_end_stream(stream_id)
-                self._flush()
+                self._flush_ended()
                 return
             if self._write_paused is not None:
                 # Another stream filled the transport: wait, so that one connection holds about
@@ -1279,6 +1288,8 @@ class H2Protocol(asyncio.Protocol):
             self._unflushed += len(chunk)
             if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
                 self._flush_now()
+            elif last:
+                self._flush_ended()
             else:
                 self._flush()
             if self._write_paused is not None:
@@ -1354,7 +1365,9 @@ class H2Protocol(asyncio.Protocol):
         self.conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
         if end_stream:
             stream.local_done = True
-        self._flush()
+            self._flush_ended()
+        else:
+            self._flush()
         return stream
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -1510,7 +1523,7 @@ class H2Stream:
                 await self.proto.send_data(self, last, end=False)
             self.local_done = True
             self.proto.conn.send_stream_headers(self.stream_id, trailers, True)
-            self.proto._flush()
+            self.proto._flush_ended()
         else:
             self.local_done = True
             await self.proto.send_data(self, last, end=True)
@@ -1572,9 +1585,10 @@ class H2ServerStream(H2Stream):
             self.proto.conn.send_stream_headers(self.stream_id, headers, end)
         if end:
             self.local_done = True
-        self.proto._flush()
-        if end:
+            self.proto._flush_ended()
             self.proto._stream_finished(self)
+        else:
+            self.proto._flush()
 
 
 class H2ClientStream(H2Stream):
