@@ -73,7 +73,9 @@ class Cluster:
         self.targets: tuple[Target, ...] = ()
         self.healthy: tuple[Target, ...] = ()  # targets less the ejected ones
         self.protocol: str | None = None  # the service's protocol in the mesh (None: undeclared)
-        self.active: dict[Target, int] = {}  # requests or connections in flight, per endpoint
+        self.active: dict[Target, int] = {}  # requests in flight per endpoint (least_request)
+        # Whether the router counts requests per endpoint: only least_request reads the counts.
+        self.counts_active = lb == "least_request"
         self._next = 0
         stats.cb_max_connections = limits.max_upstream_connections
         stats.cb_max_pending_requests = limits.max_pending_requests

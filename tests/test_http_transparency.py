@@ -456,6 +456,48 @@ def test_least_request_prefers_the_less_loaded_endpoint():
     assert {cluster.pick() for _ in range(20)} == {a}
 
 
+def test_least_request_through_the_router_passes_an_endpoint_holding_a_request(mesh):
+    """`--lb least_request` end to end: the router counts each endpoint's requests in flight,
+    so while one endpoint holds a request every new one goes to the other (of two endpoints,
+    both are always the two choices). Round robin would send every other request to the busy
+    one, which answers nothing until released."""
+    release, held = threading.Event(), threading.Event()
+
+    def busy(conn: socket.socket) -> None:
+        if read_request(conn)[0]:
+            held.set()
+            release.wait(30)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbusy")
+
+    def free(conn: socket.socket) -> None:
+        while read_request(conn)[0]:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfree")
+
+    tags = {"kuma.io/protocol": "http"}
+    members = [mesh.backend(f"backend-{i}", mesh.server(app).port, tags=tags)[0]
+               for i, app in enumerate((busy, free))]  # fmt: skip
+    web, port = mesh.client("web-1")
+    wait_ready(*(mesh.start(m, ready=False) for m in members),
+               mesh.start(web, "--lb", "least_request", ready=False))  # fmt: skip
+    url = f"http://{LOOPBACK}:{port}/"
+    first: list[subprocess.CompletedProcess[str]] = []
+    try:
+        while not held.is_set():  # the first choice is a coin toss: until one is held
+            first.clear()
+            caller = threading.Thread(target=lambda: first.append(curl("--max-time", "30", url)))
+            caller.start()
+            wait_for(lambda: held.is_set() or first, timeout=15)
+            if not held.is_set():
+                caller.join()
+                assert first[0].stdout == "free"
+        answers = [curl("--max-time", "5", url).stdout for _ in range(8)]
+        assert answers == ["free"] * 8
+    finally:
+        release.set()
+    caller.join()
+    assert first[0].stdout == "busy"
+
+
 def test_client_stream_reset_reaches_the_app(mesh):
     """An HTTP/2 client resets its stream mid-upload: the reset travels over the mesh and the
     app's connection is cut, while the client's connection keeps serving other streams."""

@@ -257,7 +257,9 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
                     )
                 continue
             upstream.on_informational = exchange.informational
-            cluster.acquire(target)
+            counts_active = cluster.counts_active
+            if counts_active:
+                cluster.acquire(target)
             acct.upstream_open(target.address)
             idle_checks = route.idle_checks
             if idle_checks is not None:
@@ -267,7 +269,8 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
             finally:
                 if idle_checks is not None:
                     idle_checks.entries.pop(upstream, None)
-                cluster.release(target)
+                if counts_active:
+                    cluster.release(target)
                 acct.upstream_done()
             if outcome is None:
                 return
