@@ -161,3 +161,85 @@ def test_a_length_body_ends_exactly_at_its_length():
     assert h1._BodyFraming(False, None).last(None, b"any") == b"any"
     chunked = h1._BodyFraming(True, None)
     assert chunked.last([(b"x", b"1")], b"ab") == b"2\r\nab\r\n0\r\nx: 1\r\n\r\n"
+
+
+@pytest.mark.parametrize("piece", [1, 2, 1000])
+def test_a_length_body_read_with_its_head_ends_with_it_and_leaves_the_rest(piece: int):
+    """A body that came whole with its head is emitted at once (not through the body loop); what
+    follows it stays for the next message, however the bytes were split into reads."""
+    wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + b"HTTP/1.1 204 No\r\n\r\n"
+    parser = h1wire.ResponseParser()
+    events: list[h1wire.Event] = []
+    for at in range(0, len(wire), piece):
+        events += parser.receive(wire[at : at + piece])
+    body = b"".join(e for e in events if type(e) is bytes)
+    assert body == b"hello" and type(events[-1]) is h1wire.End and parser.paused
+    assert bytes(parser.buf) == wire[wire.index(b"HTTP/1.1 204") :]
+    rest = parser.next_cycle()
+    assert [type(e) for e in rest] == [h1wire.Response, h1wire.End]
+    assert rest[0].status == 204 and parser.buf == b""
+
+
+def test_a_response_content_length_is_refused_as_before():
+    for head, message in [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\ncontent-length: 1\r\n", "given more than once"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n", "not a decimal length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n", "both"),
+    ]:
+        with pytest.raises(ProtocolError, match=message):
+            parse_response_head(head, 6)
+    response = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length:  7 \r\n", 6)
+    assert (response.length, response.framing, response.keep_alive) == (7, h1wire._LENGTH, True)
+
+
+def test_cancelled_follows_the_error():
+    """`cancelled` is an attribute now (the router reads it per request): set wherever `error`
+    is."""
+
+    async def run() -> None:
+        async def hold(exchange: H1ServerExchange) -> None:
+            await asyncio.get_running_loop().create_future()
+
+        for end in ("lost", "reset"):
+            server = H1Server(hold, default_authority=b"backend")
+            server.connection_made(FakeTransport())
+            server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            exchange = server.exchange
+            assert exchange is not None and not exchange.cancelled
+            if end == "lost":
+                exchange.lost(StreamReset("gone"))
+            else:
+                exchange.reset()
+            assert exchange.cancelled and exchange.error is not None
+            assert server.task is not None
+            server.task.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_length_response_still_ends_exactly_at_its_length():
+    async def run() -> None:
+        results = []
+
+        async def short(exchange: H1ServerExchange) -> None:
+            await exchange.respond(ResponseHead(200, [(b"content-length", b"5")]))
+            for last in (b"abc", b"abcdef"):
+                try:
+                    await exchange.finish(None, last)
+                except StreamReset as exc:
+                    results.append(str(exc))
+            await exchange.finish(None, b"abcde")
+
+        server = H1Server(short, default_authority=b"backend")
+        transport = FakeTransport()
+        server.connection_made(transport)
+        server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert results == [
+            "body shorter than its Content-Length",
+            "body longer than its Content-Length",
+        ]
+        assert bytes(transport.written).endswith(b"\r\n\r\nabcde")
+
+    asyncio.run(run())

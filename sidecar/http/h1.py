@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import NoReturn
 
 from sidecar import defaults
 from sidecar.http import h1wire
@@ -194,15 +195,11 @@ class _BodyFraming:
 _NO_BODY_FRAMING = _BodyFraming(False, 0)
 
 
-def _content_length(headers: Headers) -> int | None:
-    """The Content-Length a head to send declares (None: none); one that is not a single
-    decimal cannot frame the body."""
-    for k, v in headers:
-        if k == b"content-length":
-            if not v.isdigit():
-                raise StreamReset(f"cannot frame a body by Content-Length {v!r}")
-            return int(v)
-    return None
+def _unframable(length: bytes) -> NoReturn:
+    """A Content-Length to send that is not a single decimal cannot frame the body. (The heads
+    to send are searched for their Content-Length inline, in `respond` and `open`: a call fewer
+    per request.)"""
+    raise StreamReset(f"cannot frame a body by Content-Length {length!r}")
 
 
 class H1Server(_Writer):
@@ -223,6 +220,7 @@ class H1Server(_Writer):
         self.handler = handler
         self.default_authority = default_authority
         self.limits = limits
+        self.body_buffer = limits.stream_buffer_bytes  # (a property of the frozen limits)
         self.stats = stats
         self.parser = h1wire.RequestParser(
             limits.max_request_headers_bytes, limits.max_headers_count
@@ -445,14 +443,18 @@ class H1Server(_Writer):
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()
+            parser = self.parser
+            if not parser.buf and not parser.eof:
+                parser.paused = False  # `next_cycle` with nothing to parse: the usual case
+                return
             try:
-                events = self.parser.next_cycle()  # a pipelined request may be waiting
+                events = parser.next_cycle()  # a pipelined request may be waiting
             except ProtocolError as exc:
                 self._protocol_error(exc)
                 return
             if events:
                 self._handle(events)
-            elif self.parser.buffered:
+            elif parser.buf:
                 self.head_started = self.idle_since  # part of a head came early: time it
 
     def _protocol_error(self, exc: ProtocolError) -> None:
@@ -484,11 +486,14 @@ class H1ServerExchange:
     def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
-        self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
+        self.body = Body(self._consumed, proto.body_buffer)
         self.peer_address = proto.peer_address
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
+        # The client went away (or the exchange was reset): nothing more should be done for
+        # this request. Set with `error`; an attribute, as the router asks once per request.
+        self.cancelled = False
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
         self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
@@ -501,17 +506,13 @@ class H1ServerExchange:
         # client fewer per response. `_flush_head` sends it alone if no body follows at once.
         self._head: bytes | None = None
 
-    @property
-    def cancelled(self) -> bool:
-        """The client went away: nothing more should be done for this request."""
-        return self.error is not None
-
     def _consumed(self, _: int) -> None:
         if self.proto.reading_paused:
             _resume_when_drained(self.proto, self.body)
 
     def lost(self, error: StreamReset) -> None:
         self.error = error
+        self.cancelled = True
         self.body.abort(error)
 
     def informational(self, head: ResponseHead) -> None:
@@ -534,7 +535,11 @@ class H1ServerExchange:
         if self.upgrade:
             self.body.end()  # declined: nothing follows the request
         headers = head.headers
-        length = _content_length(headers)
+        length = None
+        for k, v in headers:
+            if k == b"content-length":
+                length = int(v) if v.isdigit() else _unframable(v)
+                break
         if status in (204, 304) or self.request.method == b"HEAD":
             self._framing = _NO_BODY_FRAMING  # no body, whatever the head says
             if length is None and status not in (204, 304):
@@ -625,11 +630,17 @@ class H1ServerExchange:
             if last:
                 raise StreamReset("the response has ended")
             return
-        data = self._framing.last(trailers, last)
+        framing = self._framing
+        if not framing.chunked and framing.remaining == len(last):
+            data = last  # `last` of a body by length, inline: the usual end (a call fewer)
+        else:
+            data = framing.last(trailers, last)
         if self._head is not None:
             data, self._head = self._head + data, None
         self.finished = True
-        self.proto._write(data)
+        transport = self.proto.transport  # `_write`, inline: a call fewer per response
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def abandon_request(self) -> None:
         """Nothing to do: a connection whose request was not read to the end is closed."""
@@ -637,6 +648,7 @@ class H1ServerExchange:
     def reset(self) -> None:
         """Abort: the client sees the connection close without a terminating chunk."""
         self.error = self.error or StreamReset("reset locally")
+        self.cancelled = True
         if self.proto.transport is not None:
             self.proto.transport.abort()
 
@@ -816,7 +828,11 @@ class H1Client(_Writer):
             else:
                 target = head.authority
             end_stream = True  # the request itself has no body; what follows is the tunnel
-        length = _content_length(headers)
+        length = None
+        for k, v in headers:
+            if k == b"content-length":
+                length = int(v) if v.isdigit() else _unframable(v)
+                break
         if end_stream:
             framing = _NO_BODY_FRAMING
         elif length is None:
@@ -834,8 +850,10 @@ class H1Client(_Writer):
         stream.sent = end_stream
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self.parser.expect(method)
-        self._write(data)
+        self.parser.method = method  # `expect(method)`, inline
+        transport = self.transport  # `_write`, inline: a call fewer per request
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
         return stream
 
     def abort(self, error: StreamReset) -> None:
@@ -894,7 +912,14 @@ class H1Client(_Writer):
         for event in events:
             kind = type(event)
             if kind is bytes:
-                _feed(self, stream.body, event)  # type: ignore[arg-type]
+                # `_feed`, inline (a call fewer per response)
+                if (
+                    stream.body.feed(event)  # type: ignore[arg-type]
+                    and not self.reading_paused
+                    and self.transport is not None
+                ):
+                    self.reading_paused = True
+                    self.transport.pause_reading()
             elif kind is Response:
                 status = event.status  # type: ignore[union-attr]
                 head = ResponseHead(status, event.headers)  # type: ignore[union-attr]
@@ -913,10 +938,30 @@ class H1Client(_Writer):
                 else:
                     if stream.tunnel is not None:
                         stream.switched(False)  # the app declined the upgrade
-                    stream.responded(head)
+                    if not stream.response_head.done():  # `stream.responded(head)`, inline
+                        stream.response_head.set_result(head)
             elif kind is End:
                 stream.body.end(event.trailers)  # type: ignore[union-attr]
-                self._done(stream)
+                # The exchange is done: the connection goes back to the pool, or is closed.
+                # (Inline rather than a method of its own: a call fewer per response.)
+                self.stream = None
+                transport = self.transport
+                parser = self.parser
+                if transport is None:
+                    return
+                if not stream.sent or not parser.keep_alive:
+                    # The response ended before our request did, or the app closes after it:
+                    # this connection cannot be reused.
+                    transport.close()
+                elif parser.buf or parser.eof:
+                    transport.close()  # bytes no request asked for, or the app's EOF
+                else:
+                    parser.paused = False  # `next_cycle`, which has nothing to parse
+                    if self.reading_paused:
+                        self.reading_paused = False
+                        transport.resume_reading()
+                    if self.on_idle is not None:
+                        self.on_idle(self)
                 return
             elif kind is Closed:
                 stream.fail(self._closed_error())
@@ -939,29 +984,6 @@ class H1Client(_Writer):
         if self.reused and self.stream is not None and not self.stream.answered:
             return RefusedStream("kept-alive connection closed by the app")
         return StreamReset("upstream closed the connection")
-
-    def _done(self, stream: H1ClientStream) -> None:
-        self.stream = None
-        transport = self.transport
-        if transport is None:
-            return
-        if not stream.sent or not self.parser.keep_alive:
-            # The response ended before our request did, or the app closes after it: this
-            # connection cannot be reused.
-            transport.close()
-            return
-        try:
-            leftover = self.parser.next_cycle()
-        except ProtocolError:
-            leftover = [Closed(False)]
-        if leftover or not self.parser.idle:
-            transport.close()  # bytes no request asked for, or the app's EOF
-            return
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
-        if self.on_idle is not None:
-            self.on_idle(self)
 
     def _bad_response(self, exc: ProtocolError) -> None:
         log.info("event=bad_upstream_response error=%r", str(exc))

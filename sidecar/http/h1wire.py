@@ -80,7 +80,10 @@ class ProtocolError(Exception):
 
 
 class Request:
-    """A request head. Field names are lower-case; wire order and repeats are kept."""
+    """A request head. Field names are lower-case; wire order and repeats are kept.
+
+    Built by `parse_request_head`, which sets every attribute: no `__init__`, a Python call
+    fewer per request."""
 
     __slots__ = (
         "method",
@@ -94,31 +97,30 @@ class Request:
         "length",
     )
 
-    def __init__(self, method: bytes, target: bytes, version: bytes, headers: Headers) -> None:
-        self.method = method
-        self.target = target
-        self.version = version  # b"1.1" or b"1.0"
-        self.headers = headers
-        self.keep_alive = version == b"1.1"  # False: close after the response (1.0, close)
-        self.expect_continue = False
-        self.upgrade: bytes | None = None  # the protocol asked for (Connection: upgrade)
-        self.framing = _NO_BODY
-        self.length = 0  # of a Content-Length body
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: Headers
+    keep_alive: bool  # False: close after the response (1.0, close)
+    expect_continue: bool
+    upgrade: bytes | None  # the protocol asked for (Connection: upgrade)
+    framing: int
+    length: int  # of a Content-Length body
 
 
 class Response:
-    """A response head (an informational one when 100 <= status < 200)."""
+    """A response head (an informational one when 100 <= status < 200). Built by
+    `parse_response_head`, which sets every attribute (no `__init__`, as for `Request`)."""
 
     __slots__ = ("status", "version", "headers", "reason", "keep_alive", "framing", "length")
 
-    def __init__(self, status: int, version: bytes, headers: Headers, reason: bytes) -> None:
-        self.status = status
-        self.version = version
-        self.headers = headers
-        self.reason = reason
-        self.keep_alive = version == b"1.1"
-        self.framing = _UNTIL_EOF  # what the head says; no body for HEAD, 1xx, 204, 304
-        self.length = 0
+    status: int
+    version: bytes
+    headers: Headers
+    reason: bytes
+    keep_alive: bool
+    framing: int  # what the head says; no body for HEAD, 1xx, 204, 304
+    length: int
 
 
 class End:
@@ -182,14 +184,12 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return [t.strip(b" \t").lower() for v in values for t in v.split(b",") if t.strip(b" \t")]
 
 
-def _content_length(lower: bytes) -> int:
-    """The one Content-Length in `lower`, the lower-cased field lines (it has one at least)."""
+def _content_length_problem(lower: bytes) -> NoReturn:
+    """Why the Content-Length in `lower` (the lower-cased field lines) cannot frame a body: the
+    head parsers look for the one decimal Content-Length inline, and call this to refuse."""
     if lower.count(b"\r\ncontent-length:") > 1:
         raise ProtocolError("Content-Length given more than once")
-    match = _CONTENT_LENGTH.search(lower)
-    if match is None:
-        raise ProtocolError("Content-Length is not a decimal length")
-    return int(match[1])
+    raise ProtocolError("Content-Length is not a decimal length")
 
 
 def _request_head_problem(head: bytes) -> NoReturn:
@@ -221,11 +221,27 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     method, target, minor, fields = match.groups()
     version = b"1.1" if minor == b"1" else b"1.0"
     lower = fields.lower()
-    request = Request(method, target, version, _fields(fields, lower, max_fields))
+    # `_fields` inline (a call fewer per request).
+    values = _FIELD_VALUE.findall(fields)
+    if len(values) > max_fields:
+        raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
+    request = Request()
+    request.method = method
+    request.target = target
+    request.version = version
+    request.headers = list(zip(_FIELD_NAME.findall(lower), values, strict=True))
+    request.keep_alive = minor == b"1"
+    request.expect_continue = False
+    request.upgrade = None
+    request.framing = _NO_BODY
+    request.length = 0
     if b"\r\ncontent-length:" in lower:
         if b"\r\ntransfer-encoding:" in lower:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        request.length = _content_length(lower)
+        length = _CONTENT_LENGTH.search(lower)
+        if length is None or lower.count(b"\r\ncontent-length:") > 1:
+            _content_length_problem(lower)
+        request.length = int(length[1])
         request.framing = _LENGTH
     elif b"\r\ntransfer-encoding:" in lower:
         if version == b"1.0":
@@ -256,18 +272,27 @@ def parse_response_head(head: bytes, max_fields: int) -> Response:
         _response_head_problem(head)
     minor, status, reason, fields = match.groups()
     lower = fields.lower()
-    response = Response(
-        int(status),
-        b"1.1" if minor == b"1" else b"1.0",
-        _fields(fields, lower, max_fields),
-        reason or b"",
-    )
+    # `_fields` inline (a call fewer per response).
+    values = _FIELD_VALUE.findall(fields)
+    if len(values) > max_fields:
+        raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
+    response = Response()
+    response.status = int(status)
+    response.version = b"1.1" if minor == b"1" else b"1.0"
+    response.headers = list(zip(_FIELD_NAME.findall(lower), values, strict=True))
+    response.reason = reason or b""
+    response.keep_alive = minor == b"1"
+    response.framing = _UNTIL_EOF
+    response.length = 0
     if b"\r\nconnection:" in lower and b"close" in _tokens(_values(lower, fields, b"connection")):
         response.keep_alive = False
     if b"\r\ncontent-length:" in lower:
         if b"\r\ntransfer-encoding:" in lower:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        response.length = _content_length(lower)
+        length = _CONTENT_LENGTH.search(lower)
+        if length is None or lower.count(b"\r\ncontent-length:") > 1:
+            _content_length_problem(lower)
+        response.length = int(length[1])
         response.framing = _LENGTH
     elif b"\r\ntransfer-encoding:" in lower:
         if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
@@ -285,7 +310,9 @@ class _Parser:
     def __init__(self, max_head_bytes: int, max_fields: int) -> None:
         self.max_head_bytes = max_head_bytes
         self.max_fields = max_fields
-        self._buf: bytes | bytearray = b""
+        # Bytes received and not parsed yet. Public so that an owner can see, without a call,
+        # whether anything of a next message is here (sidecar.http.h1 does, once per message).
+        self.buf: bytes | bytearray = b""
         self._scanned = 0  # how far the search for the end of a head has gone
         self._framing = _NO_BODY
         self._remaining = 0  # of the current Content-Length body or chunk
@@ -298,46 +325,35 @@ class _Parser:
     @property
     def trailing(self) -> bytes:
         """Bytes received after the last message: the start of a tunnel after an upgrade."""
-        return bytes(self._buf)
+        return bytes(self.buf)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self.buf)
 
     @property
     def idle(self) -> bool:
         """Between messages, with nothing of the next one read."""
-        return not self._in_body and not self._buf
+        return not self._in_body and not self.buf
 
     def receive(self, data: bytes) -> list[Event]:
+        """Bytes from the peer; the events they complete (none while paused). `receive(b"")`
+        parses what is buffered: the loop is here rather than in a method of its own, a call
+        fewer per read."""
         if data:
-            buf = self._buf
+            buf = self.buf
             if not buf:
-                self._buf = data
+                self.buf = data
             else:
                 if type(buf) is bytes:
-                    buf = self._buf = bytearray(buf)
+                    buf = self.buf = bytearray(buf)
                 buf += data
-        return self._events() if not self.paused else []
-
-    def receive_eof(self) -> list[Event]:
-        self.eof = True
-        return self._events() if not self.paused else []
-
-    def next_cycle(self) -> list[Event]:
-        """Resume after a message: parse what is already buffered of the next one."""
-        self.paused = False
-        if not self._buf and not self.eof:
-            return []  # the usual case: nothing of a next message yet
-        return self._events()
-
-    def _events(self) -> list[Event]:
         out: list[Event] = []
         while not self.paused:
             if self._in_body:
                 if not (self._chunked(out) if self._framing == _CHUNKED else self._body(out)):
                     break
-            elif not self._buf:
+            elif not self.buf:
                 if self.eof:
                     out.append(Closed(True))
                     self.paused = True
@@ -346,23 +362,34 @@ class _Parser:
                 break
         return out
 
+    def receive_eof(self) -> list[Event]:
+        self.eof = True
+        return self.receive(b"")
+
+    def next_cycle(self) -> list[Event]:
+        """Resume after a message: parse what is already buffered of the next one."""
+        self.paused = False
+        if not self.buf and not self.eof:
+            return []  # the usual case: nothing of a next message yet
+        return self.receive(b"")
+
     def _consume(self, n: int) -> None:
         """Drop the first `n` bytes. Many messages or chunks in one read are taken one by one,
         so the rest is not copied each time: a bytearray drops its front in place."""
-        buf = self._buf
+        buf = self.buf
         if n >= len(buf):
-            self._buf = b""
+            self.buf = b""
         elif type(buf) is bytearray:
             del buf[:n]
         elif len(buf) - n <= _SMALL_REST:
-            self._buf = buf[n:]
+            self.buf = buf[n:]
         else:
-            buf = self._buf = bytearray(buf)
+            buf = self.buf = bytearray(buf)
             del buf[:n]
 
     def _take_head(self) -> bytes | None:
         """The head up to its blank line (the CRLF of its last line kept), or None for more."""
-        buf = self._buf
+        buf = self.buf
         scanned = self._scanned
         end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
         if end < 0:
@@ -383,7 +410,7 @@ class _Parser:
             raise ProtocolError("headers too large", 431)
         head = bytes(buf[: end + 2])
         if type(buf) is bytes and len(buf) - end - 4 <= _SMALL_REST:
-            self._buf = buf[end + 4 :]  # the usual head: read whole, little or nothing after it
+            self.buf = buf[end + 4 :]  # the usual head: read whole, little or nothing after it
         else:
             self._consume(end + 4)
         self._scanned = 0
@@ -394,6 +421,18 @@ class _Parser:
 
     def _start_body(self, out: list[Event], framing: int, length: int) -> None:
         if framing == _NO_BODY or (framing == _LENGTH and not length):
+            out.append(_END)
+            self.paused = True
+        elif framing == _LENGTH and length <= len(self.buf):
+            # The whole body came with its head (a small message): emitted here with its end,
+            # not through `_body` and `_take` on the next turn of the loop.
+            buf = self.buf
+            if len(buf) == length:
+                out.append(buf if type(buf) is bytes else bytes(buf))
+                self.buf = b""
+            else:
+                out.append(bytes(buf[:length]))
+                self._consume(length)
             out.append(_END)
             self.paused = True
         else:
@@ -408,11 +447,11 @@ class _Parser:
 
     def _take(self, out: list[Event], n: int) -> int:
         """Emit up to `n` bytes of body from the buffer; returns how many are still due."""
-        buf = self._buf
+        buf = self.buf
         size = len(buf)
         if size <= n:
             out.append(buf if type(buf) is bytes else bytes(buf))
-            self._buf = b""
+            self.buf = b""
             return n - size
         out.append(bytes(buf[:n]))
         self._consume(n)
@@ -420,12 +459,12 @@ class _Parser:
 
     def _body(self, out: list[Event]) -> bool:
         """Emit what the buffer holds of a length or until-EOF body; False for more bytes."""
-        if not self._buf:
+        if not self.buf:
             if self.eof:
                 return self._ended(out, _END if self._framing == _UNTIL_EOF else Closed(False))
             return False
         if self._framing == _UNTIL_EOF:
-            self._take(out, len(self._buf))
+            self._take(out, len(self.buf))
             return True
         self._remaining = self._take(out, self._remaining)
         if not self._remaining:
@@ -433,7 +472,7 @@ class _Parser:
         return True
 
     def _chunked(self, out: list[Event]) -> bool:
-        buf = self._buf
+        buf = self.buf
         if not buf:
             return self._cut(out)
         if self._remaining:
@@ -470,7 +509,7 @@ class _Parser:
         return True
 
     def _trailer_section(self, out: list[Event]) -> bool:
-        buf = self._buf
+        buf = self.buf
         if buf[:2] == b"\r\n":
             self._consume(2)
             self._trailers = False
@@ -513,7 +552,7 @@ class RequestParser(_Parser):
         super().__init__(max_head_bytes, max_fields)
 
     def _head(self, out: list[Event]) -> bool:
-        buf = self._buf
+        buf = self.buf
         if buf[:2] == b"\r\n":  # RFC 9112 2.2: empty lines before a request line are ignored
             rest = buf.lstrip(b"\r\n")  # all at once: one by one would copy the rest each time
             empty = len(buf) - len(rest)
@@ -521,18 +560,31 @@ class RequestParser(_Parser):
             if buf[: 2 * pairs] != b"\r\n" * pairs or (empty % 2 and (rest or buf[-1:] != b"\r")):
                 raise ProtocolError("a bare CR or LF before the request line")
             if empty % 2:  # a CR whose LF has not come yet
-                self._buf = b"\r"
+                self.buf = b"\r"
                 return False
             self._consume(empty)
-            buf = self._buf
+            buf = self.buf
         if not buf:
             return True
-        head = self._take_head()
+        # `_take_head`'s usual case inline (a call fewer per request): a whole head at the start
+        # of the first read of a message, little or nothing after it.
+        head = None
+        if type(buf) is bytes and not self._scanned:
+            end = buf.find(b"\r\n\r\n")
+            if 0 <= end <= self.max_head_bytes - 4 and len(buf) - end <= _SMALL_REST + 4:
+                head = buf[: end + 2]
+                self.buf = buf[end + 4 :]
+        if head is None:
+            head = self._take_head()
         if head is None:
             return False
         request = parse_request_head(head, self.max_fields)
         out.append(request)
-        self._start_body(out, request.framing, request.length)
+        if request.framing == _NO_BODY:  # `_start_body`'s first case inline: most requests
+            out.append(_END)
+            self.paused = True
+        else:
+            self._start_body(out, request.framing, request.length)
         return True
 
 
@@ -555,7 +607,16 @@ class ResponseParser(_Parser):
         self.method = method
 
     def _head(self, out: list[Event]) -> bool:
-        head = self._take_head()
+        buf = self.buf
+        # `_take_head`'s usual case inline, as in `RequestParser._head`.
+        head = None
+        if type(buf) is bytes and not self._scanned:
+            end = buf.find(b"\r\n\r\n")
+            if 0 <= end <= self.max_head_bytes - 4 and len(buf) - end <= _SMALL_REST + 4:
+                head = buf[: end + 2]
+                self.buf = buf[end + 4 :]
+        if head is None:
+            head = self._take_head()
         if head is None:
             return False
         response = parse_response_head(head, self.max_fields)
@@ -595,11 +656,21 @@ def _head_bytes(start: bytes, headers: Headers) -> bytes:
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return _head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
+    """`_head_bytes` inline (a call fewer per request), as in `response_head`."""
+    out = b"\r\n".join([b"%s %s HTTP/1.1" % (method, target), *map(_SEP.join, headers), b"\r\n"])
+    lines = len(headers) + 2
+    if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\x00" in out:
+        raise ProtocolError("CR, LF or NUL in a header to send")
+    return out
 
 
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
-    return _head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
+    """`_head_bytes` inline (a call fewer per response)."""
+    out = b"\r\n".join([b"HTTP/1.1 %d %s" % (status, reason), *map(_SEP.join, headers), b"\r\n"])
+    lines = len(headers) + 2
+    if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\x00" in out:
+        raise ProtocolError("CR, LF or NUL in a header to send")
+    return out
 
 
 def chunk(data: bytes) -> bytes:
