@@ -18,7 +18,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import NoReturn
 
 from sidecar import defaults
 from sidecar.http import h1wire
@@ -195,11 +194,20 @@ class _BodyFraming:
 _NO_BODY_FRAMING = _BodyFraming(False, 0)
 
 
-def _unframable(length: bytes) -> NoReturn:
-    """A Content-Length to send that is not a single decimal cannot frame the body. (The heads
-    to send are searched for their Content-Length inline, in `respond` and `open`: a call fewer
-    per request.)"""
-    raise StreamReset(f"cannot frame a body by Content-Length {length!r}")
+def _content_length(headers: Headers) -> int | None:
+    """The Content-Length a head to send declares (None: none); one that is not a single
+    decimal cannot frame the body."""
+    for k, v in headers:
+        if k == b"content-length":
+            if not v.isdigit():
+                raise StreamReset(f"cannot frame a body by Content-Length {v!r}")
+            return int(v)
+    return None
+
+
+# A fragment's '#' as an int: `_HASH in target` is a memchr, where `b"#" in target` first makes
+# and drops a TypeError (see h1wire._FRAMED_BY).
+_HASH = ord("#")
 
 
 class H1Server(_Writer):
@@ -370,7 +378,7 @@ class H1Server(_Writer):
     def _request(self, request: Request) -> None:
         self.head_started = None
         method, target = request.method, request.target
-        if target[:1] == b"/" and b"#" not in target and method != b"CONNECT":
+        if target[:1] == b"/" and _HASH not in target and method != b"CONNECT":
             authority, path = None, target  # the usual origin-form: no need to look further
         else:
             problem = target_problem(method, target)
@@ -535,11 +543,7 @@ class H1ServerExchange:
         if self.upgrade:
             self.body.end()  # declined: nothing follows the request
         headers = head.headers
-        length = None
-        for k, v in headers:
-            if k == b"content-length":
-                length = int(v) if v.isdigit() else _unframable(v)
-                break
+        length = _content_length(headers)
         if status in (204, 304) or self.request.method == b"HEAD":
             self._framing = _NO_BODY_FRAMING  # no body, whatever the head says
             if length is None and status not in (204, 304):
@@ -828,11 +832,7 @@ class H1Client(_Writer):
             else:
                 target = head.authority
             end_stream = True  # the request itself has no body; what follows is the tunnel
-        length = None
-        for k, v in headers:
-            if k == b"content-length":
-                length = int(v) if v.isdigit() else _unframable(v)
-                break
+        length = _content_length(headers)
         if end_stream:
             framing = _NO_BODY_FRAMING
         elif length is None:
@@ -942,26 +942,7 @@ class H1Client(_Writer):
                         stream.response_head.set_result(head)
             elif kind is End:
                 stream.body.end(event.trailers)  # type: ignore[union-attr]
-                # The exchange is done: the connection goes back to the pool, or is closed.
-                # (Inline rather than a method of its own: a call fewer per response.)
-                self.stream = None
-                transport = self.transport
-                parser = self.parser
-                if transport is None:
-                    return
-                if not stream.sent or not parser.keep_alive:
-                    # The response ended before our request did, or the app closes after it:
-                    # this connection cannot be reused.
-                    transport.close()
-                elif parser.buf or parser.eof:
-                    transport.close()  # bytes no request asked for, or the app's EOF
-                else:
-                    parser.paused = False  # `next_cycle`, which has nothing to parse
-                    if self.reading_paused:
-                        self.reading_paused = False
-                        transport.resume_reading()
-                    if self.on_idle is not None:
-                        self.on_idle(self)
+                self._done(stream)
                 return
             elif kind is Closed:
                 stream.fail(self._closed_error())
@@ -984,6 +965,27 @@ class H1Client(_Writer):
         if self.reused and self.stream is not None and not self.stream.answered:
             return RefusedStream("kept-alive connection closed by the app")
         return StreamReset("upstream closed the connection")
+
+    def _done(self, stream: H1ClientStream) -> None:
+        """The exchange is done: the connection goes back to the pool, or is closed."""
+        self.stream = None
+        transport = self.transport
+        parser = self.parser
+        if transport is None:
+            return
+        if not stream.sent or not parser.keep_alive:
+            # The response ended before our request did, or the app closes after it: this
+            # connection cannot be reused.
+            transport.close()
+        elif parser.buf or parser.eof:
+            transport.close()  # bytes no request asked for, or the app's EOF
+        else:
+            parser.paused = False  # `next_cycle`, which has nothing to parse
+            if self.reading_paused:
+                self.reading_paused = False
+                transport.resume_reading()
+            if self.on_idle is not None:
+                self.on_idle(self)
 
     def _bad_response(self, exc: ProtocolError) -> None:
         log.info("event=bad_upstream_response error=%r", str(exc))
