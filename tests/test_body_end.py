@@ -1,6 +1,7 @@
 """A body's last chunk leaves with its end (sidecar.http.router `_send_body`, the codecs'
 `finish(trailers, last)`): one HTTP/2 DATA frame with END_STREAM instead of the chunk and an
-empty END_STREAM frame after it, one HTTP/1.1 write with a chunked body's terminator.
+empty END_STREAM frame after it, one HTTP/1.1 write with a chunked body's terminator. A whole
+body that came with its head (`Body.take_whole`) goes with the head: `respond(head, last=...)`.
 
 The codecs are driven in memory (a transport that records writes) with the real h2 library as
 the peer's parser; what travels end to end is checked by the transparency, gRPC and tunnel
@@ -208,3 +209,77 @@ def test_a_last_data_frame_is_what_h2_sends_with_the_same_books() -> None:
         events = server.receive_data(wire)
         ended = [e for e in events if isinstance(e, h2.events.StreamEnded)]
         assert [e.stream_id for e in ended] == [1]
+
+
+async def test_a_whole_body_is_taken_only_when_it_ended_in_one_chunk_without_trailers() -> None:
+    consumed: list[int] = []
+    body = Body(consumed.append)
+    body.feed(b"hello")
+    assert body.take_whole() is None  # not ended: more may come
+    body.end()
+    assert body.take_whole() == b"hello"
+    assert (consumed, body.at_end, body.buffered, body.reads) == ([5], True, 0, 1)
+    assert await body.read() is None
+
+    two = Body()
+    two.feed(b"a")
+    two.feed(b"b")
+    two.end()
+    with_trailers = Body()
+    with_trailers.feed(b"a")
+    with_trailers.end([(b"grpc-status", b"0")])
+    assert two.take_whole() is None and with_trailers.take_whole() is None
+    assert await two.read() == b"a"  # left for `read`, untouched
+
+
+async def test_h1_a_whole_body_leaves_with_its_head_in_one_write() -> None:
+    async def whole(head: ResponseHead) -> list[bytes]:
+        done = asyncio.get_running_loop().create_future()
+
+        async def handler(exchange: H1ServerExchange) -> None:
+            try:
+                await exchange.respond(head, last=b"hello")
+            finally:
+                done.set_result(None)
+
+        server = H1Server(handler, default_authority=b"backend")
+        wire = Writes()
+        server.connection_made(wire)
+        try:
+            server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.wait_for(done, DEADLINE)
+            return wire.each
+        finally:
+            server.connection_lost(None)
+
+    (counted,) = await whole(ResponseHead(200, [(b"content-length", b"5")]))
+    assert counted.startswith(b"HTTP/1.1 200 ") and counted.endswith(b"\r\n\r\nhello")
+    (chunked,) = await whole(ResponseHead(200, []))
+    assert chunked.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    # A body that does not match its Content-Length is refused, never sent as if complete.
+    short = await whole(ResponseHead(200, [(b"content-length", b"9")]))
+    assert not any(b"hello" in w for w in short)
+
+
+async def test_h2_a_whole_body_is_one_data_frame_with_end_stream_after_the_head() -> None:
+    done = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: H2ServerStream) -> None:
+        await stream.respond(ResponseHead(200, []), last=b"hello")
+        done.set_result(None)
+
+    client, opening = h2_client()
+    proto = H2Protocol(client_side=False, handler=handler)
+    wire = Writes()
+    proto.connection_made(wire)
+    try:
+        proto.data_received(opening)
+        await asyncio.wait_for(done, DEADLINE)
+        await until(lambda: b"hello" in wire.written)
+        events = client.receive_data(bytes(wire.written))
+    finally:
+        proto.connection_lost(None)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[-3:] == ["ResponseReceived", "DataReceived", "StreamEnded"], kinds
+    data = [e for e in events if isinstance(e, h2.events.DataReceived)]
+    assert [(e.data, e.stream_ended is not None) for e in data] == [(b"hello", True)]

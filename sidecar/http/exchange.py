@@ -209,15 +209,7 @@ class Body:
             if self.error is not None:
                 raise StreamReset(str(self.error)) from self.error
             if self._chunks:
-                data = self._chunks.popleft()
-                self.buffered -= len(data)
-                self.reads += 1
-                if self.on_consumed is not None:
-                    self.on_consumed(len(data))
-                if self.ended and not self._chunks:
-                    self.on_consumed = None  # that was the last chunk
-                    self.at_end = True
-                return data
+                return self._take()
             if self.ended:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
@@ -225,6 +217,25 @@ class Body:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def take_whole(self) -> bytes | None:
+        """The whole body, if it has ended in one chunk without trailers (a small message that
+        came with its head), taken as `read` takes a chunk: the router sends it with the head.
+        None otherwise."""
+        if self.ended and len(self._chunks) == 1 and not self.trailers and self.error is None:
+            return self._take()
+        return None
+
+    def _take(self) -> bytes:
+        data = self._chunks.popleft()
+        self.buffered -= len(data)
+        self.reads += 1
+        if self.on_consumed is not None:
+            self.on_consumed(len(data))
+        if self.ended and not self._chunks:
+            self.on_consumed = None  # that was the last chunk
+            self.at_end = True
+        return data
 
     @property
     def reader_waiting(self) -> bool:

@@ -532,7 +532,12 @@ class H1ServerExchange:
             return  # not forwarded: an interim response is advisory
         self.proto._write(data)
 
-    async def respond(self, head: ResponseHead, end: bool = False) -> None:
+    async def respond(
+        self, head: ResponseHead, end: bool = False, last: bytes | None = None
+    ) -> None:
+        """Send the response head: alone (`end`: no body), with `last`, the whole body (one
+        write), or held for the body's first chunk (sent alone at the end of this turn of the
+        loop if none comes)."""
         if self.error is not None:
             raise self.error
         self.responded = True
@@ -568,6 +573,10 @@ class H1ServerExchange:
         if end:
             self.finished = True
             self.proto._write(data)
+            return
+        if last is not None:
+            self.finished = True
+            self.proto._write(data + self._framing.last(None, last))
             return
         self._head = data
         self.proto.loop.call_soon(self._flush_head)

@@ -1571,7 +1571,11 @@ class H2ServerStream(H2Stream):
         if not self.remote_done:
             self.reset(h2.errors.ErrorCodes.NO_ERROR)
 
-    async def respond(self, head: ResponseHead, end: bool = False) -> None:
+    async def respond(
+        self, head: ResponseHead, end: bool = False, last: bytes | None = None
+    ) -> None:
+        """Send the response head, with END_STREAM (`end`: no body) or followed by `last`, the
+        whole body."""
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
@@ -1589,6 +1593,8 @@ class H2ServerStream(H2Stream):
             self.proto._stream_finished(self)
         else:
             self.proto._flush()
+            if last is not None:
+                await self.finish(None, last)
 
 
 class H2ClientStream(H2Stream):

@@ -68,7 +68,9 @@ class Exchange(Protocol):
     def cancelled(self) -> bool: ...
 
     def informational(self, head: ResponseHead) -> None: ...
-    async def respond(self, head: ResponseHead, end: bool = False) -> None: ...
+    async def respond(
+        self, head: ResponseHead, end: bool = False, last: bytes | None = None
+    ) -> None: ...
     async def write(self, data: bytes) -> None: ...
     async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None: ...
     def abandon_request(self) -> None: ...
@@ -129,9 +131,7 @@ async def local_reply(exchange: Exchange, status: int, text: str) -> None:
         [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain")],
     )
     try:
-        await exchange.respond(head)
-        await exchange.write(body)
-        await exchange.finish()
+        await exchange.respond(head, last=body)
     except StreamReset:
         pass
 
@@ -429,6 +429,11 @@ async def _stream_response(
     try:
         if upstream.response_ended_with_head or (body.at_end and not body.trailers):
             await exchange.respond(response, end=True)
+        elif not tunnel and (whole := body.take_whole()) is not None:
+            # The whole body came with the head (a small answer): it goes with it, one write.
+            if acct.counts_bodies:
+                acct.response_chunk(whole)
+            await exchange.respond(response, last=whole)
         else:
             await exchange.respond(response)
             if tunnel:
