@@ -361,3 +361,37 @@ def test_the_literal_encoders_blocks_still_decode(headers):
     block = LiteralEncoder().encode(headers)
     reference, decoder = pair()
     assert [(h[0], h[1]) for h in decode_both(reference, decoder, block)] == headers
+
+
+def test_integers_of_one_continuation_octet_and_more_read_as_hpack_reads_them():
+    """A static name index from 15 on (a 4-bit prefix) and a value of 127 octets or more (a
+    7-bit prefix) take continuation octets: one is read inline, more by `_varint`; each
+    boundary decodes as hpack decodes it, and a block cut after the full prefix fails as
+    hpack's does."""
+    for first in (0x00, 0x10, 0x40):  # without indexing, never indexed, incremental
+        mask = 0x3F if first & 0x40 else 0x0F
+        for index in (mask - 1, mask, mask + 1, 61):
+            if index > mask:
+                name = bytes([first | mask]) + _prefix_rest(index - mask)
+            else:
+                name = bytes([first | index])
+            for size in (126, 127, 128, 200, 254, 255, 300, 20000):
+                value = bytes([0x7F]) + _prefix_rest(size - 0x7F) if size >= 127 else bytes([size])
+                block = name + value + b"v" * size
+                reference, decoder = pair()
+                decode_both(reference, decoder, block)
+                reference, decoder = pair()
+                assert isinstance(decode_both(reference, decoder, name), HPACKDecodingError)
+                reference, decoder = pair()
+                cut = name + value[:1]
+                assert isinstance(decode_both(reference, decoder, cut), HPACKDecodingError)
+
+
+def _prefix_rest(value: int) -> bytes:
+    """RFC 7541 5.1's continuation octets for what is past a full prefix."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -256,8 +256,13 @@ class LiteralDecoder(Decoder):
                     mask = 0x0F
                 index = first & mask
                 if index:  # the name is a table entry's
-                    if index == mask:
-                        index, i = _varint(data, i, mask)
+                    if index == mask:  # a full prefix: static names from 15 on take one octet
+                        octet = data[i]
+                        if octet < 0x80:
+                            index += octet
+                            i += 1
+                        else:
+                            index, i = _varint(data, i, mask)
                     if index <= _STATIC_COUNT:
                         name = static_names[index]
                     else:
@@ -281,8 +286,13 @@ class LiteralDecoder(Decoder):
                 octet = data[i]  # the value (5.2)
                 length = octet & 0x7F
                 i += 1
-                if length == 0x7F:
-                    length, i = _varint(data, i, 0x7F)
+                if length == 0x7F:  # 127 octets or more: up to 254 take one more octet
+                    more = data[i]
+                    if more < 0x80:
+                        length += more
+                        i += 1
+                    else:
+                        length, i = _varint(data, i, 0x7F)
                 stop = i + length
                 if stop > end:
                     raise HPACKDecodingError("Truncated header block")
@@ -307,6 +317,6 @@ class LiteralDecoder(Decoder):
             raise HPACKDecodingError("Truncated header block") from err
         # A maximum lowered by SETTINGS that the encoder did not follow: hpack's check (and
         # error), called only when it fails, to spare its three Python calls on every block.
-        if table.maxsize > self.max_allowed_table_size:
+        if table._maxsize > self.max_allowed_table_size:  # `maxsize`, without its property
             self._assert_valid_table_size()
         return headers
