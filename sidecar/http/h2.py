@@ -149,6 +149,7 @@ _OPEN_STATES = (
     h2.connection.ConnectionState.SERVER_OPEN,
 )
 _IDLE = h2.stream.StreamState.IDLE
+_RECV_INFORMATIONAL = h2.stream.StreamInputs.RECV_INFORMATIONAL_HEADERS
 _ORDERED_SET = collections.OrderedDict.__setitem__  # h2's SizeLimitDict's, without its check
 _HPACK_ERRORS = (HPACKError, IndexError, TypeError, UnicodeDecodeError)  # h2's `_decode_headers`
 
@@ -922,9 +923,13 @@ class H2Protocol(asyncio.Protocol):
                 conn.highest_inbound_stream_id = stream_id
                 machine = h2_stream.state_machine
                 if informational:
+                    if ended:
+                        raise h2.exceptions.ProtocolError(
+                            "Cannot set END_STREAM on informational responses"
+                        )
                     machine.state = _CLOSED
-                    raise h2.exceptions.ProtocolError(
-                        "Invalid input StreamInputs.RECV_INFORMATIONAL_HEADERS in state IDLE"
+                    raise h2.exceptions.ProtocolError(  # h2's state machine's words
+                        f"Invalid input {_RECV_INFORMATIONAL} in state {_IDLE}"
                     )
                 machine.client = False  # request_received: IDLE -> OPEN
                 machine.headers_received = True
