@@ -395,3 +395,48 @@ def _prefix_rest(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def test_the_header_list_size_is_counted_as_hpack_counts_it_to_the_octet():
+    """The list size (RFC 7541 4.1: name, value and 32 octets a field) is counted from a raw
+    string's length, a static name's precomputed size, or a decoded string's length: at a
+    limit of exactly the list's size and one octet under it, blocks of every kind of field
+    (static and dynamic names, raw and Huffman strings, never indexed) decode or fail as
+    hpack's do."""
+    fields = [
+        (b":method", b"GET"),
+        (b":path", b"/a/long/path"),
+        (b"content-length", b"123"),
+        (b"x-request-id", b"abc-123"),
+        (b"authorization", b"secret"),
+        (b"user-agent", b"u" * 200),
+        (b"x-long-name-" + b"n" * 130, b"v"),
+    ]
+    blocks = [LiteralEncoder().encode(fields)]
+    encoder = hpack.Encoder()
+    blocks += [encoder.encode(fields), encoder.encode(fields)]  # then from the dynamic table
+    size = sum(len(n) + len(v) + 32 for n, v in fields)  # every block's list
+    for block in blocks:
+        for limit in (size - 1, size):
+            reference, decoder = pair()
+            reference.max_header_list_size = decoder.max_header_list_size = limit
+            for earlier in blocks[1 : blocks.index(block)]:  # the dynamic table as it was
+                decode_both(reference, decoder, earlier)
+            outcome = decode_both(reference, decoder, block)
+            assert isinstance(outcome, OversizedHeaderListError) == (limit < size)
+
+
+def test_every_static_pair_is_sent_as_its_index_and_other_fields_as_literals():
+    """The encoder looks for a static pair only under a static name with an empty or a
+    static value: every static pair still goes as its (first) index, one octet, and a static
+    name with another value as a literal naming the index."""
+    first: dict[tuple[bytes, bytes], int] = {}
+    for index, pair_ in enumerate(hpack.table.HeaderTable.STATIC_TABLE, start=1):
+        first.setdefault(pair_, index)
+    encoder = LiteralEncoder(never_indexed=frozenset())
+    for (name, value), index in first.items():
+        assert encoder.encode([(name, value)]) == bytes([0x80 | index])
+        other = value + b"-other" if value else b"x"
+        block = encoder.encode([(name, other)])
+        assert block[0] & 0xF0 == 0x00 and block[0] != 0x00, (name, block)
+        assert hpack.Decoder().decode(block, raw=True) == [(name, other)]

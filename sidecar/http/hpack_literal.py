@@ -49,6 +49,9 @@ for _index, (_name, _value) in enumerate(_STATIC, start=1):
     _STATIC_PAIRS.setdefault((_name, _value), bytes([0x80 | _index]))
     _STATIC_NAMES.setdefault(_name, _index)
 
+# The static names with an entry whose value is not empty (`:method GET`, `:status 200`, ...).
+_VALUED_NAMES = frozenset(name for name, value in _STATIC if value)
+
 _WITHOUT_INDEXING = 0x00  # 0000xxxx: literal header field without indexing
 _NEVER_INDEXED = 0x10  # 0001xxxx: literal header field never indexed
 
@@ -108,18 +111,22 @@ class LiteralEncoder(Encoder):
         names = _STATIC_NAMES
         never = self.never_indexed
         prefixes = _NAME_PREFIX
+        valued = _VALUED_NAMES
         for header in headers:
             name = header[0]
             value = header[1]
-            indexed = pairs.get((name, value))
-            if indexed is not None:
-                block += indexed
-                continue
+            # A static pair is looked for only where one may match: a static name with an
+            # empty value (most static entries) or one of the few names with static values.
+            index = names.get(name)
+            if index is not None and (not value or name in valued):
+                indexed = pairs.get((name, value))
+                if indexed is not None:
+                    block += indexed
+                    continue
             if name in never or header.__class__ is NeverIndexedHeaderTuple:
                 kind = _NEVER_INDEXED
             else:
                 kind = _WITHOUT_INDEXING
-            index = names.get(name)
             if index is not None:
                 block += prefixes[kind, index]
             else:
@@ -154,6 +161,7 @@ def _as_bytes(header: tuple) -> tuple:
 _STATIC_HEADERS: list[HeaderTuple | None] = [None, *(HeaderTuple(n, v) for n, v in _STATIC)]
 _STATIC_NAMES_BY_INDEX: list[bytes | None] = [None, *(n for n, _ in _STATIC)]
 _STATIC_SIZES: list[int] = [0, *(len(n) + len(v) + 32 for n, v in _STATIC)]  # RFC 7541 4.1
+_STATIC_NAME_SIZES: list[int] = [0, *(len(n) + 32 for n, _ in _STATIC)]  # a value's length to add
 _STATIC_COUNT = len(_STATIC)
 _FIRST_DYNAMIC = _STATIC_COUNT + 1  # index 62 is the newest dynamic entry
 
@@ -209,6 +217,7 @@ class LiteralDecoder(Decoder):
         static = _STATIC_HEADERS
         static_sizes = _STATIC_SIZES
         static_names = _STATIC_NAMES_BY_INDEX
+        static_name_sizes = _STATIC_NAME_SIZES
         limit = self.max_header_list_size
         headers: list = []
         append = headers.append
@@ -265,11 +274,13 @@ class LiteralDecoder(Decoder):
                             index, i = _varint(data, i, mask)
                     if index <= _STATIC_COUNT:
                         name = static_names[index]
+                        field = static_name_sizes[index]
                     else:
                         try:
                             name = dynamic[index - _FIRST_DYNAMIC][0]
                         except IndexError:
                             raise _invalid_index(index) from None
+                        field = len(name) + 32
                 else:  # a literal name (5.2)
                     octet = data[i]
                     length = octet & 0x7F
@@ -282,6 +293,9 @@ class LiteralDecoder(Decoder):
                     name = data[i:stop]
                     if octet & 0x80:
                         name = decode_huffman(name)
+                        field = len(name) + 32
+                    else:
+                        field = length + 32
                     i = stop
                 octet = data[i]  # the value (5.2)
                 length = octet & 0x7F
@@ -299,6 +313,9 @@ class LiteralDecoder(Decoder):
                 value = data[i:stop]
                 if octet & 0x80:
                     value = decode_huffman(value)
+                    field += len(value)
+                else:
+                    field += length
                 i = stop
                 if first & 0x40:
                     table.add(name, value)  # hpack's insertion and eviction
@@ -308,7 +325,7 @@ class LiteralDecoder(Decoder):
                 else:
                     header = (name, value)
                 append(header)
-                size += len(name) + len(value) + 32
+                size += field  # RFC 7541 4.1's entry size: a raw string's length is its own
                 if size > limit:
                     raise OversizedHeaderListError(
                         f"A header list larger than {limit} has been received"
