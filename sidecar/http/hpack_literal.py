@@ -77,6 +77,30 @@ _NAME_PREFIX: dict[tuple[int, int], bytes] = {
     for index in range(1, len(_STATIC) + 1)
 }
 
+# A field's name as the two literal representations spell it (without indexing, never indexed):
+# a static name as its index, any other name as a raw string. Static names are always here; other
+# names are remembered as they come (a bounded number: past that, forgotten all at once), so that
+# a name is spelled once, not measured and written octet by octet in every block.
+_STATIC_NAME_CODES: dict[bytes, tuple[bytes, bytes]] = {
+    name: (_NAME_PREFIX[_WITHOUT_INDEXING, index], _NAME_PREFIX[_NEVER_INDEXED, index])
+    for name, index in _STATIC_NAMES.items()
+}
+_NAME_CODES = dict(_STATIC_NAME_CODES)
+_NAME_CODES_MAX = 1024
+_LENGTHS = tuple(bytes([n]) for n in range(0x7F))  # a raw string's one-octet length (5.2)
+
+
+def _literal_name_code(name: bytes) -> tuple[bytes, bytes]:
+    """A name outside the static table, spelled for both literal representations, and
+    remembered. A `str` name raises TypeError before anything is remembered."""
+    spelled = _integer(len(name), 7, 0) + name
+    code = (bytes([_WITHOUT_INDEXING]) + spelled, bytes([_NEVER_INDEXED]) + spelled)
+    if len(_NAME_CODES) >= _NAME_CODES_MAX:
+        _NAME_CODES.clear()
+        _NAME_CODES.update(_STATIC_NAME_CODES)
+    _NAME_CODES[name] = code
+    return code
+
 
 class LiteralEncoder(Encoder):
     """hpack's `Encoder`, encoding without the dynamic table (see the module's docstring)."""
@@ -108,40 +132,29 @@ class LiteralEncoder(Encoder):
 
     def _fields(self, block: bytearray, headers: list) -> None:
         pairs = _STATIC_PAIRS
-        names = _STATIC_NAMES
+        codes = _NAME_CODES
         never = self.never_indexed
-        prefixes = _NAME_PREFIX
         valued = _VALUED_NAMES
+        lengths = _LENGTHS
         for header in headers:
             name = header[0]
             value = header[1]
-            # A static pair is looked for only where one may match: a static name with an
-            # empty value (most static entries) or one of the few names with static values.
-            index = names.get(name)
-            if index is not None and (not value or name in valued):
+            code = codes.get(name)
+            if code is None:
+                code = _literal_name_code(name)
+            elif not value or name in valued:
+                # A static pair is looked for only where one may match: an empty value (most
+                # static entries) or one of the few names with static values.
                 indexed = pairs.get((name, value))
                 if indexed is not None:
                     block += indexed
                     continue
             if name in never or header.__class__ is NeverIndexedHeaderTuple:
-                kind = _NEVER_INDEXED
+                block += code[1]
             else:
-                kind = _WITHOUT_INDEXING
-            if index is not None:
-                block += prefixes[kind, index]
-            else:
-                block.append(kind)
-                n = len(name)
-                if n < 0x7F:
-                    block.append(n)
-                else:
-                    block += _integer(n, 7, 0)
-                block += name
+                block += code[0]
             n = len(value)
-            if n < 0x7F:
-                block.append(n)
-            else:
-                block += _integer(n, 7, 0)
+            block += lengths[n] if n < 0x7F else _integer(n, 7, 0)
             block += value
 
 
