@@ -403,19 +403,20 @@ def test_a_decoding_error_is_translated_as_h2_translates_it() -> None:
 
 
 @pytest.mark.parametrize("request_ended", [True, False])
-async def test_a_small_last_chunk_leaves_h2s_books_as_h2s_send_data_leaves_them(
+async def test_small_chunks_leave_h2s_books_as_h2s_send_data_leaves_them(
     request_ended: bool,
 ) -> None:
-    """`finish(last=...)` sends a last chunk that fits as one DATA frame with END_STREAM
-    (`send_last`): the frame, the stream's state and who closed it, and both send windows are
-    what h2's `send_data(..., end_stream=True)` makes of the same stream."""
+    """`write` and `finish(last=...)` send a chunk that fits as one DATA frame (with
+    END_STREAM for the last) at once (`send_whole`): the frames, the stream's state and who
+    closed it, and both send windows are what h2's `send_data` makes of the same stream."""
     states: list[tuple[object, ...]] = []
     wire = FakeTransport()
 
     async def answer(stream: H2ServerStream) -> None:
         await stream.respond(ResponseHead(200, [(b"content-length", b"5")]))
         h2_stream = stream.proto.conn.streams[1]
-        await stream.finish(last=b"hello")
+        await stream.write(b"hel")
+        await stream.finish(last=b"lo")
         machine = h2_stream.state_machine
         states.append(
             (
@@ -437,8 +438,9 @@ async def test_a_small_last_chunk_leaves_h2s_books_as_h2s_send_data_leaves_them(
     oracle.receive_data(data)
     oracle.send_headers(1, [(b":status", b"200"), (b"content-length", b"5")])
     oracle.data_to_send()
-    oracle.send_data(1, b"hello", end_stream=True)
-    last_frame = oracle.data_to_send()
+    oracle.send_data(1, b"hel")
+    oracle.send_data(1, b"lo", end_stream=True)
+    last_frames = oracle.data_to_send()
     machine = oracle.streams[1].state_machine
     expected = (
         machine.state,
@@ -450,14 +452,14 @@ async def test_a_small_last_chunk_leaves_h2s_books_as_h2s_send_data_leaves_them(
     proto.connection_made(wire)
 
     async def not_expected(*args: object) -> None:
-        raise AssertionError("the last chunk went the long way (send_data)")
+        raise AssertionError("a chunk went the long way (send_data)")
 
     proto.send_data = not_expected  # type: ignore[method-assign]
     try:
         proto.data_received(data)
         await _until(lambda: states, "the handler did not answer")
         written, *books = states[0]
-        assert written.endswith(last_frame)
+        assert written.endswith(last_frames)
         assert tuple(books) == expected
     finally:
         proto.connection_lost(None)

@@ -509,3 +509,24 @@ def test_the_remembered_names_are_bounded_and_static_names_stay():
         assert len(hpack_literal._NAME_CODES) <= hpack_literal._NAME_CODES_MAX
     assert set(hpack_literal._STATIC_NAME_CODES) <= set(hpack_literal._NAME_CODES)
     assert encoder.encode(fields) == before == _reference_block(fields, frozenset())
+
+
+def test_the_dynamic_tables_entries_are_the_header_tuples_handed_out():
+    """A literal with incremental indexing goes into the table as the `HeaderTuple` handed
+    out (equal to hpack's plain tuple, which hpack's table reads alike), and an index to it
+    hands out that object again; an entry that is a plain tuple is still handed out as a
+    `HeaderTuple`."""
+    encoder = hpack.Encoder()
+    first = encoder.encode([(b"x-app", b"1"), (b"grpc-timeout", b"5S")])
+    second = encoder.encode([(b"x-app", b"1"), (b"grpc-timeout", b"5S")])
+    reference, decoder = pair()
+    added = decoder.decode(first, raw=True)
+    assert added == reference.decode(first, raw=True)
+    entries = list(decoder.header_table.dynamic_entries)
+    assert [type(e) for e in entries] == [HeaderTuple, HeaderTuple]
+    assert entries == list(reference.header_table.dynamic_entries)
+    again = decoder.decode(second, raw=True)
+    assert again == reference.decode(second, raw=True)
+    assert all(a is b for a, b in zip(again, added, strict=True))
+    decoder.header_table.dynamic_entries[0] = (b"grpc-timeout", b"5S")  # as hpack adds it
+    assert type(decoder.decode(second, raw=True)[1]) is HeaderTuple

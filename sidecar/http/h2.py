@@ -1426,13 +1426,14 @@ class H2Protocol(asyncio.Protocol):
             if last:
                 return
 
-    def send_last(self, stream: H2Stream, data: bytes) -> bool:
-        """A body's last bytes with END_STREAM, queued now as one DATA frame where nothing
-        stands in the way (the transport not paused, the stream able to send, the windows and
-        the frame size taking all of it): what `send_data` does then, without its coroutine,
-        its loop, the window lookup and `send_plain_data` (a small response body's cost). The
-        stream moves as h2's SEND_END_STREAM input moves it. False, nothing queued, otherwise:
-        `send_data` sends it, waiting or failing as it does."""
+    def send_whole(self, stream: H2Stream, data: bytes, end: bool) -> bool:
+        """A chunk of a body, with END_STREAM if `end`, queued now as one DATA frame where
+        nothing stands in the way (the transport not paused, the stream able to send, the
+        windows and the frame size taking all of it): what `send_data` does then, without its
+        coroutine, its loop, the window lookup and `send_plain_data` (a small body's cost, a
+        gRPC message's). END_STREAM moves the stream as h2's SEND_END_STREAM input moves it.
+        False, nothing queued, otherwise: `send_data` sends it, waiting or failing as it
+        does. The caller waits for a paused transport afterwards, as `send_data` does."""
         conn = self.conn
         stream_id = stream.stream_id
         h2_stream = conn.streams.get(stream_id)
@@ -1450,26 +1451,31 @@ class H2Protocol(asyncio.Protocol):
             return False
         machine = h2_stream.state_machine
         state = machine.state
-        if state is _OPEN:
-            machine.state = _HALF_CLOSED_LOCAL
-        elif state is _HALF_CLOSED_REMOTE:
-            machine.state = _CLOSED
-            machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
-        else:
+        if state is not _OPEN and state is not _HALF_CLOSED_REMOTE:
             return False
         h2_stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
         out = conn._data_to_send
         out += size.to_bytes(3, "big")
-        out += b"\x00\x01"  # type DATA, END_STREAM
+        if end:
+            if state is _OPEN:
+                machine.state = _HALF_CLOSED_LOCAL
+            else:
+                machine.state = _CLOSED
+                machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
+            out += b"\x00\x01"  # type DATA, END_STREAM
+        else:
+            out += b"\x00\x00"  # type DATA, no flags
         out += stream_id.to_bytes(4, "big")
         out += data
         self._data_frames_sent += 1
         self._unflushed += size
         if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
             self._flush_now()
-        else:
+        elif end:
             self._flush_ended()
+        else:
+            self._flush()
         return True
 
     def send_now(self, stream_id: int, data: bytes) -> bool:
@@ -1675,8 +1681,13 @@ class H2Stream:
         self.proto._stream_finished(self)
 
     async def write(self, data: bytes) -> None:
-        if data:
-            await self.proto.send_data(self, data, end=False)
+        if not data:
+            return
+        proto = self.proto
+        if not proto.send_whole(self, data, False):
+            await proto.send_data(self, data, end=False)
+        elif proto._write_paused is not None:  # as `send_data` ends
+            await proto.drain()
 
     def write_now(self, data: bytes) -> bool:
         """Tunnel bytes from a relay: queued whole now, or refused for the router's task."""
@@ -1702,7 +1713,7 @@ class H2Stream:
         else:
             self.local_done = True
             proto = self.proto
-            if not (last and proto.send_last(self, last)):
+            if not (last and proto.send_whole(self, last, True)):
                 await proto.send_data(self, last, end=True)
             elif proto._write_paused is not None:  # as `send_data` ends
                 await proto.drain()

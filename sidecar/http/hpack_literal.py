@@ -255,7 +255,10 @@ class LiteralDecoder(Decoder):
                             entry = dynamic[index - _FIRST_DYNAMIC]
                         except IndexError:
                             raise _invalid_index(index) from None
-                        append(_new_tuple(HeaderTuple, entry))
+                        # Entries this decoder added are HeaderTuples already (see below).
+                        if entry.__class__ is not HeaderTuple:
+                            entry = _new_tuple(HeaderTuple, entry)
+                        append(entry)
                         size += len(entry[0]) + len(entry[1]) + 32
                     if size > limit:
                         raise OversizedHeaderListError(
@@ -331,8 +334,10 @@ class LiteralDecoder(Decoder):
                     field += length
                 i = stop
                 if first & 0x40:
-                    table.add(name, value)  # hpack's insertion and eviction
                     header = _new_tuple(HeaderTuple, (name, value))
+                    table.add(name, value)  # hpack's insertion and eviction
+                    if dynamic:  # the entry is the newest (unless it cleared the table)
+                        dynamic[0] = header  # equal to hpack's, and handed out as it is
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
                 else:
