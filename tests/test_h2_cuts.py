@@ -463,3 +463,35 @@ async def test_small_chunks_leave_h2s_books_as_h2s_send_data_leaves_them(
         assert tuple(books) == expected
     finally:
         proto.connection_lost(None)
+
+
+async def test_can_send_now_reads_the_windows_h2_reports() -> None:
+    """`can_send_now` reads both send windows directly: it says yes exactly up to h2's
+    `local_flow_control_window` for the stream, as the connection's or the stream's window
+    is the smaller one."""
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.local_settings = h2.settings.Settings(
+        client=False, initial_values={CODES.INITIAL_WINDOW_SIZE: 100}
+    )
+    server.initiate_connection()
+    proto = H2Protocol(client_side=True)
+    wire = FakeTransport()
+    proto.connection_made(wire)
+    head = RequestHead(method=b"POST", scheme=b"http", authority=b"b", path=b"/", headers=[])
+    try:
+        server.receive_data(bytes(wire.written))
+        proto.data_received(server.data_to_send())
+        stream = proto.open_stream(head, end_stream=False)
+        for connection_window in (1000, 40):
+            proto.conn.outbound_flow_control_window = connection_window
+            window = proto.conn.local_flow_control_window(stream.stream_id)
+            assert window == min(100, connection_window)
+            assert [stream.can_send_now(n) for n in (window - 1, window, window + 1)] == [
+                True,
+                True,
+                False,
+            ]
+    finally:
+        proto.connection_lost(None)

@@ -387,7 +387,14 @@ class _Connection(h2.connection.H2Connection):
         machine.state = _HALF_CLOSED_LOCAL if end_stream else _OPEN
         stream.request_method = method
         stream._authority = authority
-        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+        block = self.encoder.encode(headers)
+        size = len(block)
+        if size > self.max_outbound_frame_size:
+            self._headers_frames(stream_id, block, end_stream)
+            return
+        out = self._data_to_send  # one HEADERS frame: `_headers_frames`, inline
+        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id)
+        out += block
 
     def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         """`send_headers` for a final response (server side) or trailers (either side) on a
@@ -418,7 +425,14 @@ class _Connection(h2.connection.H2Connection):
             return
         if end_stream:
             self._ended_locally(machine, state)
-        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+        block = self.encoder.encode(headers)
+        size = len(block)
+        if size > self.max_outbound_frame_size:
+            self._headers_frames(stream_id, block, end_stream)
+            return
+        out = self._data_to_send  # one HEADERS frame: `_headers_frames`, inline
+        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id)
+        out += block
 
     def send_end_stream(self, stream_id: int) -> None:
         """`end_stream` (an empty DATA frame with END_STREAM) on a stream that can send,
@@ -1455,18 +1469,16 @@ class H2Protocol(asyncio.Protocol):
             return False
         h2_stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
-        out = conn._data_to_send
-        out += size.to_bytes(3, "big")
         if end:
             if state is _OPEN:
                 machine.state = _HALF_CLOSED_LOCAL
             else:
                 machine.state = _CLOSED
                 machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
-            out += b"\x00\x01"  # type DATA, END_STREAM
-        else:
-            out += b"\x00\x00"  # type DATA, no flags
-        out += stream_id.to_bytes(4, "big")
+        out = conn._data_to_send
+        out += _FRAME_HEADER.pack(
+            size >> 16, size & 0xFFFF, 0, _END_STREAM if end else 0, stream_id
+        )
         out += data
         self._data_frames_sent += 1
         self._unflushed += size
@@ -1832,9 +1844,14 @@ class H2ClientStream(H2Stream):
         router then sends it inline instead of from a task of its own): the transport not
         paused and the flow-control windows open for all of it."""
         proto = self.proto
+        if proto._write_paused is not None or proto.closed or self.reset_error is not None:
+            return False
+        conn = proto.conn
+        h2_stream = conn.streams.get(self.stream_id)
+        if h2_stream is None:  # h2's answer (its error) for a stream it no longer holds
+            return conn.send_window(self.stream_id) >= size
+        # `send_window`, read directly: both windows open for all of it.
         return (
-            proto._write_paused is None
-            and not proto.closed
-            and self.reset_error is None
-            and proto.conn.send_window(self.stream_id) >= size
+            h2_stream.outbound_flow_control_window >= size
+            and conn.outbound_flow_control_window >= size
         )
