@@ -530,3 +530,17 @@ def test_the_dynamic_tables_entries_are_the_header_tuples_handed_out():
     assert all(a is b for a, b in zip(again, added, strict=True))
     decoder.header_table.dynamic_entries[0] = (b"grpc-timeout", b"5S")  # as hpack adds it
     assert type(decoder.decode(second, raw=True)[1]) is HeaderTuple
+
+
+@settings(FUZZ, max_examples=50)
+@given(sessions())
+def test_the_list_size_noted_is_the_decoded_lists(session):
+    """`list_size` after a block is its list's size counted as the request path counts it
+    (name and value octets, 32 a field), which it then takes instead of counting again."""
+    initial, huffman, steps = session
+    decoder = LiteralDecoder()
+    decoder.max_allowed_table_size = MAX_ALLOWED
+    decoder.max_header_list_size = 2**31
+    for block in encode_session(initial, huffman, steps):
+        fields = decoder.decode(block, raw=True)
+        assert decoder.list_size == sum(len(n) + len(v) + 32 for n, v in fields)

@@ -1010,7 +1010,10 @@ class H2Protocol(asyncio.Protocol):
             self._protocol_error(exc, terminate=True)
             return True
         if opens:
-            self._request(stream_id, headers, ended)
+            # The decoder counted the list's size as `_request` does; headers normalised (an
+            # untrusted peer) are counted again there.
+            size = None if conn.checks_inbound else conn.decoder.list_size
+            self._request(stream_id, headers, ended, size)
         elif trailers:
             stream.trailers = headers
             stream.remote_ended()
@@ -1177,9 +1180,12 @@ class H2Protocol(asyncio.Protocol):
                 log.info("event=h2_goaway peer=%s code=%r", self.peer_address, event.error_code)
             self._maybe_close()
 
-    def _request(self, stream_id: int, fields: Headers, ended: bool) -> None:
+    def _request(
+        self, stream_id: int, fields: Headers, ended: bool, size: int | None = None
+    ) -> None:
         """A request's header block arrived (from h2's RequestReceived, or `_take_headers`):
-        refused, answered 431, or served by a new `H2ServerStream`."""
+        refused, answered 431, or served by a new `H2ServerStream`. `size`: the list's size
+        (RFC 9113 6.5.2) where the caller knows it, counted here otherwise."""
         self._empty_frames = 0
         self.streams_opened += 1
         if self.handler is None or self.going_away:
@@ -1208,9 +1214,10 @@ class H2Protocol(asyncio.Protocol):
                 authority = value
             elif name == b":protocol":
                 protocol = value
-        # RFC 9113 6.5.2's accounting: name and value octets, 32 more per field (one join
-        # instead of two len() calls a field).
-        size = len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
+        if size is None:
+            # RFC 9113 6.5.2's accounting: name and value octets, 32 more per field (one join
+            # instead of two len() calls a field).
+            size = len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
         if size > self.header_list_size or len(headers) > self.max_headers:
             self._headers_too_large(stream_id, ended, size, len(headers))
             return

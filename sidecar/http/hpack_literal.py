@@ -220,6 +220,10 @@ class LiteralDecoder(Decoder):
     `header[0]`, `header[1]` and whether a header is a `NeverIndexedHeaderTuple`. `raw=False`
     (str headers) is left to hpack."""
 
+    # The size of the last list `decode(raw=True)` returned (RFC 7541 4.1: name, value and 32
+    # octets a field, RFC 9113 6.5.2's too), counted as it decoded: the request path needs it.
+    list_size = 0
+
     def decode(self, data: bytes, raw: bool = False) -> list:  # type: ignore[override]
         if not raw:
             return super().decode(data, raw)
@@ -354,4 +358,5 @@ class LiteralDecoder(Decoder):
         # error), called only when it fails, to spare its three Python calls on every block.
         if table._maxsize > self.max_allowed_table_size:  # `maxsize`, without its property
             self._assert_valid_table_size()
+        self.list_size = size  # RFC 7541 4.1's (and RFC 9113 6.5.2's) size of the list
         return headers
