@@ -135,20 +135,21 @@ class LiteralEncoder(Encoder):
         codes = _NAME_CODES
         never = self.never_indexed
         valued = _VALUED_NAMES
+        static_names = _STATIC_NAMES
         lengths = _LENGTHS
         for header in headers:
             name = header[0]
             value = header[1]
-            code = codes.get(name)
-            if code is None:
-                code = _literal_name_code(name)
-            elif not value or name in valued:
-                # A static pair is looked for only where one may match: an empty value (most
-                # static entries) or one of the few names with static values.
+            # A static pair is looked for only where one may match: one of the few names with
+            # static values, or a static name with an empty value (most static entries).
+            if name in valued or (not value and name in static_names):
                 indexed = pairs.get((name, value))
                 if indexed is not None:
                     block += indexed
                     continue
+            code = codes.get(name)
+            if code is None:
+                code = _literal_name_code(name)
             if name in never or header.__class__ is NeverIndexedHeaderTuple:
                 block += code[1]
             else:
