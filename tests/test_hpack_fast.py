@@ -544,3 +544,14 @@ def test_the_list_size_noted_is_the_decoded_lists(session):
     for block in encode_session(initial, huffman, steps):
         fields = decoder.decode(block, raw=True)
         assert decoder.list_size == sum(len(n) + len(v) + 32 for n, v in fields)
+
+
+def test_a_table_size_change_is_kept_when_str_fields_are_spelled_again():
+    """A table size change the peer asked for starts the next block, and stays there when the
+    block's fields are spelled again as bytes (a `str` field)."""
+    encoder = LiteralEncoder(frozenset())
+    encoder.header_table_size = 0
+    fields = [("x-text", "a"), (b":path", b"/")]
+    block = encoder.encode(fields)
+    assert block == b"\x20" + _reference_block(fields, frozenset())
+    assert encoder.encode(fields) == _reference_block(fields, frozenset())

@@ -119,10 +119,11 @@ class LiteralEncoder(Encoder):
             headers = list(headers)
         block = bytearray()
         table = self.header_table
+        start = 0  # where the fields begin
         if table.resized:
             block += self._encode_table_size_change()
             table.resized = False
-        start = len(block)
+            start = len(block)
         try:
             self._fields(block, headers)
         except TypeError:
