@@ -114,7 +114,8 @@ class LiteralEncoder(Encoder):
         `NeverIndexedHeaderTuple` asking for never indexed); `huffman` is ignored: literals
         are raw. Names and values are bytes on every path of the sidecar: the loop takes them
         as they are (a `str` fails its first concatenation, and the block is made again with
-        them encoded), with short lengths written inline: ~4 calls a field instead of ~9."""
+        them encoded), names spelled once (`_NAME_CODES`) and short lengths from a table:
+        about two calls a field (a dict lookup and a len) where hpack's took ~9."""
         if headers.__class__ is not list:
             headers = list(headers)
         block = bytearray()
