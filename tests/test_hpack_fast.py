@@ -19,6 +19,7 @@ from hpack import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.http import hpack_literal
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 
 # Deterministic (the same examples every run), and no per-example deadline.
@@ -361,3 +362,196 @@ def test_the_literal_encoders_blocks_still_decode(headers):
     block = LiteralEncoder().encode(headers)
     reference, decoder = pair()
     assert [(h[0], h[1]) for h in decode_both(reference, decoder, block)] == headers
+
+
+def test_integers_of_one_continuation_octet_and_more_read_as_hpack_reads_them():
+    """A static name index from 15 on (a 4-bit prefix) and a value of 127 octets or more (a
+    7-bit prefix) take continuation octets: one is read inline, more by `_varint`; each
+    boundary decodes as hpack decodes it, and a block cut after the full prefix fails as
+    hpack's does."""
+    for first in (0x00, 0x10, 0x40):  # without indexing, never indexed, incremental
+        mask = 0x3F if first & 0x40 else 0x0F
+        for index in (mask - 1, mask, mask + 1, 61):
+            if index > mask:
+                name = bytes([first | mask]) + _prefix_rest(index - mask)
+            else:
+                name = bytes([first | index])
+            for size in (126, 127, 128, 200, 254, 255, 300, 20000):
+                value = bytes([0x7F]) + _prefix_rest(size - 0x7F) if size >= 127 else bytes([size])
+                block = name + value + b"v" * size
+                reference, decoder = pair()
+                decode_both(reference, decoder, block)
+                reference, decoder = pair()
+                assert isinstance(decode_both(reference, decoder, name), HPACKDecodingError)
+                reference, decoder = pair()
+                cut = name + value[:1]
+                assert isinstance(decode_both(reference, decoder, cut), HPACKDecodingError)
+
+
+def _prefix_rest(value: int) -> bytes:
+    """RFC 7541 5.1's continuation octets for what is past a full prefix."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def test_the_header_list_size_is_counted_as_hpack_counts_it_to_the_octet():
+    """The list size (RFC 7541 4.1: name, value and 32 octets a field) is counted from a raw
+    string's length, a static name's precomputed size, or a decoded string's length: at a
+    limit of exactly the list's size and one octet under it, blocks of every kind of field
+    (static and dynamic names, raw and Huffman strings, never indexed) decode or fail as
+    hpack's do."""
+    fields = [
+        (b":method", b"GET"),
+        (b":path", b"/a/long/path"),
+        (b"content-length", b"123"),
+        (b"x-request-id", b"abc-123"),
+        (b"authorization", b"secret"),
+        (b"user-agent", b"u" * 200),
+        (b"x-long-name-" + b"n" * 130, b"v"),
+    ]
+    blocks = [LiteralEncoder().encode(fields)]
+    encoder = hpack.Encoder()
+    blocks += [encoder.encode(fields), encoder.encode(fields)]  # then from the dynamic table
+    size = sum(len(n) + len(v) + 32 for n, v in fields)  # every block's list
+    for block in blocks:
+        for limit in (size - 1, size):
+            reference, decoder = pair()
+            reference.max_header_list_size = decoder.max_header_list_size = limit
+            for earlier in blocks[1 : blocks.index(block)]:  # the dynamic table as it was
+                decode_both(reference, decoder, earlier)
+            outcome = decode_both(reference, decoder, block)
+            assert isinstance(outcome, OversizedHeaderListError) == (limit < size)
+
+
+def test_every_static_pair_is_sent_as_its_index_and_other_fields_as_literals():
+    """The encoder looks for a static pair only under a static name with an empty or a
+    static value: every static pair still goes as its (first) index, one octet, and a static
+    name with another value as a literal naming the index."""
+    first: dict[tuple[bytes, bytes], int] = {}
+    for index, pair_ in enumerate(hpack.table.HeaderTable.STATIC_TABLE, start=1):
+        first.setdefault(pair_, index)
+    encoder = LiteralEncoder(never_indexed=frozenset())
+    for (name, value), index in first.items():
+        assert encoder.encode([(name, value)]) == bytes([0x80 | index])
+        other = value + b"-other" if value else b"x"
+        block = encoder.encode([(name, other)])
+        assert block[0] & 0xF0 == 0x00 and block[0] != 0x00, (name, block)
+        assert hpack.Decoder().decode(block, raw=True) == [(name, other)]
+
+
+def _reference_block(headers: list, never: frozenset[bytes]) -> bytes:
+    """The encoder's block spelled out field by field, RFC 7541 as the module's docstring
+    puts it: a static pair's first index; else a literal without indexing (never indexed for
+    `never` names and `NeverIndexedHeaderTuple`s), naming the static name's first index or
+    spelling the name, then the value, raw."""
+    static = hpack.table.HeaderTable.STATIC_TABLE
+    pairs = {}
+    names = {}
+    for index, (name, value) in enumerate(static, start=1):
+        pairs.setdefault((name, value), index)
+        names.setdefault(name, index)
+    out = bytearray()
+    for header in headers:
+        name, value = header[0], header[1]
+        if isinstance(name, str):
+            name = name.encode()
+        if isinstance(value, str):
+            value = value.encode()
+        if (name, value) in pairs:
+            out.append(0x80 | pairs[name, value])
+            continue
+        kind = 0x10 if name in never or isinstance(header, NeverIndexedHeaderTuple) else 0x00
+        if name in names:
+            out += _integer_reference(names[name], 4, kind)
+        else:
+            out.append(kind)
+            out += _integer_reference(len(name), 7, 0) + name
+        out += _integer_reference(len(value), 7, 0) + value
+    return bytes(out)
+
+
+def _integer_reference(value: int, bits: int, first: int) -> bytes:
+    limit = (1 << bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    return bytes([first | limit]) + _prefix_rest(value - limit)
+
+
+plain_or_never = st.one_of(
+    st.tuples(names, values),
+    st.builds(NeverIndexedHeaderTuple, names, values),
+    st.builds(HeaderTuple, names, values),
+    st.tuples(st.sampled_from(["x-text", ":path", "user-agent"]), st.sampled_from(["a", ""])),
+)
+
+
+@settings(FUZZ, max_examples=200)
+@given(st.lists(plain_or_never, max_size=15))
+def test_the_encoders_blocks_are_spelled_field_by_field(headers):
+    """The encoder's remembered name spellings and one-octet lengths give, octet for octet,
+    the block spelled out field by field (str names and values too: they are encoded)."""
+    never = frozenset({b"authorization", b"x-request-id"})
+    assert LiteralEncoder(never).encode(headers) == _reference_block(headers, never)
+
+
+def test_the_remembered_names_are_bounded_and_static_names_stay():
+    """Past the bound on remembered names they are forgotten at once, the static names kept:
+    blocks are spelled the same before and after."""
+    encoder = LiteralEncoder(frozenset())
+    fields = [(b":method", b"PUT"), (b"user-agent", b"u"), (b"x-a", b"1"), (b":path", b"/")]
+    before = encoder.encode(fields)
+    for n in range(3000):
+        encoder.encode([(f"x-name-{n}".encode(), b"v")])
+        assert len(hpack_literal._NAME_CODES) <= hpack_literal._NAME_CODES_MAX
+    assert set(hpack_literal._STATIC_NAME_CODES) <= set(hpack_literal._NAME_CODES)
+    assert encoder.encode(fields) == before == _reference_block(fields, frozenset())
+
+
+def test_the_dynamic_tables_entries_are_the_header_tuples_handed_out():
+    """A literal with incremental indexing goes into the table as the `HeaderTuple` handed
+    out (equal to hpack's plain tuple, which hpack's table reads alike), and an index to it
+    hands out that object again; an entry that is a plain tuple is still handed out as a
+    `HeaderTuple`."""
+    encoder = hpack.Encoder()
+    first = encoder.encode([(b"x-app", b"1"), (b"grpc-timeout", b"5S")])
+    second = encoder.encode([(b"x-app", b"1"), (b"grpc-timeout", b"5S")])
+    reference, decoder = pair()
+    added = decoder.decode(first, raw=True)
+    assert added == reference.decode(first, raw=True)
+    entries = list(decoder.header_table.dynamic_entries)
+    assert [type(e) for e in entries] == [HeaderTuple, HeaderTuple]
+    assert entries == list(reference.header_table.dynamic_entries)
+    again = decoder.decode(second, raw=True)
+    assert again == reference.decode(second, raw=True)
+    assert all(a is b for a, b in zip(again, added, strict=True))
+    decoder.header_table.dynamic_entries[0] = (b"grpc-timeout", b"5S")  # as hpack adds it
+    assert type(decoder.decode(second, raw=True)[1]) is HeaderTuple
+
+
+@settings(FUZZ, max_examples=50)
+@given(sessions())
+def test_the_list_size_noted_is_the_decoded_lists(session):
+    """`list_size` after a block is its list's size counted as the request path counts it
+    (name and value octets, 32 a field), which it then takes instead of counting again."""
+    initial, huffman, steps = session
+    decoder = LiteralDecoder()
+    decoder.max_allowed_table_size = MAX_ALLOWED
+    decoder.max_header_list_size = 2**31
+    for block in encode_session(initial, huffman, steps):
+        fields = decoder.decode(block, raw=True)
+        assert decoder.list_size == sum(len(n) + len(v) + 32 for n, v in fields)
+
+
+def test_a_table_size_change_is_kept_when_str_fields_are_spelled_again():
+    """A table size change the peer asked for starts the next block, and stays there when the
+    block's fields are spelled again as bytes (a `str` field)."""
+    encoder = LiteralEncoder(frozenset())
+    encoder.header_table_size = 0
+    fields = [("x-text", "a"), (b":path", b"/")]
+    block = encoder.encode(fields)
+    assert block == b"\x20" + _reference_block(fields, frozenset())
+    assert encoder.encode(fields) == _reference_block(fields, frozenset())

@@ -17,6 +17,7 @@ limit REFUSED_STREAM (RFC 9113 5.1.2; h2 alone would close the connection).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import struct
@@ -30,8 +31,10 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
+import h2.windows
 import hyperframe.frame
 from h2.frame_buffer import FrameBuffer
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from sidecar import defaults
 from sidecar.cluster import Target
@@ -145,6 +148,38 @@ _OPEN_STATES = (
     h2.connection.ConnectionState.CLIENT_OPEN,
     h2.connection.ConnectionState.SERVER_OPEN,
 )
+_IDLE = h2.stream.StreamState.IDLE
+_RECV_INFORMATIONAL = h2.stream.StreamInputs.RECV_INFORMATIONAL_HEADERS
+_ORDERED_SET = collections.OrderedDict.__setitem__  # h2's SizeLimitDict's, without its check
+_HPACK_ERRORS = (HPACKError, IndexError, TypeError, UnicodeDecodeError)  # h2's `_decode_headers`
+
+
+def _decode_error(err: Exception) -> h2.exceptions.ProtocolError:
+    """The error h2's `_decode_headers` raises for a header block the decoder refused: an
+    oversized list is a DenialOfServiceError (an HPACK bomb), anything else a ProtocolError."""
+    if isinstance(err, OversizedHeaderListError):
+        return h2.exceptions.DenialOfServiceError(f"Oversized header block: {err}")
+    return h2.exceptions.ProtocolError(f"Error decoding header block: {err}")
+
+
+class _StreamMachine(h2.stream.H2StreamStateMachine):
+    """h2's stream state machine, made without a Python `__init__` call: `_Connection.new_stream`
+    gives it the attributes h2's `__init__` gives it (tests/test_h2_cuts.py compares them)."""
+
+    __init__ = object.__init__  # type: ignore[assignment]
+
+
+class _WindowManager(h2.windows.WindowManager):
+    """h2's window manager, made without a Python `__init__` call (see `_StreamMachine`)."""
+
+    __init__ = object.__init__  # type: ignore[assignment]
+
+
+class _H2Stream(h2.stream.H2Stream):
+    """h2's stream, made without a Python `__init__` call (see `_StreamMachine`): a stream costs
+    no call of h2's (there were three, and `new_stream` a fourth) where the sidecar makes it."""
+
+    __init__ = object.__init__  # type: ignore[assignment]
 
 
 class _Connection(h2.connection.H2Connection):
@@ -251,16 +286,41 @@ class _Connection(h2.connection.H2Connection):
         out += data
 
     def new_stream(self, stream_id: int) -> h2.stream.H2Stream:
-        """An h2 stream made and registered as h2's `_begin_new_stream` makes it, for the
-        HEADERS that the sidecar sends or takes itself; the caller sets its state and the
-        highest stream id of its side."""
-        stream = h2.stream.H2Stream(
-            stream_id,
-            config=self.config,
-            inbound_window_size=self.local_initial_window,
-            outbound_window_size=self.remote_initial_window,
-        )
-        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        """An h2 stream made and registered as h2's `_begin_new_stream` makes it (IDLE, the
+        windows in force), for the HEADERS that the sidecar sends or takes itself; the caller
+        sets its state and the highest stream id of its side. Its objects are made without
+        their `__init__` calls, their attributes set as those set them."""
+        machine = _StreamMachine()
+        machine.__dict__ = {
+            "state": _IDLE,
+            "stream_id": stream_id,
+            "client": None,
+            "headers_sent": None,
+            "trailers_sent": None,
+            "headers_received": None,
+            "trailers_received": None,
+            "stream_closed_by": None,
+        }
+        window = _WindowManager()
+        size = self.local_initial_window
+        window.__dict__ = {
+            "max_window_size": size,
+            "current_window_size": size,
+            "_bytes_processed": 0,
+        }
+        stream = _H2Stream()
+        stream.__dict__ = {
+            "state_machine": machine,
+            "stream_id": stream_id,
+            "max_outbound_frame_size": self.max_outbound_frame_size,
+            "request_method": None,
+            "outbound_flow_control_window": self.remote_initial_window,
+            "_inbound_window_manager": window,
+            "_expected_content_length": None,
+            "_actual_content_length": 0,
+            "_authority": None,
+            "config": self.config,
+        }
         self.streams[stream_id] = stream
         return stream
 
@@ -268,13 +328,18 @@ class _Connection(h2.connection.H2Connection):
         """Drop a closed stream as h2's stream counting does (remembering who closed it), when
         the sidecar is done with it. h2 forgets closed streams only while it counts open ones,
         walking all of them: once or twice per request that walk was most of what a request
-        cost in h2 with many streams open (all of them, every time)."""
+        cost in h2 with many streams open (all of them, every time). Who closed it is put in
+        h2's `SizeLimitDict` as its `__setitem__` does (the oldest dropped past the limit),
+        without its two Python calls."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             machine = stream.state_machine  # h2's `closed` and `closed_by`, read directly
             if machine.state is _CLOSED:
                 del self.streams[stream_id]
-                self._closed_streams[stream_id] = machine.stream_closed_by
+                closed = self._closed_streams
+                _ORDERED_SET(closed, stream_id, machine.stream_closed_by)
+                if len(closed) > self.MAX_CLOSED_STREAMS:
+                    closed.popitem(last=False)
 
     def stream_allowed(self) -> bool:
         """A client connection may open one more stream: its open streams, as h2's
@@ -322,7 +387,14 @@ class _Connection(h2.connection.H2Connection):
         machine.state = _HALF_CLOSED_LOCAL if end_stream else _OPEN
         stream.request_method = method
         stream._authority = authority
-        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+        block = self.encoder.encode(headers)
+        size = len(block)
+        if size > self.max_outbound_frame_size:
+            self._headers_frames(stream_id, block, end_stream)
+            return
+        out = self._data_to_send  # one HEADERS frame: `_headers_frames`, inline
+        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id)
+        out += block
 
     def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         """`send_headers` for a final response (server side) or trailers (either side) on a
@@ -353,7 +425,14 @@ class _Connection(h2.connection.H2Connection):
             return
         if end_stream:
             self._ended_locally(machine, state)
-        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+        block = self.encoder.encode(headers)
+        size = len(block)
+        if size > self.max_outbound_frame_size:
+            self._headers_frames(stream_id, block, end_stream)
+            return
+        out = self._data_to_send  # one HEADERS frame: `_headers_frames`, inline
+        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id)
+        out += block
 
     def send_end_stream(self, stream_id: int) -> None:
         """`end_stream` (an empty DATA frame with END_STREAM) on a stream that can send,
@@ -410,20 +489,34 @@ class _Connection(h2.connection.H2Connection):
     def credit(self, stream_id: int, size: int) -> None:
         """`acknowledge_received_data` without its logging and frame objects: h2's window
         managers still decide when an update is due (and keep their books); the WINDOW_UPDATE
-        frames are written into h2's output buffer here."""
-        increment = self._inbound_flow_control_window_manager.process_bytes(size)
+        frames are written into h2's output buffer here. A manager's `process_bytes` is called
+        only where an update may be due: below half its window processed, with window left,
+        h2's algorithm only adds up the bytes (`_maybe_update_window` returns 0 and changes
+        nothing else), which is done here."""
+        manager = self._inbound_flow_control_window_manager
+        processed = manager._bytes_processed + size
         out = self._data_to_send
-        if increment:
-            out += _WINDOW_UPDATE_CONNECTION
-            out += increment.to_bytes(4, "big")
+        if processed < manager.max_window_size // 2 and manager.current_window_size:
+            manager._bytes_processed = processed
+        else:
+            increment = manager.process_bytes(size)
+            if increment:
+                out += _WINDOW_UPDATE_CONNECTION
+                out += increment.to_bytes(4, "big")
         stream = self.streams.get(stream_id)
         # h2's `stream.open` (RFC 9113 5.1.2: OPEN or half-closed), read directly.
-        if stream is not None and stream.state_machine.state in _WINDOW_STATES:
-            increment = stream._inbound_window_manager.process_bytes(size)
-            if increment:
-                out += _WINDOW_UPDATE_HEAD
-                out += stream_id.to_bytes(4, "big")
-                out += increment.to_bytes(4, "big")
+        if stream is None or stream.state_machine.state not in _WINDOW_STATES:
+            return
+        manager = stream._inbound_window_manager
+        processed = manager._bytes_processed + size
+        if processed < manager.max_window_size // 2 and manager.current_window_size:
+            manager._bytes_processed = processed
+            return
+        increment = manager.process_bytes(size)
+        if increment:
+            out += _WINDOW_UPDATE_HEAD
+            out += stream_id.to_bytes(4, "big")
+            out += increment.to_bytes(4, "big")
 
     def send_plain_data_now(self, stream_id: int, data: bytes) -> bool:
         """`send_plain_data` for a chunk that leaves whole now or not at all: False, with nothing
@@ -811,20 +904,46 @@ class H2Protocol(asyncio.Protocol):
             return False
         ended = bool(end_stream)
         h2_stream = conn.streams.get(stream_id)
-        if h2_stream is None:
+        opens = h2_stream is None  # a request's block, opening its stream
+        if opens:
             if self.client_side or not stream_id & 1 or stream_id <= conn.highest_inbound_stream_id:
                 return False
-            try:
-                if len(conn.streams) >= conn.local_max_streams:
-                    conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
-                headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
+            stream = None
+            trailers = False
+        else:
+            stream = self.streams.get(stream_id)
+            machine = h2_stream.state_machine
+            if stream is None or machine.state not in _RECEIVING_STATES:
+                return False
+            trailers = machine.headers_received
+            if not trailers and not machine.client:
+                return False
+        try:
+            if opens and len(conn.streams) >= conn.local_max_streams:
+                conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
+            try:  # h2's `_decode_headers`
+                headers = conn.decoder.decode(data[start : start + length], raw=True)
+            except _HPACK_ERRORS as err:
+                raise _decode_error(err) from err
+            informational = False  # h2's `is_informational_response`: the pseudo-headers' :status
+            for name, value in headers:
+                if name[:1] != b":":
+                    break
+                if name == b":status":
+                    informational = value[:1] == b"1"
+                    break
+            if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
                 machine = h2_stream.state_machine
-                if h2.utilities.is_informational_response(headers):
+                if informational:
+                    if ended:
+                        raise h2.exceptions.ProtocolError(
+                            "Cannot set END_STREAM on informational responses"
+                        )
                     machine.state = _CLOSED
-                    raise h2.exceptions.ProtocolError(
-                        "Invalid input StreamInputs.RECV_INFORMATIONAL_HEADERS in state IDLE"
+                    raise h2.exceptions.ProtocolError(  # h2's state machine's words
+                        f"Invalid input {_RECV_INFORMATIONAL} in state {_IDLE}"
                     )
                 machine.client = False  # request_received: IDLE -> OPEN
                 machine.headers_received = True
@@ -833,27 +952,8 @@ class H2Protocol(asyncio.Protocol):
                     machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
                 else:
                     machine.state = _OPEN
-                h2_stream._initialize_content_length(headers)
-                if conn.checks_inbound:
-                    headers = received_headers(
-                        headers, _REQUEST_FLAGS, conn.validate_inbound, conn.normalize_inbound
-                    )
-            except h2.exceptions.ProtocolError as exc:
-                self._protocol_error(exc, terminate=True)
-                return True
-            self._request(stream_id, headers, ended)
-            return True
-        stream = self.streams.get(stream_id)
-        machine = h2_stream.state_machine
-        if stream is None or machine.state not in _RECEIVING_STATES:
-            return False
-        trailers = machine.headers_received
-        if not trailers and not machine.client:
-            return False
-        try:
-            headers = h2.connection._decode_headers(conn.decoder, data[start : start + length])
-            informational = h2.utilities.is_informational_response(headers)
-            if informational:
+                flags = _REQUEST_FLAGS
+            elif informational:
                 if ended:
                     raise h2.exceptions.ProtocolError(
                         "Cannot set END_STREAM on informational responses"
@@ -861,26 +961,47 @@ class H2Protocol(asyncio.Protocol):
                 if trailers:
                     machine.state = _CLOSED
                     raise h2.exceptions.ProtocolError("Informational response after final response")
-                h2_stream._initialize_content_length(headers)  # h2 checks every block's
-                flags = _RESPONSE_FLAGS
+                flags = _RESPONSE_FLAGS  # h2 checks every block's content-length, a 1xx's too
             else:
                 if trailers:
                     if machine.trailers_received:
                         machine.state = _CLOSED
                         raise h2.exceptions.ProtocolError("trailers received twice")
                     machine.trailers_received = True
+                    flags = _TRAILER_FLAGS[bool(machine.client)]
                 else:
                     machine.headers_received = True
+                    flags = _RESPONSE_FLAGS
                 if ended:
                     machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
                     machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
-                h2_stream._initialize_content_length(headers)
-                if trailers:
-                    if not ended:
-                        raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
-                    flags = _TRAILER_FLAGS[bool(machine.client)]
-                else:
-                    flags = _RESPONSE_FLAGS
+            # h2's `_initialize_content_length`, with its errors: digits only, every field of
+            # the block the same.
+            expected: int | None = None
+            if h2_stream.request_method == b"HEAD":
+                expected = 0
+            else:
+                for name, value in headers:
+                    if name != b"content-length":
+                        continue
+                    if not value.isdigit():
+                        raise h2.exceptions.ProtocolError(
+                            f"Invalid content-length header: {value!r}"
+                        )
+                    try:
+                        parsed = int(value, 10)
+                    except ValueError as err:  # more digits than int() reads
+                        raise h2.exceptions.ProtocolError(
+                            f"Invalid content-length header: {value!r}"
+                        ) from err
+                    if expected is not None and parsed != expected:
+                        raise h2.exceptions.ProtocolError(
+                            f"Conflicting content-length headers: {expected} and {parsed}"
+                        )
+                    expected = parsed
+            h2_stream._expected_content_length = expected
+            if trailers and not ended:
+                raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
             if conn.checks_inbound:
                 headers = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
@@ -888,7 +1009,12 @@ class H2Protocol(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
-        if trailers:
+        if opens:
+            # The decoder counted the list's size as `_request` does; headers normalised (an
+            # untrusted peer) are counted again there.
+            size = None if conn.checks_inbound else conn.decoder.list_size
+            self._request(stream_id, headers, ended, size)
+        elif trailers:
             stream.trailers = headers
             stream.remote_ended()
         elif isinstance(stream, H2ClientStream):
@@ -1054,9 +1180,12 @@ class H2Protocol(asyncio.Protocol):
                 log.info("event=h2_goaway peer=%s code=%r", self.peer_address, event.error_code)
             self._maybe_close()
 
-    def _request(self, stream_id: int, fields: Headers, ended: bool) -> None:
+    def _request(
+        self, stream_id: int, fields: Headers, ended: bool, size: int | None = None
+    ) -> None:
         """A request's header block arrived (from h2's RequestReceived, or `_take_headers`):
-        refused, answered 431, or served by a new `H2ServerStream`."""
+        refused, answered 431, or served by a new `H2ServerStream`. `size`: the list's size
+        (RFC 9113 6.5.2) where the caller knows it, counted here otherwise."""
         self._empty_frames = 0
         self.streams_opened += 1
         if self.handler is None or self.going_away:
@@ -1067,26 +1196,38 @@ class H2Protocol(asyncio.Protocol):
                 self.stats.downstream_rq_overload += 1
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        pseudo: dict[bytes, bytes] = {}
+        # The pseudo-headers read in the loop (the last of a name counts, unknown ones are
+        # ignored) rather than gathered in a dict and looked up: five calls fewer.
+        method, scheme, authority, path = b"GET", b"http", b"", b""
+        protocol: bytes | None = None
         headers: Headers = []
         for name, value in fields:
-            if name[:1] == b":":
-                pseudo[name] = value
-            else:
+            if name[:1] != b":":
                 headers.append((name, value))
-        # RFC 9113 6.5.2's accounting: name and value octets, 32 more per field (one join
-        # instead of two len() calls a field).
-        size = len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
+            elif name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":scheme":
+                scheme = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":protocol":
+                protocol = value
+        if size is None:
+            # RFC 9113 6.5.2's accounting: name and value octets, 32 more per field (one join
+            # instead of two len() calls a field).
+            size = len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
         if size > self.header_list_size or len(headers) > self.max_headers:
             self._headers_too_large(stream_id, ended, size, len(headers))
             return
         head = RequestHead(
-            method=pseudo.get(b":method", b"GET"),
-            scheme=pseudo.get(b":scheme", b"http"),
-            authority=pseudo.get(b":authority", b""),
-            path=pseudo.get(b":path", b""),
+            method=method,
+            scheme=scheme,
+            authority=authority,
+            path=path,
             headers=headers,
-            protocol=pseudo.get(b":protocol"),
+            protocol=protocol,
             http_version=b"2",
         )
         stream = H2ServerStream(self, stream_id, head)
@@ -1206,7 +1347,11 @@ class H2Protocol(asyncio.Protocol):
             stream.reset()
         finally:
             stream.local_done = True
-            self._stream_finished(stream)
+            # `_stream_finished`, called only where it has something to do: usually the
+            # stream's end already reported it done (and dropped it from both tables).
+            stream_id = stream.stream_id
+            if stream.remote_done and (stream_id in self.streams or stream_id in self.conn.streams):
+                self._stream_finished(stream)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -1226,9 +1371,14 @@ class H2Protocol(asyncio.Protocol):
         """A stream's last frame is queued: written at once when no other stream is open here
         (a lone exchange, as at a low request rate: the peer starts on it before this turn's
         bookkeeping is done), else at the end of the turn with the other streams' frames."""
-        if len(self.streams) > 1:
-            self._flush()
-        else:
+        if len(self.streams) <= 1:
+            self._flush_now()
+            return
+        self._sends += 1  # `_flush`, inline
+        if self._flush_handle is None:
+            if self.transport is not None:
+                self._flush_handle = self.loop.call_soon(self._flush_now)
+        elif self._sends >= defaults.H2_SENDS_PER_WRITE:
             self._flush_now()
 
     def _flush_now(self) -> None:
@@ -1296,6 +1446,56 @@ class H2Protocol(asyncio.Protocol):
                 await self.drain()
             if last:
                 return
+
+    def send_whole(self, stream: H2Stream, data: bytes, end: bool) -> bool:
+        """A chunk of a body, with END_STREAM if `end`, queued now as one DATA frame where
+        nothing stands in the way (the transport not paused, the stream able to send, the
+        windows and the frame size taking all of it): what `send_data` does then, without its
+        coroutine, its loop, the window lookup and `send_plain_data` (a small body's cost, a
+        gRPC message's). END_STREAM moves the stream as h2's SEND_END_STREAM input moves it.
+        False, nothing queued, otherwise: `send_data` sends it, waiting or failing as it
+        does. The caller waits for a paused transport afterwards, as `send_data` does."""
+        conn = self.conn
+        stream_id = stream.stream_id
+        h2_stream = conn.streams.get(stream_id)
+        size = len(data)
+        if (
+            self._write_paused is not None
+            or self.closed
+            or stream.reset_error is not None
+            or h2_stream is None
+            or not 0 < size <= conn.max_outbound_frame_size
+            or size > h2_stream.outbound_flow_control_window
+            or size > conn.outbound_flow_control_window
+            or conn.state_machine.state not in _OPEN_STATES
+        ):
+            return False
+        machine = h2_stream.state_machine
+        state = machine.state
+        if state is not _OPEN and state is not _HALF_CLOSED_REMOTE:
+            return False
+        h2_stream.outbound_flow_control_window -= size
+        conn.outbound_flow_control_window -= size
+        if end:
+            if state is _OPEN:
+                machine.state = _HALF_CLOSED_LOCAL
+            else:
+                machine.state = _CLOSED
+                machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
+        out = conn._data_to_send
+        out += _FRAME_HEADER.pack(
+            size >> 16, size & 0xFFFF, 0, _END_STREAM if end else 0, stream_id
+        )
+        out += data
+        self._data_frames_sent += 1
+        self._unflushed += size
+        if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
+            self._flush_now()
+        elif end:
+            self._flush_ended()
+        else:
+            self._flush()
+        return True
 
     def send_now(self, stream_id: int, data: bytes) -> bool:
         """A tunnel chunk from a relay: queued whole, or refused (False) when the transport is
@@ -1500,8 +1700,13 @@ class H2Stream:
         self.proto._stream_finished(self)
 
     async def write(self, data: bytes) -> None:
-        if data:
-            await self.proto.send_data(self, data, end=False)
+        if not data:
+            return
+        proto = self.proto
+        if not proto.send_whole(self, data, False):
+            await proto.send_data(self, data, end=False)
+        elif proto._write_paused is not None:  # as `send_data` ends
+            await proto.drain()
 
     def write_now(self, data: bytes) -> bool:
         """Tunnel bytes from a relay: queued whole now, or refused for the router's task."""
@@ -1526,7 +1731,11 @@ class H2Stream:
             self.proto._flush_ended()
         else:
             self.local_done = True
-            await self.proto.send_data(self, last, end=True)
+            proto = self.proto
+            if not (last and proto.send_whole(self, last, True)):
+                await proto.send_data(self, last, end=True)
+            elif proto._write_paused is not None:  # as `send_data` ends
+                await proto.drain()
         if self.remote_done:  # otherwise the remote end reports the stream finished
             self.proto._stream_finished(self)
 
@@ -1629,8 +1838,10 @@ class H2ClientStream(H2Stream):
             return
         if ended:
             self.response_ended_with_head = True
-        if not self.response_head.done():
+        try:
             self.response_head.set_result(head)
+        except asyncio.InvalidStateError:  # the waiter gave up: ignored (see `__init__`)
+            pass
 
     def reset_received(self, error: StreamReset) -> None:
         super().reset_received(error)
@@ -1646,9 +1857,14 @@ class H2ClientStream(H2Stream):
         router then sends it inline instead of from a task of its own): the transport not
         paused and the flow-control windows open for all of it."""
         proto = self.proto
+        if proto._write_paused is not None or proto.closed or self.reset_error is not None:
+            return False
+        conn = proto.conn
+        h2_stream = conn.streams.get(self.stream_id)
+        if h2_stream is None:  # h2's answer (its error) for a stream it no longer holds
+            return conn.send_window(self.stream_id) >= size
+        # `send_window`, read directly: both windows open for all of it.
         return (
-            proto._write_paused is None
-            and not proto.closed
-            and self.reset_error is None
-            and proto.conn.send_window(self.stream_id) >= size
+            h2_stream.outbound_flow_control_window >= size
+            and conn.outbound_flow_control_window >= size
         )
