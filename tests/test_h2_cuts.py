@@ -407,7 +407,7 @@ async def test_small_chunks_leave_h2s_books_as_h2s_send_data_leaves_them(
     request_ended: bool,
 ) -> None:
     """`write` and `finish(last=...)` send a chunk that fits as one DATA frame (with
-    END_STREAM for the last) at once (`send_whole`): the frames, the stream's state and who
+    END_STREAM for the last) at once (`send_now`): the frames, the stream's state and who
     closed it, and both send windows are what h2's `send_data` makes of the same stream."""
     states: list[tuple[object, ...]] = []
     wire = FakeTransport()

@@ -387,14 +387,7 @@ class _Connection(h2.connection.H2Connection):
         machine.state = _HALF_CLOSED_LOCAL if end_stream else _OPEN
         stream.request_method = method
         stream._authority = authority
-        block = self.encoder.encode(headers)
-        size = len(block)
-        if size > self.max_outbound_frame_size:
-            self._headers_frames(stream_id, block, end_stream)
-            return
-        out = self._data_to_send  # one HEADERS frame: `_headers_frames`, inline
-        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id)
-        out += block
+        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
 
     def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         """`send_headers` for a final response (server side) or trailers (either side) on a
@@ -425,14 +418,7 @@ class _Connection(h2.connection.H2Connection):
             return
         if end_stream:
             self._ended_locally(machine, state)
-        block = self.encoder.encode(headers)
-        size = len(block)
-        if size > self.max_outbound_frame_size:
-            self._headers_frames(stream_id, block, end_stream)
-            return
-        out = self._data_to_send  # one HEADERS frame: `_headers_frames`, inline
-        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id)
-        out += block
+        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
 
     def send_end_stream(self, stream_id: int) -> None:
         """`end_stream` (an empty DATA frame with END_STREAM) on a stream that can send,
@@ -466,15 +452,15 @@ class _Connection(h2.connection.H2Connection):
         peer's frame size (END_STREAM on the HEADERS frame, END_HEADERS on the last), queued in
         h2's output buffer."""
         out = self._data_to_send
-        ident = stream_id.to_bytes(4, "big")
         size = len(block)
         frame_size = self.max_outbound_frame_size
-        if size <= frame_size:
-            out += size.to_bytes(3, "big")
-            out += b"\x01\x05" if end_stream else b"\x01\x04"  # HEADERS, END_HEADERS
-            out += ident
+        if size <= frame_size:  # HEADERS with END_HEADERS: the frame head packed in one call
+            out += _FRAME_HEADER.pack(
+                size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id
+            )
             out += block
             return
+        ident = stream_id.to_bytes(4, "big")
         out += frame_size.to_bytes(3, "big")
         out += b"\x01\x01" if end_stream else b"\x01\x00"
         out += ident
@@ -518,11 +504,12 @@ class _Connection(h2.connection.H2Connection):
             out += stream_id.to_bytes(4, "big")
             out += increment.to_bytes(4, "big")
 
-    def send_plain_data_now(self, stream_id: int, data: bytes) -> bool:
+    def send_plain_data_now(self, stream_id: int, data: bytes, end: bool = False) -> bool:
         """`send_plain_data` for a chunk that leaves whole now or not at all: False, with nothing
         queued, when the windows cannot take all of it or the stream cannot send. What a tunnel's
-        relay forwards from `data_received` (sidecar.http.tunnel); more than a frame's worth is
-        cut into frames here."""
+        relay forwards from `data_received` (sidecar.http.tunnel), and a body's chunk that fits
+        (`H2Protocol.send_now`); more than a frame's worth is cut into frames here, END_STREAM
+        (`end`) on the last, the stream moved as h2's SEND_END_STREAM moves it."""
         stream = self.streams.get(stream_id)
         size = len(data)
         if (
@@ -536,19 +523,22 @@ class _Connection(h2.connection.H2Connection):
             return False
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
+        if end:
+            machine = stream.state_machine
+            self._ended_locally(machine, machine.state)
         out = self._data_to_send
-        header = b"\x00\x00" + stream_id.to_bytes(4, "big")  # type DATA, no flags, the stream
         frame_size = self.max_outbound_frame_size
-        if size <= frame_size:
-            out += size.to_bytes(3, "big")
-            out += header
+        if size <= frame_size:  # the usual chunk: one frame, its head packed in one call
+            out += _FRAME_HEADER.pack(
+                size >> 16, size & 0xFFFF, 0, _END_STREAM if end else 0, stream_id
+            )
             out += data
             return True
         view = memoryview(data)
         for start in range(0, size, frame_size):
             chunk = view[start : start + frame_size]
-            out += len(chunk).to_bytes(3, "big")
-            out += header
+            last = end and start + frame_size >= size
+            out += _FRAME_HEADER.pack(0, len(chunk), 0, _END_STREAM if last else 0, stream_id)
             out += chunk
         return True
 
@@ -1371,14 +1361,9 @@ class H2Protocol(asyncio.Protocol):
         """A stream's last frame is queued: written at once when no other stream is open here
         (a lone exchange, as at a low request rate: the peer starts on it before this turn's
         bookkeeping is done), else at the end of the turn with the other streams' frames."""
-        if len(self.streams) <= 1:
-            self._flush_now()
-            return
-        self._sends += 1  # `_flush`, inline
-        if self._flush_handle is None:
-            if self.transport is not None:
-                self._flush_handle = self.loop.call_soon(self._flush_now)
-        elif self._sends >= defaults.H2_SENDS_PER_WRITE:
+        if len(self.streams) > 1:
+            self._flush()
+        else:
             self._flush_now()
 
     def _flush_now(self) -> None:
@@ -1447,67 +1432,21 @@ class H2Protocol(asyncio.Protocol):
             if last:
                 return
 
-    def send_whole(self, stream: H2Stream, data: bytes, end: bool) -> bool:
-        """A chunk of a body, with END_STREAM if `end`, queued now as one DATA frame where
-        nothing stands in the way (the transport not paused, the stream able to send, the
-        windows and the frame size taking all of it): what `send_data` does then, without its
-        coroutine, its loop, the window lookup and `send_plain_data` (a small body's cost, a
-        gRPC message's). END_STREAM moves the stream as h2's SEND_END_STREAM input moves it.
-        False, nothing queued, otherwise: `send_data` sends it, waiting or failing as it
-        does. The caller waits for a paused transport afterwards, as `send_data` does."""
-        conn = self.conn
-        stream_id = stream.stream_id
-        h2_stream = conn.streams.get(stream_id)
-        size = len(data)
-        if (
-            self._write_paused is not None
-            or self.closed
-            or stream.reset_error is not None
-            or h2_stream is None
-            or not 0 < size <= conn.max_outbound_frame_size
-            or size > h2_stream.outbound_flow_control_window
-            or size > conn.outbound_flow_control_window
-            or conn.state_machine.state not in _OPEN_STATES
-        ):
-            return False
-        machine = h2_stream.state_machine
-        state = machine.state
-        if state is not _OPEN and state is not _HALF_CLOSED_REMOTE:
-            return False
-        h2_stream.outbound_flow_control_window -= size
-        conn.outbound_flow_control_window -= size
-        if end:
-            if state is _OPEN:
-                machine.state = _HALF_CLOSED_LOCAL
-            else:
-                machine.state = _CLOSED
-                machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
-        out = conn._data_to_send
-        out += _FRAME_HEADER.pack(
-            size >> 16, size & 0xFFFF, 0, _END_STREAM if end else 0, stream_id
-        )
-        out += data
-        self._data_frames_sent += 1
-        self._unflushed += size
-        if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
-            self._flush_now()
-        elif end:
-            self._flush_ended()
-        else:
-            self._flush()
-        return True
-
-    def send_now(self, stream_id: int, data: bytes) -> bool:
-        """A tunnel chunk from a relay: queued whole, or refused (False) when the transport is
-        paused or a window is short, for the router's task to send with waiting."""
+    def send_now(self, stream_id: int, data: bytes, end: bool = False) -> bool:
+        """A chunk queued whole now, with END_STREAM if `end` — a tunnel's from its relay, or a
+        body's that fits (`H2Stream.write`, `finish`: no coroutine, no loop) — or refused
+        (False, nothing queued) when the transport is paused or a window is short: `send_data`
+        then sends it, waiting or failing as it does."""
         if self._write_paused is not None or self.closed:
             return False
-        if not self.conn.send_plain_data_now(stream_id, data):
+        if not self.conn.send_plain_data_now(stream_id, data, end):
             return False
         self._data_frames_sent += 1
         self._unflushed += len(data)
         if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
             self._flush_now()
+        elif end:
+            self._flush_ended()
         else:
             self._flush()
         return True
@@ -1703,7 +1642,7 @@ class H2Stream:
         if not data:
             return
         proto = self.proto
-        if not proto.send_whole(self, data, False):
+        if self.reset_error is not None or not proto.send_now(self.stream_id, data):
             await proto.send_data(self, data, end=False)
         elif proto._write_paused is not None:  # as `send_data` ends
             await proto.drain()
@@ -1732,7 +1671,7 @@ class H2Stream:
         else:
             self.local_done = True
             proto = self.proto
-            if not (last and proto.send_whole(self, last, True)):
+            if not (last and proto.send_now(self.stream_id, last, True)):
                 await proto.send_data(self, last, end=True)
             elif proto._write_paused is not None:  # as `send_data` ends
                 await proto.drain()
