@@ -97,13 +97,17 @@ def h2_client() -> tuple[h2.connection.H2Connection, bytes]:
     return client, client.data_to_send()
 
 
-async def h2_answer(finish: Any) -> list[h2.events.Event]:
-    """A sidecar HTTP/2 server stream answering with `finish(stream)`; the client's events."""
+async def h2_answer(finish: Any, whole: bytes | None = None) -> list[h2.events.Event]:
+    """A sidecar HTTP/2 server stream answering with `finish(stream)` after the head, or with
+    `respond(head, last=whole)`; the client's events."""
     done = asyncio.get_running_loop().create_future()
 
     async def handler(stream: H2ServerStream) -> None:
-        await stream.respond(ResponseHead(200, []))
-        await finish(stream)
+        if whole is not None:
+            await stream.respond(ResponseHead(200, []), last=whole)
+        else:
+            await stream.respond(ResponseHead(200, []))
+            await finish(stream)
         done.set_result(None)
 
     client, opening = h2_client()
@@ -147,14 +151,18 @@ async def test_h2_a_last_chunk_after_the_end_is_refused() -> None:
     assert refused == ["the stream has ended"]
 
 
-async def h1_answer(head: ResponseHead, last: bytes) -> list[bytes]:
-    """A sidecar HTTP/1.1 server answering one request with `head` and `finish(None, last)`."""
+async def h1_answer(head: ResponseHead, last: bytes, whole: bool = False) -> list[bytes]:
+    """A sidecar HTTP/1.1 server answering one request with `head` and `finish(None, last)`, or
+    (`whole`) with `respond(head, last=last)`; its writes."""
     done = asyncio.get_running_loop().create_future()
 
     async def handler(exchange: H1ServerExchange) -> None:
         try:
-            await exchange.respond(head)
-            await exchange.finish(None, last)
+            if whole:
+                await exchange.respond(head, last=last)
+            else:
+                await exchange.respond(head)
+                await exchange.finish(None, last)
         finally:
             done.set_result(None)
 
@@ -233,52 +241,17 @@ async def test_a_whole_body_is_taken_only_when_it_ended_in_one_chunk_without_tra
 
 
 async def test_h1_a_whole_body_leaves_with_its_head_in_one_write() -> None:
-    async def whole(head: ResponseHead) -> list[bytes]:
-        done = asyncio.get_running_loop().create_future()
-
-        async def handler(exchange: H1ServerExchange) -> None:
-            try:
-                await exchange.respond(head, last=b"hello")
-            finally:
-                done.set_result(None)
-
-        server = H1Server(handler, default_authority=b"backend")
-        wire = Writes()
-        server.connection_made(wire)
-        try:
-            server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            await asyncio.wait_for(done, DEADLINE)
-            return wire.each
-        finally:
-            server.connection_lost(None)
-
-    (counted,) = await whole(ResponseHead(200, [(b"content-length", b"5")]))
+    (counted,) = await h1_answer(ResponseHead(200, [(b"content-length", b"5")]), b"hello", True)
     assert counted.startswith(b"HTTP/1.1 200 ") and counted.endswith(b"\r\n\r\nhello")
-    (chunked,) = await whole(ResponseHead(200, []))
+    (chunked,) = await h1_answer(ResponseHead(200, []), b"hello", True)
     assert chunked.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     # A body that does not match its Content-Length is refused, never sent as if complete.
-    short = await whole(ResponseHead(200, [(b"content-length", b"9")]))
+    short = await h1_answer(ResponseHead(200, [(b"content-length", b"9")]), b"hello", True)
     assert not any(b"hello" in w for w in short)
 
 
 async def test_h2_a_whole_body_is_one_data_frame_with_end_stream_after_the_head() -> None:
-    done = asyncio.get_running_loop().create_future()
-
-    async def handler(stream: H2ServerStream) -> None:
-        await stream.respond(ResponseHead(200, []), last=b"hello")
-        done.set_result(None)
-
-    client, opening = h2_client()
-    proto = H2Protocol(client_side=False, handler=handler)
-    wire = Writes()
-    proto.connection_made(wire)
-    try:
-        proto.data_received(opening)
-        await asyncio.wait_for(done, DEADLINE)
-        await until(lambda: b"hello" in wire.written)
-        events = client.receive_data(bytes(wire.written))
-    finally:
-        proto.connection_lost(None)
+    events = await h2_answer(None, whole=b"hello")
     kinds = [type(e).__name__ for e in events]
     assert kinds[-3:] == ["ResponseReceived", "DataReceived", "StreamEnded"], kinds
     data = [e for e in events if isinstance(e, h2.events.DataReceived)]

@@ -65,6 +65,15 @@ def h2_client(settings: dict[int, int]) -> h2.connection.H2Connection:
     return client
 
 
+def h2_server(settings: dict[int, int]) -> h2.connection.H2Connection:
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.local_settings = h2.settings.Settings(client=False, initial_values=settings)
+    server.initiate_connection()
+    return server
+
+
 def request(client: h2.connection.H2Connection, stream_id: int, end: bool) -> None:
     headers = [
         (b":method", b"GET" if end else b"POST"),
@@ -113,13 +122,7 @@ async def test_the_settings_kept_follow_both_sides_settings_as_h2_puts_them_in_f
 
 
 async def test_a_client_connection_is_available_up_to_the_peers_stream_limit() -> None:
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    server.local_settings = h2.settings.Settings(
-        client=False, initial_values={CODES.MAX_CONCURRENT_STREAMS: 2}
-    )
-    server.initiate_connection()
+    server = h2_server({CODES.MAX_CONCURRENT_STREAMS: 2})
     proto = H2Protocol(client_side=True)
     wire = FakeTransport()
     proto.connection_made(wire)
@@ -187,10 +190,7 @@ async def test_a_lone_streams_last_frame_leaves_at_once_others_at_the_end_of_the
     """At a low rate a connection carries one exchange at a time: its last frame is written when
     it is queued, so the peer starts on it before this turn's bookkeeping. With other streams
     open, the turn's frames leave together at its end (one write, one wake-up of the peer)."""
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    server.initiate_connection()
+    server = h2_server({})
     proto = H2Protocol(client_side=True)
     wire = FakeTransport()
     proto.connection_made(wire)
@@ -469,13 +469,7 @@ async def test_can_send_now_reads_the_windows_h2_reports() -> None:
     """`can_send_now` reads both send windows directly: it says yes exactly up to h2's
     `local_flow_control_window` for the stream, as the connection's or the stream's window
     is the smaller one."""
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    server.local_settings = h2.settings.Settings(
-        client=False, initial_values={CODES.INITIAL_WINDOW_SIZE: 100}
-    )
-    server.initiate_connection()
+    server = h2_server({CODES.INITIAL_WINDOW_SIZE: 100})
     proto = H2Protocol(client_side=True)
     wire = FakeTransport()
     proto.connection_made(wire)
