@@ -452,9 +452,6 @@ class H1Server(_Writer):
                 self.reading_paused = False
                 transport.resume_reading()
             parser = self.parser
-            if not parser.buf and not parser.eof:
-                parser.paused = False  # `next_cycle` with nothing to parse: the usual case
-                return
             try:
                 events = parser.next_cycle()  # a pipelined request may be waiting
             except ProtocolError as exc:
@@ -499,9 +496,6 @@ class H1ServerExchange:
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
-        # The client went away (or the exchange was reset): nothing more should be done for
-        # this request. Set with `error`; an attribute, as the router asks once per request.
-        self.cancelled = False
         self.upgrade = False  # a websocket upgrade or a CONNECT: a tunnel if accepted
         self.tunnelling = False
         self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
@@ -514,13 +508,17 @@ class H1ServerExchange:
         # client fewer per response. `_flush_head` sends it alone if no body follows at once.
         self._head: bytes | None = None
 
+    @property
+    def cancelled(self) -> bool:
+        """The client went away: nothing more should be done for this request."""
+        return self.error is not None
+
     def _consumed(self, _: int) -> None:
         if self.proto.reading_paused:
             _resume_when_drained(self.proto, self.body)
 
     def lost(self, error: StreamReset) -> None:
         self.error = error
-        self.cancelled = True
         self.body.abort(error)
 
     def informational(self, head: ResponseHead) -> None:
@@ -643,17 +641,11 @@ class H1ServerExchange:
             if last:
                 raise StreamReset("the response has ended")
             return
-        framing = self._framing
-        if not framing.chunked and framing.remaining == len(last):
-            data = last  # `last` of a body by length, inline: the usual end (a call fewer)
-        else:
-            data = framing.last(trailers, last)
+        data = self._framing.last(trailers, last)
         if self._head is not None:
             data, self._head = self._head + data, None
         self.finished = True
-        transport = self.proto.transport  # `_write`, inline: a call fewer per response
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
+        self.proto._write(data)
 
     def abandon_request(self) -> None:
         """Nothing to do: a connection whose request was not read to the end is closed."""
@@ -661,7 +653,6 @@ class H1ServerExchange:
     def reset(self) -> None:
         """Abort: the client sees the connection close without a terminating chunk."""
         self.error = self.error or StreamReset("reset locally")
-        self.cancelled = True
         if self.proto.transport is not None:
             self.proto.transport.abort()
 
@@ -859,10 +850,8 @@ class H1Client(_Writer):
         stream.sent = end_stream
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self.parser.method = method  # `expect(method)`, inline
-        transport = self.transport  # `_write`, inline: a call fewer per request
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        self.parser.expect(method)
+        self._write(data)
         return stream
 
     def abort(self, error: StreamReset) -> None:
@@ -921,14 +910,7 @@ class H1Client(_Writer):
         for event in events:
             kind = type(event)
             if kind is bytes:
-                # `_feed`, inline (a call fewer per response)
-                if (
-                    stream.body.feed(event)  # type: ignore[arg-type]
-                    and not self.reading_paused
-                    and self.transport is not None
-                ):
-                    self.reading_paused = True
-                    self.transport.pause_reading()
+                _feed(self, stream.body, event)  # type: ignore[arg-type]
             elif kind is Response:
                 status = event.status  # type: ignore[union-attr]
                 head = ResponseHead(status, event.headers)  # type: ignore[union-attr]
@@ -947,8 +929,7 @@ class H1Client(_Writer):
                 else:
                     if stream.tunnel is not None:
                         stream.switched(False)  # the app declined the upgrade
-                    if not stream.response_head.done():  # `stream.responded(head)`, inline
-                        stream.response_head.set_result(head)
+                    stream.responded(head)
             elif kind is End:
                 stream.body.end(event.trailers)  # type: ignore[union-attr]
                 self._done(stream)
@@ -989,7 +970,7 @@ class H1Client(_Writer):
         elif parser.buf or parser.eof:
             transport.close()  # bytes no request asked for, or the app's EOF
         else:
-            parser.paused = False  # `next_cycle`, which has nothing to parse
+            parser.next_cycle()  # nothing of a next message to parse: it only resumes
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()

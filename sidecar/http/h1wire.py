@@ -189,12 +189,15 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return [t.strip(b" \t").lower() for v in values for t in v.split(b",") if t.strip(b" \t")]
 
 
-def _content_length_problem(lower: bytes) -> NoReturn:
-    """Why the Content-Length in `lower` (the lower-cased field lines) cannot frame a body: the
-    head parsers look for the one decimal Content-Length inline, and call this to refuse."""
-    if lower.count(b"\r\ncontent-length:") > 1:
+def _content_length(lower: bytes, framed_by: list[bytes]) -> int:
+    """The one Content-Length in `lower`, the lower-cased field lines (`framed_by`, the framing
+    field names found in them, has it at least once)."""
+    if framed_by.count(b"content-length") > 1:
         raise ProtocolError("Content-Length given more than once")
-    raise ProtocolError("Content-Length is not a decimal length")
+    match = _CONTENT_LENGTH.search(lower)
+    if match is None:
+        raise ProtocolError("Content-Length is not a decimal length")
+    return int(match[1])
 
 
 def _request_head_problem(head: bytes) -> NoReturn:
@@ -226,15 +229,12 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     method, target, minor, fields = match.groups()
     version = b"1.1" if minor == b"1" else b"1.0"
     lower = fields.lower()
-    # `_fields` inline (a call fewer per request).
-    values = _FIELD_VALUE.findall(fields)
-    if len(values) > max_fields:
-        raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
+    headers = _fields(fields, lower, max_fields)
     request = Request()
     request.method = method
     request.target = target
     request.version = version
-    request.headers = list(zip(_FIELD_NAME.findall(lower), values, strict=True))
+    request.headers = headers
     request.keep_alive = minor == b"1"
     request.expect_continue = False
     request.upgrade = None
@@ -244,10 +244,7 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     if b"content-length" in framed_by:
         if b"transfer-encoding" in framed_by:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        length = _CONTENT_LENGTH.search(lower)
-        if length is None or framed_by.count(b"content-length") > 1:
-            _content_length_problem(lower)
-        request.length = int(length[1])
+        request.length = _content_length(lower, framed_by)
         request.framing = _LENGTH
     elif b"transfer-encoding" in framed_by:
         if version == b"1.0":
@@ -278,14 +275,11 @@ def parse_response_head(head: bytes, max_fields: int) -> Response:
         _response_head_problem(head)
     minor, status, reason, fields = match.groups()
     lower = fields.lower()
-    # `_fields` inline (a call fewer per response).
-    values = _FIELD_VALUE.findall(fields)
-    if len(values) > max_fields:
-        raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
+    headers = _fields(fields, lower, max_fields)
     response = Response()
     response.status = int(status)
     response.version = b"1.1" if minor == b"1" else b"1.0"
-    response.headers = list(zip(_FIELD_NAME.findall(lower), values, strict=True))
+    response.headers = headers
     response.reason = reason or b""
     response.keep_alive = minor == b"1"
     response.framing = _UNTIL_EOF
@@ -296,10 +290,7 @@ def parse_response_head(head: bytes, max_fields: int) -> Response:
     if b"content-length" in framed_by:
         if b"transfer-encoding" in framed_by:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        length = _CONTENT_LENGTH.search(lower)
-        if length is None or framed_by.count(b"content-length") > 1:
-            _content_length_problem(lower)
-        response.length = int(length[1])
+        response.length = _content_length(lower, framed_by)
         response.framing = _LENGTH
     elif b"transfer-encoding" in framed_by:
         if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
@@ -583,11 +574,7 @@ class RequestParser(_Parser):
             return False
         request = parse_request_head(head, self.max_fields)
         out.append(request)
-        if request.framing == _NO_BODY:  # `_start_body`'s first case inline: most requests
-            out.append(_END)
-            self.paused = True
-        else:
-            self._start_body(out, request.framing, request.length)
+        self._start_body(out, request.framing, request.length)
         return True
 
 

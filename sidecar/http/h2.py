@@ -162,6 +162,18 @@ def _decode_error(err: Exception) -> h2.exceptions.ProtocolError:
     return h2.exceptions.ProtocolError(f"Error decoding header block: {err}")
 
 
+def _processed(manager: h2.windows.WindowManager, size: int) -> int:
+    """h2's `WindowManager.process_bytes`: the window increment now due (0: none). Below half
+    the window processed, with window left, h2's algorithm only adds the bytes up (its
+    `_maybe_update_window` returns 0 and changes nothing else): that is done here, without its
+    two calls."""
+    processed = manager._bytes_processed + size
+    if processed < manager.max_window_size // 2 and manager.current_window_size:
+        manager._bytes_processed = processed
+        return 0
+    return manager.process_bytes(size) or 0
+
+
 class _StreamMachine(h2.stream.H2StreamStateMachine):
     """h2's stream state machine, made without a Python `__init__` call: `_Connection.new_stream`
     gives it the attributes h2's `__init__` gives it (tests/test_h2_cuts.py compares them)."""
@@ -474,35 +486,21 @@ class _Connection(h2.connection.H2Connection):
 
     def credit(self, stream_id: int, size: int) -> None:
         """`acknowledge_received_data` without its logging and frame objects: h2's window
-        managers still decide when an update is due (and keep their books); the WINDOW_UPDATE
-        frames are written into h2's output buffer here. A manager's `process_bytes` is called
-        only where an update may be due: below half its window processed, with window left,
-        h2's algorithm only adds up the bytes (`_maybe_update_window` returns 0 and changes
-        nothing else), which is done here."""
-        manager = self._inbound_flow_control_window_manager
-        processed = manager._bytes_processed + size
+        managers still decide when an update is due (and keep their books, `_processed`); the
+        WINDOW_UPDATE frames are written into h2's output buffer here."""
+        increment = _processed(self._inbound_flow_control_window_manager, size)
         out = self._data_to_send
-        if processed < manager.max_window_size // 2 and manager.current_window_size:
-            manager._bytes_processed = processed
-        else:
-            increment = manager.process_bytes(size)
-            if increment:
-                out += _WINDOW_UPDATE_CONNECTION
-                out += increment.to_bytes(4, "big")
+        if increment:
+            out += _WINDOW_UPDATE_CONNECTION
+            out += increment.to_bytes(4, "big")
         stream = self.streams.get(stream_id)
         # h2's `stream.open` (RFC 9113 5.1.2: OPEN or half-closed), read directly.
-        if stream is None or stream.state_machine.state not in _WINDOW_STATES:
-            return
-        manager = stream._inbound_window_manager
-        processed = manager._bytes_processed + size
-        if processed < manager.max_window_size // 2 and manager.current_window_size:
-            manager._bytes_processed = processed
-            return
-        increment = manager.process_bytes(size)
-        if increment:
-            out += _WINDOW_UPDATE_HEAD
-            out += stream_id.to_bytes(4, "big")
-            out += increment.to_bytes(4, "big")
+        if stream is not None and stream.state_machine.state in _WINDOW_STATES:
+            increment = _processed(stream._inbound_window_manager, size)
+            if increment:
+                out += _WINDOW_UPDATE_HEAD
+                out += stream_id.to_bytes(4, "big")
+                out += increment.to_bytes(4, "big")
 
     def send_plain_data_now(self, stream_id: int, data: bytes, end: bool = False) -> bool:
         """`send_plain_data` for a chunk that leaves whole now or not at all: False, with nothing
@@ -915,13 +913,7 @@ class H2Protocol(asyncio.Protocol):
                 headers = conn.decoder.decode(data[start : start + length], raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            informational = False  # h2's `is_informational_response`: the pseudo-headers' :status
-            for name, value in headers:
-                if name[:1] != b":":
-                    break
-                if name == b":status":
-                    informational = value[:1] == b"1"
-                    break
+            informational = h2.utilities.is_informational_response(headers)
             if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -965,31 +957,7 @@ class H2Protocol(asyncio.Protocol):
                 if ended:
                     machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
                     machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
-            # h2's `_initialize_content_length`, with its errors: digits only, every field of
-            # the block the same.
-            expected: int | None = None
-            if h2_stream.request_method == b"HEAD":
-                expected = 0
-            else:
-                for name, value in headers:
-                    if name != b"content-length":
-                        continue
-                    if not value.isdigit():
-                        raise h2.exceptions.ProtocolError(
-                            f"Invalid content-length header: {value!r}"
-                        )
-                    try:
-                        parsed = int(value, 10)
-                    except ValueError as err:  # more digits than int() reads
-                        raise h2.exceptions.ProtocolError(
-                            f"Invalid content-length header: {value!r}"
-                        ) from err
-                    if expected is not None and parsed != expected:
-                        raise h2.exceptions.ProtocolError(
-                            f"Conflicting content-length headers: {expected} and {parsed}"
-                        )
-                    expected = parsed
-            h2_stream._expected_content_length = expected
+            h2_stream._initialize_content_length(headers)  # h2 checks every block's
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
             if conn.checks_inbound:
@@ -1337,11 +1305,7 @@ class H2Protocol(asyncio.Protocol):
             stream.reset()
         finally:
             stream.local_done = True
-            # `_stream_finished`, called only where it has something to do: usually the
-            # stream's end already reported it done (and dropped it from both tables).
-            stream_id = stream.stream_id
-            if stream.remote_done and (stream_id in self.streams or stream_id in self.conn.streams):
-                self._stream_finished(stream)
+            self._stream_finished(stream)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -1796,14 +1760,9 @@ class H2ClientStream(H2Stream):
         router then sends it inline instead of from a task of its own): the transport not
         paused and the flow-control windows open for all of it."""
         proto = self.proto
-        if proto._write_paused is not None or proto.closed or self.reset_error is not None:
-            return False
-        conn = proto.conn
-        h2_stream = conn.streams.get(self.stream_id)
-        if h2_stream is None:  # h2's answer (its error) for a stream it no longer holds
-            return conn.send_window(self.stream_id) >= size
-        # `send_window`, read directly: both windows open for all of it.
         return (
-            h2_stream.outbound_flow_control_window >= size
-            and conn.outbound_flow_control_window >= size
+            proto._write_paused is None
+            and not proto.closed
+            and self.reset_error is None
+            and proto.conn.send_window(self.stream_id) >= size
         )
