@@ -3,7 +3,8 @@
 Run from a checkout's root:
 
     python bench/results/2026-11-23-2core-session4/pair_http.py [--mtls] [--grpc]
-        [--profile N [--profile-connections C] | --concurrency 1,4,16 --requests 5000]
+        [--profile N [--profile-connections C] [--opcodes] | --callgrind N
+         | --concurrency 1,4,16 --requests 5000]
 
 The pair is the harness's (its Dataplane templates and PKI), with `bench.tools http-server
 --body-size 64` (or `grpc-server` with `--grpc`) behind B. Two modes:
@@ -14,6 +15,10 @@ The pair is the harness's (its Dataplane templates and PKI), with `bench.tools h
 - `--profile N` (HTTP/1.1: N requests; gRPC: N seconds of 16 calls in flight): both sidecars under
   cProfile (`../2026-11-23-tunnel/wrap.py`: enabled on SIGUSR1, dumped on SIGUSR2) after a
   warm-up; prints Python calls per request by package — exact counts.
+- `--profile N --opcodes`: the same window, counting bytecodes per function instead
+  (`../2026-11-23-2core-session9/opwrap.py`; `ops.sh` there prints the table) — exact.
+- `--callgrind N`: both sidecars under callgrind, counting only while N requests run
+  (`callgrind_control -i on/off`): user-space instructions per request — exact to ±0.3 %.
 Work files go to /tmp/pair-http/ ($PAIR_HTTP_WORK when set: one per concurrent run).
 """
 
@@ -37,6 +42,7 @@ from bench.procs import free_port  # noqa: E402
 
 PY = sys.executable
 WRAP = str(Path(__file__).resolve().parent.parent / "2026-11-23-tunnel" / "wrap.py")
+OPWRAP = str(Path(__file__).resolve().parent.parent / "2026-11-23-2core-session9" / "opwrap.py")
 PACKAGES = ("/h2/", "/hyperframe/", "/hpack/", "/sidecar/http/h2", "/sidecar/http/h1",
             "/sidecar/", "asyncio", "logging", "enum")  # fmt: skip
 
@@ -70,6 +76,18 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--hold", type=float, help="keep the pair up N seconds (for perf)")
+    parser.add_argument(
+        "--opcodes",
+        action="store_true",
+        help="with --profile: count bytecodes per function instead (opwrap.py)",
+    )
+    parser.add_argument(
+        "--callgrind",
+        type=int,
+        metavar="N",
+        help="N HTTP/1.1 requests with both sidecars under callgrind: exact "
+        "instructions per request (user space)",
+    )
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.getcwd()
     work = Path(os.environ.get("PAIR_HTTP_WORK", "/tmp/pair-http"))
@@ -77,8 +95,15 @@ def main() -> None:
     mesh.mkdir(parents=True, exist_ok=True)
     app, outbound = free_port(), free_port()
     files = {"a": mesh / "bench-client.yaml", "b": mesh / "bench-server.yaml"}
-    files["a"].write_text(DATAPLANE_CLIENT.format(
-        host=HOST, admin=free_port(), inbound=free_port(), service=free_port(), outbound=outbound))
+    files["a"].write_text(
+        DATAPLANE_CLIENT.format(
+            host=HOST,
+            admin=free_port(),
+            inbound=free_port(),
+            service=free_port(),
+            outbound=outbound,
+        )
+    )
     files["b"].write_text(DATAPLANE_SERVER.format(
         host=HOST, admin=free_port(), inbound=free_port(), service=app,
         protocol="grpc" if args.grpc else "http"))  # fmt: skip
@@ -94,14 +119,27 @@ def main() -> None:
     sidecars = {}
     for role in ("b", "a"):
         log = open(work / f"{role}.log", "w")  # noqa: SIM115 - the child's log
-        runner = [WRAP, str(work / f"{role}.prof")] if args.profile else ["-m", "sidecar"]
-        argv = [PY, *runner, "--dataplane", str(files[role]), "--mesh", str(mesh),
+        runner = ["-m", "sidecar"]
+        if args.profile:
+            runner = [OPWRAP, str(work / f"{role}.ops")] if args.opcodes else [
+                WRAP, str(work / f"{role}.prof")]  # fmt: skip
+        grind = (
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={work / role}.callgrind",
+            ]
+            if args.callgrind
+            else []
+        )
+        argv = [*grind, PY, *runner, "--dataplane", str(files[role]), "--mesh", str(mesh),
                 "--loop", "uvloop", *credentials[role]]  # fmt: skip
         sidecars[role] = subprocess.Popen(argv, stdout=log, stderr=log)
         procs.append(sidecars[role])
     try:
         for role in ("b", "a"):
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + (600 if args.callgrind else 30)
             while "event=ready" not in (work / f"{role}.log").read_text():
                 assert time.monotonic() < deadline, f"sidecar {role} not ready"
                 time.sleep(0.1)
@@ -114,6 +152,9 @@ def main() -> None:
             print(f"outbound={outbound} {pids}", flush=True)
             time.sleep(args.hold)
             return
+        if args.callgrind:
+            report_instructions(work, sidecars, outbound, args.callgrind)
+            return
         if args.profile:
             for proc in sidecars.values():
                 proc.send_signal(signal.SIGUSR1)
@@ -125,7 +166,8 @@ def main() -> None:
             for proc in sidecars.values():
                 proc.send_signal(signal.SIGUSR2)
             time.sleep(1)  # the dumps are written by the sidecars' signal handlers
-            report_calls(work, requests)
+            if not args.opcodes:
+                report_calls(work, requests)
             return
         for connections in (int(c) for c in args.concurrency.split(",")):
             before = {role: cpu_seconds(proc) for role, proc in sidecars.items()}
@@ -143,6 +185,30 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
             proc.wait()
+
+
+def report_instructions(
+    work: Path, sidecars: dict[str, subprocess.Popen], outbound: int, requests: int
+) -> None:
+    """Instructions per request (callgrind's Ir, user space only): counted only while the
+    requests run, after the warm-up; deterministic where time on this machine is not."""
+
+    def control(*args: str) -> None:
+        for proc in sidecars.values():
+            subprocess.run(["callgrind_control", *args, str(proc.pid)], check=True,
+                           capture_output=True)  # fmt: skip
+
+    control("-i", "on")
+    h2load(outbound, 16, requests)
+    control("-i", "off")
+    control("-d")
+    for role in ("a", "b"):
+        dumps = sorted(work.glob(f"{role}.callgrind*"), key=lambda p: p.stat().st_mtime)
+        total = 0
+        for line in dumps[-1].read_text().splitlines():
+            if line.startswith("totals:") or line.startswith("summary:"):
+                total = int(line.split()[1])
+        print(role, f"instructions per request {total / requests:,.0f}", dumps[-1])
 
 
 def report_calls(work: Path, requests: int) -> None:
