@@ -8,6 +8,7 @@ time-driven work, such as the mesh directory's polling, weighs more here than in
 
 import collections
 import json
+import os
 import runpy
 import signal
 import sys
@@ -15,11 +16,20 @@ import sys
 out = sys.argv.pop(1)
 counts: collections.Counter = collections.Counter()
 calls: collections.Counter = collections.Counter()
+# $OPWRAP_LINES: file name endings whose bytecodes are also counted per line (written to
+# argv[1] + ".lines").
+lines_of = (
+    tuple(os.environ.get("OPWRAP_LINES", "").split(",")) if "OPWRAP_LINES" in os.environ else ()
+)
+per_line: collections.Counter = collections.Counter()
 
 
 def local(frame, event, arg):  # noqa: ANN001, ANN201 - a trace function
     if event == "opcode":
-        counts[frame.f_code] += 1
+        code = frame.f_code
+        counts[code] += 1
+        if lines_of and code.co_filename.endswith(lines_of):
+            per_line[code.co_filename, frame.f_lineno] += 1
     return local
 
 
@@ -40,6 +50,9 @@ def stop(*_: object) -> None:
     ]
     with open(out, "w") as fh:
         json.dump(rows, fh)
+    if lines_of:
+        with open(out + ".lines", "w") as fh:
+            json.dump([(f, line, n) for (f, line), n in per_line.items()], fh)
 
 
 signal.signal(signal.SIGUSR1, start)

@@ -1,0 +1,94 @@
+"""The router's header policy for each direction (sidecar.http.router `outbound_headers`,
+`inbound_headers`): what is taken out, what is added, what is kept in order."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar import defaults
+from sidecar.http.exchange import RequestHead, strip_hop_by_hop
+from sidecar.http.router import inbound_headers, outbound_headers
+
+ORIG = defaults.ORIG_PROTO_HEADER
+XFCC = b"x-forwarded-client-cert"
+
+
+def mesh_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    return RequestHead(b"GET", b"http", b"backend", b"/", headers=list(headers))
+
+
+def test_inbound_takes_out_the_hop_header_and_what_is_never_trusted() -> None:
+    head = mesh_head(
+        [
+            (b"accept", b"*/*"),
+            (b"host", b"spoofed"),
+            (XFCC, b"URI=spiffe://default/forged"),
+            (b"x-request-id", b"id-1"),
+            (ORIG, b"HTTP/1.1"),
+        ]
+    )
+    orig = inbound_headers(head, "spiffe://default/web")
+    assert orig == b"HTTP/1.1"
+    assert head.headers == [
+        (b"accept", b"*/*"),
+        (b"x-request-id", b"id-1"),
+        (XFCC, b"URI=spiffe://default/web"),
+    ]
+
+
+def test_inbound_without_anything_to_take_out_keeps_the_list_and_adds_no_xfcc_unverified() -> None:
+    received = [(b"accept", b"*/*"), (b"accept", b"text/plain"), (b"x-b3-traceid", b"1")]
+    head = mesh_head(received)
+    assert inbound_headers(head, None) is None
+    assert head.headers == received
+
+
+def test_inbound_strips_hop_by_hop_and_the_headers_connection_names() -> None:
+    head = mesh_head(
+        [(b"connection", b"x-secret"), (b"x-secret", b"1"), (b"te", b"trailers"), (b"a", b"b")]
+    )
+    inbound_headers(head, None)
+    assert head.headers == [(b"te", b"trailers"), (b"a", b"b")]
+
+
+names = st.sampled_from(
+    [ORIG, XFCC, b"host", b"accept", b"x-request-id", b"user-agent", b"connection", b"te"]
+)
+fields = st.lists(st.tuples(names, st.sampled_from([b"a", b"HTTP/1.0", b"HTTP/1.1", b""])))
+
+
+@given(fields, st.one_of(st.none(), st.just("spiffe://default/web")))
+def test_inbound_headers_as_the_rule_says(headers, identity) -> None:
+    """Against the rule written as plainly as it reads: the last hop header's value is
+    returned, every hop header, XFCC and Host taken out, the rest kept in order (then
+    hop-by-hop stripped as everywhere), XFCC set from the verified identity only."""
+    head = mesh_head(headers)
+    orig = inbound_headers(head, identity)
+    expected_orig = None
+    kept = []
+    for k, v in headers:
+        if k == ORIG:
+            expected_orig = v
+        elif k not in (XFCC, b"host"):
+            kept.append((k, v))
+    if identity is not None:
+        kept.append((XFCC, b"URI=" + identity.encode()))
+    assert orig == expected_orig
+    assert head.headers == strip_hop_by_hop(kept)
+
+
+def test_outbound_adds_what_envoy_adds_and_remembers_an_http1_origin() -> None:
+    head = RequestHead(
+        b"GET",
+        b"http",
+        b"backend",
+        b"/",
+        headers=[(b"host", b"backend"), (b"accept", b"*/*"), (ORIG, b"forged")],
+        http_version=b"1.1",
+    )
+    outbound_headers(head, ("127.0.0.9", 5000))
+    names = [k for k, _ in head.headers]
+    assert names == [b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", ORIG]
+    assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
+    assert dict(head.headers)[ORIG] == b"HTTP/1.1"
