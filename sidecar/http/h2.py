@@ -149,6 +149,10 @@ _OPEN_STATES = (
     h2.connection.ConnectionState.SERVER_OPEN,
 )
 _IDLE = h2.stream.StreamState.IDLE
+_CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
+# Who closed a stream, as h2's state machine notes it.
+_CLOSED_BY_RECV_END = h2.stream.StreamClosedBy.RECV_END_STREAM
+_CLOSED_BY_SEND_END = h2.stream.StreamClosedBy.SEND_END_STREAM
 _RECV_INFORMATIONAL = h2.stream.StreamInputs.RECV_INFORMATIONAL_HEADERS
 _ORDERED_SET = collections.OrderedDict.__setitem__  # h2's SizeLimitDict's, without its check
 _HPACK_ERRORS = (HPACKError, IndexError, TypeError, UnicodeDecodeError)  # h2's `_decode_headers`
@@ -440,7 +444,7 @@ class _Connection(h2.connection.H2Connection):
             stream_id in self.streams
             or stream_id <= self.highest_outbound_stream_id
             or not stream_id & 1
-            or self.state_machine.state is not h2.connection.ConnectionState.CLIENT_OPEN
+            or self.state_machine.state is not _CLIENT_OPEN
             or (len(self.streams) >= self.remote_max_streams and not self.stream_allowed())
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
@@ -511,7 +515,7 @@ class _Connection(h2.connection.H2Connection):
             machine.state = _HALF_CLOSED_LOCAL
         else:
             machine.state = _CLOSED
-            machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
+            machine.stream_closed_by = _CLOSED_BY_SEND_END
 
     def _headers_frames(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         """A header block as a HEADERS frame, with CONTINUATION frames when it is over the
@@ -917,7 +921,7 @@ class H2Protocol(asyncio.Protocol):
                 stream.body.feed(payload)
         if end_stream:  # h2's stream_ended, on either transition
             machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
-            machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+            machine.stream_closed_by = _CLOSED_BY_RECV_END
             stream.remote_ended()
         return True
 
@@ -967,7 +971,7 @@ class H2Protocol(asyncio.Protocol):
                 headers = conn.decoder.decode(data[start : start + length], raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            pseudo, regular, informational, length, problem = _header_block(headers)
+            pseudo, regular, informational, content_length, problem = _header_block(headers)
             if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -985,7 +989,7 @@ class H2Protocol(asyncio.Protocol):
                 machine.headers_received = True
                 if ended:
                     machine.state = _HALF_CLOSED_REMOTE
-                    machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+                    machine.stream_closed_by = _CLOSED_BY_RECV_END
                 else:
                     machine.state = _OPEN
                 flags = _REQUEST_FLAGS
@@ -1010,14 +1014,14 @@ class H2Protocol(asyncio.Protocol):
                     flags = _RESPONSE_FLAGS
                 if ended:
                     machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
-                    machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+                    machine.stream_closed_by = _CLOSED_BY_RECV_END
             # Every block's content-length, as h2's `_initialize_content_length` sets it up.
             if h2_stream.request_method == b"HEAD":  # no body, whatever the block says
                 h2_stream._expected_content_length = 0
             elif problem is not None:
                 raise problem
             else:
-                h2_stream._expected_content_length = length
+                h2_stream._expected_content_length = content_length
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
             if conn.checks_inbound:
@@ -1510,7 +1514,7 @@ class H2Protocol(asyncio.Protocol):
         headers = request_headers(head)
         stream = H2ClientStream(self, stream_id, head)
         self.streams[stream_id] = stream
-        self.conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
+        conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
         if end_stream:
             stream.local_done = True
             self._flush_ended()
