@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sidecar.http.exchange import RequestHead
-from sidecar.http.h2 import H2Protocol, _header_block
+from sidecar.http.h2 import _REQUEST_PSEUDO, H2Protocol, _header_block
 from tests.attack import END_HEADERS, HEADERS, FakeTransport, frame
 
 NAMES = st.one_of(
@@ -91,6 +91,10 @@ def test_one_pass_reads_a_block_as_h2_and_the_split_read_it(
         assert length == theirs_length
     assert (pseudo, regular) == split(fields)
     assert all(type(field) is tuple for field in regular)
+    # A request's block: the pseudo-header fields it lacks keep the defaults, left unchanged.
+    defaults = dict(_REQUEST_PSEUDO)
+    assert _header_block(fields, _REQUEST_PSEUDO)[0] == {**defaults, **split(fields)[0]}
+    assert defaults == _REQUEST_PSEUDO
 
 
 @pytest.mark.parametrize("method", [b"GET", b"HEAD"])

@@ -184,26 +184,32 @@ def _content_length(value: bytes, known: int | None) -> int:
 
 
 def _header_block(
-    fields: Headers,
-) -> tuple[dict[bytes, bytes], Headers, bool, int | None, h2.exceptions.ProtocolError | None]:
+    fields: Headers, pseudo_defaults: dict[bytes, bytes | None] | None = None
+) -> tuple[
+    dict[bytes, bytes | None], Headers, bool, int | None, h2.exceptions.ProtocolError | None
+]:
     """What is read of a received header block, in one pass: its pseudo-header fields (the last
     of a name counts), its regular fields in order, whether it is an informational response as
     h2's `is_informational_response` says (the first :status before any regular field begins
     with 1), and its content-length as h2's `H2Stream._initialize_content_length` reads it (None
     when there is none) or the error h2 raises for it (its first bad field's), for the caller to
     raise where h2 does. h2 walked the block twice for the last two, and the request path (or
-    the response's) a third time to split it. tests/test_h2_block.py compares it with h2's."""
-    pseudo: dict[bytes, bytes] = {}
+    the response's) a third time to split it. tests/test_h2_block.py compares it with h2's.
+    `pseudo_defaults`: what the pseudo-header fields start as (the values of those missing),
+    so that the caller reads them by index, without a call each.
+
+    Names and values are told apart by slices, not `startswith`: no call per field."""
+    pseudo = {} if pseudo_defaults is None else pseudo_defaults.copy()
     regular: Headers = []
     append = regular.append
     informational: bool | None = None  # not known until a :status or a regular field
     length: int | None = None
     problem: h2.exceptions.ProtocolError | None = None
     for name, value in fields:
-        if name.startswith(b":"):
+        if name[:1] == b":":
             pseudo[name] = value
             if name == b":status" and informational is None and not regular:
-                informational = value.startswith(b"1")
+                informational = value[:1] == b"1"
             continue
         append((name, value))
         if name == b"content-length" and problem is None:
@@ -212,6 +218,16 @@ def _header_block(
             except h2.exceptions.ProtocolError as err:
                 problem = err
     return pseudo, regular, informational is True, length, problem
+
+
+# A request's pseudo-header fields where its block has none (`_header_block`, `_request`).
+_REQUEST_PSEUDO: dict[bytes, bytes | None] = {
+    b":method": b"GET",
+    b":scheme": b"http",
+    b":authority": b"",
+    b":path": b"",
+    b":protocol": None,
+}
 
 
 def _list_size(fields: Headers) -> int:
@@ -971,7 +987,9 @@ class H2Protocol(asyncio.Protocol):
                 headers = conn.decoder.decode(data[start : start + length], raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            pseudo, regular, informational, content_length, problem = _header_block(headers)
+            pseudo, regular, informational, content_length, problem = _header_block(
+                headers, _REQUEST_PSEUDO if opens else None
+            )
             if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -1028,7 +1046,8 @@ class H2Protocol(asyncio.Protocol):
                 headers = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
-                pseudo, regular = _header_block(headers)[:2]  # normalised: read again
+                # normalised: read again
+                pseudo, regular = _header_block(headers, _REQUEST_PSEUDO if opens else None)[:2]
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
@@ -1142,7 +1161,7 @@ class H2Protocol(asyncio.Protocol):
                 stream.remote_ended()
         elif isinstance(event, h2.events.RequestReceived):
             fields = event.headers
-            pseudo, headers = _header_block(fields)[:2]
+            pseudo, headers = _header_block(fields, _REQUEST_PSEUDO)[:2]
             ended = event.stream_ended is not None
             self._request(event.stream_id, pseudo, headers, ended, _list_size(fields))
         elif isinstance(
@@ -1209,11 +1228,16 @@ class H2Protocol(asyncio.Protocol):
             self._maybe_close()
 
     def _request(
-        self, stream_id: int, pseudo: dict[bytes, bytes], headers: Headers, ended: bool, size: int
+        self,
+        stream_id: int,
+        pseudo: dict[bytes, bytes | None],
+        headers: Headers,
+        ended: bool,
+        size: int,
     ) -> None:
         """A request's header block arrived (from h2's RequestReceived, or `_take_headers`), read
-        by `_header_block`: refused, answered 431, or served by a new `H2ServerStream`. `size`:
-        the list's size (RFC 9113 6.5.2)."""
+        by `_header_block` from `_REQUEST_PSEUDO`: refused, answered 431, or served by a new
+        `H2ServerStream`. `size`: the list's size (RFC 9113 6.5.2)."""
         self._empty_frames = 0
         self.streams_opened += 1
         if self.handler is None or self.going_away:
@@ -1227,14 +1251,13 @@ class H2Protocol(asyncio.Protocol):
         if size > self.header_list_size or len(headers) > self.max_headers:
             self._headers_too_large(stream_id, ended, size, len(headers))
             return
-        get = pseudo.get  # unknown pseudo-header fields are ignored
-        head = RequestHead(
-            method=get(b":method", b"GET"),
-            scheme=get(b":scheme", b"http"),
-            authority=get(b":authority", b""),
-            path=get(b":path", b""),
+        head = RequestHead(  # unknown pseudo-header fields are ignored
+            method=pseudo[b":method"],
+            scheme=pseudo[b":scheme"],
+            authority=pseudo[b":authority"],
+            path=pseudo[b":path"],
             headers=headers,
-            protocol=get(b":protocol"),
+            protocol=pseudo[b":protocol"],
             http_version=b"2",
         )
         stream = H2ServerStream(self, stream_id, head)
@@ -1772,7 +1795,7 @@ class H2ClientStream(H2Stream):
         self.response_ended_with_head = False
 
     def response_received(
-        self, pseudo: dict[bytes, bytes], headers: Headers, informational: bool, ended: bool
+        self, pseudo: dict[bytes, bytes | None], headers: Headers, informational: bool, ended: bool
     ) -> None:
         """The response's header block (or an informational one) arrived, read by
         `_header_block`: from h2's events or `H2Protocol._take_headers`."""
