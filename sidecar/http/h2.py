@@ -149,6 +149,10 @@ _OPEN_STATES = (
     h2.connection.ConnectionState.SERVER_OPEN,
 )
 _IDLE = h2.stream.StreamState.IDLE
+_CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
+# Who closed a stream, as h2's state machine notes it.
+_CLOSED_BY_RECV_END = h2.stream.StreamClosedBy.RECV_END_STREAM
+_CLOSED_BY_SEND_END = h2.stream.StreamClosedBy.SEND_END_STREAM
 _RECV_INFORMATIONAL = h2.stream.StreamInputs.RECV_INFORMATIONAL_HEADERS
 _ORDERED_SET = collections.OrderedDict.__setitem__  # h2's SizeLimitDict's, without its check
 _HPACK_ERRORS = (HPACKError, IndexError, TypeError, UnicodeDecodeError)  # h2's `_decode_headers`
@@ -160,6 +164,76 @@ def _decode_error(err: Exception) -> h2.exceptions.ProtocolError:
     if isinstance(err, OversizedHeaderListError):
         return h2.exceptions.DenialOfServiceError(f"Oversized header block: {err}")
     return h2.exceptions.ProtocolError(f"Error decoding header block: {err}")
+
+
+def _content_length(value: bytes, known: int | None) -> int:
+    """A content-length field's value read as h2's `H2Stream._initialize_content_length` reads
+    it (digits only, `int` able to read them, the same as the block's earlier ones), with h2's
+    errors and words."""
+    if not value.isdigit():  # RFC 9110 8.6: 1*DIGIT
+        raise h2.exceptions.ProtocolError(f"Invalid content-length header: {value!r}")
+    try:
+        length = int(value, 10)
+    except ValueError as err:  # more digits than `int` reads
+        raise h2.exceptions.ProtocolError(f"Invalid content-length header: {value!r}") from err
+    if known is not None and length != known:
+        raise h2.exceptions.ProtocolError(
+            f"Conflicting content-length headers: {known} and {length}"
+        )
+    return length
+
+
+def _header_block(
+    fields: Headers, pseudo_defaults: dict[bytes, bytes | None] | None = None
+) -> tuple[
+    dict[bytes, bytes | None], Headers, bool, int | None, h2.exceptions.ProtocolError | None
+]:
+    """What is read of a received header block, in one pass: its pseudo-header fields (the last
+    of a name counts), its regular fields in order, whether it is an informational response as
+    h2's `is_informational_response` says (the first :status before any regular field begins
+    with 1), and its content-length as h2's `H2Stream._initialize_content_length` reads it (None
+    when there is none) or the error h2 raises for it (its first bad field's), for the caller to
+    raise where h2 does. h2 walked the block twice for the last two, and the request path (or
+    the response's) a third time to split it. tests/test_h2_block.py compares it with h2's.
+    `pseudo_defaults`: what the pseudo-header fields start as (the values of those missing),
+    so that the caller reads them by index, without a call each.
+
+    Names and values are told apart by slices, not `startswith`: no call per field."""
+    pseudo = {} if pseudo_defaults is None else pseudo_defaults.copy()
+    regular: Headers = []
+    append = regular.append
+    informational: bool | None = None  # not known until a :status or a regular field
+    length: int | None = None
+    problem: h2.exceptions.ProtocolError | None = None
+    for name, value in fields:
+        if name[:1] == b":":
+            pseudo[name] = value
+            if name == b":status" and informational is None and not regular:
+                informational = value[:1] == b"1"
+            continue
+        append((name, value))
+        if name == b"content-length" and problem is None:
+            try:
+                length = _content_length(value, length)
+            except h2.exceptions.ProtocolError as err:
+                problem = err
+    return pseudo, regular, informational is True, length, problem
+
+
+# A request's pseudo-header fields where its block has none (`_header_block`, `_request`).
+_REQUEST_PSEUDO: dict[bytes, bytes | None] = {
+    b":method": b"GET",
+    b":scheme": b"http",
+    b":authority": b"",
+    b":path": b"",
+    b":protocol": None,
+}
+
+
+def _list_size(fields: Headers) -> int:
+    """A header list's size as RFC 9113 6.5.2 counts it: name and value octets, 32 more per field
+    (one join instead of two len() calls a field)."""
+    return len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
 
 
 def _processed(manager: h2.windows.WindowManager, size: int) -> int:
@@ -386,7 +460,7 @@ class _Connection(h2.connection.H2Connection):
             stream_id in self.streams
             or stream_id <= self.highest_outbound_stream_id
             or not stream_id & 1
-            or self.state_machine.state is not h2.connection.ConnectionState.CLIENT_OPEN
+            or self.state_machine.state is not _CLIENT_OPEN
             or (len(self.streams) >= self.remote_max_streams and not self.stream_allowed())
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
@@ -457,7 +531,7 @@ class _Connection(h2.connection.H2Connection):
             machine.state = _HALF_CLOSED_LOCAL
         else:
             machine.state = _CLOSED
-            machine.stream_closed_by = h2.stream.StreamClosedBy.SEND_END_STREAM
+            machine.stream_closed_by = _CLOSED_BY_SEND_END
 
     def _headers_frames(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         """A header block as a HEADERS frame, with CONTINUATION frames when it is over the
@@ -863,7 +937,7 @@ class H2Protocol(asyncio.Protocol):
                 stream.body.feed(payload)
         if end_stream:  # h2's stream_ended, on either transition
             machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
-            machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+            machine.stream_closed_by = _CLOSED_BY_RECV_END
             stream.remote_ended()
         return True
 
@@ -913,7 +987,9 @@ class H2Protocol(asyncio.Protocol):
                 headers = conn.decoder.decode(data[start : start + length], raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            informational = h2.utilities.is_informational_response(headers)
+            pseudo, regular, informational, content_length, problem = _header_block(
+                headers, _REQUEST_PSEUDO if opens else None
+            )
             if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -931,7 +1007,7 @@ class H2Protocol(asyncio.Protocol):
                 machine.headers_received = True
                 if ended:
                     machine.state = _HALF_CLOSED_REMOTE
-                    machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
+                    machine.stream_closed_by = _CLOSED_BY_RECV_END
                 else:
                     machine.state = _OPEN
                 flags = _REQUEST_FLAGS
@@ -956,27 +1032,35 @@ class H2Protocol(asyncio.Protocol):
                     flags = _RESPONSE_FLAGS
                 if ended:
                     machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
-                    machine.stream_closed_by = h2.stream.StreamClosedBy.RECV_END_STREAM
-            h2_stream._initialize_content_length(headers)  # h2 checks every block's
+                    machine.stream_closed_by = _CLOSED_BY_RECV_END
+            # Every block's content-length, as h2's `_initialize_content_length` sets it up.
+            if h2_stream.request_method == b"HEAD":  # no body, whatever the block says
+                h2_stream._expected_content_length = 0
+            elif problem is not None:
+                raise problem
+            else:
+                h2_stream._expected_content_length = content_length
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
             if conn.checks_inbound:
                 headers = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
+                # normalised: read again
+                pseudo, regular = _header_block(headers, _REQUEST_PSEUDO if opens else None)[:2]
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
         if opens:
-            # The decoder counted the list's size as `_request` does; headers normalised (an
-            # untrusted peer) are counted again there.
-            size = None if conn.checks_inbound else conn.decoder.list_size
-            self._request(stream_id, headers, ended, size)
+            # The decoder counted the list's size; headers normalised (an untrusted peer) are
+            # counted again.
+            size = _list_size(headers) if conn.checks_inbound else conn.decoder.list_size
+            self._request(stream_id, pseudo, regular, ended, size)
         elif trailers:
             stream.trailers = headers
             stream.remote_ended()
         elif isinstance(stream, H2ClientStream):
-            stream.response_received(headers, informational, ended)
+            stream.response_received(pseudo, regular, informational, ended)
             if ended and not stream.remote_done:
                 stream.remote_ended()
         return True
@@ -1076,14 +1160,19 @@ class H2Protocol(asyncio.Protocol):
             if event.stream_ended is not None:
                 stream.remote_ended()
         elif isinstance(event, h2.events.RequestReceived):
-            self._request(event.stream_id, event.headers, event.stream_ended is not None)
+            fields = event.headers
+            pseudo, headers = _header_block(fields, _REQUEST_PSEUDO)[:2]
+            ended = event.stream_ended is not None
+            self._request(event.stream_id, pseudo, headers, ended, _list_size(fields))
         elif isinstance(
             event, (h2.events.ResponseReceived, h2.events.InformationalResponseReceived)
         ):
             stream = self.streams.get(event.stream_id)
             if isinstance(stream, H2ClientStream):
+                pseudo, headers = _header_block(event.headers)[:2]
                 stream.response_received(
-                    event.headers,
+                    pseudo,
+                    headers,
                     isinstance(event, h2.events.InformationalResponseReceived),
                     getattr(event, "stream_ended", None) is not None,
                 )
@@ -1139,11 +1228,16 @@ class H2Protocol(asyncio.Protocol):
             self._maybe_close()
 
     def _request(
-        self, stream_id: int, fields: Headers, ended: bool, size: int | None = None
+        self,
+        stream_id: int,
+        pseudo: dict[bytes, bytes | None],
+        headers: Headers,
+        ended: bool,
+        size: int,
     ) -> None:
-        """A request's header block arrived (from h2's RequestReceived, or `_take_headers`):
-        refused, answered 431, or served by a new `H2ServerStream`. `size`: the list's size
-        (RFC 9113 6.5.2) where the caller knows it, counted here otherwise."""
+        """A request's header block arrived (from h2's RequestReceived, or `_take_headers`), read
+        by `_header_block` from `_REQUEST_PSEUDO`: refused, answered 431, or served by a new
+        `H2ServerStream`. `size`: the list's size (RFC 9113 6.5.2)."""
         self._empty_frames = 0
         self.streams_opened += 1
         if self.handler is None or self.going_away:
@@ -1154,38 +1248,16 @@ class H2Protocol(asyncio.Protocol):
                 self.stats.downstream_rq_overload += 1
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        # The pseudo-headers read in the loop (the last of a name counts, unknown ones are
-        # ignored) rather than gathered in a dict and looked up: five calls fewer.
-        method, scheme, authority, path = b"GET", b"http", b"", b""
-        protocol: bytes | None = None
-        headers: Headers = []
-        for name, value in fields:
-            if name[:1] != b":":
-                headers.append((name, value))
-            elif name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":scheme":
-                scheme = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":protocol":
-                protocol = value
-        if size is None:
-            # RFC 9113 6.5.2's accounting: name and value octets, 32 more per field (one join
-            # instead of two len() calls a field).
-            size = len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
         if size > self.header_list_size or len(headers) > self.max_headers:
             self._headers_too_large(stream_id, ended, size, len(headers))
             return
-        head = RequestHead(
-            method=method,
-            scheme=scheme,
-            authority=authority,
-            path=path,
+        head = RequestHead(  # unknown pseudo-header fields are ignored
+            method=pseudo[b":method"],
+            scheme=pseudo[b":scheme"],
+            authority=pseudo[b":authority"],
+            path=pseudo[b":path"],
             headers=headers,
-            protocol=protocol,
+            protocol=pseudo[b":protocol"],
             http_version=b"2",
         )
         stream = H2ServerStream(self, stream_id, head)
@@ -1465,7 +1537,7 @@ class H2Protocol(asyncio.Protocol):
         headers = request_headers(head)
         stream = H2ClientStream(self, stream_id, head)
         self.streams[stream_id] = stream
-        self.conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
+        conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
         if end_stream:
             stream.local_done = True
             self._flush_ended()
@@ -1722,16 +1794,12 @@ class H2ClientStream(H2Stream):
         self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
 
-    def response_received(self, fields: Headers, informational: bool, ended: bool) -> None:
-        """The response's header block (or an informational one) arrived: from h2's events or
-        `H2Protocol._take_headers`."""
-        status = 0
-        headers: Headers = []
-        for name, value in fields:
-            if name == b":status":
-                status = int(value)
-            elif name[:1] != b":":
-                headers.append((name, value))
+    def response_received(
+        self, pseudo: dict[bytes, bytes | None], headers: Headers, informational: bool, ended: bool
+    ) -> None:
+        """The response's header block (or an informational one) arrived, read by
+        `_header_block`: from h2's events or `H2Protocol._take_headers`."""
+        status = int(pseudo.get(b":status", 0))
         if self.request.method == b"CONNECT" and 200 <= status < 300:
             status = TUNNEL_ESTABLISHED
         head = ResponseHead(status, headers)
