@@ -279,6 +279,13 @@ _STATIC_NAME_SIZES: list[int] = [0, *(len(n) + 32 for n, _ in _STATIC)]  # a val
 # `HeaderTuple(name, value)` runs a Python `__new__`; this builds the same object without it.
 _new_tuple = tuple.__new__
 
+# The sizes (RFC 7541 4.1) of the entries decoders added to their tables, so that a dynamic-table
+# index, the most common field of all, adds its size to the list's without two `len`s. The size
+# is the entry's content's, whichever table holds it: shared by all decoders, and bounded (past
+# that, forgotten all at once; a missing entry's size is counted).
+_ENTRY_SIZES: dict[tuple[bytes, bytes], int] = {}
+_ENTRY_SIZES_MAX = 1024
+
 # Continuation octets hpack's `decode_integer` accepts after a full prefix (VARINT_MAX_LENGTH).
 _VARINT_MAX_OCTETS = 5
 
@@ -333,6 +340,7 @@ class LiteralDecoder(Decoder):
         static_sizes = _STATIC_SIZES
         static_names = _STATIC_NAMES_BY_INDEX
         static_name_sizes = _STATIC_NAME_SIZES
+        entry_sizes = _ENTRY_SIZES
         limit = self.max_header_list_size
         headers: list = []
         append = headers.append
@@ -361,7 +369,10 @@ class LiteralDecoder(Decoder):
                         if entry.__class__ is not HeaderTuple:
                             entry = _new_tuple(HeaderTuple, entry)
                         append(entry)
-                        size += len(entry[0]) + len(entry[1]) + 32
+                        try:
+                            size += entry_sizes[entry]
+                        except KeyError:  # forgotten, or added by hpack's decoding (raw=False)
+                            size += len(entry[0]) + len(entry[1]) + 32
                     if size > limit:
                         raise OversizedHeaderListError(
                             f"A header list larger than {limit} has been received"
@@ -440,6 +451,9 @@ class LiteralDecoder(Decoder):
                     table.add(name, value)  # hpack's insertion and eviction
                     if dynamic:  # the entry is the newest (unless it cleared the table)
                         dynamic[0] = header  # equal to hpack's, and handed out as it is
+                        if len(entry_sizes) >= _ENTRY_SIZES_MAX:
+                            entry_sizes.clear()
+                        entry_sizes[header] = field
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
                 else:
