@@ -68,9 +68,27 @@ H2_MAX_FRAME_SIZE = 256 * 1024
 H2_CLOSED_STREAMS_REMEMBERED = 2048
 # Headers our HPACK encoder sends as "never indexed" (RFC 7541 6.2.3), which no intermediary
 # may add to a table either: credentials (as h2's own rules, and nghttp2's) and values unique to
-# each request, which would only churn a table. Every other literal is sent without indexing.
+# each request, which would only churn a table.
 H2_NEVER_INDEXED = frozenset(
     {b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-request-id"}
+)
+# Headers our HPACK encoder sends as literals *without indexing* (RFC 7541 6.2.2), kept out of the
+# peer's dynamic table: values that differ from request to request (or response to response), so
+# that an entry would never be used again and would only push out entries that are: nghttp2's
+# list (nghttp2_hd.c, `hd_deflate_should_indexing`) and the mesh's per-request id. (The names
+# above are never indexed, whether listed here or not.)
+H2_NOT_INDEXED = frozenset(
+    {
+        b":path",
+        b"age",
+        b"content-length",
+        b"etag",
+        b"if-modified-since",
+        b"if-none-match",
+        b"location",
+        b"set-cookie",
+        b"x-request-id",
+    }
 )
 # A sidecar's HTTP/2 writes wait for the end of the event loop's turn, so that the frames one
 # turn makes (a response's HEADERS, DATA and END_STREAM; several streams' frames) leave in one

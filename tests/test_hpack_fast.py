@@ -19,7 +19,6 @@ from hpack import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.http import hpack_literal
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 
 # Deterministic (the same examples every run), and no per-example deadline.
@@ -427,90 +426,6 @@ def test_the_header_list_size_is_counted_as_hpack_counts_it_to_the_octet():
             assert isinstance(outcome, OversizedHeaderListError) == (limit < size)
 
 
-def test_every_static_pair_is_sent_as_its_index_and_other_fields_as_literals():
-    """The encoder looks for a static pair only under a static name with an empty or a
-    static value: every static pair still goes as its (first) index, one octet, and a static
-    name with another value as a literal naming the index."""
-    first: dict[tuple[bytes, bytes], int] = {}
-    for index, pair_ in enumerate(hpack.table.HeaderTable.STATIC_TABLE, start=1):
-        first.setdefault(pair_, index)
-    encoder = LiteralEncoder(never_indexed=frozenset())
-    for (name, value), index in first.items():
-        assert encoder.encode([(name, value)]) == bytes([0x80 | index])
-        other = value + b"-other" if value else b"x"
-        block = encoder.encode([(name, other)])
-        assert block[0] & 0xF0 == 0x00 and block[0] != 0x00, (name, block)
-        assert hpack.Decoder().decode(block, raw=True) == [(name, other)]
-
-
-def _reference_block(headers: list, never: frozenset[bytes]) -> bytes:
-    """The encoder's block spelled out field by field, RFC 7541 as the module's docstring
-    puts it: a static pair's first index; else a literal without indexing (never indexed for
-    `never` names and `NeverIndexedHeaderTuple`s), naming the static name's first index or
-    spelling the name, then the value, raw."""
-    static = hpack.table.HeaderTable.STATIC_TABLE
-    pairs = {}
-    names = {}
-    for index, (name, value) in enumerate(static, start=1):
-        pairs.setdefault((name, value), index)
-        names.setdefault(name, index)
-    out = bytearray()
-    for header in headers:
-        name, value = header[0], header[1]
-        if isinstance(name, str):
-            name = name.encode()
-        if isinstance(value, str):
-            value = value.encode()
-        if (name, value) in pairs:
-            out.append(0x80 | pairs[name, value])
-            continue
-        kind = 0x10 if name in never or isinstance(header, NeverIndexedHeaderTuple) else 0x00
-        if name in names:
-            out += _integer_reference(names[name], 4, kind)
-        else:
-            out.append(kind)
-            out += _integer_reference(len(name), 7, 0) + name
-        out += _integer_reference(len(value), 7, 0) + value
-    return bytes(out)
-
-
-def _integer_reference(value: int, bits: int, first: int) -> bytes:
-    limit = (1 << bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    return bytes([first | limit]) + _prefix_rest(value - limit)
-
-
-plain_or_never = st.one_of(
-    st.tuples(names, values),
-    st.builds(NeverIndexedHeaderTuple, names, values),
-    st.builds(HeaderTuple, names, values),
-    st.tuples(st.sampled_from(["x-text", ":path", "user-agent"]), st.sampled_from(["a", ""])),
-)
-
-
-@settings(FUZZ, max_examples=200)
-@given(st.lists(plain_or_never, max_size=15))
-def test_the_encoders_blocks_are_spelled_field_by_field(headers):
-    """The encoder's remembered name spellings and one-octet lengths give, octet for octet,
-    the block spelled out field by field (str names and values too: they are encoded)."""
-    never = frozenset({b"authorization", b"x-request-id"})
-    assert LiteralEncoder(never).encode(headers) == _reference_block(headers, never)
-
-
-def test_the_remembered_names_are_bounded_and_static_names_stay():
-    """Past the bound on remembered names they are forgotten at once, the static names kept:
-    blocks are spelled the same before and after."""
-    encoder = LiteralEncoder(frozenset())
-    fields = [(b":method", b"PUT"), (b"user-agent", b"u"), (b"x-a", b"1"), (b":path", b"/")]
-    before = encoder.encode(fields)
-    for n in range(3000):
-        encoder.encode([(f"x-name-{n}".encode(), b"v")])
-        assert len(hpack_literal._NAME_CODES) <= hpack_literal._NAME_CODES_MAX
-    assert set(hpack_literal._STATIC_NAME_CODES) <= set(hpack_literal._NAME_CODES)
-    assert encoder.encode(fields) == before == _reference_block(fields, frozenset())
-
-
 def test_the_dynamic_tables_entries_are_the_header_tuples_handed_out():
     """A literal with incremental indexing goes into the table as the `HeaderTuple` handed
     out (equal to hpack's plain tuple, which hpack's table reads alike), and an index to it
@@ -544,14 +459,3 @@ def test_the_list_size_noted_is_the_decoded_lists(session):
     for block in encode_session(initial, huffman, steps):
         fields = decoder.decode(block, raw=True)
         assert decoder.list_size == sum(len(n) + len(v) + 32 for n, v in fields)
-
-
-def test_a_table_size_change_is_kept_when_str_fields_are_spelled_again():
-    """A table size change the peer asked for starts the next block, and stays there when the
-    block's fields are spelled again as bytes (a `str` field)."""
-    encoder = LiteralEncoder(frozenset())
-    encoder.header_table_size = 0
-    fields = [("x-text", "a"), (b":path", b"/")]
-    block = encoder.encode(fields)
-    assert block == b"\x20" + _reference_block(fields, frozenset())
-    assert encoder.encode(fields) == _reference_block(fields, frozenset())

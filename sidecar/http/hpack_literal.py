@@ -1,29 +1,40 @@
-"""HPACK without the dynamic table (static-table matches or plain literals); fast HPACK decoding.
+"""HPACK encoding with a dictionary for the dynamic table; fast HPACK decoding.
 
 hpack's `Encoder` searches its dynamic table with a Python loop for every header, inserts every
 new header (evicting others) and Huffman-codes every literal, also in Python: 15 % of the
-outbound sidecar's CPU per request (bench/README.md, "Where the time goes"). Between a sidecar
-and its peer or its local app the bytes travel over loopback or the pod's network, where a few
-more bytes per request cost less than that CPU; and a mesh request carries values never seen
-before (`x-request-id`), which only churn the table. So each header is sent as
+outbound sidecar's CPU per request (bench/README.md, "Where the time goes"). The encoder here
+used no dynamic table at all, which made every field of every request a literal that the peer
+sidecar's decoder had to read octet by octet (~90 bytecodes a field, 1,000 a request). It now
+uses the table, the way nghttp2 does, with the search that made hpack's costly replaced:
 
-- the static table's index, when name and value match a static entry (`:method GET`, …);
-- else a literal *without indexing* (RFC 7541 6.2.2) — or *never indexed* (6.2.3) for
-  credentials and per-request-unique values, which no intermediary should index either — with
-  the static table's index for the name where it has one, and no Huffman coding.
+- a field that matches a static entry whole (`:method GET`, ...) is that entry's index;
+- a field added earlier and still in the table is its dynamic index (RFC 7541 6.1): one octet
+  for the newest 65 entries. The encoder keeps, beside hpack's `HeaderTable` (which does the
+  insertion and eviction the peer's decoder will do), a dict from each field to the number of
+  its insertion: the field's index is 62 plus the number of fields inserted after it, and the
+  field is still in the table while that is less than the table's length (eviction drops the
+  oldest first). One dict lookup a field, no loop over the table;
+- any other field is a literal with incremental indexing (6.2.1), added to the table, unless it
+  is not worth an entry: credentials and `NeverIndexedHeaderTuple`s are never indexed (6.2.3),
+  and values that change with every request or response (`defaults.H2_NOT_INDEXED`:
+  `x-request-id`, `:path`, `content-length`, ...) and fields larger than 3/4 of the table
+  (nghttp2's rule) go without indexing (6.2.2), so that they do not push out the fields that
+  repeat. A literal names the static name's index where there is one and is never Huffman-coded:
+  between a sidecar and its peer or its app the bytes travel over loopback or the pod's network,
+  where a few more bytes cost less than the CPU.
 
-That is valid HPACK for any decoder: the peer's dynamic table stays empty. A table size change
-the peer asked for (SETTINGS_HEADER_TABLE_SIZE) is still acknowledged at the start of the next
-block, as RFC 7541 4.2 requires.
+The table's size follows what the peer allowed (h2 sets `header_table_size` from its
+SETTINGS_HEADER_TABLE_SIZE); the change is announced at the start of the next block, as
+RFC 7541 4.2 requires, and a table of 0 octets (or one too small for a field) indexes nothing.
 
 `LiteralDecoder` decodes every HPACK block (RFC 7541) itself, with hpack's results, errors and
 dynamic-table updates, in one loop that reads one-byte integers inline. Its blocks come from peer
-sidecars (the literals above) and from apps and clients (grpcio, nghttp2, curl), whose encoders
-use the dynamic table: after an app's first request almost every field is a dynamic-table index,
-and a new field is a Huffman-coded literal with incremental indexing. hpack's `Decoder` spends
-several Python calls on each field (a memoryview slice, `decode_integer`, `get_by_index`,
-`HeaderTuple`, and a `log.debug` even when debug logging is off): about 100 of the ~1,200 Python
-calls a gRPC call costs in a sidecar.
+sidecars (the encoder above) and from apps and clients (grpcio, nghttp2, curl), whose encoders
+use the dynamic table too: after the first request almost every field is a dynamic-table index,
+and a new field a (Huffman-coded, from apps) literal with incremental indexing. hpack's `Decoder`
+spends several Python calls on each field (a memoryview slice, `decode_integer`,
+`get_by_index`, `HeaderTuple`, and a `log.debug` even when debug logging is off): about 100 of
+the ~1,200 Python calls a gRPC call costs in a sidecar.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ _VALUED_NAMES = frozenset(name for name, value in _STATIC if value)
 
 _WITHOUT_INDEXING = 0x00  # 0000xxxx: literal header field without indexing
 _NEVER_INDEXED = 0x10  # 0001xxxx: literal header field never indexed
+_WITH_INDEXING = 0x40  # 01xxxxxx: literal header field with incremental indexing
+_PREFIX_BITS = {_WITHOUT_INDEXING: 4, _NEVER_INDEXED: 4, _WITH_INDEXING: 6}  # the name index's
 
 
 def _integer(value: int, prefix_bits: int, first: int) -> bytes:
@@ -72,17 +85,18 @@ def _integer(value: int, prefix_bits: int, first: int) -> bytes:
 
 # The first bytes of a literal with an indexed name, per (representation, static index).
 _NAME_PREFIX: dict[tuple[int, int], bytes] = {
-    (kind, index): _integer(index, 4, kind)
-    for kind in (_WITHOUT_INDEXING, _NEVER_INDEXED)
+    (kind, index): _integer(index, bits, kind)
+    for kind, bits in _PREFIX_BITS.items()
     for index in range(1, len(_STATIC) + 1)
 }
 
-# A field's name as the two literal representations spell it (without indexing, never indexed):
-# a static name as its index, any other name as a raw string. Static names are always here; other
-# names are remembered as they come (a bounded number: past that, forgotten all at once), so that
-# a name is spelled once, not measured and written octet by octet in every block.
-_STATIC_NAME_CODES: dict[bytes, tuple[bytes, bytes]] = {
-    name: (_NAME_PREFIX[_WITHOUT_INDEXING, index], _NAME_PREFIX[_NEVER_INDEXED, index])
+# A field's name as the three literal representations spell it (without indexing, never
+# indexed, with incremental indexing): a static name as its index, any other name as a raw
+# string. Static names are always here; other names are remembered as they come (a bounded
+# number: past that, forgotten all at once), so that a name is spelled once, not measured and
+# written octet by octet in every block.
+_STATIC_NAME_CODES: dict[bytes, tuple[bytes, bytes, bytes]] = {
+    name: tuple(_NAME_PREFIX[kind, index] for kind in _PREFIX_BITS)  # type: ignore[misc]
     for name, index in _STATIC_NAMES.items()
 }
 _NAME_CODES = dict(_STATIC_NAME_CODES)
@@ -90,84 +104,167 @@ _NAME_CODES_MAX = 1024
 _LENGTHS = tuple(bytes([n]) for n in range(0x7F))  # a raw string's one-octet length (5.2)
 
 
-def _literal_name_code(name: bytes) -> tuple[bytes, bytes]:
-    """A name outside the static table, spelled for both literal representations, and
+def _literal_name_code(name: bytes) -> tuple[bytes, bytes, bytes]:
+    """A name outside the static table, spelled for the three literal representations, and
     remembered. A `str` name raises TypeError before anything is remembered."""
     spelled = _integer(len(name), 7, 0) + name
-    code = (bytes([_WITHOUT_INDEXING]) + spelled, bytes([_NEVER_INDEXED]) + spelled)
+    code = tuple(bytes([kind]) + spelled for kind in _PREFIX_BITS)
     if len(_NAME_CODES) >= _NAME_CODES_MAX:
         _NAME_CODES.clear()
         _NAME_CODES.update(_STATIC_NAME_CODES)
-    _NAME_CODES[name] = code
-    return code
+    _NAME_CODES[name] = code  # type: ignore[assignment]
+    return code  # type: ignore[return-value]
+
+
+_STATIC_COUNT = len(_STATIC)
+_FIRST_DYNAMIC = _STATIC_COUNT + 1  # index 62 is the newest dynamic entry
+# A dynamic entry's index field (6.1) by its age (1: the newest), for the ages a default table
+# of 4,096 octets can hold (32 octets an entry at least); older ones are spelled when sent.
+_SPELLED_AGES = 4096 // 32 + 1
+_DYNAMIC_INDEXES = tuple(_integer(_STATIC_COUNT + age, 7, 0x80) for age in range(_SPELLED_AGES))
 
 
 class LiteralEncoder(Encoder):
-    """hpack's `Encoder`, encoding without the dynamic table (see the module's docstring)."""
+    """hpack's `Encoder` with a dict for the dynamic table and literals as they are (see the
+    module's docstring). `header_table` is hpack's, holding what the peer's table holds;
+    `_inserted` counts the fields added to it so far and `_numbers` maps a field to the count
+    before its (latest) insertion: the field's age in the table is `_inserted - number`."""
 
     def __init__(self, never_indexed: frozenset[bytes] = defaults.H2_NEVER_INDEXED) -> None:
         super().__init__()
         self.never_indexed = never_indexed
+        # The names sent as literals whatever their value: never indexed, or not worth an entry.
+        self._unindexed = never_indexed | defaults.H2_NOT_INDEXED
+        self._numbers: dict[tuple[bytes, bytes], int] = {}
+        self._inserted = 0
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        """hpack's, except that size updates already queued stay queued when the size is set to
+        the one it has: hpack's table then clears `resized`, and a shrink the peer's decoder
+        must hear of (it acknowledged it) would not be sent before fields that assume it."""
+        Encoder.header_table_size.fset(self, value)  # type: ignore[attr-defined]
+        if self.table_size_changes:
+            self.header_table.resized = True
 
     def encode(self, headers: Iterable, huffman: bool = True) -> bytes:  # type: ignore[override]
         """Encode a header list (pairs of bytes, or `HeaderTuple`s from h2's normalisation, a
         `NeverIndexedHeaderTuple` asking for never indexed); `huffman` is ignored: literals
         are raw. Names and values are bytes on every path of the sidecar: the loop takes them
-        as they are (a `str` fails its first concatenation, and the block is made again with
-        them encoded), names spelled once (`_NAME_CODES`) and short lengths from a table:
-        about two calls a field (a dict lookup and a len) where hpack's took ~9."""
+        as they are, and a `str` fails before the field it is in changes the table; the block
+        is then made again with them encoded (see `_start_over`)."""
         if headers.__class__ is not list:
             headers = list(headers)
         block = bytearray()
         table = self.header_table
-        start = 0  # where the fields begin
         if table.resized:
             block += self._encode_table_size_change()
             table.resized = False
-            start = len(block)
+        start = len(block)  # where the fields begin
+        inserted = self._inserted
         try:
             self._fields(block, headers)
         except TypeError:
             del block[start:]
+            if self._inserted != inserted:
+                self._start_over(block)
             self._fields(block, [_as_bytes(header) for header in headers])
         return bytes(block)
 
+    def _start_over(self, block: bytearray) -> None:
+        """Empty the table on both sides: fields before a failed one were added to it, and the
+        block that told the peer so is being made again. Two size updates at the start of
+        the block, to 0 and back, empty the peer's (RFC 7541 4.2)."""
+        table = self.header_table
+        size = table.maxsize
+        table.maxsize = 0  # evicts everything
+        table.maxsize = size
+        table.resized = False
+        block += _integer(0, 5, 0x20) + _integer(size, 5, 0x20)
+
     def _fields(self, block: bytearray, headers: list) -> None:
+        """The fields, each in one of the module docstring's representations: about two dict
+        lookups a field sent as an index, where hpack's `Encoder` made ~9 calls."""
         pairs = _STATIC_PAIRS
         codes = _NAME_CODES
         never = self.never_indexed
+        unindexed = self._unindexed
         valued = _VALUED_NAMES
         static_names = _STATIC_NAMES
         lengths = _LENGTHS
+        numbers = self._numbers
+        table = self.header_table
+        dynamic = table.dynamic_entries
+        indexes = _DYNAMIC_INDEXES
+        inserted = self._inserted
+        largest = 3 * table.maxsize // 4  # the largest entry worth adding (nghttp2's rule)
         for header in headers:
             name = header[0]
             value = header[1]
+            entry = (name, value)
+            number = numbers.get(entry)  # (only fields that may be indexed are ever added)
+            if number is not None:
+                age = inserted - number
+                # Not evicted (still in the peer's table), and not asked to be never indexed.
+                if age <= len(dynamic) and header.__class__ is not NeverIndexedHeaderTuple:
+                    block += (
+                        indexes[age]
+                        if age < _SPELLED_AGES
+                        else _integer(_STATIC_COUNT + age, 7, 0x80)
+                    )
+                    continue
             # A static pair is looked for only where one may match: one of the few names with
             # static values, or a static name with an empty value (most static entries).
             if name in valued or (not value and name in static_names):
-                indexed = pairs.get((name, value))
+                indexed = pairs.get(entry)
                 if indexed is not None:
                     block += indexed
                     continue
-            code = codes.get(name)
-            if code is None:
-                code = _literal_name_code(name)
-            if name in never or header.__class__ is NeverIndexedHeaderTuple:
-                block += code[1]
+            code = codes.get(name) or _literal_name_code(name)
+            if name in unindexed or header.__class__ is NeverIndexedHeaderTuple:
+                if name in never or header.__class__ is NeverIndexedHeaderTuple:
+                    block += code[1]
+                else:
+                    block += code[0]
+                entry = None
+            elif len(name) + len(value) + 32 <= largest:  # RFC 7541 4.1's entry size
+                block += code[2]
             else:
                 block += code[0]
+                entry = None
             n = len(value)
             block += lengths[n] if n < 0x7F else _integer(n, 7, 0)
-            block += value
+            block += value  # a `str` value fails here, before the table changes
+            if entry is not None:
+                table.add(name, value)  # hpack's insertion and eviction: the peer's
+                numbers[entry] = inserted
+                inserted += 1
+                self._inserted = inserted
+                if len(numbers) > 2 * len(dynamic) + 64:
+                    self._forget_evicted()
+
+    def _forget_evicted(self) -> None:
+        """Drop the fields evicted from the table from `_numbers` (which would otherwise grow
+        by one for every field inserted once and never sent again)."""
+        inserted = self._inserted
+        live = {
+            entry: inserted - age
+            for age, entry in enumerate(self.header_table.dynamic_entries, start=1)
+        }
+        self._numbers.clear()  # (the same dict: `_fields` holds it)
+        self._numbers.update(live)
 
 
 def _as_bytes(header: tuple) -> tuple:
-    """A field with `str` name or value encoded (UTF-8), never-indexed-ness kept."""
+    """A field with `str` name or value encoded (UTF-8), other bytes-likes made `bytes`,
+    never-indexed-ness kept."""
     name, value = header[0], header[1]
-    if not isinstance(name, bytes):
-        name = name.encode()
-    if not isinstance(value, bytes):
-        value = value.encode()
+    name = name.encode() if isinstance(name, str) else bytes(name)
+    value = value.encode() if isinstance(value, str) else bytes(value)
     if isinstance(header, HeaderTuple) and not header.indexable:
         return NeverIndexedHeaderTuple(name, value)
     return (name, value)
@@ -178,11 +275,16 @@ _STATIC_HEADERS: list[HeaderTuple | None] = [None, *(HeaderTuple(n, v) for n, v 
 _STATIC_NAMES_BY_INDEX: list[bytes | None] = [None, *(n for n, _ in _STATIC)]
 _STATIC_SIZES: list[int] = [0, *(len(n) + len(v) + 32 for n, v in _STATIC)]  # RFC 7541 4.1
 _STATIC_NAME_SIZES: list[int] = [0, *(len(n) + 32 for n, _ in _STATIC)]  # a value's length to add
-_STATIC_COUNT = len(_STATIC)
-_FIRST_DYNAMIC = _STATIC_COUNT + 1  # index 62 is the newest dynamic entry
 
 # `HeaderTuple(name, value)` runs a Python `__new__`; this builds the same object without it.
 _new_tuple = tuple.__new__
+
+# The sizes (RFC 7541 4.1) of the entries decoders added to their tables, so that a dynamic-table
+# index, the most common field of all, adds its size to the list's without two `len`s. The size
+# is the entry's content's, whichever table holds it: shared by all decoders, and bounded (past
+# that, forgotten all at once; a missing entry's size is counted).
+_ENTRY_SIZES: dict[tuple[bytes, bytes], int] = {}
+_ENTRY_SIZES_MAX = 1024
 
 # Continuation octets hpack's `decode_integer` accepts after a full prefix (VARINT_MAX_LENGTH).
 _VARINT_MAX_OCTETS = 5
@@ -238,6 +340,7 @@ class LiteralDecoder(Decoder):
         static_sizes = _STATIC_SIZES
         static_names = _STATIC_NAMES_BY_INDEX
         static_name_sizes = _STATIC_NAME_SIZES
+        entry_sizes = _ENTRY_SIZES
         limit = self.max_header_list_size
         headers: list = []
         append = headers.append
@@ -266,7 +369,10 @@ class LiteralDecoder(Decoder):
                         if entry.__class__ is not HeaderTuple:
                             entry = _new_tuple(HeaderTuple, entry)
                         append(entry)
-                        size += len(entry[0]) + len(entry[1]) + 32
+                        try:
+                            size += entry_sizes[entry]
+                        except KeyError:  # forgotten, or added by hpack's decoding (raw=False)
+                            size += len(entry[0]) + len(entry[1]) + 32
                     if size > limit:
                         raise OversizedHeaderListError(
                             f"A header list larger than {limit} has been received"
@@ -345,6 +451,9 @@ class LiteralDecoder(Decoder):
                     table.add(name, value)  # hpack's insertion and eviction
                     if dynamic:  # the entry is the newest (unless it cleared the table)
                         dynamic[0] = header  # equal to hpack's, and handed out as it is
+                        if len(entry_sizes) >= _ENTRY_SIZES_MAX:
+                            entry_sizes.clear()
+                        entry_sizes[header] = field
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
                 else:
