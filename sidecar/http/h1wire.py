@@ -388,12 +388,14 @@ class _Parser:
     def _take_head(self) -> bytes | None:
         """The head up to its blank line (the CRLF of its last line kept), or None for more."""
         buf = self.buf
-        scanned = self._scanned
-        if not scanned and type(buf) is bytes:  # the usual head: read whole, little after it
-            end = buf.find(b"\r\n\r\n")
-            if 0 <= end <= self.max_head_bytes - 4 and len(buf) - end - 4 <= _SMALL_REST:
+        if type(buf) is bytes and len(buf) <= _SMALL_REST and not self._scanned:
+            # The usual head: read whole, little or nothing after it (so the rest is copied), and
+            # searched for only within the size limit (a blank line found is within it).
+            end = buf.find(b"\r\n\r\n", 0, self.max_head_bytes)
+            if end >= 0:
                 self.buf = buf[end + 4 :]
                 return buf[: end + 2]
+        scanned = self._scanned
         end = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
         if end < 0:
             if len(buf) > self.max_head_bytes:
