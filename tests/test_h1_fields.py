@@ -5,7 +5,8 @@ one refused.
 The old split (kept here as the reference) read values with a lazy repeat and found the framing
 headers with a regex scan of their own; the new one reads values with a cheaper regex and looks
 the framing headers up in the list of names. Both only ever see heads that `_REQUEST_HEAD` (or
-`_RESPONSE_HEAD`) accepted, so the acceptance is the one regex's and must not move.
+`_RESPONSE_HEAD`) accepted, so the acceptance is the one regex's and must not move: the reference
+keeps its own copy of the request regex (the new one captures the version as `1.1` or `1.0`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from sidecar.http import h1wire
 from sidecar.http.h1wire import ProtocolError, parse_request_head, parse_response_head
 
 _TOKEN = h1wire._TOKEN
+_OLD_REQUEST_HEAD = re.compile(
+    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])"
+    rb"((?:\r\n" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n)"
+)
 _OLD_NAME = re.compile(rb"\r\n(" + _TOKEN + rb"):")
 _OLD_VALUE = re.compile(rb"\r\n" + _TOKEN + rb":[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 _OLD_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r\n")
@@ -45,7 +50,7 @@ def _old_content_length(lower: bytes, framed_by: list[bytes]) -> int:
 
 def _old_request(head: bytes, max_fields: int) -> tuple:
     """What the old `parse_request_head` made of `head` (its body, as it was)."""
-    match = h1wire._REQUEST_HEAD.fullmatch(head)
+    match = _OLD_REQUEST_HEAD.fullmatch(head)
     if match is None:
         h1wire._request_head_problem(head)
     method, target, minor, fields = match.groups()

@@ -360,12 +360,10 @@ class H1Server(_Writer):
         asyncio.get_running_loop().call_later(defaults.DELAYED_CLOSE_TIMEOUT, transport.close)
 
     def _handle(self, events: list[h1wire.Event]) -> None:
+        # In the order a request without a body (the usual one) brings them: a head, then End.
         for event in events:
             kind = type(event)
-            if kind is bytes:
-                assert self.exchange is not None
-                _feed(self, self.exchange.body, event)  # type: ignore[arg-type]
-            elif kind is Request:
+            if kind is Request:
                 self._request(event)  # type: ignore[arg-type]
                 if self.exchange is None:  # refused: the connection is closing
                     return
@@ -375,6 +373,9 @@ class H1Server(_Writer):
                 exchange.request_ended = True
                 if not exchange.upgrade:  # an upgrade's body is the tunnel, if accepted
                     exchange.body.end(event.trailers)  # type: ignore[union-attr]
+            elif kind is bytes:
+                assert self.exchange is not None
+                _feed(self, self.exchange.body, event)  # type: ignore[arg-type]
             elif kind is Closed:
                 if self.exchange is not None and not self.exchange.body.ended:
                     self.exchange.body.abort(StreamReset("client closed mid-request"))

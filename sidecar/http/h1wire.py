@@ -37,10 +37,10 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f
 # token, a colon, a value of visible characters, blanks and obs-text (no control character but
 # HTAB, so no bare CR or LF either).
 _FIELD_LINES = rb"(?:\r\n" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n"
-# A whole head in one pass: start line (a request's version 1.0 or 1.1 only), then the field
-# lines (a group: the framing headers are looked up in it).
+# A whole head in one pass: start line (a request's version 1.0 or 1.1 only, captured as
+# `Request.version` says it), then the field lines (a group: the fields are split from it).
 _REQUEST_HEAD = re.compile(
-    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])(" + _FIELD_LINES + rb")"
+    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/(1\.[01])(" + _FIELD_LINES + rb")"
 )
 _RESPONSE_HEAD = re.compile(_STATUS_LINE.pattern + rb"(" + _FIELD_LINES + rb")")
 _FIELDS = re.compile(_FIELD_LINES)
@@ -228,8 +228,7 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     match = _REQUEST_HEAD.fullmatch(head)
     if match is None:
         _request_head_problem(head)
-    method, target, minor, fields = match.groups()
-    version = b"1.1" if minor == b"1" else b"1.0"
+    method, target, version, fields = match.groups()
     lower = fields.lower()
     names, values = _fields(fields, lower, max_fields)
     request = Request()
@@ -237,7 +236,7 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     request.target = target
     request.version = version
     request.headers = list(zip(names, values, strict=True))
-    request.keep_alive = minor == b"1"
+    request.keep_alive = version == b"1.1"
     request.expect_continue = False
     request.upgrade = None
     request.framing = _NO_BODY
