@@ -30,17 +30,22 @@ from sidecar import defaults
 
 Headers = list[tuple[bytes, bytes]]
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+# The repeats in the head regexes are possessive (`++`, `*+`: what they took is never given
+# back): what follows each of them cannot start with a character it takes (a token is followed
+# by a space, a colon, `=`, `;` or blanks; a value or reason by CR; a field line by CRLF), so
+# giving back could never make a match, and not keeping the places to go back to costs less
+# (~900 instructions for a request head, ~1,700 for a response head).
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]++"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*+))?")
 # The field lines of a head, each preceded by CRLF, and the CRLF that ends the last line: a
 # token, a colon, a value of visible characters, blanks and obs-text (no control character but
 # HTAB, so no bare CR or LF either).
-_FIELD_LINES = rb"(?:\r\n" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*)*\r\n"
+_FIELD_LINES = rb"(?:\r\n" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*+)*+\r\n"
 # A whole head in one pass: start line (a request's version 1.0 or 1.1 only, captured as
 # `Request.version` says it), then the field lines (a group: the fields are split from it).
 _REQUEST_HEAD = re.compile(
-    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/(1\.[01])(" + _FIELD_LINES + rb")"
+    rb"(" + _TOKEN + rb") ([\x21-\x7e]++) HTTP/(1\.[01])(" + _FIELD_LINES + rb")"
 )
 _RESPONSE_HEAD = re.compile(_STATUS_LINE.pattern + rb"(" + _FIELD_LINES + rb")")
 _FIELDS = re.compile(_FIELD_LINES)
