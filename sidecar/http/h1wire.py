@@ -5,11 +5,11 @@ The parsers are fed bytes and hand back events: a head (`Request` / `Response`),
 than framing needs, so `sidecar.http.h1` drives them from `data_received`.
 
 Why our own and not h11: h11 costs ~170 Python calls per request on each end (bench/README.md,
-"Where the time goes"); here a head is parsed with three C-level passes over the bytes — one
-regex checks the whole head (start line, every field line, no control characters), two more
-split the fields (names from the lower-cased head, values from the head as sent) — and the
-framing headers are looked up in the list of names, not by walking the fields. Only a head that
-the one regex refuses goes through the checks one by one, to say what is wrong with it.
+"Where the time goes"); here a head is parsed with three regex passes over the bytes — one
+checks the whole head (start line, every field line, no control characters), two more split the
+fields (names from the lower-cased head, values from the head as sent) — and the framing headers
+are looked up in the list of names, not by walking the fields. Only a head that the one regex
+refuses goes through the checks one by one, to say what is wrong with it.
 
 Strictness is the point of a proxy's parser: a message the next hop could read differently is how
 requests get smuggled. A request is refused (`ProtocolError`, with the status to answer) for
