@@ -11,6 +11,7 @@ import h2.connection
 import h2.settings
 import hpack
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
+from hpack.hpack import encode_integer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,16 +122,10 @@ class Reference:
 
 
 def integer(value: int, bits: int, first: int) -> bytes:
-    """RFC 7541 5.1."""
-    limit = (1 << bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    """RFC 7541 5.1, as hpack's own encoder writes it (the reference), with the first octet's
+    high bits set to `first`."""
+    out = encode_integer(value, bits)
+    out[0] |= first
     return bytes(out)
 
 
