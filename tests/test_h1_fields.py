@@ -2,12 +2,13 @@
 heads: the same fields, framing and flags for a head accepted, the same message and status for
 one refused.
 
-The old split (kept here as the reference) read values with a lazy repeat and found the framing
-headers with a regex scan of their own; the new one reads values with a cheaper regex and looks
-the framing headers up in the list of names. Both only ever see heads that `_REQUEST_HEAD` (or
-`_RESPONSE_HEAD`) accepted, so the acceptance is the one regex's and must not move: the reference
-keeps its own copy of the old head regexes (the new ones repeat possessively, and the request's
-captures the version as `1.1` or `1.0`).
+The old split (kept here as the reference) read values with a lazy repeat, found the framing
+headers with a regex scan of their own and their values by scanning the head again; the new one
+reads values with a cheaper regex and looks the framing headers (and their values) up in the
+lists of names and fields. Both only ever see heads that `_REQUEST_HEAD` (or `_RESPONSE_HEAD`)
+accepted, so the acceptance is the one regex's and must not move: the reference keeps its own
+copy of the old head regexes (the new ones repeat possessively, and the request's captures the
+version as `1.1` or `1.0`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def _old_fields(fields: bytes, lower: bytes, max_fields: int) -> h1wire.Headers:
     return list(zip(_OLD_NAME.findall(lower), values, strict=True))
 
 
+def _old_values(lower: bytes, fields: bytes, name: bytes) -> list[bytes]:
+    key = b"\r\n" + name + b":"
+    out = []
+    at = lower.find(key)
+    while at >= 0:
+        start = at + len(key)
+        end = lower.find(b"\r\n", start)
+        out.append(fields[start:end].strip(b" \t"))
+        at = lower.find(key, end)
+    return out
+
+
 def _old_content_length(lower: bytes, framed_by: list[bytes]) -> int:
     if framed_by.count(b"content-length") > 1:
         raise ProtocolError("Content-Length given more than once")
@@ -70,22 +83,22 @@ def _old_request(head: bytes, max_fields: int) -> tuple:
     elif b"transfer-encoding" in framed_by:
         if version == b"1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        if h1wire._tokens(h1wire._values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
+        if h1wire._tokens(_old_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
             raise ProtocolError("a transfer coding other than chunked", 501)
         framing = h1wire._CHUNKED
     hosts = framed_by.count(b"host")
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError("HTTP/1.1 needs exactly one Host")
     if b"connection" in framed_by:
-        connection = h1wire._tokens(h1wire._values(lower, fields, b"connection"))
+        connection = h1wire._tokens(_old_values(lower, fields, b"connection"))
         if b"close" in connection:
             keep_alive = False
         if b"upgrade" in connection and b"upgrade" in framed_by:
-            tokens = h1wire._tokens(h1wire._values(lower, fields, b"upgrade"))
+            tokens = h1wire._tokens(_old_values(lower, fields, b"upgrade"))
             upgrade = tokens[0] if tokens else None
     if b"expect" in framed_by:
         expect_continue = b"100-continue" in h1wire._tokens(
-            h1wire._values(lower, fields, b"expect")
+            _old_values(lower, fields, b"expect")
         )
     return (method, target, version, headers, keep_alive, expect_continue, upgrade, framing, length)
 
@@ -100,7 +113,7 @@ def _old_response(head: bytes, max_fields: int) -> tuple:
     headers = _old_fields(fields, lower, max_fields)
     keep_alive, framing, length = minor == b"1", h1wire._UNTIL_EOF, 0
     framed_by = _OLD_FRAMED_BY.findall(lower)
-    connection = h1wire._values(lower, fields, b"connection")
+    connection = _old_values(lower, fields, b"connection")
     if b"connection" in framed_by and b"close" in h1wire._tokens(connection):
         keep_alive = False
     if b"content-length" in framed_by:
@@ -108,7 +121,7 @@ def _old_response(head: bytes, max_fields: int) -> tuple:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
         length, framing = _old_content_length(lower, framed_by), h1wire._LENGTH
     elif b"transfer-encoding" in framed_by:
-        if h1wire._tokens(h1wire._values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
+        if h1wire._tokens(_old_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
             raise ProtocolError("a transfer coding other than chunked", 501)
         framing = h1wire._CHUNKED
     version = b"1.1" if minor == b"1" else b"1.0"

@@ -213,7 +213,7 @@ def _content_length(headers: Headers) -> int | None:
 
 
 # A fragment's '#' as an int: `_HASH in target` is a memchr, where `b"#" in target` first makes
-# and drops a TypeError (see h1wire._FRAMED_BY).
+# and drops a TypeError (see h1wire._head_bytes).
 _HASH = ord("#")
 
 

@@ -156,15 +156,16 @@ Event = Request | Response | bytes | End | Closed
 _END: Final = End()  # the usual end: no trailers (immutable in practice, so shared)
 
 
-def _fields(fields: bytes, lower: bytes, max_fields: int) -> tuple[list[bytes], list[bytes]]:
-    """The names (lower-case) and the values of field lines already checked (`_FIELD_LINES`), in
-    wire order. `fields` is the field lines each preceded by CRLF, `lower` the same lower-cased.
-    The names are what the framing checks look in (`b"host" in names`, a C-level compare or
-    two), so no scan of the head is made for them."""
+def _fields(fields: bytes, lower: bytes, max_fields: int) -> tuple[list[bytes], Headers]:
+    """The names (lower-case) and the (name, value) pairs of field lines already checked
+    (`_FIELD_LINES`), in wire order. `fields` is the field lines each preceded by CRLF, `lower`
+    the same lower-cased. The names are what the framing checks look in (`b"host" in names`, a
+    C-level compare or two), so no scan of the head is made for them."""
     values = _FIELD_VALUE.findall(fields)
     if len(values) > max_fields:
         raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
-    return _FIELD_NAME.findall(lower), values
+    names = _FIELD_NAME.findall(lower)
+    return names, list(zip(names, values, strict=True))
 
 
 def _check_chars(head: bytes, what: str) -> None:
@@ -177,18 +178,9 @@ def _check_chars(head: bytes, what: str) -> None:
         raise ProtocolError(f"a control character in the {what}")
 
 
-def _values(lower: bytes, fields: bytes, name: bytes) -> list[bytes]:
-    """The values of field `name`. `fields` is the field lines each preceded by CRLF, `lower`
-    the same lower-cased: a name is found where it starts a line."""
-    key = b"\r\n" + name + b":"
-    out = []
-    at = lower.find(key)
-    while at >= 0:
-        start = at + len(key)
-        end = lower.find(b"\r\n", start)
-        out.append(fields[start:end].strip(b" \t"))
-        at = lower.find(key, end)
-    return out
+def _values(headers: Headers, name: bytes) -> list[bytes]:
+    """The values of field `name` (lower-case), in order."""
+    return [v for k, v in headers if k == name]
 
 
 def _tokens(values: list[bytes]) -> list[bytes]:
@@ -196,12 +188,12 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return [t.strip(b" \t").lower() for v in values for t in v.split(b",") if t.strip(b" \t")]
 
 
-def _content_length(names: list[bytes], values: list[bytes]) -> int:
+def _content_length(names: list[bytes], headers: Headers) -> int:
     """The one Content-Length of a head's fields (`names` has it at least once): a decimal of at
     most `_MAX_LENGTH_DIGITS` digits (`bytes.isdigit` is ASCII digits only)."""
     if names.count(b"content-length") > 1:
         raise ProtocolError("Content-Length given more than once")
-    value = values[names.index(b"content-length")]
+    value = headers[names.index(b"content-length")][1]
     if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
         raise ProtocolError("Content-Length is not a decimal length")
     return int(value)
@@ -235,12 +227,12 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
         _request_head_problem(head)
     method, target, version, fields = match.groups()
     lower = fields.lower()
-    names, values = _fields(fields, lower, max_fields)
+    names, headers = _fields(fields, lower, max_fields)
     request = Request()
     request.method = method
     request.target = target
     request.version = version
-    request.headers = list(zip(names, values, strict=True))
+    request.headers = headers
     request.keep_alive = version == b"1.1"
     request.expect_continue = False
     request.upgrade = None
@@ -249,26 +241,26 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     if b"content-length" in names:
         if b"transfer-encoding" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        request.length = _content_length(names, values)
+        request.length = _content_length(names, headers)
         request.framing = _LENGTH
     elif b"transfer-encoding" in names:
         if version == b"1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
+        if _tokens(_values(headers, b"transfer-encoding")) != [b"chunked"]:
             raise ProtocolError("a transfer coding other than chunked", 501)
         request.framing = _CHUNKED
     hosts = names.count(b"host")
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError("HTTP/1.1 needs exactly one Host")
     if b"connection" in names:
-        connection = _tokens(_values(lower, fields, b"connection"))
+        connection = _tokens(_values(headers, b"connection"))
         if b"close" in connection:
             request.keep_alive = False
         if b"upgrade" in connection and b"upgrade" in names:
-            upgrade = _tokens(_values(lower, fields, b"upgrade"))
+            upgrade = _tokens(_values(headers, b"upgrade"))
             request.upgrade = upgrade[0] if upgrade else None
     if b"expect" in names:
-        request.expect_continue = b"100-continue" in _tokens(_values(lower, fields, b"expect"))
+        request.expect_continue = b"100-continue" in _tokens(_values(headers, b"expect"))
     return request
 
 
@@ -280,24 +272,24 @@ def parse_response_head(head: bytes, max_fields: int) -> Response:
         _response_head_problem(head)
     minor, status, reason, fields = match.groups()
     lower = fields.lower()
-    names, values = _fields(fields, lower, max_fields)
+    names, headers = _fields(fields, lower, max_fields)
     response = Response()
     response.status = int(status)
     response.version = b"1.1" if minor == b"1" else b"1.0"
-    response.headers = list(zip(names, values, strict=True))
+    response.headers = headers
     response.reason = reason or b""
     response.keep_alive = minor == b"1"
     response.framing = _UNTIL_EOF
     response.length = 0
-    if b"connection" in names and b"close" in _tokens(_values(lower, fields, b"connection")):
+    if b"connection" in names and b"close" in _tokens(_values(headers, b"connection")):
         response.keep_alive = False
     if b"content-length" in names:
         if b"transfer-encoding" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        response.length = _content_length(names, values)
+        response.length = _content_length(names, headers)
         response.framing = _LENGTH
     elif b"transfer-encoding" in names:
-        if _tokens(_values(lower, fields, b"transfer-encoding")) != [b"chunked"]:
+        if _tokens(_values(headers, b"transfer-encoding")) != [b"chunked"]:
             raise ProtocolError("a transfer coding other than chunked", 501)
         response.framing = _CHUNKED
     return response
@@ -538,9 +530,9 @@ class _Parser:
             raise ProtocolError("Content-Length or Transfer-Encoding in trailers")
         if _FIELDS.fullmatch(fields) is None:
             raise ProtocolError("a malformed field line in the trailers (obs-fold, bad name)")
-        names, values = _fields(fields, lower, self.max_fields)
+        _, trailers = _fields(fields, lower, self.max_fields)
         self._trailers = False
-        return self._ended(out, End(list(zip(names, values, strict=True))))
+        return self._ended(out, End(trailers))
 
     def _cut(self, out: list[Event]) -> bool:
         """Out of bytes inside a chunked body: wait, or report the cut at EOF."""

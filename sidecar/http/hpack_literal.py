@@ -133,8 +133,6 @@ class LiteralEncoder(Encoder):
     def __init__(self, never_indexed: frozenset[bytes] = defaults.H2_NEVER_INDEXED) -> None:
         super().__init__()
         self.never_indexed = never_indexed
-        # The names sent as literals whatever their value: never indexed, or not worth an entry.
-        self._unindexed = never_indexed | defaults.H2_NOT_INDEXED
         self._numbers: dict[tuple[bytes, bytes], int] = {}
         self._inserted = 0
 
@@ -192,7 +190,7 @@ class LiteralEncoder(Encoder):
         pairs = _STATIC_PAIRS
         codes = _NAME_CODES
         never = self.never_indexed
-        unindexed = self._unindexed
+        unindexed = defaults.H2_NOT_INDEXED  # not worth an entry (the never indexed aside)
         valued = _VALUED_NAMES
         static_names = _STATIC_NAMES
         lengths = _LENGTHS
@@ -225,17 +223,14 @@ class LiteralEncoder(Encoder):
                     block += indexed
                     continue
             code = codes.get(name) or _literal_name_code(name)
-            if name in unindexed or header.__class__ is NeverIndexedHeaderTuple:
-                if name in never or header.__class__ is NeverIndexedHeaderTuple:
-                    block += code[1]
-                else:
-                    block += code[0]
+            if name in never or header.__class__ is NeverIndexedHeaderTuple:
+                block += code[1]
                 entry = None
-            elif len(name) + len(value) + 32 <= largest:  # RFC 7541 4.1's entry size
-                block += code[2]
-            else:
+            elif name in unindexed or len(name) + len(value) + 32 > largest:  # 4.1's entry size
                 block += code[0]
                 entry = None
+            else:
+                block += code[2]
             n = len(value)
             block += lengths[n] if n < 0x7F else _integer(n, 7, 0)
             block += value  # a `str` value fails here, before the table changes
