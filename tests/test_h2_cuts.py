@@ -56,22 +56,22 @@ def kept(conn: h2.connection.H2Connection) -> dict[str, int]:
     return {name: getattr(conn, name) for name in settings_in_force(conn)}
 
 
-def h2_client(settings: dict[int, int]) -> h2.connection.H2Connection:
-    client = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
+def h2_end(settings: dict[int, int], client_side: bool) -> h2.connection.H2Connection:
+    """A plain h2 connection (the peer in these tests), its preface and settings queued."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=client_side, header_encoding=None)
     )
-    client.local_settings = h2.settings.Settings(client=True, initial_values=settings)
-    client.initiate_connection()
-    return client
+    conn.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)
+    conn.initiate_connection()
+    return conn
+
+
+def h2_client(settings: dict[int, int]) -> h2.connection.H2Connection:
+    return h2_end(settings, client_side=True)
 
 
 def h2_server(settings: dict[int, int]) -> h2.connection.H2Connection:
-    server = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    server.local_settings = h2.settings.Settings(client=False, initial_values=settings)
-    server.initiate_connection()
-    return server
+    return h2_end(settings, client_side=False)
 
 
 def request(client: h2.connection.H2Connection, stream_id: int, end: bool) -> None:
