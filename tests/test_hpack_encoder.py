@@ -276,7 +276,7 @@ def test_a_field_larger_than_three_quarters_of_the_table_is_not_indexed():
 
 def test_the_fields_remembered_stay_bounded_and_their_indexes_right():
     """Fields inserted once and evicted are forgotten now and then; the live ones keep their
-    index. (The decoder's remembered entry sizes are bounded too.)"""
+    index. (The decoder's remembered runs of indexes are bounded too.)"""
     encoder = LiteralEncoder()
     decoder = LiteralDecoder()
     kept = (b"x-kept", b"1")
@@ -284,7 +284,7 @@ def test_the_fields_remembered_stay_bounded_and_their_indexes_right():
         block = encoder.encode([kept, (b"x-trace", b"%d" % n)])
         assert decoder.decode(block, raw=True) == [kept, (b"x-trace", b"%d" % n)]
         assert decoder.list_size == 32 + 6 + 1 + 32 + 7 + len(b"%d" % n)  # (sizes remembered)
-        assert len(hpack_literal._ENTRY_SIZES) <= hpack_literal._ENTRY_SIZES_MAX
+        assert len(decoder._runs) <= hpack_literal._RUNS_KEPT
         assert len(encoder._numbers) <= 2 * len(encoder.header_table.dynamic_entries) + 64
     assert table_state(decoder.header_table) == table_state(encoder.header_table)
 

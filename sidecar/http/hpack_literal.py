@@ -39,7 +39,10 @@ the ~1,200 Python calls a gRPC call costs in a sidecar.
 
 from __future__ import annotations
 
+import re
+from collections import deque
 from collections.abc import Iterable
+from itertools import repeat
 
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import (
@@ -48,6 +51,7 @@ from hpack.exceptions import (
     InvalidTableSizeError,
     OversizedHeaderListError,
 )
+from hpack.hpack import DEFAULT_MAX_HEADER_LIST_SIZE
 from hpack.huffman_table import decode_huffman  # what hpack's Decoder uses: the same errors
 from hpack.table import HeaderTable
 
@@ -122,15 +126,28 @@ _FIRST_DYNAMIC = _STATIC_COUNT + 1  # index 62 is the newest dynamic entry
 # of 4,096 octets can hold (32 octets an entry at least); older ones are spelled when sent.
 _SPELLED_AGES = 4096 // 32 + 1
 _DYNAMIC_INDEXES = tuple(_integer(_STATIC_COUNT + age, 7, 0x80) for age in range(_SPELLED_AGES))
+# The most fields an encoder keeps the octets of (`LiteralEncoder._known`); past that, they are
+# forgotten all at once. A request's and a response's fields, and more.
+_KNOWN_MAX = 256
+_NONES = repeat(None)  # `pop`'s default, for `map`
 
 
 class LiteralEncoder(Encoder):
     """hpack's `Encoder` with a dict for the dynamic table and literals as they are (see the
     module's docstring). `header_table` is hpack's, holding what the peer's table holds;
     `_inserted` counts the fields added to it so far and `_numbers` maps a field to the count
-    before its (latest) insertion: the field's age in the table is `_inserted - number`."""
+    before its (latest) insertion: the field's age in the table is `_inserted - number`.
+
+    `_known` maps a field to the octets that spelled it last, while they still spell it: a
+    static pair's index and a literal without indexing (one-octet length) until the table's
+    size changes, a dynamic index until the next insertion (which makes every entry one older;
+    `_dynamic_known` lists those fields). A block whose fields are all known is one C-level
+    pass (`map`, `join`): no bytecode per field. A `NeverIndexedHeaderTuple` equals the plain
+    field, whose index or literal is not its own: it is always spelled again."""
 
     def __init__(self, never_indexed: frozenset[bytes] = defaults.H2_NEVER_INDEXED) -> None:
+        self._known: dict[tuple[bytes, bytes], bytes] = {}
+        self._dynamic_known: list[tuple[bytes, bytes]] = []
         super().__init__()
         self.never_indexed = never_indexed
         self._numbers: dict[tuple[bytes, bytes], int] = {}
@@ -144,10 +161,14 @@ class LiteralEncoder(Encoder):
     def header_table_size(self, value: int) -> None:
         """hpack's, except that size updates already queued stay queued when the size is set to
         the one it has: hpack's table then clears `resized`, and a shrink the peer's decoder
-        must hear of (it acknowledged it) would not be sent before fields that assume it."""
+        must hear of (it acknowledged it) would not be sent before fields that assume it. What
+        is known is forgotten: entries may be evicted, and the largest field worth an entry
+        changes."""
         Encoder.header_table_size.fset(self, value)  # type: ignore[attr-defined]
         if self.table_size_changes:
             self.header_table.resized = True
+        self._known.clear()
+        self._dynamic_known.clear()
 
     def encode(self, headers: Iterable, huffman: bool = True) -> bytes:  # type: ignore[override]
         """Encode a header list (pairs of bytes, or `HeaderTuple`s from h2's normalisation, a
@@ -182,25 +203,51 @@ class LiteralEncoder(Encoder):
         table.maxsize = 0  # evicts everything
         table.maxsize = size
         table.resized = False
+        self._known.clear()
+        self._dynamic_known.clear()
         block += _integer(0, 5, 0x20) + _integer(size, 5, 0x20)
 
     def _fields(self, block: bytearray, headers: list) -> None:
-        """The fields, each in one of the module docstring's representations: about two dict
-        lookups a field sent as an index, where hpack's `Encoder` made ~9 calls."""
+        """The fields, each in one of the module docstring's representations: the known ones
+        looked up all at once (an unhashable field raises TypeError here, as a `str` one does
+        when spelled), the others spelled by `_spell`, which learns them."""
+        codes = [*map(self._known.get, headers), None]  # the None: `index` always finds one
+        types = [*map(type, headers)]
+        if NeverIndexedHeaderTuple in types:  # not what is known of the equal plain field
+            k = -1
+            for _ in range(types.count(NeverIndexedHeaderTuple)):
+                k = types.index(NeverIndexedHeaderTuple, k + 1)
+                codes[k] = None
+        n = len(headers)
+        k = codes.index(None)
+        if k < n:
+            self._spell(codes, headers, k)
+        codes[n] = b""
+        block += b"".join(codes)
+
+    def _spell(self, codes: list, headers: list, k: int) -> None:
+        """Spell the fields whose code is None, from the `k`th (`codes[len(headers)]` is None):
+        about two dict lookups a field sent as an index, where hpack's `Encoder` made ~9 calls.
+        The indexes and literals that stay valid are learned (`_known`). An insertion makes the
+        known dynamic indexes (those of the later fields too) stale: they are spelled again."""
         pairs = _STATIC_PAIRS
-        codes = _NAME_CODES
+        names = _NAME_CODES
         never = self.never_indexed
         unindexed = defaults.H2_NOT_INDEXED  # not worth an entry (the never indexed aside)
         valued = _VALUED_NAMES
         static_names = _STATIC_NAMES
         lengths = _LENGTHS
         numbers = self._numbers
+        known = self._known
+        dynamic_known = self._dynamic_known
         table = self.header_table
         dynamic = table.dynamic_entries
         indexes = _DYNAMIC_INDEXES
         inserted = self._inserted
         largest = 3 * table.maxsize // 4  # the largest entry worth adding (nghttp2's rule)
-        for header in headers:
+        n = len(headers)
+        while k < n:
+            header = headers[k]
             name = header[0]
             value = header[1]
             entry = (name, value)
@@ -209,38 +256,58 @@ class LiteralEncoder(Encoder):
                 age = inserted - number
                 # Not evicted (still in the peer's table), and not asked to be never indexed.
                 if age <= len(dynamic) and header.__class__ is not NeverIndexedHeaderTuple:
-                    block += (
+                    code = (
                         indexes[age]
                         if age < _SPELLED_AGES
                         else _integer(_STATIC_COUNT + age, 7, 0x80)
                     )
+                    codes[k] = known[entry] = code
+                    dynamic_known.append(entry)
+                    k = codes.index(None, k + 1)
                     continue
             # A static pair is looked for only where one may match: one of the few names with
             # static values, or a static name with an empty value (most static entries).
             if name in valued or (not value and name in static_names):
                 indexed = pairs.get(entry)
                 if indexed is not None:
-                    block += indexed
+                    codes[k] = known[entry] = indexed
+                    k = codes.index(None, k + 1)
                     continue
-            code = codes.get(name) or _literal_name_code(name)
+            code = names.get(name) or _literal_name_code(name)
+            insert = keep = False
             if name in never or header.__class__ is NeverIndexedHeaderTuple:
-                block += code[1]
-                entry = None
+                code = code[1]
             elif name in unindexed or len(name) + len(value) + 32 > largest:  # 4.1's entry size
-                block += code[0]
-                entry = None
+                code = code[0]
+                keep = True  # the same octets until the table's size changes
             else:
-                block += code[2]
-            n = len(value)
-            block += lengths[n] if n < 0x7F else _integer(n, 7, 0)
-            block += value  # a `str` value fails here, before the table changes
-            if entry is not None:
+                code = code[2]
+                insert = True
+            length = len(value)
+            if length < 0x7F:
+                code += lengths[length] + value  # a `str` value fails here, before the table
+            else:  # changes
+                code += _integer(length, 7, 0) + value
+                keep = False  # (not the memory of long values)
+            codes[k] = code
+            if insert:
                 table.add(name, value)  # hpack's insertion and eviction: the peer's
                 numbers[entry] = inserted
                 inserted += 1
                 self._inserted = inserted
                 if len(numbers) > 2 * len(dynamic) + 64:
                     self._forget_evicted()
+                # Every entry is one older: the known indexes are not theirs, the later
+                # fields' (looked up before) neither.
+                [*map(known.pop, dynamic_known, _NONES)]  # (a field may be listed twice)
+                dynamic_known.clear()
+                codes[k + 1 : n] = [None] * (n - k - 1)
+            elif keep:
+                if len(known) >= _KNOWN_MAX:
+                    known.clear()
+                    dynamic_known.clear()
+                known[entry] = code
+            k = codes.index(None, k + 1)
 
     def _forget_evicted(self) -> None:
         """Drop the fields evicted from the table from `_numbers` (which would otherwise grow
@@ -250,7 +317,7 @@ class LiteralEncoder(Encoder):
             entry: inserted - age
             for age, entry in enumerate(self.header_table.dynamic_entries, start=1)
         }
-        self._numbers.clear()  # (the same dict: `_fields` holds it)
+        self._numbers.clear()  # (the same dict: `_spell` holds it)
         self._numbers.update(live)
 
 
@@ -274,12 +341,12 @@ _STATIC_NAME_SIZES: list[int] = [0, *(len(n) + 32 for n, _ in _STATIC)]  # a val
 # `HeaderTuple(name, value)` runs a Python `__new__`; this builds the same object without it.
 _new_tuple = tuple.__new__
 
-# The sizes (RFC 7541 4.1) of the entries decoders added to their tables, so that a dynamic-table
-# index, the most common field of all, adds its size to the list's without two `len`s. The size
-# is the entry's content's, whichever table holds it: shared by all decoders, and bounded (past
-# that, forgotten all at once; a missing entry's size is counted).
-_ENTRY_SIZES: dict[tuple[bytes, bytes], int] = {}
-_ENTRY_SIZES_MAX = 1024
+# A run of indexed fields of one octet each (6.1: indexes 1 to 126), from a field's start.
+_INDEX_RUN = re.compile(rb"[\x81-\xfe]*")
+# The longest run whose fields a decoder keeps, and how many runs it keeps (past that, they are
+# forgotten all at once): the memory a peer's blocks can make it hold.
+_RUN_KEPT_OCTETS = 128
+_RUNS_KEPT = 64
 
 # Continuation octets hpack's `decode_integer` accepts after a full prefix (VARINT_MAX_LENGTH).
 _VARINT_MAX_OCTETS = 5
@@ -304,6 +371,29 @@ def _invalid_index(index: int) -> InvalidTableIndex:
     return InvalidTableIndex(f"Invalid table index {index}")
 
 
+def _indexed_run(run: bytes, dynamic: deque) -> tuple[tuple, int, int]:
+    """The fields of a run of one-octet indexes (6.1) and their list size (RFC 7541 4.1), up to
+    the first index in neither table, which is returned too (0: none). Dynamic entries that are
+    plain tuples (hpack's own decoding adds such) are handed out as `HeaderTuple`s."""
+    headers = []
+    size = 0
+    for octet in run:
+        index = octet & 0x7F
+        if index <= _STATIC_COUNT:
+            headers.append(_STATIC_HEADERS[index])
+            size += _STATIC_SIZES[index]
+            continue
+        try:
+            entry = dynamic[index - _FIRST_DYNAMIC]
+        except IndexError:
+            return tuple(headers), size, index
+        if entry.__class__ is not HeaderTuple:
+            entry = _new_tuple(HeaderTuple, entry)
+        headers.append(entry)
+        size += len(entry[0]) + len(entry[1]) + 32
+    return tuple(headers), size, 0
+
+
 class LiteralDecoder(Decoder):
     """hpack's `Decoder`, decoding raw blocks itself (see the module's docstring): apps' blocks
     (grpcio, nghttp2, curl) are mostly dynamic-table indexes and Huffman-coded literals with
@@ -324,6 +414,17 @@ class LiteralDecoder(Decoder):
     # octets a field, RFC 9113 6.5.2's too), counted as it decoded: the request path needs it.
     list_size = 0
 
+    def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+        super().__init__(max_header_list_size)
+        # Runs of one-octet indexes (the most common fields: an app's or a peer's repeated
+        # ones) decoded since the dynamic table was last seen to change: the run's octets to
+        # its fields and their size. The table is the same while its newest entry is the same
+        # object and its length the same (an insertion makes a new newest entry, an eviction
+        # alone shortens it).
+        self._runs: dict[bytes, tuple[tuple, int]] = {}
+        self._newest: object = None
+        self._entries = 0
+
     def decode(self, data: bytes, raw: bool = False) -> list:  # type: ignore[override]
         if not raw:
             return super().decode(data, raw)
@@ -335,7 +436,11 @@ class LiteralDecoder(Decoder):
         static_sizes = _STATIC_SIZES
         static_names = _STATIC_NAMES_BY_INDEX
         static_name_sizes = _STATIC_NAME_SIZES
-        entry_sizes = _ENTRY_SIZES
+        runs = self._runs
+        newest = dynamic[0] if dynamic else None
+        if newest is not self._newest or len(dynamic) != self._entries:
+            self._table_changed()
+        run_at = _INDEX_RUN.match
         limit = self.max_header_list_size
         headers: list = []
         append = headers.append
@@ -347,6 +452,35 @@ class LiteralDecoder(Decoder):
                 first = data[i]
                 i += 1
                 if first & 0x80:  # 1xxxxxxx: indexed field (6.1)
+                    if 0x80 < first < 0xFF:  # one octet: a run of such fields, known or not
+                        stop = run_at(data, i).end()
+                        run = data[i - 1 : stop]
+                        known = runs.get(run)
+                        if known is None:
+                            fields, run_size, invalid = _indexed_run(run, dynamic)
+                            if invalid:  # after the fields before it, as hpack's
+                                size += run_size
+                                if size > limit:
+                                    raise OversizedHeaderListError(
+                                        f"A header list larger than {limit} has been received"
+                                    )
+                                raise _invalid_index(invalid)
+                            if stop - i < _RUN_KEPT_OCTETS:
+                                if len(runs) >= _RUNS_KEPT:
+                                    runs.clear()
+                                runs[run] = fields, run_size
+                        else:
+                            fields, run_size = known
+                        headers += fields
+                        size += run_size
+                        i = stop
+                        # No field of the run changes the table: the list's size checked
+                        # after the run raises what checking it after each field would.
+                        if size > limit:
+                            raise OversizedHeaderListError(
+                                f"A header list larger than {limit} has been received"
+                            )
+                        continue
                     index = first & 0x7F
                     if index == 0x7F:
                         index, i = _varint(data, i, 0x7F)
@@ -364,10 +498,7 @@ class LiteralDecoder(Decoder):
                         if entry.__class__ is not HeaderTuple:
                             entry = _new_tuple(HeaderTuple, entry)
                         append(entry)
-                        try:
-                            size += entry_sizes[entry]
-                        except KeyError:  # forgotten, or added by hpack's decoding (raw=False)
-                            size += len(entry[0]) + len(entry[1]) + 32
+                        size += len(entry[0]) + len(entry[1]) + 32
                     if size > limit:
                         raise OversizedHeaderListError(
                             f"A header list larger than {limit} has been received"
@@ -384,6 +515,7 @@ class LiteralDecoder(Decoder):
                     if new_size > self.max_allowed_table_size:
                         raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                     self.header_table_size = new_size  # evicts what no longer fits
+                    self._table_changed()
                     continue
                 else:  # 0000xxxx without indexing (6.2.2), 0001xxxx never indexed (6.2.3)
                     mask = 0x0F
@@ -446,9 +578,7 @@ class LiteralDecoder(Decoder):
                     table.add(name, value)  # hpack's insertion and eviction
                     if dynamic:  # the entry is the newest (unless it cleared the table)
                         dynamic[0] = header  # equal to hpack's, and handed out as it is
-                        if len(entry_sizes) >= _ENTRY_SIZES_MAX:
-                            entry_sizes.clear()
-                        entry_sizes[header] = field
+                    self._table_changed()
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
                 else:
@@ -467,3 +597,11 @@ class LiteralDecoder(Decoder):
             self._assert_valid_table_size()
         self.list_size = size  # RFC 7541 4.1's (and RFC 9113 6.5.2's) size of the list
         return headers
+
+    def _table_changed(self) -> None:
+        """Forget the runs decoded (their dynamic indexes may name other entries now) and note
+        the table as it is."""
+        self._runs.clear()
+        dynamic = self.header_table.dynamic_entries
+        self._newest = dynamic[0] if dynamic else None
+        self._entries = len(dynamic)
