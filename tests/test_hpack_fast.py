@@ -19,6 +19,7 @@ from hpack import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.http import hpack_literal
 from sidecar.http.hpack_literal import LiteralDecoder, LiteralEncoder
 
 # Deterministic (the same examples every run), and no per-example deadline.
@@ -459,3 +460,64 @@ def test_the_list_size_noted_is_the_decoded_lists(session):
     for block in encode_session(initial, huffman, steps):
         fields = decoder.decode(block, raw=True)
         assert decoder.list_size == sum(len(n) + len(v) + 32 for n, v in fields)
+
+
+def test_a_run_of_indexes_is_decoded_again_whenever_the_table_changed():
+    """Runs of one-octet indexes are kept while the table is the same: after an insertion (even
+    of a field equal to the newest, the length unchanged by an eviction), a size update, and
+    hpack's own decoding (`raw=False`), the same octets name other entries, as hpack's do."""
+    reference, decoder = pair()
+    reference.header_table_size = decoder.header_table_size = 68  # two entries of 34 octets
+    a, b = _literal(0x40, b"a", b"1"), _literal(0x40, b"b", b"1")
+    decode_both(reference, decoder, a + b)
+    assert decode_both(reference, decoder, b"\x82\xbe\xbf") == [
+        (b":method", b"GET"),
+        (b"b", b"1"),
+        (b"a", b"1"),
+    ]
+    decode_both(reference, decoder, b)  # b again: a evicted; the newest equal to the last
+    assert decode_both(reference, decoder, b"\x82\xbe\xbf")[1:] == [(b"b", b"1")] * 2
+    # In one block: the run, an insertion, the same run.
+    block = b"\xbe\xbf" + _literal(0x40, b"c", b"1") + b"\xbe\xbf"
+    assert decode_both(reference, decoder, block) == [(b"b", b"1")] * 2 + [(b"c", b"1")] * 2 + [
+        (b"b", b"1")
+    ]
+    # A size update that evicts, then the run: one entry is left.
+    assert type(decode_both(reference, decoder, b"\x3f\x03\xbe\xbf")) is InvalidTableIndex
+    decode_both(reference, decoder, b"\x3f\x25")  # back to 68
+    decode_both(reference, decoder, b)
+    assert decode_both(reference, decoder, b"\xbe\xbf") == [(b"b", b"1"), (b"c", b"1")]  # kept
+    # hpack's decoding (str fields) adds d, evicting c: the same length, a new newest entry
+    reference.decode(_literal(0x40, b"d", b"1"), raw=False)
+    decoder.decode(_literal(0x40, b"d", b"1"), raw=False)
+    assert decode_both(reference, decoder, b"\xbe\xbf") == [(b"d", b"1"), (b"b", b"1")]
+    decoder.header_table.dynamic_entries[0] = (b"e", b"1")  # a new newest entry, by hand
+    reference.header_table.dynamic_entries[0] = (b"e", b"1")
+    assert decode_both(reference, decoder, b"\xbe\xbf") == [(b"e", b"1"), (b"b", b"1")]
+
+
+def test_an_invalid_index_in_a_run_fails_after_the_list_size_of_the_fields_before_it():
+    """hpack checks the list's size after each field: an oversized list before an invalid
+    index in the same run is that error, at the limit it is the index's; a run decoded before
+    (kept) fails on its size alike."""
+    for limit, error in ((84, InvalidTableIndex), (83, OversizedHeaderListError)):
+        reference, decoder = pair()
+        reference.max_header_list_size = decoder.max_header_list_size = limit
+        assert type(decode_both(reference, decoder, b"\x82\x82\xbe")) is error
+    reference, decoder = pair()
+    assert len(decode_both(reference, decoder, b"\x82\x82\x82")) == 3  # kept
+    reference.max_header_list_size = decoder.max_header_list_size = 125
+    assert type(decode_both(reference, decoder, b"\x82\x82\x82")) is OversizedHeaderListError
+    assert type(decode_both(reference, decoder, b"\x82" + b"\x82\x82\x82")) is (
+        OversizedHeaderListError
+    )
+
+
+def test_long_runs_decode_and_the_runs_kept_stay_bounded():
+    reference, decoder = pair()
+    decode_both(reference, decoder, _literal(0x40, b"a", b"1"))
+    for n in range(1, 300):
+        run = bytes([0x81 + n % 61]) * (n % 20) + b"\xbe" * (n // 20) + b"\x82" * (n % 7)
+        block = b"\x0f\x00\x01x" + run if n % 3 else run * 20  # after a literal; long runs
+        decode_both(reference, decoder, block)
+        assert len(decoder._runs) <= hpack_literal._RUNS_KEPT
