@@ -173,26 +173,37 @@ class LiteralEncoder(Encoder):
     def encode(self, headers: Iterable, huffman: bool = True) -> bytes:  # type: ignore[override]
         """Encode a header list (pairs of bytes, or `HeaderTuple`s from h2's normalisation, a
         `NeverIndexedHeaderTuple` asking for never indexed); `huffman` is ignored: literals
-        are raw. Names and values are bytes on every path of the sidecar: the loop takes them
-        as they are, and a `str` fails before the field it is in changes the table; the block
-        is then made again with them encoded (see `_start_over`)."""
+        are raw. The known fields are looked up all at once, the others spelled by `_spell`,
+        which learns them. Names and values are bytes on every path of the sidecar: they are
+        taken as they are, and a `str` (or an unhashable field) fails before the field it is in
+        changes the table; the block is then made again with them encoded (see
+        `_start_over`)."""
         if headers.__class__ is not list:
             headers = list(headers)
-        block = bytearray()
-        table = self.header_table
-        if table.resized:
-            block += self._encode_table_size_change()
-            table.resized = False
-        start = len(block)  # where the fields begin
+        if self.header_table.resized:  # the size updates first (RFC 7541 4.2)
+            update = self._encode_table_size_change()
+            self.header_table.resized = False
+            return update + self.encode(headers)
         inserted = self._inserted
         try:
-            self._fields(block, headers)
+            codes = [*map(self._known.get, headers), None]  # the None: `index` always finds one
+            if NeverIndexedHeaderTuple in map(type, headers):
+                _unknown_never_indexed(codes, headers)
+            n = len(headers)
+            k = codes.index(None)
+            if k < n:
+                self._spell(codes, headers, k)
         except TypeError:
-            del block[start:]
+            block = bytearray()
             if self._inserted != inserted:
                 self._start_over(block)
-            self._fields(block, [_as_bytes(header) for header in headers])
-        return bytes(block)
+            headers = [_as_bytes(header) for header in headers]
+            codes = [None] * (len(headers) + 1)
+            self._spell(codes, headers, 0)
+            codes[-1] = b""
+            return bytes(block) + b"".join(codes)
+        codes[n] = b""
+        return b"".join(codes)
 
     def _start_over(self, block: bytearray) -> None:
         """Empty the table on both sides: fields before a failed one were added to it, and the
@@ -207,44 +218,17 @@ class LiteralEncoder(Encoder):
         self._dynamic_known.clear()
         block += _integer(0, 5, 0x20) + _integer(size, 5, 0x20)
 
-    def _fields(self, block: bytearray, headers: list) -> None:
-        """The fields, each in one of the module docstring's representations: the known ones
-        looked up all at once (an unhashable field raises TypeError here, as a `str` one does
-        when spelled), the others spelled by `_spell`, which learns them."""
-        codes = [*map(self._known.get, headers), None]  # the None: `index` always finds one
-        types = [*map(type, headers)]
-        if NeverIndexedHeaderTuple in types:  # not what is known of the equal plain field
-            k = -1
-            for _ in range(types.count(NeverIndexedHeaderTuple)):
-                k = types.index(NeverIndexedHeaderTuple, k + 1)
-                codes[k] = None
-        n = len(headers)
-        k = codes.index(None)
-        if k < n:
-            self._spell(codes, headers, k)
-        codes[n] = b""
-        block += b"".join(codes)
-
     def _spell(self, codes: list, headers: list, k: int) -> None:
-        """Spell the fields whose code is None, from the `k`th (`codes[len(headers)]` is None):
-        about two dict lookups a field sent as an index, where hpack's `Encoder` made ~9 calls.
+        """Spell the fields whose code is None, from the `k`th (`codes` ends with a None after
+        the last field's): about two dict lookups a field sent as an index, where hpack's
+        `Encoder` made ~9 calls. (Module constants are read as globals: few fields come here.)
         The indexes and literals that stay valid are learned (`_known`). An insertion makes the
         known dynamic indexes (those of the later fields too) stale: they are spelled again."""
-        pairs = _STATIC_PAIRS
-        names = _NAME_CODES
-        never = self.never_indexed
-        unindexed = defaults.H2_NOT_INDEXED  # not worth an entry (the never indexed aside)
-        valued = _VALUED_NAMES
-        static_names = _STATIC_NAMES
-        lengths = _LENGTHS
         numbers = self._numbers
         known = self._known
-        dynamic_known = self._dynamic_known
         table = self.header_table
         dynamic = table.dynamic_entries
-        indexes = _DYNAMIC_INDEXES
         inserted = self._inserted
-        largest = 3 * table.maxsize // 4  # the largest entry worth adding (nghttp2's rule)
         n = len(headers)
         while k < n:
             header = headers[k]
@@ -257,27 +241,30 @@ class LiteralEncoder(Encoder):
                 # Not evicted (still in the peer's table), and not asked to be never indexed.
                 if age <= len(dynamic) and header.__class__ is not NeverIndexedHeaderTuple:
                     code = (
-                        indexes[age]
+                        _DYNAMIC_INDEXES[age]
                         if age < _SPELLED_AGES
                         else _integer(_STATIC_COUNT + age, 7, 0x80)
                     )
                     codes[k] = known[entry] = code
-                    dynamic_known.append(entry)
+                    self._dynamic_known.append(entry)
                     k = codes.index(None, k + 1)
                     continue
             # A static pair is looked for only where one may match: one of the few names with
             # static values, or a static name with an empty value (most static entries).
-            if name in valued or (not value and name in static_names):
-                indexed = pairs.get(entry)
+            if name in _VALUED_NAMES or (not value and name in _STATIC_NAMES):
+                indexed = _STATIC_PAIRS.get(entry)
                 if indexed is not None:
                     codes[k] = known[entry] = indexed
                     k = codes.index(None, k + 1)
                     continue
-            code = names.get(name) or _literal_name_code(name)
+            code = _NAME_CODES.get(name) or _literal_name_code(name)
             insert = keep = False
-            if name in never or header.__class__ is NeverIndexedHeaderTuple:
+            if name in self.never_indexed or header.__class__ is NeverIndexedHeaderTuple:
                 code = code[1]
-            elif name in unindexed or len(name) + len(value) + 32 > largest:  # 4.1's entry size
+            elif (
+                name in defaults.H2_NOT_INDEXED  # not worth an entry (nor the never indexed)
+                or len(name) + len(value) + 32 > 3 * table._maxsize // 4  # (nghttp2's rule)
+            ):  # (RFC 7541 4.1's entry size)
                 code = code[0]
                 keep = True  # the same octets until the table's size changes
             else:
@@ -285,7 +272,7 @@ class LiteralEncoder(Encoder):
                 insert = True
             length = len(value)
             if length < 0x7F:
-                code += lengths[length] + value  # a `str` value fails here, before the table
+                code += _LENGTHS[length] + value  # a `str` value fails here, before the table
             else:  # changes
                 code += _integer(length, 7, 0) + value
                 keep = False  # (not the memory of long values)
@@ -299,13 +286,14 @@ class LiteralEncoder(Encoder):
                     self._forget_evicted()
                 # Every entry is one older: the known indexes are not theirs, the later
                 # fields' (looked up before) neither.
+                dynamic_known = self._dynamic_known
                 [*map(known.pop, dynamic_known, _NONES)]  # (a field may be listed twice)
                 dynamic_known.clear()
                 codes[k + 1 : n] = [None] * (n - k - 1)
             elif keep:
                 if len(known) >= _KNOWN_MAX:
                     known.clear()
-                    dynamic_known.clear()
+                    self._dynamic_known.clear()
                 known[entry] = code
             k = codes.index(None, k + 1)
 
@@ -319,6 +307,16 @@ class LiteralEncoder(Encoder):
         }
         self._numbers.clear()  # (the same dict: `_spell` holds it)
         self._numbers.update(live)
+
+
+def _unknown_never_indexed(codes: list, headers: list) -> None:
+    """Forget the codes looked up for `NeverIndexedHeaderTuple`s: they are the equal plain
+    field's (an index, a literal without indexing), not a never-indexed literal's."""
+    types = [*map(type, headers)]
+    k = -1
+    for _ in range(types.count(NeverIndexedHeaderTuple)):
+        k = types.index(NeverIndexedHeaderTuple, k + 1)
+        codes[k] = None
 
 
 def _as_bytes(header: tuple) -> tuple:
@@ -343,8 +341,8 @@ _new_tuple = tuple.__new__
 
 # A run of indexed fields of one octet each (6.1: indexes 1 to 126), from a field's start.
 _INDEX_RUN = re.compile(rb"[\x81-\xfe]*")
-# The longest run whose fields a decoder keeps, and how many runs it keeps (past that, they are
-# forgotten all at once): the memory a peer's blocks can make it hold.
+# The longest run (or block) whose fields a decoder keeps, and how many it keeps (past that,
+# they are forgotten all at once): the memory a peer's blocks can make it hold.
 _RUN_KEPT_OCTETS = 128
 _RUNS_KEPT = 64
 
@@ -417,10 +415,11 @@ class LiteralDecoder(Decoder):
     def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
         super().__init__(max_header_list_size)
         # Runs of one-octet indexes (the most common fields: an app's or a peer's repeated
-        # ones) decoded since the dynamic table was last seen to change: the run's octets to
-        # its fields and their size. The table is the same while its newest entry is the same
-        # object and its length the same (an insertion makes a new newest entry, an eviction
-        # alone shortens it).
+        # ones), and whole blocks that change nothing in the table and hold no never-indexed
+        # field, decoded since the dynamic table was last seen to change: their octets to
+        # their fields and the fields' size. The table is the same while its newest entry is
+        # the same object and its length the same (an insertion makes a new newest entry, an
+        # eviction alone shortens it).
         self._runs: dict[bytes, tuple[tuple, int]] = {}
         self._newest: object = None
         self._entries = 0
@@ -440,8 +439,20 @@ class LiteralDecoder(Decoder):
         newest = dynamic[0] if dynamic else None
         if newest is not self._newest or len(dynamic) != self._entries:
             self._table_changed()
-        run_at = _INDEX_RUN.match
         limit = self.max_header_list_size
+        known = runs.get(data)  # a block decoded before
+        if known is not None:
+            fields, size = known
+            if size > limit:  # (no field of the block changes the table: hpack's error)
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received"
+                )
+            if table._maxsize > self.max_allowed_table_size:  # (see the end)
+                self._assert_valid_table_size()
+            self.list_size = size
+            return [*fields]
+        keep = True  # no field changes the table, and none is never indexed
+        run_at = _INDEX_RUN.match
         headers: list = []
         append = headers.append
         size = 0  # the header list's size, as hpack counts it (RFC 7541 4.1's entry size)
@@ -516,6 +527,7 @@ class LiteralDecoder(Decoder):
                         raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                     self.header_table_size = new_size  # evicts what no longer fits
                     self._table_changed()
+                    keep = False
                     continue
                 else:  # 0000xxxx without indexing (6.2.2), 0001xxxx never indexed (6.2.3)
                     mask = 0x0F
@@ -579,8 +591,10 @@ class LiteralDecoder(Decoder):
                     if dynamic:  # the entry is the newest (unless it cleared the table)
                         dynamic[0] = header  # equal to hpack's, and handed out as it is
                     self._table_changed()
+                    keep = False
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
+                    keep = False  # (a credential, or unique: not kept)
                 else:
                     header = (name, value)
                 append(header)
@@ -596,6 +610,10 @@ class LiteralDecoder(Decoder):
         if table._maxsize > self.max_allowed_table_size:  # `maxsize`, without its property
             self._assert_valid_table_size()
         self.list_size = size  # RFC 7541 4.1's (and RFC 9113 6.5.2's) size of the list
+        if keep and end < _RUN_KEPT_OCTETS:  # the same octets decode alike while the table is
+            if len(runs) >= _RUNS_KEPT:
+                runs.clear()
+            runs[data] = tuple(headers), size
         return headers
 
     def _table_changed(self) -> None:
