@@ -392,3 +392,53 @@ def test_a_table_size_change_is_kept_when_str_fields_are_spelled_again():
     block = encoder.encode(fields)
     assert block == b"\x20" + Reference(frozenset(), 0).block(fields)
     assert encoder.encode(fields) == Reference(frozenset(), 0).block(fields)
+
+
+# -- what the encoder knows of fields (their octets, looked up all at once) -------------------
+
+
+def test_known_fields_are_spelled_again_where_their_octets_are_not_theirs():
+    """A field's octets are looked up as the last block spelled them: after an insertion (every
+    index one older, in the same block too), after a size change (evictions, and which fields
+    are worth an entry), and for a `NeverIndexedHeaderTuple` equal to a known plain field,
+    the blocks are still the reference's and decode to the fields given."""
+    encoder, reference = LiteralEncoder(), Reference()
+    decoder = hpack.Decoder()
+    decoder.max_allowed_table_size = 8192
+    a, b = (b"x-a", b"1"), (b"x-b", b"1")
+    length = (b"content-length", b"12")  # a literal without indexing
+    steps: list[tuple[int | None, list]] = [
+        (None, [a, b, length, (b":method", b"GET")]),
+        (None, [a, b, length, (b":method", b"GET")]),  # all known
+        (None, [a, (b"x-c", b"1"), b, a, length]),  # an insertion between known fields
+        (None, [NeverIndexedHeaderTuple(*a), NeverIndexedHeaderTuple(*length), a, length]),
+        (None, [HeaderTuple(*b), b, (b"x-c", b"1")]),
+        (64, [a, b, length]),  # a table for one entry: a evicts b
+        (64, [b, a, (b"x-d", b"v" * 20)]),  # 55 octets: more than 3/4 of 64, not indexed
+        (4096, [(b"x-d", b"v" * 20), b, a]),
+        (None, [(b"x-d", b"v" * 20), b, a, (b":path", b"/" * 200), (b":path", b"/" * 200)]),
+    ]
+    for size, headers in steps:
+        if size is not None:
+            encoder.header_table_size = size
+            reference.resize(size)
+        block = encoder.encode(headers)
+        assert block.endswith(reference.block(headers))
+        decoded = decoder.decode(block, raw=True)
+        assert decoded == [(h[0], h[1]) for h in headers]
+        assert [isinstance(h, NeverIndexedHeaderTuple) for h in decoded] == [
+            isinstance(h, NeverIndexedHeaderTuple) for h in headers
+        ]
+        assert table_state(decoder.header_table) == table_state(encoder.header_table)
+
+
+def test_an_unhashable_field_is_spelled_as_bytes_and_what_is_known_stays_bounded():
+    encoder, reference = LiteralEncoder(), Reference()
+    headers = [(b"x-a", b"1"), [b"x-b", b"2"], (b"x-c", bytearray(b"3"))]
+    as_bytes = [(b"x-a", b"1"), (b"x-b", b"2"), (b"x-c", b"3")]
+    assert encoder.encode(headers) == reference.block(as_bytes)
+    assert encoder.encode(headers) == reference.block(as_bytes) == b"\xc0\xbf\xbe"
+    for n in range(1000):  # literals without indexing are kept, up to a bound
+        fields = [(b":path", b"/%d" % n), (b"x-a", b"1")]
+        assert encoder.encode(fields) == reference.block(fields)
+        assert len(encoder._known) <= hpack_literal._KNOWN_MAX
