@@ -431,10 +431,6 @@ class LiteralDecoder(Decoder):
             data = bytes(data)
         table = self.header_table
         dynamic = table.dynamic_entries  # newest first; the same deque for the whole block
-        static = _STATIC_HEADERS
-        static_sizes = _STATIC_SIZES
-        static_names = _STATIC_NAMES_BY_INDEX
-        static_name_sizes = _STATIC_NAME_SIZES
         runs = self._runs
         newest = dynamic[0] if dynamic else None
         if newest is not self._newest or len(dynamic) != self._entries:
@@ -498,8 +494,8 @@ class LiteralDecoder(Decoder):
                     if index <= _STATIC_COUNT:
                         if not index:
                             raise _invalid_index(index)
-                        append(static[index])
-                        size += static_sizes[index]
+                        append(_STATIC_HEADERS[index])
+                        size += _STATIC_SIZES[index]
                     else:
                         try:
                             entry = dynamic[index - _FIRST_DYNAMIC]
@@ -541,8 +537,8 @@ class LiteralDecoder(Decoder):
                         else:
                             index, i = _varint(data, i, mask)
                     if index <= _STATIC_COUNT:
-                        name = static_names[index]
-                        field = static_name_sizes[index]
+                        name = _STATIC_NAMES_BY_INDEX[index]
+                        field = _STATIC_NAME_SIZES[index]
                     else:
                         try:
                             name = dynamic[index - _FIRST_DYNAMIC][0]
