@@ -410,22 +410,25 @@ class _Connection(h2.connection.H2Connection):
         self.streams[stream_id] = stream
         return stream
 
-    def forget(self, stream_id: int) -> None:
+    def forget(self, stream_id: int) -> bool:
         """Drop a closed stream as h2's stream counting does (remembering who closed it), when
         the sidecar is done with it. h2 forgets closed streams only while it counts open ones,
         walking all of them: once or twice per request that walk was most of what a request
         cost in h2 with many streams open (all of them, every time). Who closed it is put in
         h2's `SizeLimitDict` as its `__setitem__` does (the oldest dropped past the limit),
-        without its two Python calls."""
+        without its two Python calls. False when h2 still holds the stream (not closed yet),
+        so that the caller knows whether it has to come back."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             machine = stream.state_machine  # h2's `closed` and `closed_by`, read directly
-            if machine.state is _CLOSED:
-                del self.streams[stream_id]
-                closed = self._closed_streams
-                _ORDERED_SET(closed, stream_id, machine.stream_closed_by)
-                if len(closed) > self.MAX_CLOSED_STREAMS:
-                    closed.popitem(last=False)
+            if machine.state is not _CLOSED:
+                return False
+            del self.streams[stream_id]
+            closed = self._closed_streams
+            _ORDERED_SET(closed, stream_id, machine.stream_closed_by)
+            if len(closed) > self.MAX_CLOSED_STREAMS:
+                closed.popitem(last=False)
+        return True
 
     def stream_allowed(self) -> bool:
         """A client connection may open one more stream: its open streams, as h2's
@@ -1376,8 +1379,11 @@ class H2Protocol(asyncio.Protocol):
             log.exception("event=handler_failed stream=%d", stream.stream_id)
             stream.reset()
         finally:
-            stream.local_done = True
-            self._stream_finished(stream)
+            # Most handlers finish their stream, which both ends then report (`finish`,
+            # `remote_ended`): this report would find nothing left to do.
+            if not stream.forgotten:
+                stream.local_done = True
+                self._stream_finished(stream)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -1549,16 +1555,17 @@ class H2Protocol(asyncio.Protocol):
 
     def _stream_finished(self, stream: H2Stream) -> None:
         """A stream may be done at both ends: dropped here and from h2's books, its slot given
-        to a waiter. Each end reports it (and a server stream's task once more), so a stream
-        that is gone from both tables is done with; one still in h2's (its END_STREAM left
-        after both ends were done: a `finish` that waited for window) is forgotten now."""
+        to a waiter. Each end reports it (and a server stream's task once more, unless the
+        stream is `forgotten` by then), so a stream that is gone from both tables is done
+        with; one still in h2's (its END_STREAM left after both ends were done: a `finish` that
+        waited for window) is forgotten now."""
         if not (stream.local_done and stream.remote_done):
             return
         stream_id = stream.stream_id
         if self.streams.pop(stream_id, None) is None and stream_id not in self.conn.streams:
             return
         if not self.closed:
-            self.conn.forget(stream_id)
+            stream.forgotten = self.conn.forget(stream_id)
         if not self.streams and not self.client_side:
             self.idle_since = self.loop.time()
         if self._slot_waiters:
@@ -1639,6 +1646,8 @@ class H2Stream:
         self.local_done = False
         self.remote_done = False
         self.reset_error: StreamReset | None = None
+        # Done at both ends and gone from both tables (`_stream_finished`): nothing more to do.
+        self.forgotten = False
 
     def _consumed(self, n: int) -> None:
         proto = self.proto
