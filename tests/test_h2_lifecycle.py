@@ -1,17 +1,26 @@
-"""A server stream's task reports its stream finished only when there is something left to do.
+"""The stream lifecycle's shortcuts, checked against what they replace.
+
+A server stream's task reports its stream finished only when there is something left to do.
 
 Each end of a stream reports it finished (`H2Stream.finish`, `remote_ended`), and the handler's
 task once more when it ends (`H2Protocol._serve`). A stream both ends reported is `forgotten`
 (gone from the sidecar's table and h2's), and the task's report is skipped; a handler that did
 not end its stream, or whose last frame did not leave, still has it dropped by the task.
+
+A request stream the sidecar sends is made in the state its HEADERS leave it in (`new_stream`
+given the state, the method and the authority): h2's `send_headers` leaves the same books.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import h2.config
+import h2.connection
+import pytest
+
 from sidecar.http.exchange import ResponseHead
-from sidecar.http.h2 import H2Protocol, H2ServerStream
+from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
 from tests.test_h2_cuts import CODES, DEADLINE, FakeTransport, _until, h2_client, request
 
 
@@ -89,3 +98,39 @@ async def test_a_handler_that_returns_without_ending_its_stream_has_it_dropped()
         assert proto.streams[1] is stream
     finally:
         proto.connection_lost(None)
+
+
+def _stream_books(conn: object, stream_id: int) -> dict[str, object]:
+    """What h2 keeps of a stream: its attributes, its state machine's and window manager's."""
+    stream = conn.streams[stream_id]  # type: ignore[attr-defined]
+    books = dict(vars(stream))
+    books["state_machine"] = vars(books["state_machine"])
+    books["_inbound_window_manager"] = vars(books["_inbound_window_manager"])
+    del books["config"]
+    return books
+
+
+@pytest.mark.parametrize("end_stream", [True, False])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_a_request_stream_sent_here_is_the_stream_h2s_send_headers_leaves(
+    end_stream: bool, method: bytes
+) -> None:
+    """`send_request_headers` has `new_stream` make the stream in the state h2's SEND_HEADERS
+    (and SEND_END_STREAM) leave it, with the method and authority h2 keeps: the same books as
+    h2's `send_headers` leaves."""
+    headers = [
+        (b":method", method),
+        (b":scheme", b"http"),
+        (b":authority", b"backend"),
+        (b":path", b"/"),
+    ]
+    ours = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    theirs = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    for conn in (ours, theirs):
+        conn.initiate_connection()
+    ours.send_request_headers(1, headers, end_stream, method, b"backend")
+    theirs.send_headers(1, headers, end_stream=end_stream)
+    assert _stream_books(ours, 1) == _stream_books(theirs, 1)
+    assert ours.highest_outbound_stream_id == theirs.highest_outbound_stream_id == 1

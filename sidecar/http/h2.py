@@ -371,17 +371,27 @@ class _Connection(h2.connection.H2Connection):
         out += stream_id.to_bytes(4, "big")
         out += data
 
-    def new_stream(self, stream_id: int) -> h2.stream.H2Stream:
+    def new_stream(
+        self,
+        stream_id: int,
+        state: h2.stream.StreamState = _IDLE,
+        request_sent: bool | None = None,
+        request_method: bytes | None = None,
+        authority: bytes | None = None,
+    ) -> h2.stream.H2Stream:
         """An h2 stream made and registered as h2's `_begin_new_stream` makes it (IDLE, the
         windows in force), for the HEADERS that the sidecar sends or takes itself; the caller
         sets its state and the highest stream id of its side. Its objects are made without
-        their `__init__` calls, their attributes set as those set them."""
+        their `__init__` calls, their attributes set as those set them. A request the sidecar
+        sends (`send_request_headers`) gives the state its HEADERS leave the stream in,
+        `request_sent` (True: h2's `request_sent` transition, the client's headers sent), the
+        method and the authority: set as the stream is made, not stored afterwards."""
         machine = _StreamMachine()
         machine.__dict__ = {
-            "state": _IDLE,
+            "state": state,
             "stream_id": stream_id,
-            "client": None,
-            "headers_sent": None,
+            "client": request_sent,  # h2's `request_sent` sets both
+            "headers_sent": request_sent,
             "trailers_sent": None,
             "headers_received": None,
             "trailers_received": None,
@@ -399,12 +409,12 @@ class _Connection(h2.connection.H2Connection):
             "state_machine": machine,
             "stream_id": stream_id,
             "max_outbound_frame_size": self.max_outbound_frame_size,
-            "request_method": None,
+            "request_method": request_method,
             "outbound_flow_control_window": self.remote_initial_window,
             "_inbound_window_manager": window,
             "_expected_content_length": None,
             "_actual_content_length": 0,
-            "_authority": None,
+            "_authority": authority,
             "config": self.config,
         }
         self.streams[stream_id] = stream
@@ -468,14 +478,10 @@ class _Connection(h2.connection.H2Connection):
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
             return
-        stream = self.new_stream(stream_id)
+        self.new_stream(  # request_sent: IDLE -> OPEN, and on to HALF_CLOSED_LOCAL if ended
+            stream_id, _HALF_CLOSED_LOCAL if end_stream else _OPEN, True, method, authority
+        )
         self.highest_outbound_stream_id = stream_id
-        machine = stream.state_machine
-        machine.client = True  # request_sent: IDLE -> OPEN
-        machine.headers_sent = True
-        machine.state = _HALF_CLOSED_LOCAL if end_stream else _OPEN
-        stream.request_method = method
-        stream._authority = authority
         self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
 
     def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
