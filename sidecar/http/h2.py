@@ -371,17 +371,27 @@ class _Connection(h2.connection.H2Connection):
         out += stream_id.to_bytes(4, "big")
         out += data
 
-    def new_stream(self, stream_id: int) -> h2.stream.H2Stream:
+    def new_stream(
+        self,
+        stream_id: int,
+        state: h2.stream.StreamState = _IDLE,
+        request_sent: bool | None = None,
+        request_method: bytes | None = None,
+        authority: bytes | None = None,
+    ) -> h2.stream.H2Stream:
         """An h2 stream made and registered as h2's `_begin_new_stream` makes it (IDLE, the
         windows in force), for the HEADERS that the sidecar sends or takes itself; the caller
         sets its state and the highest stream id of its side. Its objects are made without
-        their `__init__` calls, their attributes set as those set them."""
+        their `__init__` calls, their attributes set as those set them. A request the sidecar
+        sends (`send_request_headers`) gives the state its HEADERS leave the stream in,
+        `request_sent` (True: h2's `request_sent` transition, the client's headers sent), the
+        method and the authority: set as the stream is made, not stored afterwards."""
         machine = _StreamMachine()
         machine.__dict__ = {
-            "state": _IDLE,
+            "state": state,
             "stream_id": stream_id,
-            "client": None,
-            "headers_sent": None,
+            "client": request_sent,  # h2's `request_sent` sets both
+            "headers_sent": request_sent,
             "trailers_sent": None,
             "headers_received": None,
             "trailers_received": None,
@@ -399,33 +409,36 @@ class _Connection(h2.connection.H2Connection):
             "state_machine": machine,
             "stream_id": stream_id,
             "max_outbound_frame_size": self.max_outbound_frame_size,
-            "request_method": None,
+            "request_method": request_method,
             "outbound_flow_control_window": self.remote_initial_window,
             "_inbound_window_manager": window,
             "_expected_content_length": None,
             "_actual_content_length": 0,
-            "_authority": None,
+            "_authority": authority,
             "config": self.config,
         }
         self.streams[stream_id] = stream
         return stream
 
-    def forget(self, stream_id: int) -> None:
+    def forget(self, stream_id: int) -> bool:
         """Drop a closed stream as h2's stream counting does (remembering who closed it), when
         the sidecar is done with it. h2 forgets closed streams only while it counts open ones,
         walking all of them: once or twice per request that walk was most of what a request
         cost in h2 with many streams open (all of them, every time). Who closed it is put in
         h2's `SizeLimitDict` as its `__setitem__` does (the oldest dropped past the limit),
-        without its two Python calls."""
+        without its two Python calls. False when h2 still holds the stream (not closed yet),
+        so that the caller knows whether it has to come back."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             machine = stream.state_machine  # h2's `closed` and `closed_by`, read directly
-            if machine.state is _CLOSED:
-                del self.streams[stream_id]
-                closed = self._closed_streams
-                _ORDERED_SET(closed, stream_id, machine.stream_closed_by)
-                if len(closed) > self.MAX_CLOSED_STREAMS:
-                    closed.popitem(last=False)
+            if machine.state is not _CLOSED:
+                return False
+            del self.streams[stream_id]
+            closed = self._closed_streams
+            _ORDERED_SET(closed, stream_id, machine.stream_closed_by)
+            if len(closed) > self.MAX_CLOSED_STREAMS:
+                closed.popitem(last=False)
+        return True
 
     def stream_allowed(self) -> bool:
         """A client connection may open one more stream: its open streams, as h2's
@@ -465,14 +478,10 @@ class _Connection(h2.connection.H2Connection):
         ):
             self.send_headers(stream_id, headers, end_stream=end_stream)
             return
-        stream = self.new_stream(stream_id)
+        self.new_stream(  # request_sent: IDLE -> OPEN, and on to HALF_CLOSED_LOCAL if ended
+            stream_id, _HALF_CLOSED_LOCAL if end_stream else _OPEN, True, method, authority
+        )
         self.highest_outbound_stream_id = stream_id
-        machine = stream.state_machine
-        machine.client = True  # request_sent: IDLE -> OPEN
-        machine.headers_sent = True
-        machine.state = _HALF_CLOSED_LOCAL if end_stream else _OPEN
-        stream.request_method = method
-        stream._authority = authority
         self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
 
     def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
@@ -1376,8 +1385,11 @@ class H2Protocol(asyncio.Protocol):
             log.exception("event=handler_failed stream=%d", stream.stream_id)
             stream.reset()
         finally:
-            stream.local_done = True
-            self._stream_finished(stream)
+            # Most handlers finish their stream, which both ends then report (`finish`,
+            # `remote_ended`): this report would find nothing left to do.
+            if not stream.forgotten:
+                stream.local_done = True
+                self._stream_finished(stream)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -1549,16 +1561,17 @@ class H2Protocol(asyncio.Protocol):
 
     def _stream_finished(self, stream: H2Stream) -> None:
         """A stream may be done at both ends: dropped here and from h2's books, its slot given
-        to a waiter. Each end reports it (and a server stream's task once more), so a stream
-        that is gone from both tables is done with; one still in h2's (its END_STREAM left
-        after both ends were done: a `finish` that waited for window) is forgotten now."""
+        to a waiter. Each end reports it (and a server stream's task once more, unless the
+        stream is `forgotten` by then), so a stream that is gone from both tables is done
+        with; one still in h2's (its END_STREAM left after both ends were done: a `finish` that
+        waited for window) is forgotten now."""
         if not (stream.local_done and stream.remote_done):
             return
         stream_id = stream.stream_id
         if self.streams.pop(stream_id, None) is None and stream_id not in self.conn.streams:
             return
         if not self.closed:
-            self.conn.forget(stream_id)
+            stream.forgotten = self.conn.forget(stream_id)
         if not self.streams and not self.client_side:
             self.idle_since = self.loop.time()
         if self._slot_waiters:
@@ -1639,6 +1652,8 @@ class H2Stream:
         self.local_done = False
         self.remote_done = False
         self.reset_error: StreamReset | None = None
+        # Done at both ends and gone from both tables (`_stream_finished`): nothing more to do.
+        self.forgotten = False
 
     def _consumed(self, n: int) -> None:
         proto = self.proto
