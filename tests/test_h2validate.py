@@ -249,6 +249,28 @@ def test_nearly_valid_blocks_as_h2_takes_them(block, config):
     _assert_same(*block, *config)
 
 
+@settings(FUZZ, max_examples=EXAMPLES)
+@given(shaped_blocks(), st.sampled_from(CONFIGS))
+def test_blocks_seen_before_as_h2_takes_them(block, config):
+    """The second time a block comes, its indexed regular fields are found among those already
+    checked (`_VALID`): the outcome is still h2's, with the cache empty, full, or in between."""
+    h2validate._VALID.clear()
+    _assert_same(*block, *config)
+    _assert_same(*block, *config)
+
+
+def test_only_indexed_regular_fields_are_remembered_and_the_memory_is_bounded(monkeypatch):
+    h2validate._VALID.clear()
+    per_request = (b"x-request-id", b"0f8fad5b")  # sent without indexing: a plain tuple
+    received_headers([*GRPC_REQUEST, per_request], REQUEST, True, True)
+    remembered = {h for h in GRPC_REQUEST if h[0][:1] != b":" and h[0] != b"te"}
+    assert h2validate._VALID == remembered
+    monkeypatch.setattr(h2validate, "_VALID_MAX", len(remembered))
+    extra = HeaderTuple(b"x-extra", b"1")
+    received_headers([*GRPC_REQUEST, extra], REQUEST, True, True)
+    assert h2validate._VALID == {extra}  # full: forgotten all at once, then the new one
+
+
 GRPC_REQUEST = [
     HeaderTuple(b":method", b"POST"),
     HeaderTuple(b":scheme", b"http"),
@@ -363,6 +385,7 @@ def test_a_valid_grpc_block_costs_no_python_call():
     def profile(frame, event, arg):
         events.append(event)
 
+    received_headers(GRPC_REQUEST, REQUEST, True, True)  # its fields are remembered as valid
     sys.setprofile(profile)
     try:
         received_headers(GRPC_REQUEST, REQUEST, True, True)

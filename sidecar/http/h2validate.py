@@ -7,9 +7,10 @@ fields, Host against :authority, empty :path). Every field resumes each generato
 a hundred Python calls for a gRPC request. `received_headers` applies the same rules, in the
 same order (so the same error wins when a block breaks several), in one plain loop with no
 Python calls for a valid field: names seen before are looked up in a table, the others go
-through one compiled pattern; values are checked with `in` and indexing. Only the error paths
-call helpers (to build h2's exact messages). tests/test_h2validate.py compares it with h2 itself
-on random blocks, so that the two stay equivalent.
+through one compiled pattern; values are checked with `in` and indexing; a regular field the
+peer indexed and that passed before is found in a set and not checked again. Only the error
+paths call helpers (to build h2's exact messages). tests/test_h2validate.py compares it with h2
+itself on random blocks, so that the two stay equivalent.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 
 import h2.utilities
 from h2.exceptions import ProtocolError
-from hpack import NeverIndexedHeaderTuple
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
 __all__ = ["received_headers"]
 
@@ -121,6 +122,15 @@ _KINDS_PLAIN.update(dict.fromkeys(h2.utilities.CONNECTION_HEADERS, _CONNECTION))
 _KINDS_PLAIN.update({b"te": _TE, b"host": _HOST, b"cookie": _REGULAR})
 _KINDS_JOINING = {**_KINDS_PLAIN, b"cookie": _COOKIE}
 
+# Regular fields that passed the checks, as decoded (`HeaderTuple`s: fields the peer's encoder
+# indexed, so likely to come again; the same entry of the decoder's dynamic table is the same
+# object each time). Whether a field's name and value pass depends on them alone, so a field
+# seen valid before needs one set lookup instead of the name and value checks: most of a
+# gRPC block, where the rest are per-request values sent without indexing. Shared by all
+# connections and bounded: past `_VALID_MAX`, forgotten all at once.
+_VALID: set[tuple[bytes, bytes]] = set()
+_VALID_MAX = 1024
+
 
 def received_headers(
     headers: list,
@@ -151,7 +161,11 @@ def received_headers(
     seen = 0  # the pseudo-header fields, as a mask of their kinds
     regular = False  # a regular field seen: no pseudo-header field may follow
     method = authority = host = None
+    valid = _VALID
     for header in headers:
+        if header in valid:
+            regular = True
+            continue
         name = header[0]
         if name in kinds:
             kind = kinds[name]
@@ -180,6 +194,10 @@ def received_headers(
             raise _bad_value(value)
         if kind == _REGULAR:
             regular = True
+            if header.__class__ is HeaderTuple and name != b"cookie":
+                if len(valid) >= _VALID_MAX:
+                    valid.clear()
+                valid.add(header)
         elif kind >= _METHOD:
             if seen & kind:
                 raise ProtocolError(f"Received duplicate pseudo-header field {name!r}")
