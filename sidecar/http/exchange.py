@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.transport.connect import ConnectError
@@ -88,12 +88,14 @@ class ResponseHead:
         return None
 
 
-def strip_hop_by_hop(headers: Headers) -> Headers:
+def strip_hop_by_hop(headers: Headers, names: Mapping[bytes, bytes] | None = None) -> Headers:
     """Drop Connection, every header it names, and the fixed hop-by-hop set; keep `te: trailers`.
 
     Most messages have none of them: then `headers` itself is returned (found with two C-level
-    calls, not a walk in Python), and a caller that changes the list must copy it first."""
-    if HOP_BY_HOP.isdisjoint(dict(headers)):
+    calls, not a walk in Python), and a caller that changes the list must copy it first.
+    `names`: the names in `headers` (as keys; values unused), when the caller has them already:
+    one `dict` build fewer. Only which hop-by-hop names are among them is read."""
+    if HOP_BY_HOP.isdisjoint(dict(headers) if names is None else names):
         return headers
     named = {
         token.strip().lower()

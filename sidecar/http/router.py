@@ -271,9 +271,11 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
                     idle_checks.entries.pop(upstream, None)
                 if counts_active:
                     cluster.release(target)
-                acct.upstream_done()
             if outcome is None:
+                # Answered (or reset): `acct.finished`, next in `proxy` with nothing awaited
+                # in between, counts the upstream request done, as it does if this raised.
                 return
+            acct.upstream_done()  # before the next attempt is counted, or the local reply
             if outcome is not RETRY:
                 failure = outcome
                 break
@@ -465,8 +467,10 @@ async def _stream_response(
 
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
-    headers = strip_hop_by_hop(head.headers)
-    names = dict(headers)  # which names there are, in one C call (values: the last of each)
+    names = dict(head.headers)  # which names there are, in one C call (values: the last of each)
+    headers = strip_hop_by_hop(head.headers, names)
+    if headers is not head.headers:  # (Connection may have named any of those looked at below)
+        names = dict(headers)
     if b"host" in names or defaults.ORIG_PROTO_HEADER in names:
         headers = [(k, v) for k, v in headers if k != b"host" and k != defaults.ORIG_PROTO_HEADER]
     elif headers is head.headers:
@@ -498,16 +502,23 @@ _INBOUND_DROPPED = frozenset((defaults.ORIG_PROTO_HEADER, b"x-forwarded-client-c
 def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | None:
     """Mesh → app: take out our hop header (returned), set XFCC from the verified identity.
 
-    Which names are there is found in one C call (as in `outbound_headers`); the list is walked
-    only to drop what is there to drop, by a comprehension rather than a loop of appends."""
+    Which names are there is found in one C call (as in `outbound_headers`). A request from a
+    peer sidecar has our hop header last, where its `outbound_headers` put it, and nothing else
+    to drop: then the list less its last field is the answer, found by C-level calls. Any other
+    list is walked to drop what is there to drop, by a comprehension."""
     headers = head.headers
     names = dict(headers)  # values: the last of each name, as the hop header's is taken
     orig = names.get(defaults.ORIG_PROTO_HEADER)
     if _INBOUND_DROPPED.isdisjoint(names):
         headers = list(headers)
+    elif headers[-1][0] == defaults.ORIG_PROTO_HEADER and _INBOUND_DROPPED.isdisjoint(
+        dict(rest := headers[:-1])
+    ):
+        headers = rest
     else:
         headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
     if client_identity is not None:
         headers.append((b"x-forwarded-client-cert", b"URI=" + client_identity.encode()))
-    head.headers = strip_hop_by_hop(headers)
+    # `names` has every hop-by-hop name `headers` has: what was dropped and XFCC are none.
+    head.headers = strip_hop_by_hop(headers, names)
     return orig
