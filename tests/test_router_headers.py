@@ -92,3 +92,31 @@ def test_outbound_adds_what_envoy_adds_and_remembers_an_http1_origin() -> None:
     assert names == [b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", ORIG]
     assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
     assert dict(head.headers)[ORIG] == b"HTTP/1.1"
+
+
+def test_inbound_drops_every_hop_header_when_the_last_is_not_the_only_one() -> None:
+    """The slice for the usual peer sidecar's list (our hop header last, nothing else to drop)
+    must not keep an earlier hop header or anything else to take out."""
+    head = mesh_head([(ORIG, b"HTTP/1.0"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    assert inbound_headers(head, None) == b"HTTP/1.1"
+    assert head.headers == [(b"accept", b"*/*")]
+    head = mesh_head([(b"host", b"spoofed"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    assert inbound_headers(head, None) == b"HTTP/1.1"
+    assert head.headers == [(b"accept", b"*/*")]
+    head = mesh_head([(b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    assert inbound_headers(head, None) == b"HTTP/1.1"
+    assert head.headers == [(b"accept", b"*/*")]
+
+
+def test_outbound_looks_again_at_what_connection_named() -> None:
+    """A forwarded-for that Connection names is stripped: the one added is the client alone."""
+    head = RequestHead(
+        b"GET",
+        b"http",
+        b"backend",
+        b"/",
+        headers=[(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"10.0.0.1")],
+        http_version=b"1.1",
+    )
+    outbound_headers(head, ("127.0.0.9", 5000))
+    assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
