@@ -116,6 +116,11 @@ def strip_hop_by_hop(headers: Headers, names: Mapping[bytes, bytes] | None = Non
     return out
 
 
+# The queue of a body that was never fed: shared, and always empty (it can hold nothing). Most
+# requests have no body, so a body's deque is made by its first `feed`, not with the body.
+_NOT_FED: deque[bytes] = deque(maxlen=0)
+
+
 class Body:
     """One direction's body: chunks fed by a codec, read by the router, bounded by back-pressure."""
 
@@ -135,7 +140,7 @@ class Body:
     def __init__(
         self, on_consumed: Callable[[int], None] | None = None, high_water: int = 256 * 1024
     ) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks = _NOT_FED
         self._waiter: asyncio.Future[None] | None = None
         self.buffered = 0
         self.ended = False
@@ -165,6 +170,8 @@ class Body:
         """Queue a chunk; True when the buffer is past its high-water mark (pause the source)."""
         if self.ended or self.error is not None:
             return False
+        if self._chunks is _NOT_FED:
+            self._chunks = deque()
         self._chunks.append(data)
         self.buffered += len(data)
         if self._waiter is not None:
