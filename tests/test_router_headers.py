@@ -120,3 +120,42 @@ def test_outbound_looks_again_at_what_connection_named() -> None:
     )
     outbound_headers(head, ("127.0.0.9", 5000))
     assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
+
+
+def strip_plainly(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 9110 7.6.1 and RFC 9113 8.2.2 as they read: Connection and what it names, the fixed
+    connection-specific fields, and TE unless it says `trailers` (then `te: trailers`)."""
+    named = set()
+    for k, v in headers:
+        if k == b"connection":
+            named |= {t.strip().lower() for t in v.split(b",") if t.strip()}
+    fixed = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+    out = []
+    for k, v in headers:
+        if k == b"te":
+            if b"trailers" in [t.strip().lower() for t in v.split(b",")]:
+                out.append((k, b"trailers"))
+        elif k not in fixed | {b"http2-settings"} and k not in named:
+            out.append((k, v))
+    return out
+
+
+hop_names = st.sampled_from(
+    [b"te", b"connection", b"keep-alive", b"upgrade", b"accept", b"content-type", b"x-a"]
+)
+hop_values = st.sampled_from([b"trailers", b"Trailers", b" trailers", b"gzip, trailers", b"x-a"])
+
+
+@given(st.lists(st.tuples(hop_names, hop_values), max_size=6))
+def test_strip_hop_by_hop_as_the_rfcs_read(headers) -> None:
+    """Whichever path it takes (nothing to strip, gRPC's `te: trailers` alone, or the walk),
+    and with the names given or not."""
+    assert strip_hop_by_hop(list(headers)) == strip_plainly(headers)
+    assert strip_hop_by_hop(list(headers), dict(headers)) == strip_plainly(headers)
+
+
+def test_grpc_te_trailers_alone_keeps_the_list() -> None:
+    headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+    assert strip_hop_by_hop(headers) is headers
+    twice = [(b"te", b"trailers"), (b"te", b"gzip")]
+    assert strip_hop_by_hop(twice) == [(b"te", b"trailers")]

@@ -15,6 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import countOf, itemgetter
 
 from sidecar.transport.connect import ConnectError
 
@@ -88,15 +89,27 @@ class ResponseHead:
         return None
 
 
+# What gRPC requests carry (RFC 9113 8.2.2 allows it in HTTP/2), and the rest of the set.
+_TE_TRAILERS = (b"te", b"trailers")
+_HOP_BY_HOP_BUT_TE = HOP_BY_HOP - {b"te"}
+
+
 def strip_hop_by_hop(headers: Headers, names: Mapping[bytes, bytes] | None = None) -> Headers:
     """Drop Connection, every header it names, and the fixed hop-by-hop set; keep `te: trailers`.
 
-    Most messages have none of them: then `headers` itself is returned (found with two C-level
-    calls, not a walk in Python), and a caller that changes the list must copy it first.
-    `names`: the names in `headers` (as keys; values unused), when the caller has them already:
-    one `dict` build fewer. Only which hop-by-hop names are among them is read."""
-    if HOP_BY_HOP.isdisjoint(dict(headers) if names is None else names):
+    Most messages have none of them, and a gRPC request has `te: trailers` alone, kept as it
+    is: then `headers` itself is returned (found by C-level calls, not a walk in Python), and a
+    caller that changes the list must copy it first. `names`: the names in `headers` (as keys;
+    values unused), when the caller has them already: one `dict` build fewer. Only which
+    hop-by-hop names are among them is read."""
+    if names is None:
+        names = dict(headers)
+    if HOP_BY_HOP.isdisjoint(names):
         return headers
+    if _HOP_BY_HOP_BUT_TE.isdisjoint(names) and headers.count(_TE_TRAILERS) == countOf(
+        map(itemgetter(0), headers), b"te"
+    ):
+        return headers  # every TE field is exactly `te: trailers`: nothing to drop or rewrite
     named = {
         token.strip().lower()
         for k, v in headers
