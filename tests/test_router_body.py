@@ -56,3 +56,25 @@ def test_a_reader_waiting_on_a_body_never_fed_wakes_for_its_first_chunk() -> Non
         return await reader
 
     assert asyncio.run(scenario()) == b"first"
+
+
+def test_ready_takes_what_read_would_take_without_waiting() -> None:
+    consumed: list[int] = []
+    body = Body(consumed.append)
+    assert body.ready() is None  # nothing queued: `read` must be awaited
+    body.feed(b"ab")
+    body.feed(b"c")
+    body.end([(b"grpc-status", b"0")])
+    assert body.ready() == b"ab" and not body.at_end
+    assert body.ready() == b"c" and body.at_end
+    assert body.ready() is None and asyncio.run(body.read()) is None  # the end says `read`
+    assert consumed == [2, 1] and body.reads == 2
+
+
+def test_ready_leaves_a_cut_body_to_read_which_raises() -> None:
+    body = Body()
+    body.feed(b"queued")
+    body.abort(ConnectionResetError("gone"))
+    assert body.ready() is None
+    with pytest.raises(StreamReset):
+        asyncio.run(body.read())

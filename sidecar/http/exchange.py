@@ -240,6 +240,14 @@ class Body:
             finally:
                 self._waiter = None
 
+    def ready(self) -> bytes | None:
+        """The next chunk if one is queued (and the stream was not cut), taken as `read` takes
+        it but without a coroutine made for it; None when `read` must be awaited: to wait for
+        a chunk, to raise, or to say that the body has ended."""
+        if self._chunks and self.error is None:
+            return self._take()
+        return None
+
     def take_whole(self) -> bytes | None:
         """The whole body, if it has ended in one chunk without trailers (a small message that
         came with its head), taken as `read` takes a chunk: the router sends it with the head.

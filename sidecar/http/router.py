@@ -401,8 +401,12 @@ async def _send_body(
 ) -> None:
     """A body to its end, each chunk counted (when `count` is given). The chunk that completes a
     body without trailers goes with the end: one DATA frame with END_STREAM rather than an empty
-    one after it, one HTTP/1.1 write with a chunked body's terminator."""
-    while (chunk := await body.read()) is not None:
+    one after it, one HTTP/1.1 write with a chunked body's terminator. A chunk already queued
+    is taken without awaiting `read` (a coroutine fewer for each)."""
+    while True:
+        chunk = body.ready()
+        if chunk is None and (chunk := await body.read()) is None:
+            break
         if count is not None:
             count(chunk)
         if body.at_end and not body.trailers:
