@@ -92,3 +92,70 @@ def test_outbound_adds_what_envoy_adds_and_remembers_an_http1_origin() -> None:
     assert names == [b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", ORIG]
     assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
     assert dict(head.headers)[ORIG] == b"HTTP/1.1"
+
+
+def test_inbound_drops_every_hop_header_when_the_last_is_not_the_only_one() -> None:
+    """The slice for the usual peer sidecar's list (our hop header last, nothing else to drop)
+    must not keep an earlier hop header or anything else to take out."""
+    head = mesh_head([(ORIG, b"HTTP/1.0"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    assert inbound_headers(head, None) == b"HTTP/1.1"
+    assert head.headers == [(b"accept", b"*/*")]
+    head = mesh_head([(b"host", b"spoofed"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    assert inbound_headers(head, None) == b"HTTP/1.1"
+    assert head.headers == [(b"accept", b"*/*")]
+    head = mesh_head([(b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    assert inbound_headers(head, None) == b"HTTP/1.1"
+    assert head.headers == [(b"accept", b"*/*")]
+
+
+def test_outbound_looks_again_at_what_connection_named() -> None:
+    """A forwarded-for that Connection names is stripped: the one added is the client alone."""
+    head = RequestHead(
+        b"GET",
+        b"http",
+        b"backend",
+        b"/",
+        headers=[(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"10.0.0.1")],
+        http_version=b"1.1",
+    )
+    outbound_headers(head, ("127.0.0.9", 5000))
+    assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
+
+
+def strip_plainly(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 9110 7.6.1 and RFC 9113 8.2.2 as they read: Connection and what it names, the fixed
+    connection-specific fields, and TE unless it says `trailers` (then `te: trailers`)."""
+    named = set()
+    for k, v in headers:
+        if k == b"connection":
+            named |= {t.strip().lower() for t in v.split(b",") if t.strip()}
+    fixed = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+    out = []
+    for k, v in headers:
+        if k == b"te":
+            if b"trailers" in [t.strip().lower() for t in v.split(b",")]:
+                out.append((k, b"trailers"))
+        elif k not in fixed | {b"http2-settings"} and k not in named:
+            out.append((k, v))
+    return out
+
+
+hop_names = st.sampled_from(
+    [b"te", b"connection", b"keep-alive", b"upgrade", b"accept", b"content-type", b"x-a"]
+)
+hop_values = st.sampled_from([b"trailers", b"Trailers", b" trailers", b"gzip, trailers", b"x-a"])
+
+
+@given(st.lists(st.tuples(hop_names, hop_values), max_size=6))
+def test_strip_hop_by_hop_as_the_rfcs_read(headers) -> None:
+    """Whichever path it takes (nothing to strip, gRPC's `te: trailers` alone, or the walk),
+    and with the names given or not."""
+    assert strip_hop_by_hop(list(headers)) == strip_plainly(headers)
+    assert strip_hop_by_hop(list(headers), dict(headers)) == strip_plainly(headers)
+
+
+def test_grpc_te_trailers_alone_keeps_the_list() -> None:
+    headers = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+    assert strip_hop_by_hop(headers) is headers
+    twice = [(b"te", b"trailers"), (b"te", b"gzip")]
+    assert strip_hop_by_hop(twice) == [(b"te", b"trailers")]

@@ -23,9 +23,10 @@ def _bump(counts: dict[str, int], key: str) -> None:
 # milliseconds), at full resolution and without looking the running loop up per request.
 _now = time.monotonic
 
-# Status codes and classes as the stats' keys, made once ("200", "2") rather than per request.
-_CODES = {code: str(code) for code in range(100, 600)}
+# Status codes and classes as the stats' keys, made once ("200", "2") rather than per request:
+# the class alone (a downstream status), and both for an upstream's (one lookup).
 _CLASSES = {code: str(code // 100) for code in range(100, 600)}
+_CODES_AND_CLASSES = {code: (str(code), klass) for code, klass in _CLASSES.items()}
 
 
 class GrpcMessages:
@@ -102,8 +103,11 @@ class RequestAccounting:
             http.downstream_cx_upgrades_total += 1
         content_type = request.header(b"content-type") or b""
         self.grpc = content_type.startswith(b"application/grpc")
-        self.grpc_requests = GrpcMessages() if self.grpc else None
-        self.grpc_responses = GrpcMessages() if self.grpc else None
+        if self.grpc:
+            self.grpc_requests: GrpcMessages | None = GrpcMessages()
+            self.grpc_responses: GrpcMessages | None = GrpcMessages()
+        else:
+            self.grpc_requests = self.grpc_responses = None
         self.on_done = on_done
         self.record: RequestRecord | None = None
         if on_done is not None:
@@ -134,8 +138,7 @@ class RequestAccounting:
     def upstream_response(self, status: int) -> None:
         """A response head came from the upstream itself."""
         cluster = self.cluster
-        klass = _CLASSES.get(status) or str(status // 100)
-        code = _CODES.get(status) or str(status)
+        code, klass = _CODES_AND_CLASSES.get(status) or (str(status), str(status // 100))
         # `_bump`, written out: three calls fewer on every request
         counts = cluster.upstream_rq_xx
         counts[klass] = counts.get(klass, 0) + 1

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import countOf, itemgetter
 
 from sidecar.transport.connect import ConnectError
 
@@ -88,13 +89,27 @@ class ResponseHead:
         return None
 
 
-def strip_hop_by_hop(headers: Headers) -> Headers:
+# What gRPC requests carry (RFC 9113 8.2.2 allows it in HTTP/2), and the rest of the set.
+_TE_TRAILERS = (b"te", b"trailers")
+_HOP_BY_HOP_BUT_TE = HOP_BY_HOP - {b"te"}
+
+
+def strip_hop_by_hop(headers: Headers, names: Mapping[bytes, bytes] | None = None) -> Headers:
     """Drop Connection, every header it names, and the fixed hop-by-hop set; keep `te: trailers`.
 
-    Most messages have none of them: then `headers` itself is returned (found with two C-level
-    calls, not a walk in Python), and a caller that changes the list must copy it first."""
-    if HOP_BY_HOP.isdisjoint(dict(headers)):
+    Most messages have none of them, and a gRPC request has `te: trailers` alone, kept as it
+    is: then `headers` itself is returned (found by C-level calls, not a walk in Python), and a
+    caller that changes the list must copy it first. `names`: the names in `headers` (as keys;
+    values unused), when the caller has them already: one `dict` build fewer. Only which
+    hop-by-hop names are among them is read."""
+    if names is None:
+        names = dict(headers)
+    if HOP_BY_HOP.isdisjoint(names):
         return headers
+    if _HOP_BY_HOP_BUT_TE.isdisjoint(names) and headers.count(_TE_TRAILERS) == countOf(
+        map(itemgetter(0), headers), b"te"
+    ):
+        return headers  # every TE field is exactly `te: trailers`: nothing to drop or rewrite
     named = {
         token.strip().lower()
         for k, v in headers
@@ -112,6 +127,11 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
             continue
         out.append((k, v))
     return out
+
+
+# The queue of a body that was never fed: shared, and always empty (it can hold nothing). Most
+# requests have no body, so a body's deque is made by its first `feed`, not with the body.
+_NOT_FED: deque[bytes] = deque(maxlen=0)
 
 
 class Body:
@@ -133,7 +153,7 @@ class Body:
     def __init__(
         self, on_consumed: Callable[[int], None] | None = None, high_water: int = 256 * 1024
     ) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks = _NOT_FED
         self._waiter: asyncio.Future[None] | None = None
         self.buffered = 0
         self.ended = False
@@ -163,6 +183,8 @@ class Body:
         """Queue a chunk; True when the buffer is past its high-water mark (pause the source)."""
         if self.ended or self.error is not None:
             return False
+        if self._chunks is _NOT_FED:
+            self._chunks = deque()
         self._chunks.append(data)
         self.buffered += len(data)
         if self._waiter is not None:
@@ -217,6 +239,14 @@ class Body:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def ready(self) -> bytes | None:
+        """The next chunk if one is queued (and the stream was not cut), taken as `read` takes
+        it but without a coroutine made for it; None when `read` must be awaited: to wait for
+        a chunk, to raise, or to say that the body has ended."""
+        if self._chunks and self.error is None:
+            return self._take()
+        return None
 
     def take_whole(self) -> bytes | None:
         """The whole body, if it has ended in one chunk without trailers (a small message that

@@ -137,73 +137,27 @@ async def local_reply(exchange: Exchange, status: int, text: str) -> None:
 
 
 async def proxy(exchange: Exchange, route: Route) -> None:
-    """Carry one request upstream and its response back."""
-    acct = RequestAccounting(
-        route.http_stats,
-        route.cluster.stats,
-        exchange.request,
-        route.on_request_done,
-        exchange.peer_address,
-    )
-    try:
-        problem = request_problem(exchange.request)
-        if problem is not None:
-            await _malformed(exchange, route, acct, problem)
-            return
-        await _route(exchange, route, acct)
-    except StreamReset as exc:
-        # The downstream went away (or reset its stream): nothing more to say to it.
-        log.debug("event=downstream_reset listener=%s reason=%r", route.listener, str(exc))
-    finally:
-        acct.finished(exchange.status)
+    """Carry one request upstream and its response back: counted, checked, then tried on the
+    endpoints. A request that is retried holds a place in the cluster's retry budget until it
+    is done.
 
-
-RETRY = "retry"
-
-
-async def _malformed(
-    exchange: Exchange, route: Route, acct: RequestAccounting, problem: str
-) -> None:
-    """A head that must not be forwarded (sidecar.http.rules): 400, counted as Envoy counts an
-    HTTP/2 message that breaks RFC 9113 section 8 (over HTTP/1.1, where the codec let the head
-    through — an invalid Host — as a protocol error); the connection goes on."""
-    stats = route.http_stats
-    if exchange.request.http_version == b"2":
-        stats.http2_rx_messaging_error += 1
-    else:
-        stats.downstream_cx_protocol_error += 1
-    if acct.record is not None:
-        acct.record.flags = "DPE"
-    held_back = _throttle.allow(("malformed", route.listener))
-    if held_back is not None:
-        log.info(
-            "event=bad_request listener=%s status=400 error=%r since_last_line=%d",
-            route.listener,
-            problem,
-            held_back,
-        )
-    await local_reply(exchange, 400, f"Bad Request: {problem}")
-
-
-async def _overflow(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
-    """A circuit breaker is open: 503 at once, counted; logged at debug only (it comes in
-    floods, and the counters say it)."""
-    route.cluster.stats.upstream_rq_pending_overflow += 1
-    log.debug("event=upstream_overflow listener=%s cluster=%s", route.listener, route.cluster.name)
-    acct.local_failure(503, "UO")
-    await local_reply(exchange, 503, OVERFLOW)
-
-
-async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
-    """Try the endpoints. A request that is retried holds a place in the cluster's retry
-    budget until it is done."""
-    pool = route.prepare(exchange)
+    Counting, checking and trying are one coroutine, not one awaiting the other: a request's
+    task resumes through every coroutine it is awaiting in, each time it waits (for a stream,
+    for the response head), so a layer fewer is a coroutine fewer made and resumed."""
     head = exchange.request
     cluster = route.cluster
     stats = cluster.stats
-    failure = CONNECT_FAILURE
+    acct = RequestAccounting(
+        route.http_stats, stats, head, route.on_request_done, exchange.peer_address
+    )
     retrying = False
     try:
+        problem = request_problem(head)
+        if problem is not None:
+            await _malformed(exchange, route, acct, problem)
+            return
+        pool = route.prepare(exchange)
+        failure = CONNECT_FAILURE
         for attempt in range(max(1, route.connect_attempts)):
             if exchange.cancelled:
                 # Reset by the client before it reached an upstream (rapid reset, or a client that
@@ -271,17 +225,59 @@ async def _route(exchange: Exchange, route: Route, acct: RequestAccounting) -> N
                     idle_checks.entries.pop(upstream, None)
                 if counts_active:
                     cluster.release(target)
-                acct.upstream_done()
             if outcome is None:
+                # Answered (or reset): `acct.finished`, in the `finally` below with nothing
+                # awaited in between, counts the upstream request done (as if this raised).
                 return
+            acct.upstream_done()  # before the next attempt is counted, or the local reply
             if outcome is not RETRY:
                 failure = outcome
                 break
         acct.local_failure(503, "UF" if failure is CONNECT_FAILURE else "UR")
         await local_reply(exchange, 503, failure)
+    except StreamReset as exc:
+        # The downstream went away (or reset its stream): nothing more to say to it.
+        log.debug("event=downstream_reset listener=%s reason=%r", route.listener, str(exc))
     finally:
         if retrying:
             stats.upstream_rq_retry_active -= 1
+        acct.finished(exchange.status)
+
+
+RETRY = "retry"
+
+
+async def _malformed(
+    exchange: Exchange, route: Route, acct: RequestAccounting, problem: str
+) -> None:
+    """A head that must not be forwarded (sidecar.http.rules): 400, counted as Envoy counts an
+    HTTP/2 message that breaks RFC 9113 section 8 (over HTTP/1.1, where the codec let the head
+    through — an invalid Host — as a protocol error); the connection goes on."""
+    stats = route.http_stats
+    if exchange.request.http_version == b"2":
+        stats.http2_rx_messaging_error += 1
+    else:
+        stats.downstream_cx_protocol_error += 1
+    if acct.record is not None:
+        acct.record.flags = "DPE"
+    held_back = _throttle.allow(("malformed", route.listener))
+    if held_back is not None:
+        log.info(
+            "event=bad_request listener=%s status=400 error=%r since_last_line=%d",
+            route.listener,
+            problem,
+            held_back,
+        )
+    await local_reply(exchange, 400, f"Bad Request: {problem}")
+
+
+async def _overflow(exchange: Exchange, route: Route, acct: RequestAccounting) -> None:
+    """A circuit breaker is open: 503 at once, counted; logged at debug only (it comes in
+    floods, and the counters say it)."""
+    route.cluster.stats.upstream_rq_pending_overflow += 1
+    log.debug("event=upstream_overflow listener=%s cluster=%s", route.listener, route.cluster.name)
+    acct.local_failure(503, "UO")
+    await local_reply(exchange, 503, OVERFLOW)
 
 
 async def _wait_stream(
@@ -405,8 +401,12 @@ async def _send_body(
 ) -> None:
     """A body to its end, each chunk counted (when `count` is given). The chunk that completes a
     body without trailers goes with the end: one DATA frame with END_STREAM rather than an empty
-    one after it, one HTTP/1.1 write with a chunked body's terminator."""
-    while (chunk := await body.read()) is not None:
+    one after it, one HTTP/1.1 write with a chunked body's terminator. A chunk already queued
+    is taken without awaiting `read` (a coroutine fewer for each)."""
+    while True:
+        chunk = body.ready()
+        if chunk is None and (chunk := await body.read()) is None:
+            break
         if count is not None:
             count(chunk)
         if body.at_end and not body.trailers:
@@ -465,8 +465,10 @@ async def _stream_response(
 
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
-    headers = strip_hop_by_hop(head.headers)
-    names = dict(headers)  # which names there are, in one C call (values: the last of each)
+    names = dict(head.headers)  # which names there are, in one C call (values: the last of each)
+    headers = strip_hop_by_hop(head.headers, names)
+    if headers is not head.headers:  # (Connection may have named any of those looked at below)
+        names = dict(headers)
     if b"host" in names or defaults.ORIG_PROTO_HEADER in names:
         headers = [(k, v) for k, v in headers if k != b"host" and k != defaults.ORIG_PROTO_HEADER]
     elif headers is head.headers:
@@ -498,16 +500,23 @@ _INBOUND_DROPPED = frozenset((defaults.ORIG_PROTO_HEADER, b"x-forwarded-client-c
 def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | None:
     """Mesh → app: take out our hop header (returned), set XFCC from the verified identity.
 
-    Which names are there is found in one C call (as in `outbound_headers`); the list is walked
-    only to drop what is there to drop, by a comprehension rather than a loop of appends."""
+    Which names are there is found in one C call (as in `outbound_headers`). A request from a
+    peer sidecar has our hop header last, where its `outbound_headers` put it, and nothing else
+    to drop: then the list less its last field is the answer, found by C-level calls. Any other
+    list is walked to drop what is there to drop, by a comprehension."""
     headers = head.headers
     names = dict(headers)  # values: the last of each name, as the hop header's is taken
     orig = names.get(defaults.ORIG_PROTO_HEADER)
     if _INBOUND_DROPPED.isdisjoint(names):
         headers = list(headers)
+    elif headers[-1][0] == defaults.ORIG_PROTO_HEADER and _INBOUND_DROPPED.isdisjoint(
+        dict(rest := headers[:-1])
+    ):
+        headers = rest
     else:
         headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
     if client_identity is not None:
         headers.append((b"x-forwarded-client-cert", b"URI=" + client_identity.encode()))
-    head.headers = strip_hop_by_hop(headers)
+    # `names` has every hop-by-hop name `headers` has: what was dropped and XFCC are none.
+    head.headers = strip_hop_by_hop(headers, names)
     return orig
