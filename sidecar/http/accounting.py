@@ -40,20 +40,34 @@ class GrpcMessages:
         self._header = b""
 
     def feed(self, chunk: bytes) -> None:
-        pos, size = 0, len(chunk)
-        while pos < size:
-            if self._need:
-                step = min(self._need, size - pos)
-                self._need -= step
-                pos += step
-                continue
-            take = min(5 - len(self._header), size - pos)
-            self._header += chunk[pos : pos + take]
-            pos += take
-            if len(self._header) == 5:
-                self.count += 1
-                self._need = int.from_bytes(self._header[1:5], "big")
-                self._header = b""
+        """Count the messages whose prefixes are in `chunk`: the rest of a payload begun before
+        is skipped, a prefix split across chunks is put together, and the prefixes inside the
+        chunk are hopped from one to the next (one message a chunk, gRPC's usual, is a few
+        operations)."""
+        size = len(chunk)
+        pos = self._need  # the rest of a payload begun in an earlier chunk
+        if pos >= size:
+            self._need = pos - size
+            return
+        header = self._header
+        if header:  # a prefix begun at the end of an earlier chunk
+            take = 5 - len(header)
+            header += chunk[pos : pos + take]
+            if len(header) < 5:
+                self._header = header
+                self._need = 0
+                return
+            self._header = b""
+            self.count += 1
+            pos += take + int.from_bytes(header[1:5], "big")
+        while pos + 5 <= size:
+            self.count += 1
+            pos += 5 + int.from_bytes(chunk[pos + 1 : pos + 5], "big")
+        if pos < size:  # a prefix split by the chunk's end
+            self._header = chunk[pos:]
+            self._need = 0
+        else:
+            self._need = pos - size
 
 
 @dataclass
