@@ -14,12 +14,15 @@ ORIG = defaults.ORIG_PROTO_HEADER
 XFCC = b"x-forwarded-client-cert"
 
 
-def mesh_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
-    return RequestHead(b"GET", b"http", b"backend", b"/", headers=list(headers))
+def make_head(headers: list[tuple[bytes, bytes]], version: bytes = b"2") -> RequestHead:
+    """A GET for `backend` with these fields, as a peer sidecar (HTTP/2) or an app sends it."""
+    return RequestHead(
+        b"GET", b"http", b"backend", b"/", headers=list(headers), http_version=version
+    )
 
 
 def test_inbound_takes_out_the_hop_header_and_what_is_never_trusted() -> None:
-    head = mesh_head(
+    head = make_head(
         [
             (b"accept", b"*/*"),
             (b"host", b"spoofed"),
@@ -39,13 +42,13 @@ def test_inbound_takes_out_the_hop_header_and_what_is_never_trusted() -> None:
 
 def test_inbound_without_anything_to_take_out_keeps_the_list_and_adds_no_xfcc_unverified() -> None:
     received = [(b"accept", b"*/*"), (b"accept", b"text/plain"), (b"x-b3-traceid", b"1")]
-    head = mesh_head(received)
+    head = make_head(received)
     assert inbound_headers(head, None) is None
     assert head.headers == received
 
 
 def test_inbound_strips_hop_by_hop_and_the_headers_connection_names() -> None:
-    head = mesh_head(
+    head = make_head(
         [(b"connection", b"x-secret"), (b"x-secret", b"1"), (b"te", b"trailers"), (b"a", b"b")]
     )
     inbound_headers(head, None)
@@ -63,7 +66,7 @@ def test_inbound_headers_as_the_rule_says(headers, identity) -> None:
     """Against the rule written as plainly as it reads: the last hop header's value is
     returned, every hop header, XFCC and Host taken out, the rest kept in order (then
     hop-by-hop stripped as everywhere), XFCC set from the verified identity only."""
-    head = mesh_head(headers)
+    head = make_head(headers)
     orig = inbound_headers(head, identity)
     expected_orig = None
     kept = []
@@ -79,14 +82,7 @@ def test_inbound_headers_as_the_rule_says(headers, identity) -> None:
 
 
 def test_outbound_adds_what_envoy_adds_and_remembers_an_http1_origin() -> None:
-    head = RequestHead(
-        b"GET",
-        b"http",
-        b"backend",
-        b"/",
-        headers=[(b"host", b"backend"), (b"accept", b"*/*"), (ORIG, b"forged")],
-        http_version=b"1.1",
-    )
+    head = make_head([(b"host", b"backend"), (b"accept", b"*/*"), (ORIG, b"forged")], b"1.1")
     outbound_headers(head, ("127.0.0.9", 5000))
     names = [k for k, _ in head.headers]
     assert names == [b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", ORIG]
@@ -97,26 +93,21 @@ def test_outbound_adds_what_envoy_adds_and_remembers_an_http1_origin() -> None:
 def test_inbound_drops_every_hop_header_when_the_last_is_not_the_only_one() -> None:
     """The slice for the usual peer sidecar's list (our hop header last, nothing else to drop)
     must not keep an earlier hop header or anything else to take out."""
-    head = mesh_head([(ORIG, b"HTTP/1.0"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    head = make_head([(ORIG, b"HTTP/1.0"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
     assert inbound_headers(head, None) == b"HTTP/1.1"
     assert head.headers == [(b"accept", b"*/*")]
-    head = mesh_head([(b"host", b"spoofed"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    head = make_head([(b"host", b"spoofed"), (b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
     assert inbound_headers(head, None) == b"HTTP/1.1"
     assert head.headers == [(b"accept", b"*/*")]
-    head = mesh_head([(b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
+    head = make_head([(b"accept", b"*/*"), (ORIG, b"HTTP/1.1")])
     assert inbound_headers(head, None) == b"HTTP/1.1"
     assert head.headers == [(b"accept", b"*/*")]
 
 
 def test_outbound_looks_again_at_what_connection_named() -> None:
     """A forwarded-for that Connection names is stripped: the one added is the client alone."""
-    head = RequestHead(
-        b"GET",
-        b"http",
-        b"backend",
-        b"/",
-        headers=[(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"10.0.0.1")],
-        http_version=b"1.1",
+    head = make_head(
+        [(b"connection", b"x-forwarded-for"), (b"x-forwarded-for", b"10.0.0.1")], b"1.1"
     )
     outbound_headers(head, ("127.0.0.9", 5000))
     assert dict(head.headers)[b"x-forwarded-for"] == b"127.0.0.9"
