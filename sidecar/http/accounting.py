@@ -53,9 +53,8 @@ class GrpcMessages:
         if header:  # a prefix begun at the end of an earlier chunk
             take = 5 - len(header)
             header += chunk[pos : pos + take]
-            if len(header) < 5:
+            if len(header) < 5:  # (`_need` is 0 while a prefix is pending)
                 self._header = header
-                self._need = 0
                 return
             self._header = b""
             self.count += 1
