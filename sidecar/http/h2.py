@@ -719,7 +719,10 @@ class H2Protocol(asyncio.Protocol):
         self.peer_spoke = False  # the peer's SETTINGS arrived: it is a live HTTP/2 endpoint
         self.peer_address: tuple[str, int] | None = None
         self.target: Target | None = None  # the endpoint, for a pooled client connection
-        self.tasks: set[asyncio.Task[None]] = set()
+        # The handlers' tasks, by stream, held while they run (the loop keeps only weak
+        # references): each is dropped by its own `_serve` as it ends, not by a done callback
+        # (a `call_soon`, and one more turn of the loop, per request).
+        self.tasks: dict[H2ServerStream, asyncio.Task[None]] = {}
         self._max_concurrent_streams = max_concurrent_streams
         self._write_paused: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
@@ -1273,9 +1276,8 @@ class H2Protocol(asyncio.Protocol):
         self.streams[stream_id] = stream
         if ended:
             stream.remote_ended()
-        task = self.loop.create_task(self._serve(stream))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        # The task starts on a later turn of the loop (no eager tasks here), after it is held.
+        self.tasks[stream] = self.loop.create_task(self._serve(stream))
 
     def _headers_too_large(self, stream_id: int, ended: bool, size: int, count: int) -> None:
         """Answer 431 on the stream (Envoy's answer too); the connection goes on."""
@@ -1385,6 +1387,7 @@ class H2Protocol(asyncio.Protocol):
             log.exception("event=handler_failed stream=%d", stream.stream_id)
             stream.reset()
         finally:
+            del self.tasks[stream]  # its task ends: no longer held (see `__init__`)
             # Most handlers finish their stream, which both ends then report (`finish`,
             # `remote_ended`): this report would find nothing left to do.
             if not stream.forgotten:
