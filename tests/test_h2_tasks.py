@@ -98,3 +98,30 @@ async def test_a_handler_that_swallows_its_reset_is_let_go_too() -> None:
     await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), DEADLINE)
     assert proto.tasks == {}
     proto.connection_lost(None)
+
+
+async def test_an_untrusted_peers_cookie_crumbs_reach_the_handler_joined() -> None:
+    """A block normalised on receipt (cookie crumbs joined, last) is read again for the handler;
+    one that normalisation leaves as it was is not."""
+    seen: list[H2ServerStream] = []
+
+    async def answer(stream: H2ServerStream) -> None:
+        seen.append(stream)
+
+    client = h2_client({})
+    proto = H2Protocol(client_side=False, handler=answer)
+    proto.connection_made(FakeTransport())
+    # The preface and a first request are h2's (its connection opens); the next blocks are
+    # taken by `_take_headers`.
+    request(client, 1, end=True)
+    proto.data_received(client.data_to_send())
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"b"), (b":path", b"/")]
+    client.send_headers(3, [*base, (b"cookie", b"a=1"), (b"x-a", b"1"), (b"cookie", b"b=2")], True)
+    client.send_headers(5, [*base, (b"x-a", b"1")], end_stream=True)
+    proto.data_received(client.data_to_send())
+    try:
+        await _until(lambda: len(seen) == 3, "the handlers did not start")
+        assert seen[1].request.headers == [(b"x-a", b"1"), (b"cookie", b"a=1; b=2")]
+        assert seen[2].request.headers == [(b"x-a", b"1")]
+    finally:
+        proto.connection_lost(None)

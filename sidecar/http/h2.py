@@ -1055,11 +1055,12 @@ class H2Protocol(asyncio.Protocol):
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
             if conn.checks_inbound:
-                headers = received_headers(
+                checked = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
-                # normalised: read again
-                pseudo, regular = _header_block(headers, _REQUEST_PSEUDO if opens else None)[:2]
+                if checked != headers:  # normalised (cookies joined): read again
+                    pseudo, regular = _header_block(checked, _REQUEST_PSEUDO if opens else None)[:2]
+                headers = checked  # a fresh list (the decoder's may be its own again)
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
