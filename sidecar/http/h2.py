@@ -230,6 +230,11 @@ _REQUEST_PSEUDO: dict[bytes, bytes | None] = {
 }
 
 
+# What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
+# first item is no block's pseudo-header defaults.
+_UNREAD = (object(), None, (), False, None)
+
+
 def _list_size(fields: Headers) -> int:
     """A header list's size as RFC 9113 6.5.2 counts it: name and value octets, 32 more per field
     (one join instead of two len() calls a field)."""
@@ -995,13 +1000,38 @@ class H2Protocol(asyncio.Protocol):
         try:
             if opens and len(conn.streams) >= conn.local_max_streams:
                 conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
+            decoder = conn.decoder
+            block = data[start : start + length]
             try:  # h2's `_decode_headers`
-                headers = conn.decoder.decode(data[start : start + length], raw=True)
+                headers = decoder.decode(block, raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            pseudo, regular, informational, content_length, problem = _header_block(
-                headers, _REQUEST_PSEUDO if opens else None
-            )
+            if decoder.hit is not block:  # decoded anew (a request's unique x-request-id)
+                pseudo, regular, informational, content_length, problem = _header_block(
+                    headers, _REQUEST_PSEUDO if opens else None
+                )
+            else:  # decoded before, the table the same since: read before too, most likely
+                defaults = _REQUEST_PSEUDO if opens else None
+                read_with, pseudo, regular, informational, content_length = decoder.reads.get(
+                    block, _UNREAD
+                )
+                if read_with is defaults:
+                    regular = [*regular]  # the caller's own (the router may change it)
+                    problem = None
+                else:
+                    pseudo, regular, informational, content_length, problem = _header_block(
+                        headers, defaults
+                    )
+                    # The pseudo-header dict is shared: `_request` and `response_received`
+                    # only read it. A problem (an exception) is raised anew each time.
+                    if problem is None:
+                        decoder.reads[block] = (
+                            defaults,
+                            pseudo,
+                            (*regular,),
+                            informational,
+                            content_length,
+                        )
             if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -1067,7 +1097,7 @@ class H2Protocol(asyncio.Protocol):
         if opens:
             # The decoder counted the list's size; headers normalised (an untrusted peer) are
             # counted again.
-            size = _list_size(headers) if conn.checks_inbound else conn.decoder.list_size
+            size = _list_size(headers) if conn.checks_inbound else decoder.list_size
             self._request(stream_id, pseudo, regular, ended, size)
         elif trailers:
             stream.trailers = headers
