@@ -79,8 +79,8 @@ def _usual(pseudo: list, regular: list, kinds: list) -> list:
     return fields
 
 
-# Blocks as endpoints send them (the pseudo-header fields first): `_header_block`'s quick read,
-# some with HPACK's tuple classes (read as plain tuples) and a content-length or two.
+# Blocks as endpoints send them (the pseudo-header fields first), some with HPACK's tuple
+# classes and a content-length or two: the usual case, drawn more often than FIELDS draws it.
 USUAL_FIELDS = st.builds(
     _usual,
     st.lists(st.tuples(PSEUDO_NAMES, VALUES), max_size=5),
