@@ -35,7 +35,7 @@ async def _serve_one(
     proto.connection_made(FakeTransport())
     proto.data_received(client.data_to_send())
     await _until(lambda: proto.tasks, "the handler did not start")
-    (task,) = proto.tasks
+    (task,) = proto.tasks.values()
     return proto, task
 
 

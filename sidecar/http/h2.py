@@ -230,6 +230,11 @@ _REQUEST_PSEUDO: dict[bytes, bytes | None] = {
 }
 
 
+# What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
+# first item is no block's pseudo-header defaults.
+_UNREAD = (object(), None, (), False, None)
+
+
 def _list_size(fields: Headers) -> int:
     """A header list's size as RFC 9113 6.5.2 counts it: name and value octets, 32 more per field
     (one join instead of two len() calls a field)."""
@@ -719,7 +724,10 @@ class H2Protocol(asyncio.Protocol):
         self.peer_spoke = False  # the peer's SETTINGS arrived: it is a live HTTP/2 endpoint
         self.peer_address: tuple[str, int] | None = None
         self.target: Target | None = None  # the endpoint, for a pooled client connection
-        self.tasks: set[asyncio.Task[None]] = set()
+        # The handlers' tasks, by stream, held while they run (the loop keeps only weak
+        # references): each is dropped by its own `_serve` as it ends, not by a done callback
+        # (a `call_soon`, and one more turn of the loop, per request).
+        self.tasks: dict[H2ServerStream, asyncio.Task[None]] = {}
         self._max_concurrent_streams = max_concurrent_streams
         self._write_paused: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
@@ -992,13 +1000,38 @@ class H2Protocol(asyncio.Protocol):
         try:
             if opens and len(conn.streams) >= conn.local_max_streams:
                 conn.open_inbound_streams  # noqa: B018 - as h2 counts: forgets closed streams
+            decoder = conn.decoder
+            block = data[start : start + length]
             try:  # h2's `_decode_headers`
-                headers = conn.decoder.decode(data[start : start + length], raw=True)
+                headers = decoder.decode(block, raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            pseudo, regular, informational, content_length, problem = _header_block(
-                headers, _REQUEST_PSEUDO if opens else None
-            )
+            if decoder.hit is not block:  # decoded anew (a request's unique x-request-id)
+                pseudo, regular, informational, content_length, problem = _header_block(
+                    headers, _REQUEST_PSEUDO if opens else None
+                )
+            else:  # decoded before, the table the same since: read before too, most likely
+                defaults = _REQUEST_PSEUDO if opens else None
+                read_with, pseudo, regular, informational, content_length = decoder.reads.get(
+                    block, _UNREAD
+                )
+                if read_with is defaults:
+                    regular = [*regular]  # the caller's own (the router may change it)
+                    problem = None
+                else:
+                    pseudo, regular, informational, content_length, problem = _header_block(
+                        headers, defaults
+                    )
+                    # The pseudo-header dict is shared: `_request` and `response_received`
+                    # only read it. A problem (an exception) is raised anew each time.
+                    if problem is None:
+                        decoder.reads[block] = (
+                            defaults,
+                            pseudo,
+                            (*regular,),
+                            informational,
+                            content_length,
+                        )
             if opens:
                 h2_stream = conn.new_stream(stream_id)
                 conn.highest_inbound_stream_id = stream_id
@@ -1052,18 +1085,19 @@ class H2Protocol(asyncio.Protocol):
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
             if conn.checks_inbound:
-                headers = received_headers(
+                checked = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
-                # normalised: read again
-                pseudo, regular = _header_block(headers, _REQUEST_PSEUDO if opens else None)[:2]
+                if checked != headers:  # normalised (cookies joined): read again
+                    pseudo, regular = _header_block(checked, _REQUEST_PSEUDO if opens else None)[:2]
+                headers = checked  # a fresh list (the decoder's may be its own again)
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
         if opens:
             # The decoder counted the list's size; headers normalised (an untrusted peer) are
             # counted again.
-            size = _list_size(headers) if conn.checks_inbound else conn.decoder.list_size
+            size = _list_size(headers) if conn.checks_inbound else decoder.list_size
             self._request(stream_id, pseudo, regular, ended, size)
         elif trailers:
             stream.trailers = headers
@@ -1273,9 +1307,8 @@ class H2Protocol(asyncio.Protocol):
         self.streams[stream_id] = stream
         if ended:
             stream.remote_ended()
-        task = self.loop.create_task(self._serve(stream))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        # The task starts on a later turn of the loop (no eager tasks here), after it is held.
+        self.tasks[stream] = self.loop.create_task(self._serve(stream))
 
     def _headers_too_large(self, stream_id: int, ended: bool, size: int, count: int) -> None:
         """Answer 431 on the stream (Envoy's answer too); the connection goes on."""
@@ -1385,6 +1418,7 @@ class H2Protocol(asyncio.Protocol):
             log.exception("event=handler_failed stream=%d", stream.stream_id)
             stream.reset()
         finally:
+            del self.tasks[stream]  # its task ends: no longer held (see `__init__`)
             # Most handlers finish their stream, which both ends then report (`finish`,
             # `remote_ended`): this report would find nothing left to do.
             if not stream.forgotten:

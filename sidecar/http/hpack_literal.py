@@ -421,6 +421,12 @@ class LiteralDecoder(Decoder):
         # the same object and its length the same (an insertion makes a new newest entry, an
         # eviction alone shortens it).
         self._runs: dict[bytes, tuple[tuple, int]] = {}
+        # The last block `decode` answered from `_runs` (the very object it was given: whoever
+        # holds that object tells by identity whether its decoding was such an answer), and what
+        # callers read from blocks so answered, by their octets (h2.py's `_take_headers`): valid
+        # while the block is in `_runs`, so cleared with it.
+        self.hit: bytes | None = None
+        self.reads: dict[bytes, tuple] = {}
         self._newest: object = None
         self._entries = 0
 
@@ -446,6 +452,7 @@ class LiteralDecoder(Decoder):
             if table._maxsize > self.max_allowed_table_size:  # (see the end)
                 self._assert_valid_table_size()
             self.list_size = size
+            self.hit = data
             return [*fields]
         keep = True  # no field changes the table, and none is never indexed
         run_at = _INDEX_RUN.match
@@ -475,6 +482,7 @@ class LiteralDecoder(Decoder):
                             if stop - i < _RUN_KEPT_OCTETS:
                                 if len(runs) >= _RUNS_KEPT:
                                     runs.clear()
+                                    self.reads.clear()
                                 runs[run] = fields, run_size
                         else:
                             fields, run_size = known
@@ -609,6 +617,7 @@ class LiteralDecoder(Decoder):
         if keep and end < _RUN_KEPT_OCTETS:  # the same octets decode alike while the table is
             if len(runs) >= _RUNS_KEPT:
                 runs.clear()
+                self.reads.clear()
             runs[data] = tuple(headers), size
         return headers
 
@@ -616,6 +625,7 @@ class LiteralDecoder(Decoder):
         """Forget the runs decoded (their dynamic indexes may name other entries now) and note
         the table as it is."""
         self._runs.clear()
+        self.reads.clear()
         dynamic = self.header_table.dynamic_entries
         self._newest = dynamic[0] if dynamic else None
         self._entries = len(dynamic)
