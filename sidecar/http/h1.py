@@ -23,6 +23,7 @@ from operator import itemgetter
 from sidecar import defaults
 from sidecar.http import h1wire
 from sidecar.http.exchange import (
+    EMPTY_BODY,
     TUNNEL_ESTABLISHED,
     Body,
     Headers,
@@ -31,7 +32,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
-from sidecar.http.h1wire import Closed, End, ProtocolError, Request, Response
+from sidecar.http.h1wire import BODYLESS, Closed, End, ProtocolError, Request, Response
 from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
@@ -371,8 +372,10 @@ class H1Server(_Writer):
                 exchange = self.exchange
                 assert exchange is not None
                 exchange.request_ended = True
-                if not exchange.upgrade:  # an upgrade's body is the tunnel, if accepted
-                    exchange.body.end(event.trailers)  # type: ignore[union-attr]
+                body = exchange.body
+                # (the shared empty body has ended; an upgrade's body is the tunnel, if accepted)
+                if body is not EMPTY_BODY and not exchange.upgrade:
+                    body.end(event.trailers)  # type: ignore[union-attr]
             elif kind is bytes:
                 assert self.exchange is not None
                 _feed(self, self.exchange.body, event)  # type: ignore[arg-type]
@@ -498,14 +501,19 @@ class H1ServerExchange:
     def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
-        self.body = Body(self._consumed, proto.body_buffer)
+        # A websocket upgrade (a CONNECT by now, as HTTP/2 carries it) or a CONNECT: a tunnel if
+        # accepted.
+        self.upgrade = upgrade = request.method == b"CONNECT"
+        # A request without a body (most) shares the one that has ended (no Body and no bound
+        # callback made for it); an upgrade's body is the tunnel's bytes from the client.
+        if wire.framing == BODYLESS and not upgrade:
+            self.body = EMPTY_BODY
+        else:
+            self.body = Body(self._consumed, proto.body_buffer)
         self.peer_address = proto.peer_address
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
-        # A websocket upgrade (a CONNECT by now, as HTTP/2 carries it) or a CONNECT: a tunnel if
-        # accepted.
-        self.upgrade = request.method == b"CONNECT"
         self.tunnelling = False
         self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
         self.keep_alive = wire.keep_alive

@@ -78,6 +78,8 @@ _NO_BODY: Final = 0
 _LENGTH: Final = 1
 _CHUNKED: Final = 2
 _UNTIL_EOF: Final = 3
+# `Request.framing` of a request without a body (sidecar.http.h1 gives it the shared empty one).
+BODYLESS: Final = _NO_BODY
 
 
 class ProtocolError(Exception):

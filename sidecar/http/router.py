@@ -103,8 +103,11 @@ class Route:
     # stream idle timeout (None when either is turned off): one loop timer each per route.
     heads: HeadTimeouts | None = field(init=False)
     idle_checks: StreamIdleChecks | None = field(init=False)
+    # The attempts a request may make (at least one), made once rather than per request.
+    attempts: range = field(init=False)
 
     def __post_init__(self) -> None:
+        self.attempts = range(max(1, self.connect_attempts))
         self.heads = HeadTimeouts(self.request_timeout) if self.request_timeout > 0 else None
         self.idle_checks = None
         if self.stream_idle_timeout > 0:
@@ -158,7 +161,7 @@ async def proxy(exchange: Exchange, route: Route) -> None:
             return
         pool = route.prepare(exchange)
         failure = CONNECT_FAILURE
-        for attempt in range(max(1, route.connect_attempts)):
+        for attempt in route.attempts:
             if exchange.cancelled:
                 # Reset by the client before it reached an upstream (rapid reset, or a client that
                 # gave up): no upstream request for it.
