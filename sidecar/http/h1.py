@@ -122,8 +122,8 @@ class _Writer(asyncio.Protocol):
 
 def _resume_when_drained(proto: H1Server | H1Client, body: Body) -> None:
     """The router read from `body` while reading is paused: it resumes once the body has drained
-    to half its mark. (Called from the `on_consumed` method of the exchange or stream that owns
-    the body: a bound method costs no call per request, a closure made per request did.)"""
+    to half its mark. (Called from the `on_consumed` method of the exchange or connection that
+    owns the body: a bound method costs no call per request, a closure made per request did.)"""
     if body.buffered <= body.high_water // 2:
         proto.reading_paused = False
         if proto.transport is not None and not proto.transport.is_closing():
@@ -688,7 +688,7 @@ class H1ClientStream:
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
         self.relay: Relay | None = None  # tunnel bytes from the app, once spliced
-        self.body = Body(self._consumed, client.body_buffer)
+        self.body = Body(client.on_consumed, client.body_buffer)
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
         # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
@@ -702,10 +702,6 @@ class H1ClientStream:
     @property
     def answered(self) -> bool:
         return self.response_head.done()
-
-    def _consumed(self, _: int) -> None:
-        if self.client.reading_paused:
-            _resume_when_drained(self.client, self.body)
 
     async def _write_tunnel(self, data: bytes) -> None:
         assert self.tunnel is not None
@@ -816,6 +812,15 @@ class H1Client(_Writer):
         # else would: the transport was told to stay open after the app's EOF).
         self.eof_in = False
         self.eof_out = False
+        # The `on_consumed` of every response body read from this connection: bound once here,
+        # not once per request. The body is the current stream's: `_done` drops it from a body
+        # once its exchange is over.
+        self.on_consumed = self._consumed
+
+    def _consumed(self, _: int) -> None:
+        stream = self.stream
+        if self.reading_paused and stream is not None:
+            _resume_when_drained(self, stream.body)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -867,7 +872,7 @@ class H1Client(_Writer):
         stream.sent = end_stream
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self.parser.expect(method)
+        self.parser.method = method  # (`ResponseParser.expect`, written out: a call fewer)
         self._write(data)
         return stream
 
@@ -974,8 +979,11 @@ class H1Client(_Writer):
         return StreamReset("upstream closed the connection")
 
     def _done(self, stream: H1ClientStream) -> None:
-        """The exchange is done: the connection goes back to the pool, or is closed."""
+        """The exchange is done: the connection goes back to the pool, or is closed. Reading
+        resumes here if it was paused, so what is left of the body no longer needs to tell
+        when it is read (nor to be mistaken for the next exchange's)."""
         self.stream = None
+        stream.body.on_consumed = None
         transport = self.transport
         parser = self.parser
         if transport is None:

@@ -505,19 +505,24 @@ def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | N
 
     Which names are there is found in one C call (as in `outbound_headers`). A request from a
     peer sidecar has our hop header last, where its `outbound_headers` put it, and nothing else
-    to drop: then the list less its last field is the answer, found by C-level calls. Any other
-    list is walked to drop what is there to drop, by a comprehension."""
+    to drop: that is looked for first, and then the list less its last field is the answer,
+    found by C-level calls (one `dict` of the names). Any other list is walked to drop what is
+    there to drop, by a comprehension."""
     headers = head.headers
-    names = dict(headers)  # values: the last of each name, as the hop header's is taken
-    orig = names.get(defaults.ORIG_PROTO_HEADER)
-    if _INBOUND_DROPPED.isdisjoint(names):
-        headers = list(headers)
-    elif headers[-1][0] == defaults.ORIG_PROTO_HEADER and _INBOUND_DROPPED.isdisjoint(
-        dict(rest := headers[:-1])
+    if (
+        headers
+        and headers[-1][0] == defaults.ORIG_PROTO_HEADER
+        and _INBOUND_DROPPED.isdisjoint(names := dict(rest := headers[:-1]))
     ):
-        headers = rest
+        orig: bytes | None = headers[-1][1]
+        headers = rest  # (`names`: those of `rest`, less the hop header, which is no hop-by-hop)
     else:
-        headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
+        names = dict(headers)  # values: the last of each name, as the hop header's is taken
+        orig = names.get(defaults.ORIG_PROTO_HEADER)
+        if _INBOUND_DROPPED.isdisjoint(names):
+            headers = list(headers)
+        else:
+            headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
     if client_identity is not None:
         headers.append((b"x-forwarded-client-cert", b"URI=" + client_identity.encode()))
     # `names` has every hop-by-hop name `headers` has: what was dropped and XFCC are none.
