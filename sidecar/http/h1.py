@@ -55,6 +55,10 @@ _REASONS = {
 }
 # Every reason phrase, looked up once here rather than through the enum per response.
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
+# The status line of each of them, made once (a status without a phrase gets an empty one).
+_STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s" % (status, phrase) for status, phrase in _PHRASES.items()
+}
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -214,7 +218,7 @@ def _content_length(headers: Headers) -> int | None:
 
 
 # A fragment's '#' as an int: `_HASH in target` is a memchr, where `b"#" in target` first makes
-# and drops a TypeError (see h1wire._head_bytes).
+# and drops a TypeError (see h1wire.head_bytes).
 _HASH = ord("#")
 
 
@@ -557,10 +561,10 @@ class H1ServerExchange:
             raise self.error
         self.responded = True
         status = self.status = head.status
-        if self.upgrade and status == TUNNEL_ESTABLISHED:
-            self._open_tunnel(head)
-            return
         if self.upgrade:
+            if status == TUNNEL_ESTABLISHED:
+                self._open_tunnel(head)
+                return
             self.body.end()  # declined: nothing follows the request
         headers = head.headers
         length = _content_length(headers)
@@ -582,7 +586,8 @@ class H1ServerExchange:
         if not self.keep_alive:
             headers = [*headers, (b"connection", b"close")]
         try:
-            data = h1wire.response_head(status, _PHRASES.get(status, b""), headers)
+            line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status
+            data = h1wire.head_bytes(line, headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame response: {exc}") from exc
         if end:
@@ -865,7 +870,7 @@ class H1Client(_Writer):
         if end_stream and length:  # a Content-Length with no body to follow (h11 refused it too)
             raise StreamReset("cannot frame request: no body for its Content-Length")
         try:
-            data = h1wire.request_head(method, target, headers)
+            data = h1wire.head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame request: {exc}") from exc
         stream = self.stream = H1ClientStream(self, head, framing)
