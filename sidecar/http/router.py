@@ -497,7 +497,8 @@ def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) ->
 # What an inbound takes out of a request from the mesh: our hop header (returned), and what is
 # never trusted from the caller — XFCC (set from the verified identity) and Host (the authority
 # travels as :authority).
-_INBOUND_DROPPED = frozenset((defaults.ORIG_PROTO_HEADER, b"x-forwarded-client-cert", b"host"))
+_ORIG_PROTO = defaults.ORIG_PROTO_HEADER
+_INBOUND_DROPPED = frozenset((_ORIG_PROTO, b"x-forwarded-client-cert", b"host"))
 
 
 def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | None:
@@ -509,19 +510,21 @@ def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | N
     found by C-level calls (one `dict` of the names). Any other list is walked to drop what is
     there to drop, by a comprehension."""
     headers = head.headers
+    orig: bytes | None
     if (
         headers
-        and headers[-1][0] == defaults.ORIG_PROTO_HEADER
+        and headers[-1][0] == _ORIG_PROTO
         and _INBOUND_DROPPED.isdisjoint(names := dict(rest := headers[:-1]))
     ):
-        orig: bytes | None = headers[-1][1]
+        orig = headers[-1][1]
         headers = rest  # (`names`: those of `rest`, less the hop header, which is no hop-by-hop)
     else:
-        names = dict(headers)  # values: the last of each name, as the hop header's is taken
-        orig = names.get(defaults.ORIG_PROTO_HEADER)
-        if _INBOUND_DROPPED.isdisjoint(names):
+        names = dict(headers)
+        if _INBOUND_DROPPED.isdisjoint(names):  # (HTTP/2 from the app: no hop header)
+            orig = None
             headers = list(headers)
         else:
+            orig = names.get(_ORIG_PROTO)  # the last one, as the hop header's is taken
             headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
     if client_identity is not None:
         headers.append((b"x-forwarded-client-cert", b"URI=" + client_identity.encode()))
