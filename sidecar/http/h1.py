@@ -686,9 +686,8 @@ class H1ClientStream:
     is complete, while the router is still reading this response's body.
     """
 
-    def __init__(self, client: H1Client, request: RequestHead, framing: _BodyFraming) -> None:
+    def __init__(self, client: H1Client, framing: _BodyFraming, sent: bool) -> None:
         self.client = client
-        self.request = request
         # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
@@ -702,7 +701,7 @@ class H1ClientStream:
         self.response_ended_with_head = False
         self.reset_error: StreamReset | None = None
         self.framing = framing
-        self.sent = False  # the request was sent to its end
+        self.sent = sent  # the request was sent to its end
 
     @property
     def answered(self) -> bool:
@@ -873,8 +872,7 @@ class H1Client(_Writer):
             data = h1wire.head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame request: {exc}") from exc
-        stream = self.stream = H1ClientStream(self, head, framing)
-        stream.sent = end_stream
+        stream = self.stream = H1ClientStream(self, framing, end_stream)
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
         self.parser.method = method  # (`ResponseParser.expect`, written out: a call fewer)
