@@ -466,14 +466,20 @@ async def _stream_response(
 # -- header policy for each direction ---------------------------------------------------------
 
 
+_ORIG_PROTO = defaults.ORIG_PROTO_HEADER
+# Our hop header as HTTP/1.x requests carry it, made once rather than per request (the HTTP/1.1
+# codec takes no other version).
+_ORIG_PROTO_FIELDS = {v: (_ORIG_PROTO, b"HTTP/" + v) for v in (b"1.1", b"1.0")}
+
+
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
     names = dict(head.headers)  # which names there are, in one C call (values: the last of each)
     headers = strip_hop_by_hop(head.headers, names)
     if headers is not head.headers:  # (Connection may have named any of those looked at below)
         names = dict(headers)
-    if b"host" in names or defaults.ORIG_PROTO_HEADER in names:
-        headers = [(k, v) for k, v in headers if k != b"host" and k != defaults.ORIG_PROTO_HEADER]
+    if b"host" in names or _ORIG_PROTO in names:
+        headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
     elif headers is head.headers:
         headers = list(headers)
     if peer_address is not None:
@@ -490,14 +496,13 @@ def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) ->
     if b"x-request-id" not in names:
         headers.append((b"x-request-id", new_request_id()))
     if head.http_version != b"2":
-        headers.append((defaults.ORIG_PROTO_HEADER, b"HTTP/" + head.http_version))
+        headers.append(_ORIG_PROTO_FIELDS[head.http_version])
     head.headers = headers
 
 
 # What an inbound takes out of a request from the mesh: our hop header (returned), and what is
 # never trusted from the caller — XFCC (set from the verified identity) and Host (the authority
 # travels as :authority).
-_ORIG_PROTO = defaults.ORIG_PROTO_HEADER
 _INBOUND_DROPPED = frozenset((_ORIG_PROTO, b"x-forwarded-client-cert", b"host"))
 
 
