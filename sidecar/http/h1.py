@@ -502,6 +502,10 @@ class H1Server(_Writer):
 class H1ServerExchange:
     """The downstream exchange of one HTTP/1.x request."""
 
+    # Tunnel bytes from the client, once spliced (sidecar.http.tunnel sets it): a class default,
+    # not an attribute written for every request, as only a tunnel reads it.
+    relay: Relay | None = None
+
     def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
@@ -519,7 +523,6 @@ class H1ServerExchange:
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
         self.tunnelling = False
-        self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
         self.keep_alive = wire.keep_alive
         self.request_ended = False  # the request's body was read to its end
         self.finished = False  # the response was sent to its end
@@ -686,18 +689,21 @@ class H1ClientStream:
     is complete, while the router is still reading this response's body.
     """
 
+    # Class defaults rather than attributes written for every request: tunnel bytes from the app
+    # once spliced (only a tunnel reads it), and the callback for 1xx heads (the router sets it).
+    relay: Relay | None = None
+    on_informational: Callable[[ResponseHead], None] | None = None
+
     def __init__(self, client: H1Client, framing: _BodyFraming, sent: bool) -> None:
         self.client = client
         # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
-        self.relay: Relay | None = None  # tunnel bytes from the app, once spliced
         self.body = Body(client.on_consumed, client.body_buffer)
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
         # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
         self.response_head: asyncio.Future[ResponseHead] = client.loop.create_future()
-        self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
         self.reset_error: StreamReset | None = None
         self.framing = framing
