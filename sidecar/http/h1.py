@@ -989,8 +989,8 @@ class H1Client(_Writer):
 
     def _done(self, stream: H1ClientStream) -> None:
         """The exchange is done: the connection goes back to the pool, or is closed. Reading
-        resumes here if it was paused, so what is left of the body no longer needs to tell
-        when it is read (nor to be mistaken for the next exchange's)."""
+        resumes here if it was paused, so what is left of the body no longer needs to tell when
+        it is read (its callback would look at the connection's next exchange)."""
         self.stream = None
         stream.body.on_consumed = None
         transport = self.transport
