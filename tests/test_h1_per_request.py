@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from sidecar.http import h1, h1wire
-from sidecar.http.exchange import RequestHead, StreamReset
+from sidecar.http.exchange import EMPTY_BODY, RequestHead, StreamReset
 from sidecar.http.h1 import H1Server, H1ServerExchange
 from sidecar.http.h1wire import ProtocolError
 
@@ -69,7 +69,10 @@ def test_an_exchange_may_become_a_tunnel_when_its_request_is_a_connect(
     async def run() -> None:
         server = H1Server(lambda exchange: asyncio.sleep(0), b"a")
         head = RequestHead(method, b"http", b"a", b"/")
-        exchange = H1ServerExchange(server, head, SimpleNamespace(keep_alive=True))
+        wire = SimpleNamespace(keep_alive=True, framing=h1wire.BODYLESS)
+        exchange = H1ServerExchange(server, head, wire)
         assert exchange.upgrade is upgrade
+        # A tunnel's body carries the client's bytes: never the shared empty one.
+        assert (exchange.body is EMPTY_BODY) is not upgrade
 
     asyncio.run(run())

@@ -301,6 +301,7 @@ def test_buffer_limits_bound_the_relay_and_every_body():
     import socket
     from types import SimpleNamespace
 
+    from sidecar.http import h1wire
     from sidecar.http.exchange import RequestHead
     from sidecar.http.h1 import H1Client, H1Server, H1ServerExchange
     from sidecar.http.h2 import H2Protocol, H2ServerStream
@@ -336,7 +337,7 @@ def test_buffer_limits_bound_the_relay_and_every_body():
         finally:
             theirs.close()
         server = H1Server(lambda exchange: asyncio.sleep(0), b"a", limits=limits)
-        wire = SimpleNamespace(keep_alive=True)
+        wire = SimpleNamespace(keep_alive=True, framing=h1wire._LENGTH)  # a request with a body
         assert H1ServerExchange(server, head, wire).body.high_water == 32 * 1024
 
     asyncio.run(scenario())

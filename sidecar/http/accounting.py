@@ -10,9 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 from sidecar.http.exchange import Headers, RequestHead
 from sidecar.observe.stats import ClusterStats, HttpStats
+
+# A field's name: `map(_NAME, headers)` lists a head's names in one C-level pass.
+_NAME = itemgetter(0)
 
 
 def _bump(counts: dict[str, int], key: str) -> None:
@@ -114,23 +118,31 @@ class RequestAccounting:
             http.downstream_rq_http1_total += 1
         if request.method == b"CONNECT":
             http.downstream_cx_upgrades_total += 1
-        content_type = request.header(b"content-type") or b""
-        self.grpc = content_type.startswith(b"application/grpc")
-        if self.grpc:
+        # gRPC by its content-type (the first one), as Envoy tells: whether the head has one at
+        # all is asked of its names at C level, so that the usual request without one is not
+        # walked field by field in Python.
+        if b"content-type" in map(_NAME, request.headers) and (
+            request.header(b"content-type") or b""
+        ).startswith(b"application/grpc"):
+            self.grpc = True
             self.grpc_requests: GrpcMessages | None = GrpcMessages()
             self.grpc_responses: GrpcMessages | None = GrpcMessages()
         else:
+            self.grpc = False
             self.grpc_requests = self.grpc_responses = None
         self.on_done = on_done
-        self.record: RequestRecord | None = None
-        if on_done is not None:
+        # `counts_bodies`: whether `request_chunk` and `response_chunk` have anything to count
+        # (gRPC messages, the access log's bytes): when not, the router does not call them for
+        # every chunk.
+        if on_done is None:
+            self.record: RequestRecord | None = None
+            self.counts_bodies = self.grpc
+        else:
             self.record = RequestRecord(
                 time.time(), request,
                 downstream=f"{downstream[0]}:{downstream[1]}" if downstream else None,
             )  # fmt: skip
-        # Whether `request_chunk` and `response_chunk` have anything to count (gRPC messages,
-        # the access log's bytes): when not, the router does not call them for every chunk.
-        self.counts_bodies = self.grpc or on_done is not None
+            self.counts_bodies = True
 
     # -- upstream ------------------------------------------------------------------------------
 

@@ -273,3 +273,11 @@ class Body:
         past the queue (sidecar.http.tunnel) without overtaking another."""
         waiter = self._waiter
         return waiter is not None and not waiter.done()
+
+
+# The body of every request or response that has none, shared (a `Body` and its bound callback
+# fewer per such message). It is ended with nothing queued, so nothing changes it: `feed` and
+# `abort` refuse it, `end` returns at once, and `read`, `ready` and `take_whole` have nothing to
+# take (only `_take` writes `reads`). Never give it to a codec that would feed it (a tunnel's
+# body) or call `discard` on it.
+EMPTY_BODY = Body.empty()

@@ -23,6 +23,7 @@ from operator import itemgetter
 from sidecar import defaults
 from sidecar.http import h1wire
 from sidecar.http.exchange import (
+    EMPTY_BODY,
     TUNNEL_ESTABLISHED,
     Body,
     Headers,
@@ -31,7 +32,7 @@ from sidecar.http.exchange import (
     ResponseHead,
     StreamReset,
 )
-from sidecar.http.h1wire import Closed, End, ProtocolError, Request, Response
+from sidecar.http.h1wire import BODYLESS, Closed, End, ProtocolError, Request, Response
 from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
@@ -54,6 +55,10 @@ _REASONS = {
 }
 # Every reason phrase, looked up once here rather than through the enum per response.
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
+# The status line of each of them, made once (a status without a phrase gets an empty one).
+_STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s" % (status, phrase) for status, phrase in _PHRASES.items()
+}
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -121,8 +126,8 @@ class _Writer(asyncio.Protocol):
 
 def _resume_when_drained(proto: H1Server | H1Client, body: Body) -> None:
     """The router read from `body` while reading is paused: it resumes once the body has drained
-    to half its mark. (Called from the `on_consumed` method of the exchange or stream that owns
-    the body: a bound method costs no call per request, a closure made per request did.)"""
+    to half its mark. (Called from the `on_consumed` method of the exchange or connection that
+    owns the body: a bound method costs no call per request, a closure made per request did.)"""
     if body.buffered <= body.high_water // 2:
         proto.reading_paused = False
         if proto.transport is not None and not proto.transport.is_closing():
@@ -213,7 +218,7 @@ def _content_length(headers: Headers) -> int | None:
 
 
 # A fragment's '#' as an int: `_HASH in target` is a memchr, where `b"#" in target` first makes
-# and drops a TypeError (see h1wire._head_bytes).
+# and drops a TypeError (see h1wire.head_bytes).
 _HASH = ord("#")
 
 
@@ -371,8 +376,10 @@ class H1Server(_Writer):
                 exchange = self.exchange
                 assert exchange is not None
                 exchange.request_ended = True
-                if not exchange.upgrade:  # an upgrade's body is the tunnel, if accepted
-                    exchange.body.end(event.trailers)  # type: ignore[union-attr]
+                body = exchange.body
+                # (the shared empty body has ended; an upgrade's body is the tunnel, if accepted)
+                if body is not EMPTY_BODY and not exchange.upgrade:
+                    body.end(event.trailers)  # type: ignore[union-attr]
             elif kind is bytes:
                 assert self.exchange is not None
                 _feed(self, self.exchange.body, event)  # type: ignore[arg-type]
@@ -495,19 +502,27 @@ class H1Server(_Writer):
 class H1ServerExchange:
     """The downstream exchange of one HTTP/1.x request."""
 
+    # Tunnel bytes from the client, once spliced (sidecar.http.tunnel sets it): a class default,
+    # not an attribute written for every request, as only a tunnel reads it.
+    relay: Relay | None = None
+
     def __init__(self, proto: H1Server, request: RequestHead, wire: Request) -> None:
         self.proto = proto
         self.request = request
-        self.body = Body(self._consumed, proto.body_buffer)
+        # A websocket upgrade (a CONNECT by now, as HTTP/2 carries it) or a CONNECT: a tunnel if
+        # accepted.
+        self.upgrade = upgrade = request.method == b"CONNECT"
+        # A request without a body (most) shares the one that has ended (no Body and no bound
+        # callback made for it); an upgrade's body is the tunnel's bytes from the client.
+        if wire.framing == BODYLESS and not upgrade:
+            self.body = EMPTY_BODY
+        else:
+            self.body = Body(self._consumed, proto.body_buffer)
         self.peer_address = proto.peer_address
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
         self.error: StreamReset | None = None
-        # A websocket upgrade (a CONNECT by now, as HTTP/2 carries it) or a CONNECT: a tunnel if
-        # accepted.
-        self.upgrade = request.method == b"CONNECT"
         self.tunnelling = False
-        self.relay: Relay | None = None  # tunnel bytes from the client, once spliced
         self.keep_alive = wire.keep_alive
         self.request_ended = False  # the request's body was read to its end
         self.finished = False  # the response was sent to its end
@@ -549,10 +564,10 @@ class H1ServerExchange:
             raise self.error
         self.responded = True
         status = self.status = head.status
-        if self.upgrade and status == TUNNEL_ESTABLISHED:
-            self._open_tunnel(head)
-            return
         if self.upgrade:
+            if status == TUNNEL_ESTABLISHED:
+                self._open_tunnel(head)
+                return
             self.body.end()  # declined: nothing follows the request
         headers = head.headers
         length = _content_length(headers)
@@ -574,7 +589,8 @@ class H1ServerExchange:
         if not self.keep_alive:
             headers = [*headers, (b"connection", b"close")]
         try:
-            data = h1wire.response_head(status, _PHRASES.get(status, b""), headers)
+            line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status
+            data = h1wire.head_bytes(line, headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame response: {exc}") from exc
         if end:
@@ -673,31 +689,29 @@ class H1ClientStream:
     is complete, while the router is still reading this response's body.
     """
 
-    def __init__(self, client: H1Client, request: RequestHead, framing: _BodyFraming) -> None:
+    # Class defaults rather than attributes written for every request: tunnel bytes from the app
+    # once spliced (only a tunnel reads it), and the callback for 1xx heads (the router sets it).
+    relay: Relay | None = None
+    on_informational: Callable[[ResponseHead], None] | None = None
+
+    def __init__(self, client: H1Client, framing: _BodyFraming, sent: bool) -> None:
         self.client = client
-        self.request = request
         # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
         # bytes are written raw; False when it declined.
         self.tunnel: asyncio.Future[bool] | None = None
-        self.relay: Relay | None = None  # tunnel bytes from the app, once spliced
-        self.body = Body(self._consumed, client.body_buffer)
+        self.body = Body(client.on_consumed, client.body_buffer)
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
         # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
         self.response_head: asyncio.Future[ResponseHead] = client.loop.create_future()
-        self.on_informational: Callable[[ResponseHead], None] | None = None
         self.response_ended_with_head = False
         self.reset_error: StreamReset | None = None
         self.framing = framing
-        self.sent = False  # the request was sent to its end
+        self.sent = sent  # the request was sent to its end
 
     @property
     def answered(self) -> bool:
         return self.response_head.done()
-
-    def _consumed(self, _: int) -> None:
-        if self.client.reading_paused:
-            _resume_when_drained(self.client, self.body)
 
     async def _write_tunnel(self, data: bytes) -> None:
         assert self.tunnel is not None
@@ -808,6 +822,15 @@ class H1Client(_Writer):
         # else would: the transport was told to stay open after the app's EOF).
         self.eof_in = False
         self.eof_out = False
+        # The `on_consumed` of every response body read from this connection: bound once here,
+        # not once per request. The body is the current stream's: `_done` drops it from a body
+        # once its exchange is over.
+        self.on_consumed = self._consumed
+
+    def _consumed(self, _: int) -> None:
+        stream = self.stream
+        if self.reading_paused and stream is not None:
+            _resume_when_drained(self, stream.body)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -852,14 +875,13 @@ class H1Client(_Writer):
         if end_stream and length:  # a Content-Length with no body to follow (h11 refused it too)
             raise StreamReset("cannot frame request: no body for its Content-Length")
         try:
-            data = h1wire.request_head(method, target, headers)
+            data = h1wire.head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame request: {exc}") from exc
-        stream = self.stream = H1ClientStream(self, head, framing)
-        stream.sent = end_stream
+        stream = self.stream = H1ClientStream(self, framing, end_stream)
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
-        self.parser.expect(method)
+        self.parser.method = method  # (`ResponseParser.expect`, written out: a call fewer)
         self._write(data)
         return stream
 
@@ -966,8 +988,11 @@ class H1Client(_Writer):
         return StreamReset("upstream closed the connection")
 
     def _done(self, stream: H1ClientStream) -> None:
-        """The exchange is done: the connection goes back to the pool, or is closed."""
+        """The exchange is done: the connection goes back to the pool, or is closed. Reading
+        resumes here if it was paused, so what is left of the body no longer needs to tell when
+        it is read (its callback would look at the connection's next exchange)."""
         self.stream = None
+        stream.body.on_consumed = None
         transport = self.transport
         parser = self.parser
         if transport is None:

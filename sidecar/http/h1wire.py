@@ -78,6 +78,8 @@ _NO_BODY: Final = 0
 _LENGTH: Final = 1
 _CHUNKED: Final = 2
 _UNTIL_EOF: Final = 3
+# `Request.framing` of a request without a body (sidecar.http.h1 gives it the shared empty one).
+BODYLESS: Final = _NO_BODY
 
 
 class ProtocolError(Exception):
@@ -250,7 +252,7 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
             raise ProtocolError("a transfer coding other than chunked", 501)
         request.framing = _CHUNKED
     hosts = names.count(b"host")
-    if hosts > 1 or (hosts == 0 and version == b"1.1"):
+    if hosts != 1 and (hosts > 1 or version == b"1.1"):
         raise ProtocolError("HTTP/1.1 needs exactly one Host")
     if b"connection" in names:
         connection = _tokens(_values(headers, b"connection"))
@@ -491,7 +493,7 @@ class _Parser:
             return self._trailer_section(out)
         eol = buf.find(b"\r\n", 0, defaults.MAX_CHUNK_LINE + 2)
         if eol < 0:
-            if len(buf) > defaults.MAX_CHUNK_LINE or 10 in buf:  # an LF (see _head_bytes)
+            if len(buf) > defaults.MAX_CHUNK_LINE or 10 in buf:  # an LF (see head_bytes)
                 raise ProtocolError("a malformed or too long chunk-size line")
             return self._cut(out)
         line = bytes(buf[:eol])
@@ -554,7 +556,7 @@ class RequestParser(_Parser):
 
     def _head(self, out: list[Event]) -> bool:
         buf = self.buf
-        if buf[:2] == b"\r\n":  # RFC 9112 2.2: empty lines before a request line are ignored
+        if buf.startswith(b"\r\n"):  # RFC 9112 2.2: empty lines before a request line are ignored
             rest = buf.lstrip(b"\r\n")  # all at once: one by one would copy the rest each time
             empty = len(buf) - len(rest)
             pairs = empty // 2
@@ -624,9 +626,11 @@ class ResponseParser(_Parser):
 _SEP = b": "
 
 
-def _head_bytes(start: bytes, headers: Headers) -> bytes:
+def head_bytes(start: bytes, headers: Headers) -> bytes:
     """A start line and fields as one block of bytes, refused if a name or value would break a
-    line (CR, LF or NUL: response splitting, a smuggled header)."""
+    line (CR, LF or NUL: response splitting, a smuggled header). sidecar.http.h1 calls it with
+    start lines it has ready (a status line made once per status), a call fewer per message
+    than `request_head` and `response_head`."""
     out = b"\r\n".join([start, *map(_SEP.join, headers), b"\r\n"])
     lines = len(headers) + 2
     # `0 in out` looks for a NUL byte: `b"\0" in out` would first try its operand as an integer
@@ -637,11 +641,11 @@ def _head_bytes(start: bytes, headers: Headers) -> bytes:
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return _head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
+    return head_bytes(b"%s %s HTTP/1.1" % (method, target), headers)
 
 
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
-    return _head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
+    return head_bytes(b"HTTP/1.1 %d %s" % (status, reason), headers)
 
 
 def chunk(data: bytes) -> bytes:
@@ -652,4 +656,4 @@ def chunk(data: bytes) -> bytes:
 def last_chunk(trailers: Headers | None) -> bytes:
     if not trailers:
         return b"0\r\n\r\n"
-    return _head_bytes(b"0", trailers)
+    return head_bytes(b"0", trailers)

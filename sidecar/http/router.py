@@ -103,8 +103,11 @@ class Route:
     # stream idle timeout (None when either is turned off): one loop timer each per route.
     heads: HeadTimeouts | None = field(init=False)
     idle_checks: StreamIdleChecks | None = field(init=False)
+    # The attempts a request may make (at least one), made once rather than per request.
+    attempts: range = field(init=False)
 
     def __post_init__(self) -> None:
+        self.attempts = range(max(1, self.connect_attempts))
         self.heads = HeadTimeouts(self.request_timeout) if self.request_timeout > 0 else None
         self.idle_checks = None
         if self.stream_idle_timeout > 0:
@@ -158,7 +161,7 @@ async def proxy(exchange: Exchange, route: Route) -> None:
             return
         pool = route.prepare(exchange)
         failure = CONNECT_FAILURE
-        for attempt in range(max(1, route.connect_attempts)):
+        for attempt in route.attempts:
             if exchange.cancelled:
                 # Reset by the client before it reached an upstream (rapid reset, or a client that
                 # gave up): no upstream request for it.
@@ -463,14 +466,20 @@ async def _stream_response(
 # -- header policy for each direction ---------------------------------------------------------
 
 
+_ORIG_PROTO = defaults.ORIG_PROTO_HEADER
+# Our hop header as HTTP/1.x requests carry it, made once rather than per request (the HTTP/1.1
+# codec takes no other version).
+_ORIG_PROTO_FIELDS = {v: (_ORIG_PROTO, b"HTTP/" + v) for v in (b"1.1", b"1.0")}
+
+
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
     names = dict(head.headers)  # which names there are, in one C call (values: the last of each)
     headers = strip_hop_by_hop(head.headers, names)
     if headers is not head.headers:  # (Connection may have named any of those looked at below)
         names = dict(headers)
-    if b"host" in names or defaults.ORIG_PROTO_HEADER in names:
-        headers = [(k, v) for k, v in headers if k != b"host" and k != defaults.ORIG_PROTO_HEADER]
+    if b"host" in names or _ORIG_PROTO in names:
+        headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
     elif headers is head.headers:
         headers = list(headers)
     if peer_address is not None:
@@ -487,14 +496,14 @@ def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) ->
     if b"x-request-id" not in names:
         headers.append((b"x-request-id", new_request_id()))
     if head.http_version != b"2":
-        headers.append((defaults.ORIG_PROTO_HEADER, b"HTTP/" + head.http_version))
+        headers.append(_ORIG_PROTO_FIELDS[head.http_version])
     head.headers = headers
 
 
 # What an inbound takes out of a request from the mesh: our hop header (returned), and what is
 # never trusted from the caller — XFCC (set from the verified identity) and Host (the authority
 # travels as :authority).
-_INBOUND_DROPPED = frozenset((defaults.ORIG_PROTO_HEADER, b"x-forwarded-client-cert", b"host"))
+_INBOUND_DROPPED = frozenset((_ORIG_PROTO, b"x-forwarded-client-cert", b"host"))
 
 
 def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | None:
@@ -502,19 +511,26 @@ def inbound_headers(head: RequestHead, client_identity: str | None) -> bytes | N
 
     Which names are there is found in one C call (as in `outbound_headers`). A request from a
     peer sidecar has our hop header last, where its `outbound_headers` put it, and nothing else
-    to drop: then the list less its last field is the answer, found by C-level calls. Any other
-    list is walked to drop what is there to drop, by a comprehension."""
+    to drop: that is looked for first, and then the list less its last field is the answer,
+    found by C-level calls (one `dict` of the names). Any other list is walked to drop what is
+    there to drop, by a comprehension."""
     headers = head.headers
-    names = dict(headers)  # values: the last of each name, as the hop header's is taken
-    orig = names.get(defaults.ORIG_PROTO_HEADER)
-    if _INBOUND_DROPPED.isdisjoint(names):
-        headers = list(headers)
-    elif headers[-1][0] == defaults.ORIG_PROTO_HEADER and _INBOUND_DROPPED.isdisjoint(
-        dict(rest := headers[:-1])
+    orig: bytes | None
+    if (
+        headers
+        and headers[-1][0] == _ORIG_PROTO
+        and _INBOUND_DROPPED.isdisjoint(names := dict(rest := headers[:-1]))
     ):
-        headers = rest
+        orig = headers[-1][1]
+        headers = rest  # (`names`: those of `rest`, less the hop header, which is no hop-by-hop)
     else:
-        headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
+        names = dict(headers)
+        if _INBOUND_DROPPED.isdisjoint(names):  # (HTTP/2 from the app: no hop header)
+            orig = None
+            headers = list(headers)
+        else:
+            orig = names.get(_ORIG_PROTO)  # the last one, as the hop header's is taken
+            headers = [header for header in headers if header[0] not in _INBOUND_DROPPED]
     if client_identity is not None:
         headers.append((b"x-forwarded-client-cert", b"URI=" + client_identity.encode()))
     # `names` has every hop-by-hop name `headers` has: what was dropped and XFCC are none.

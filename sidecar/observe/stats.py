@@ -11,7 +11,7 @@ Counts by a label value (response code class, Kafka API) are plain dicts the dat
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 # Envoy's default histogram buckets, in milliseconds.
@@ -32,7 +32,7 @@ class Histogram:
         self.count = 0
 
     def observe(self, value_ms: float) -> None:
-        self.counts[bisect.bisect_left(ENVOY_BUCKETS_MS, value_ms)] += 1
+        self.counts[bisect_left(ENVOY_BUCKETS_MS, value_ms)] += 1
         self.sum += value_ms
         self.count += 1
 
