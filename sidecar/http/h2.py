@@ -1808,7 +1808,9 @@ class H2ServerStream(H2Stream):
         self, head: ResponseHead, end: bool = False, last: bytes | None = None
     ) -> None:
         """Send the response head, with END_STREAM (`end`: no body) or followed by `last`, the
-        whole body."""
+        whole body. A whole body the windows take now is queued with END_STREAM right behind the
+        head (`send_now`), which then leave together: no `finish` coroutine, and no write
+        scheduled for the head alone (a loop handle made, then cancelled by the body's write)."""
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
@@ -1816,16 +1818,23 @@ class H2ServerStream(H2Stream):
         # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
         status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
         headers = [(b":status", str(status).encode()), *head.headers]
+        proto = self.proto
         if status < 200:  # informational: h2's rules
-            self.proto.conn.send_headers(self.stream_id, headers, end_stream=end)
+            proto.conn.send_headers(self.stream_id, headers, end_stream=end)
         else:
-            self.proto.conn.send_stream_headers(self.stream_id, headers, end)
+            proto.conn.send_stream_headers(self.stream_id, headers, end)
         if end:
             self.local_done = True
-            self.proto._flush_ended()
-            self.proto._stream_finished(self)
+            proto._flush_ended()
+            proto._stream_finished(self)
+        elif last and proto.send_now(self.stream_id, last, True):  # flushed with the head
+            self.local_done = True
+            if proto._write_paused is not None:  # as `finish` ends
+                await proto.drain()
+            if self.remote_done:
+                proto._stream_finished(self)
         else:
-            self.proto._flush()
+            proto._flush()
             if last is not None:
                 await self.finish(None, last)
 
