@@ -1449,15 +1449,17 @@ class H2Protocol(asyncio.Protocol):
             self._flush_now()
 
     def _flush_now(self) -> None:
-        """Write what h2 queued now (before a close, or a bulk DATA frame)."""
+        """Write what h2 queued now (before a close, or a bulk DATA frame). h2's output buffer
+        itself is written (not a copy, as its `data_to_send()` makes) and h2 given a new one:
+        the transport may keep the old one unsent, and nothing changes it any more."""
         handle, self._flush_handle = self._flush_handle, None
         if handle is not None:
             handle.cancel()
         self._unflushed = self._sends = 0
         conn = self.conn
-        if not conn._data_to_send:
+        data = conn._data_to_send
+        if not data:
             return
-        data = bytes(conn._data_to_send)  # h2's `data_to_send()`, read directly
         conn._data_to_send = bytearray()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
