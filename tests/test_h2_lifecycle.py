@@ -19,8 +19,14 @@ import h2.config
 import h2.connection
 import pytest
 
-from sidecar.http.exchange import ResponseHead
-from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
+from sidecar.http.exchange import RequestHead, ResponseHead
+from sidecar.http.h2 import (
+    H2Protocol,
+    H2ServerStream,
+    _Connection,
+    _status_field,
+    request_headers,
+)
 from tests.test_h2_cuts import CODES, DEADLINE, FakeTransport, _until, h2_client, request
 
 
@@ -206,3 +212,41 @@ async def test_a_whole_body_short_of_window_waits_with_its_head_already_sent() -
         assert 1 not in proto.streams
     finally:
         proto.connection_lost(None)
+
+
+@pytest.mark.parametrize(
+    ("method", "protocol", "pseudo"),
+    [
+        (b"GET", None, [b":method", b":scheme", b":authority", b":path"]),
+        (b"CONNECT", None, [b":method", b":authority"]),  # RFC 9113 8.5
+        (b"CONNECT", b"websocket", [b":method", b":scheme", b":authority", b":path", b":protocol"]),
+    ],
+)
+def test_a_requests_header_list_is_its_pseudo_fields_then_its_fields(
+    method: bytes, protocol: bytes | None, pseudo: list[bytes]
+) -> None:
+    fields = [(b"x-a", b"1"), (b"x-b", b"2")]
+    head = RequestHead(
+        method=method,
+        scheme=b"https",
+        authority=b"backend:80",
+        path=b"/chat",
+        headers=fields,
+        protocol=protocol,
+    )
+    values = {
+        b":method": method,
+        b":scheme": b"https",
+        b":authority": b"backend:80",
+        b":path": b"/chat",
+        b":protocol": protocol,
+    }
+    got = request_headers(head)
+    assert got == [(name, values[name]) for name in pseudo] + fields
+    assert head.headers == fields and got is not head.headers  # the request's list unchanged
+
+
+def test_a_status_field_is_made_once_per_status() -> None:
+    assert _status_field(204) == (b":status", b"204")
+    assert _status_field(204) is _status_field(204)
+    assert _status_field(404) == (b":status", b"404")

@@ -233,6 +233,17 @@ _REQUEST_PSEUDO: dict[bytes, bytes | None] = {
 # What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
 # first item is no block's pseudo-header defaults.
 _UNREAD = (object(), None, (), False, None)
+# A response's `:status` field by status, made once per status: the same tuple every response
+# (no number spelled, no tuple made), which the encoder's lookup of known fields finds by
+# identity.
+_STATUS_FIELDS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def _status_field(status: int) -> tuple[bytes, bytes]:
+    field = _STATUS_FIELDS.get(status)
+    if field is None:
+        field = _STATUS_FIELDS[status] = (b":status", str(status).encode())
+    return field
 
 
 def _list_size(fields: Headers) -> int:
@@ -1662,18 +1673,25 @@ class H2Protocol(asyncio.Protocol):
 
 
 def request_headers(head: RequestHead) -> Headers:
-    if head.method == b"CONNECT" and head.protocol is None:
-        pseudo = [(b":method", b"CONNECT"), (b":authority", head.authority)]
-    else:
-        pseudo = [
+    """The request's header list: its pseudo-header fields, then its fields (one list made)."""
+    if head.protocol is None:
+        if head.method == b"CONNECT":
+            return [(b":method", b"CONNECT"), (b":authority", head.authority), *head.headers]
+        return [
             (b":method", head.method),
             (b":scheme", head.scheme),
             (b":authority", head.authority),
             (b":path", head.path),
+            *head.headers,
         ]
-        if head.protocol is not None:
-            pseudo.append((b":protocol", head.protocol))
-    return pseudo + head.headers
+    return [
+        (b":method", head.method),
+        (b":scheme", head.scheme),
+        (b":authority", head.authority),
+        (b":path", head.path),
+        (b":protocol", head.protocol),
+        *head.headers,
+    ]
 
 
 class H2Stream:
@@ -1819,7 +1837,7 @@ class H2ServerStream(H2Stream):
         self.status = head.status
         # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
         status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
-        headers = [(b":status", str(status).encode()), *head.headers]
+        headers = [_status_field(status), *head.headers]
         proto = self.proto
         if status < 200:  # informational: h2's rules
             proto.conn.send_headers(self.stream_id, headers, end_stream=end)
