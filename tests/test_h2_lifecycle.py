@@ -19,8 +19,14 @@ import h2.config
 import h2.connection
 import pytest
 
-from sidecar.http.exchange import ResponseHead
-from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
+from sidecar.http.exchange import RequestHead, ResponseHead
+from sidecar.http.h2 import (
+    H2Protocol,
+    H2ServerStream,
+    _Connection,
+    _status_field,
+    request_headers,
+)
 from tests.test_h2_cuts import CODES, DEADLINE, FakeTransport, _until, h2_client, request
 
 
@@ -134,3 +140,113 @@ def test_a_request_stream_sent_here_is_the_stream_h2s_send_headers_leaves(
     theirs.send_headers(1, headers, end_stream=end_stream)
     assert _stream_books(ours, 1) == _stream_books(theirs, 1)
     assert ours.highest_outbound_stream_id == theirs.highest_outbound_stream_id == 1
+
+
+class _Writes(FakeTransport):
+    """A transport that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: object) -> None:
+        super().write(data)
+        self.writes.append(bytes(data))  # type: ignore[call-overload]
+
+
+async def _respond_whole(
+    settings: dict[int, int], body: bytes
+) -> tuple[h2.connection.H2Connection, H2Protocol, _Writes, asyncio.Task[None]]:
+    """A server connection whose handler answers the client's GET with `body` given whole to
+    `respond`; the client, the protocol and its transport returned once the handler runs."""
+    client = h2_client(settings)
+    request(client, 1, end=True)
+    head = ResponseHead(200, [(b"content-length", str(len(body)).encode())])
+
+    async def answer(stream: H2ServerStream) -> None:
+        await stream.respond(head, last=body)
+
+    proto = H2Protocol(client_side=False, handler=answer)
+    transport = _Writes()
+    proto.connection_made(transport)
+    proto.data_received(client.data_to_send())
+    await _until(lambda: proto.tasks, "the handler did not start")
+    (task,) = proto.tasks.values()
+    transport.writes.clear()
+    return client, proto, transport, task
+
+
+async def test_a_whole_body_the_windows_take_leaves_with_its_head_in_one_write() -> None:
+    """`respond` queues a body that fits right behind the head (`send_now`): one write, none
+    left scheduled, the stream done and forgotten at both ends."""
+    client, proto, transport, task = await _respond_whole({}, b"hello")
+    try:
+        await asyncio.wait_for(task, DEADLINE)
+        assert len(transport.writes) == 1 and proto._flush_handle is None
+        events = client.receive_data(transport.writes[0])
+        kinds = [type(event).__name__ for event in events]
+        assert kinds == ["ResponseReceived", "DataReceived", "StreamEnded"]
+        assert events[1].data == b"hello"
+        assert 1 not in proto.streams and 1 not in proto.conn.streams
+    finally:
+        proto.connection_lost(None)
+
+
+async def test_a_whole_body_short_of_window_waits_with_its_head_already_sent() -> None:
+    """A body the stream's window cannot take goes through `finish`: the head leaves first
+    (the peer may grant window only once it has it), the body when the window opens."""
+    client, proto, transport, task = await _respond_whole({CODES.INITIAL_WINDOW_SIZE: 3}, b"hello")
+    try:
+        await _until(lambda: 1 in proto._window_waiters, "the body did not wait for window")
+        await _until(lambda: transport.writes, "the head was not written")
+        events = client.receive_data(b"".join(transport.writes))
+        assert [type(event).__name__ for event in events] == ["ResponseReceived", "DataReceived"]
+        assert events[1].data == b"hel"
+        transport.writes.clear()
+        client.increment_flow_control_window(2, stream_id=1)
+        proto.data_received(client.data_to_send())
+        await asyncio.wait_for(task, DEADLINE)
+        events = client.receive_data(b"".join(transport.writes))
+        assert [type(event).__name__ for event in events][-2:] == ["DataReceived", "StreamEnded"]
+        assert events[-2].data == b"lo"
+        assert 1 not in proto.streams
+    finally:
+        proto.connection_lost(None)
+
+
+@pytest.mark.parametrize(
+    ("method", "protocol", "pseudo"),
+    [
+        (b"GET", None, [b":method", b":scheme", b":authority", b":path"]),
+        (b"CONNECT", None, [b":method", b":authority"]),  # RFC 9113 8.5
+        (b"CONNECT", b"websocket", [b":method", b":scheme", b":authority", b":path", b":protocol"]),
+    ],
+)
+def test_a_requests_header_list_is_its_pseudo_fields_then_its_fields(
+    method: bytes, protocol: bytes | None, pseudo: list[bytes]
+) -> None:
+    fields = [(b"x-a", b"1"), (b"x-b", b"2")]
+    head = RequestHead(
+        method=method,
+        scheme=b"https",
+        authority=b"backend:80",
+        path=b"/chat",
+        headers=fields,
+        protocol=protocol,
+    )
+    values = {
+        b":method": method,
+        b":scheme": b"https",
+        b":authority": b"backend:80",
+        b":path": b"/chat",
+        b":protocol": protocol,
+    }
+    got = request_headers(head)
+    assert got == [(name, values[name]) for name in pseudo] + fields
+    assert head.headers == fields and got is not head.headers  # the request's list unchanged
+
+
+def test_a_status_field_is_made_once_per_status() -> None:
+    assert _status_field(204) == (b":status", b"204")
+    assert _status_field(204) is _status_field(204)
+    assert _status_field(404) == (b":status", b"404")

@@ -233,6 +233,17 @@ _REQUEST_PSEUDO: dict[bytes, bytes | None] = {
 # What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
 # first item is no block's pseudo-header defaults.
 _UNREAD = (object(), None, (), False, None)
+# A response's `:status` field by status, made once per status: the same tuple every response
+# (no number spelled, no tuple made), which the encoder's lookup of known fields finds by
+# identity.
+_STATUS_FIELDS: dict[int, tuple[bytes, bytes]] = {}
+
+
+def _status_field(status: int) -> tuple[bytes, bytes]:
+    field = _STATUS_FIELDS.get(status)
+    if field is None:
+        field = _STATUS_FIELDS[status] = (b":status", str(status).encode())
+    return field
 
 
 def _list_size(fields: Headers) -> int:
@@ -1449,15 +1460,17 @@ class H2Protocol(asyncio.Protocol):
             self._flush_now()
 
     def _flush_now(self) -> None:
-        """Write what h2 queued now (before a close, or a bulk DATA frame)."""
+        """Write what h2 queued now (before a close, or a bulk DATA frame). h2's output buffer
+        itself is written (not a copy, as its `data_to_send()` makes) and h2 given a new one:
+        the transport may keep the old one unsent, and nothing changes it any more."""
         handle, self._flush_handle = self._flush_handle, None
         if handle is not None:
             handle.cancel()
         self._unflushed = self._sends = 0
         conn = self.conn
-        if not conn._data_to_send:
+        data = conn._data_to_send
+        if not data:
             return
-        data = bytes(conn._data_to_send)  # h2's `data_to_send()`, read directly
         conn._data_to_send = bytearray()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -1660,18 +1673,25 @@ class H2Protocol(asyncio.Protocol):
 
 
 def request_headers(head: RequestHead) -> Headers:
-    if head.method == b"CONNECT" and head.protocol is None:
-        pseudo = [(b":method", b"CONNECT"), (b":authority", head.authority)]
-    else:
-        pseudo = [
+    """The request's header list: its pseudo-header fields, then its fields (one list made)."""
+    if head.protocol is None:
+        if head.method == b"CONNECT":
+            return [(b":method", b"CONNECT"), (b":authority", head.authority), *head.headers]
+        return [
             (b":method", head.method),
             (b":scheme", head.scheme),
             (b":authority", head.authority),
             (b":path", head.path),
+            *head.headers,
         ]
-        if head.protocol is not None:
-            pseudo.append((b":protocol", head.protocol))
-    return pseudo + head.headers
+    return [
+        (b":method", head.method),
+        (b":scheme", head.scheme),
+        (b":authority", head.authority),
+        (b":path", head.path),
+        (b":protocol", head.protocol),
+        *head.headers,
+    ]
 
 
 class H2Stream:
@@ -1808,24 +1828,33 @@ class H2ServerStream(H2Stream):
         self, head: ResponseHead, end: bool = False, last: bytes | None = None
     ) -> None:
         """Send the response head, with END_STREAM (`end`: no body) or followed by `last`, the
-        whole body."""
+        whole body. A whole body the windows take now is queued with END_STREAM right behind the
+        head (`send_now`), which then leave together: no `finish` coroutine, and no write
+        scheduled for the head alone (a loop handle made, then cancelled by the body's write)."""
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
         self.status = head.status
         # An accepted CONNECT is a 200 in HTTP/2 (RFC 8441 for websockets).
         status = 200 if head.status == TUNNEL_ESTABLISHED else head.status
-        headers = [(b":status", str(status).encode()), *head.headers]
+        headers = [_status_field(status), *head.headers]
+        proto = self.proto
         if status < 200:  # informational: h2's rules
-            self.proto.conn.send_headers(self.stream_id, headers, end_stream=end)
+            proto.conn.send_headers(self.stream_id, headers, end_stream=end)
         else:
-            self.proto.conn.send_stream_headers(self.stream_id, headers, end)
+            proto.conn.send_stream_headers(self.stream_id, headers, end)
         if end:
             self.local_done = True
-            self.proto._flush_ended()
-            self.proto._stream_finished(self)
+            proto._flush_ended()
+            proto._stream_finished(self)
+        elif last and proto.send_now(self.stream_id, last, True):  # flushed with the head
+            self.local_done = True
+            if proto._write_paused is not None:  # as `finish` ends
+                await proto.drain()
+            if self.remote_done:
+                proto._stream_finished(self)
         else:
-            self.proto._flush()
+            proto._flush()
             if last is not None:
                 await self.finish(None, last)
 
