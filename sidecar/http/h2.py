@@ -39,6 +39,7 @@ from hpack.exceptions import HPACKError, OversizedHeaderListError
 from sidecar import defaults
 from sidecar.cluster import Target
 from sidecar.http.exchange import (
+    EMPTY_BODY,
     TUNNEL_ESTABLISHED,
     Body,
     Headers,
@@ -1314,9 +1315,11 @@ class H2Protocol(asyncio.Protocol):
             protocol=pseudo[b":protocol"],
             http_version=b"2",
         )
-        stream = H2ServerStream(self, stream_id, head)
+        # A request whose block ended its stream (most) shares the ended empty body, its remote
+        # end done with it; a CONNECT's body is the tunnel's bytes, its own even so.
+        stream = H2ServerStream(self, stream_id, head, ended and head.method != b"CONNECT")
         self.streams[stream_id] = stream
-        if ended:
+        if ended and not stream.remote_done:
             stream.remote_ended()
         # The task starts on a later turn of the loop (no eager tasks here), after it is held.
         self.tasks[stream] = self.loop.create_task(self._serve(stream))
@@ -1697,14 +1700,24 @@ def request_headers(head: RequestHead) -> Headers:
 class H2Stream:
     """State shared by both ends of one stream."""
 
-    def __init__(self, proto: H2Protocol, stream_id: int) -> None:
+    def __init__(self, proto: H2Protocol, stream_id: int, bodyless: bool = False) -> None:
         self.proto = proto
         self.stream_id = stream_id
-        self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
         self.relay: Relay | None = None  # tunnel bytes from the peer, once spliced
         self.trailers: Headers | None = None
         self.local_done = False
-        self.remote_done = False
+        if bodyless:
+            # Ended by its header block, never a tunnel: the shared ended empty body (no Body
+            # and no bound callback made), its remote end done. Nothing writes to it: `end`
+            # returns at once and `abort` refuses it (ended), so a reset leaves `error` None,
+            # as it left a body of its own that had ended; `discard` is reached only with an
+            # error; no DATA or trailers are taken on a stream closed remotely, and no relay
+            # is spliced onto a stream that is not a CONNECT.
+            self.body = EMPTY_BODY
+            self.remote_done = True
+        else:
+            self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
+            self.remote_done = False
         self.reset_error: StreamReset | None = None
         # Done at both ends and gone from both tables (`_stream_finished`): nothing more to do.
         self.forgotten = False
@@ -1798,8 +1811,10 @@ class H2Stream:
 class H2ServerStream(H2Stream):
     """The downstream exchange of one HTTP/2 request."""
 
-    def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
-        super().__init__(proto, stream_id)
+    def __init__(
+        self, proto: H2Protocol, stream_id: int, request: RequestHead, bodyless: bool = False
+    ) -> None:
+        super().__init__(proto, stream_id, bodyless)
         self.request = request
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
