@@ -27,8 +27,7 @@ import h2.settings
 from sidecar.http.exchange import _NOT_FED, EMPTY_BODY, Body, RequestHead, ResponseHead
 from sidecar.http.h2 import H2Protocol, H2ServerStream
 from tests.attack import DATA, END_HEADERS, END_STREAM, HEADERS, FakeTransport, frame
-
-DEADLINE = 5.0
+from tests.test_h2_cuts import _until
 
 
 def pristine() -> None:
@@ -61,14 +60,6 @@ def headers(method: bytes = b"GET", path: bytes = b"/") -> list[tuple[bytes, byt
         (b":authority", b"backend"),
         (b":path", path),
     ]
-
-
-async def _until(condition: object, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE
-    while not condition():  # type: ignore[operator]
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0)
 
 
 class Server:
