@@ -19,6 +19,7 @@ The pair is the harness's (its Dataplane templates and PKI), with `bench.tools h
   (`../2026-11-23-2core-session9/opwrap.py`; `ops.sh` there prints the table) — exact.
 - `--callgrind N`: both sidecars under callgrind, counting only while N requests run
   (`callgrind_control -i on/off`): user-space instructions per request — exact to ±0.3 %.
+  With `--grpc`, N seconds of 16 unary calls in flight: instructions per call (session 12).
 Work files go to /tmp/pair-http/ ($PAIR_HTTP_WORK when set: one per concurrent run).
 """
 
@@ -85,8 +86,8 @@ def main() -> None:
         "--callgrind",
         type=int,
         metavar="N",
-        help="N HTTP/1.1 requests with both sidecars under callgrind: exact "
-        "instructions per request (user space)",
+        help="N HTTP/1.1 requests (with --grpc: N seconds of calls) with both sidecars "
+        "under callgrind: exact instructions per request (user space)",
     )
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.getcwd()
@@ -153,7 +154,9 @@ def main() -> None:
             time.sleep(args.hold)
             return
         if args.callgrind:
-            report_instructions(work, sidecars, outbound, args.callgrind, args.profile_connections)
+            report_instructions(
+                work, sidecars, outbound, args.callgrind, args.profile_connections, args.grpc
+            )
             return
         if args.profile:
             for proc in sidecars.values():
@@ -193,6 +196,7 @@ def report_instructions(
     outbound: int,
     requests: int,
     connections: int,
+    grpc: bool = False,
 ) -> None:
     """Instructions per request (callgrind's Ir, user space only): counted only while the
     requests run, after the warm-up. With one connection (`--profile-connections 1`) every
@@ -205,7 +209,10 @@ def report_instructions(
                            capture_output=True)  # fmt: skip
 
     control("-i", "on")
-    h2load(outbound, connections, requests)
+    if grpc:
+        requests = grpc_calls(outbound, requests)  # N seconds: the calls made
+    else:
+        h2load(outbound, connections, requests)
     control("-i", "off")
     control("-d")
     for role in ("a", "b"):
@@ -214,7 +221,8 @@ def report_instructions(
         for line in dumps[-1].read_text().splitlines():
             if line.startswith("totals:") or line.startswith("summary:"):
                 total = int(line.split()[1])
-        print(role, f"instructions per request {total / requests:,.0f}", dumps[-1])
+        print(role, f"instructions per request {total / requests:,.0f}", dumps[-1],
+              f"({requests} {'calls' if grpc else 'requests'})")  # fmt: skip
 
 
 def report_calls(work: Path, requests: int) -> None:
