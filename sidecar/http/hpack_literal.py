@@ -427,6 +427,14 @@ class LiteralDecoder(Decoder):
         # while the block is in `_runs`, so cleared with it.
         self.hit: bytes | None = None
         self.reads: dict[bytes, tuple] = {}
+        # Blocks that would be kept but for one never-indexed field, a raw value of fewer than
+        # 127 octets (a peer sidecar's request: its unique `x-request-id`), decoded since the
+        # table last changed: the block's octets without that value (its length octet stays)
+        # to the fields before and after it, its name, and the list's size without the value.
+        # `_variable_at`: where the value began in the last such block, where a block alike
+        # has its value too (0: no such block yet). Cleared with `_runs`.
+        self._templates: dict[bytes, tuple[tuple, bytes, tuple, int]] = {}
+        self._variable_at = 0
         self._newest: object = None
         self._entries = 0
 
@@ -454,7 +462,25 @@ class LiteralDecoder(Decoder):
             self.list_size = size
             self.hit = data
             return [*fields]
+        at = self._variable_at
+        if at and at <= len(data):  # a block alike but for its never-indexed value, maybe
+            stop = at + data[at - 1]  # the value's end, if it is one (its length octet < 0x7F)
+            if stop <= len(data):
+                template = self._templates.get(data[:at] + data[stop:])
+                if template is not None:
+                    before, name, after, size = template
+                    size += stop - at
+                    if size > limit:  # (no field of the block changes the table)
+                        raise OversizedHeaderListError(
+                            f"A header list larger than {limit} has been received"
+                        )
+                    if table._maxsize > self.max_allowed_table_size:
+                        self._assert_valid_table_size()
+                    self.list_size = size
+                    value = data[at:stop]
+                    return [*before, _new_tuple(NeverIndexedHeaderTuple, (name, value)), *after]
         keep = True  # no field changes the table, and none is never indexed
+        variable = 0  # where the value of the only never-indexed field begins (-1: no template)
         run_at = _INDEX_RUN.match
         headers: list = []
         append = headers.append
@@ -532,6 +558,7 @@ class LiteralDecoder(Decoder):
                     self.header_table_size = new_size  # evicts what no longer fits
                     self._table_changed()
                     keep = False
+                    variable = -1
                     continue
                 else:  # 0000xxxx without indexing (6.2.2), 0001xxxx never indexed (6.2.3)
                     mask = 0x0F
@@ -596,8 +623,13 @@ class LiteralDecoder(Decoder):
                         dynamic[0] = header  # equal to hpack's, and handed out as it is
                     self._table_changed()
                     keep = False
+                    variable = -1
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
+                    if keep and octet < 0x7F:  # the first, a raw value with a one-octet length
+                        variable, variable_end, variable_field = i - length, i, len(headers)
+                    else:
+                        variable = -1
                     keep = False  # (a credential, or unique: not kept)
                 else:
                     header = (name, value)
@@ -619,13 +651,33 @@ class LiteralDecoder(Decoder):
                 runs.clear()
                 self.reads.clear()
             runs[data] = tuple(headers), size
+        elif variable > 0 and end - (variable_end - variable) < _RUN_KEPT_OCTETS:
+            self._remember_template(data, variable, variable_end, headers, variable_field, size)
         return headers
+
+    def _remember_template(
+        self, data: bytes, at: int, stop: int, headers: list, field: int, size: int
+    ) -> None:
+        """Keep a block whose fields change nothing in the table, the `field`th never indexed
+        with its raw value at `data[at:stop]`, as the template of blocks alike but for that
+        value (`_templates`)."""
+        templates = self._templates
+        if len(templates) >= _RUNS_KEPT:
+            templates.clear()
+        templates[data[:at] + data[stop:]] = (
+            tuple(headers[:field]),
+            headers[field][0],
+            tuple(headers[field + 1 :]),
+            size - (stop - at),
+        )
+        self._variable_at = at
 
     def _table_changed(self) -> None:
         """Forget the runs decoded (their dynamic indexes may name other entries now) and note
         the table as it is."""
         self._runs.clear()
         self.reads.clear()
+        self._templates.clear()
         dynamic = self.header_table.dynamic_entries
         self._newest = dynamic[0] if dynamic else None
         self._entries = len(dynamic)
