@@ -231,6 +231,33 @@ _REQUEST_PSEUDO: dict[bytes, bytes | None] = {
 }
 
 
+def _varied_read(
+    decoder: LiteralDecoder, headers: Headers, defaults: dict[bytes, bytes | None] | None
+) -> tuple[
+    dict[bytes, bytes | None], Headers, bool, int | None, h2.exceptions.ProtocolError | None
+]:
+    """`_header_block(headers, defaults)` for a block the decoder answered from a template
+    (`LiteralDecoder.varied`): blocks alike but for the value of one never-indexed field read
+    alike but for that value in the regular fields, where the field is a regular one other
+    than content-length (the only value a read looks at). Read once per template and kept
+    (`varied_reads`); the pseudo-header dict is shared, as `_take_headers` shares a block's."""
+    key = decoder.varied_key
+    field = decoder.varied_field
+    read = decoder.varied_reads.get(key)
+    if read is not None and read[0] is defaults:
+        pseudo, regular, at, informational, content_length = read[1:]
+        regular = [*regular]  # the caller's own (the router may change it)
+        name, value = headers[field]
+        regular[at] = (name, value)
+        return pseudo, regular, informational, content_length, None
+    read = _header_block(headers, defaults)
+    name = headers[field][0]
+    if read[4] is None and name[:1] != b":" and name != b"content-length":
+        at = sum(1 for header in headers[:field] if header[0][:1] != b":")
+        decoder.varied_reads[key] = (defaults, read[0], (*read[1],), at, *read[2:4])
+    return read
+
+
 # What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
 # first item is no block's pseudo-header defaults.
 _UNREAD = (object(), None, (), False, None)
@@ -1018,10 +1045,16 @@ class H2Protocol(asyncio.Protocol):
                 headers = decoder.decode(block, raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            if decoder.hit is not block:  # decoded anew (a request's unique x-request-id)
-                pseudo, regular, informational, content_length, problem = _header_block(
-                    headers, _REQUEST_PSEUDO if opens else None
-                )
+            if decoder.hit is not block:  # decoded anew, or alike but for one value
+                defaults = _REQUEST_PSEUDO if opens else None
+                if decoder.varied is block:  # a peer's request and its unique x-request-id
+                    pseudo, regular, informational, content_length, problem = _varied_read(
+                        decoder, headers, defaults
+                    )
+                else:
+                    pseudo, regular, informational, content_length, problem = _header_block(
+                        headers, defaults
+                    )
             else:  # decoded before, the table the same since: read before too, most likely
                 defaults = _REQUEST_PSEUDO if opens else None
                 read_with, pseudo, regular, informational, content_length = decoder.reads.get(

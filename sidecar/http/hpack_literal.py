@@ -435,6 +435,14 @@ class LiteralDecoder(Decoder):
         # has its value too (0: no such block yet). Cleared with `_runs`.
         self._templates: dict[bytes, tuple[tuple, bytes, tuple, int]] = {}
         self._variable_at = 0
+        # The last block `decode` answered from a template (the very object, as `hit`), that
+        # template's key and the never-indexed field's place in the list, and what callers read
+        # from blocks so answered, by their template's key (h2.py's `_varied_read`): valid
+        # while the template is kept, so cleared with it.
+        self.varied: bytes | None = None
+        self.varied_key = b""
+        self.varied_field = 0
+        self.varied_reads: dict[bytes, tuple] = {}
         self._newest: object = None
         self._entries = 0
 
@@ -466,7 +474,8 @@ class LiteralDecoder(Decoder):
         if at and at <= len(data):  # a block alike but for its never-indexed value, maybe
             stop = at + data[at - 1]  # the value's end, if it is one (its length octet < 0x7F)
             if stop <= len(data):
-                template = self._templates.get(data[:at] + data[stop:])
+                key = data[:at] + data[stop:]
+                template = self._templates.get(key)
                 if template is not None:
                     before, name, after, size = template
                     size += stop - at
@@ -477,6 +486,9 @@ class LiteralDecoder(Decoder):
                     if table._maxsize > self.max_allowed_table_size:
                         self._assert_valid_table_size()
                     self.list_size = size
+                    self.varied = data
+                    self.varied_key = key
+                    self.varied_field = len(before)
                     value = data[at:stop]
                     return [*before, _new_tuple(NeverIndexedHeaderTuple, (name, value)), *after]
         keep = True  # no field changes the table, and none is never indexed
@@ -664,6 +676,7 @@ class LiteralDecoder(Decoder):
         templates = self._templates
         if len(templates) >= _RUNS_KEPT:
             templates.clear()
+            self.varied_reads.clear()
         templates[data[:at] + data[stop:]] = (
             tuple(headers[:field]),
             headers[field][0],
@@ -678,6 +691,8 @@ class LiteralDecoder(Decoder):
         self._runs.clear()
         self.reads.clear()
         self._templates.clear()
+        self.varied_reads.clear()
+        self.varied = None
         dynamic = self.header_table.dynamic_entries
         self._newest = dynamic[0] if dynamic else None
         self._entries = len(dynamic)
