@@ -32,9 +32,9 @@ def request_id(n: int) -> bytes:
 
 
 class Server:
-    """A trusted server connection (a peer sidecar's) and the requests it was handed."""
+    """A server connection (trusted: a peer sidecar's) and the requests it was handed."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: bool = True) -> None:
         self.seen: list[RequestHead] = []
         self.streams: list[H2ServerStream] = []
         self.changed = asyncio.Event()
@@ -44,7 +44,7 @@ class Server:
             self.streams.append(stream)
             self.changed.set()
 
-        self.proto = H2Protocol(client_side=False, handler=handler, trusted=True)
+        self.proto = H2Protocol(client_side=False, handler=handler, trusted=trusted)
         self.proto.connection_made(FakeTransport())
         client = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)

@@ -1129,12 +1129,22 @@ class H2Protocol(asyncio.Protocol):
                 h2_stream._expected_content_length = content_length
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
-            if conn.checks_inbound:
+            # An untrusted peer's block is validated (and normalised), unless it was answered
+            # from the decoder's kept blocks and its fields passed as they are, with the same
+            # flags, since the table last changed: the same fields pass again (h2's checks
+            # look at the fields alone); the decoder's list is a fresh one.
+            if conn.checks_inbound and (
+                decoder.hit is not block or decoder.checked.get(block) is not flags
+            ):
                 checked = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
                 if checked != headers:  # normalised (cookies joined): read again
                     pseudo, regular = _header_block(checked, _REQUEST_PSEUDO if opens else None)[:2]
+                elif decoder.hit is block and all(
+                    a is b for a, b in zip(checked, headers, strict=True)
+                ):  # (not a cookie joined, which is another object: no other field changes)
+                    decoder.checked[block] = flags
                 headers = checked  # a fresh list (the decoder's may be its own again)
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)

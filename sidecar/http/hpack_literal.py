@@ -424,9 +424,11 @@ class LiteralDecoder(Decoder):
         # The last block `decode` answered from `_runs` (the very object it was given: whoever
         # holds that object tells by identity whether its decoding was such an answer), and what
         # callers read from blocks so answered, by their octets (h2.py's `_take_headers`): valid
-        # while the block is in `_runs`, so cleared with it.
+        # while the block is in `_runs`, so cleared with it. `checked`, alike: the validation
+        # flags for which the block's fields passed h2's checks as they are (`_take_headers`).
         self.hit: bytes | None = None
         self.reads: dict[bytes, tuple] = {}
+        self.checked: dict[bytes, object] = {}
         # Blocks that would be kept but for one never-indexed field, a raw value of fewer than
         # 127 octets (a peer sidecar's request: its unique `x-request-id`), decoded since the
         # table last changed: the block's octets without that value (its length octet stays)
@@ -521,6 +523,7 @@ class LiteralDecoder(Decoder):
                                 if len(runs) >= _RUNS_KEPT:
                                     runs.clear()
                                     self.reads.clear()
+                                    self.checked.clear()
                                 runs[run] = fields, run_size
                         else:
                             fields, run_size = known
@@ -662,6 +665,7 @@ class LiteralDecoder(Decoder):
             if len(runs) >= _RUNS_KEPT:
                 runs.clear()
                 self.reads.clear()
+                self.checked.clear()
             runs[data] = tuple(headers), size
         elif variable > 0 and end - (variable_end - variable) < _RUN_KEPT_OCTETS:
             self._remember_template(data, variable, variable_end, headers, variable_field, size)
@@ -690,6 +694,7 @@ class LiteralDecoder(Decoder):
         the table as it is."""
         self._runs.clear()
         self.reads.clear()
+        self.checked.clear()
         self._templates.clear()
         self.varied_reads.clear()
         self.varied = None
