@@ -6,6 +6,7 @@ are other fields), and a block whose cookie was joined (normalised: other object
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -112,3 +113,26 @@ async def test_a_joined_cookie_is_joined_every_time() -> None:
         assert not server.proto.closed
         assert stream.trailers == [(b"cookie", b"a=1")], n
         assert type(stream.trailers[0]) is NeverIndexedHeaderTuple, n
+
+
+async def test_a_request_is_measured_as_its_checked_list() -> None:
+    """The list's size against the limit is the decoder's count for a block checked as it is,
+    and the joined list's for one whose cookies were joined (smaller: one field, not two)."""
+    cookie = b"\x0f\x11\x03a=1"  # cookie: a=1, without indexing
+    x_a = b"\x00\x03x-a"  # a literal name without indexing; its value follows
+    for limit, block, served in (
+        (218, GET_HTTP_SLASH + cookie + cookie, True),  # 172 + 46 joined (254 apart)
+        (217, GET_HTTP_SLASH + cookie + cookie, False),
+        (208, GET_HTTP_SLASH + x_a + b"\x011", True),  # 172 + 36
+        (208, GET_HTTP_SLASH + x_a + b"\x0212", False),
+    ):
+        server = Server(trusted=False)
+        await server.request(GET_HTTP_SLASH)  # the first block is h2's (the connection opens)
+        server.proto.header_list_size = limit
+        server.proto.data_received(headers_frame(3, block))  # served, or answered 431
+        server.proto.data_received(headers_frame(5, GET_HTTP_SLASH))  # served after it
+        while len(server.seen) < 2 or server.seen[-1].headers:
+            server.changed.clear()
+            await asyncio.wait_for(server.changed.wait(), 5)
+        assert len(server.seen) == 2 + served, (limit, block)
+        assert not server.proto.closed

@@ -32,7 +32,9 @@ def request_id(n: int) -> bytes:
 
 
 class Server:
-    """A server connection (trusted: a peer sidecar's) and the requests it was handed."""
+    """A server connection (trusted: a peer sidecar's) and the requests it was handed. Its
+    first header block is h2's (the connection opens with it); `_take_headers` takes the
+    others."""
 
     def __init__(self, trusted: bool = True) -> None:
         self.seen: list[RequestHead] = []

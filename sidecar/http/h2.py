@@ -1133,14 +1133,16 @@ class H2Protocol(asyncio.Protocol):
             # from the decoder's kept blocks and its fields passed as they are, with the same
             # flags, since the table last changed: the same fields pass again (h2's checks
             # look at the fields alone); the decoder's list is a fresh one.
+            size = None  # the list's size, if not the decoder's (normalised)
             if conn.checks_inbound and (
                 decoder.hit is not block or decoder.checked.get(block) is not flags
             ):
                 checked = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
-                if checked != headers:  # normalised (cookies joined): read again
+                if checked != headers:  # normalised (cookies joined): read and counted again
                     pseudo, regular = _header_block(checked, _REQUEST_PSEUDO if opens else None)[:2]
+                    size = _list_size(checked)
                 elif decoder.hit is block and all(
                     a is b for a, b in zip(checked, headers, strict=True)
                 ):  # (not a cookie joined, which is another object: no other field changes)
@@ -1150,9 +1152,10 @@ class H2Protocol(asyncio.Protocol):
             self._protocol_error(exc, terminate=True)
             return True
         if opens:
-            # The decoder counted the list's size; headers normalised (an untrusted peer) are
-            # counted again.
-            size = _list_size(headers) if conn.checks_inbound else decoder.list_size
+            # The decoder counted the list's size (a list checked and equal to the block's is
+            # as large); a normalised one was counted again.
+            if size is None:
+                size = decoder.list_size
             self._request(stream_id, pseudo, regular, ended, size)
         elif trailers:
             stream.trailers = headers
