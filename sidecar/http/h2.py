@@ -231,6 +231,33 @@ _REQUEST_PSEUDO: dict[bytes, bytes | None] = {
 }
 
 
+def _varied_read(
+    decoder: LiteralDecoder, headers: Headers, defaults: dict[bytes, bytes | None] | None
+) -> tuple[
+    dict[bytes, bytes | None], Headers, bool, int | None, h2.exceptions.ProtocolError | None
+]:
+    """`_header_block(headers, defaults)` for a block the decoder answered from a template
+    (`LiteralDecoder.varied`): blocks alike but for the value of one never-indexed field read
+    alike but for that value in the regular fields, where the field is a regular one other
+    than content-length (the only value a read looks at). Read once per template and kept
+    (`varied_reads`); the pseudo-header dict is shared, as `_take_headers` shares a block's."""
+    key = decoder.varied_key
+    field = decoder.varied_field
+    read = decoder.varied_reads.get(key)
+    if read is not None and read[0] is defaults:
+        pseudo, regular, at, informational, content_length = read[1:]
+        regular = [*regular]  # the caller's own (the router may change it)
+        name, value = headers[field]
+        regular[at] = (name, value)
+        return pseudo, regular, informational, content_length, None
+    read = _header_block(headers, defaults)
+    name = headers[field][0]
+    if read[4] is None and name[:1] != b":" and name != b"content-length":
+        at = sum(1 for header in headers[:field] if header[0][:1] != b":")
+        decoder.varied_reads[key] = (defaults, read[0], (*read[1],), at, *read[2:4])
+    return read
+
+
 # What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
 # first item is no block's pseudo-header defaults.
 _UNREAD = (object(), None, (), False, None)
@@ -1018,10 +1045,16 @@ class H2Protocol(asyncio.Protocol):
                 headers = decoder.decode(block, raw=True)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
-            if decoder.hit is not block:  # decoded anew (a request's unique x-request-id)
-                pseudo, regular, informational, content_length, problem = _header_block(
-                    headers, _REQUEST_PSEUDO if opens else None
-                )
+            if decoder.hit is not block:  # decoded anew, or alike but for one value
+                defaults = _REQUEST_PSEUDO if opens else None
+                if decoder.varied is block:  # a peer's request and its unique x-request-id
+                    pseudo, regular, informational, content_length, problem = _varied_read(
+                        decoder, headers, defaults
+                    )
+                else:
+                    pseudo, regular, informational, content_length, problem = _header_block(
+                        headers, defaults
+                    )
             else:  # decoded before, the table the same since: read before too, most likely
                 defaults = _REQUEST_PSEUDO if opens else None
                 read_with, pseudo, regular, informational, content_length = decoder.reads.get(
@@ -1096,20 +1129,33 @@ class H2Protocol(asyncio.Protocol):
                 h2_stream._expected_content_length = content_length
             if trailers and not ended:
                 raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
-            if conn.checks_inbound:
+            # An untrusted peer's block is validated (and normalised), unless it was answered
+            # from the decoder's kept blocks and its fields passed as they are, with the same
+            # flags, since the table last changed: the same fields pass again (h2's checks
+            # look at the fields alone); the decoder's list is a fresh one.
+            size = None  # the list's size, if not the decoder's (normalised)
+            if conn.checks_inbound and (
+                decoder.hit is not block or decoder.checked.get(block) is not flags
+            ):
                 checked = received_headers(
                     headers, flags, conn.validate_inbound, conn.normalize_inbound
                 )
-                if checked != headers:  # normalised (cookies joined): read again
+                if checked != headers:  # normalised (cookies joined): read and counted again
                     pseudo, regular = _header_block(checked, _REQUEST_PSEUDO if opens else None)[:2]
+                    size = _list_size(checked)
+                elif decoder.hit is block and all(
+                    a is b for a, b in zip(checked, headers, strict=True)
+                ):  # (not a cookie joined, which is another object: no other field changes)
+                    decoder.checked[block] = flags
                 headers = checked  # a fresh list (the decoder's may be its own again)
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc, terminate=True)
             return True
         if opens:
-            # The decoder counted the list's size; headers normalised (an untrusted peer) are
-            # counted again.
-            size = _list_size(headers) if conn.checks_inbound else decoder.list_size
+            # The decoder counted the list's size (a list checked and equal to the block's is
+            # as large); a normalised one was counted again.
+            if size is None:
+                size = decoder.list_size
             self._request(stream_id, pseudo, regular, ended, size)
         elif trailers:
             stream.trailers = headers

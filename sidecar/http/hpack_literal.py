@@ -424,9 +424,27 @@ class LiteralDecoder(Decoder):
         # The last block `decode` answered from `_runs` (the very object it was given: whoever
         # holds that object tells by identity whether its decoding was such an answer), and what
         # callers read from blocks so answered, by their octets (h2.py's `_take_headers`): valid
-        # while the block is in `_runs`, so cleared with it.
+        # while the block is in `_runs`, so cleared with it. `checked`, alike: the validation
+        # flags for which the block's fields passed h2's checks as they are (`_take_headers`).
         self.hit: bytes | None = None
         self.reads: dict[bytes, tuple] = {}
+        self.checked: dict[bytes, object] = {}
+        # Blocks that would be kept but for one never-indexed field, a raw value of fewer than
+        # 127 octets (a peer sidecar's request: its unique `x-request-id`), decoded since the
+        # table last changed: the block's octets without that value (its length octet stays)
+        # to the fields before and after it, its name, and the list's size without the value.
+        # `_variable_at`: where the value began in the last such block, where a block alike
+        # has its value too (0: no such block yet). Cleared with `_runs`.
+        self._templates: dict[bytes, tuple[tuple, bytes, tuple, int]] = {}
+        self._variable_at = 0
+        # The last block `decode` answered from a template (the very object, as `hit`), that
+        # template's key and the never-indexed field's place in the list, and what callers read
+        # from blocks so answered, by their template's key (h2.py's `_varied_read`): valid
+        # while the template is kept, so cleared with it.
+        self.varied: bytes | None = None
+        self.varied_key = b""
+        self.varied_field = 0
+        self.varied_reads: dict[bytes, tuple] = {}
         self._newest: object = None
         self._entries = 0
 
@@ -454,7 +472,29 @@ class LiteralDecoder(Decoder):
             self.list_size = size
             self.hit = data
             return [*fields]
+        at = self._variable_at
+        if at and at <= len(data):  # a block alike but for its never-indexed value, maybe
+            stop = at + data[at - 1]  # the value's end, if it is one (its length octet < 0x7F)
+            if stop <= len(data):
+                key = data[:at] + data[stop:]
+                template = self._templates.get(key)
+                if template is not None:
+                    before, name, after, size = template
+                    size += stop - at
+                    if size > limit:  # (no field of the block changes the table)
+                        raise OversizedHeaderListError(
+                            f"A header list larger than {limit} has been received"
+                        )
+                    if table._maxsize > self.max_allowed_table_size:
+                        self._assert_valid_table_size()
+                    self.list_size = size
+                    self.varied = data
+                    self.varied_key = key
+                    self.varied_field = len(before)
+                    value = data[at:stop]
+                    return [*before, _new_tuple(NeverIndexedHeaderTuple, (name, value)), *after]
         keep = True  # no field changes the table, and none is never indexed
+        variable = 0  # where the value of the only never-indexed field begins (-1: no template)
         run_at = _INDEX_RUN.match
         headers: list = []
         append = headers.append
@@ -483,6 +523,7 @@ class LiteralDecoder(Decoder):
                                 if len(runs) >= _RUNS_KEPT:
                                     runs.clear()
                                     self.reads.clear()
+                                    self.checked.clear()
                                 runs[run] = fields, run_size
                         else:
                             fields, run_size = known
@@ -532,6 +573,7 @@ class LiteralDecoder(Decoder):
                     self.header_table_size = new_size  # evicts what no longer fits
                     self._table_changed()
                     keep = False
+                    variable = -1
                     continue
                 else:  # 0000xxxx without indexing (6.2.2), 0001xxxx never indexed (6.2.3)
                     mask = 0x0F
@@ -596,8 +638,13 @@ class LiteralDecoder(Decoder):
                         dynamic[0] = header  # equal to hpack's, and handed out as it is
                     self._table_changed()
                     keep = False
+                    variable = -1
                 elif first & 0x10:
                     header = _new_tuple(NeverIndexedHeaderTuple, (name, value))
+                    if keep and octet < 0x7F:  # the first, a raw value with a one-octet length
+                        variable, variable_end, variable_field = i - length, i, len(headers)
+                    else:
+                        variable = -1
                     keep = False  # (a credential, or unique: not kept)
                 else:
                     header = (name, value)
@@ -618,14 +665,39 @@ class LiteralDecoder(Decoder):
             if len(runs) >= _RUNS_KEPT:
                 runs.clear()
                 self.reads.clear()
+                self.checked.clear()
             runs[data] = tuple(headers), size
+        elif variable > 0 and end - (variable_end - variable) < _RUN_KEPT_OCTETS:
+            self._remember_template(data, variable, variable_end, headers, variable_field, size)
         return headers
+
+    def _remember_template(
+        self, data: bytes, at: int, stop: int, headers: list, field: int, size: int
+    ) -> None:
+        """Keep a block whose fields change nothing in the table, the `field`th never indexed
+        with its raw value at `data[at:stop]`, as the template of blocks alike but for that
+        value (`_templates`)."""
+        templates = self._templates
+        if len(templates) >= _RUNS_KEPT:
+            templates.clear()
+            self.varied_reads.clear()
+        templates[data[:at] + data[stop:]] = (
+            tuple(headers[:field]),
+            headers[field][0],
+            tuple(headers[field + 1 :]),
+            size - (stop - at),
+        )
+        self._variable_at = at
 
     def _table_changed(self) -> None:
         """Forget the runs decoded (their dynamic indexes may name other entries now) and note
         the table as it is."""
         self._runs.clear()
         self.reads.clear()
+        self.checked.clear()
+        self._templates.clear()
+        self.varied_reads.clear()
+        self.varied = None
         dynamic = self.header_table.dynamic_entries
         self._newest = dynamic[0] if dynamic else None
         self._entries = len(dynamic)
