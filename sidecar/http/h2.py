@@ -280,18 +280,6 @@ def _list_size(fields: Headers) -> int:
     return len(b"".join(itertools.chain.from_iterable(fields))) + 32 * len(fields)
 
 
-def _processed(manager: h2.windows.WindowManager, size: int) -> int:
-    """h2's `WindowManager.process_bytes`: the window increment now due (0: none). Below half
-    the window processed, with window left, h2's algorithm only adds the bytes up (its
-    `_maybe_update_window` returns 0 and changes nothing else): that is done here, without its
-    two calls."""
-    processed = manager._bytes_processed + size
-    if processed < manager.max_window_size // 2 and manager.current_window_size:
-        manager._bytes_processed = processed
-        return 0
-    return manager.process_bytes(size) or 0
-
-
 class _StreamMachine(h2.stream.H2StreamStateMachine):
     """h2's stream state machine, made without a Python `__init__` call: `_Connection.new_stream`
     gives it the attributes h2's `__init__` gives it (tests/test_h2_cuts.py compares them)."""
@@ -559,6 +547,38 @@ class _Connection(h2.connection.H2Connection):
             self._ended_locally(machine, state)
         self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
 
+    def send_response(self, stream_id: int, headers: Headers, body: bytes) -> bool:
+        """A final response's head and its whole body (server side), queued as
+        `send_stream_headers` (no END_STREAM) and then `send_plain_data_now` (END_STREAM) queue
+        them, with one look at the stream, its state and the windows instead of two: a small
+        answer's usual case. Anything else (a body over a frame or short of window, a stream in
+        another state): those two, for their rules. True when the body was queued too, False
+        when only the head was (the caller sends the body)."""
+        stream = self.streams.get(stream_id)
+        size = len(body)
+        if stream is not None and self.state_machine.state in _OPEN_STATES:
+            machine = stream.state_machine
+            state = machine.state
+            if (
+                state in _SENDING_STATES
+                and not machine.headers_sent
+                and machine.client is False
+                and 0 < size <= self.max_outbound_frame_size
+                and size <= stream.outbound_flow_control_window
+                and size <= self.outbound_flow_control_window
+            ):
+                machine.headers_sent = True  # response_sent
+                self._headers_frames(stream_id, self.encoder.encode(headers), False)
+                stream.outbound_flow_control_window -= size
+                self.outbound_flow_control_window -= size
+                self._ended_locally(machine, state)
+                out = self._data_to_send
+                out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 0, _END_STREAM, stream_id)
+                out += body
+                return True
+        self.send_stream_headers(stream_id, headers, False)
+        return self.send_plain_data_now(stream_id, body, True)
+
     def send_end_stream(self, stream_id: int) -> None:
         """`end_stream` (an empty DATA frame with END_STREAM) on a stream that can send,
         without h2's state machines, frame object and logging; otherwise h2's, for its
@@ -613,17 +633,30 @@ class _Connection(h2.connection.H2Connection):
 
     def credit(self, stream_id: int, size: int) -> None:
         """`acknowledge_received_data` without its logging and frame objects: h2's window
-        managers still decide when an update is due (and keep their books, `_processed`); the
-        WINDOW_UPDATE frames are written into h2's output buffer here."""
-        increment = _processed(self._inbound_flow_control_window_manager, size)
+        managers still decide when an update is due (and keep their books); the WINDOW_UPDATE
+        frames are written into h2's output buffer here. Below half a window processed, with
+        window left, h2's `process_bytes` only adds the bytes up (its `_maybe_update_window`
+        returns 0 and changes nothing else): that is done here, without its two calls, for the
+        connection's window and the stream's (most credit, most of the time)."""
         out = self._data_to_send
-        if increment:
-            out += _WINDOW_UPDATE_CONNECTION
-            out += increment.to_bytes(4, "big")
+        manager = self._inbound_flow_control_window_manager
+        processed = manager._bytes_processed + size
+        if processed < manager.max_window_size // 2 and manager.current_window_size:
+            manager._bytes_processed = processed
+        else:
+            increment = manager.process_bytes(size)
+            if increment:
+                out += _WINDOW_UPDATE_CONNECTION
+                out += increment.to_bytes(4, "big")
         stream = self.streams.get(stream_id)
         # h2's `stream.open` (RFC 9113 5.1.2: OPEN or half-closed), read directly.
         if stream is not None and stream.state_machine.state in _WINDOW_STATES:
-            increment = _processed(stream._inbound_window_manager, size)
+            manager = stream._inbound_window_manager
+            processed = manager._bytes_processed + size
+            if processed < manager.max_window_size // 2 and manager.current_window_size:
+                manager._bytes_processed = processed
+                return
+            increment = manager.process_bytes(size)
             if increment:
                 out += _WINDOW_UPDATE_HEAD
                 out += stream_id.to_bytes(4, "big")
@@ -1503,9 +1536,14 @@ class H2Protocol(asyncio.Protocol):
         """A stream's last frame is queued: written at once when no other stream is open here
         (a lone exchange, as at a low request rate: the peer starts on it before this turn's
         bookkeeping is done), else at the end of the turn with the other streams' frames."""
-        if len(self.streams) > 1:
-            self._flush()
-        else:
+        if len(self.streams) < 2:
+            self._flush_now()
+            return
+        self._sends += 1  # `_flush`, inline (a call fewer for every stream)
+        if self._flush_handle is None:
+            if self.transport is not None:
+                self._flush_handle = self.loop.call_soon(self._flush_now)
+        elif self._sends >= defaults.H2_SENDS_PER_WRITE:
             self._flush_now()
 
     def _flush_now(self) -> None:
@@ -1593,6 +1631,25 @@ class H2Protocol(asyncio.Protocol):
             self._flush_ended()
         else:
             self._flush()
+        return True
+
+    def send_response(self, stream_id: int, headers: Headers, body: bytes) -> bool:
+        """A final response's head, queued, with its whole body (not empty) behind it and
+        END_STREAM where `send_now` would queue the body: True then; False when the body is
+        the caller's to send (the head queued alone). One call where the head and `send_now`
+        were two, each looking the stream up and checking it (`_Connection.send_response`)."""
+        conn = self.conn
+        if self._write_paused is not None or self.closed:
+            conn.send_stream_headers(stream_id, headers, False)
+            return False
+        if not conn.send_response(stream_id, headers, body):
+            return False
+        self._data_frames_sent += 1  # as `send_now` counts and writes a stream's last chunk
+        self._unflushed += len(body)
+        if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
+            self._flush_now()
+        else:
+            self._flush_ended()
         return True
 
     def _wake_windows(self, stream_id: int) -> None:
@@ -1860,7 +1917,7 @@ class H2ServerStream(H2Stream):
     def __init__(
         self, proto: H2Protocol, stream_id: int, request: RequestHead, bodyless: bool = False
     ) -> None:
-        super().__init__(proto, stream_id, bodyless)
+        H2Stream.__init__(self, proto, stream_id, bodyless)  # (no `super` object made)
         self.request = request
         self.responded = False
         self.status = 0  # the status sent downstream, for stats and the access log
@@ -1902,13 +1959,17 @@ class H2ServerStream(H2Stream):
         proto = self.proto
         if status < 200:  # informational: h2's rules
             proto.conn.send_headers(self.stream_id, headers, end_stream=end)
+            whole = not end and bool(last) and proto.send_now(self.stream_id, last, True)
+        elif last and not end:  # the head, and the body behind it when it fits
+            whole = proto.send_response(self.stream_id, headers, last)
         else:
             proto.conn.send_stream_headers(self.stream_id, headers, end)
+            whole = False
         if end:
             self.local_done = True
             proto._flush_ended()
             proto._stream_finished(self)
-        elif last and proto.send_now(self.stream_id, last, True):  # flushed with the head
+        elif whole:  # flushed with the head
             self.local_done = True
             if proto._write_paused is not None:  # as `finish` ends
                 await proto.drain()
@@ -1924,7 +1985,7 @@ class H2ClientStream(H2Stream):
     """An upstream request on a multiplexed connection."""
 
     def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
-        super().__init__(proto, stream_id)
+        H2Stream.__init__(self, proto, stream_id)  # (no `super` object made)
         self.request = request
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
