@@ -253,7 +253,11 @@ class H1Server(_Writer):
         self.reading_paused = False
         self.lingering = False  # a refusal was sent: input is dropped until the close
         self.peer_address: tuple[str, int] | None = None
+        # The task that serves this connection's requests in turn (`_serve`), and the future it
+        # waits on for the next one between requests (resolved with None once the connection is
+        # lost).
         self.task: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[H1ServerExchange | None] | None = None
         self.tunnel: H1ServerExchange | None = None  # after an upgrade: raw bytes both ways
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -308,6 +312,9 @@ class H1Server(_Writer):
         self.resume_writing()
         if self.exchange is not None:
             self.exchange.lost(StreamReset("downstream connection closed"))
+        waiter, self._next = self._next, None
+        if waiter is not None:
+            waiter.set_result(None)  # no next request: the serving task ends
         if self.on_close is not None:
             self.on_close(self)
 
@@ -434,16 +441,48 @@ class H1Server(_Writer):
         )
         exchange = H1ServerExchange(self, head, request)
         self.exchange = exchange
-        self.task = self.loop.create_task(self._serve(exchange))
+        waiter = self._next
+        if waiter is not None:
+            self._next = None
+            waiter.set_result(exchange)
+        elif self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._serve(exchange))
+        # (else the serving task is in `_next_cycle` and takes this pipelined request next)
 
     async def _serve(self, exchange: H1ServerExchange) -> None:
-        try:
-            await self.handler(exchange)
-        except Exception:
-            log.exception("event=handler_failed")
-            exchange.reset()
-            return
-        self._next_cycle(exchange)
+        """Serve the connection's requests in turn, `exchange` first: one task for a keep-alive
+        connection, not one per request (a Task's creation, and its entry in and removal from
+        asyncio's weak set of all tasks, cost more than the future it waits on between
+        requests)."""
+        while True:
+            try:
+                await self.handler(exchange)
+            except Exception:
+                log.exception("event=handler_failed")
+                self.task = None
+                exchange.reset()
+                return
+            self._next_cycle(exchange)
+            following = self.exchange
+            if following is not None:
+                # A pipelined request, already here: its handler starts on the next turn of the
+                # loop, as a task's first step would.
+                await asyncio.sleep(0)
+            else:
+                transport = self.transport
+                if self.closed or transport is None or transport.is_closing():
+                    self.task = None
+                    return
+                waiter = self._next = self.loop.create_future()
+                try:
+                    following = await waiter
+                except asyncio.CancelledError:
+                    self._next = self.task = None  # a later request gets a task of its own
+                    raise
+                if following is None:  # the connection was lost
+                    self.task = None
+                    return
+            exchange = following
 
     def _next_cycle(self, exchange: H1ServerExchange) -> None:
         self.exchange = None

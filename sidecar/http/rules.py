@@ -13,12 +13,16 @@ import re
 
 from sidecar.http.exchange import RequestHead
 
+# The repeats are possessive (`++`, `*+`): nothing that may follow one (a space, the end) is a
+# byte it takes, so giving back could never make a match, and sre keeps no places to go back to.
 # RFC 9110 5.6.2 token: what a method is made of.
-_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++")
 # RFC 3986 host (reg-name, IP literal) and port: unreserved, pct-encoded, sub-delims, ':[]'.
-_AUTHORITY = re.compile(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*")
-# An origin-form path: no whitespace, control character, DEL or fragment.
-_PATH = re.compile(rb"/[^\x00-\x20\x7f#]*")
+_AUTHORITY = re.compile(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*+")
+# An origin-form path: no whitespace, control character, DEL or fragment. The class is written
+# as the bytes it takes (not `[^\x00-\x20\x7f#]`, the same bytes): sre tests a negated class
+# one step more per byte.
+_PATH = re.compile(rb"/[\x21\x22\x24-\x7e\x80-\xff]*+")
 # The three above in one pass over `method authority path`: none of them takes a space, so the
 # spaces can only be the separators, and a match is each part matching its own pattern.
 _USUAL = re.compile(b" ".join((_METHOD.pattern, _AUTHORITY.pattern, _PATH.pattern)))
