@@ -319,7 +319,19 @@ async def _attempt(
             and body.buffered <= defaults.INLINE_REQUEST_BODY
             and upstream.can_send_now(body.buffered)
         ):
-            await _pump_request(body, upstream, acct)  # all here, taken at once: no task needed
+            # All here, taken at once: no task needed. A body of one chunk without trailers (a
+            # unary gRPC call's message) goes with the end straight from here: no coroutine made
+            # for `_pump_request` and `_send_body`, which would send it just so.
+            whole = body.take_whole()
+            if whole is None:
+                await _pump_request(body, upstream, acct)
+            else:
+                if acct.counts_bodies:
+                    acct.request_chunk(whole)
+                try:
+                    await upstream.finish(None, whole)
+                except StreamReset:
+                    upstream.reset()
         else:
             pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
     head = upstream.response_head
@@ -416,6 +428,8 @@ async def _send_body(
             await sink.finish(None, chunk)
             return
         await sink.write(chunk)
+        if body.at_end:  # (ended with trailers, all taken: no `read` awaited to be told so)
+            break
     await sink.finish(body.trailers)
 
 
