@@ -308,7 +308,8 @@ async def _attempt(
     The request body is sent by a task of its own while the response head is awaited; an
     attempt that fails stops it, so a retry never has two senders reading the same body. How it
     went is reported to outlier detection (a 5xx, a timeout or a reset counts against the
-    endpoint).
+    endpoint). The response is then streamed back from here too, not from a coroutine of its
+    own: one coroutine fewer made for every request.
     """
     outlier = route.cluster.outlier
     pump = None
@@ -374,7 +375,46 @@ async def _attempt(
     else:
         outlier.success(target)
     acct.upstream_response(response.status)
-    await _stream_response(exchange, upstream, response, acct, pump)
+
+    # The response, streamed back.
+    response_body = upstream.body
+    response.headers = strip_hop_by_hop(response.headers)
+    tunnel = response.status == TUNNEL_ESTABLISHED
+    try:
+        if upstream.response_ended_with_head or (
+            response_body.at_end and not response_body.trailers
+        ):
+            await exchange.respond(response, end=True)
+        elif not tunnel and (whole := response_body.take_whole()) is not None:
+            # The whole body came with the head (a small answer): it goes with it, one write.
+            if acct.counts_bodies:
+                acct.response_chunk(whole)
+            await exchange.respond(response, last=whole)
+        else:
+            await exchange.respond(response)
+            if tunnel:
+                splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
+            await _send_body(
+                response_body, exchange, acct.response_chunk if acct.counts_bodies else None
+            )
+        if acct.grpc:
+            acct.response_ended(response.headers, response_body.trailers)
+    except StreamReset:
+        if response_body.error is not None:
+            acct.upstream_reset()
+            exchange.reset()  # the upstream broke mid-response: the downstream must see a reset
+        else:
+            acct.downstream_reset()
+            upstream.reset()  # the downstream left: stop the upstream
+    finally:
+        if pump is not None and not pump.done():
+            if tunnel and response_body.error is None:
+                await pump  # a tunnel ends when both directions have
+            else:
+                pump.cancel()
+                exchange.abandon_request()
+        if tunnel:
+            unsplice(exchange, upstream)  # (left to the garbage collector if cancelled above)
     return None
 
 
@@ -431,50 +471,6 @@ async def _send_body(
         if body.at_end:  # (ended with trailers, all taken: no `read` awaited to be told so)
             break
     await sink.finish(body.trailers)
-
-
-async def _stream_response(
-    exchange: Exchange,
-    upstream: UpstreamStream,
-    response: ResponseHead,
-    acct: RequestAccounting,
-    pump: asyncio.Task[None] | None,
-) -> None:
-    body = upstream.body
-    response.headers = strip_hop_by_hop(response.headers)
-    tunnel = response.status == TUNNEL_ESTABLISHED
-    try:
-        if upstream.response_ended_with_head or (body.at_end and not body.trailers):
-            await exchange.respond(response, end=True)
-        elif not tunnel and (whole := body.take_whole()) is not None:
-            # The whole body came with the head (a small answer): it goes with it, one write.
-            if acct.counts_bodies:
-                acct.response_chunk(whole)
-            await exchange.respond(response, last=whole)
-        else:
-            await exchange.respond(response)
-            if tunnel:
-                splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
-            await _send_body(body, exchange, acct.response_chunk if acct.counts_bodies else None)
-        if acct.grpc:
-            acct.response_ended(response.headers, body.trailers)
-    except StreamReset:
-        if body.error is not None:
-            acct.upstream_reset()
-            exchange.reset()  # the upstream broke mid-response: the downstream must see a reset
-        else:
-            acct.downstream_reset()
-            upstream.reset()  # the downstream left: stop the upstream
-        return
-    finally:
-        if pump is not None and not pump.done():
-            if tunnel and body.error is None:
-                await pump  # a tunnel ends when both directions have
-            else:
-                pump.cancel()
-                exchange.abandon_request()
-        if tunnel:
-            unsplice(exchange, upstream)  # (left to the garbage collector if cancelled above)
 
 
 # -- header policy for each direction ---------------------------------------------------------
