@@ -398,7 +398,7 @@ async def _attempt(
                 response_body, exchange, acct.response_chunk if acct.counts_bodies else None
             )
         if acct.grpc:
-            acct.response_ended(response.headers, response_body.trailers)
+            acct.grpc_response_ended(response.headers, response_body.trailers)
     except StreamReset:
         if response_body.error is not None:
             acct.upstream_reset()
