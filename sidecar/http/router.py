@@ -482,29 +482,45 @@ _ORIG_PROTO = defaults.ORIG_PROTO_HEADER
 _ORIG_PROTO_FIELDS = {v: (_ORIG_PROTO, b"HTTP/" + v) for v in (b"1.1", b"1.0")}
 
 
+# The names `outbound_headers` drops or sets besides the hop-by-hop ones: a request with none of
+# them (nearly every one) gets ours appended to a copy of its list, in one step.
+_SET_OUTBOUND = frozenset(
+    (b"host", _ORIG_PROTO, b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id")
+)
+
+
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
     names = dict(head.headers)  # which names there are, in one C call (values: the last of each)
     headers = strip_hop_by_hop(head.headers, names)
-    if headers is not head.headers:  # (Connection may have named any of those looked at below)
-        names = dict(headers)
-    if b"host" in names or _ORIG_PROTO in names:
-        headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
-    elif headers is head.headers:
-        headers = list(headers)
-    if peer_address is not None:
-        client = peer_address[0].encode()
-        if b"x-forwarded-for" in names:
-            for i, (k, v) in enumerate(headers):
-                if k == b"x-forwarded-for":
-                    headers[i] = (k, v + b", " + client)
-                    break
-        else:
-            headers.append((b"x-forwarded-for", client))
-    if b"x-forwarded-proto" not in names:
-        headers.append((b"x-forwarded-proto", head.scheme or b"http"))
-    if b"x-request-id" not in names:
-        headers.append((b"x-request-id", new_request_id()))
+    if headers is head.headers and peer_address is not None and _SET_OUTBOUND.isdisjoint(names):
+        # The usual request: nothing to drop or rewrite, so the fields below are all appended.
+        headers = [
+            *headers,
+            (b"x-forwarded-for", peer_address[0].encode()),
+            (b"x-forwarded-proto", head.scheme or b"http"),
+            (b"x-request-id", new_request_id()),
+        ]
+    else:
+        if headers is not head.headers:  # (Connection may have named any of those looked at below)
+            names = dict(headers)
+        if b"host" in names or _ORIG_PROTO in names:
+            headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
+        elif headers is head.headers:
+            headers = list(headers)
+        if peer_address is not None:
+            client = peer_address[0].encode()
+            if b"x-forwarded-for" in names:
+                for i, (k, v) in enumerate(headers):
+                    if k == b"x-forwarded-for":
+                        headers[i] = (k, v + b", " + client)
+                        break
+            else:
+                headers.append((b"x-forwarded-for", client))
+        if b"x-forwarded-proto" not in names:
+            headers.append((b"x-forwarded-proto", head.scheme or b"http"))
+        if b"x-request-id" not in names:
+            headers.append((b"x-request-id", new_request_id()))
     if head.http_version != b"2":
         headers.append(_ORIG_PROTO_FIELDS[head.http_version])
     head.headers = headers
