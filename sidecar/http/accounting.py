@@ -31,6 +31,9 @@ _now = time.monotonic
 # the class alone (a downstream status), and both for an upstream's (one lookup).
 _CLASSES = {code: str(code // 100) for code in range(100, 600)}
 _CODES_AND_CLASSES = {code: (str(code), klass) for code, klass in _CLASSES.items()}
+# The grpc_status stats' keys of gRPC's status codes (0-16), and "-" for none (or an empty one).
+_GRPC_STATUS_KEYS: dict[bytes | None, str] = {str(n).encode(): str(n) for n in range(17)}
+_GRPC_STATUS_KEYS[None] = _GRPC_STATUS_KEYS[b""] = "-"
 
 
 class GrpcMessages:
@@ -46,14 +49,17 @@ class GrpcMessages:
     def feed(self, chunk: bytes) -> None:
         """Count the messages whose prefixes are in `chunk`: the rest of a payload begun before
         is skipped, a prefix split across chunks is put together, and the prefixes inside the
-        chunk are hopped from one to the next (one message a chunk, gRPC's usual, is a few
-        operations)."""
+        chunk are hopped from one to the next. A chunk that is one whole message (gRPC's usual:
+        a unary call's DATA frame) is told by its prefix alone, before any of that."""
         size = len(chunk)
         pos = self._need  # the rest of a payload begun in an earlier chunk
         if pos >= size:
             self._need = pos - size
             return
         header = self._header
+        if not (header or pos) and int.from_bytes(chunk[1:5], "big") == size - 5:
+            self.count += 1  # one whole message, gRPC's usual chunk
+            return
         if header:  # a prefix begun at the end of an earlier chunk
             take = 5 - len(header)
             header += chunk[pos : pos + take]
@@ -212,12 +218,6 @@ class RequestAccounting:
 
     # -- the end -------------------------------------------------------------------------------
 
-    def response_ended(self, headers: Headers, trailers: Headers | None) -> None:
-        """The upstream's response is complete: for gRPC, its grpc-status (in the trailers, or
-        in the head of a trailers-only response) decides success."""
-        if self.grpc:
-            self._grpc_done(headers, trailers)
-
     def finished(self, status: int) -> None:
         http = self.http
         http.downstream_rq_active -= 1
@@ -235,14 +235,20 @@ class RequestAccounting:
             self.record.duration_ms = int(elapsed_ms)
             self.on_done(self.record)
 
-    def _grpc_done(self, headers: Headers, trailers: Headers | None) -> None:
+    def grpc_response_ended(self, headers: Headers, trailers: Headers | None) -> None:
+        """The upstream's response of a gRPC call (`grpc`: the router asks) is complete: its
+        grpc-status (in the trailers, or in the head of a trailers-only response) decides
+        success."""
         cluster = self.cluster
         grpc_status = None
         for k, v in (trailers or []) + headers:
             if k == b"grpc-status":
                 grpc_status = v
                 break
-        _bump(cluster.grpc_status, grpc_status.decode(errors="replace") if grpc_status else "-")
+        # (`_bump`, written out, with the key of a usual status made once)
+        key = _GRPC_STATUS_KEYS.get(grpc_status) or (grpc_status or b"").decode(errors="replace")
+        counts = cluster.grpc_status
+        counts[key] = counts.get(key, 0) + 1
         cluster.grpc_total += 1
         if grpc_status == b"0":
             cluster.grpc_success += 1

@@ -308,7 +308,8 @@ async def _attempt(
     The request body is sent by a task of its own while the response head is awaited; an
     attempt that fails stops it, so a retry never has two senders reading the same body. How it
     went is reported to outlier detection (a 5xx, a timeout or a reset counts against the
-    endpoint).
+    endpoint). The response is then streamed back from here too, not from a coroutine of its
+    own: one coroutine fewer made for every request.
     """
     outlier = route.cluster.outlier
     pump = None
@@ -319,7 +320,19 @@ async def _attempt(
             and body.buffered <= defaults.INLINE_REQUEST_BODY
             and upstream.can_send_now(body.buffered)
         ):
-            await _pump_request(body, upstream, acct)  # all here, taken at once: no task needed
+            # All here, taken at once: no task needed. A body of one chunk without trailers (a
+            # unary gRPC call's message) goes with the end straight from here: no coroutine made
+            # for `_pump_request` and `_send_body`, which would send it just so.
+            whole = body.take_whole()
+            if whole is None:
+                await _pump_request(body, upstream, acct)
+            else:
+                if acct.counts_bodies:
+                    acct.request_chunk(whole)
+                try:
+                    await upstream.finish(None, whole)
+                except StreamReset:
+                    upstream.reset()
         else:
             pump = asyncio.get_running_loop().create_task(_pump_request(body, upstream, acct))
     head = upstream.response_head
@@ -362,7 +375,46 @@ async def _attempt(
     else:
         outlier.success(target)
     acct.upstream_response(response.status)
-    await _stream_response(exchange, upstream, response, acct, pump)
+
+    # The response, streamed back.
+    response_body = upstream.body
+    response.headers = strip_hop_by_hop(response.headers)
+    tunnel = response.status == TUNNEL_ESTABLISHED
+    try:
+        if upstream.response_ended_with_head or (
+            response_body.at_end and not response_body.trailers
+        ):
+            await exchange.respond(response, end=True)
+        elif not tunnel and (whole := response_body.take_whole()) is not None:
+            # The whole body came with the head (a small answer): it goes with it, one write.
+            if acct.counts_bodies:
+                acct.response_chunk(whole)
+            await exchange.respond(response, last=whole)
+        else:
+            await exchange.respond(response)
+            if tunnel:
+                splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
+            await _send_body(
+                response_body, exchange, acct.response_chunk if acct.counts_bodies else None
+            )
+        if acct.grpc:
+            acct.grpc_response_ended(response.headers, response_body.trailers)
+    except StreamReset:
+        if response_body.error is not None:
+            acct.upstream_reset()
+            exchange.reset()  # the upstream broke mid-response: the downstream must see a reset
+        else:
+            acct.downstream_reset()
+            upstream.reset()  # the downstream left: stop the upstream
+    finally:
+        if pump is not None and not pump.done():
+            if tunnel and response_body.error is None:
+                await pump  # a tunnel ends when both directions have
+            else:
+                pump.cancel()
+                exchange.abandon_request()
+        if tunnel:
+            unsplice(exchange, upstream)  # (left to the garbage collector if cancelled above)
     return None
 
 
@@ -416,51 +468,9 @@ async def _send_body(
             await sink.finish(None, chunk)
             return
         await sink.write(chunk)
+        if body.at_end:  # (ended with trailers, all taken: no `read` awaited to be told so)
+            break
     await sink.finish(body.trailers)
-
-
-async def _stream_response(
-    exchange: Exchange,
-    upstream: UpstreamStream,
-    response: ResponseHead,
-    acct: RequestAccounting,
-    pump: asyncio.Task[None] | None,
-) -> None:
-    body = upstream.body
-    response.headers = strip_hop_by_hop(response.headers)
-    tunnel = response.status == TUNNEL_ESTABLISHED
-    try:
-        if upstream.response_ended_with_head or (body.at_end and not body.trailers):
-            await exchange.respond(response, end=True)
-        elif not tunnel and (whole := body.take_whole()) is not None:
-            # The whole body came with the head (a small answer): it goes with it, one write.
-            if acct.counts_bodies:
-                acct.response_chunk(whole)
-            await exchange.respond(response, last=whole)
-        else:
-            await exchange.respond(response)
-            if tunnel:
-                splice(exchange, upstream, acct.request_chunk, acct.response_chunk)
-            await _send_body(body, exchange, acct.response_chunk if acct.counts_bodies else None)
-        if acct.grpc:
-            acct.response_ended(response.headers, body.trailers)
-    except StreamReset:
-        if body.error is not None:
-            acct.upstream_reset()
-            exchange.reset()  # the upstream broke mid-response: the downstream must see a reset
-        else:
-            acct.downstream_reset()
-            upstream.reset()  # the downstream left: stop the upstream
-        return
-    finally:
-        if pump is not None and not pump.done():
-            if tunnel and body.error is None:
-                await pump  # a tunnel ends when both directions have
-            else:
-                pump.cancel()
-                exchange.abandon_request()
-        if tunnel:
-            unsplice(exchange, upstream)  # (left to the garbage collector if cancelled above)
 
 
 # -- header policy for each direction ---------------------------------------------------------
@@ -472,29 +482,45 @@ _ORIG_PROTO = defaults.ORIG_PROTO_HEADER
 _ORIG_PROTO_FIELDS = {v: (_ORIG_PROTO, b"HTTP/" + v) for v in (b"1.1", b"1.0")}
 
 
+# The names `outbound_headers` drops or sets besides the hop-by-hop ones: a request with none of
+# them (nearly every one) gets ours appended to a copy of its list, in one step.
+_SET_OUTBOUND = frozenset(
+    (b"host", _ORIG_PROTO, b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id")
+)
+
+
 def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) -> None:
     """App → mesh: strip hop-by-hop, add what Envoy adds, remember an HTTP/1 origin."""
     names = dict(head.headers)  # which names there are, in one C call (values: the last of each)
     headers = strip_hop_by_hop(head.headers, names)
-    if headers is not head.headers:  # (Connection may have named any of those looked at below)
-        names = dict(headers)
-    if b"host" in names or _ORIG_PROTO in names:
-        headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
-    elif headers is head.headers:
-        headers = list(headers)
-    if peer_address is not None:
-        client = peer_address[0].encode()
-        if b"x-forwarded-for" in names:
-            for i, (k, v) in enumerate(headers):
-                if k == b"x-forwarded-for":
-                    headers[i] = (k, v + b", " + client)
-                    break
-        else:
-            headers.append((b"x-forwarded-for", client))
-    if b"x-forwarded-proto" not in names:
-        headers.append((b"x-forwarded-proto", head.scheme or b"http"))
-    if b"x-request-id" not in names:
-        headers.append((b"x-request-id", new_request_id()))
+    if headers is head.headers and peer_address is not None and _SET_OUTBOUND.isdisjoint(names):
+        # The usual request: nothing to drop or rewrite, so the fields below are all appended.
+        headers = [
+            *headers,
+            (b"x-forwarded-for", peer_address[0].encode()),
+            (b"x-forwarded-proto", head.scheme or b"http"),
+            (b"x-request-id", new_request_id()),
+        ]
+    else:
+        if headers is not head.headers:  # (Connection may have named any of those looked at below)
+            names = dict(headers)
+        if b"host" in names or _ORIG_PROTO in names:
+            headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
+        elif headers is head.headers:
+            headers = list(headers)
+        if peer_address is not None:
+            client = peer_address[0].encode()
+            if b"x-forwarded-for" in names:
+                for i, (k, v) in enumerate(headers):
+                    if k == b"x-forwarded-for":
+                        headers[i] = (k, v + b", " + client)
+                        break
+            else:
+                headers.append((b"x-forwarded-for", client))
+        if b"x-forwarded-proto" not in names:
+            headers.append((b"x-forwarded-proto", head.scheme or b"http"))
+        if b"x-request-id" not in names:
+            headers.append((b"x-request-id", new_request_id()))
     if head.http_version != b"2":
         headers.append(_ORIG_PROTO_FIELDS[head.http_version])
     head.headers = headers
