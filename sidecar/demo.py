@@ -43,10 +43,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one handed out before in this run: the kernel may give a
+    port it gave a moment ago once that socket is closed, and two listeners on one port would
+    stop a sidecar from starting."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
@@ -153,7 +163,9 @@ class Demo:
         assert proc.stderr is not None
         while line := await proc.stderr.readline():
             text = line.decode(errors="replace").rstrip()
-            if self.verbose or "ERROR" in text or "WARNING" in text:
+            # (a sidecar that cannot start says why in a `pysidecar: ...` line, then exits)
+            shown = "ERROR" in text or "WARNING" in text or text.startswith("pysidecar:")
+            if self.verbose or shown:
                 print(f"  [{svc.name}] {text}", file=sys.stderr)
             if "event=mtls_accepted" in text:
                 identity = text.partition(" identity=")[2].split(" ")[0]
