@@ -46,18 +46,23 @@ STATUS_103 = b"\x08\x03103"  # :status 103, without indexing
 REPEATED = STATUS_200 + NEWEST + CONTENT_LENGTH_0  # changes nothing in the table: kept
 
 
-@pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times `_header_block` read a block."""
+def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """How many times sidecar.http.h2's function `name` is called from now on (`[n]`)."""
     calls = [0]
-    read = h2mod._header_block
+    function = getattr(h2mod, name)
 
     def counting(*args: Any) -> Any:
         calls[0] += 1
-        return read(*args)
+        return function(*args)
 
-    monkeypatch.setattr(h2mod, "_header_block", counting)
+    monkeypatch.setattr(h2mod, name, counting)
     return calls
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times `_header_block` read a block."""
+    return count_calls(monkeypatch, "_header_block")
 
 
 def head(path: bytes) -> RequestHead:

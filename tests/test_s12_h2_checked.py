@@ -7,14 +7,12 @@ are other fields), and a block whose cookie was joined (normalised: other object
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from hpack import NeverIndexedHeaderTuple
 
-import sidecar.http.h2 as h2mod
 from sidecar.http.h2 import H2Protocol
-from tests.test_h2_reads import connected_client, head, headers_frame, indexed_literal
+from tests.test_h2_reads import connected_client, count_calls, head, headers_frame, indexed_literal
 from tests.test_s12_h2_varied import GET_HTTP_SLASH, Server
 
 STATUS_200 = b"\x88"
@@ -25,15 +23,7 @@ STATUS_200_INDEXED = b"\x48\x03200"  # :status 200, with incremental indexing: t
 @pytest.fixture
 def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many times `received_headers` checked a block."""
-    calls = [0]
-    check = h2mod.received_headers
-
-    def counting(*args: Any) -> Any:
-        calls[0] += 1
-        return check(*args)
-
-    monkeypatch.setattr(h2mod, "received_headers", counting)
-    return calls
+    return count_calls(monkeypatch, "received_headers")
 
 
 def answer(proto: H2Protocol, block: bytes, trailers: bytes | None = None) -> int:
