@@ -453,36 +453,36 @@ class H1Server(_Writer):
         """Serve the connection's requests in turn, `exchange` first: one task for a keep-alive
         connection, not one per request (a Task's creation, and its entry in and removal from
         asyncio's weak set of all tasks, cost more than the future it waits on between
-        requests)."""
-        while True:
-            try:
-                await self.handler(exchange)
-            except Exception:
-                log.exception("event=handler_failed")
-                self.task = None
-                exchange.reset()
-                return
-            self._next_cycle(exchange)
-            following = self.exchange
-            if following is not None:
-                # A pipelined request, already here: its handler starts on the next turn of the
-                # loop, as a task's first step would.
-                await asyncio.sleep(0)
-            else:
-                transport = self.transport
-                if self.closed or transport is None or transport.is_closing():
-                    self.task = None
-                    return
-                waiter = self._next = self.loop.create_future()
+        requests). Whichever way it ends, a later request gets a task of its own."""
+        try:
+            while True:
                 try:
-                    following = await waiter
-                except asyncio.CancelledError:
-                    self._next = self.task = None  # a later request gets a task of its own
-                    raise
-                if following is None:  # the connection was lost
-                    self.task = None
+                    await self.handler(exchange)
+                except Exception:
+                    log.exception("event=handler_failed")
+                    exchange.reset()
                     return
-            exchange = following
+                self._next_cycle(exchange)
+                following = self.exchange
+                if following is not None:
+                    # A pipelined request, already here: its handler starts on the next turn
+                    # of the loop, as a task's first step would.
+                    await asyncio.sleep(0)
+                else:
+                    transport = self.transport
+                    if self.closed or transport is None or transport.is_closing():
+                        return
+                    waiter = self._next = self.loop.create_future()
+                    try:
+                        following = await waiter
+                    except asyncio.CancelledError:
+                        self._next = None
+                        raise
+                    if following is None:  # the connection was lost
+                        return
+                exchange = following
+        finally:
+            self.task = None
 
     def _next_cycle(self, exchange: H1ServerExchange) -> None:
         self.exchange = None
