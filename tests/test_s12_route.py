@@ -107,7 +107,7 @@ def _grpc_call() -> tuple[RequestAccounting, ClusterStats]:
 )
 def test_grpc_calls_are_counted_by_their_status(trailers, headers, key) -> None:
     acct, cluster = _grpc_call()
-    acct.grpc_requests.feed(b"\0\0\0\0\0")  # type: ignore[union-attr]
+    acct.request_chunk(b"\0\0\0\0\0")
     acct.grpc_response_ended(headers, trailers)
     assert cluster.grpc_status == {key: 1}
     assert cluster.grpc_total == 1

@@ -372,7 +372,7 @@ async def _attempt(
             heads.entries.pop(head, None)
     if response.status >= 500:
         outlier.failure(target)
-    else:
+    elif outlier.health:  # (a success changes nothing where no endpoint ever failed: no call)
         outlier.success(target)
     acct.upstream_response(response.status)
 
