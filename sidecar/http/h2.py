@@ -883,10 +883,11 @@ class H2Protocol(asyncio.Protocol):
         frame's tail that has not arrived waits in `_partial`, up to one frame; a frame over
         the size limit goes to h2, which refuses it. False when the connection ended."""
         end = len(data)
+        last = end - 9  # where the last frame header that has arrived whole may begin
         pos = run = 0  # the frame at hand; the first not yet given to h2
         max_size = self.conn.max_inbound_frame_size
         unpack = _FRAME_HEADER.unpack_from
-        while end - pos >= 9:
+        while pos <= last:
             high, low, kind, flags, stream_id = unpack(data, pos)
             length = high << 16 | low
             if length > max_size:
@@ -894,27 +895,34 @@ class H2Protocol(asyncio.Protocol):
                 # what follows is h2's to cut.
                 self._framing = False
                 return self._to_h2(data[run:])
-            stop = pos + 9 + length
+            start = pos + 9
+            stop = start + length
             if stop > end:
                 break
             ended = flags & _END_STREAM  # a flag h2 does not define is ignored (RFC 9113 4.1)
+            # Each taker is called where it is chosen (a method called at once makes no bound
+            # method object, one a frame), after the frames before it went to h2.
             if kind == 0 and not flags & _PADDED and (length or ended):
-                take = self._take_data
+                if run < pos and not self._to_h2(data[run:pos]):
+                    return False
+                taken = self._take_data(data, start, length, stream_id & 0x7FFFFFFF, ended)
             elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
-                take = self._take_headers
+                if run < pos and not self._to_h2(data[run:pos]):
+                    return False
+                taken = self._take_headers(data, start, length, stream_id & 0x7FFFFFFF, ended)
             elif kind == 8 and length == 4:
-                take = self._take_window_update
+                if run < pos and not self._to_h2(data[run:pos]):
+                    return False
+                taken = self._take_window_update(data, start, 4, stream_id & 0x7FFFFFFF, ended)
             else:
                 pos = stop
                 continue
-            if run < pos:
-                if not self._to_h2(data[run:pos]):
-                    return False
-                run = pos
-            if take(data, pos + 9, length, stream_id & 0x7FFFFFFF, ended):
+            if taken:
                 run = stop
                 if self.closed or self.calmed:
                     return False
+            else:  # h2's, with the frames after it
+                run = pos
             pos = stop
         if run < pos and not self._to_h2(data[run:pos]):
             return False
@@ -1053,7 +1061,7 @@ class H2Protocol(asyncio.Protocol):
             or (self._max_block is not None and length > self._max_block)
         ):
             return False
-        ended = bool(end_stream)
+        ended = end_stream != 0  # (END_STREAM's bit, or 0)
         h2_stream = conn.streams.get(stream_id)
         opens = h2_stream is None  # a request's block, opening its stream
         if opens:
