@@ -243,9 +243,10 @@ def _varied_read(
     (`varied_reads`); the pseudo-header dict is shared, as `_take_headers` shares a block's."""
     key = decoder.varied_key
     field = decoder.varied_field
-    read = decoder.varied_reads.get(key)
-    if read is not None and read[0] is defaults:
-        pseudo, regular, at, informational, content_length = read[1:]
+    read_with, pseudo, regular, at, informational, content_length = decoder.varied_reads.get(
+        key, _UNREAD_VARIED
+    )
+    if read_with is defaults:
         regular = [*regular]  # the caller's own (the router may change it)
         name, value = headers[field]
         regular[at] = (name, value)
@@ -258,9 +259,11 @@ def _varied_read(
     return read
 
 
-# What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
-# first item is no block's pseudo-header defaults.
+# What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`), and
+# `_varied_read` of a template (`LiteralDecoder.varied_reads`): the first item is no block's
+# pseudo-header defaults.
 _UNREAD = (object(), None, (), False, None)
+_UNREAD_VARIED = (_UNREAD[0], None, (), 0, False, None)
 # A response's `:status` field by status, made once per status: the same tuple every response
 # (no number spelled, no tuple made), which the encoder's lookup of known fields finds by
 # identity.
