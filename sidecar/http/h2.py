@@ -243,9 +243,10 @@ def _varied_read(
     (`varied_reads`); the pseudo-header dict is shared, as `_take_headers` shares a block's."""
     key = decoder.varied_key
     field = decoder.varied_field
-    read = decoder.varied_reads.get(key)
-    if read is not None and read[0] is defaults:
-        pseudo, regular, at, informational, content_length = read[1:]
+    read_with, pseudo, regular, at, informational, content_length = decoder.varied_reads.get(
+        key, _UNREAD_VARIED
+    )
+    if read_with is defaults:
         regular = [*regular]  # the caller's own (the router may change it)
         name, value = headers[field]
         regular[at] = (name, value)
@@ -258,9 +259,11 @@ def _varied_read(
     return read
 
 
-# What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`): its
-# first item is no block's pseudo-header defaults.
+# What `_take_headers` finds of a block it has not read before (`LiteralDecoder.reads`), and
+# `_varied_read` of a template (`LiteralDecoder.varied_reads`): the first item is no block's
+# pseudo-header defaults.
 _UNREAD = (object(), None, (), False, None)
+_UNREAD_VARIED = (_UNREAD[0], None, (), 0, False, None)
 # A response's `:status` field by status, made once per status: the same tuple every response
 # (no number spelled, no tuple made), which the encoder's lookup of known fields finds by
 # identity.
@@ -883,10 +886,11 @@ class H2Protocol(asyncio.Protocol):
         frame's tail that has not arrived waits in `_partial`, up to one frame; a frame over
         the size limit goes to h2, which refuses it. False when the connection ended."""
         end = len(data)
+        last = end - 9  # where the last frame header that has arrived whole may begin
         pos = run = 0  # the frame at hand; the first not yet given to h2
         max_size = self.conn.max_inbound_frame_size
         unpack = _FRAME_HEADER.unpack_from
-        while end - pos >= 9:
+        while pos <= last:
             high, low, kind, flags, stream_id = unpack(data, pos)
             length = high << 16 | low
             if length > max_size:
@@ -894,27 +898,34 @@ class H2Protocol(asyncio.Protocol):
                 # what follows is h2's to cut.
                 self._framing = False
                 return self._to_h2(data[run:])
-            stop = pos + 9 + length
+            start = pos + 9
+            stop = start + length
             if stop > end:
                 break
             ended = flags & _END_STREAM  # a flag h2 does not define is ignored (RFC 9113 4.1)
+            # Each taker is called where it is chosen (a method called at once makes no bound
+            # method object, one a frame), after the frames before it went to h2.
             if kind == 0 and not flags & _PADDED and (length or ended):
-                take = self._take_data
+                if run < pos and not self._to_h2(data[run:pos]):
+                    return False
+                taken = self._take_data(data, start, length, stream_id & 0x7FFFFFFF, ended)
             elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
-                take = self._take_headers
+                if run < pos and not self._to_h2(data[run:pos]):
+                    return False
+                taken = self._take_headers(data, start, length, stream_id & 0x7FFFFFFF, ended)
             elif kind == 8 and length == 4:
-                take = self._take_window_update
+                if run < pos and not self._to_h2(data[run:pos]):
+                    return False
+                taken = self._take_window_update(data, start, 4, stream_id & 0x7FFFFFFF, ended)
             else:
                 pos = stop
                 continue
-            if run < pos:
-                if not self._to_h2(data[run:pos]):
-                    return False
-                run = pos
-            if take(data, pos + 9, length, stream_id & 0x7FFFFFFF, ended):
+            if taken:
                 run = stop
                 if self.closed or self.calmed:
                     return False
+            else:  # h2's, with the frames after it
+                run = pos
             pos = stop
         if run < pos and not self._to_h2(data[run:pos]):
             return False
@@ -1053,7 +1064,7 @@ class H2Protocol(asyncio.Protocol):
             or (self._max_block is not None and length > self._max_block)
         ):
             return False
-        ended = bool(end_stream)
+        ended = end_stream != 0  # (END_STREAM's bit, or 0)
         h2_stream = conn.streams.get(stream_id)
         opens = h2_stream is None  # a request's block, opening its stream
         if opens:
@@ -1075,7 +1086,7 @@ class H2Protocol(asyncio.Protocol):
             decoder = conn.decoder
             block = data[start : start + length]
             try:  # h2's `_decode_headers`
-                headers = decoder.decode(block, raw=True)
+                headers = decoder.decode(block, True)  # raw (positional: no keyword call)
             except _HPACK_ERRORS as err:
                 raise _decode_error(err) from err
             if decoder.hit is not block:  # decoded anew, or alike but for one value
@@ -1385,14 +1396,17 @@ class H2Protocol(asyncio.Protocol):
         if size > self.header_list_size or len(headers) > self.max_headers:
             self._headers_too_large(stream_id, ended, size, len(headers))
             return
-        head = RequestHead(  # unknown pseudo-header fields are ignored
-            method=pseudo[b":method"],
-            scheme=pseudo[b":scheme"],
-            authority=pseudo[b":authority"],
-            path=pseudo[b":path"],
-            headers=headers,
-            protocol=pseudo[b":protocol"],
-            http_version=b"2",
+        # Unknown pseudo-header fields are ignored. The fields are given in their order, not by
+        # keyword: a keyword call to a dataclass makes a dict of them per request (twice the
+        # cost of the call); tests/test_s13_h2_request_head.py checks each lands in its field.
+        head = RequestHead(
+            pseudo[b":method"],
+            pseudo[b":scheme"],
+            pseudo[b":authority"],
+            pseudo[b":path"],
+            headers,
+            pseudo[b":protocol"],
+            b"2",  # http_version
         )
         # A request whose block ended its stream (most) shares the ended empty body, its remote
         # end done with it; a CONNECT's body is the tunnel's bytes, its own even so.

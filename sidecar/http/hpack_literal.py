@@ -432,10 +432,11 @@ class LiteralDecoder(Decoder):
         # Blocks that would be kept but for one never-indexed field, a raw value of fewer than
         # 127 octets (a peer sidecar's request: its unique `x-request-id`), decoded since the
         # table last changed: the block's octets without that value (its length octet stays)
-        # to the fields before and after it, its name, and the list's size without the value.
+        # to the fields before and after it, its name, the list's size without the value, and
+        # its place in the list (the number of fields before it).
         # `_variable_at`: where the value began in the last such block, where a block alike
         # has its value too (0: no such block yet). Cleared with `_runs`.
-        self._templates: dict[bytes, tuple[tuple, bytes, tuple, int]] = {}
+        self._templates: dict[bytes, tuple[tuple, bytes, tuple, int, int]] = {}
         self._variable_at = 0
         # The last block `decode` answered from a template (the very object, as `hit`), that
         # template's key and the never-indexed field's place in the list, and what callers read
@@ -473,13 +474,14 @@ class LiteralDecoder(Decoder):
             self.hit = data
             return [*fields]
         at = self._variable_at
-        if at and at <= len(data):  # a block alike but for its never-indexed value, maybe
+        end = len(data)
+        if at and at <= end:  # a block alike but for its never-indexed value, maybe
             stop = at + data[at - 1]  # the value's end, if it is one (its length octet < 0x7F)
-            if stop <= len(data):
+            if stop <= end:
                 key = data[:at] + data[stop:]
                 template = self._templates.get(key)
                 if template is not None:
-                    before, name, after, size = template
+                    before, name, after, size, field = template
                     size += stop - at
                     if size > limit:  # (no field of the block changes the table)
                         raise OversizedHeaderListError(
@@ -490,7 +492,7 @@ class LiteralDecoder(Decoder):
                     self.list_size = size
                     self.varied = data
                     self.varied_key = key
-                    self.varied_field = len(before)
+                    self.varied_field = field
                     value = data[at:stop]
                     return [*before, _new_tuple(NeverIndexedHeaderTuple, (name, value)), *after]
         keep = True  # no field changes the table, and none is never indexed
@@ -500,7 +502,6 @@ class LiteralDecoder(Decoder):
         append = headers.append
         size = 0  # the header list's size, as hpack counts it (RFC 7541 4.1's entry size)
         i = 0
-        end = len(data)
         try:
             while i < end:
                 first = data[i]
@@ -686,6 +687,7 @@ class LiteralDecoder(Decoder):
             headers[field][0],
             tuple(headers[field + 1 :]),
             size - (stop - at),
+            field,
         )
         self._variable_at = at
 
