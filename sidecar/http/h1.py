@@ -430,14 +430,17 @@ class H1Server(_Writer):
             # Envoy answers `Expect: 100-continue` itself and does not forward it.
             headers = [(k, v) for k, v in headers if k != b"expect"]
             self._write(_CONTINUE)
+        # The fields in their order (method, scheme, authority, path, headers, protocol,
+        # http_version), passed by position: the dataclass's `__init__` called by keyword cost
+        # ~3,000 instructions more (each keyword is matched to its parameter by name).
         head = RequestHead(
-            method=method,
-            scheme=b"http",
-            authority=authority or self.default_authority,
-            path=path,
-            headers=headers,
-            protocol=protocol,
-            http_version=request.version,
+            method,
+            b"http",
+            authority or self.default_authority,
+            path,
+            headers,
+            protocol,
+            request.version,
         )
         exchange = H1ServerExchange(self, head, request)
         self.exchange = exchange
