@@ -5,9 +5,9 @@ The parsers are fed bytes and hand back events: a head (`Request` / `Response`),
 than framing needs, so `sidecar.http.h1` drives them from `data_received`.
 
 Why our own and not h11: h11 costs ~170 Python calls per request on each end (bench/README.md,
-"Where the time goes"); here a head is parsed with three regex passes over the bytes — one
-checks the whole head (start line, every field line, no control characters), two more split the
-fields (names from the lower-cased head, values from the head as sent) — and the framing headers
+"Where the time goes"); here a head is parsed with two regex passes over the bytes — one
+checks the whole head (start line, every field line, no control characters), one more splits the
+fields into names and values (the names lower-cased after it) — and the framing headers
 are looked up in the list of names, not by walking the fields. Only a head that the one regex
 refuses goes through the checks one by one, to say what is wrong with it.
 
@@ -24,6 +24,7 @@ syntax, since they are forwarded too.
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from typing import Final, NoReturn
 
 from sidecar import defaults
@@ -51,17 +52,20 @@ _REQUEST_HEAD = re.compile(
 )
 _RESPONSE_HEAD = re.compile(_STATUS_LINE.pattern + rb"(" + _FIELD_LINES + rb")")
 _FIELDS = re.compile(_FIELD_LINES)
-# Names and values of field lines already checked (`_FIELD_LINES`): the names are read from the
-# lower-cased lines, the values from the lines as sent; both find the same lines in the same
-# order. As the lines were checked, these only say where a line's parts are, not what they may
-# hold: a line starts after an LF, its name ends at the first colon, its value at the CR, and
-# the value is what lies between blanks. Classes of one or two bytes and no lazy repeat: the
-# value scan with `[^\r\n]*?` (the shortest value, tried again at every byte) cost ~22,000
-# instructions for a two-field head, this one ~6,000. A value that ends in a non-blank, or none
-# (`|`): the same as an optional group `(?:...)?`, which sre runs as a repeat (~1,000 more for a
-# three-field head).
-_FIELD_NAME = re.compile(rb"\n([^:]++):")
-_FIELD_VALUE = re.compile(rb"\n[^:]++:[ \t]*+([^\r]*[^\r \t]|)")
+# The name and the value of each field line already checked (`_FIELD_LINES`), in one pass over
+# the lines as sent; the names are lower-cased one by one after it. A second pass over the
+# lower-cased lines for the names alone cost more (a regex call's fixed cost, and sre's per
+# match: ~5,000 instructions for a three-field head, against ~1,000 for the lower-casing), as
+# did zipping the two lists. As the lines were checked, this only says where a line's parts
+# are, not what they may hold: a line starts after an LF, its name ends at the first colon, its
+# value at the CR, and the value is what lies between blanks. Classes of one or two bytes and no
+# lazy repeat: the value scan with `[^\r\n]*?` (the shortest value, tried again at every byte)
+# cost ~22,000 instructions for a two-field head, this one ~6,000. A value that ends in a
+# non-blank, or none (`|`): the same as an optional group `(?:...)?`, which sre runs as a repeat
+# (~1,000 more for a three-field head).
+_FIELD = re.compile(rb"\n([^:]++):[ \t]*+([^\r]*[^\r \t]|)")
+# A field's name: `map(_NAME, headers)` lists the names in one C-level pass.
+_NAME = itemgetter(0)
 # A Content-Length value (blanks stripped) longer than this is refused: at most 18 digits is an
 # int64 whatever the digits.
 _MAX_LENGTH_DIGITS: Final = 18
@@ -162,16 +166,16 @@ Event = Request | Response | bytes | End | Closed
 _END: Final = End()  # the usual end: no trailers (immutable in practice, so shared)
 
 
-def _fields(fields: bytes, lower: bytes, max_fields: int) -> tuple[list[bytes], Headers]:
+def _fields(fields: bytes, max_fields: int) -> tuple[list[bytes], Headers]:
     """The names (lower-case) and the (name, value) pairs of field lines already checked
-    (`_FIELD_LINES`), in wire order. `fields` is the field lines each preceded by CRLF, `lower`
-    the same lower-cased. The names are what the framing checks look in (`b"host" in names`, a
-    C-level compare or two), so no scan of the head is made for them."""
-    values = _FIELD_VALUE.findall(fields)
-    if len(values) > max_fields:
-        raise ProtocolError(f"{len(values)} header fields, more than {max_fields}", 431)
-    names = _FIELD_NAME.findall(lower)
-    return names, list(zip(names, values, strict=True))
+    (`_FIELD_LINES`), in wire order. `fields` is the field lines each preceded by CRLF. The
+    names are what the framing checks look in (`b"host" in names`, a C-level compare or two):
+    a search of the lower-cased head for `\\nhost:` cost more (~2,500 instructions a search)."""
+    pairs = _FIELD.findall(fields)
+    if len(pairs) > max_fields:
+        raise ProtocolError(f"{len(pairs)} header fields, more than {max_fields}", 431)
+    headers = [(name.lower(), value) for name, value in pairs]
+    return [*map(_NAME, headers)], headers
 
 
 def _check_chars(head: bytes, what: str) -> None:
@@ -232,8 +236,7 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     if match is None:
         _request_head_problem(head)
     method, target, version, fields = match.groups()
-    lower = fields.lower()
-    names, headers = _fields(fields, lower, max_fields)
+    names, headers = _fields(fields, max_fields)
     request = Request()
     request.method = method
     request.target = target
@@ -277,8 +280,7 @@ def parse_response_head(head: bytes, max_fields: int) -> Response:
     if match is None:
         _response_head_problem(head)
     minor, status, reason, fields = match.groups()
-    lower = fields.lower()
-    names, headers = _fields(fields, lower, max_fields)
+    names, headers = _fields(fields, max_fields)
     response = Response()
     response.status = int(status)
     response.version = b"1.1" if minor == b"1" else b"1.0"
@@ -536,7 +538,7 @@ class _Parser:
             raise ProtocolError("Content-Length or Transfer-Encoding in trailers")
         if _FIELDS.fullmatch(fields) is None:
             raise ProtocolError("a malformed field line in the trailers (obs-fold, bad name)")
-        _, trailers = _fields(fields, lower, self.max_fields)
+        _, trailers = _fields(fields, self.max_fields)
         self._trailers = False
         return self._ended(out, End(trailers))
 

@@ -31,9 +31,10 @@ _USUAL = re.compile(b" ".join((_METHOD.pattern, _AUTHORITY.pattern, _PATH.patter
 def request_problem(head: RequestHead) -> str | None:
     """Why the head must not be forwarded (a 400), or None. It runs for every request: the
     usual head (an origin-form path, not CONNECT's authority form) is passed by one match of
-    `_USUAL`; any other is checked part by part, which also says what is wrong."""
+    `_USUAL` (over the parts joined by `bytes.join`, ~500 instructions less than `%`
+    formatting); any other is checked part by part, which also says what is wrong."""
     if (
-        _USUAL.fullmatch(b"%s %s %s" % (head.method, head.authority, head.path)) is not None
+        _USUAL.fullmatch(b" ".join((head.method, head.authority, head.path))) is not None
         and head.method != b"CONNECT"
     ):
         return None
