@@ -89,7 +89,8 @@ class InboundStack(ListenerStack):
                 return self.h2_pool
             return self.h1_pool if orig is not None else self.h2_pool
 
-        return self.make_route(prepare, connect_attempts=1)
+        # A verified peer sidecar checked each request head before it left (`Route`).
+        return self.make_route(prepare, connect_attempts=1, checks_requests=peer is None)
 
     def handler(self, peer: Peer | None = None) -> Handler:
         """Each request of a connection from `peer`: authorized, then routed to the app."""

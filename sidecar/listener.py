@@ -194,7 +194,12 @@ class ListenerStack:
     def route(self) -> Route:
         raise NotImplementedError
 
-    def make_route(self, prepare: Callable[[Exchange], Pool], connect_attempts: int) -> Route:
+    def make_route(
+        self,
+        prepare: Callable[[Exchange], Pool],
+        connect_attempts: int,
+        checks_requests: bool = True,
+    ) -> Route:
         plan = self.plan
         return Route(
             plan.name,
@@ -205,6 +210,7 @@ class ListenerStack:
             plan.stream_idle_timeout,
             self.http_stats,
             self.on_request_done,
+            checks_requests,
         )
 
     def handler(self) -> Handler:
