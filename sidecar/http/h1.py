@@ -597,11 +597,21 @@ class H1ServerExchange:
         self.proto._write(data)
 
     async def respond(
-        self, head: ResponseHead, end: bool = False, last: bytes | None = None
+        self,
+        head: ResponseHead,
+        end: bool = False,
+        last: bytes | None = None,
+        trailers: Headers | None = None,
     ) -> None:
         """Send the response head: alone (`end`: no body), with `last`, the whole body (one
         write), or held for the body's first chunk (sent alone at the end of this turn of the
-        loop if none comes)."""
+        loop if none comes). A whole body with `trailers` goes as the router sends any body
+        that ends with trailers: the head, the chunk, then `finish`."""
+        if trailers:
+            await self.respond(head)
+            await self.write(last or b"")
+            await self.finish(trailers)
+            return
         if self.error is not None:
             raise self.error
         self.responded = True

@@ -550,13 +550,17 @@ class _Connection(h2.connection.H2Connection):
             self._ended_locally(machine, state)
         self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
 
-    def send_response(self, stream_id: int, headers: Headers, body: bytes) -> bool:
-        """A final response's head and its whole body (server side), queued as
-        `send_stream_headers` (no END_STREAM) and then `send_plain_data_now` (END_STREAM) queue
-        them, with one look at the stream, its state and the windows instead of two: a small
-        answer's usual case. Anything else (a body over a frame or short of window, a stream in
-        another state): those two, for their rules. True when the body was queued too, False
-        when only the head was (the caller sends the body)."""
+    def send_response(
+        self, stream_id: int, headers: Headers, body: bytes, trailers: Headers | None = None
+    ) -> bool:
+        """A final response's head and its whole body (server side), and its trailers if any
+        (a gRPC answer: head, message, status), queued as `send_stream_headers` (no END_STREAM),
+        `send_plain_data_now` (END_STREAM unless trailers follow) and `send_stream_headers`
+        (the trailers, END_STREAM) queue them, with one look at the stream, its state and the
+        windows instead of two or three: a small answer's usual case. Anything else (a body
+        over a frame or short of window, a stream in another state): those calls, for their
+        rules. True when the body (and the trailers) were queued too, False when only the head
+        was (the caller sends the rest)."""
         stream = self.streams.get(stream_id)
         size = len(body)
         if stream is not None and self.state_machine.state in _OPEN_STATES:
@@ -576,11 +580,21 @@ class _Connection(h2.connection.H2Connection):
                 self.outbound_flow_control_window -= size
                 self._ended_locally(machine, state)
                 out = self._data_to_send
-                out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 0, _END_STREAM, stream_id)
+                if not trailers:
+                    out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 0, _END_STREAM, stream_id)
+                    out += body
+                    return True
+                out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 0, 0, stream_id)
                 out += body
+                machine.trailers_sent = True  # response_sent, as trailers
+                self._headers_frames(stream_id, self.encoder.encode(trailers), True)
                 return True
         self.send_stream_headers(stream_id, headers, False)
-        return self.send_plain_data_now(stream_id, body, True)
+        if not self.send_plain_data_now(stream_id, body, not trailers):
+            return False
+        if trailers:
+            self.send_stream_headers(stream_id, trailers, True)
+        return True
 
     def send_end_stream(self, stream_id: int) -> None:
         """`end_stream` (an empty DATA frame with END_STREAM) on a stream that can send,
@@ -1642,16 +1656,20 @@ class H2Protocol(asyncio.Protocol):
             self._flush()
         return True
 
-    def send_response(self, stream_id: int, headers: Headers, body: bytes) -> bool:
+    def send_response(
+        self, stream_id: int, headers: Headers, body: bytes, trailers: Headers | None = None
+    ) -> bool:
         """A final response's head, queued, with its whole body (not empty) behind it and
-        END_STREAM where `send_now` would queue the body: True then; False when the body is
-        the caller's to send (the head queued alone). One call where the head and `send_now`
-        were two, each looking the stream up and checking it (`_Connection.send_response`)."""
+        END_STREAM (or the `trailers` with it) where `send_now` would queue the body: True
+        then; False when the body and trailers are the caller's to send (the head queued
+        alone). One call where the head, `send_now` and the trailers were two or three, each
+        looking the stream up and checking it, and each counted as a send towards
+        `H2_SENDS_PER_WRITE` (`_Connection.send_response`)."""
         conn = self.conn
         if self._write_paused is not None or self.closed:
             conn.send_stream_headers(stream_id, headers, False)
             return False
-        if not conn.send_response(stream_id, headers, body):
+        if not conn.send_response(stream_id, headers, body, trailers):
             return False
         self._data_frames_sent += 1  # as `send_now` counts and writes a stream's last chunk
         self._unflushed += len(body)
@@ -1952,12 +1970,17 @@ class H2ServerStream(H2Stream):
             self.reset(h2.errors.ErrorCodes.NO_ERROR)
 
     async def respond(
-        self, head: ResponseHead, end: bool = False, last: bytes | None = None
+        self,
+        head: ResponseHead,
+        end: bool = False,
+        last: bytes | None = None,
+        trailers: Headers | None = None,
     ) -> None:
         """Send the response head, with END_STREAM (`end`: no body) or followed by `last`, the
-        whole body. A whole body the windows take now is queued with END_STREAM right behind the
-        head (`send_now`), which then leave together: no `finish` coroutine, and no write
-        scheduled for the head alone (a loop handle made, then cancelled by the body's write)."""
+        whole body, and then by `trailers` if given. A whole body the windows take now is queued
+        with END_STREAM (or the trailers) right behind the head (`send_response`), which then
+        leave together: no `finish` coroutine, and no write scheduled for the head alone (a
+        loop handle made, then cancelled by the body's write)."""
         if self.reset_error is not None:
             raise self.reset_error
         self.responded = True
@@ -1968,9 +1991,14 @@ class H2ServerStream(H2Stream):
         proto = self.proto
         if status < 200:  # informational: h2's rules
             proto.conn.send_headers(self.stream_id, headers, end_stream=end)
-            whole = not end and bool(last) and proto.send_now(self.stream_id, last, True)
-        elif last and not end:  # the head, and the body behind it when it fits
-            whole = proto.send_response(self.stream_id, headers, last)
+            whole = (
+                not end
+                and not trailers
+                and bool(last)
+                and proto.send_now(self.stream_id, last, True)
+            )
+        elif last and not end:  # the head, and the body (and trailers) behind it when it fits
+            whole = proto.send_response(self.stream_id, headers, last, trailers)
         else:
             proto.conn.send_stream_headers(self.stream_id, headers, end)
             whole = False
@@ -1987,7 +2015,7 @@ class H2ServerStream(H2Stream):
         else:
             proto._flush()
             if last is not None:
-                await self.finish(None, last)
+                await self.finish(trailers, last)
 
 
 class H2ClientStream(H2Stream):

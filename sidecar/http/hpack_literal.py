@@ -150,6 +150,15 @@ class LiteralEncoder(Encoder):
         self._dynamic_known: list[tuple[bytes, bytes]] = []
         super().__init__()
         self.never_indexed = never_indexed
+        # The never-indexed literal's octets before the value's length, for each never-indexed
+        # name without a static value (a value not empty is then always spelled so: such a
+        # field is never added to the table, nor a static pair): a block's only unknown field is
+        # usually one of them (a request's unique `x-request-id`), spelled in `encode` itself.
+        self._never_codes = {
+            name: (_NAME_CODES.get(name) or _literal_name_code(name))[1]
+            for name in never_indexed
+            if name not in _VALUED_NAMES
+        }
         self._numbers: dict[tuple[bytes, bytes], int] = {}
         self._inserted = 0
 
@@ -192,7 +201,13 @@ class LiteralEncoder(Encoder):
             n = len(headers)
             k = codes.index(None)
             if k < n:
-                self._spell(codes, headers, k)
+                header = headers[k]
+                code = self._never_codes.get(header[0])
+                if code is not None and 0 < len(value := header[1]) < 0x7F:
+                    codes[k] = code + _LENGTHS[len(value)] + value  # (what `_spell` spells)
+                    k = codes.index(None, k + 1)
+                if k < n:
+                    self._spell(codes, headers, k)
         except TypeError:
             block = bytearray()
             if self._inserted != inserted:

@@ -69,7 +69,11 @@ class Exchange(Protocol):
 
     def informational(self, head: ResponseHead) -> None: ...
     async def respond(
-        self, head: ResponseHead, end: bool = False, last: bytes | None = None
+        self,
+        head: ResponseHead,
+        end: bool = False,
+        last: bytes | None = None,
+        trailers: Headers | None = None,
     ) -> None: ...
     async def write(self, data: bytes) -> None: ...
     async def finish(self, trailers: Headers | None = None, last: bytes = b"") -> None: ...
@@ -394,6 +398,20 @@ async def _attempt(
             if acct.counts_bodies:
                 acct.response_chunk(whole)
             await exchange.respond(response, last=whole)
+        elif not tunnel and response_body.trailers and (chunk := response_body.ready()) is not None:
+            # Ended with trailers, all of it here (a gRPC answer: message and status came with
+            # the head): if that chunk was the whole body, head, body and trailers go in one
+            # call; otherwise the rest follows it as `_send_body` would send it.
+            if acct.counts_bodies:
+                acct.response_chunk(chunk)
+            if response_body.at_end:
+                await exchange.respond(response, last=chunk, trailers=response_body.trailers)
+            else:
+                await exchange.respond(response)
+                await exchange.write(chunk)
+                await _send_body(
+                    response_body, exchange, acct.response_chunk if acct.counts_bodies else None
+                )
         else:
             await exchange.respond(response)
             if tunnel:
