@@ -287,7 +287,9 @@ async def _route_response(chunks: list[bytes]) -> tuple[_Exchange, _Accounting]:
     head = asyncio.get_running_loop().create_future()
     head.set_result(ResponseHead(200, [(b"content-type", b"application/grpc")]))
     upstream = SimpleNamespace(response_head=head, body=body, response_ended_with_head=False)
-    outlier = SimpleNamespace(success=lambda target: None, failure=lambda target: None)
+    outlier = SimpleNamespace(
+        success=lambda target: None, failure=lambda target: None, health={}
+    )  # (`health`: the endpoints with failures on record, none here)
     route = SimpleNamespace(cluster=SimpleNamespace(outlier=outlier), heads=None)
     exchange, acct = _Exchange(), _Accounting()
     assert await _attempt(exchange, route, upstream, acct, None) is None  # type: ignore[arg-type]

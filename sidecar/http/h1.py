@@ -605,12 +605,11 @@ class H1ServerExchange:
     ) -> None:
         """Send the response head: alone (`end`: no body), with `last`, the whole body (one
         write), or held for the body's first chunk (sent alone at the end of this turn of the
-        loop if none comes). A whole body with `trailers` goes as the router sends any body
-        that ends with trailers: the head, the chunk, then `finish`."""
+        loop if none comes). A whole body with `trailers`: the head, then `finish` with both
+        (one write: the trailers of a chunked body; dropped under a Content-Length)."""
         if trailers:
             await self.respond(head)
-            await self.write(last or b"")
-            await self.finish(trailers)
+            await self.finish(trailers, last or b"")
             return
         if self.error is not None:
             raise self.error
