@@ -14,6 +14,7 @@ given the state, the method and the authority): h2's `send_headers` leaves the s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import h2.config
 import h2.connection
@@ -166,6 +167,14 @@ async def _respond_whole(
     async def answer(stream: H2ServerStream) -> None:
         await stream.respond(head, last=body)
 
+    return (client, *await serve_one(client, answer))
+
+
+async def serve_one(
+    client: h2.connection.H2Connection, answer: Callable[[H2ServerStream], Awaitable[None]]
+) -> tuple[H2Protocol, _Writes, asyncio.Task[None]]:
+    """A server connection fed what `client` queued, once `answer` (its handler) runs: its
+    writes so far cleared."""
     proto = H2Protocol(client_side=False, handler=answer)
     transport = _Writes()
     proto.connection_made(transport)
@@ -173,7 +182,7 @@ async def _respond_whole(
     await _until(lambda: proto.tasks, "the handler did not start")
     (task,) = proto.tasks.values()
     transport.writes.clear()
-    return client, proto, transport, task
+    return proto, transport, task
 
 
 async def test_a_whole_body_the_windows_take_leaves_with_its_head_in_one_write() -> None:

@@ -27,7 +27,7 @@ from sidecar.http.h1 import H1Server, H1ServerExchange
 from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
 from sidecar.http.router import _attempt
 from tests.test_h2_cuts import CODES, DEADLINE, _until, h2_client, request
-from tests.test_h2_lifecycle import _Writes
+from tests.test_h2_lifecycle import _Writes, serve_one
 from tests.test_s12_h2tx import CASES, HEAD, REQUEST, _books, _outcome, _server
 
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
@@ -106,14 +106,7 @@ async def _respond_with_trailers(
             trailers=TRAILERS,
         )
 
-    proto = H2Protocol(client_side=False, handler=answer)
-    transport = _Writes()
-    proto.connection_made(transport)
-    proto.data_received(client.data_to_send())
-    await _until(lambda: proto.tasks, "the handler did not start")
-    (task,) = proto.tasks.values()
-    transport.writes.clear()
-    return client, proto, transport, task
+    return (client, *await serve_one(client, answer))
 
 
 def _kinds(events: list[Any]) -> list[str]:
@@ -331,13 +324,7 @@ async def test_an_interim_status_given_a_body_and_trailers_does_not_end_with_the
     async def answer(stream: H2ServerStream) -> None:
         await stream.respond(ResponseHead(103, []), last=b"hello", trailers=TRAILERS)
 
-    proto = H2Protocol(client_side=False, handler=answer)
-    transport = _Writes()
-    proto.connection_made(transport)
-    proto.data_received(client.data_to_send())
-    await _until(lambda: proto.tasks, "the handler did not start")
-    (task,) = proto.tasks.values()
-    transport.writes.clear()
+    proto, transport, task = await serve_one(client, answer)
     try:
         await asyncio.wait_for(task, DEADLINE)
         wire, frames = memoryview(b"".join(transport.writes)), []
