@@ -135,15 +135,20 @@ def test_a_head_already_sent_takes_the_same_path() -> None:
     assert _books(ours) == _books(theirs)
 
 
-def test_a_clients_stream_takes_the_same_path() -> None:
-    """A client's stream sends no response: h2's refusal, alike."""
+def client_streams() -> tuple[_Connection, _Connection]:
+    """Two client connections alike, each with a request's stream 1 open."""
     ends = []
     for _ in range(2):
         conn = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         conn.initiate_connection()
         conn.send_request_headers(1, REQUEST, False, b"POST", b"backend")
         ends.append(conn)
-    ours, theirs = ends
+    return ends[0], ends[1]
+
+
+def test_a_clients_stream_takes_the_same_path() -> None:
+    """A client's stream sends no response: h2's refusal, alike."""
+    ours, theirs = client_streams()
 
     def two_steps() -> bool:
         theirs.send_stream_headers(1, HEAD, False)

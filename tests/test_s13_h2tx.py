@@ -28,7 +28,7 @@ from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
 from sidecar.http.router import _attempt
 from tests.test_h2_cuts import CODES, DEADLINE, _until, h2_client, request
 from tests.test_h2_lifecycle import _Writes, serve_one
-from tests.test_s12_h2tx import CASES, HEAD, REQUEST, _books, _outcome, _server
+from tests.test_s12_h2tx import CASES, HEAD, _books, _outcome, _server, client_streams
 
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
 
@@ -78,13 +78,7 @@ def test_an_unusual_stream_takes_the_same_path_with_trailers(prepare: Any) -> No
 
 
 def test_a_clients_stream_takes_the_same_path_with_trailers() -> None:
-    ends = []
-    for _ in range(2):
-        conn = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        conn.initiate_connection()
-        conn.send_request_headers(1, REQUEST, False, b"POST", b"backend")
-        ends.append(conn)
-    ours, theirs = ends
+    ours, theirs = client_streams()
     assert _outcome(lambda: ours.send_response(1, HEAD, b"hello", TRAILERS)) == _outcome(
         lambda: _three_steps(theirs, b"hello")
     )

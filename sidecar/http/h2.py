@@ -917,24 +917,18 @@ class H2Protocol(asyncio.Protocol):
             if stop > end:
                 break
             ended = flags & _END_STREAM  # a flag h2 does not define is ignored (RFC 9113 4.1)
-            # Each taker is called where it is chosen (a method called at once makes no bound
-            # method object, one a frame), after the frames before it went to h2.
             if kind == 0 and not flags & _PADDED and (length or ended):
-                if run < pos and not self._to_h2(data[run:pos]):
-                    return False
-                taken = self._take_data(data, start, length, stream_id & 0x7FFFFFFF, ended)
+                take = self._take_data
             elif kind == 1 and flags & _HEADERS_FLAGS_MASK == _HEADERS_FLAGS_TAKEN:
-                if run < pos and not self._to_h2(data[run:pos]):
-                    return False
-                taken = self._take_headers(data, start, length, stream_id & 0x7FFFFFFF, ended)
+                take = self._take_headers
             elif kind == 8 and length == 4:
-                if run < pos and not self._to_h2(data[run:pos]):
-                    return False
-                taken = self._take_window_update(data, start, 4, stream_id & 0x7FFFFFFF, ended)
+                take = self._take_window_update
             else:
                 pos = stop
                 continue
-            if taken:
+            if run < pos and not self._to_h2(data[run:pos]):  # the frames before it, h2's
+                return False
+            if take(data, start, length, stream_id & 0x7FFFFFFF, ended):
                 run = stop
                 if self.closed or self.calmed:
                     return False
