@@ -757,19 +757,20 @@ class H1ClientStream:
     # once spliced (only a tunnel reads it), and the callback for 1xx heads (the router sets it).
     relay: Relay | None = None
     on_informational: Callable[[ResponseHead], None] | None = None
+    # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which bytes
+    # are written raw; False when it declined (`H1Client.open` sets it).
+    tunnel: asyncio.Future[bool] | None = None
+    # The response never ends with its head here (the router asks; HTTP/2 streams say so).
+    response_ended_with_head = False
+    reset_error: StreamReset | None = None  # set by `fail`
 
     def __init__(self, client: H1Client, framing: _BodyFraming, sent: bool) -> None:
         self.client = client
-        # An upgrade or CONNECT: resolved (True) when the app switched protocols, after which
-        # bytes are written raw; False when it declined.
-        self.tunnel: asyncio.Future[bool] | None = None
         self.body = Body(client.on_consumed, client.body_buffer)
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
         # failed with TimeoutError, and whatever comes later is ignored: the stream is reset then.
         self.response_head: asyncio.Future[ResponseHead] = client.loop.create_future()
-        self.response_ended_with_head = False
-        self.reset_error: StreamReset | None = None
         self.framing = framing
         self.sent = sent  # the request was sent to its end
 
@@ -946,7 +947,9 @@ class H1Client(_Writer):
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
         self.parser.method = method  # (`ResponseParser.expect`, written out: a call fewer)
-        self._write(data)
+        transport = self.transport  # (`_write`, written out: a call fewer)
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
         return stream
 
     def abort(self, error: StreamReset) -> None:
@@ -1001,6 +1004,28 @@ class H1Client(_Writer):
             # connection it closed, or something no request asked for. Either way, done.
             if self.transport is not None:
                 self.transport.close()
+            return
+        if (
+            len(events) == 3
+            and events[2] is h1wire.END
+            and type(events[1]) is bytes
+            and type(events[0]) is Response
+        ):
+            # The usual answer, whole in one read: a final response (a 1xx is never followed by
+            # body bytes, a switch by nothing), its body in one chunk, its end without trailers.
+            # Handled at once, as the loop below would: no turn per event.
+            response: Response = events[0]  # type: ignore[assignment]
+            if stream.tunnel is not None:
+                stream.switched(False)  # the app declined the upgrade
+            response_head = stream.response_head
+            if not response_head.done():  # (`responded`, written out)
+                response_head.set_result(ResponseHead(response.status, response.headers))
+            body = stream.body
+            # Past its mark or not, reading is not paused for it: the exchange is done here, and
+            # `_done` would resume it at once.
+            body.feed(events[1])  # type: ignore[arg-type]
+            body.end()
+            self._done(stream)
             return
         for event in events:
             kind = type(event)
@@ -1068,7 +1093,8 @@ class H1Client(_Writer):
         elif parser.buf or parser.eof:
             transport.close()  # bytes no request asked for, or the app's EOF
         else:
-            parser.next_cycle()  # nothing of a next message to parse: it only resumes
+            # Nothing of a next message to parse: `parser.next_cycle()` would only resume it.
+            parser.paused = False
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()
