@@ -106,12 +106,16 @@ class Cluster:
         least_request does) among those not ejected, or among all when every one is (Envoy's
         panic mode); None when the cluster is empty."""
         targets = self.healthy or self.targets
-        if not targets:
+        count = len(targets)
+        if count == 1:  # a service of one endpoint, the usual sidecar's app: no choice to make
+            self._next = 0  # (where the round robin below would be: it goes on from there)
+            return targets[0]
+        if not count:
             return None
-        if self.lb == "least_request" and len(targets) > 1:
+        if self.lb == "least_request":
             a, b = random.sample(targets, 2)
             return a if self.active.get(a, 0) <= self.active.get(b, 0) else b
-        self._next = (self._next + 1) % len(targets)
+        self._next = (self._next + 1) % count
         return targets[self._next]
 
     def acquire(self, target: Target) -> None:

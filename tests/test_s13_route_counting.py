@@ -223,4 +223,5 @@ def test_a_success_resets_an_endpoints_run_of_failures() -> None:
 def test_successes_alone_leave_outlier_detection_untouched() -> None:
     cluster = _answer([200, 204, 404])
     assert cluster.outlier.health == {} and not cluster.outlier.ejected
+    cluster.stats.settle()  # (the counts by status, into the counts by class)
     assert cluster.stats.upstream_rq_xx == {"2": 2, "4": 1}

@@ -28,10 +28,6 @@ def _bump(counts: dict[str, int], key: str) -> None:
 # milliseconds), at full resolution and without looking the running loop up per request.
 _now = time.monotonic
 
-# Status codes and classes as the stats' keys, made once ("200", "2") rather than per request:
-# the class alone (a downstream status), and both for an upstream's (one lookup).
-_CLASSES = {code: str(code // 100) for code in range(100, 600)}
-_CODES_AND_CLASSES = {code: (str(code), klass) for code, klass in _CLASSES.items()}
 # The grpc_status stats' keys of gRPC's status codes (0-16), and "-" for none (or an empty one).
 _GRPC_STATUS_KEYS: dict[bytes | None, str] = {str(n).encode(): str(n) for n in range(17)}
 _GRPC_STATUS_KEYS[None] = _GRPC_STATUS_KEYS[b""] = "-"
@@ -175,14 +171,10 @@ class RequestAccounting:
     def upstream_response(self, status: int) -> None:
         """A response head came from the upstream itself."""
         cluster = self.cluster
-        code, klass = _CODES_AND_CLASSES.get(status) or (str(status), str(status // 100))
-        # `_bump`, written out: three calls fewer on every request
-        counts = cluster.upstream_rq_xx
-        counts[klass] = counts.get(klass, 0) + 1
-        counts = cluster.upstream_rq_code
-        counts[code] = counts.get(code, 0) + 1
-        counts = cluster.external_upstream_rq_xx
-        counts[klass] = counts.get(klass, 0) + 1
+        # Counted once, by status: the code and class counts are made of these when read
+        # (`StatsStore.settle`).
+        counts = cluster.upstream_rq_status
+        counts[status] = counts.get(status, 0) + 1
         elapsed_ms = (_now() - self.upstream_started) * 1000
         # (`Histogram.observe`, written out: a call fewer on every request)
         hist = cluster.upstream_rq_time
@@ -251,10 +243,9 @@ class RequestAccounting:
         hist.counts[bisect_left(ENVOY_BUCKETS_MS, elapsed_ms)] += 1
         hist.sum += elapsed_ms
         hist.count += 1
-        if status:
-            klass = _CLASSES.get(status) or str(status // 100)
-            counts = http.downstream_rq_xx
-            counts[klass] = counts.get(klass, 0) + 1
+        if status:  # (by status: `StatsStore.settle` makes the class counts of these)
+            counts = http.downstream_rq_status
+            counts[status] = counts.get(status, 0) + 1
         if self.record is not None and self.on_done is not None:
             self.record.status = status
             self.record.duration_ms = int(elapsed_ms)

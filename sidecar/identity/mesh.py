@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from sidecar.identity.certinfo import Certificate
 
 log = logging.getLogger("sidecar.mtls")
+_DEBUG = logging.DEBUG  # (a global fewer to look up per request)
 
 STRICT = "strict"
 PERMISSIVE = "permissive"
@@ -257,7 +258,18 @@ class Authorizer:
         decision = self._cache.get((service, peer.uris if peer is not None else None))
         if decision is None:
             decision = self.decide(service, peer)
-        source = peer.spiffe_id if peer is not None else "plaintext"
+        if decision.allowed and not decision.shadow_deny:  # the usual request
+            stats.rbac_allowed += 1
+            if log.isEnabledFor(_DEBUG):
+                log.debug(
+                    "event=rbac_allowed listener=%s %s service=%s source=%s policy=%s",
+                    listener,
+                    what,
+                    service,
+                    _source(peer),
+                    decision.policy_name or "-",
+                )
+            return True
         if not decision.allowed:
             stats.rbac_denied += 1
             log.info(
@@ -265,31 +277,26 @@ class Authorizer:
                 listener,
                 what,
                 service,
-                source,
+                _source(peer),
                 decision.policy_name or "-",
             )
             return False
         stats.rbac_allowed += 1
-        if decision.shadow_deny:
-            stats.rbac_shadow_denied += 1
-            log.info(
-                "event=rbac_shadow_denied listener=%s %s service=%s source=%s policy=%s",
-                listener,
-                what,
-                service,
-                source,
-                decision.policy_name,
-            )
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "event=rbac_allowed listener=%s %s service=%s source=%s policy=%s",
-                listener,
-                what,
-                service,
-                source,
-                decision.policy_name or "-",
-            )
+        stats.rbac_shadow_denied += 1
+        log.info(
+            "event=rbac_shadow_denied listener=%s %s service=%s source=%s policy=%s",
+            listener,
+            what,
+            service,
+            _source(peer),
+            decision.policy_name,
+        )
         return True
+
+
+def _source(peer: Peer | None) -> str:
+    """A caller as the RBAC log lines name it: looked up only for a line that is written."""
+    return peer.spiffe_id if peer is not None else "plaintext"
 
 
 # --- the sidecar's mTLS -------------------------------------------------------------------------

@@ -48,6 +48,7 @@ _STORE_MAPS = ("listeners", "clusters", "http_managers", "kafka_brokers")
 
 def snapshot(store: StatsStore) -> dict[str, Any]:
     """The store as JSON-able data."""
+    store.settle()  # the counts by response status travel as the code and class counts
     doc: dict[str, Any] = {"server": _encode(store.server)}
     for name in _STORE_MAPS:
         doc[name] = {key: _encode(obj) for key, obj in getattr(store, name).items()}

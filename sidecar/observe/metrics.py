@@ -281,6 +281,7 @@ class Sample:
 
 
 def samples(store: StatsStore, families: Iterable[Family] = FAMILIES) -> Iterator[Sample]:
+    store.settle()  # the counts by response status, into the code and class families
     for fam in families:
         scope = SCOPES[fam.scope]
         for obj in scope.objects(store):
@@ -311,6 +312,7 @@ def select(
 
 def reset_counters(store: StatsStore) -> None:
     """Zero every counter (not gauges, not histograms), as Envoy's /reset_counters does."""
+    store.settle()  # (so that no count by response status outlives the reset)
     for fam in FAMILIES:
         if fam.type != COUNTER:
             continue

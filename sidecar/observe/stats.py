@@ -6,7 +6,10 @@ counting stays cheap however often it is scraped. Attribute names follow Envoy's
 attribute becomes which Envoy/Prometheus series is declared once, in `sidecar.observe.metrics`.
 
 Counts by a label value (response code class, Kafka API) are plain dicts the data path bumps with
-`d[key] = d.get(key, 0) + 1`; the key becomes the label value.
+`d[key] = d.get(key, 0) + 1`; the key becomes the label value. Response codes are the exception:
+a request bumps one dict keyed by its status (`*_rq_status`), and `StatsStore.settle` folds those
+into the code and class counts Envoy names (`upstream_rq_xx`, `upstream_rq_code`, …) before
+every read: one count per response rather than three.
 """
 
 from __future__ import annotations
@@ -154,6 +157,9 @@ class ClusterStats:
     upstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
     upstream_rq_code: dict[str, int] = field(default_factory=dict)  # "200" → count
     external_upstream_rq_xx: dict[str, int] = field(default_factory=dict)  # from upstream only
+    # Responses from the upstream itself by status (200 → count) since the last `settle`, which
+    # adds them to the three above; the sidecar's own answers (503, 504) go there directly.
+    upstream_rq_status: dict[int, int] = field(default_factory=dict)
     upstream_rq_time: Histogram = field(default_factory=Histogram)
     # gRPC (L7): per call.
     grpc_success: int = 0
@@ -169,6 +175,21 @@ class ClusterStats:
     cb_max_requests: int = 1024
     cb_max_retries: int = 3
     upstream_rq_retry_active: int = 0
+
+    def settle(self) -> None:
+        """Add the responses counted by status to the counts by code and class: a request
+        counts its response once, and the string keys are made here, once per status seen
+        and read, rather than three times per request."""
+        by_status = self.upstream_rq_status
+        if by_status:
+            xx, codes = self.upstream_rq_xx, self.upstream_rq_code
+            external = self.external_upstream_rq_xx
+            for status, n in by_status.items():
+                code, klass = str(status), str(status // 100)
+                codes[code] = codes.get(code, 0) + n
+                xx[klass] = xx.get(klass, 0) + n
+                external[klass] = external.get(klass, 0) + n
+            by_status.clear()
 
     @property
     def circuit_breakers_cx_open(self) -> int:
@@ -216,7 +237,19 @@ class HttpStats:
     http2_rx_reset: int = 0  # streams the client reset
     http2_rx_messaging_error: int = 0  # a head breaking RFC 9113 8 (e.g. a bad :path): 400
     downstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
+    # Responses by status (200 → count) since the last `settle`, which adds them to the above.
+    downstream_rq_status: dict[int, int] = field(default_factory=dict)
     downstream_rq_time: Histogram = field(default_factory=Histogram)
+
+    def settle(self) -> None:
+        """Add the responses counted by status to the counts by class (as `ClusterStats`)."""
+        by_status = self.downstream_rq_status
+        if by_status:
+            xx = self.downstream_rq_xx
+            for status, n in by_status.items():
+                klass = str(status // 100)
+                xx[klass] = xx.get(klass, 0) + n
+            by_status.clear()
 
 
 @dataclass(eq=False)
@@ -276,6 +309,14 @@ class StatsStore:
         if stats is None:
             stats = self.http_managers[prefix] = HttpStats(prefix)
         return stats
+
+    def settle(self) -> None:
+        """Fold the counts by response status into the counts by code and class that readers
+        see (/stats, /metrics, a worker's snapshot, /reset_counters)."""
+        for cluster in self.clusters.values():
+            cluster.settle()
+        for http in self.http_managers.values():
+            http.settle()
 
     def kafka(self, name: str) -> KafkaStats:
         stats = self.kafka_brokers.get(name)
