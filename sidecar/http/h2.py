@@ -766,6 +766,8 @@ class H2Protocol(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self.limits = limits
+        # Each stream's body buffer, read once (a property of the frozen limits: a call each).
+        self.body_buffer = limits.stream_buffer_bytes
         self.stats = stats
         factor = defaults.MESH_HEADER_LIST_FACTOR if mesh_hop else 1
         self.header_list_size = limits.max_request_headers_bytes * factor
@@ -1041,6 +1043,16 @@ class H2Protocol(asyncio.Protocol):
             relay = stream.relay
             if relay is not None and relay.offer(payload):
                 conn.credit(stream_id, length)  # forwarded: credit back now, as a read gives it
+            elif end_stream:
+                machine.state = _HALF_CLOSED_REMOTE if machine.state is _OPEN else _CLOSED
+                machine.stream_closed_by = _CLOSED_BY_RECV_END
+                # The last chunk (a small answer's whole body): `feed` and `remote_ended` (no
+                # trailers came: the stream still received) in two calls fewer.
+                stream.body.feed_last(payload)
+                stream.remote_done = True
+                if stream.local_done:
+                    self._stream_finished(stream)
+                return True
             else:
                 stream.body.feed(payload)
         if end_stream:  # h2's stream_ended, on either transition
@@ -1720,10 +1732,21 @@ class H2Protocol(asyncio.Protocol):
         stream_id = highest + 2 if highest else 1  # a client's streams are odd
         if stream_id > conn.HIGHEST_ALLOWED_STREAM_ID:
             raise h2.exceptions.NoAvailableStreamIDError("Exhausted allowed stream IDs")
-        headers = request_headers(head)
+        method, authority = head.method, head.authority
+        if head.protocol is None and method != b"CONNECT":
+            # `request_headers` of the usual request, inline (a call fewer a request).
+            headers = [
+                (b":method", method),
+                (b":scheme", head.scheme),
+                (b":authority", authority),
+                (b":path", head.path),
+                *head.headers,
+            ]
+        else:
+            headers = request_headers(head)
         stream = H2ClientStream(self, stream_id, head)
         self.streams[stream_id] = stream
-        conn.send_request_headers(stream_id, headers, end_stream, head.method, head.authority)
+        conn.send_request_headers(stream_id, headers, end_stream, method, authority)
         if end_stream:
             stream.local_done = True
             self._flush_ended()
@@ -1840,7 +1863,7 @@ class H2Stream:
             self.body = EMPTY_BODY
             self.remote_done = True
         else:
-            self.body = Body(self._consumed, proto.limits.stream_buffer_bytes)
+            self.body = Body(self._consumed, proto.body_buffer)
             self.remote_done = False
         self.reset_error: StreamReset | None = None
         # Done at both ends and gone from both tables (`_stream_finished`): nothing more to do.
@@ -2016,7 +2039,16 @@ class H2ClientStream(H2Stream):
     """An upstream request on a multiplexed connection."""
 
     def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
-        H2Stream.__init__(self, proto, stream_id)  # (no `super` object made)
+        # `H2Stream.__init__` for a stream with a body, inline (a call fewer a request).
+        self.proto = proto
+        self.stream_id = stream_id
+        self.relay = None
+        self.trailers = None
+        self.local_done = False
+        self.body = Body(self._consumed, proto.body_buffer)
+        self.remote_done = False
+        self.reset_error = None
+        self.forgotten = False
         self.request = request
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or
