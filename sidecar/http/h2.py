@@ -2039,16 +2039,7 @@ class H2ClientStream(H2Stream):
     """An upstream request on a multiplexed connection."""
 
     def __init__(self, proto: H2Protocol, stream_id: int, request: RequestHead) -> None:
-        # `H2Stream.__init__` for a stream with a body, inline (a call fewer a request).
-        self.proto = proto
-        self.stream_id = stream_id
-        self.relay = None
-        self.trailers = None
-        self.local_done = False
-        self.body = Body(self._consumed, proto.body_buffer)
-        self.remote_done = False
-        self.reset_error = None
-        self.forgotten = False
+        H2Stream.__init__(self, proto, stream_id)  # (no `super` object made)
         self.request = request
         # The response head, set once: the router awaits it directly (`response()` is the
         # shielded wait for other callers). A waiter that gives up leaves it done, cancelled or

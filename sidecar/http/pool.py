@@ -86,13 +86,7 @@ class H2Pool:
             )
             return None if best is None else best.open_stream(head, end_stream)
         for conn in conns:
-            # `conn.available`, read here: a property's call fewer per request.
-            h2conn = conn.conn
-            if (
-                not conn.closed
-                and not conn.going_away
-                and (len(h2conn.streams) < h2conn.remote_max_streams or h2conn.stream_allowed())
-            ):
+            if conn.available:
                 return conn.open_stream(head, end_stream)
         return None
 
