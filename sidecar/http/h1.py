@@ -887,6 +887,13 @@ class H1Client(_Writer):
         # else would: the transport was told to stay open after the app's EOF).
         self.eof_in = False
         self.eof_out = False
+        # The pool may send the next request on it: not closed, no exchange in flight, no
+        # tunnel, the app keeps it alive, and nothing of the app's since the last response (nor
+        # its EOF). An attribute kept up to date, not a property: the pool asks it for every
+        # request. True from the start (a new connection takes its first request); `open`, any
+        # bytes or EOF from the app and the connection's loss clear it; only `_done` sets it
+        # again, when the exchange ends with the connection fit for another.
+        self.reusable = True
         # The `on_consumed` of every response body read from this connection: bound once here,
         # not once per request. The body is the current stream's: `_done` drops it from a body
         # once its exchange is over.
@@ -900,18 +907,6 @@ class H1Client(_Writer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()
-
-    @property
-    def reusable(self) -> bool:
-        parser = self.parser
-        return (
-            not self.closed
-            and self.stream is None
-            and not self.tunnelling
-            and parser.keep_alive
-            and parser.idle
-            and not parser.eof
-        )
 
     def open(self, head: RequestHead, end_stream: bool) -> H1ClientStream:
         """Send a request head; the returned stream carries the rest of the exchange.
@@ -944,6 +939,7 @@ class H1Client(_Writer):
         except ProtocolError as exc:
             raise StreamReset(f"cannot frame request: {exc}") from exc
         stream = self.stream = H1ClientStream(self, framing, end_stream)
+        self.reusable = False
         if tunnel:
             stream.tunnel = asyncio.get_running_loop().create_future()
         self.parser.method = method  # (`ResponseParser.expect`, written out: a call fewer)
@@ -959,6 +955,10 @@ class H1Client(_Writer):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        # Bytes while idle are something no request asked for (or the start of the app's
+        # close): not reusable from here on, before `connection_lost` says so. During an
+        # exchange it is not reusable anyway, until `_done`.
+        self.reusable = False
         stream = self.stream
         if self.tunnelling and stream is not None:
             relay = stream.relay
@@ -974,6 +974,7 @@ class H1Client(_Writer):
             self._process(events)
 
     def eof_received(self) -> bool:
+        self.reusable = False
         if self.tunnelling and self.stream is not None:
             self.stream.body.end()  # half-close from the app; the other direction goes on
             self.eof_in = True
@@ -988,6 +989,7 @@ class H1Client(_Writer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reusable = False
         self.resume_writing()
         if self.on_lost is not None:
             self.on_lost(self)
@@ -1020,11 +1022,9 @@ class H1Client(_Writer):
             response_head = stream.response_head
             if not response_head.done():  # (`responded`, written out)
                 response_head.set_result(ResponseHead(response.status, response.headers))
-            body = stream.body
             # Past its mark or not, reading is not paused for it: the exchange is done here, and
-            # `_done` would resume it at once.
-            body.feed(events[1])  # type: ignore[arg-type]
-            body.end()
+            # `_done` would resume it at once. Fed and ended in one call (`feed`, then `end`).
+            stream.body.feed_last(events[1])  # type: ignore[arg-type]
             self._done(stream)
             return
         for event in events:
@@ -1095,6 +1095,7 @@ class H1Client(_Writer):
         else:
             # Nothing of a next message to parse: `parser.next_cycle()` would only resume it.
             parser.paused = False
+            self.reusable = True
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()
