@@ -500,8 +500,10 @@ async def _send_body(
 
 _ORIG_PROTO = defaults.ORIG_PROTO_HEADER
 # Our hop header as HTTP/1.x requests carry it, made once rather than per request (the HTTP/1.1
-# codec takes no other version).
-_ORIG_PROTO_FIELDS = {v: (_ORIG_PROTO, b"HTTP/" + v) for v in (b"1.1", b"1.0")}
+# codec takes no other version), and nothing for HTTP/2: the fields each version adds, so that
+# the usual request gets them in the same list display as the others, with no test and no call.
+_ORIG_PROTO_FIELDS = {v: ((_ORIG_PROTO, b"HTTP/" + v),) for v in (b"1.1", b"1.0")}
+_ORIG_PROTO_FIELDS[b"2"] = ()
 
 
 # The names `outbound_headers` drops or sets besides the hop-by-hop ones: a request with none of
@@ -522,6 +524,7 @@ def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) ->
             (b"x-forwarded-for", peer_address[0].encode()),
             (b"x-forwarded-proto", head.scheme or b"http"),
             (b"x-request-id", new_request_id()),
+            *_ORIG_PROTO_FIELDS[head.http_version],
         ]
     else:
         if headers is not head.headers:  # (Connection may have named any of those looked at below)
@@ -543,8 +546,7 @@ def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) ->
             headers.append((b"x-forwarded-proto", head.scheme or b"http"))
         if b"x-request-id" not in names:
             headers.append((b"x-request-id", new_request_id()))
-    if head.http_version != b"2":
-        headers.append(_ORIG_PROTO_FIELDS[head.http_version])
+        headers += _ORIG_PROTO_FIELDS[head.http_version]
     head.headers = headers
 
 
