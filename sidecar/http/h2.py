@@ -240,17 +240,12 @@ def _varied_read(
     (`LiteralDecoder.varied`): blocks alike but for the value of one never-indexed field read
     alike but for that value in the regular fields, where the field is a regular one other
     than content-length (the only value a read looks at). Read once per template and kept
-    (`varied_reads`); the pseudo-header dict is shared, as `_take_headers` shares a block's."""
+    (`varied_reads`); the pseudo-header dict is shared, as `_take_headers` shares a block's.
+    Called for a template not read yet (with these defaults): `_take_headers` answers the
+    others from `varied_reads` itself, in a list of the caller's own (the router may change
+    it) with the block's value put in, without this call."""
     key = decoder.varied_key
     field = decoder.varied_field
-    read_with, pseudo, regular, at, informational, content_length = decoder.varied_reads.get(
-        key, _UNREAD_VARIED
-    )
-    if read_with is defaults:
-        regular = [*regular]  # the caller's own (the router may change it)
-        name, value = headers[field]
-        regular[at] = (name, value)
-        return pseudo, regular, informational, content_length, None
     read = _header_block(headers, defaults)
     name = headers[field][0]
     if read[4] is None and name[:1] != b":" and name != b"content-length":
@@ -575,11 +570,21 @@ class _Connection(h2.connection.H2Connection):
                 and size <= self.outbound_flow_control_window
             ):
                 machine.headers_sent = True  # response_sent
-                self._headers_frames(stream_id, self.encoder.encode(headers), False)
+                out = self._data_to_send
+                block = self.encoder.encode(headers)
+                length = len(block)
+                if length <= self.max_outbound_frame_size:  # as `_headers_frames`, no call
+                    out += _FRAME_HEADER.pack(length >> 16, length & 0xFFFF, 1, 4, stream_id)
+                    out += block
+                else:
+                    self._headers_frames(stream_id, block, False)
                 stream.outbound_flow_control_window -= size
                 self.outbound_flow_control_window -= size
-                self._ended_locally(machine, state)
-                out = self._data_to_send
+                if state is _OPEN:  # `_ended_locally`, without its call
+                    machine.state = _HALF_CLOSED_LOCAL
+                else:
+                    machine.state = _CLOSED
+                    machine.stream_closed_by = _CLOSED_BY_SEND_END
                 if not trailers:
                     out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, 0, _END_STREAM, stream_id)
                     out += body
@@ -1112,9 +1117,20 @@ class H2Protocol(asyncio.Protocol):
             if decoder.hit is not block:  # decoded anew, or alike but for one value
                 defaults = _REQUEST_PSEUDO if opens else None
                 if decoder.varied is block:  # a peer's request and its unique x-request-id
-                    pseudo, regular, informational, content_length, problem = _varied_read(
-                        decoder, headers, defaults
+                    # Read before, most likely: the template's read, with this block's value
+                    # in the caller's own list (see `_varied_read`, which reads it otherwise).
+                    read_with, pseudo, regular, at, informational, content_length = (
+                        decoder.varied_reads.get(decoder.varied_key, _UNREAD_VARIED)
                     )
+                    if read_with is defaults:
+                        regular = [*regular]
+                        name, value = headers[decoder.varied_field]
+                        regular[at] = (name, value)
+                        problem = None
+                    else:
+                        pseudo, regular, informational, content_length, problem = _varied_read(
+                            decoder, headers, defaults
+                        )
                 else:
                     pseudo, regular, informational, content_length, problem = _header_block(
                         headers, defaults
@@ -1569,7 +1585,8 @@ class H2Protocol(asyncio.Protocol):
     def _flush_ended(self) -> None:
         """A stream's last frame is queued: written at once when no other stream is open here
         (a lone exchange, as at a low request rate: the peer starts on it before this turn's
-        bookkeeping is done), else at the end of the turn with the other streams' frames."""
+        bookkeeping is done), else at the end of the turn with the other streams' frames.
+        (`send_response` tells a lone stream itself, without this call.)"""
         if len(self.streams) < 2:
             self._flush_now()
         else:
@@ -1679,10 +1696,10 @@ class H2Protocol(asyncio.Protocol):
             return False
         self._data_frames_sent += 1  # as `send_now` counts and writes a stream's last chunk
         self._unflushed += len(body)
-        if self._unflushed >= defaults.H2_WRITE_AT_ONCE:
-            self._flush_now()
+        if self._unflushed >= defaults.H2_WRITE_AT_ONCE or len(self.streams) < 2:
+            self._flush_now()  # (`_flush_ended`'s lone stream, without its call)
         else:
-            self._flush_ended()
+            self._flush()
         return True
 
     def _wake_windows(self, stream_id: int) -> None:

@@ -455,8 +455,8 @@ class LiteralDecoder(Decoder):
         self._variable_at = 0
         # The last block `decode` answered from a template (the very object, as `hit`), that
         # template's key and the never-indexed field's place in the list, and what callers read
-        # from blocks so answered, by their template's key (h2.py's `_varied_read`): valid
-        # while the template is kept, so cleared with it.
+        # from blocks so answered, by their template's key (h2.py's `_take_headers` and
+        # `_varied_read`): valid while the template is kept, so cleared with it.
         self.varied: bytes | None = None
         self.varied_key = b""
         self.varied_field = 0
