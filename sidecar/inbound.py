@@ -97,7 +97,7 @@ class InboundStack(ListenerStack):
         route = self.route(peer)
         authorizer = self.authorizer
         if authorizer is None and peer is None:  # plaintext mesh: nothing to decide or count
-            return lambda exchange: proxy(exchange, route)
+            return lambda exchange: proxy(route, exchange)
         # The caller's counts at this inbound (`source_service` in the metrics).
         source = self.stats.source(peer.service) if peer is not None else None
 
@@ -110,7 +110,7 @@ class InboundStack(ListenerStack):
                 self.plan.service, peer, self.stats, self.plan.name, "protocol=http"
             ):
                 return local_reply(exchange, 403, RBAC_ACCESS_DENIED)
-            return proxy(exchange, route)
+            return proxy(route, exchange)
 
         return handle
 

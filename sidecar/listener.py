@@ -215,7 +215,7 @@ class ListenerStack:
 
     def handler(self) -> Handler:
         """What serves each request of a new connection: the router, on this listener's route."""
-        return functools.partial(proxy, route=self.route())  # a C call, no Python frame
+        return functools.partial(proxy, self.route())  # a C call, no Python frame
 
     def h1_server(self, handler: Handler | None = None) -> H1Server:
         server = H1Server(

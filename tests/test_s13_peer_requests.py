@@ -30,7 +30,7 @@ def _status(checks_requests: bool) -> tuple[int, int]:
     )  # fmt: skip
     exchange = _Exchange()
     exchange.request = BAD_AUTHORITY
-    asyncio.run(proxy(exchange, route))  # type: ignore[arg-type]
+    asyncio.run(proxy(route, exchange))  # type: ignore[arg-type]
     return exchange.status, cluster.stats.upstream_rq_total
 
 

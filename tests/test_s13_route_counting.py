@@ -205,7 +205,7 @@ def _answer(statuses: list[int]) -> Cluster:
     async def run() -> None:
         for _ in statuses:
             exchange = _Exchange()
-            await proxy(exchange, route)  # type: ignore[arg-type]
+            await proxy(route, exchange)  # type: ignore[arg-type]
             assert exchange.status
 
     asyncio.run(run())
