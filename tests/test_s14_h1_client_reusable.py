@@ -15,10 +15,8 @@ import pytest
 from sidecar.cluster import Target
 from sidecar.http.exchange import RequestHead
 from sidecar.http.h1 import H1Client
-from sidecar.http.pool import H1Pool
 from tests.attack import FakeTransport
-
-_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+from tests.test_s14_h1_pool_idle import _ANSWER, _pool
 
 
 def _get() -> RequestHead:
@@ -89,15 +87,7 @@ def test_an_exchange_in_flight_is_not_reusable_until_its_end():
 
 def test_the_pool_passes_over_an_idle_connection_that_received_bytes():
     async def run() -> None:
-        made: list[H1Client] = []
-
-        async def connect(target: Target, factory) -> asyncio.BaseTransport:  # noqa: ANN001
-            client = factory()
-            client.connection_made(FakeTransport())
-            made.append(client)
-            return client.transport
-
-        pool = H1Pool(connect)
+        pool, made = _pool()
         target = Target("127.0.0.1", 8080)
         stream = await pool.open_stream(target, _get(), True)
         made[0].data_received(_ANSWER)
