@@ -151,18 +151,14 @@ async def test_h2_a_last_chunk_after_the_end_is_refused() -> None:
     assert refused == ["the stream has ended"]
 
 
-async def h1_answer(head: ResponseHead, last: bytes, whole: bool = False) -> list[bytes]:
-    """A sidecar HTTP/1.1 server answering one request with `head` and `finish(None, last)`, or
-    (`whole`) with `respond(head, last=last)`; its writes."""
+async def h1_writes(answer: Any) -> list[bytes]:
+    """A sidecar HTTP/1.1 server answering one GET with `answer(exchange)`; its writes, each
+    apart."""
     done = asyncio.get_running_loop().create_future()
 
     async def handler(exchange: H1ServerExchange) -> None:
         try:
-            if whole:
-                await exchange.respond(head, last=last)
-            else:
-                await exchange.respond(head)
-                await exchange.finish(None, last)
+            await answer(exchange)
         finally:
             done.set_result(None)
 
@@ -175,6 +171,20 @@ async def h1_answer(head: ResponseHead, last: bytes, whole: bool = False) -> lis
         return wire.each
     finally:
         server.connection_lost(None)
+
+
+async def h1_answer(head: ResponseHead, last: bytes, whole: bool = False) -> list[bytes]:
+    """A sidecar HTTP/1.1 server answering one request with `head` and `finish(None, last)`, or
+    (`whole`) with `respond(head, last=last)`; its writes."""
+
+    async def answer(exchange: H1ServerExchange) -> None:
+        if whole:
+            await exchange.respond(head, last=last)
+        else:
+            await exchange.respond(head)
+            await exchange.finish(None, last)
+
+    return await h1_writes(answer)
 
 
 async def test_h1_a_chunked_body_of_one_chunk_is_one_write_with_head_and_terminator() -> None:

@@ -23,9 +23,10 @@ import h2.connection
 import pytest
 
 from sidecar.http.exchange import Body, ResponseHead
-from sidecar.http.h1 import H1Server, H1ServerExchange
+from sidecar.http.h1 import H1ServerExchange
 from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
 from sidecar.http.router import _attempt
+from tests.test_body_end import h1_writes
 from tests.test_h2_cuts import CODES, DEADLINE, _until, h2_client, request
 from tests.test_h2_lifecycle import _Writes, serve_one
 from tests.test_s12_h2tx import CASES, HEAD, _books, _outcome, _server, client_streams
@@ -188,26 +189,6 @@ async def test_an_empty_body_with_trailers_sends_the_head_and_the_trailers() -> 
         proto.connection_lost(None)
 
 
-async def _h1_writes(answer: Any) -> bytes:
-    done = asyncio.get_running_loop().create_future()
-
-    async def handler(exchange: H1ServerExchange) -> None:
-        try:
-            await answer(exchange)
-        finally:
-            done.set_result(None)
-
-    server = H1Server(handler, default_authority=b"backend")
-    wire = _Writes()
-    server.connection_made(wire)
-    try:
-        server.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        await asyncio.wait_for(done, DEADLINE)
-        return b"".join(wire.writes)
-    finally:
-        server.connection_lost(None)
-
-
 async def test_h1_a_body_with_trailers_is_sent_as_the_router_sent_it() -> None:
     head = ResponseHead(200, [(b"content-type", b"application/grpc")])
 
@@ -219,7 +200,8 @@ async def test_h1_a_body_with_trailers_is_sent_as_the_router_sent_it() -> None:
         await exchange.write(b"hello")
         await exchange.finish(TRAILERS)
 
-    ours, theirs = await _h1_writes(one_call), await _h1_writes(three_calls)
+    ours = b"".join(await h1_writes(one_call))
+    theirs = b"".join(await h1_writes(three_calls))
     assert ours == theirs and ours.endswith(b"0\r\ngrpc-status: 0\r\ngrpc-message: \r\n\r\n")
 
 
