@@ -82,7 +82,7 @@ class InboundStack(ListenerStack):
         identity = peer.spiffe_id if peer is not None else None
 
         def prepare(exchange: Exchange) -> Pool:
-            orig = inbound_headers(exchange.request, client_identity=identity)
+            orig = inbound_headers(exchange.request, identity)
             if declared == "http":
                 return self.h1_pool
             if declared in ("http2", "grpc"):

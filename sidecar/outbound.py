@@ -84,7 +84,11 @@ class OutboundStack(ListenerStack):
             outbound_headers(exchange.request, exchange.peer_address)
             return pool
 
-        return self.make_route(prepare, defaults.HTTP_CONNECT_ATTEMPTS)
+        route = self.make_route(prepare, defaults.HTTP_CONNECT_ATTEMPTS)
+        # A trusted pool's peers are verified sidecars: their routers dropped the hop-by-hop
+        # fields of each response before it left.
+        route.strips_responses = not pool.trusted
+        return route
 
 
 def mesh_pool(

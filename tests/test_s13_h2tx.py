@@ -259,7 +259,9 @@ async def _route_response(chunks: list[bytes]) -> tuple[_Exchange, _Accounting]:
     outlier = SimpleNamespace(
         success=lambda target: None, failure=lambda target: None, health={}
     )  # (`health`: the endpoints with failures on record, none here)
-    route = SimpleNamespace(cluster=SimpleNamespace(outlier=outlier), heads=None)
+    route = SimpleNamespace(
+        cluster=SimpleNamespace(outlier=outlier), heads=None, strips_responses=True
+    )
     exchange, acct = _Exchange(), _Accounting()
     assert await _attempt(exchange, route, upstream, acct, None) is None  # type: ignore[arg-type]
     return exchange, acct

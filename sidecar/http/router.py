@@ -107,6 +107,11 @@ class Route:
     # every request comes from a verified peer sidecar, whose own router checked it before it
     # left (issue 8: no second validation on the hop between two sidecars, as h2's is skipped).
     checks_requests: bool = True
+    # Whether a response head's hop-by-hop fields are dropped here: not where every response
+    # comes over HTTP/2 from a verified peer sidecar (the outbound's mesh pool under mTLS), whose
+    # own router dropped them before it left (as `checks_requests`: no second pass on the hop
+    # between two sidecars, and no call and `dict` of the names for it).
+    strips_responses: bool = True
     # The response heads awaited against the request timeout, and the exchanges watched for the
     # stream idle timeout (None when either is turned off): one loop timer each per route.
     heads: HeadTimeouts | None = field(init=False)
@@ -388,7 +393,8 @@ async def _attempt(
 
     # The response, streamed back.
     response_body = upstream.body
-    response.headers = strip_hop_by_hop(response.headers)
+    if route.strips_responses:
+        response.headers = strip_hop_by_hop(response.headers)
     tunnel = response.status == TUNNEL_ESTABLISHED
     try:
         if upstream.response_ended_with_head or (
