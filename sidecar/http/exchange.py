@@ -197,10 +197,11 @@ class Body:
         if self.ended:
             return
         if self.error is None:
-            if self._chunks is _NOT_FED:
-                self._chunks = deque((data,))
-            else:
-                self._chunks.append(data)
+            chunks = self._chunks
+            if chunks is _NOT_FED:
+                # Made empty, then appended to: `deque((data,))` costs more (an iterator).
+                self._chunks = chunks = deque()
+            chunks.append(data)
             self.buffered += len(data)
         self.ended = True
         self.trailers = None

@@ -512,7 +512,16 @@ class _Connection(h2.connection.H2Connection):
             stream_id, _HALF_CLOSED_LOCAL if end_stream else _OPEN, True, method, authority
         )
         self.highest_outbound_stream_id = stream_id
-        self._headers_frames(stream_id, self.encoder.encode(headers), end_stream)
+        block = self.encoder.encode(headers)
+        size = len(block)
+        if size <= self.max_outbound_frame_size:  # as `_headers_frames`, without its call
+            out = self._data_to_send
+            out += _FRAME_HEADER.pack(
+                size >> 16, size & 0xFFFF, 1, 5 if end_stream else 4, stream_id
+            )
+            out += block
+        else:
+            self._headers_frames(stream_id, block, end_stream)
 
     def send_stream_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         """`send_headers` for a final response (server side) or trailers (either side) on a
@@ -1056,7 +1065,18 @@ class H2Protocol(asyncio.Protocol):
                 stream.body.feed_last(payload)
                 stream.remote_done = True
                 if stream.local_done:
-                    self._stream_finished(stream)
+                    # `_stream_finished` of a stream done at both ends and still in our table
+                    # (found there above; `feed_last` wakes a reader later, never at once),
+                    # inline: a client's usual answer ends here, a call fewer for each.
+                    del self.streams[stream_id]
+                    if not self.closed:
+                        stream.forgotten = conn.forget(stream_id)
+                    if not self.streams and not self.client_side:
+                        self.idle_since = self.loop.time()
+                    if self._slot_waiters:
+                        self._wake_slots()
+                    if self.going_away:
+                        self._maybe_close()
                 return True
             else:
                 stream.body.feed(payload)
@@ -1766,7 +1786,10 @@ class H2Protocol(asyncio.Protocol):
         conn.send_request_headers(stream_id, headers, end_stream, method, authority)
         if end_stream:
             stream.local_done = True
-            self._flush_ended()
+            if len(self.streams) < 2:  # `_flush_ended`, without its call
+                self._flush_now()
+            else:
+                self._flush()
         else:
             self._flush()
         return stream
