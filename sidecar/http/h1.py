@@ -275,13 +275,28 @@ class H1Server(_Writer):
             return
         if self.lingering:
             return
-        if self.exchange is None and self.head_started is None:
-            self.head_started = self.loop.time()  # a request's first bytes
         parser = self.parser
         try:
-            events = parser.receive(data)
+            # The usual read: a whole request head alone (`_request` would clear the time when
+            # its first bytes came at once: not taken).
+            request = parser.request_alone(data)
+            if request is None:
+                if self.exchange is None and self.head_started is None:
+                    self.head_started = self.loop.time()  # a request's first bytes
+                events = parser.receive(data)
         except ProtocolError as exc:
             self._protocol_error(exc)
+            return
+        if request is not None:
+            # The events `receive` would have given, handled as `_handle` does: the request,
+            # then `End` if the request ended with its head (the parser paused after it).
+            self._request(request)
+            exchange = self.exchange
+            if exchange is not None and parser.paused:
+                exchange.request_ended = True
+                body = exchange.body
+                if body is not EMPTY_BODY and not exchange.upgrade:
+                    body.end()
             return
         if events:
             self._handle(events)

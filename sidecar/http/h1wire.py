@@ -563,6 +563,28 @@ class RequestParser(_Parser):
     ) -> None:
         super().__init__(max_head_bytes, max_fields)
 
+    def request_alone(self, data: bytes) -> Request | None:
+        """The usual read, taken whole: one request head and nothing else, while the parser
+        waits for a request with nothing buffered. The head is parsed and refused as `receive`
+        would; a request whose body ended with its head (none, or Content-Length: 0) leaves the
+        parser `paused`, as after `End`, and one with a body to come leaves it in that body.
+        So the events `receive` would have handed back are the request, then `End` if `paused`.
+        None, with nothing taken, for any other read (`receive` takes it then). No event list
+        and no turn of the parsing loop, nor the calls of its steps (`_head`, `_take_head`,
+        `_start_body`): the head is searched for within the size limit, as `_take_head` does,
+        and empty lines before it are left to `_head`."""
+        if self.buf or self.paused or self._in_body or data[:2] == b"\r\n":
+            return None
+        end = data.find(b"\r\n\r\n", 0, self.max_head_bytes)
+        if end < 0 or end + 4 != len(data):
+            return None
+        request = parse_request_head(data[: end + 2], self.max_fields)
+        if request.framing == _NO_BODY:
+            self.paused = True
+        else:
+            self._start_body([], request.framing, request.length)  # (its `End`: `paused`)
+        return request
+
     def _head(self, out: list[Event]) -> bool:
         buf = self.buf
         if buf.startswith(b"\r\n"):  # RFC 9112 2.2: empty lines before a request line are ignored
