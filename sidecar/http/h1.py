@@ -981,12 +981,30 @@ class H1Client(_Writer):
                 _feed(self, stream.body, data)
             return
         try:
-            events = self.parser.receive(data)
+            # The usual read: an answer to the request in flight, whole (`answer_alone`).
+            answer = None if stream is None else self.parser.answer_alone(data)
+            if answer is None:
+                answer = self.parser.receive(data)
         except ProtocolError as exc:
             self._bad_response(exc)
             return
-        if events:
-            self._process(events)
+        if type(answer) is tuple:
+            # A final response (a 1xx is never followed by body bytes, a switch by nothing),
+            # its body in one chunk, its end without trailers: handled at once, as `_process`
+            # would handle those three events.
+            response, body = answer
+            assert stream is not None
+            if stream.tunnel is not None:
+                stream.switched(False)  # the app declined the upgrade
+            response_head = stream.response_head
+            if not response_head.done():  # (`responded`, written out)
+                response_head.set_result(ResponseHead(response.status, response.headers))
+            # Past its mark or not, reading is not paused for it: the exchange is done here, and
+            # `_done` would resume it at once. Fed and ended in one call (`feed`, then `end`).
+            stream.body.feed_last(body)
+            self._done(stream)
+        elif answer:
+            self._process(answer)
 
     def eof_received(self) -> bool:
         self.reusable = False
@@ -1021,26 +1039,6 @@ class H1Client(_Writer):
             # connection it closed, or something no request asked for. Either way, done.
             if self.transport is not None:
                 self.transport.close()
-            return
-        if (
-            len(events) == 3
-            and events[2] is h1wire.END
-            and type(events[1]) is bytes
-            and type(events[0]) is Response
-        ):
-            # The usual answer, whole in one read: a final response (a 1xx is never followed by
-            # body bytes, a switch by nothing), its body in one chunk, its end without trailers.
-            # Handled at once, as the loop below would: no turn per event.
-            response: Response = events[0]  # type: ignore[assignment]
-            if stream.tunnel is not None:
-                stream.switched(False)  # the app declined the upgrade
-            response_head = stream.response_head
-            if not response_head.done():  # (`responded`, written out)
-                response_head.set_result(ResponseHead(response.status, response.headers))
-            # Past its mark or not, reading is not paused for it: the exchange is done here, and
-            # `_done` would resume it at once. Fed and ended in one call (`feed`, then `end`).
-            stream.body.feed_last(events[1])  # type: ignore[arg-type]
-            self._done(stream)
             return
         for event in events:
             kind = type(event)

@@ -627,6 +627,41 @@ class ResponseParser(_Parser):
     def expect(self, method: bytes) -> None:
         self.method = method
 
+    def answer_alone(self, data: bytes) -> tuple[Response, bytes] | list[Event] | None:
+        """The usual read, taken whole: a final answer's head and all of its Content-Length body
+        (not empty) and nothing else, while the parser waits for an answer with nothing
+        buffered. Handed back as the head and the body, the parser `paused` as after `End`: the
+        events `receive` would have given are the head, the body and `End` (no trailers). No
+        event list, no turn of the parsing loop, nor the calls of its steps. Any other read
+        whose head is here whole is parsed once and handed on as `receive`'s events (`_answer`
+        says what it means); None, with nothing taken, for a read without a whole head (within
+        the size limit) or while anything is buffered (`receive` takes it then). A head is
+        refused (`ProtocolError`) as `receive` would refuse it."""
+        if self.buf or self.paused or self._in_body:
+            return None
+        end = data.find(b"\r\n\r\n", 0, self.max_head_bytes)
+        if end < 0:
+            return None
+        response = parse_response_head(data[: end + 2], self.max_fields)
+        length = len(data) - end - 4
+        if (
+            response.length == length
+            and length
+            and response.framing == _LENGTH
+            and response.status >= 200
+            and response.status not in (204, 304)
+            and self.method != b"HEAD"
+            and self.method != b"CONNECT"
+        ):
+            if not response.keep_alive:
+                self.keep_alive = False
+            self.paused = True
+            return response, data[end + 4 :]
+        self.buf = data[end + 4 :]
+        out: list[Event] = [response]
+        self._answer(out, response)
+        return out if self.paused else out + self.receive(b"")
+
     def _head(self, out: list[Event]) -> bool:
         # `_take_head`'s usual case, written out here (a call fewer per response): the head read
         # whole, little or nothing after it, searched for within the size limit.
@@ -643,14 +678,21 @@ class ResponseParser(_Parser):
                 return False
         response = parse_response_head(head, self.max_fields)
         out.append(response)
+        self._answer(out, response)
+        return True
+
+    def _answer(self, out: list[Event], response: Response) -> None:
+        """What a parsed head (appended to `out`) means for what follows it in `buf`: a 1xx is
+        followed by the final answer, a switch by a tunnel's bytes; otherwise its body, as
+        the head, the request's method and the status frame it."""
         status = response.status
         if status < 200:
             if status == 101:
                 self.switched = self.paused = True
-            return True  # the final response follows
+            return  # the final response follows
         if self.method == b"CONNECT" and status < 300:
             self.switched = self.paused = True
-            return True
+            return
         if not response.keep_alive:
             self.keep_alive = False
         if self.method == b"HEAD" or status in (204, 304):
@@ -660,16 +702,15 @@ class ResponseParser(_Parser):
             if framing == _LENGTH:
                 rest = self.buf
                 if response.length == len(rest) and rest and type(rest) is bytes:
-                    # The usual answer: its whole body came with the head, and nothing after
-                    # it. Emitted here with its end (`_start_body`'s case, a call fewer).
+                    # Its whole body came with the head, and nothing after it. Emitted here
+                    # with its end (`_start_body`'s case, a call fewer).
                     out += (rest, _END)
                     self.buf = b""
                     self.paused = True
-                    return True
+                    return
             elif framing == _UNTIL_EOF:
                 self.keep_alive = False
             self._start_body(out, framing, response.length)
-        return True
 
 
 # -- serialisers -------------------------------------------------------------------------------
