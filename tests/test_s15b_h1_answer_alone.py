@@ -1,6 +1,7 @@
 """Session 15: an app's answer read whole in one read (head, a whole Content-Length body that is
-not empty, nothing after it) is taken by `ResponseParser.answer_alone` and handled by
-`H1Client.data_received` without the event list, the parsing loop and `_process`. Any other read
+not empty, nothing after it) is taken by `ResponseParser.answer_alone` (its status, fields and
+body: no `Response` made) and handled by `H1Client.data_received` without the event list, the
+parsing loop and `_process`. Any other read
 whose head is whole is parsed once and handed on as the events `receive` gives; a read without a
 whole head, or one while anything is buffered, is left to `receive` untouched. The parser ends in
 the state `receive` leaves it in either way, and refuses what `receive` refuses.
@@ -103,9 +104,10 @@ def test_the_usual_answer_is_its_head_and_body_as_receive_gives_them(method, raw
     answer = alone.answer_alone(raw)
     events = general.receive(raw)
     assert type(answer) is tuple
-    response, body = answer
+    status, headers, body = answer
     assert type(body) is bytes
-    assert _shape([response, body, END]) == _shape(events) and events[2] is END
+    assert [(status, headers), body] == [(events[0].status, events[0].headers), events[1]]
+    assert len(events) == 3 and events[2] is END
     assert _state(alone) == _state(general)
 
 
@@ -116,13 +118,13 @@ def test_any_other_whole_head_is_parsed_once_and_handed_on_as_receives_events(
     alone, general = _parsers(method)
     events = general.receive(raw)
     parses = []
-    parse = h1wire.parse_response_head
+    parse = h1wire.response_fields
 
-    def counted(head: bytes, max_fields: int) -> Response:
+    def counted(head: bytes, max_fields: int) -> h1wire.ResponseFields:
         parses.append(head)
         return parse(head, max_fields)
 
-    monkeypatch.setattr(h1wire, "parse_response_head", counted)
+    monkeypatch.setattr(h1wire, "response_fields", counted)
     answer = alone.answer_alone(raw)
     assert type(answer) is list
     assert _shape(answer) == _shape(events)

@@ -992,13 +992,13 @@ class H1Client(_Writer):
             # A final response (a 1xx is never followed by body bytes, a switch by nothing),
             # its body in one chunk, its end without trailers: handled at once, as `_process`
             # would handle those three events.
-            response, body = answer
+            status, headers, body = answer
             assert stream is not None
             if stream.tunnel is not None:
                 stream.switched(False)  # the app declined the upgrade
             response_head = stream.response_head
             if not response_head.done():  # (`responded`, written out)
-                response_head.set_result(ResponseHead(response.status, response.headers))
+                response_head.set_result(ResponseHead(status, headers))
             # Past its mark or not, reading is not paused for it: the exchange is done here, and
             # `_done` would resume it at once. Fed and ended in one call (`feed`, then `end`).
             stream.body.feed_last(body)

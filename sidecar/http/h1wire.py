@@ -276,34 +276,56 @@ def parse_request_head(head: bytes, max_fields: int) -> Request:
     return request
 
 
-def parse_response_head(head: bytes, max_fields: int) -> Response:
-    """Parse and check one response head; its framing as the head says it (the parser knows
-    when there is no body whatever it says)."""
+# What a response head says, in `Response`'s order: status, version, headers, reason, keep_alive,
+# framing, length.
+ResponseFields = tuple[int, bytes, Headers, bytes, bool, int, int]
+
+
+def response_fields(head: bytes, max_fields: int) -> ResponseFields:
+    """Parse and check one response head; what it says as a tuple in `Response`'s order, its
+    framing as the head says it (the parser knows when there is no body whatever it says). A
+    tuple, not a `Response`: `ResponseParser.answer_alone` reads the usual answer from it, with
+    no object made and no attributes written and read back."""
     match = _RESPONSE_HEAD.fullmatch(head)
     if match is None:
         _response_head_problem(head)
     minor, status, reason, fields = match.groups()
     names, headers = _fields(fields, max_fields)
-    response = Response()
-    response.status = int(status)
-    response.version = b"1.1" if minor == b"1" else b"1.0"
-    response.headers = headers
-    response.reason = reason or b""
-    response.keep_alive = minor == b"1"
-    response.framing = _UNTIL_EOF
-    response.length = 0
+    keep_alive = minor == b"1"
+    framing = _UNTIL_EOF
+    length = 0
     if b"connection" in names and b"close" in _tokens(_values(headers, b"connection")):
-        response.keep_alive = False
+        keep_alive = False
     if b"content-length" in names:
         if b"transfer-encoding" in names:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        response.length = _content_length(names, headers)
-        response.framing = _LENGTH
+        length = _content_length(names, headers)
+        framing = _LENGTH
     elif b"transfer-encoding" in names:
         if _tokens(_values(headers, b"transfer-encoding")) != [b"chunked"]:
             raise ProtocolError("a transfer coding other than chunked", 501)
-        response.framing = _CHUNKED
+        framing = _CHUNKED
+    version = b"1.1" if minor == b"1" else b"1.0"
+    return int(status), version, headers, reason or b"", keep_alive, framing, length
+
+
+def _response(fields: ResponseFields) -> Response:
+    response = Response()
+    (
+        response.status,
+        response.version,
+        response.headers,
+        response.reason,
+        response.keep_alive,
+        response.framing,
+        response.length,
+    ) = fields
     return response
+
+
+def parse_response_head(head: bytes, max_fields: int) -> Response:
+    """Parse and check one response head (`response_fields`, as a `Response`)."""
+    return _response(response_fields(head, max_fields))
 
 
 class _Parser:
@@ -627,12 +649,13 @@ class ResponseParser(_Parser):
     def expect(self, method: bytes) -> None:
         self.method = method
 
-    def answer_alone(self, data: bytes) -> tuple[Response, bytes] | list[Event] | None:
+    def answer_alone(self, data: bytes) -> tuple[int, Headers, bytes] | list[Event] | None:
         """The usual read, taken whole: a final answer's head and all of its Content-Length body
         (not empty) and nothing else, while the parser waits for an answer with nothing
-        buffered. Handed back as the head and the body, the parser `paused` as after `End`: the
-        events `receive` would have given are the head, the body and `End` (no trailers). No
-        event list, no turn of the parsing loop, nor the calls of its steps. Any other read
+        buffered. Handed back as its status, its fields and its body, the parser `paused` as
+        after `End`: the events `receive` would have given are the head, the body and `End` (no
+        trailers). No `Response` is made for the head (`response_fields`), no event list, no
+        turn of the parsing loop, nor the calls of its steps. Any other read
         whose head is here whole is parsed once and handed on as `receive`'s events (`_answer`
         says what it means); None, with nothing taken, for a read without a whole head (within
         the size limit) or while anything is buffered (`receive` takes it then). A head is
@@ -642,22 +665,23 @@ class ResponseParser(_Parser):
         end = data.find(b"\r\n\r\n", 0, self.max_head_bytes)
         if end < 0:
             return None
-        response = parse_response_head(data[: end + 2], self.max_fields)
-        length = len(data) - end - 4
+        fields = response_fields(data[: end + 2], self.max_fields)
+        status, _, headers, _, keep_alive, _, length = fields
+        # (A length that is not 0 is a Content-Length body's: the framing need not be looked at.)
         if (
-            response.length == length
+            length == len(data) - end - 4
             and length
-            and response.framing == _LENGTH
-            and response.status >= 200
-            and response.status not in (204, 304)
-            and self.method != b"HEAD"
-            and self.method != b"CONNECT"
+            and 200 <= status
+            and status != 204
+            and status != 304
+            and self.method not in (b"HEAD", b"CONNECT")
         ):
-            if not response.keep_alive:
+            if not keep_alive:
                 self.keep_alive = False
             self.paused = True
-            return response, data[end + 4 :]
+            return status, headers, data[end + 4 :]
         self.buf = data[end + 4 :]
+        response = _response(fields)
         out: list[Event] = [response]
         self._answer(out, response)
         return out if self.paused else out + self.receive(b"")
