@@ -167,6 +167,7 @@ class _Exchange:
         self.responded = False
         self.status = 0
         self.cancelled = False
+        self.answered: ResponseHead | None = None  # the head it was answered with
 
     def informational(self, head: ResponseHead) -> None:
         pass
@@ -174,14 +175,16 @@ class _Exchange:
     async def respond(self, head: ResponseHead, end: bool = False, last: Any = None) -> None:
         self.responded = True
         self.status = head.status
+        self.answered = head
 
 
 class _Upstream:
     """An upstream stream whose response (a head alone) is already there."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, fields: list[tuple[bytes, bytes]] | None = None) -> None:
         self.response_head = asyncio.get_running_loop().create_future()
-        self.response_head.set_result(ResponseHead(status, [(b"content-length", b"0")]))
+        head = ResponseHead(status, [(b"content-length", b"0")] if fields is None else fields)
+        self.response_head.set_result(head)
         self.body = EMPTY_BODY
         self.response_ended_with_head = True
         self.on_informational = None

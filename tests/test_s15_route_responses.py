@@ -11,18 +11,18 @@ whose own router dropped them before the response left (`Route.strips_responses`
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from sidecar.cluster import Cluster, Target
-from sidecar.http.exchange import EMPTY_BODY, RequestHead, ResponseHead
+from sidecar.http.exchange import RequestHead
 from sidecar.http.pool import plain_connector
 from sidecar.http.router import Route, proxy
 from sidecar.listener import StackOptions
 from sidecar.observe.stats import ClusterStats, ListenerStats
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan
+from tests.test_s13_route_counting import _Exchange, _Upstream
 
 # What an app may answer: the connection's own fields among the end-to-end ones.
 APP_FIELDS = [
@@ -35,41 +35,11 @@ APP_FIELDS = [
 STRIPPED = [(b"content-length", b"0"), (b"x-end-to-end", b"kept")]
 
 
-class _Exchange:
-    """The least of a downstream exchange that `proxy` needs, keeping the head it answers."""
-
-    def __init__(self) -> None:
-        self.request = RequestHead(b"GET", b"http", b"a", b"/")
-        self.body = EMPTY_BODY
-        self.peer_address = None
-        self.responded = False
-        self.status = 0
-        self.cancelled = False
-        self.answered: ResponseHead | None = None
-
-    def informational(self, head: ResponseHead) -> None:
-        pass
-
-    async def respond(self, head: ResponseHead, end: bool = False, last: Any = None) -> None:
-        self.responded = True
-        self.status = head.status
-        self.answered = head
-
-
-class _Upstream:
-    """An upstream stream whose response (a head alone, with APP_FIELDS) is already there."""
-
-    def __init__(self) -> None:
-        self.response_head = asyncio.get_running_loop().create_future()
-        self.response_head.set_result(ResponseHead(200, list(APP_FIELDS)))
-        self.body = EMPTY_BODY
-        self.response_ended_with_head = True
-        self.on_informational = None
-
-
 class _Pool:
+    """Every stream answered with APP_FIELDS."""
+
     def ready_stream(self, target: Target, head: RequestHead, end_stream: bool) -> _Upstream:
-        return _Upstream()
+        return _Upstream(200, list(APP_FIELDS))
 
 
 def _answered(strips_responses: bool | None) -> list[tuple[bytes, bytes]]:
