@@ -9,8 +9,10 @@ workers inherit the set), the servers and the load generators to cores of their 
 only the sidecars' cores change between rows. Each scenario reports its rate, its ratio to N=1
 (the scaling factor) and the sidecars' CPU seconds (every worker's utime + stime) per unit:
 
-- `http1`: `h2load --h1 -c 64 -t 4` for the duration, HTTP/1.1 keep-alive; the sidecars carry it
-  as HTTP/2 between them (kuma.io/protocol: http). Server: a small multi-process uvloop responder.
+- `http1`: `h2load --h1 -c 64 -t 4` (`--connections`) for the duration, HTTP/1.1 keep-alive;
+  the sidecars carry it as HTTP/2 between them (kuma.io/protocol: http). Server: a small
+  multi-process uvloop responder. Each sidecar's CPU and read/write system calls per request are
+  read over h2load's counted seconds (after its warm-up), per worker too (`process_cpu_s`).
 - `tcp-connect`: processes that each connect, send 1 byte, read the echo and close, in a loop
   (kuma.io/protocol: tcp: the splice relay). Server: a multi-process uvloop echo.
 - `tcp-bulk`: `iperf3 -P 8` (eight streams, so that every worker gets some).
@@ -44,8 +46,8 @@ from bench.procs import free_port
 
 HOST = "127.0.0.1"
 SCENARIOS = ("http1", "tcp-connect", "tcp-bulk")
+WARM_UP = 1  # seconds of h2load's warm-up, not counted
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
-
 
 
 # -- servers and clients run as processes (python3 -m bench.scaling --serve ...) ---------------
@@ -154,14 +156,46 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+class Meter:
+    """Each sidecar's CPU seconds and read and write system calls from `mark()` to `read()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.trees = {role: _tree(pid) for role, pid in pids.items()}
+        self.mark()
+
+    def mark(self) -> None:
+        self.start = _usage(self.trees)
+
+    def read(self, row: dict) -> None:
+        end = _usage(self.trees)
+        row["cpu_s"] = {r: end[r][0] - self.start[r][0] for r in end}
+        row["syscalls"] = {r: end[r][1] - self.start[r][1] for r in end}
+        row["proxy_cpu_s"] = sum(row["cpu_s"].values())
+        row["process_cpu_s"] = {
+            r: [round(end[r][2][i] - self.start[r][2][i], 2) for i in range(len(end[r][2]))]
+            for r in end
+        }
+
+
+def _usage(trees: dict[str, list[int]]) -> dict[str, tuple[float, int, list[float]]]:
+    """Per sidecar: the CPU seconds (utime + stime) and the read and write system calls (syscr +
+    syscw in /proc/PID/io) of its processes so far, and each process's CPU seconds (the
+    supervisor first, then its workers: how evenly the kernel spread the connections)."""
+    usage = {}
+    for role, pids in trees.items():
+        ticks = calls = 0
+        each = []
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+                each.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+                with open(f"/proc/{pid}/io") as f:
+                    io = dict(line.split(": ") for line in f.read().splitlines())
+                calls += int(io["syscr"]) + int(io["syscw"])
+        usage[role] = (ticks / os.sysconf("SC_CLK_TCK"), calls, each)
+    return usage
 
 
 def _wait_log(proc: Any, text: str, timeout: float) -> None:
@@ -232,12 +266,25 @@ def pair(
 # -- measurements ------------------------------------------------------------------------------
 
 
-def measure_http(port: int, seconds: float, cpus: list[int] | None, logs: Path) -> dict:
-    argv = ["h2load", "--h1", "-c", "64", "-t", "4", "-D", str(int(seconds)), "--warm-up-time",
-            "1", f"http://{HOST}:{port}/"]  # fmt: skip
-    out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=_pin(cpus)
-    ).stdout
+def measure_http(
+    port: int,
+    seconds: float,
+    cpus: list[int] | None,
+    logs: Path,
+    warmed: Any = None,
+    connections: int = 64,
+) -> dict:
+    """h2load for `seconds` after a 1 s warm-up; `warmed()` is called as the warm-up ends, so
+    that the sidecars' CPU and system calls are read over the counted requests alone."""
+    argv = ["h2load", "--h1", "-c", str(connections), "-t", "4", "-D", str(int(seconds)),
+            "--warm-up-time", str(WARM_UP), f"http://{HOST}:{port}/"]  # fmt: skip
+    load = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_pin(cpus)
+    )
+    if warmed is not None:
+        time.sleep(WARM_UP)  # h2load's own warm-up: it counts nothing before it ends
+        warmed()
+    out = load.communicate(timeout=seconds + 60)[0]
     (logs / f"h2load-{port}.txt").write_text(out)
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     ok = re.search(r"requests: .* (\d+) succeeded, (\d+) failed", out)
@@ -297,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     scenarios = [s for s in scenarios if s not in missing]
     results: dict[str, Any] = {
         "machine": {"cores": len(cores), "pinned": pinned, "cpu": _cpu_model(),
+                    "siblings": _siblings(cores),
                     "python": sys.version.split()[0], "kernel": os.uname().release},
         "command": " ".join(sys.argv), "duration": args.duration, "loop": args.loop,
         "cpus": {k: v for k, v in cpus.items()}, "rows": [],
@@ -325,10 +373,9 @@ def run(args: argparse.Namespace) -> int:
                 outs = {"http1": ports["http_out"], "tcp-connect": ports["echo_out"],
                         "tcp-bulk": ports["bulk_out"]}  # fmt: skip
                 for scenario in scenarios:
-                    pids = [p for s in sidecars for p in _tree(s.pid)]
-                    before = _cpu_seconds(pids)
-                    row = _measure(scenario, outs[scenario], args, cpus["load"], logs)
-                    row["proxy_cpu_s"] = _cpu_seconds(pids) - before
+                    meter = Meter({"B": sidecars[0].pid, "A": sidecars[1].pid})
+                    row = _measure(scenario, outs[scenario], args, cpus["load"], logs, meter.mark)
+                    meter.read(row)
                     row.update(path="pair", workers=n, cpus_a=side["A"], cpus_b=side["B"])
                     results["rows"].append(row)
                     print(_line(row), flush=True)
@@ -349,9 +396,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(scenario: str, port: int, args: argparse.Namespace, cpus: Any, logs: Path) -> dict:
+def _measure(
+    scenario: str, port: int, args: argparse.Namespace, cpus: Any, logs: Path, warmed: Any = None
+) -> dict:
+    """One scenario's row; `warmed()` is called where the counted part begins (h2load's warm-up
+    ends), else the whole run is counted."""
     if scenario == "http1":
-        row = measure_http(port, args.duration, cpus, logs)
+        row = measure_http(port, args.duration, cpus, logs, warmed, args.connections)
     elif scenario == "tcp-connect":
         row = measure_connect(port, args.duration, cpus, args.connect_clients)
     else:
@@ -387,10 +438,12 @@ def _markdown(results: dict) -> str:
         pinning = "not pinned"
     lines = [
         f"Machine: {m['cores']} cores ({m['cpu']}), kernel {m['kernel']}, Python {m['python']}; "
-        f"{pinning}; {results['duration']:g} s per row; loop {results['loop']}.",
+        f"{pinning}; {results['duration']:g} s per row; loop {results['loop']}; hardware "
+        f"threads per core: {_threads(m.get('siblings', {}))}.",
         "",
-        "| scenario | path | rate | × workers=1 | sidecar CPU s (A+B) | CPU s per unit |",
-        "|---|---|---:|---:|---:|---:|",
+        "| scenario | path | rate | × workers=1 | sidecar CPU s (A+B) | CPU s per unit "
+        "| CPU ms per unit A · B | read+write calls per unit A · B |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         who = "direct" if r["path"] == "direct" else f"pair, --workers {r['workers']}"
@@ -399,8 +452,34 @@ def _markdown(results: dict) -> str:
         cpu = f"{r['proxy_cpu_s']:.1f}" if r.get("proxy_cpu_s") is not None else "–"
         per = f"{r['cpu_per_unit']:.3f} s/{unit}" if "cpu_per_unit" in r else "–"
         rate = f"{r['rate']:,.1f} {r['unit']}"
-        lines.append(f"| {r['scenario']} | {who} | {rate} | {scaling} | {cpu} | {per} |")
+        sides = calls = "–"
+        if r.get("cpu_s") and r.get("done"):
+            n = r["done"] / (1e9 if r["unit"] == "Gbit/s" else 1)  # per GB, or per request
+            sides = " · ".join(f"{r['cpu_s'][s] * 1000 / n:.3f}" for s in "AB")
+            calls = " · ".join(f"{r['syscalls'][s] / n:.2f}" for s in "AB")
+        lines.append(
+            f"| {r['scenario']} | {who} | {rate} | {scaling} | {cpu} | {per} | {sides} | {calls} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _siblings(cores: list[int]) -> dict[int, str]:
+    """Each core's hardware threads (the kernel's thread_siblings_list): two pinned sets that
+    share physical cores share their execution units too."""
+    siblings = {}
+    for core in cores:
+        with contextlib.suppress(OSError):
+            path = f"/sys/devices/system/cpu/cpu{core}/topology/thread_siblings_list"
+            siblings[core] = Path(path).read_text().strip()
+    return siblings
+
+
+def _threads(siblings: dict) -> str:
+    sets = set(siblings.values())
+    if not sets:
+        return "?"
+    shared = sorted(s for s in sets if "," in s or "-" in s)
+    return "1" if not shared else f"2 ({', '.join(shared)})"
 
 
 def _cpu_model() -> str:
@@ -417,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connect-clients", type=int, default=8)
+    parser.add_argument(
+        "--connections", type=int, default=64, help="http1: h2load's connections (-c), every row"
+    )
     parser.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--out", default=None)
