@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -167,34 +168,45 @@ class Meter:
         self.start = _usage(self.trees)
 
     def read(self, row: dict) -> None:
-        end = _usage(self.trees)
-        row["cpu_s"] = {r: end[r][0] - self.start[r][0] for r in end}
-        row["syscalls"] = {r: end[r][1] - self.start[r][1] for r in end}
+        end, start = _usage(self.trees), self.start
+        row["cpu_s"] = {r: end[r].cpu - start[r].cpu for r in end}
+        row["user_s"] = {r: end[r].user - start[r].user for r in end}
+        row["syscalls"] = {r: end[r].calls - start[r].calls for r in end}
         row["proxy_cpu_s"] = sum(row["cpu_s"].values())
         row["process_cpu_s"] = {
-            r: [round(end[r][2][i] - self.start[r][2][i], 2) for i in range(len(end[r][2]))]
+            r: [round(b - a, 2) for a, b in zip(start[r].each, end[r].each, strict=False)]
             for r in end
         }
 
 
-def _usage(trees: dict[str, list[int]]) -> dict[str, tuple[float, int, list[float]]]:
-    """Per sidecar: the CPU seconds (utime + stime) and the read and write system calls (syscr +
-    syscw in /proc/PID/io) of its processes so far, and each process's CPU seconds (the
+@dataclasses.dataclass
+class Usage:
+    """One sidecar's processes so far: CPU seconds (utime + stime), of them in user mode, read
+    and write system calls (syscr + syscw in /proc/PID/io), and each process's CPU seconds (the
     supervisor first, then its workers: how evenly the kernel spread the connections)."""
+
+    cpu: float = 0.0
+    user: float = 0.0
+    calls: int = 0
+    each: list[float] = dataclasses.field(default_factory=list)
+
+
+def _usage(trees: dict[str, list[int]]) -> dict[str, Usage]:
     usage = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for role, pids in trees.items():
-        ticks = calls = 0
-        each = []
+        usage[role] = total = Usage()
         for pid in pids:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
-                each.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+                user, system = int(fields[11]) / tick, int(fields[12]) / tick
                 with open(f"/proc/{pid}/io") as f:
                     io = dict(line.split(": ") for line in f.read().splitlines())
-                calls += int(io["syscr"]) + int(io["syscw"])
-        usage[role] = (ticks / os.sysconf("SC_CLK_TCK"), calls, each)
+                total.cpu += user + system
+                total.user += user
+                total.calls += int(io["syscr"]) + int(io["syscw"])
+                total.each.append(user + system)
     return usage
 
 
@@ -456,6 +468,9 @@ def _markdown(results: dict) -> str:
         if r.get("cpu_s") and r.get("done"):
             n = r["done"] / (1e9 if r["unit"] == "Gbit/s" else 1)  # per GB, or per request
             sides = " · ".join(f"{r['cpu_s'][s] * 1000 / n:.3f}" for s in "AB")
+            if r.get("user_s"):
+                user = " · ".join(f"{r['user_s'][s] * 1000 / n:.3f}" for s in "AB")
+                sides += f" (user {user})"
             calls = " · ".join(f"{r['syscalls'][s] / n:.2f}" for s in "AB")
         lines.append(
             f"| {r['scenario']} | {who} | {rate} | {scaling} | {cpu} | {per} | {sides} | {calls} |"
