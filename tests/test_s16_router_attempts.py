@@ -25,28 +25,20 @@ from sidecar.http.exchange import (
 )
 from sidecar.http.router import CONNECT_FAILURE, REMOTE_RESET, REQUEST_TIMEOUT, Route, proxy
 from sidecar.observe.stats import ClusterStats, HttpStats
+from tests.test_s13_route_counting import _Exchange as _BareExchange
 
 
-class _Exchange:
-    """A bodyless request's downstream exchange; notes upstream_rq_active when answered."""
+class _Exchange(_BareExchange):
+    """The route-counting test's exchange, noting upstream_rq_active when answered."""
 
     def __init__(self, stats: ClusterStats) -> None:
-        self.request = RequestHead(b"GET", b"http", b"a", b"/")
-        self.body = EMPTY_BODY
-        self.peer_address = None
-        self.responded = False
-        self.status = 0
-        self.cancelled = False
+        super().__init__()
         self.text = b""
         self.stats = stats
         self.active_when_answered = -1
 
-    def informational(self, head: ResponseHead) -> None:
-        pass
-
     async def respond(self, head: ResponseHead, end: bool = False, last: Any = None) -> None:
-        self.responded = True
-        self.status = head.status
+        await super().respond(head, end, last)
         self.text = last or b""
         self.active_when_answered = self.stats.upstream_rq_active
 
