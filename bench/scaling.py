@@ -157,6 +157,18 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+@dataclasses.dataclass
+class Usage:
+    """One sidecar's processes so far: CPU seconds (utime + stime), of them in user mode, read
+    and write system calls (syscr + syscw in /proc/PID/io), and each process's CPU seconds (the
+    supervisor first, then its workers: how evenly the kernel spread the connections)."""
+
+    cpu: float = 0.0
+    user: float = 0.0
+    calls: int = 0
+    each: list[float] = dataclasses.field(default_factory=list)
+
+
 class Meter:
     """Each sidecar's CPU seconds and read and write system calls from `mark()` to `read()`."""
 
@@ -177,18 +189,6 @@ class Meter:
             r: [round(b - a, 2) for a, b in zip(start[r].each, end[r].each, strict=False)]
             for r in end
         }
-
-
-@dataclasses.dataclass
-class Usage:
-    """One sidecar's processes so far: CPU seconds (utime + stime), of them in user mode, read
-    and write system calls (syscr + syscw in /proc/PID/io), and each process's CPU seconds (the
-    supervisor first, then its workers: how evenly the kernel spread the connections)."""
-
-    cpu: float = 0.0
-    user: float = 0.0
-    calls: int = 0
-    each: list[float] = dataclasses.field(default_factory=list)
 
 
 def _usage(trees: dict[str, list[int]]) -> dict[str, Usage]:
