@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "command": shlex.join(["python3", "-m", "bench", *argv]),
         "machine": report.machine(),
-        "versions": report.versions(args.loop),
+        "versions": report.versions(args.loop, ctx.python),
         "settings": {
             "duration": args.duration,
             "repeat": args.repeat,

@@ -6,6 +6,7 @@ disagree.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 from importlib import metadata
 
-from bench.context import REPO_ROOT
+from bench.context import REPO_ROOT, child_env
 from bench.profile import markdown as profile_markdown
 
 # Figures the issues ask for ("Bench" sections of issues 3, 4, 5, 6 and 8): one worker per sidecar.
@@ -95,8 +96,21 @@ def _git(*args: str) -> str | None:
     return lines[0] if out.returncode == 0 and lines else None
 
 
-def versions(loop: str) -> dict:
-    uvloop_version = _module("uvloop")
+def interpreter(python: str) -> dict:
+    """The sidecars' interpreter as it describes itself (`bench.interpreter`), run as the sidecars
+    are: its version, build and module versions can differ from the harness's own."""
+    try:
+        out = subprocess.run([python, "-m", "bench.interpreter"], capture_output=True, text=True,
+                             timeout=60, env=child_env(), check=True)  # fmt: skip
+        return json.loads(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return {"executable": python, "error": f"not described: {exc}"}
+
+
+def versions(loop: str, python: str) -> dict:
+    """What the run used. The Python modules are the sidecars' interpreter's (`python`)."""
+    sidecars = interpreter(python)
+    modules = sidecars.get("modules", {})
     try:
         from sidecar import __version__ as sidecar_version
     except ImportError:
@@ -107,10 +121,11 @@ def versions(loop: str) -> dict:
         commit += "+dirty"
     effective = loop
     if loop == "auto":
-        effective = "uvloop" if uvloop_version else "asyncio"
+        effective = "uvloop" if modules.get("uvloop") else "asyncio"
     return {
-        "python": platform.python_version(),
-        "uvloop": uvloop_version,
+        "python": sidecars.get("version") or platform.python_version(),
+        "interpreter": sidecars,
+        "uvloop": modules.get("uvloop"),
         "sidecar_loop": effective,
         "pysidecar": sidecar_version,
         "pysidecar_commit": commit,
@@ -119,12 +134,24 @@ def versions(loop: str) -> dict:
         "nghttpd": _version(["nghttpd", "--version"]),
         "haproxy": _version(["haproxy", "-v"]),
         "openssl": _version(["openssl", "version"]),
-        "h11": _module("h11"),
-        "h2": _module("h2"),
-        "grpcio": _module("grpcio"),
-        "websockets": _module("websockets"),
-        "matplotlib": _module("matplotlib"),
+        "h11": modules.get("h11"),
+        "h2": modules.get("h2"),
+        "grpcio": modules.get("grpcio"),
+        "websockets": modules.get("websockets"),
+        "matplotlib": _module("matplotlib"),  # the harness's own: it draws the charts
     }
+
+
+def _interpreter_line(i: dict) -> str:
+    """The sidecars' interpreter in one line: where it is, how it was built, how fast it ran a
+    fixed loop (`bench.interpreter`)."""
+    if "error" in i:
+        return f"{i['executable']} ({i['error']})"
+    linked = f"shared {i['libpython']}" if i["libpython"] else "libpython in the executable"
+    options = ", ".join(i["configure_optimisations"]) or "no optimising option recorded"
+    return (f"{i['implementation']} {i['version']} at {i['executable']}: {linked}; configure: "
+            f"{options}; a fixed pure-Python loop ({i['loop_rounds']:,} rounds) in "
+            f"{i['loop_ms']} ms")
 
 
 # -- targets ---------------------------------------------------------------------------------------
@@ -380,6 +407,8 @@ def markdown(results: dict) -> str:
         f"- Machine: {m['cpu_model']}, {m['cores']} cores ({m['usable_cores']} usable), "
         f"{m['memory_gib']} GiB, Linux {m['kernel']}",
         f"- Versions: {_versions_line(v)}",
+        *([f"- Sidecars' interpreter: {_interpreter_line(v['interpreter'])}"]
+          if "interpreter" in v else []),
         f"- Sidecar event loop: {v['sidecar_loop']}; {s['duration']} s per measurement"
         + (f"; each path measured {s['repeat']} times, taking turns, the median run shown"
            if s.get("repeat", 1) > 1 else ""),

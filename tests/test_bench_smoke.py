@@ -125,6 +125,8 @@ def test_report_is_written_and_printed(run: dict) -> None:
     assert "## tcp-rr" in report
     assert "## http1 " in report
     assert "| pair |" in report and "| pair-mtls |" in report
+    interpreter = run["results"]["versions"]["interpreter"]
+    assert f"- Sidecars' interpreter: CPython {interpreter['version']} at " in report
     assert report.strip() in run["stdout"]
     charts = run["results"]["charts"]
     if charts["files"]:
