@@ -77,7 +77,8 @@ def libpython() -> str | None:
     return None
 
 
-def _module(name: str) -> str | None:
+def module_version(name: str) -> str | None:
+    """An installed distribution's version; None where it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -94,7 +95,7 @@ def describe() -> dict:
         "configure_optimisations": [o for o in OPTIMISING_OPTIONS if o in configure],
         "loop_ms": loop_ms(),
         "loop_rounds": LOOP_ROUNDS,
-        "modules": {name: _module(name) for name in MODULES},
+        "modules": {name: module_version(name) for name in MODULES},
     }
 
 

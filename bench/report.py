@@ -12,9 +12,9 @@ import platform
 import re
 import shutil
 import subprocess
-from importlib import metadata
 
 from bench.context import REPO_ROOT, child_env
+from bench.interpreter import module_version
 from bench.profile import markdown as profile_markdown
 
 # Figures the issues ask for ("Bench" sections of issues 3, 4, 5, 6 and 8): one worker per sidecar.
@@ -78,13 +78,6 @@ def _version(argv: list[str], pattern: str = r"[\d]+\.[\d.]+\S*") -> str | None:
     return found.group(0) if found else line
 
 
-def _module(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _git(*args: str) -> str | None:
     """First line of a git command's output in this checkout; None outside a git checkout."""
     try:
@@ -138,7 +131,7 @@ def versions(loop: str, python: str) -> dict:
         "h2": modules.get("h2"),
         "grpcio": modules.get("grpcio"),
         "websockets": modules.get("websockets"),
-        "matplotlib": _module("matplotlib"),  # the harness's own: it draws the charts
+        "matplotlib": module_version("matplotlib"),  # the harness's own: it draws the charts
     }
 
 

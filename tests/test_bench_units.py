@@ -229,7 +229,7 @@ def test_the_sidecars_interpreter_describes_itself(tmp_path) -> None:
     assert os.path.realpath(described["executable"]) == os.path.realpath(sys.executable)
     assert described["libpython"] == interpreter.libpython()  # the same build as this process
     assert described["loop_ms"] > 0 and described["loop_rounds"] == interpreter.LOOP_ROUNDS
-    assert described["modules"]["h2"] == report._module("h2")
+    assert described["modules"]["h2"] == interpreter.module_version("h2")
     line = report._interpreter_line(described)
     assert described["executable"] in line and f"{described['loop_ms']} ms" in line
     assert ("shared" in line) == (described["libpython"] is not None)
