@@ -116,7 +116,7 @@ def versions(loop: str, python: str) -> dict:
     if loop == "auto":
         effective = "uvloop" if modules.get("uvloop") else "asyncio"
     return {
-        "python": sidecars.get("version") or platform.python_version(),
+        "python": sidecars.get("version", "unknown"),
         "interpreter": sidecars,
         "uvloop": modules.get("uvloop"),
         "sidecar_loop": effective,
