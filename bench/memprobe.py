@@ -1,12 +1,14 @@
 """Where an idle connection's memory goes in a sidecar: RSS, glibc malloc and Python objects.
 
-    python3 -m bench.memprobe [--mtls] [--connections 9000] [--steps 3] [--tracemalloc]
+    python3 -m bench.memprobe [--mtls] [--http] [--connections 9000] [--steps 3] [--tracemalloc]
                               [--loop auto|uvloop|asyncio] [--env NAME=VALUE ...] [--json FILE]
 
 Brings up a pair as the bench's `pair`/`pair-mtls` paths do (sidecar A's outbound → B's inbound
 → an echo server; the proxies' connection limits raised), each sidecar started through this
 module's `hook` (a SIGUSR2 handler that writes a dump of the process's memory), then opens
-connections in batches of 200 (one byte echoed on each, as the `idle-conns` scenario does) and at
+connections in batches of 200 (one byte echoed on each, as the `idle-conns` scenario does; with
+`--http`, the HTTP/1.1 app behind a service tagged `http` and one GET answered on each, as
+`idle-http` does) and at
 each step (`connections / steps` more held) asks both sidecars for a dump. Per connection is the
 difference between the last step and the first over the connections opened in between, so that
 what is made once (the shared read buffers, imports, the first arena) does not count.
@@ -239,8 +241,10 @@ def _credentials(work: Path, dataplanes: list[Path]) -> list[list[str]]:
     return out
 
 
-def _open(port: int, count: int, held: list[socket.socket]) -> None:
-    from bench.tools import _echo_one_byte
+def _open(port: int, count: int, held: list[socket.socket], http: bool) -> None:
+    from bench.tools import IDLE_REQUEST, _answered_200, _echoed, _exchange
+
+    message, judge = (IDLE_REQUEST, _answered_200) if http else (b"i", _echoed)
 
     for first in range(0, count, 200):
         batch = [
@@ -249,9 +253,9 @@ def _open(port: int, count: int, held: list[socket.socket]) -> None:
         ]
         for sock in batch:
             sock.setblocking(False)
-        answered = _echo_one_byte(batch, time.monotonic() + 30)
+        answered = _exchange(batch, message, judge, time.monotonic() + 30)
         if len(answered) != len(batch):
-            raise SystemExit(f"memprobe: {len(batch) - len(answered)} connections did not echo")
+            raise SystemExit(f"memprobe: {len(batch) - len(answered)} connections did not answer")
         held.extend(batch)
 
 
@@ -301,6 +305,7 @@ def _summary(first: dict[str, Any], last: dict[str, Any], conns: int) -> dict[st
 def _text(result: dict[str, Any]) -> str:
     lines = [
         f"{result['connections']} connections held (mtls={result['mtls']}, "
+        f"http={result['http']}, "
         f"env={result['env']}); per connection over the last {result['per_conn_over']}:"
     ]
     for role, fig in result["sidecars"].items():
@@ -340,14 +345,19 @@ def drive(args: argparse.Namespace) -> int:
     )
     server_dp.write_text(
         DATAPLANE_SERVER.format(
-            host=HOST, admin=free_port(), inbound=inbound, service=echo_port, protocol="tcp"
+            host=HOST,
+            admin=free_port(),
+            inbound=inbound,
+            service=echo_port,
+            protocol="http" if args.http else "tcp",
         )
     )
     creds = _credentials(work, [client_dp, server_dp]) if args.mtls else [[], []]
     room = str(args.connections + 100)
     limits = ["--limit", f"max_connections={room}", "--limit", f"max_upstream_connections={room}"]
     echo = subprocess.Popen(
-        [sys.executable, "-m", "bench.tools", "echo-server", "--port", str(echo_port)],
+        [sys.executable, "-m", "bench.tools", "http-server" if args.http else "echo-server",
+         "--port", str(echo_port)],  # fmt: skip
         env=child_env(),
         cwd=REPO_ROOT,
         start_new_session=True,
@@ -373,7 +383,7 @@ def drive(args: argparse.Namespace) -> int:
         step = args.connections // args.steps
         probes: list[dict[str, dict[str, Any]]] = []
         # a first batch, so that what is made once (read buffers, first handshake) is there
-        _open(outbound, step, held)
+        _open(outbound, step, held, args.http)
         for _ in range(args.steps):
             time.sleep(1.0)
             probes.append({s.role: s.probe() for s in sidecars})
@@ -385,11 +395,12 @@ def drive(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             if len(held) < args.connections:
-                _open(outbound, step, held)
+                _open(outbound, step, held, args.http)
         conns = step * (args.steps - 1)
         result = {
             "connections": len(held),
             "mtls": args.mtls,
+            "http": args.http,
             "env": args.env,
             "per_conn_over": conns,
             "sidecars": {
@@ -421,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--mtls", action="store_true")
+    parser.add_argument(
+        "--http", action="store_true", help="the HTTP/1.1 app, tagged http: a GET answered on each"
+    )
     parser.add_argument("--connections", type=int, default=9000)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--tracemalloc", action="store_true")

@@ -300,6 +300,7 @@ class IdleConnections(EchoScenario):
     )
     target = 10_000
     connections = target  # fewer where the descriptor limit cannot be raised (`server`)
+    client_flags: tuple[str, ...] = ()  # `idle-client`'s: what each connection exchanges
 
     @contextlib.contextmanager
     def server(self, ctx: Context, label: str) -> Iterator[Server]:
@@ -312,12 +313,17 @@ class IdleConnections(EchoScenario):
                 f"RLIMIT_NOFILE here is {have:,} and cannot be raised (a proxy needs two "
                 f"descriptors per connection); the RSS per connection scales to {self.target:,}"
             )
-        with super().server(ctx, label) as server:
+        with self.app(ctx, label) as server:
             yield server
+
+    def app(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[Server]:
+        """The server the connections reach: the echo server."""
+        return EchoScenario.server(self, ctx, label)
 
     def client(self, ctx: Context, port: int, duration: float, label: str) -> tuple[dict, Proc]:
         argv = [ctx.python, "-m", "bench.tools", "idle-client", "--port", str(port),
-                "--connections", str(self.connections), "--hold", str(duration)]
+                "--connections", str(self.connections), "--hold", str(duration),
+                *self.client_flags]
         # Opening them is bounded by the path's connection rate (mTLS: ~150/s on 2 cores).
         opening = 60 + self.connections / 40
         figures, proc = self._run_client(ctx, argv, duration + opening, label)

@@ -23,8 +23,22 @@ from collections.abc import Iterator
 
 from bench.context import Context
 from bench.procs import BenchError, Proc, free_port
-from bench.scenarios import HOST, Scenario, Server, Work
+from bench.scenarios import HOST, IdleConnections, Scenario, Server, Work
 from bench.tools import percentiles
+
+
+@contextlib.contextmanager
+def http_app(scenario: Scenario, ctx: Context, label: str) -> Iterator[Server]:
+    """The HTTP/1.1 app (`bench.tools http-server`, a 64-byte answer), stopped on leaving."""
+    port = free_port()
+    argv = [ctx.python, "-m", "bench.tools", "http-server", "--port", str(port),
+            "--body-size", "64"]
+    proc = scenario._spawn_server(ctx, argv, port, label, "HTTP/1.1 app")
+    try:
+        yield Server(port, proc)
+    finally:
+        ctx.procs.stop(proc)
+
 
 # -- HTTP through h2load --------------------------------------------------------------------------
 
@@ -44,16 +58,8 @@ class H2Load(Scenario):
     stagger_ms: int = 0  # open one connection every this many ms, so their --rps ticks interleave
     url_path = "/"
 
-    @contextlib.contextmanager
-    def server(self, ctx: Context, label: str) -> Iterator[Server]:
-        port = free_port()
-        argv = [ctx.python, "-m", "bench.tools", "http-server", "--port", str(port),
-                "--body-size", "64"]
-        proc = self._spawn_server(ctx, argv, port, label, "HTTP/1.1 app")
-        try:
-            yield Server(port, proc)
-        finally:
-            ctx.procs.stop(proc)
+    def server(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[Server]:
+        return http_app(self, ctx, label)
 
     def _argv(self, port: int) -> list[str]:
         argv = ["h2load", "-t", "1", "-c", str(self.clients), "-m", str(self.streams)]
@@ -189,6 +195,25 @@ class Http1Serial(H2Load):
         "time is what the path adds with no other request queued ahead of it (the HTTP "
         "counterpart of tcp-rr)."
     )
+
+
+class IdleHttp(IdleConnections):
+    name = "idle-http"
+    protocol = "http"
+    title = "10,000 idle HTTP/1.1 keep-alive connections held through the path (memory)"
+    measures = (
+        "As idle-conns, with the HTTP/1.1 app behind the path and its service tagged `http`: on "
+        "each connection one keep-alive GET is answered, the connections are held idle for the "
+        "duration, then a second GET is answered on each (in batches of 200, as they were "
+        "opened: all at once would meet the sidecars' circuit breakers, Envoy's 1,024 requests "
+        "per cluster). Between two sidecars the requests share the mesh's multiplexed HTTP/2 "
+        "connections, so an idle client connection costs the pair its own socket and HTTP/1.1 "
+        "state, not a TLS session of its own."
+    )
+    client_flags = ("--http",)
+
+    def app(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[Server]:
+        return http_app(self, ctx, label)
 
 
 class H2c(H2Load):
@@ -376,5 +401,5 @@ class TlsPassthrough(Scenario):
 
 L7_SCENARIOS: list[Scenario] = [
     TlsPassthrough(), Http1(), Http1Rate(), Http1Paced(), Http1Serial(), H2c(), GrpcUnary(),
-    GrpcStream(), WsEcho(), WsEchoTcp(),
+    GrpcStream(), WsEcho(), WsEchoTcp(), IdleHttp(),
 ]

@@ -3,7 +3,7 @@
     python3 -m bench.tools echo-server --port PORT
     python3 -m bench.tools rr-client --port PORT --duration S [--size 64] [--count N]
     python3 -m bench.tools connect-client --port PORT --duration S [--count N]
-    python3 -m bench.tools idle-client --port PORT --hold S [--connections 10000]
+    python3 -m bench.tools idle-client --port PORT --hold S [--connections 10000] [--http]
     python3 -m bench.tools http-server | grpc-server | grpc-client | ws-server | ws-client
                            | tls-server | tls-client ...   (bench/tools_*.py)
 
@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Callable
 
 HOST = "127.0.0.1"
 
@@ -215,36 +216,84 @@ def connect_client(args: argparse.Namespace) -> int:
 
 def _echo_one_byte(socks: list[socket.socket], deadline: float) -> list[socket.socket]:
     """Send one byte on every socket and wait for its echo; the sockets that answered."""
+    return _exchange(socks, b"i", _echoed, deadline)
+
+
+def _echoed(got: bytes) -> bool:
+    return True  # any byte back is the echo
+
+
+# One keep-alive request: what `idle-client --http` sends on each connection, twice.
+IDLE_REQUEST = b"GET / HTTP/1.1\r\nHost: idle\r\n\r\n"
+
+
+def _answered_200(got: bytes) -> bool | None:
+    """None until `got` holds a whole response (the HTTP app's: its body framed by
+    Content-Length), then whether it was a 200."""
+    end = got.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    length = 0
+    for line in got[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if len(got) < end + 4 + length:
+        return None
+    return got.startswith(b"HTTP/1.1 200 ")
+
+
+def _exchange(
+    socks: list[socket.socket],
+    message: bytes,
+    judge: Callable[[bytes], bool | None],
+    deadline: float,
+) -> list[socket.socket]:
+    """Send `message` on every socket and read until `judge` finds the answer whole (None until
+    then); the sockets whose answer it found good."""
     sel = selectors.DefaultSelector()
+    got: dict[socket.socket, bytes] = {}
     for sock in socks:
         try:
-            sock.send(b"i")
+            sock.send(message)
         except OSError:
             continue
         sel.register(sock, selectors.EVENT_READ)
+        got[sock] = b""
     answered = []
     while sel.get_map() and (left := deadline - time.monotonic()) > 0:
         for key, _ in sel.select(timeout=left):
             sock = key.fileobj
             try:
-                data = sock.recv(16)
+                data = sock.recv(65536)
             except BlockingIOError:
                 continue
             except OSError:
                 data = b""
-            sel.unregister(sock)
+            good = False
             if data:
+                got[sock] += data
+                good = judge(got[sock])
+                if good is None:
+                    continue
+            sel.unregister(sock)
+            if good:
                 answered.append(sock)
     sel.close()
     return answered
 
 
 def idle_client(args: argparse.Namespace) -> int:
-    """Open `connections` through the path, echo a byte on each, hold them, echo again."""
+    """Open `connections` through the path, make one exchange on each (a byte echoed, or with
+    `--http` a keep-alive GET answered), hold them idle, then make it again on each."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.http:
+        message, judge = IDLE_REQUEST, _answered_200
+    else:
+        message, judge = b"i", _echoed
     held: list[socket.socket] = []
     failed = 0
     started = time.monotonic()
@@ -258,14 +307,19 @@ def idle_client(args: argparse.Namespace) -> int:
                 continue
             sock.setblocking(False)
             batch.append(sock)
-        answered = _echo_one_byte(batch, time.monotonic() + 30)
+        answered = _exchange(batch, message, judge, time.monotonic() + 30)
         failed += len(batch) - len(answered)
         for sock in set(batch) - set(answered):
             sock.close()
         held.extend(answered)
     opened_s = time.monotonic() - started
     time.sleep(args.hold)  # the measurement: connections held idle while the harness samples RSS
-    alive = _echo_one_byte(held, time.monotonic() + 60)
+    # Checked in batches too: 10,000 requests at once would meet the sidecars' circuit breakers
+    # (Envoy's default max_requests, 1,024 per cluster), which is not what this measures.
+    deadline = time.monotonic() + 60
+    alive = []
+    for first in range(0, len(held), args.batch):
+        alive += _exchange(held[first : first + args.batch], message, judge, deadline)
     for sock in held:
         sock.close()
     json.dump(
@@ -315,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     idle.add_argument("--connections", type=int, default=10_000)
     idle.add_argument("--batch", type=int, default=200, help="connections opened between echoes")
     idle.add_argument("--hold", type=float, required=True, help="seconds to hold them idle")
+    idle.add_argument(
+        "--http", action="store_true", help="a keep-alive GET answered on each, not a byte echoed"
+    )
     idle.set_defaults(func=idle_client)
     http = sub.add_parser("http-server")
     http.add_argument("--port", type=int, required=True)
