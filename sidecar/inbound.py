@@ -78,8 +78,13 @@ class InboundStack(ListenerStack):
         return self.tcp()
 
     def route(self, peer: Peer | None = None) -> Route:
-        declared = self.plan.protocol
+        """The route of the connections from `peer`'s identity (`shared_route`): the identity is
+        what the upstream request carries, and a request from no verified peer is checked."""
         identity = peer.spiffe_id if peer is not None else None
+        return self.shared_route(identity, lambda: self._make_route(identity))
+
+    def _make_route(self, identity: str | None) -> Route:
+        declared = self.plan.protocol
 
         def prepare(exchange: Exchange) -> Pool:
             orig = inbound_headers(exchange.request, identity)
@@ -90,7 +95,7 @@ class InboundStack(ListenerStack):
             return self.h1_pool if orig is not None else self.h2_pool
 
         # A verified peer sidecar checked each request head before it left (`Route`).
-        return self.make_route(prepare, connect_attempts=1, checks_requests=peer is None)
+        return self.make_route(prepare, connect_attempts=1, checks_requests=identity is None)
 
     def handler(self, peer: Peer | None = None) -> Handler:
         """Each request of a connection from `peer`: authorized, then routed to the app."""

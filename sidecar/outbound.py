@@ -77,7 +77,14 @@ class OutboundStack(ListenerStack):
             )
         return self.tcp()
 
+    def route_inputs(self) -> tuple[object, ...]:
+        return (*super().route_inputs(), self.mesh_pool)
+
     def route(self) -> Route:
+        """The listener's one route (`shared_route`), to the mesh pool."""
+        return self.shared_route(None, self._make_route)
+
+    def _make_route(self) -> Route:
         pool = self.mesh_pool
 
         def prepare(exchange: Exchange) -> H2Pool:
