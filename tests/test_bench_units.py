@@ -236,3 +236,26 @@ def test_the_sidecars_interpreter_describes_itself(tmp_path) -> None:
 
     missing = report.interpreter(str(tmp_path / "no-such-python"))
     assert "error" in missing and "not described" in report._interpreter_line(missing)
+
+
+def test_idle_connection_targets_scale_up_what_fewer_connections_held() -> None:
+    """Issue 8's 10,000 idle connections in ≤ 200 MB, per sidecar and path: where a descriptor
+    limit held fewer, the whole RSS is scaled up (an overstatement, never an understatement)."""
+
+    def entry(path: str, held: int, a_mb: float, b_mb: float) -> dict:
+        proxies = [{"proxy": True, "label": label, "peak_rss_mb": mb}
+                   for label, mb in (("A", a_mb), ("B", b_mb))]  # fmt: skip
+        return {"path": path, "ok": True, "figures": {"held": held}, "processes": proxies}
+
+    results = {"scenarios": [
+        {"name": "idle-conns", "paths": [entry("pair", 10_000, 52.0, 51.0),
+                                         entry("pair-mtls", 9_500, 190.0, 255.1)]},
+        {"name": "idle-http", "paths": [entry("pair-mtls", 9_500, 66.0, 35.0)]},
+    ]}  # fmt: skip
+    found = {(t["target"].split(":")[0], t["path"]): t for t in report.targets(results)}
+    assert found[("idle-conns", "pair")]["met"] is True
+    assert found[("idle-conns", "pair")]["measured"] == "A 52.0 · B 51.0 MB, 10,000 held"
+    mtls = found[("idle-conns", "pair-mtls")]
+    assert mtls["met"] is False and "(≤ 269 MB at 10,000)" in mtls["measured"]
+    assert found[("idle-http", "pair-mtls")]["met"] is True  # 66 × 10,000 / 9,500 ≈ 69.5
+    assert ("idle-http", "pair") not in found  # not measured: no line
