@@ -242,9 +242,9 @@ def _credentials(work: Path, dataplanes: list[Path]) -> list[list[str]]:
 
 
 def _open(port: int, count: int, held: list[socket.socket], http: bool) -> None:
-    from bench.tools import IDLE_REQUEST, _answered_200, _echoed, _exchange
+    from bench.tools import _exchange, idle_exchange
 
-    message, judge = (IDLE_REQUEST, _answered_200) if http else (b"i", _echoed)
+    message, judge = idle_exchange(http)
 
     for first in range(0, count, 200):
         batch = [

@@ -172,6 +172,15 @@ def _proxies(entry: dict) -> list[dict]:
     return [p for p in entry.get("processes", []) if p.get("proxy")]
 
 
+def _peak_rss(entry: dict) -> dict[str, float]:
+    """Each proxy's peak RSS in MB, by its label (A, B)."""
+    return {p["label"]: p["peak_rss_mb"] for p in _proxies(entry) if p.get("peak_rss_mb")}
+
+
+def _megabytes(rss: dict[str, float]) -> str:
+    return " · ".join(f"{k} {v:.1f}" for k, v in rss.items()) + " MB"
+
+
 def targets(results: dict) -> list[dict]:
     found: list[dict] = []
 
@@ -224,19 +233,18 @@ def targets(results: dict) -> list[dict]:
                         " · ".join(f"{k} {v:.2f}" for k, v in per_1k.items())
                         + f" core (at {rate:,.0f} req/s)",
                         max(per_1k.values()) <= CORES_PER_1K_RPS)
-            rss = {p["label"]: p["peak_rss_mb"] for p in _proxies(e) if p.get("peak_rss_mb")}
+            rss = _peak_rss(e)
             if rss:
                 add("8", f"peak RSS ≤ {RSS_MB_AT_1K} MB per sidecar at 1,000 req/s", which,
-                    " · ".join(f"{k} {v:.1f}" for k, v in rss.items()) + " MB",
-                    max(rss.values()) <= RSS_MB_AT_1K)
+                    _megabytes(rss), max(rss.values()) <= RSS_MB_AT_1K)
     for name in ("idle-conns", "idle-http"):
         for path in ("pair", "pair-mtls"):
             e = _entry(results, name, path)
-            rss = {p["label"]: p["peak_rss_mb"] for p in _proxies(e or {}) if p.get("peak_rss_mb")}
+            rss = _peak_rss(e) if e else {}
             if not rss:
                 continue
             held = e["figures"]["held"]
-            measured = " · ".join(f"{k} {v:.1f}" for k, v in rss.items()) + f" MB, {held:,} held"
+            measured = f"{_megabytes(rss)}, {held:,} held"
             # Fewer held (a descriptor limit): the whole RSS scaled up, which overstates it.
             scaled = max(rss.values()) * IDLE_CONNECTIONS / held if held else float("inf")
             if held < IDLE_CONNECTIONS:

@@ -318,7 +318,7 @@ class IdleConnections(EchoScenario):
 
     def app(self, ctx: Context, label: str) -> contextlib.AbstractContextManager[Server]:
         """The server the connections reach: the echo server."""
-        return EchoScenario.server(self, ctx, label)
+        return super().server(ctx, label)
 
     def client(self, ctx: Context, port: int, duration: float, label: str) -> tuple[dict, Proc]:
         argv = [ctx.python, "-m", "bench.tools", "idle-client", "--port", str(port),

@@ -214,11 +214,6 @@ def connect_client(args: argparse.Namespace) -> int:
 # -- idle connections ------------------------------------------------------------------------
 
 
-def _echo_one_byte(socks: list[socket.socket], deadline: float) -> list[socket.socket]:
-    """Send one byte on every socket and wait for its echo; the sockets that answered."""
-    return _exchange(socks, b"i", _echoed, deadline)
-
-
 def _echoed(got: bytes) -> bool:
     return True  # any byte back is the echo
 
@@ -283,6 +278,12 @@ def _exchange(
     return answered
 
 
+def idle_exchange(http: bool) -> tuple[bytes, Callable[[bytes], bool | None]]:
+    """What an idle connection is checked with (`_exchange`'s message and judge): a byte echoed,
+    or with `http` a keep-alive GET answered 200."""
+    return (IDLE_REQUEST, _answered_200) if http else (b"i", _echoed)
+
+
 def idle_client(args: argparse.Namespace) -> int:
     """Open `connections` through the path, make one exchange on each (a byte echoed, or with
     `--http` a keep-alive GET answered), hold them idle, then make it again on each."""
@@ -290,10 +291,7 @@ def idle_client(args: argparse.Namespace) -> int:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.http:
-        message, judge = IDLE_REQUEST, _answered_200
-    else:
-        message, judge = b"i", _echoed
+    message, judge = idle_exchange(args.http)
     held: list[socket.socket] = []
     failed = 0
     started = time.monotonic()

@@ -225,7 +225,7 @@ class ListenerStack:
         """The route of the connections that `key` tells apart (inbound: the caller's identity),
         made by `make` once for all of them, not per connection: one `Route`, one request-timeout
         table and one stream-idle table — each with its loop timer — for the whole listener,
-        where a connection held each of them (~1.3 KB an idle HTTP/1.1 connection, and a timer
+        where a connection held each of them (~1.8 KB an idle HTTP/1.1 connection, and a timer
         left running for a minute after its last request). A connection keeps the route it
         was given, as before; a new one gets a route made of what this listener has now."""
         inputs = self.route_inputs()

@@ -492,7 +492,7 @@ class H1Server(_Writer):
                         return
                     waiter = self._next = self.loop.create_future()
                     # Not held while the connection waits: the answered request's head, body
-                    # and exchange (~0.9 KB an idle keep-alive connection kept for nothing).
+                    # and exchange (~1 KB an idle keep-alive connection kept for nothing).
                     del exchange
                     try:
                         following = await waiter
