@@ -8,13 +8,12 @@ resolved once per listener and cluster.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 
 from sidecar.http.exchange import Headers, RequestHead
-from sidecar.observe.stats import ENVOY_BUCKETS_MS, ClusterStats, HttpStats
+from sidecar.observe.stats import HISTOGRAM_FOLD_AT, ClusterStats, HttpStats
 
 # A field's name: `map(_NAME, headers)` lists a head's names in one C-level pass.
 _NAME = itemgetter(0)
@@ -176,11 +175,10 @@ class RequestAccounting:
         counts = cluster.upstream_rq_status
         counts[status] = counts.get(status, 0) + 1
         elapsed_ms = (_now() - self.upstream_started) * 1000
-        # (`Histogram.observe`, written out: a call fewer on every request)
-        hist = cluster.upstream_rq_time
-        hist.counts[bisect_left(ENVOY_BUCKETS_MS, elapsed_ms)] += 1
-        hist.sum += elapsed_ms
-        hist.count += 1
+        pending = cluster.upstream_rq_time.pending  # (`Histogram.observe`, written out)
+        pending.append(elapsed_ms)
+        if len(pending) >= HISTOGRAM_FOLD_AT:
+            cluster.upstream_rq_time.fold()
         if self.record is not None:
             self.record.upstream_time_ms = int(elapsed_ms)
 
@@ -239,10 +237,10 @@ class RequestAccounting:
             self.upstream_started = 0.0
             self.cluster.upstream_rq_active -= 1
         elapsed_ms = (_now() - self.started) * 1000
-        hist = http.downstream_rq_time  # (`Histogram.observe`, written out)
-        hist.counts[bisect_left(ENVOY_BUCKETS_MS, elapsed_ms)] += 1
-        hist.sum += elapsed_ms
-        hist.count += 1
+        pending = http.downstream_rq_time.pending  # (`Histogram.observe`, written out)
+        pending.append(elapsed_ms)
+        if len(pending) >= HISTOGRAM_FOLD_AT:
+            http.downstream_rq_time.fold()
         if status:  # (by status: `StatsStore.settle` makes the class counts of these)
             counts = http.downstream_rq_status
             counts[status] = counts.get(status, 0) + 1

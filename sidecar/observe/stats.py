@@ -14,7 +14,7 @@ every read: one count per response rather than three.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 # Envoy's default histogram buckets, in milliseconds.
@@ -24,20 +24,82 @@ ENVOY_BUCKETS_MS: tuple[float, ...] = (
 )  # fmt: skip
 
 
-class Histogram:
-    """Cumulative-on-read histogram in milliseconds with Envoy's buckets."""
+# The buckets' bounds as floats, to sort observations into: a float compared with an int takes
+# CPython's slow path (a bisect of floats among these takes half the time).
+_BOUNDS: tuple[float, ...] = tuple(float(bound) for bound in ENVOY_BUCKETS_MS)
 
-    __slots__ = ("counts", "sum", "count")
+# Observations a histogram gathers before it sorts them into its buckets (and at every read).
+HISTOGRAM_FOLD_AT = 1024
+
+
+class Histogram:
+    """Cumulative-on-read histogram in milliseconds with Envoy's buckets.
+
+    An observation is appended to `pending` (one C call on a request's path); they are sorted
+    into the buckets in bulk, when read or once `HISTOGRAM_FOLD_AT` have gathered: a list sort
+    and a bisect per bound for a thousand, where a bisect among int and float bounds, a float
+    sum and two counts per observation cost each request ~2.5k instructions per histogram
+    (callgrind). `counts`, `sum` and `count` fold what is pending before they are read or set,
+    so that readers (exposition, a worker's snapshot, the merge of snapshots) see every
+    observation."""
+
+    __slots__ = ("_counts", "_sum", "_count", "pending")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(ENVOY_BUCKETS_MS) + 1)
-        self.sum = 0.0
-        self.count = 0
+        self._counts = [0] * (len(ENVOY_BUCKETS_MS) + 1)
+        self._sum = 0.0
+        self._count = 0
+        self.pending: list[float] = []
 
     def observe(self, value_ms: float) -> None:
-        self.counts[bisect_left(ENVOY_BUCKETS_MS, value_ms)] += 1
-        self.sum += value_ms
-        self.count += 1
+        pending = self.pending
+        pending.append(value_ms)
+        if len(pending) >= HISTOGRAM_FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Sort the pending observations into the buckets: each into the first whose bound it
+        does not exceed (Prometheus's `le`), the last bucket +Inf."""
+        pending = self.pending
+        if not pending:
+            return
+        pending.sort()
+        counts = self._counts
+        below = 0
+        for i, bound in enumerate(_BOUNDS):
+            upto = bisect_right(pending, bound, below)
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += len(pending) - below
+        self._sum += sum(pending)
+        self._count += len(pending)
+        pending.clear()
+
+    @property
+    def counts(self) -> list[int]:
+        """Observations per bucket (not cumulative), +Inf's last."""
+        self.fold()
+        return self._counts
+
+    @property
+    def sum(self) -> float:
+        self.fold()
+        return self._sum
+
+    @sum.setter
+    def sum(self, value: float) -> None:
+        self.fold()
+        self._sum = value
+
+    @property
+    def count(self) -> int:
+        self.fold()
+        return self._count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self.fold()
+        self._count = value
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, cumulative count) pairs, ending with +Inf."""
