@@ -1,16 +1,28 @@
-"""A histogram sorts its observations into Envoy's buckets in bulk (`Histogram.fold`): what any
-reader sees is what counting each observation on arrival would show, and what waits is bounded."""
+"""Session 19's cheaper request accounting. A histogram sorts its observations into Envoy's
+buckets in bulk (`Histogram.fold`): what any reader sees is what counting each observation on
+arrival would show, and what waits is bounded. A request is a gRPC call when it is a POST with
+gRPC's content-type: no other request's headers are looked through."""
 
 from __future__ import annotations
 
 import json
 from bisect import bisect_left
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.http.accounting import RequestAccounting
+from sidecar.http.exchange import RequestHead
 from sidecar.observe.aggregate import add, snapshot
-from sidecar.observe.stats import ENVOY_BUCKETS_MS, HISTOGRAM_FOLD_AT, Histogram, StatsStore
+from sidecar.observe.stats import (
+    ENVOY_BUCKETS_MS,
+    HISTOGRAM_FOLD_AT,
+    ClusterStats,
+    Histogram,
+    HttpStats,
+    StatsStore,
+)
 
 # Values on every bound, just either side of one, zero and beyond the last.
 _EDGES = [0.0, *ENVOY_BUCKETS_MS, *(b + 1e-9 for b in ENVOY_BUCKETS_MS), 5e6]
@@ -66,3 +78,28 @@ def test_a_workers_snapshot_carries_pending_observations() -> None:
     add(whole, json.loads(json.dumps(snapshot(worker))), primary=True)
     assert whole.http("p").downstream_rq_time.counts == _by_arrival([0.7])
     assert whole.cluster("c").upstream_rq_time.count == 1
+
+
+# -- which requests are gRPC calls ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "content_type", "grpc"),
+    [
+        (b"POST", b"application/grpc", True),
+        (b"POST", b"application/grpc+proto", True),
+        (b"POST", b"application/grpc-web", True),
+        (b"POST", b"application/json", False),
+        (b"POST", None, False),
+        (b"GET", b"application/grpc", False),  # gRPC calls are POSTs: not a call
+        (b"PUT", b"application/grpc", False),
+    ],
+)
+def test_a_grpc_call_is_a_post_with_grpcs_content_type(method, content_type, grpc) -> None:
+    headers = [(b"accept", b"*/*")]
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    head = RequestHead(method, b"http", b"a", b"/s/m", headers)
+    acct = RequestAccounting(HttpStats("p"), ClusterStats("c"), head, None, None)
+    assert acct.grpc is grpc
+    assert acct.counts_bodies is grpc  # nothing to count per chunk for the others
