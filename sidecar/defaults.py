@@ -100,6 +100,11 @@ H2_WRITE_AT_ONCE = 64 * 1024
 # made the two sidecars of a pair take turns, each idle while the other worked on the same burst
 # (HTTP/1.1 through the pair on 2 cores: 1,500 → 3,800 req/s, bench/README.md "Session 4").
 H2_SENDS_PER_WRITE = 4
+# An HTTP/2 server connection serves its streams from tasks that take the next stream when
+# their handler is done (a task made per request cost B of the pair ~5k instructions a request,
+# 2.5 %: asyncio's registry of tasks is Python code in 3.11); this many wait for streams at most,
+# ~1 KB each, the rest end with their stream.
+H2_IDLE_WORKERS = 32
 # A connection refused with a local reply (400, 431, 408...) is closed this long after the reply,
 # or when the client closes first; meanwhile its input is dropped (Envoy's delayed_close_timeout).
 DELAYED_CLOSE_TIMEOUT = 1.0

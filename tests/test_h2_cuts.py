@@ -186,6 +186,12 @@ async def _until(condition: object, what: str) -> None:
         await asyncio.sleep(0)
 
 
+async def handled(proto: H2Protocol) -> None:
+    """Every handler the server connection started has ended: each of its tasks waits for a
+    next stream (or has ended)."""
+    await _until(lambda: len(proto._idle_workers) == len(proto.workers), "the handler is on")
+
+
 async def test_a_lone_streams_last_frame_leaves_at_once_others_at_the_end_of_the_turn() -> None:
     """At a low rate a connection carries one exchange at a time: its last frame is written when
     it is queued, so the peer starts on it before this turn's bookkeeping. With other streams

@@ -2,8 +2,8 @@
 
 A server stream's task reports its stream finished only when there is something left to do.
 
-Each end of a stream reports it finished (`H2Stream.finish`, `remote_ended`), and the handler's
-task once more when it ends (`H2Protocol._serve`). A stream both ends reported is `forgotten`
+Each end of a stream reports it finished (`H2Stream.finish`, `remote_ended`), and its task
+once more when the handler ends (`H2Protocol._work`). A stream both ends reported is `forgotten`
 (gone from the sidecar's table and h2's), and the task's report is skipped; a handler that did
 not end its stream, or whose last frame did not leave, still has it dropped by the task.
 
@@ -28,7 +28,7 @@ from sidecar.http.h2 import (
     _status_field,
     request_headers,
 )
-from tests.test_h2_cuts import CODES, DEADLINE, FakeTransport, _until, h2_client, request
+from tests.test_h2_cuts import CODES, FakeTransport, _until, h2_client, handled, request
 
 
 async def _serve_one(
@@ -41,8 +41,8 @@ async def _serve_one(
     proto = H2Protocol(client_side=False, handler=handler)  # type: ignore[arg-type]
     proto.connection_made(FakeTransport())
     proto.data_received(client.data_to_send())
-    await _until(lambda: proto.tasks, "the handler did not start")
-    (task,) = proto.tasks.values()
+    await _until(lambda: proto.workers, "the handler did not start")
+    (task,) = proto.workers
     return proto, task
 
 
@@ -57,7 +57,7 @@ async def test_a_finished_stream_is_forgotten_and_its_task_reports_nothing_more(
 
     proto, task = await _serve_one(answer, {})
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         (stream,) = seen
         assert stream.forgotten and stream.local_done and stream.remote_done
         assert 1 in proto.conn._closed_streams
@@ -99,7 +99,7 @@ async def test_a_handler_that_returns_without_ending_its_stream_has_it_dropped()
 
     proto, task = await _serve_one(answer, {}, end=False)
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         (stream,) = seen
         assert stream.local_done and not stream.remote_done and not stream.forgotten
         assert proto.streams[1] is stream
@@ -179,8 +179,8 @@ async def serve_one(
     transport = _Writes()
     proto.connection_made(transport)
     proto.data_received(client.data_to_send())
-    await _until(lambda: proto.tasks, "the handler did not start")
-    (task,) = proto.tasks.values()
+    await _until(lambda: proto.workers, "the handler did not start")
+    (task,) = proto.workers
     transport.writes.clear()
     return proto, transport, task
 
@@ -190,7 +190,7 @@ async def test_a_whole_body_the_windows_take_leaves_with_its_head_in_one_write()
     left scheduled, the stream done and forgotten at both ends."""
     client, proto, transport, task = await _respond_whole({}, b"hello")
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         assert len(transport.writes) == 1 and proto._flush_handle is None
         events = client.receive_data(transport.writes[0])
         kinds = [type(event).__name__ for event in events]
@@ -214,7 +214,7 @@ async def test_a_whole_body_short_of_window_waits_with_its_head_already_sent() -
         transport.writes.clear()
         client.increment_flow_control_window(2, stream_id=1)
         proto.data_received(client.data_to_send())
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         events = client.receive_data(b"".join(transport.writes))
         assert [type(event).__name__ for event in events][-2:] == ["DataReceived", "StreamEnded"]
         assert events[-2].data == b"lo"

@@ -1,71 +1,136 @@
-"""A server connection holds its handlers' tasks while they run, and lets each go as it ends.
+"""A server connection serves its streams from tasks it holds while they live, each taking the
+next stream when its handler is done.
 
-The tasks are held (the loop keeps only weak references to them) in `H2Protocol.tasks` and
-dropped by their own `_serve` as it ends, not by a done callback: whatever way a handler ends
-(answered, failed, its stream reset, the connection lost), nothing is left held.
+The tasks are held (the loop keeps only weak references to them) in `H2Protocol.workers`. One
+whose handler is done waits for the next stream (`_idle_workers`, up to `idle_workers`,
+`H2_IDLE_WORKERS` by default): a task made per request cost the inbound sidecar ~5k
+instructions a request. Whatever way a handler ends (answered, failed, its stream reset, the
+connection lost), its stream is let go; a task ends, and is let go, when the connection ends
+or goes away, when enough wait already, or when it was cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 
+import h2.connection
 import pytest
 
 from sidecar.http.exchange import ResponseHead, StreamReset
 from sidecar.http.h2 import H2Protocol, H2ServerStream
-from tests.test_h2_cuts import DEADLINE, FakeTransport, _until, h2_client, request
+from tests.test_h2_cuts import DEADLINE, FakeTransport, _until, h2_client, handled, request
 
 
 async def _serve(handler: object, streams: int, end: bool = True) -> H2Protocol:
-    """A server connection given `streams` requests (ended, or bodies still to come)."""
-    client = h2_client({})
-    for n in range(streams):
-        request(client, 1 + 2 * n, end=end)
+    """A server connection given `streams` requests (ended, or bodies still to come); more
+    come with `_send(proto, ...)`."""
     proto = H2Protocol(client_side=False, handler=handler)  # type: ignore[arg-type]
     proto.connection_made(FakeTransport())
-    proto.data_received(client.data_to_send())
+    _clients[proto] = h2_client({})
+    _send(proto, streams, end)
     return proto
 
 
-async def _all_ended(proto: H2Protocol) -> list[asyncio.Task[None]]:
-    tasks = list(proto.tasks.values())
+_clients: weakref.WeakKeyDictionary[H2Protocol, h2.connection.H2Connection] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _send(proto: H2Protocol, streams: int, end: bool = True, first: int = 1) -> None:
+    client = _clients[proto]
+    for n in range(streams):
+        request(client, first + 2 * n, end=end)
+    proto.data_received(client.data_to_send())
+
+
+async def _ended(tasks: set[asyncio.Task[None]] | list[asyncio.Task[None]]) -> None:
     await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), DEADLINE)
-    return tasks
 
 
-async def test_each_request_has_its_task_held_while_it_runs() -> None:
-    release = asyncio.Event()
-    seen: list[H2ServerStream] = []
-
+def _answer_when(release: asyncio.Event, seen: list[H2ServerStream]):
     async def answer(stream: H2ServerStream) -> None:
         seen.append(stream)
         await release.wait()
         await stream.respond(ResponseHead(200, [(b"content-length", b"0")]), end=True)
 
-    proto = await _serve(answer, 3)
+    return answer
+
+
+async def test_each_request_has_a_task_held_while_it_runs() -> None:
+    release = asyncio.Event()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), 3)
     try:
         await _until(lambda: len(seen) == 3, "the handlers did not start")
-        assert set(proto.tasks) == set(seen)
-        assert all(not task.done() for task in proto.tasks.values())
+        tasks = set(proto.workers)
+        assert len(tasks) == 3 and not any(task.done() for task in tasks)
+        assert proto._idle_workers == []
         release.set()
-        tasks = await _all_ended(proto)
-        assert proto.tasks == {} and not proto.streams
-        assert all(task.exception() is None for task in tasks)
+        await handled(proto)
+        assert not proto.streams
+        # Done with their streams, the three wait for the next ones, still held.
+        assert proto.workers == tasks and len(proto._idle_workers) == 3
+        assert not any(task.done() for task in tasks)
     finally:
         proto.connection_lost(None)
+    await _ended(tasks)
+    assert all(task.exception() is None for task in tasks)
+    assert proto.workers == set() and proto._idle_workers == []
 
 
-async def test_a_failed_handlers_task_is_let_go() -> None:
+async def test_a_task_done_with_its_stream_serves_the_next_one() -> None:
+    """The last to wait takes the next stream; no task is made while one waits."""
+    release = asyncio.Event()
+    release.set()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), 1)
+    try:
+        await _until(lambda: len(seen) == 1, "the first did not start")
+        await handled(proto)
+        (worker,) = proto.workers
+        _send(proto, 1, first=3)
+        assert proto.workers == {worker} and proto._idle_workers == []
+        await _until(lambda: len(seen) == 2, "the second did not start")
+        await handled(proto)
+        assert [s.stream_id for s in seen] == [1, 3] and proto.workers == {worker}
+    finally:
+        proto.connection_lost(None)
+    await _ended([worker])
+
+
+async def test_at_most_so_many_tasks_wait() -> None:
+    release = asyncio.Event()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), 0)
+    proto.idle_workers = 2
+    _send(proto, 4)
+    try:
+        await _until(lambda: len(seen) == 4, "the handlers did not start")
+        tasks = set(proto.workers)
+        release.set()
+        await handled(proto)
+        assert len(proto.workers) == 2 and len(proto._idle_workers) == 2
+        await _ended(tasks - proto.workers)
+    finally:
+        proto.connection_lost(None)
+    await _ended(tasks)
+
+
+async def test_a_failed_handlers_stream_is_let_go() -> None:
     async def fail(stream: H2ServerStream) -> None:
         raise RuntimeError("handler bug")
 
     proto = await _serve(fail, 2)
     try:
-        assert len(proto.tasks) == 2
-        await _all_ended(proto)
-        assert proto.tasks == {} and not proto.streams
+        tasks = set(proto.workers)
+        assert len(tasks) == 2
+        await handled(proto)
+        assert not proto.streams
+        assert proto.workers == tasks  # each waits for a next stream
     finally:
         proto.connection_lost(None)
+    await _ended(tasks)
 
 
 async def test_tasks_are_let_go_when_the_connection_is_lost() -> None:
@@ -78,13 +143,33 @@ async def test_tasks_are_let_go_when_the_connection_is_lost() -> None:
 
     proto = await _serve(read_body, 2, end=False)
     await _until(lambda: len(started) == 2, "the handlers did not start")
+    tasks = set(proto.workers)
     proto.connection_lost(None)
-    tasks = await _all_ended(proto)
-    assert proto.tasks == {}
-    assert all(task.done() and task.exception() is None for task in tasks)  # logged by `_serve`
+    await _ended(tasks)
+    assert proto.workers == set() and proto._idle_workers == []
+    assert all(task.done() and task.exception() is None for task in tasks)  # logged by `_work`
 
 
-async def test_a_handler_that_swallows_its_reset_is_let_go_too() -> None:
+async def test_waiting_tasks_end_when_the_connection_goes_away() -> None:
+    """After a GOAWAY no new stream comes: what waits for one ends at once."""
+    release = asyncio.Event()
+    release.set()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), 2)
+    try:
+        await _until(lambda: len(seen) == 2, "not started")
+        await handled(proto)
+        tasks = set(proto.workers)
+        assert len(tasks) == 2
+        proto.goaway()
+        await _ended(tasks)
+        assert proto.workers == set() and proto._idle_workers == []
+        assert all(task.exception() is None for task in tasks)
+    finally:
+        proto.connection_lost(None)
+
+
+async def test_a_handler_that_swallows_its_cancellation_is_let_go_too() -> None:
     async def hold(stream: H2ServerStream) -> None:
         try:
             await asyncio.Event().wait()
@@ -93,11 +178,30 @@ async def test_a_handler_that_swallows_its_reset_is_let_go_too() -> None:
 
     proto = await _serve(hold, 1)
     await asyncio.sleep(0)
-    (task,) = proto.tasks.values()
+    (task,) = proto.workers
     task.cancel()
-    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), DEADLINE)
-    assert proto.tasks == {}
+    await _ended([task])
+    assert proto.workers == set() and proto._idle_workers == []  # it did not stay to wait
     proto.connection_lost(None)
+
+
+async def test_a_waiting_task_cancelled_leaves_the_waiting_list() -> None:
+    release = asyncio.Event()
+    release.set()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), 1)
+    try:
+        await _until(lambda: len(seen) == 1, "not started")
+        await handled(proto)
+        (task,) = proto.workers
+        task.cancel()
+        await _ended([task])
+        assert task.cancelled() and proto.workers == set() and proto._idle_workers == []
+        _send(proto, 1, first=3)
+        await _until(lambda: len(seen) == 2, "the next was not served")
+        await handled(proto)
+    finally:
+        proto.connection_lost(None)
 
 
 async def test_an_untrusted_peers_cookie_crumbs_reach_the_handler_joined() -> None:

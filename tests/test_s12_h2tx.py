@@ -8,14 +8,12 @@ transport the body waits, as it did.
 
 from __future__ import annotations
 
-import asyncio
-
 import h2.config
 import h2.exceptions
 import pytest
 
 from sidecar.http.h2 import _Connection, _ServerConnection
-from tests.test_h2_cuts import CODES, DEADLINE, _until, h2_client, request
+from tests.test_h2_cuts import CODES, _until, h2_client, handled, request
 from tests.test_h2_lifecycle import _respond_whole
 
 HEAD = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"x-answer", b"yes")]
@@ -182,7 +180,7 @@ async def test_a_whole_body_waits_for_a_paused_transport_with_its_head_already_q
         assert kinds == ["ResponseReceived"]
         assert not task.done()
         proto.resume_writing()
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         events = client.receive_data(b"".join(transport.writes[1:]))
         assert [type(event).__name__ for event in events] == ["DataReceived", "StreamEnded"]
         assert events[0].data == b"hello"

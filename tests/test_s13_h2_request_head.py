@@ -80,5 +80,5 @@ async def test_each_pseudo_header_field_lands_in_its_own_field() -> None:
         assert heads[0].http_version == b"2" and heads[0].protocol is None
     finally:
         proto.connection_lost(None)
-        for task in proto.tasks.values():
+        for task in list(proto.workers):
             task.cancel()

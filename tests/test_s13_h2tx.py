@@ -27,7 +27,7 @@ from sidecar.http.h1 import H1ServerExchange
 from sidecar.http.h2 import H2Protocol, H2ServerStream, _Connection
 from sidecar.http.router import _attempt
 from tests.test_body_end import h1_writes
-from tests.test_h2_cuts import CODES, DEADLINE, _until, h2_client, request
+from tests.test_h2_cuts import CODES, _until, h2_client, handled, request
 from tests.test_h2_lifecycle import _Writes, serve_one
 from tests.test_s12_h2tx import CASES, HEAD, _books, _outcome, _server, client_streams
 
@@ -111,7 +111,7 @@ def _kinds(events: list[Any]) -> list[str]:
 async def test_head_body_and_trailers_that_fit_leave_in_one_write() -> None:
     client, proto, transport, task = await _respond_with_trailers({}, b"hello")
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         assert len(transport.writes) == 1 and proto._flush_handle is None
         events = client.receive_data(transport.writes[0])
         assert _kinds(events) == [
@@ -130,7 +130,7 @@ async def test_head_body_and_trailers_that_fit_leave_in_one_write() -> None:
 async def test_a_request_still_open_leaves_the_stream_to_its_remote_end() -> None:
     client, proto, transport, task = await _respond_with_trailers({}, b"hello", end=False)
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         (stream,) = proto.streams.values()
         assert stream.local_done and not stream.remote_done
         events = client.receive_data(b"".join(transport.writes))
@@ -155,7 +155,7 @@ async def test_a_body_short_of_window_goes_as_finish_sends_it_then_the_trailers(
         transport.writes.clear()
         client.increment_flow_control_window(2, stream_id=1)
         proto.data_received(client.data_to_send())
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         events = client.receive_data(b"".join(transport.writes))
         assert _kinds(events)[-3:] == ["DataReceived", "TrailersReceived", "StreamEnded"]
         assert events[-3].data == b"lo" and events[-2].headers == TRAILERS
@@ -172,7 +172,7 @@ async def test_a_paused_transport_sends_the_head_then_body_and_trailers_when_res
         assert _kinds(client.receive_data(transport.writes[0])) == ["ResponseReceived"]
         assert not task.done()
         proto.resume_writing()
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         events = client.receive_data(b"".join(transport.writes[1:]))
         assert _kinds(events) == ["DataReceived", "TrailersReceived", "StreamEnded"]
     finally:
@@ -182,7 +182,7 @@ async def test_a_paused_transport_sends_the_head_then_body_and_trailers_when_res
 async def test_an_empty_body_with_trailers_sends_the_head_and_the_trailers() -> None:
     client, proto, transport, task = await _respond_with_trailers({}, b"")
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         events = client.receive_data(b"".join(transport.writes))
         assert _kinds(events) == ["ResponseReceived", "TrailersReceived", "StreamEnded"]
     finally:
@@ -304,7 +304,7 @@ async def test_an_interim_status_given_a_body_and_trailers_does_not_end_with_the
 
     proto, transport, task = await serve_one(client, answer)
     try:
-        await asyncio.wait_for(task, DEADLINE)
+        await handled(proto)
         wire, frames = memoryview(b"".join(transport.writes)), []
         while wire:
             frame, length = Frame.parse_frame_header(wire[:9])

@@ -829,11 +829,14 @@ class H2Protocol(asyncio.Protocol):
         self.peer_spoke = False  # the peer's SETTINGS arrived: it is a live HTTP/2 endpoint
         self.peer_address: tuple[str, int] | None = None
         self.target: Target | None = None  # the endpoint, for a pooled client connection
-        # The handlers' tasks, by stream, held while they run (the loop keeps only weak
-        # references): each is dropped by its own `_serve` as it ends, not by a done callback
-        # (a `call_soon`, and one more turn of the loop, per request).
-        self.tasks: dict[H2ServerStream, asyncio.Task[None]] = {}
+        # The tasks that serve the streams (`_work`), held here while they live (the loop keeps
+        # only weak references). A task whose handler is done waits for the next stream (up to
+        # `H2_IDLE_WORKERS` of them) on a future in `_idle_workers`; the rest end. Nothing is
+        # held per stream: a request costs no task made and registered, no done callback.
+        self.workers: set[asyncio.Task[None]] = set()
+        self._idle_workers: list[asyncio.Future[H2ServerStream | None]] = []
         self._max_concurrent_streams = max_concurrent_streams
+        self.idle_workers = defaults.H2_IDLE_WORKERS
         self._write_paused: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
         self._unflushed = 0  # DATA bytes queued in h2 since the last write
@@ -1420,6 +1423,7 @@ class H2Protocol(asyncio.Protocol):
                     self._abuse("http2_inbound_priority_frames_flood", "PRIORITY frames")
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.going_away = True
+            self._end_idle_workers()
             last = event.last_stream_id or 0
             for stream_id, stream in list(self.streams.items()):
                 if stream_id > last and self.client_side:
@@ -1470,8 +1474,12 @@ class H2Protocol(asyncio.Protocol):
         self.streams[stream_id] = stream
         if ended and not stream.remote_done:
             stream.remote_ended()
-        # The task starts on a later turn of the loop (no eager tasks here), after it is held.
-        self.tasks[stream] = self.loop.create_task(self._serve(stream))
+        # A waiting task takes the stream (the last to wait: the warmest); else a task is made.
+        # Either starts on a later turn of the loop (no eager tasks here), after it is held.
+        if self._idle_workers:
+            self._idle_workers.pop().set_result(stream)
+        else:
+            self.workers.add(self.loop.create_task(self._work(stream)))
 
     def _headers_too_large(self, stream_id: int, ended: bool, size: int, count: int) -> None:
         """Answer 431 on the stream (Envoy's answer too); the connection goes on."""
@@ -1573,20 +1581,50 @@ class H2Protocol(asyncio.Protocol):
             self.goaway()
             self.close()
 
-    async def _serve(self, stream: H2ServerStream) -> None:
+    async def _work(self, stream: H2ServerStream | None) -> None:
+        """Serve a stream, then wait for the next one (see `workers` in `__init__`), until the
+        connection ends or goes away, enough wait already, or the task is cancelled. Handlers
+        share a task's context one after another: one that sets a context variable resets it
+        (as the mesh connector does)."""
         assert self.handler is not None
+        me = asyncio.current_task(self.loop)
+        assert me is not None
+        idle = self._idle_workers
         try:
-            await self.handler(stream)
-        except Exception:
-            log.exception("event=handler_failed stream=%d", stream.stream_id)
-            stream.reset()
+            while stream is not None:
+                try:
+                    await self.handler(stream)
+                except Exception:
+                    log.exception("event=handler_failed stream=%d", stream.stream_id)
+                    stream.reset()
+                finally:
+                    # Most handlers finish their stream, which both ends then report (`finish`,
+                    # `remote_ended`): this report would find nothing left to do.
+                    if not stream.forgotten:
+                        stream.local_done = True
+                        self._stream_finished(stream)
+                if (
+                    self.closed
+                    or self.going_away
+                    or len(idle) >= self.idle_workers
+                    or me.cancelling()  # cancelled, and the handler swallowed it
+                ):
+                    return
+                waiter: asyncio.Future[H2ServerStream | None] = self.loop.create_future()
+                idle.append(waiter)
+                try:
+                    stream = await waiter  # None: the connection ended
+                except asyncio.CancelledError:
+                    idle.remove(waiter)
+                    raise
         finally:
-            del self.tasks[stream]  # its task ends: no longer held (see `__init__`)
-            # Most handlers finish their stream, which both ends then report (`finish`,
-            # `remote_ended`): this report would find nothing left to do.
-            if not stream.forgotten:
-                stream.local_done = True
-                self._stream_finished(stream)
+            self.workers.discard(me)
+
+    def _end_idle_workers(self) -> None:
+        """The connection ended, or will take no new stream: its waiting tasks end."""
+        idle, self._idle_workers = self._idle_workers, []
+        for waiter in idle:
+            waiter.set_result(None)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -1829,6 +1867,7 @@ class H2Protocol(asyncio.Protocol):
             stream.reset_received(error)
         self.streams.clear()
         self._wake_slots()
+        self._end_idle_workers()
         for waiter in self._window_waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -1848,6 +1887,7 @@ class H2Protocol(asyncio.Protocol):
         if self.closed or self.going_away:
             return
         self.going_away = True
+        self._end_idle_workers()
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.conn.highest_inbound_stream_id if not self.client_side else 0
         frame.error_code = code
