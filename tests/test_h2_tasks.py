@@ -204,6 +204,31 @@ async def test_a_waiting_task_cancelled_leaves_the_waiting_list() -> None:
         proto.connection_lost(None)
 
 
+async def test_a_stream_that_comes_as_a_waiting_task_is_cancelled_gets_a_task_of_its_own() -> None:
+    """Cancelled while it waits, a task leaves the list only when it next runs: a stream (or
+    the connection's end) in between passes it by, and nothing raises into the connection."""
+    release = asyncio.Event()
+    release.set()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), 1)
+    try:
+        await _until(lambda: len(seen) == 1, "not started")
+        await handled(proto)
+        (cancelled,) = proto.workers
+        cancelled.cancel()
+        _send(proto, 1, first=3)  # the same turn: its future is cancelled, it has not run
+        (fresh,) = proto.workers - {cancelled}
+        await _until(lambda: len(seen) == 2, "the next was not served")
+        await handled(proto)
+        assert cancelled.cancelled() and proto.workers == {fresh}
+        (other,) = proto.workers
+        other.cancel()
+    finally:
+        proto.connection_lost(None)  # the same turn as the cancel: passed by too
+    await _ended([cancelled, fresh])
+    assert proto.workers == set() and proto._idle_workers == []
+
+
 async def test_an_untrusted_peers_cookie_crumbs_reach_the_handler_joined() -> None:
     """A block normalised on receipt (cookie crumbs joined, last) is read again for the handler;
     one that normalisation leaves as it was is not."""

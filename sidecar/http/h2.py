@@ -1476,10 +1476,15 @@ class H2Protocol(asyncio.Protocol):
             stream.remote_ended()
         # A waiting task takes the stream (the last to wait: the warmest); else a task is made.
         # Either starts on a later turn of the loop (no eager tasks here), after it is held.
-        if self._idle_workers:
-            self._idle_workers.pop().set_result(stream)
-        else:
-            self.workers.add(self.loop.create_task(self._work(stream)))
+        # (A task cancelled while it waits has its future cancelled, and leaves the list only
+        # when it next runs.)
+        idle = self._idle_workers
+        while idle:
+            waiter = idle.pop()
+            if not waiter.done():
+                waiter.set_result(stream)
+                return
+        self.workers.add(self.loop.create_task(self._work(stream)))
 
     def _headers_too_large(self, stream_id: int, ended: bool, size: int, count: int) -> None:
         """Answer 431 on the stream (Envoy's answer too); the connection goes on."""
@@ -1615,7 +1620,8 @@ class H2Protocol(asyncio.Protocol):
                 try:
                     stream = await waiter  # None: the connection ended
                 except asyncio.CancelledError:
-                    idle.remove(waiter)
+                    if waiter in idle:
+                        idle.remove(waiter)
                     raise
         finally:
             self.workers.discard(me)
@@ -1624,7 +1630,8 @@ class H2Protocol(asyncio.Protocol):
         """The connection ended, or will take no new stream: its waiting tasks end."""
         idle, self._idle_workers = self._idle_workers, []
         for waiter in idle:
-            waiter.set_result(None)
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- sending ------------------------------------------------------------------------------
 
