@@ -2,7 +2,7 @@
 next stream when its handler is done.
 
 The tasks are held (the loop keeps only weak references to them) in `H2Protocol.workers`. One
-whose handler is done waits for the next stream (`_idle_workers`, up to `idle_workers`,
+whose handler is done waits for the next stream (`_idle_workers`, up to `max_idle_workers`,
 `H2_IDLE_WORKERS` by default): a task made per request cost the inbound sidecar ~5k
 instructions a request. Whatever way a handler ends (answered, failed, its stream reset, the
 connection lost), its stream is let go; a task ends, and is let go, when the connection ends
@@ -57,6 +57,18 @@ def _answer_when(release: asyncio.Event, seen: list[H2ServerStream]):
     return answer
 
 
+async def _answered(streams: int) -> tuple[H2Protocol, list[H2ServerStream]]:
+    """A server connection whose handler answers at once, given `streams` requests: returned
+    once each was answered and its task waits for the next stream."""
+    release = asyncio.Event()
+    release.set()
+    seen: list[H2ServerStream] = []
+    proto = await _serve(_answer_when(release, seen), streams)
+    await _until(lambda: len(seen) == streams, "the handlers did not start")
+    await handled(proto)
+    return proto, seen
+
+
 async def test_each_request_has_a_task_held_while_it_runs() -> None:
     release = asyncio.Event()
     seen: list[H2ServerStream] = []
@@ -81,13 +93,8 @@ async def test_each_request_has_a_task_held_while_it_runs() -> None:
 
 async def test_a_task_done_with_its_stream_serves_the_next_one() -> None:
     """The last to wait takes the next stream; no task is made while one waits."""
-    release = asyncio.Event()
-    release.set()
-    seen: list[H2ServerStream] = []
-    proto = await _serve(_answer_when(release, seen), 1)
+    proto, seen = await _answered(1)
     try:
-        await _until(lambda: len(seen) == 1, "the first did not start")
-        await handled(proto)
         (worker,) = proto.workers
         _send(proto, 1, first=3)
         assert proto.workers == {worker} and proto._idle_workers == []
@@ -103,7 +110,7 @@ async def test_at_most_so_many_tasks_wait() -> None:
     release = asyncio.Event()
     seen: list[H2ServerStream] = []
     proto = await _serve(_answer_when(release, seen), 0)
-    proto.idle_workers = 2
+    proto.max_idle_workers = 2
     _send(proto, 4)
     try:
         await _until(lambda: len(seen) == 4, "the handlers did not start")
@@ -152,13 +159,8 @@ async def test_tasks_are_let_go_when_the_connection_is_lost() -> None:
 
 async def test_waiting_tasks_end_when_the_connection_goes_away() -> None:
     """After a GOAWAY no new stream comes: what waits for one ends at once."""
-    release = asyncio.Event()
-    release.set()
-    seen: list[H2ServerStream] = []
-    proto = await _serve(_answer_when(release, seen), 2)
+    proto, _ = await _answered(2)
     try:
-        await _until(lambda: len(seen) == 2, "not started")
-        await handled(proto)
         tasks = set(proto.workers)
         assert len(tasks) == 2
         proto.goaway()
@@ -186,13 +188,8 @@ async def test_a_handler_that_swallows_its_cancellation_is_let_go_too() -> None:
 
 
 async def test_a_waiting_task_cancelled_leaves_the_waiting_list() -> None:
-    release = asyncio.Event()
-    release.set()
-    seen: list[H2ServerStream] = []
-    proto = await _serve(_answer_when(release, seen), 1)
+    proto, seen = await _answered(1)
     try:
-        await _until(lambda: len(seen) == 1, "not started")
-        await handled(proto)
         (task,) = proto.workers
         task.cancel()
         await _ended([task])
@@ -207,13 +204,8 @@ async def test_a_waiting_task_cancelled_leaves_the_waiting_list() -> None:
 async def test_a_stream_that_comes_as_a_waiting_task_is_cancelled_gets_a_task_of_its_own() -> None:
     """Cancelled while it waits, a task leaves the list only when it next runs: a stream (or
     the connection's end) in between passes it by, and nothing raises into the connection."""
-    release = asyncio.Event()
-    release.set()
-    seen: list[H2ServerStream] = []
-    proto = await _serve(_answer_when(release, seen), 1)
+    proto, seen = await _answered(1)
     try:
-        await _until(lambda: len(seen) == 1, "not started")
-        await handled(proto)
         (cancelled,) = proto.workers
         cancelled.cancel()
         _send(proto, 1, first=3)  # the same turn: its future is cancelled, it has not run
@@ -221,8 +213,7 @@ async def test_a_stream_that_comes_as_a_waiting_task_is_cancelled_gets_a_task_of
         await _until(lambda: len(seen) == 2, "the next was not served")
         await handled(proto)
         assert cancelled.cancelled() and proto.workers == {fresh}
-        (other,) = proto.workers
-        other.cancel()
+        fresh.cancel()
     finally:
         proto.connection_lost(None)  # the same turn as the cancel: passed by too
     await _ended([cancelled, fresh])

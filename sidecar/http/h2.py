@@ -836,7 +836,7 @@ class H2Protocol(asyncio.Protocol):
         self.workers: set[asyncio.Task[None]] = set()
         self._idle_workers: list[asyncio.Future[H2ServerStream | None]] = []
         self._max_concurrent_streams = max_concurrent_streams
-        self.idle_workers = defaults.H2_IDLE_WORKERS
+        self.max_idle_workers = defaults.H2_IDLE_WORKERS
         self._write_paused: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None  # a write waiting for the turn's end
         self._unflushed = 0  # DATA bytes queued in h2 since the last write
@@ -1611,7 +1611,7 @@ class H2Protocol(asyncio.Protocol):
                 if (
                     self.closed
                     or self.going_away
-                    or len(idle) >= self.idle_workers
+                    or len(idle) >= self.max_idle_workers
                     or me.cancelling()  # cancelled, and the handler swallowed it
                 ):
                     return

@@ -24,10 +24,6 @@ ENVOY_BUCKETS_MS: tuple[float, ...] = (
 )  # fmt: skip
 
 
-# The buckets' bounds as floats, to sort observations into: a float compared with an int takes
-# CPython's slow path (a bisect of floats among these takes half the time).
-_BOUNDS: tuple[float, ...] = tuple(float(bound) for bound in ENVOY_BUCKETS_MS)
-
 # Observations a histogram gathers before it sorts them into its buckets (and at every read).
 HISTOGRAM_FOLD_AT = 1024
 
@@ -66,7 +62,7 @@ class Histogram:
         pending.sort()
         counts = self._counts
         below = 0
-        for i, bound in enumerate(_BOUNDS):
+        for i, bound in enumerate(ENVOY_BUCKETS_MS):
             upto = bisect_right(pending, bound, below)
             counts[i] += upto - below
             below = upto
