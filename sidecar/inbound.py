@@ -105,16 +105,28 @@ class InboundStack(ListenerStack):
             return lambda exchange: proxy(route, exchange)
         # The caller's counts at this inbound (`source_service` in the metrics).
         source = self.stats.source(peer.service) if peer is not None else None
+        stats, plan = self.stats, self.plan
+        # The connection's verdict: whether its caller is plainly allowed (not denied, not
+        # shadow-denied) under `decided_under`, the policies it was decided under, and `plan`.
+        # It is decided again when either is replaced; a plainly allowed request is then only
+        # counted, without a decision looked up per request (unless each one is logged).
+        decided_under: tuple[object, ...] | None = None
+        plainly_allowed = False
 
         # A plain function that returns the coroutine to await, not a coroutine of its own: one
         # layer fewer for every resumption of the request's task.
         def handle(exchange: Exchange) -> Awaitable[None]:
+            nonlocal decided_under, plainly_allowed, plan
             if source is not None:
                 source.downstream_rq_total += 1
-            if authorizer is not None and not authorizer.allows(
-                self.plan.service, peer, self.stats, self.plan.name, "protocol=http"
-            ):
-                return local_reply(exchange, 403, RBAC_ACCESS_DENIED)
+            if authorizer is not None:
+                if authorizer.policies is not decided_under or self.plan is not plan:
+                    decided_under, plan = authorizer.policies, self.plan
+                    plainly_allowed = authorizer.plainly_allows(plan.service, peer)
+                if plainly_allowed and not authorizer.logs_each_allowed():
+                    stats.rbac_allowed += 1  # (what `allows` counts for it)
+                elif not authorizer.allows(plan.service, peer, stats, plan.name, "protocol=http"):
+                    return local_reply(exchange, 403, RBAC_ACCESS_DENIED)
             return proxy(route, exchange)
 
         return handle

@@ -251,6 +251,20 @@ class Authorizer:
             self._cache[key] = decision
         return decision
 
+    def plainly_allows(self, service: str, peer: Peer | None) -> bool:
+        """Whether a call to `service` from `peer` is allowed and not shadow-denied under the
+        policies now in force: such a call is only counted, and logged at debug level (what
+        `allows` does for it), so a connection may keep this answer for its requests until
+        `policies` is replaced (`sidecar.inbound`)."""
+        decision = self.decide(service, peer)
+        return decision.allowed and not decision.shadow_deny
+
+    @staticmethod
+    def logs_each_allowed() -> bool:
+        """Whether `allows` writes a line for every allowed call (debug level, which the admin
+        API's `/logging` can turn on at any time)."""
+        return log.isEnabledFor(_DEBUG)
+
     def allows(
         self, service: str, peer: Peer | None, stats: ListenerStats, listener: str, what: str
     ) -> bool:
