@@ -61,10 +61,12 @@ class InboundStack(ListenerStack):
         timeout = self.options.detection_timeout
         return self.peek(connection.sniff, timeout if timeout > 0 else None, silent_closes=False)
 
-    def relays_bytes(self) -> bool:
-        """Every connection is relayed as bytes (no HTTP to detect): under mTLS, the relay's
-        own TLS transport carries it (`sidecar.transport.tls_transport`: half-close)."""
-        return self.plan.protocol in ("tcp", "kafka")
+    def may_relay_bytes(self) -> bool:
+        """A connection may be relayed as bytes: every one of a tcp or kafka inbound, and one
+        of an undeclared inbound whose first bytes are not HTTP/2's preface. Under mTLS the
+        relay's own TLS transport carries them (`sidecar.transport.tls_transport`: half-close
+        both ways); an undeclared inbound's HTTP/2 server rides it too."""
+        return self.plan.protocol in ("tcp", "kafka", None)
 
     def plain_tcp(self) -> bool:
         # kafka has its tap; with mTLS there are identities to check (and TLS to terminate)

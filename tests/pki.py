@@ -193,16 +193,18 @@ def mtls_pair(
     pki: Pki,
     handler=echo,
     *,
-    protocol: str = "tcp",
+    protocol: str | None = "tcp",
     backend_args: tuple[str, ...] = (),
     app_port: int | None = None,
 ) -> Pair:
     """app <- backend-1 (service backend) <- web-1 (service web), both with credentials; the
-    app is a TcpServer running `handler`, or whatever listens on `app_port`."""
+    app is a TcpServer running `handler`, or whatever listens on `app_port`. `protocol` None:
+    backend's protocol is not declared (its sidecars sniff)."""
     app = mesh.server(handler) if app_port is None else None
     port = app.port if app is not None else app_port
     assert port is not None
-    backend, inbound = mesh.backend("backend-1", port, tags={"kuma.io/protocol": protocol})
+    tags = {"kuma.io/protocol": protocol} if protocol is not None else {}
+    backend, inbound = mesh.backend("backend-1", port, tags=tags)
     web, outbound = mesh.client("web-1")
     pki.issue("backend-1", "backend")
     pki.issue("web-1", "web")

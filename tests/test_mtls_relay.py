@@ -151,3 +151,37 @@ def test_a_slow_reader_pauses_the_app_with_bounded_memory(mesh, pki):
     for sidecar, base in zip(sidecars, baseline, strict=True):
         growth = sidecar.memory("VmHWM") - base
         assert growth < 32 * MiB, f"{sidecar.dataplane_file.name} grew by {growth / MiB:.1f} MiB"
+
+
+def test_half_close_crosses_the_hop_into_an_undeclared_service_both_ways(mesh, pki):
+    """backend declares no protocol: web's outbound sniffs the client's bytes (not HTTP: the
+    relay), and backend's inbound tells HTTP/2 from bytes after the handshake. Its connection is
+    on the relay's own TLS transport too, so each side's FIN crosses the hop while the other
+    direction goes on: the client's (the app answers after it), then the app's (the client
+    still sends after it)."""
+
+    def upper_after_eof(conn: socket.socket) -> None:
+        conn.sendall(recv_all(conn).upper())
+
+    pair = mtls_pair(mesh, pki, upper_after_eof, protocol=None)
+    with socket.create_connection((LOOPBACK, pair.outbound), timeout=10) as conn:
+        conn.sendall(b"hello")
+        conn.shutdown(socket.SHUT_WR)
+        assert recv_all(conn) == b"HELLO"
+
+    late: dict[str, bytes] = {}
+
+    def banner_first(conn: socket.socket) -> None:
+        assert conn.recv(2) == b"hi"
+        conn.sendall(b"banner " * 10_000)
+        conn.shutdown(socket.SHUT_WR)
+        late["data"] = recv_all(conn)
+
+    pair.app.handler = banner_first
+    with socket.create_connection((LOOPBACK, pair.outbound), timeout=10) as conn:
+        conn.sendall(b"hi")
+        assert recv_all(conn) == b"banner " * 10_000
+        conn.sendall(b"after your EOF")
+        conn.shutdown(socket.SHUT_WR)
+    wait_for(lambda: "data" in late, what="the app to read to the client's EOF")
+    assert late["data"] == b"after your EOF"

@@ -177,15 +177,16 @@ class Stack(Protocol):
     """What an inbound listener under mTLS hands each accepted connection to
     (`sidecar.inbound.InboundStack`): it admits connections (its connection limit and the
     descriptor guard), counts those still in their handshake, and gives the handshake timeout.
-    `relays_bytes`: every connection goes to the L4 relay (tcp, kafka), whose TLS transport is
-    then ours (`sidecar.transport.tls_transport`)."""
+    `may_relay_bytes`: a connection may go to the L4 relay (always for tcp and kafka; for an
+    undeclared protocol, unless its preface is HTTP/2's), so its TLS transport is ours
+    (`sidecar.transport.tls_transport`: half-close)."""
 
     def accept(self, peer: Peer | None) -> asyncio.Protocol: ...
     def admit(self) -> bool: ...
     def accept_failed(self, exc: OSError) -> None: ...
     def pending_started(self) -> None: ...
     def pending_settled(self) -> None: ...
-    def relays_bytes(self) -> bool: ...
+    def may_relay_bytes(self) -> bool: ...
     @property
     def handshake_timeout(self) -> float: ...
 
@@ -1017,9 +1018,10 @@ class _Incoming:
         timeout = max(0.1, self.deadline - loop.time())
         context = listener.security.store.server_context  # the current one: rotation
         try:
-            if listener.stack.relays_bytes():
-                # Every connection goes to the L4 relay: our own transport (fewer copies,
-                # half-close); HTTP keeps asyncio's.
+            if listener.stack.may_relay_bytes():
+                # The L4 relay may take the connection: our own transport (fewer copies,
+                # half-close), which the HTTP/2 server of an undeclared service's inbound rides
+                # too when the preface says HTTP/2; a declared HTTP inbound keeps asyncio's.
                 async with asyncio.timeout(timeout):
                     sslobj = tls_transport.wrap(context, self.conn, server_side=True)
                     await tls_transport.handshake(loop, self.conn, sslobj)

@@ -5,7 +5,9 @@ socket into a BIO, decrypted, handed up as `bytes`, and on the way out encrypted
 copied out again, one TLS record per SSL_read, in several layers of Python or Cython. They also
 cannot half-close (`can_write_eof()` is False): a close_notify ends the connection both ways.
 For bulk relaying both cost: the copies and the per-record calls are most of what a sidecar
-spends besides AES-GCM itself, and a client's FIN cannot cross the hop.
+spends besides AES-GCM itself, and a client's FIN cannot cross the hop. An undeclared service's
+inbound connections run on this transport too, whatever their preface turns out to be: the
+bytes it relays keep half-close, and the HTTP/2 server rides it when a peer sniffed HTTP.
 
 `TlsTransport` is an `asyncio.Transport` over a non-blocking socket wrapped by the ssl module's
 low-level object (`SSLContext._wrap_socket`, what `ssl.SSLSocket` is built on), driven by
