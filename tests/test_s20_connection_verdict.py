@@ -37,11 +37,13 @@ def _policy(action: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 class _Inbound:
-    """An inbound stack of service `backend` under mTLS whose app answers 200, the handler of
-    one connection from `web`, and how many decisions it asked of the authorizer."""
+    """An inbound stack of service `backend` under mTLS whose app answers 200, with a policy of
+    `action` toward it, the handler of one connection from `web`, and how many decisions it
+    asked of the authorizer."""
 
-    def __init__(self) -> None:
+    def __init__(self, action: str) -> None:
         self.authorizer = Authorizer("default")
+        self.authorizer.update(_policy(action))
         self.lookups = 0  # decisions asked of the authorizer: made, or looked up in its cache
         for name in ("decide", "allows"):
             setattr(self.authorizer, name, self._counted(getattr(self.authorizer, name)))
@@ -77,35 +79,30 @@ class _Inbound:
         return stats.rbac_allowed, stats.rbac_denied, stats.rbac_shadow_denied
 
 
-def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
-    return [(r.levelno, r.getMessage()) for r in caplog.records if "event=rbac" in r.getMessage()]
-
-
-def test_a_plainly_allowed_caller_is_decided_once_and_each_request_counted(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def rbac_lines(caplog: pytest.LogCaptureFixture) -> Callable[[], list[tuple[int, str]]]:
+    """The RBAC lines logged so far (info level and up, unless a test turns on debug)."""
     caplog.set_level(logging.INFO, "sidecar.mtls")
+    return lambda: [
+        (r.levelno, r.getMessage()) for r in caplog.records if "event=rbac" in r.getMessage()
+    ]
 
+
+def test_a_plainly_allowed_caller_is_decided_once_and_each_request_counted(rbac_lines) -> None:
     async def run() -> None:
-        inbound = _Inbound()
-        inbound.authorizer.update(_policy("Allow"))
+        inbound = _Inbound("Allow")
         assert [await inbound.request() for _ in range(3)] == [200, 200, 200]
         assert inbound.lookups == 1
         assert inbound.counts() == (3, 0, 0)
         assert inbound.stats.source("web").downstream_rq_total == 3
-        assert _lines(caplog) == []
+        assert rbac_lines() == []
 
     asyncio.run(run())
 
 
-def test_replaced_policies_judge_the_connections_next_request(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, "sidecar.mtls")
-
+def test_replaced_policies_judge_the_connections_next_request(rbac_lines) -> None:
     async def run() -> None:
-        inbound = _Inbound()
-        inbound.authorizer.update(_policy("Allow"))
+        inbound = _Inbound("Allow")
         assert await inbound.request() == 200
         inbound.authorizer.update(_policy("Deny"))
         assert [await inbound.request() for _ in range(2)] == [403, 403]
@@ -115,7 +112,7 @@ def test_replaced_policies_judge_the_connections_next_request(
         assert await inbound.request() == 200
         assert inbound.counts() == (3, 2, 1)
         source = "source=spiffe://default/web policy=p1"
-        assert _lines(caplog) == [
+        assert rbac_lines() == [
             (logging.INFO, f"event=rbac_denied listener={LISTENER} protocol=http "
              f"service=backend {source}"),
         ] * 2 + [
@@ -131,8 +128,7 @@ def test_a_replaced_plan_is_decided_again() -> None:
     `backend` no longer applies to the connection's requests (and no policy allows them)."""
 
     async def run() -> None:
-        inbound = _Inbound()
-        inbound.authorizer.update(_policy("Allow"))
+        inbound = _Inbound("Allow")
         assert await inbound.request() == 200
         cluster = inbound.stack.cluster
         inbound.stack.update(dataclasses.replace(inbound.plan, service="other"), cluster)
@@ -143,12 +139,10 @@ def test_a_replaced_plan_is_decided_again() -> None:
 
 
 def test_each_allowed_request_is_logged_while_debug_is_on(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, rbac_lines
 ) -> None:
     async def run() -> None:
-        inbound = _Inbound()
-        inbound.authorizer.update(_policy("Allow"))
-        caplog.set_level(logging.INFO, "sidecar.mtls")
+        inbound = _Inbound("Allow")
         assert await inbound.request() == 200
         caplog.set_level(logging.DEBUG, "sidecar.mtls")  # turned on at run time (`/logging`)
         assert [await inbound.request() for _ in range(2)] == [200, 200]
@@ -158,7 +152,7 @@ def test_each_allowed_request_is_logged_while_debug_is_on(
             f"event=rbac_allowed listener={LISTENER} protocol=http service=backend "
             "source=spiffe://default/web policy=p1"
         )
-        assert _lines(caplog) == [(logging.DEBUG, line)] * 2
+        assert rbac_lines() == [(logging.DEBUG, line)] * 2
         assert inbound.counts() == (4, 0, 0)
 
     asyncio.run(run())
