@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import http.client
 import os
 import signal
 import socket
@@ -237,6 +238,19 @@ class TcpServer:
 def echo(conn: socket.socket) -> None:
     while data := conn.recv(256 * 1024):
         conn.sendall(data)
+
+
+def http_call(
+    port: int, method: str = "GET", path: str = "/", body: bytes | None = None, timeout: float = 10
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a connection of its own: (status, body)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def recv_all(conn: socket.socket, limit: int | None = None) -> bytes:

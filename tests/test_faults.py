@@ -26,17 +26,20 @@ from sidecar.runtime import Options
 from sidecar.runtime import Sidecar as Runtime
 from tests.apps import Hypercorn
 from tests.observe_support import admin_port, stats
-from tests.support import LOOPBACK, dataplane, echo, free_port, wait_for, wait_ready, write_yaml
+from tests.support import (
+    LOOPBACK,
+    dataplane,
+    echo,
+    free_port,
+    http_call,
+    wait_for,
+    wait_ready,
+    write_yaml,
+)
 
 
 def get(port: int, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    return http_call(port, "GET", path, timeout=timeout)
 
 
 def http_pair(mesh, app_port: int, *web_args: str):

@@ -62,12 +62,11 @@ def test_what_waits_is_bounded_without_a_reader() -> None:
     assert len(hist.pending) == 5  # three folds happened on the way, with no read
 
 
-def test_setting_sum_or_count_keeps_what_was_pending() -> None:
+def test_adding_a_snapshot_keeps_what_was_pending() -> None:
     """The merge of workers' snapshots adds to `sum` and `count`: the pending ones count too."""
     hist = Histogram()
     hist.observe(3.0)
-    hist.sum += 10.0
-    hist.count += 2
+    hist.add([0] * len(hist.counts), 10.0, 2)
     assert (hist.sum, hist.count, hist.pending) == (13.0, 3, [])
 
 

@@ -9,7 +9,6 @@ requests at once on the one mesh connection. Every test runs under uvloop and as
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 from tests.apps import Hypercorn
 from tests.pki import mtls_pair
-from tests.support import LOOPBACK
+from tests.support import LOOPBACK, http_call
 
 MiB = 1024 * 1024
 
@@ -32,20 +31,10 @@ def app():
     server.close()
 
 
-def _call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
-    try:
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def test_http1_through_the_hop_into_an_undeclared_service(mesh, pki, app):
     pair = mtls_pair(mesh, pki, protocol=None, app_port=app.port)
     upload = bytes(range(256)) * (16 * MiB // 256)
-    status, body = _call(pair.outbound, "POST", "/upload", upload)
+    status, body = http_call(pair.outbound, "POST", "/upload", upload, timeout=30)
     assert status == 200, body
     seen: dict[str, Any] = json.loads(body)
     assert seen["http_version"] == "1.1", "sniffed HTTP/1.1 reaches the app as HTTP/1.1"
@@ -57,7 +46,7 @@ def test_http1_through_the_hop_into_an_undeclared_service(mesh, pki, app):
     assert headers["x-forwarded-client-cert"] == "URI=spiffe://default/web"
     assert "l5d-orig-proto" not in headers, "the inbound strips the hop's own header"
 
-    status, body = _call(pair.outbound, "GET", f"/bytes/{32 * MiB}")
+    status, body = http_call(pair.outbound, "GET", f"/bytes/{32 * MiB}", timeout=30)
     assert (status, len(body), body.count(b"x")) == (200, 32 * MiB, 32 * MiB)
 
 
@@ -65,7 +54,7 @@ def test_many_requests_at_once_share_the_hop(mesh, pki, app):
     pair = mtls_pair(mesh, pki, protocol=None, app_port=app.port)
 
     def one(i: int) -> tuple[int, str]:
-        status, body = _call(pair.outbound, "GET", f"/n/{i}")
+        status, body = http_call(pair.outbound, "GET", f"/n/{i}")
         return status, json.loads(body)["path"]
 
     with ThreadPoolExecutor(16) as pool:

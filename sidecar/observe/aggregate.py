@@ -111,7 +111,7 @@ def _merge(obj: Any, encoded: dict[str, Any], rules: _Rules) -> None:
         current = getattr(obj, attr)
         if isinstance(value, dict):
             if "~h" in value:
-                _add_histogram(current, value)
+                current.add(*value["~h"])
             else:
                 _merge_map(current, value["~m"], rules)
         elif value is None:
@@ -129,7 +129,7 @@ def _merge_map(target: dict[str, Any], encoded: dict[str, Any], rules: _Rules) -
                 hist = target.get(key)
                 if hist is None:
                     hist = target[key] = Histogram()
-                _add_histogram(hist, value)
+                hist.add(*value["~h"])
             else:
                 obj = target.get(key)
                 if obj is None:
@@ -137,11 +137,3 @@ def _merge_map(target: dict[str, Any], encoded: dict[str, Any], rules: _Rules) -
                 _merge(obj, value, rules)
         elif value is not None:
             target[key] = target.get(key, 0) + value
-
-
-def _add_histogram(hist: Histogram, encoded: dict[str, Any]) -> None:
-    counts, total, count = encoded["~h"]
-    for i, n in enumerate(counts):
-        hist.counts[i] += n
-    hist.sum += total
-    hist.count += count

@@ -35,9 +35,9 @@ class Histogram:
     into the buckets in bulk, when read or once `HISTOGRAM_FOLD_AT` have gathered: a list sort
     and a bisect per bound for a thousand, where a bisect among int and float bounds, a float
     sum and two counts per observation cost each request ~2.5k instructions per histogram
-    (callgrind). `counts`, `sum` and `count` fold what is pending before they are read or set,
-    so that readers (exposition, a worker's snapshot, the merge of snapshots) see every
-    observation."""
+    (callgrind). `counts`, `sum` and `count` fold what is pending before they are read, and
+    `add` before it adds, so that readers (exposition, a worker's snapshot) and the merge of
+    snapshots see every observation."""
 
     __slots__ = ("_counts", "_sum", "_count", "pending")
 
@@ -82,20 +82,18 @@ class Histogram:
         self.fold()
         return self._sum
 
-    @sum.setter
-    def sum(self, value: float) -> None:
-        self.fold()
-        self._sum = value
-
     @property
     def count(self) -> int:
         self.fold()
         return self._count
 
-    @count.setter
-    def count(self, value: int) -> None:
+    def add(self, counts: list[int], total: float, count: int) -> None:
+        """Add another histogram's buckets, sum and count (a worker's snapshot)."""
         self.fold()
-        self._count = value
+        for i, n in enumerate(counts):
+            self._counts[i] += n
+        self._sum += total
+        self._count += count
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, cumulative count) pairs, ending with +Inf."""
