@@ -1,4 +1,4 @@
-"""`pysidecar`: run (the default) | validate | certs | demo | stat | limits.
+"""`pysidecar`: run (the default) | validate | certs | demo | stat | limits | transparent-proxy.
 
 `pysidecar --dataplane dp.yaml` runs a sidecar, as `kuma-dp run --dataplane-file` would. Each
 subcommand lives with the code it drives and registers itself here through `register(subparsers)`.
@@ -27,6 +27,7 @@ _REGISTRARS = {
     "certs": "sidecar.identity.certs_cli",
     "demo": "sidecar.demo",
     "stat": "sidecar.observe.stat",
+    "transparent-proxy": "sidecar.transparent.iptables",
 }
 SUBCOMMANDS = tuple(_REGISTRARS)
 

@@ -118,6 +118,14 @@ PROTOCOL_DETECTION_TIMEOUT = 0.1  # sniffing: wait this long for the app's first
 # l5d-orig-proto); the inbound strips it and speaks HTTP/1.1 to its app.
 ORIG_PROTO_HEADER = b"x-pysidecar-orig-proto"
 
+# Transparent proxying (sidecar.plan): the sidecar's connections to its own app leave from this
+# address (Kuma's and Istio's InboundPassthroughBindIpv4), which the redirection rules let
+# through (`pysidecar transparent-proxy`), so that they are not redirected back to the sidecar.
+TRANSPARENT_SOURCE_ADDRESS = "127.0.0.6"
+# The redirect ports kumactl's transparent proxy uses; `pysidecar transparent-proxy` defaults.
+REDIRECT_PORT_OUTBOUND = 15001
+REDIRECT_PORT_INBOUND = 15006
+
 # Mesh mTLS (sidecar.identity.mesh).
 MTLS_HANDSHAKE_TIMEOUT = 10.0  # inbound: from accept to a verified peer (Kuma's inbound connect)
 # Permissive mode tells TLS from plaintext by the first byte; a client silent this long is

@@ -22,10 +22,10 @@ import asyncio
 from collections.abc import Awaitable
 
 from sidecar.cluster import Cluster
-from sidecar.http.pool import H1Pool, H2Pool, plain_connector
+from sidecar.http.pool import H1Pool, H2Pool
 from sidecar.http.router import Exchange, Pool, Route, inbound_headers, local_reply, proxy
 from sidecar.identity.mesh import RBAC_ACCESS_DENIED, Authorizer, Peer
-from sidecar.listener import Handler, ListenerStack, StackOptions
+from sidecar.listener import Handler, ListenerStack, StackOptions, plan_connector
 from sidecar.observe.stats import ListenerStats
 from sidecar.plan import ListenerPlan
 from sidecar.transport.detect import Detected, detect
@@ -41,7 +41,7 @@ class InboundStack(ListenerStack):
         authorizer: Authorizer | None = None,
     ) -> None:
         super().__init__(plan, cluster, stats, options)
-        connector = plain_connector(plan.connect_timeout, cluster.stats)
+        connector = plan_connector(plan, cluster)
         self.h1_pool = H1Pool(connector, cluster.stats, options.limits.stream_buffer_bytes)
         self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats, limits=options.limits)
         self.authorizer = authorizer  # None: no mTLS, so no identities to authorize

@@ -21,6 +21,7 @@ from sidecar.http.router import Exchange, Pool, Route, proxy
 from sidecar.limits import Limits
 from sidecar.observe.stats import HttpStats, ListenerStats
 from sidecar.plan import ListenerPlan
+from sidecar.transport import splice
 from sidecar.transport.connect import Connector, plain_connector
 from sidecar.transport.detect import Detected, detect
 from sidecar.transport.fds import FdGuard
@@ -70,7 +71,11 @@ class ListenerStack:
         self.stats = stats
         self.options = options
         self.tcp = TcpProxy(
-            plan.name, cluster, tcp_settings(plan, options.limits), stats, connector
+            plan.name,
+            cluster,
+            tcp_settings(plan, options.limits),
+            stats,
+            connector or plan_connector(plan, cluster),
         )
         self.http_connections: set[H1Server | H2Protocol] = set()
         # Connections accepted and not yet handed to a protocol: being told apart (Peek), or in
@@ -104,19 +109,26 @@ class ListenerStack:
         return False
 
     def splices(self) -> bool:
-        """Plain TCP on both sides: the splice relay can carry the next connection."""
-        return self.plain_tcp() and self.tcp.plain_upstream
+        """Plain TCP on both sides: the splice relay can carry the next connection, where the
+        system has splice(2) and the command line did not turn it off (`--tcp-relay`)."""
+        return (
+            self.plain_tcp()
+            and self.tcp.plain_upstream
+            and self.options.splice
+            and splice.supported()
+        )
 
     def accept_socket(self, sock: socket.socket, address: object) -> None:
-        """A raw accepted socket (listeners bound with an `Acceptor`): the splice relay when the
-        connection is plain TCP, else the protocol this stack makes, on a transport as usual."""
+        """A raw accepted socket (listeners bound with an `Acceptor`, or handed over by a
+        redirect listener): the splice relay when the connection is plain TCP, else the
+        protocol this stack makes, on a transport as usual."""
         if self.splices():
             if self.admit():  # the connection limit and the descriptor guard, as in __call__
                 self.tcp.splice(sock, address)
             else:
                 sock.close()
             return
-        asyncio.get_running_loop().create_task(_adopt(self, sock))
+        asyncio.get_running_loop().create_task(adopt_socket(self, sock))
 
     def admit(self) -> bool:
         """Whether a new connection may be served: under the listener's connection limit, and
@@ -190,7 +202,7 @@ class ListenerStack:
         self.cluster = cluster
         self.tcp.cluster = cluster
         self.tcp.settings = tcp_settings(plan, self.options.limits)
-        self.tcp.connector = connector or plain_connector(plan.connect_timeout, cluster.stats)
+        self.tcp.connector = connector or plan_connector(plan, cluster)
 
     # -- HTTP servers ---------------------------------------------------------------------
 
@@ -328,11 +340,18 @@ class ListenerStack:
                     conn.transport.abort()
 
 
-async def _adopt(factory: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
+async def adopt_socket(factory: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
+    """Serve an accepted socket with the protocol `factory` makes, on a transport as usual."""
     try:
         await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
     except OSError:
         sock.close()
+
+
+def plan_connector(plan: ListenerPlan, cluster: Cluster) -> Connector:
+    """Plain TCP as the plan says: its connect timeout, from its source address (an inbound under
+    transparent proxying), counted in the cluster's stats."""
+    return plain_connector(plan.connect_timeout, cluster.stats, plan.source_address)
 
 
 def tcp_settings(plan: ListenerPlan, limits: Limits) -> TcpSettings:

@@ -2,10 +2,22 @@
 
 A reload computes a new plan and the runtime applies the difference, keyed by bind address and
 port: a listener whose plan is unchanged keeps its socket and its connections.
+
+Transparent proxying (`networking.transparentProxying`), as Kuma's Envoy does it: iptables
+(`pysidecar transparent-proxy`) redirects the app's outgoing TCP to `redirectPortOutbound` and
+incoming TCP to `redirectPortInbound`, where two redirect listeners (`outbound:passthrough:ipv4`,
+`inbound:passthrough:ipv4`) read each connection's original destination and hand it to the
+listener planned for that address:port (an outbound) or port (an inbound), or relay it to that
+destination as it is (passthrough). Inbounds then bind no socket of their own (the app listens
+on their port; Kuma's `bind_to_port: false`), nor do outbounds on addresses that are not
+loopback (a VIP is no local address); loopback ones still bind, since redirection never takes
+loopback traffic. The sidecar's connections to its app leave from 127.0.0.6, which the rules
+let through, so that an app on the pod's address is not redirected back to the sidecar.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,6 +42,10 @@ class ListenerPlan:
     connect_attempts: int = defaults.TCP_CONNECT_ATTEMPTS
     request_timeout: float = defaults.OUTBOUND_REQUEST_TIMEOUT
     stream_idle_timeout: float = defaults.OUTBOUND_STREAM_IDLE_TIMEOUT
+    # Transparent proxying (see the module's docstring):
+    bound: bool = True  # False: reached only through a redirect listener
+    redirect: bool = False  # a redirect listener: by original destination, else passthrough
+    source_address: str | None = None  # where connections to the app leave from (IPv4)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -62,10 +78,57 @@ class Timeouts:
         return self.inbound_stream_idle if direction == "inbound" else self.outbound_stream_idle
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _redirect_plans(tp: model.TransparentProxying) -> list[ListenerPlan]:
+    """The redirect listeners: outbound on `redirectPortOutbound`, inbound on
+    `redirectPortInbound`, each on 0.0.0.0 (IPv4: IPv6 is not redirected yet, see README)."""
+    plans = []
+    for direction, port in (
+        ("outbound", tp.redirect_port_outbound),
+        ("inbound", tp.redirect_port_inbound),
+    ):
+        if not port:
+            continue
+        name = f"{direction}:passthrough:ipv4"
+        inbound = direction == "inbound"
+        plans.append(
+            ListenerPlan(
+                name=name,
+                direction=direction,
+                address="0.0.0.0",
+                port=port,
+                cluster=name,
+                service="",
+                protocol="tcp",
+                connect_timeout=(
+                    defaults.INBOUND_CONNECT_TIMEOUT
+                    if inbound
+                    else defaults.OUTBOUND_CONNECT_TIMEOUT
+                ),
+                idle_timeout=(
+                    defaults.INBOUND_IDLE_TIMEOUT if inbound else defaults.OUTBOUND_IDLE_TIMEOUT
+                ),
+                connect_attempts=1,
+                redirect=True,
+                source_address=defaults.TRANSPARENT_SOURCE_ADDRESS if inbound else None,
+            )
+        )
+    return plans
+
+
 def plan_listeners(
     dataplane: model.Dataplane, timeouts: Timeouts = Timeouts()
 ) -> dict[tuple[str, int], ListenerPlan]:
-    plans: list[ListenerPlan] = []
+    tp = dataplane.networking.transparent_proxying
+    redirect_in = tp is not None and bool(tp.redirect_port_inbound)
+    redirect_out = tp is not None and bool(tp.redirect_port_outbound)
+    plans: list[ListenerPlan] = [] if tp is None else _redirect_plans(tp)
     for inbound in dataplane.networking.inbound:
         plans.append(
             ListenerPlan(
@@ -82,6 +145,8 @@ def plan_listeners(
                 connect_attempts=1,
                 request_timeout=defaults.INBOUND_REQUEST_TIMEOUT,
                 stream_idle_timeout=timeouts.stream_idle_for("inbound"),
+                bound=not redirect_in,
+                source_address=defaults.TRANSPARENT_SOURCE_ADDRESS if redirect_in else None,
             )
         )
     for outbound in dataplane.networking.outbound:
@@ -97,6 +162,7 @@ def plan_listeners(
                 selector=outbound.selector,
                 request_timeout=timeouts.request,
                 stream_idle_timeout=timeouts.stream_idle_for("outbound"),
+                bound=not redirect_out or _is_loopback(outbound.address),
             )
         )
     return {p.key: p for p in plans}

@@ -27,13 +27,16 @@ from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
 from sidecar.policy import POLICY_TYPE
-from sidecar.transport import splice
+from sidecar.transparent.redirect import Adopt, RedirectStack, Unbound
 from sidecar.transport.acceptor import Acceptor
 from sidecar.transport.connect import Connector
 from sidecar.transport.fds import FdGuard, loop_exception_handler
 from sidecar.workers import WorkerInfo
 
 log = logging.getLogger("sidecar.runtime")
+
+
+_IPV6_MODES = ("DualStack", "IPv6")  # ipFamilyMode values that ask for IPv6 redirection
 
 
 class BindError(Exception):
@@ -60,8 +63,10 @@ class Options:
 @dataclass
 class RunningListener:
     plan: ListenerPlan
-    server: asyncio.Server | MeshListener | Acceptor
+    server: asyncio.Server | MeshListener | Acceptor | Unbound
     stack: ListenerStack
+    # Serves a socket accepted elsewhere: a redirect listener's connection meant for this one.
+    adopt: Adopt
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -106,6 +111,12 @@ class Sidecar:
             self.security = MeshSecurity.create(self._mtls_options(), self.dataplane)
             self.stats.server.days_until_first_cert_expiring = (
                 self.security.store.days_until_first_expiring()
+            )
+        tp = self.dataplane.networking.transparent_proxying
+        if tp is not None and (tp.redirect_port_inbound_v6 or tp.ip_family_mode in _IPV6_MODES):
+            log.warning(
+                "event=transparent_proxying_ipv4_only reason=%r",
+                "IPv6 connections are not redirected (redirectPortInboundV6, ipFamilyMode)",
             )
         mesh_dir = self.options.mesh_dir or path.resolve().parent
         self.mesh = MeshDirectory(mesh_dir, self.dataplane.mesh)
@@ -172,6 +183,14 @@ class Sidecar:
             log.info("event=listener_removed listener=%s", running.plan.name)
         for key, plan in plans.items():
             running = self.listeners.get(key)
+            if running is not None and (running.plan.bound, running.plan.redirect) != (
+                plan.bound,
+                plan.redirect,
+            ):
+                # Transparent proxying turned on or off: the same address, another kind of server.
+                running.server.close()
+                del self.listeners[key]
+                running = None
             if running is None:
                 try:
                     self.listeners[key] = await self._bind(plan)
@@ -197,7 +216,9 @@ class Sidecar:
         security = self.security
         stack: ListenerStack
         inbound: InboundStack | None = None
-        if plan.direction == "inbound":
+        if plan.redirect:
+            stack = RedirectStack(plan, cluster, stats, self.stack_options, self._redirected)
+        elif plan.direction == "inbound":
             inbound = InboundStack(
                 plan,
                 cluster,
@@ -220,18 +241,29 @@ class Sidecar:
         stack.http_stats = self.stats.http(f"{plan.direction}_{plan.stat_address}")
         stack.on_request_done = self.observability.request_logger(plan)
         loop = asyncio.get_running_loop()
-        server: asyncio.Server | MeshListener | Acceptor
+        server: asyncio.Server | MeshListener | Acceptor | Unbound
+        adopt: Adopt = stack.accept_socket
         if plan.selector is not None and self.mesh is not None:
             cluster.protocol = self.mesh.snapshot.service_protocol(plan.service)
         reuse_port = self.options.reuse_port
         try:
             if inbound is not None and security is not None:  # peers reach us over mTLS
                 server = await security.listen(
-                    inbound, plan.name, plan.address, plan.port, stats, reuse_port=reuse_port
+                    inbound,
+                    plan.name,
+                    plan.address,
+                    plan.port,
+                    stats,
+                    reuse_port=reuse_port,
+                    bind=plan.bound,
                 )
-            elif self.options.stack.splice and splice.supported() and stack.splices():
+                adopt = server.adopt
+            elif not plan.bound:
+                server = Unbound()
+            elif plan.redirect or stack.splices():
                 # Plain TCP both ways: accept raw sockets for the splice relay (should the
-                # protocol change, other connections still get theirs: accept_socket).
+                # protocol change, other connections still get theirs: accept_socket). A redirect
+                # listener reads each raw socket's original destination first.
                 server = Acceptor.bind(
                     loop,
                     plan.address,
@@ -255,13 +287,29 @@ class Sidecar:
                 f"listener {plan.name}: cannot bind {plan.address}:{plan.port}: "
                 f"{exc.strerror or exc}"
             ) from None
+        accept = "raw" if isinstance(server, Acceptor) else "transport"
         log.info(
             "event=listener_bound listener=%s cluster=%s accept=%s",
             plan.name,
             plan.cluster,
-            "raw" if isinstance(server, Acceptor) else "transport",
+            accept if plan.bound else "redirected",  # no socket: only what is redirected to it
         )
-        return RunningListener(plan, server, stack)
+        return RunningListener(plan, server, stack, adopt)
+
+    def _redirected(self, redirect: ListenerPlan, destination: tuple[str, int]) -> Adopt | None:
+        """The listener a redirect listener's connection is meant for (`sidecar.transparent`):
+        the outbound at its original address and port, or the inbound on its port."""
+        if redirect.direction == "outbound":
+            running = self.listeners.get(destination)
+            if running is not None and running.plan.direction == "outbound":
+                return running.adopt
+            return None
+        port = destination[1]
+        for running in self.listeners.values():
+            plan = running.plan
+            if plan.direction == "inbound" and not plan.redirect and plan.port == port:
+                return running.adopt
+        return None
 
     # -- clusters --------------------------------------------------------------------------
 
@@ -314,6 +362,8 @@ class Sidecar:
         snapshot = self.mesh.snapshot
         for running in self.listeners.values():
             plan = running.plan
+            if plan.redirect:
+                continue  # passthrough: each connection's own destination, no endpoints
             cluster = self._cluster_for(plan)
             if plan.target is not None:
                 cluster.set_targets([Target(*plan.target)])

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,20 +100,25 @@ class Sidecar:
         # still hold; the tests of draining itself set their own.
         drain_timeout: float = 1.0,
         log_dir: Path | None = None,
+        prefix: Sequence[str] = (),
+        group: int | None = None,
     ) -> None:
+        """`prefix`: what runs the sidecar (`ip netns exec NS`: in a network namespace);
+        `group`: the group it runs as (the one transparent proxying's rules let through)."""
         self.dataplane_file = dataplane_file
         self.log_path = (log_dir or dataplane_file.parent) / f"{dataplane_file.stem}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.terminated = False  # SIGTERM sent by terminate()
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "sidecar", "--log-level", "debug",
+                *prefix, sys.executable, "-m", "sidecar", "--log-level", "debug",
                 "run", "--dataplane", str(dataplane_file), "--loop", loop,
                 "--drain-timeout", str(drain_timeout), *args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            group=group,
         )  # fmt: skip
 
     @property

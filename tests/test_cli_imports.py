@@ -28,6 +28,7 @@ NOT_FOR_RUN = (
     "sidecar.demoapps",
     "sidecar.observe.stat",
     "sidecar.identity.certs_cli",
+    "sidecar.transparent.iptables",
     "email",
     "http.client",
     "urllib.request",

@@ -516,12 +516,16 @@ class MeshSecurity:
         port: int,
         stats: ListenerStats,
         reuse_port: bool = False,
+        bind: bool = True,
     ) -> MeshListener:
         """Bind an inbound listener that accepts mTLS (and plaintext in permissive mode).
 
         `reuse_port`: SO_REUSEPORT, for a sidecar of several worker processes (`--workers`).
-        `OSError` when the address cannot be bound.
+        `bind` False: no socket; it serves what is given to its `adopt` (transparent
+        proxying). `OSError` when the address cannot be bound.
         """
+        if not bind:
+            return MeshListener(self, stack, name, stats, None)
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -814,7 +818,8 @@ class _ClientGate(asyncio.Protocol):
 class MeshListener:
     """An inbound listener under mTLS: accepts, tells TLS from plaintext, verifies the caller.
 
-    Has the part of `asyncio.Server` the runtime uses (`close`, `sockets`, `wait_closed`).
+    Has the part of `asyncio.Server` the runtime uses (`close`, `sockets`, `wait_closed`). Without
+    a socket of its own (transparent proxying) it serves the connections given to `adopt`.
     """
 
     def __init__(
@@ -823,7 +828,7 @@ class MeshListener:
         stack: Stack,
         name: str,
         stats: ListenerStats,
-        sock: socket.socket,
+        sock: socket.socket | None,
     ) -> None:
         self.security = security
         self.stack = stack
@@ -839,15 +844,16 @@ class MeshListener:
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return () if self.closed else (self.sock,)
+        return () if self.closed or self.sock is None else (self.sock,)
 
     def close(self) -> None:
         """Stop accepting; connections already accepted (and handshakes under way) go on."""
         if self.closed:
             return
         self.closed = True
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
@@ -856,9 +862,11 @@ class MeshListener:
     # accepting
 
     def start(self) -> None:
+        assert self.sock is not None
         self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def _accept(self) -> None:
+        assert self.sock is not None
         for _ in range(_ACCEPT_BATCH):
             try:
                 conn, address = self.sock.accept()
@@ -871,15 +879,20 @@ class MeshListener:
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(_ACCEPT_PAUSE, self._resume)
                 return
-            if not self.stack.admit():  # over the connection limit, or out of descriptors
-                conn.close()
-                continue
-            conn.setblocking(False)
-            try:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            _Incoming(self, conn, address).start()
+            self.adopt(conn, address)
+
+    def adopt(self, conn: socket.socket, address: Any) -> None:
+        """Serve an accepted connection: this listener's own, or one a redirect listener
+        found meant for it (transparent proxying)."""
+        if self.closed or not self.stack.admit():  # over the connection limit, or out of fds
+            conn.close()
+            return
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        _Incoming(self, conn, address).start()
 
     def _resume(self) -> None:
         if not self.closed:

@@ -128,6 +128,8 @@ FAMILIES: tuple[Family, ...] = (
     family("listener", "downstream_cx_total", help="connections accepted"),
     family("listener", "downstream_cx_active", GAUGE, "connections open"),
     family("listener", "downstream_cx_overflow", help="connections refused at the limit"),
+    family("listener", "no_filter_chain_match",
+           help="redirected connections with no destination to go to"),
     family("listener", "downstream_cx_overload_reject",
            help="connections refused: file descriptors nearly exhausted"),
     family("listener", "ssl_handshake", stat="ssl.handshake", help="TLS handshakes completed"),

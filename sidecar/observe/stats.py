@@ -134,6 +134,9 @@ class ListenerStats:
     downstream_cx_active: int = 0
     downstream_cx_overflow: int = 0  # refused at the listener's connection limit
     downstream_cx_overload_reject: int = 0  # refused: file descriptors nearly exhausted
+    # A redirect listener's connection with no original destination to go to (one made to the
+    # redirect port itself: relaying it there would loop).
+    no_filter_chain_match: int = 0
     tcp_downstream_cx_total: int = 0
     tcp_downstream_cx_rx_bytes_total: int = 0
     tcp_downstream_cx_tx_bytes_total: int = 0

@@ -12,6 +12,7 @@ used; the caller then tries the next endpoint.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,26 @@ class ConnectError(Exception):
     """This endpoint could not be used (refused, timed out, wrong identity): try the next."""
 
 
-def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connector:
-    """Connect over plain TCP, bounded by the connect timeout, counted in the cluster's stats."""
+def source_for(source: str | None, host: str) -> tuple[str, int] | None:
+    """The local address to bind before connecting to `host`: `source` (an IPv4 address) when
+    `host` is an IPv4 address too, else None (let the kernel choose). Transparent proxying binds
+    the sidecar's connections to its app to 127.0.0.6, as Kuma's Envoy does, so that the
+    redirection rules let them through instead of sending them back to the sidecar."""
+    if source is None:
+        return None
+    try:
+        if ipaddress.ip_address(host).version != 4:
+            return None
+    except ValueError:  # a name: its family is not known before it is resolved
+        return None
+    return (source, 0)
+
+
+def plain_connector(
+    timeout: float, stats: ClusterStats | None = None, source: str | None = None
+) -> Connector:
+    """Connect over plain TCP, bounded by the connect timeout, counted in the cluster's stats;
+    from `source` (`source_for`) when given."""
 
     async def connect(target: Target, factory: ProtocolFactory) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
@@ -38,7 +57,9 @@ def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connec
             stats.upstream_cx_total += 1
         try:
             async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(factory, target.host, target.port)
+                transport, _ = await loop.create_connection(
+                    factory, target.host, target.port, local_addr=source_for(source, target.host)
+                )
         except TimeoutError:
             if stats is not None:
                 stats.upstream_cx_connect_timeout += 1
@@ -53,4 +74,5 @@ def plain_connector(timeout: float, stats: ClusterStats | None = None) -> Connec
         return transport
 
     connect.plain = True  # type: ignore[attr-defined]  # the splice relay may dial it itself
+    connect.source = source  # type: ignore[attr-defined]  # ... from this address
     return connect

@@ -172,8 +172,8 @@ class Relay:
 
     # No instance dict: one of these per relayed connection, most of them idle (issue 8)
     __slots__ = ("loop", "buffer_bytes", "downstream", "upstream", "started", "target",
-                 "active", "linked", "closed", "idle_timed_out", "response_flags", "_on_closed",
-                 "_idle")  # fmt: skip
+                 "destination", "active", "linked", "closed", "idle_timed_out", "response_flags",
+                 "_on_closed", "_idle")  # fmt: skip
 
     def __init__(
         self,
@@ -190,6 +190,8 @@ class Relay:
         self.upstream.peer = self.downstream
         self.started = loop.time()
         self.target: object | None = None  # what the upstream side is connected to
+        # Where to connect, when not the cluster's pick (transparent proxying's passthrough).
+        self.destination: object | None = None
         self.active = False
         self.linked = False
         self.closed = False

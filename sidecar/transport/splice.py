@@ -215,9 +215,9 @@ class SpliceRelay:
     proxy, the stats and the access log read.
     """
 
-    __slots__ = ("loop", "downstream", "upstream", "started", "target", "active", "linked",
-                 "closed", "idle_timed_out", "response_flags", "peername", "_on_closed", "_idle",
-                 "_connect_timer", "_on_connect")  # fmt: skip
+    __slots__ = ("loop", "downstream", "upstream", "started", "target", "destination", "active",
+                 "linked", "closed", "idle_timed_out", "response_flags", "peername", "_on_closed",
+                 "_idle", "_connect_timer", "_on_connect")  # fmt: skip
 
     def __init__(
         self,
@@ -235,6 +235,7 @@ class SpliceRelay:
         self.peername = peername
         self.started = loop.time()
         self.target: object | None = None
+        self.destination: object | None = None  # where to connect, when not the cluster's pick
         self.active = False
         self.linked = False
         self.closed = False
@@ -248,9 +249,15 @@ class SpliceRelay:
     # -- connecting ----------------------------------------------------------------------------
 
     def connect(
-        self, host: str, port: int, timeout: float, done: Callable[[str | None, bool], None]
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        done: Callable[[str | None, bool], None],
+        source: tuple[str, int] | None = None,
     ) -> None:
-        """Start one upstream attempt; `done(error, timed_out)` follows (error None: connected)."""
+        """Start one upstream attempt from `source` (None: the kernel's choice); `done(error,
+        timed_out)` follows (error None: connected)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -264,6 +271,13 @@ class SpliceRelay:
             pass
         up = self.upstream
         up.sock, up.fd = sock, sock.fileno()
+        if source is not None:
+            try:
+                sock.bind(source)
+            except OSError as exc:
+                self._drop_upstream()
+                done(exc.strerror or str(exc), False)
+                return
         err = sock.connect_ex((host, port))
         if err == 0:
             done(None, False)

@@ -26,7 +26,7 @@ from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.observe.stats import ListenerStats
 from sidecar.observe.throttle import LogThrottle
-from sidecar.transport.connect import ConnectError, Connector, plain_connector
+from sidecar.transport.connect import ConnectError, Connector, plain_connector, source_for
 from sidecar.transport.relay import Relay, Side
 from sidecar.transport.splice import SpliceRelay
 
@@ -70,10 +70,13 @@ class TcpProxy:
         self._on_closed: Callable[[Relay | SpliceRelay], None] = self._closed
         self._on_made: Callable[[Side], None] = self._downstream_made
 
-    def __call__(self) -> asyncio.Protocol:
+    def __call__(self, destination: Target | None = None) -> asyncio.Protocol:
+        """A new relayed connection's downstream protocol; `destination`: where its upstream
+        connects, instead of an endpoint of the cluster (transparent proxying's passthrough)."""
         relay = Relay(
             self._loop, self.settings.idle_timeout, self._on_closed, self.settings.buffer_bytes
         )
+        relay.destination = destination
         self.relays.add(relay)
         stats = self.stats
         stats.downstream_cx_total += 1
@@ -89,10 +92,14 @@ class TcpProxy:
         """The upstream hop is plain TCP (no mTLS): what the splice relay can dial."""
         return bool(getattr(self.connector, "plain", False))
 
-    def splice(self, sock: socket.socket, peername: object) -> None:
+    def splice(
+        self, sock: socket.socket, peername: object, destination: Target | None = None
+    ) -> None:
         """Relay an accepted plain-TCP socket with splice(2) (no tap: `on_connection` is not
-        called; the listener only sends plain TCP here when no tap applies)."""
+        called; the listener only sends plain TCP here when no tap applies). `destination`: as
+        `__call__`'s."""
         relay = SpliceRelay(self._loop, self.settings.idle_timeout, self._on_closed, sock, peername)
+        relay.destination = destination
         self.relays.add(relay)
         stats = self.stats
         stats.downstream_cx_total += 1
@@ -120,7 +127,7 @@ class TcpProxy:
             return
         cluster = self.cluster
         cstats = cluster.stats
-        target = cluster.pick() if attempts > 0 else None
+        target = self._pick(relay) if attempts > 0 else None
         if target is None:
             if attempts > 0:
                 cstats.upstream_cx_none_healthy += 1
@@ -149,7 +156,15 @@ class TcpProxy:
             cluster.acquire(target)
             relay.link()
 
-        relay.connect(target.host, target.port, self.settings.connect_timeout, done)
+        source = source_for(getattr(self.connector, "source", None), target.host)
+        relay.connect(target.host, target.port, self.settings.connect_timeout, done, source)
+
+    def _pick(self, relay: Relay | SpliceRelay) -> Target | None:
+        """The relay's own destination, else the next endpoint of the cluster."""
+        destination = relay.destination
+        if isinstance(destination, Target):
+            return destination
+        return self.cluster.pick()
 
     def _downstream_made(self, side: Side) -> None:
         self._loop.create_task(self._connect(side.relay))
@@ -162,7 +177,7 @@ class TcpProxy:
         if self._circuit_open(relay):
             return
         for _ in range(settings.connect_attempts):
-            target = cluster.pick()
+            target = self._pick(relay)
             if target is None:
                 cluster.stats.upstream_cx_none_healthy += 1
                 relay.response_flags = "UH"

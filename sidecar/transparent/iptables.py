@@ -1,0 +1,170 @@
+"""`pysidecar transparent-proxy`: the iptables rules that send an app's TCP through its sidecar.
+
+The rules of kumactl's `install transparent-proxy` (IPv4, TCP), printed in `iptables-restore`'s
+format for the nat table, to be applied in the app's network namespace:
+
+    pysidecar transparent-proxy --dataplane dp.yaml --gid 1337 | iptables-restore --noflush
+
+- Incoming TCP (PREROUTING) goes to `redirectPortInbound`, but for `--exclude-inbound-ports`.
+- Outgoing TCP (OUTPUT) goes to `redirectPortOutbound`, but for the sidecar's own connections
+  (its user or group: `--uid`/`--gid`), loopback traffic of other processes, 127.0.0.1, and
+  `--exclude-outbound-ports`. The sidecar's connections over loopback to a local address other
+  than 127.0.0.1 (its own pod address) go to the inbound redirect, as peers' connections do,
+  except those from 127.0.0.6: the sidecar's connections to its app (`sidecar.plan`).
+
+`--uninstall` prints the rules that take them out again. The redirect ports come from the
+Dataplane's `networking.transparentProxying` (else kumactl's 15001 and 15006); the sidecar
+listens on them when the Dataplane has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import pwd
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar import defaults
+
+_CHAIN = "PYSIDECAR"
+INBOUND, INBOUND_REDIRECT = f"{_CHAIN}_INBOUND", f"{_CHAIN}_INBOUND_REDIRECT"
+OUTPUT, OUTBOUND_REDIRECT = f"{_CHAIN}_OUTPUT", f"{_CHAIN}_OUTBOUND_REDIRECT"
+CHAINS = (INBOUND, INBOUND_REDIRECT, OUTPUT, OUTBOUND_REDIRECT)
+
+
+@dataclass(frozen=True)
+class Redirection:
+    """What to redirect where, and whose connections are the sidecar's own."""
+
+    owner: str  # iptables' owner match for the sidecar: "--uid-owner 5678", "--gid-owner 1337"
+    outbound_port: int | None = defaults.REDIRECT_PORT_OUTBOUND  # None: outgoing TCP untouched
+    inbound_port: int | None = defaults.REDIRECT_PORT_INBOUND  # None: incoming TCP untouched
+    exclude_inbound_ports: tuple[int, ...] = ()
+    exclude_outbound_ports: tuple[int, ...] = ()
+
+
+def install_rules(r: Redirection) -> str:
+    """The nat table's chains and rules, in `iptables-restore --noflush` format."""
+    source = f"{defaults.TRANSPARENT_SOURCE_ADDRESS}/32"
+    lines = ["*nat", *(f":{chain} - [0:0]" for chain in CHAINS)]
+    if r.inbound_port is not None:
+        lines.append(f"-A PREROUTING -p tcp -j {INBOUND}")
+        lines += [f"-A {INBOUND} -p tcp --dport {p} -j RETURN" for p in r.exclude_inbound_ports]
+        lines.append(f"-A {INBOUND} -p tcp -j {INBOUND_REDIRECT}")
+        lines.append(f"-A {INBOUND_REDIRECT} -p tcp -j REDIRECT --to-ports {r.inbound_port}")
+    lines.append(f"-A OUTPUT -p tcp -j {OUTPUT}")
+    lines.append(f"-A {OUTPUT} -s {source} -o lo -j RETURN")
+    if r.inbound_port is not None:
+        lines.append(
+            f"-A {OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner {r.owner} -j {INBOUND_REDIRECT}"
+        )
+    lines.append(f"-A {OUTPUT} -o lo -m owner ! {r.owner} -j RETURN")
+    lines.append(f"-A {OUTPUT} -m owner {r.owner} -j RETURN")
+    lines.append(f"-A {OUTPUT} -d 127.0.0.1/32 -j RETURN")
+    if r.outbound_port is not None:
+        lines += [f"-A {OUTPUT} -p tcp --dport {p} -j RETURN" for p in r.exclude_outbound_ports]
+        lines.append(f"-A {OUTPUT} -j {OUTBOUND_REDIRECT}")
+        lines.append(f"-A {OUTBOUND_REDIRECT} -p tcp -j REDIRECT --to-ports {r.outbound_port}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def uninstall_rules(inbound: bool = True) -> str:
+    """What takes `install_rules`' chains out again (`iptables-restore --noflush`)."""
+    lines = ["*nat"]
+    if inbound:
+        lines.append(f"-D PREROUTING -p tcp -j {INBOUND}")
+    lines.append(f"-D OUTPUT -p tcp -j {OUTPUT}")
+    lines += [f"-F {chain}" for chain in CHAINS]
+    lines += [f"-X {chain}" for chain in CHAINS]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    ports = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a port (1..65535)")
+        ports.append(int(part))
+    return tuple(ports)
+
+
+def _owner(args: argparse.Namespace) -> str:
+    """The owner match for --uid or --gid, each a number or a name."""
+    if args.uid is not None:
+        uid = args.uid if args.uid.isdigit() else str(pwd.getpwnam(args.uid).pw_uid)
+        return f"--uid-owner {uid}"
+    gid = args.gid if args.gid.isdigit() else str(grp.getgrnam(args.gid).gr_gid)
+    return f"--gid-owner {gid}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from sidecar.config.dataplane import ConfigError, load_dataplane
+
+    outbound, inbound = args.redirect_outbound_port, args.redirect_inbound_port
+    if args.dataplane is not None:
+        try:
+            dataplane = load_dataplane(Path(args.dataplane), {})
+        except ConfigError as exc:
+            print(f"pysidecar transparent-proxy: {exc}", file=sys.stderr)
+            return 1
+        tp = dataplane.networking.transparent_proxying
+        if tp is None:
+            print(
+                f"pysidecar transparent-proxy: {args.dataplane}: networking.transparentProxying "
+                "is not set: the sidecar would not listen on the redirect ports",
+                file=sys.stderr,
+            )
+            return 1
+        outbound = outbound or tp.redirect_port_outbound
+        inbound = inbound or tp.redirect_port_inbound
+    elif outbound is None and inbound is None:
+        outbound, inbound = defaults.REDIRECT_PORT_OUTBOUND, defaults.REDIRECT_PORT_INBOUND
+    if args.uninstall:
+        sys.stdout.write(uninstall_rules(inbound=inbound is not None))
+        return 0
+    if args.uid is None and args.gid is None:
+        print(
+            "pysidecar transparent-proxy: --uid or --gid is required: the user or group the "
+            "sidecar runs as, whose connections are not redirected",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        owner = _owner(args)
+    except KeyError as exc:
+        print(f"pysidecar transparent-proxy: no such user or group: {exc}", file=sys.stderr)
+        return 2
+    redirection = Redirection(
+        owner, outbound, inbound, args.exclude_inbound_ports, args.exclude_outbound_ports
+    )
+    sys.stdout.write(install_rules(redirection))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "transparent-proxy",
+        help="print the iptables rules that redirect an app's TCP to its sidecar",
+        description=(
+            "Print the nat rules of transparent proxying (as kumactl install transparent-proxy"
+            " applies them) for iptables-restore --noflush, to run in the app's network"
+            " namespace. The sidecar listens on the redirect ports its Dataplane names in"
+            " networking.transparentProxying."
+        ),
+    )
+    parser.add_argument("--dataplane", metavar="FILE", help="take the redirect ports from it")
+    parser.add_argument("--redirect-outbound-port", type=int, metavar="PORT")
+    parser.add_argument("--redirect-inbound-port", type=int, metavar="PORT")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--uid", metavar="USER", help="the user the sidecar runs as")
+    who.add_argument("--gid", metavar="GROUP", help="the group the sidecar runs as")
+    parser.add_argument(
+        "--exclude-inbound-ports", type=_ports, default=(), metavar="P,P", help="e.g. 22"
+    )
+    parser.add_argument("--exclude-outbound-ports", type=_ports, default=(), metavar="P,P")
+    parser.add_argument("--uninstall", action="store_true", help="print the rules' removal")
+    parser.set_defaults(func=run)

@@ -1,0 +1,131 @@
+"""The redirect listeners of transparent proxying (Kuma's `outbound:passthrough:ipv4` on
+`redirectPortOutbound` and `inbound:passthrough:ipv4` on `redirectPortInbound`).
+
+iptables sends every TCP connection of the app (outbound) or to it (inbound) here. Each one's
+original destination (`sidecar.transport.origdst`) picks what serves it, as Envoy's
+`use_original_dst` hands a connection to the listener bound, or not bound, at that address:
+
+- outbound: the outbound planned at that exact address and port (a service's VIP);
+- inbound: the inbound planned on that port (the app's), whatever local address was asked for;
+- neither: the bytes are relayed to the original destination as they are (passthrough, Kuma's
+  default), counted in the `outbound:passthrough:ipv4` / `inbound:passthrough:ipv4` cluster.
+  The inbound direction connects from 127.0.0.6 (the plan's source address), which the rules let
+  through to the app.
+
+A connection made to the redirect port itself (not redirected) has no destination of its own:
+passing it through would connect to this very port again, so it is closed and counted
+(`no_filter_chain_match`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from sidecar.cluster import Cluster, Target
+from sidecar.listener import ListenerStack, Refused, StackOptions, adopt_socket
+from sidecar.observe.stats import ListenerStats
+from sidecar.observe.throttle import LogThrottle
+from sidecar.plan import ListenerPlan
+from sidecar.transport.origdst import original_destination
+
+log = logging.getLogger("sidecar.transparent")
+
+# Serves one accepted socket: a listener's `adopt`.
+Adopt = Callable[[socket.socket, Any], None]
+# The listener planned for an original destination, as its `Adopt`; None: passthrough.
+Find = Callable[[ListenerPlan, tuple[str, int]], Adopt | None]
+
+
+class RedirectStack(ListenerStack):
+    """The stack of one redirect listener, bound with an `Acceptor` (raw sockets: the original
+    destination is read from the socket before any protocol sees it)."""
+
+    def __init__(
+        self,
+        plan: ListenerPlan,
+        cluster: Cluster,
+        stats: ListenerStats,
+        options: StackOptions,
+        find: Find,
+    ) -> None:
+        super().__init__(plan, cluster, stats, options)
+        self.find = find
+        # Passthrough destinations are not a cluster's endpoints to eject (Envoy's ORIGINAL_DST
+        # cluster has no outlier detection): a refusing one fails its own connections only.
+        cluster.outlier.threshold = 0
+        self._throttle = LogThrottle()
+
+    def plain_tcp(self) -> bool:
+        return True  # passthrough relays the bytes as they come
+
+    def new_connection(self) -> asyncio.Protocol:
+        raise TypeError("a redirect listener is bound with an Acceptor (accept_socket)")
+
+    def accept_socket(self, sock: socket.socket, address: object) -> None:
+        destination = original_destination(sock)
+        if destination is None or _is_own(sock, destination):
+            self._not_redirected(sock, address)
+            return
+        adopt = self.find(self.plan, destination)
+        if adopt is not None:
+            adopt(sock, address)
+            return
+        target = Target(*destination)
+        if self.splices():
+            if self.admit():
+                self.tcp.splice(sock, address, target)
+            else:
+                sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        loop.create_task(adopt_socket(functools.partial(self._passthrough, target), sock))
+
+    def _passthrough(self, target: Target) -> asyncio.Protocol:
+        """The Protocol relay's way in (no splice): admitted, then relayed to `target`."""
+        if not self.admit():
+            return Refused()
+        return self.tcp(target)
+
+    def _not_redirected(self, sock: socket.socket, address: object) -> None:
+        self.stats.no_filter_chain_match += 1
+        sock.close()
+        held_back = self._throttle.allow(self.plan.name)
+        if held_back is not None:
+            log.warning(
+                "event=not_redirected listener=%s peer=%s since_last_line=%d reason=%r",
+                self.plan.name,
+                address,
+                held_back,
+                "no original destination: a connection made to the redirect port itself",
+            )
+
+
+class Unbound:
+    """A listener with no socket of its own: what the runtime asks of a server (`close`,
+    `sockets`, `wait_closed`), for a listener that a redirect listener hands connections to."""
+
+    sockets: tuple[socket.socket, ...] = ()
+
+    def __init__(self) -> None:
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+def _is_own(sock: socket.socket, destination: tuple[str, int]) -> bool:
+    """The original destination is this socket's own address: the connection was not
+    redirected (the kernel reports the local address when conntrack saw no rewrite)."""
+    try:
+        local = sock.getsockname()
+    except OSError:
+        return True
+    return (local[0], local[1]) == destination

@@ -1,0 +1,73 @@
+"""Servers for the transparent-proxying tests, run inside a pod's network namespace
+(`ip netns exec NS python -m tests.netns_servers --http 8080 --tcp 7070`), stopped by SIGTERM.
+
+Each answers with who called it, as the app saw it: a TCP server reads one line and answers
+`peer=<address> local=<address>:<port> got=<line>`; an HTTP server (the standard library's)
+answers a JSON object of the peer's address and the request's headers. `ready` is printed once
+every one listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socketserver
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Line(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        line = self.rfile.readline().strip().decode(errors="replace")
+        local = self.connection.getsockname()
+        answer = f"peer={self.client_address[0]} local={local[0]}:{local[1]} got={line}\n"
+        self.wfile.write(answer.encode())
+
+
+class _Who(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        body = json.dumps({"peer": self.client_address[0], "headers": dict(self.headers)})
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Tcp(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _Http(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http", type=int, action="append", default=[])
+    parser.add_argument("--tcp", type=int, action="append", default=[])
+    args = parser.parse_args()
+    servers: list[socketserver.BaseServer] = [_Http(("0.0.0.0", p), _Who) for p in args.http]
+    servers += [_Tcp(("0.0.0.0", p), _Line) for p in args.tcp]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("ready", flush=True)
+    stop.wait()
+    for server in servers:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

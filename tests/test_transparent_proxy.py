@@ -1,0 +1,308 @@
+"""Transparent proxying between two pods: network namespaces this test creates, joined by a veth
+pair, each with its sidecar and `pysidecar transparent-proxy`'s iptables rules, mTLS on.
+
+web (10.250.0.1) calls backend (10.250.0.2) the Kuma way: by a VIP (10.251.0.x) that only its
+outbounds know. Neither sidecar binds an inbound: the apps listen on the inbound ports themselves
+and every connection reaches a sidecar through its redirect ports. What is checked, each from the
+app's side of a real connection:
+
+- HTTP and TCP to a VIP reach the backend app through both sidecars (the caller's SPIFFE identity
+  in XFCC), and the backend app sees its sidecar's 127.0.0.6 (a connection the rules let through);
+- a destination that no outbound knows is passed through as it is, and on the backend side a port
+  that no inbound has is too (`outbound:passthrough:ipv4`, `inbound:passthrough:ipv4` clusters);
+- a loopback outbound stays bound and reachable directly;
+- a connection made to the redirect port itself is closed and counted, not looped;
+- `--uninstall`'s rules take every chain out again.
+
+Needs root, `ip` and `iptables`: without them the test is skipped with the reason, unless
+PYSIDECAR_REQUIRE_NETNS=1 (CI), where it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sidecar.config.dataplane import dataplane_from_document
+from sidecar.identity import ca
+from tests.pki import Pki
+from tests.support import REPO, Sidecar, dataplane, wait_for, wait_ready, write_yaml
+
+SIDECAR_GROUP = 1337  # the group the sidecars run as: the rules let its connections through
+REDIRECT_OUT, REDIRECT_IN = 15001, 15006
+WEB, BACKEND = "10.250.0.1", "10.250.0.2"
+HTTP_VIP, TCP_VIP = "10.251.0.1", "10.251.0.2"
+HTTP_PORT, TCP_PORT, OTHER_PORT = 8080, 7070, 9999  # backend app's ports; OTHER: no inbound
+LOOPBACK_OUTBOUND = 10080
+TP = {"redirectPortOutbound": REDIRECT_OUT, "redirectPortInbound": REDIRECT_IN}
+
+_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
+    s.sendall(b"hello\\n")
+    print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for network namespaces and iptables"
+    for tool in ("ip", "iptables-restore", "iptables-save", "curl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+@pytest.fixture
+def netns_available() -> None:
+    reason = _unavailable()
+    if reason is not None:
+        if os.environ.get("PYSIDECAR_REQUIRE_NETNS") == "1":
+            pytest.fail(f"PYSIDECAR_REQUIRE_NETNS=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=10)
+
+
+@dataclass
+class Pod:
+    netns: str
+    address: str
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns]
+
+    def run(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.prefix, *argv], input=stdin, capture_output=True, text=True, timeout=30
+        )
+
+    def ask(self, host: str, port: int) -> str:
+        """One line from a TCP server through whatever the rules send the connection to."""
+        return self.run(sys.executable, "-c", _CLIENT, host, str(port)).stdout.strip()
+
+    def stats(self, admin_port: int) -> str:
+        out = self.run("curl", "-sS", f"http://127.0.0.1:{admin_port}/stats/prometheus")
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+
+@pytest.fixture
+def pods(netns_available: None) -> Iterator[tuple[Pod, Pod]]:
+    """web and backend, each in a namespace of its own, joined by a veth pair."""
+    tag = f"pysc{os.getpid() % 10**7}"
+    web, backend = Pod(f"{tag}-web", WEB), Pod(f"{tag}-backend", BACKEND)
+    made: list[str] = []
+    try:
+        for pod in (web, backend):
+            _ip("netns", "add", pod.netns)
+            made.append(pod.netns)
+        _ip("link", "add", f"{tag}w", "type", "veth", "peer", "name", f"{tag}b")
+        for pod, end in ((web, f"{tag}w"), (backend, f"{tag}b")):
+            _ip("link", "set", end, "netns", pod.netns)
+            _ip("-n", pod.netns, "addr", "add", f"{pod.address}/24", "dev", end)
+            _ip("-n", pod.netns, "link", "set", end, "up")
+            _ip("-n", pod.netns, "link", "set", "lo", "up")
+        # The VIPs lead out of web's pod, as a service CIDR would; only the rules catch them.
+        _ip("-n", web.netns, "route", "add", "10.251.0.0/16", "dev", f"{tag}w")
+        yield web, backend
+    finally:
+        for netns in made:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
+
+
+def _rules(dataplane_file: Path, *extra: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "transparent-proxy", "--dataplane", str(dataplane_file),
+         *extra],
+        capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
+    )  # fmt: skip
+    return out.stdout
+
+
+def _apply(pod: Pod, rules: str) -> None:
+    out = pod.run("iptables-restore", "--noflush", stdin=rules)
+    assert out.returncode == 0, out.stderr
+
+
+def _metric(text: str, name: str, label: str, value: str) -> float:
+    match = re.search(rf'^{name}\{{[^}}]*{label}="{re.escape(value)}"[^}}]*\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture
+def sidecar_options() -> tuple[str, tuple[str, ...]]:
+    """The sidecars' event loop and further flags (tests parametrize them)."""
+    return "uvloop", ()
+
+
+@pytest.fixture
+def mesh(
+    tmp_path: Path, pods: tuple[Pod, Pod], sidecar_options: tuple[str, tuple[str, ...]]
+) -> Iterator[dict]:
+    web, backend = pods
+    loop, args = sidecar_options
+    mesh_dir = tmp_path / "mesh"
+    mesh_dir.mkdir()
+    pki = Pki(tmp_path / "certs")
+    backend_doc = dataplane(
+        "backend-1",
+        [
+            {"port": HTTP_PORT, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}},
+            {
+                "port": TCP_PORT,
+                "tags": {"kuma.io/service": "backend-tcp", "kuma.io/protocol": "tcp"},
+            },
+        ],
+        address=BACKEND,
+    )
+    backend_doc["networking"]["transparentProxying"] = TP
+    web_doc = dataplane(
+        "web-1",
+        [{"port": 8081, "tags": {"kuma.io/service": "web"}}],
+        [
+            {"address": HTTP_VIP, "port": 80, "tags": {"kuma.io/service": "backend"}},
+            {"address": TCP_VIP, "port": TCP_PORT, "tags": {"kuma.io/service": "backend-tcp"}},
+            {"address": "127.0.0.1", "port": LOOPBACK_OUTBOUND,
+             "tags": {"kuma.io/service": "backend"}},
+        ],
+        address=WEB,
+    )  # fmt: skip
+    web_doc["networking"]["transparentProxying"] = TP
+    files = {}
+    for name, doc in (("backend-1", backend_doc), ("web-1", web_doc)):
+        files[name] = write_yaml(mesh_dir / f"{name}.yaml", doc)
+        # The workload certificate names every service the Dataplane serves.
+        issued = ca.issue_workload(pki.ca.cert, pki.ca.key, dataplane_from_document(doc, name))
+        ca.write_cert_key(pki.dir / f"{name}.crt", pki.dir / f"{name}.key", issued)
+    apps = subprocess.Popen(
+        [*backend.prefix, sys.executable, "-m", "tests.netns_servers", "--http", str(HTTP_PORT),
+         "--tcp", str(TCP_PORT), "--tcp", str(OTHER_PORT)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    sidecars: list[Sidecar] = []
+    try:
+        assert apps.stdout is not None and apps.stdout.readline().strip() == "ready"
+        for pod, name in ((backend, "backend-1"), (web, "web-1")):
+            _apply(pod, _rules(files[name], "--gid", str(SIDECAR_GROUP)))
+            sidecars.append(
+                Sidecar(
+                    files[name],
+                    *pki.args(name),
+                    *args,
+                    loop=loop,
+                    prefix=pod.prefix,
+                    group=SIDECAR_GROUP,
+                    log_dir=tmp_path,
+                )
+            )
+        wait_ready(*sidecars)
+        yield {
+            "web": web,
+            "backend": backend,
+            "files": files,
+            "admin": {n: d["networking"]["admin"]["port"] for n, d in (("web", web_doc),
+                                                                      ("backend", backend_doc))},
+            "sidecars": sidecars,
+        }  # fmt: skip
+    finally:
+        for sidecar in sidecars:
+            sidecar.stop()
+        apps.terminate()
+        apps.wait(10)
+
+
+@pytest.mark.parametrize("sidecar_options", [("uvloop", ()), ("asyncio", ())])
+def test_http_and_tcp_reach_the_backend_app_through_both_sidecars(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    out = web.run("curl", "-sS", "--max-time", "10", f"http://{HTTP_VIP}/who")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert seen["peer"] == "127.0.0.6"  # from the backend's sidecar, let through by the rules
+    assert "spiffe://default/web" in headers["x-forwarded-client-cert"]  # over the mesh's mTLS
+    assert headers["host"] == HTTP_VIP
+
+    assert web.ask(TCP_VIP, TCP_PORT) == f"peer=127.0.0.6 local={BACKEND}:{TCP_PORT} got=hello"
+
+    # The backend's inbounds bound nothing: the apps hold their ports, and only the redirect
+    # listeners (0.0.0.0:15006 and 15001) are the sidecar's.
+    backend_log = mesh["sidecars"][0].log
+    assert (
+        f"listener=inbound:{BACKEND}:{HTTP_PORT} cluster=localhost:{HTTP_PORT} accept=redirected"
+        in backend_log
+    )
+    stats = web.stats(mesh["admin"]["web"])
+    assert _metric(stats, "envoy_cluster_upstream_rq_total", "envoy_cluster_name", "backend") >= 1
+    backend_stats = mesh["backend"].stats(mesh["admin"]["backend"])
+    tcp = _metric(
+        backend_stats, "envoy_tcp_downstream_cx_total", "envoy_tcp_prefix",
+        f"inbound_{BACKEND}_{TCP_PORT}",
+    )  # fmt: skip
+    assert tcp == 1
+
+
+@pytest.mark.parametrize(
+    "sidecar_options", [("uvloop", ()), ("asyncio", ("--tcp-relay", "protocol"))]
+)
+def test_unknown_destinations_pass_through_both_ways(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    # No outbound knows backend's address, and no inbound of backend has this port.
+    assert web.ask(BACKEND, OTHER_PORT) == f"peer=127.0.0.6 local={BACKEND}:{OTHER_PORT} got=hello"
+    web_stats = web.stats(mesh["admin"]["web"])
+    backend_stats = mesh["backend"].stats(mesh["admin"]["backend"])
+    name = "envoy_cluster_upstream_cx_total"
+    assert _metric(web_stats, name, "envoy_cluster_name", "outbound_passthrough_ipv4") == 1
+    assert _metric(backend_stats, name, "envoy_cluster_name", "inbound_passthrough_ipv4") == 1
+
+
+def test_a_loopback_outbound_stays_bound(mesh: dict) -> None:
+    out = mesh["web"].run(
+        "curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{LOOPBACK_OUTBOUND}/"
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["peer"] == "127.0.0.6"
+
+
+def test_a_connection_to_the_redirect_port_itself_is_closed_and_counted(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    assert web.ask("127.0.0.1", REDIRECT_OUT) == ""  # closed without an answer, not looped
+    admin = mesh["admin"]["web"]
+
+    def counted() -> float:
+        stats = web.stats(admin)
+        return _metric(
+            stats, "envoy_listener_no_filter_chain_match", "envoy_listener_address",
+            f"0.0.0.0_{REDIRECT_OUT}",
+        )  # fmt: skip
+
+    wait_for(lambda: counted() == 1, what="no_filter_chain_match")
+    assert "event=not_redirected listener=outbound:passthrough:ipv4" in mesh["sidecars"][1].log
+    # ... and the sidecar goes on serving.
+    assert web.ask(TCP_VIP, TCP_PORT).startswith("peer=127.0.0.6")
+
+
+def test_uninstall_takes_every_rule_out(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    before = web.run("iptables-save", "-t", "nat").stdout
+    assert "PYSIDECAR_OUTBOUND_REDIRECT" in before and "--to-ports 15006" in before
+    _apply(web, _rules(mesh["files"]["web-1"], "--uninstall"))
+    after = web.run("iptables-save", "-t", "nat").stdout
+    assert "PYSIDECAR" not in after
+    # Without the rules web's connections go out as they are: around its sidecar.
+    assert web.ask(BACKEND, OTHER_PORT).startswith("peer=127.0.0.6")  # backend's still redirects
+    stats = web.stats(mesh["admin"]["web"])
+    name = "envoy_cluster_upstream_cx_total"
+    assert _metric(stats, name, "envoy_cluster_name", "outbound_passthrough_ipv4") == 0
