@@ -144,6 +144,9 @@ MAX_REQUEST_HEADERS_COUNT = 100
 REQUEST_HEADERS_TIMEOUT = 10.0
 # An HTTP connection with no request in flight is closed after this (Envoy's idle_timeout, 1 h).
 HTTP_IDLE_TIMEOUT = 3600.0
+# A pooled upstream HTTP connection (to a peer sidecar, or to the local app) with no request in
+# flight is closed after this (Envoy's cluster common_http_protocol_options.idle_timeout, 1 h).
+UPSTREAM_IDLE_TIMEOUT = 3600.0
 # A listener takes at most this many connections at once; more are refused and counted
 # (downstream_cx_overflow). Envoy sets no limit; one is needed so that one listener's flood cannot
 # take every file descriptor.

@@ -42,8 +42,11 @@ class InboundStack(ListenerStack):
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         connector = plan_connector(plan, cluster)
-        self.h1_pool = H1Pool(connector, cluster.stats, options.limits.stream_buffer_bytes)
-        self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats, limits=options.limits)
+        limits = options.limits
+        self.h1_pool = H1Pool(
+            connector, cluster.stats, limits.stream_buffer_bytes, limits.upstream_idle_timeout
+        )
+        self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats, limits=limits)
         self.authorizer = authorizer  # None: no mTLS, so no identities to authorize
 
     def new_connection(self) -> asyncio.Protocol:
@@ -132,6 +135,11 @@ class InboundStack(ListenerStack):
             return proxy(route, exchange)
 
         return handle
+
+    def sweep(self, now: float) -> None:
+        super().sweep(now)
+        self.h1_pool.sweep(now)
+        self.h2_pool.sweep(now)
 
     def close_all(self) -> None:
         super().close_all()

@@ -52,6 +52,11 @@ class Limits:
         "seconds an HTTP connection may stay without a request (downstream_cx_idle_timeout); "
         "0 disables",
     )
+    upstream_idle_timeout: float = _limit(
+        defaults.UPSTREAM_IDLE_TIMEOUT,
+        "seconds a pooled upstream HTTP connection (to a peer sidecar or the local app) may stay "
+        "without a request; then it is closed (upstream_cx_idle_timeout); 0 disables",
+    )
     outbound_stream_idle_timeout: float = _limit(
         defaults.OUTBOUND_STREAM_IDLE_TIMEOUT,
         "seconds an outbound request or tunnel may move no byte either way; then both sides are "
@@ -213,7 +218,15 @@ class Limits:
 
     def sweep_interval(self) -> float:
         """How often the per-connection timeouts are checked: a quarter of the shortest."""
-        timeouts = [t for t in (self.request_headers_timeout, self.http_idle_timeout) if t > 0]
+        timeouts = [
+            t
+            for t in (
+                self.request_headers_timeout,
+                self.http_idle_timeout,
+                self.upstream_idle_timeout,
+            )
+            if t > 0
+        ]
         return min(1.0, max(0.05, min(timeouts, default=4.0) / 4))
 
 

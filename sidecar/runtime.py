@@ -404,8 +404,9 @@ class Sidecar:
                 log.exception("event=watch_failed")
 
     async def _sweep(self) -> None:
-        """The HTTP connections' timeouts (request headers, idle), checked a few times per the
-        shortest of them by one task rather than a timer per connection."""
+        """The HTTP connections' timeouts (request headers, idle; the pools' upstream idle),
+        checked a few times per the shortest of them by one task rather than a timer per
+        connection."""
         loop = asyncio.get_running_loop()
         interval = self.limits.sweep_interval()
         while True:
@@ -416,6 +417,11 @@ class Sidecar:
                     running.stack.sweep(now)
                 except Exception:  # one bad connection must not stop the checks
                     log.exception("event=sweep_failed listener=%s", running.plan.name)
+            for name, pool in list(self.mesh_pools.items()):
+                try:
+                    pool.sweep(now)
+                except Exception:
+                    log.exception("event=sweep_failed cluster=%s", name)
 
     async def _refresh_dns(self) -> None:
         while True:

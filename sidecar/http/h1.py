@@ -897,6 +897,7 @@ class H1Client(_Writer):
         self.on_idle = on_idle
         self.on_lost = on_lost
         self.counted = False  # against its cluster's connections (the pool's business)
+        self.idle_mark: float | None = None  # when a sweep first found it idle (H1Pool.sweep)
         self.reading_paused = False
         self.stream: H1ClientStream | None = None
         self.reused = False  # a kept-alive connection the app may have closed meanwhile

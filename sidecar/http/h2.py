@@ -826,6 +826,8 @@ class H2Protocol(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.going_away = False  # a GOAWAY was sent or received: no new streams here
+        # A client connection's last stream id and when a sweep saw it so (H2Pool.sweep).
+        self.idle_mark: tuple[int, float] | None = None
         self.peer_spoke = False  # the peer's SETTINGS arrived: it is a live HTTP/2 endpoint
         self.peer_address: tuple[str, int] | None = None
         self.target: Target | None = None  # the endpoint, for a pooled client connection

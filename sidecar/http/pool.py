@@ -8,6 +8,9 @@
   busy peer worker.
 - `H1Pool`: keep-alive HTTP/1.1 toward a local app, one exchange per connection at a time.
 
+Both close a connection that has carried no request for the upstream idle timeout (Envoy's
+cluster `idle_timeout`, 1 h: `sweep`, which the runtime calls with the listeners' checks).
+
 Both take a `Connector` (`sidecar.transport.connect`), which is how the mesh's transport (plain
 TCP or mTLS) is chosen without the pools knowing about it.
 """
@@ -44,6 +47,11 @@ def _reserve_connection(stats: ClusterStats | None) -> None:
         stats.upstream_cx_overflow += 1
         raise UpstreamOverflow("cluster at its max connections")
     stats.upstream_cx_active += 1
+
+
+def _count_idle_timeout(stats: ClusterStats | None) -> None:
+    if stats is not None:
+        stats.upstream_cx_idle_timeout += 1
 
 
 class H2Pool:
@@ -155,6 +163,25 @@ class H2Pool:
             if not conns:
                 del self.connections[target]
 
+    def sweep(self, now: float) -> None:
+        """Close the connections idle for the upstream idle timeout, with a GOAWAY. Idleness is
+        judged here, not timed per request: a connection with no stream in flight whose last
+        stream id has not moved since an earlier sweep has been idle since that sweep."""
+        timeout = self.limits.upstream_idle_timeout
+        if timeout <= 0:
+            return
+        for conns in list(self.connections.values()):
+            for conn in list(conns):
+                opened = conn.conn.highest_outbound_stream_id
+                mark = conn.idle_mark
+                if conn.streams or mark is None or mark[0] != opened:
+                    conn.idle_mark = (opened, now)
+                elif now - mark[1] >= timeout:
+                    _count_idle_timeout(self.stats)
+                    log.debug("event=upstream_idle_timeout endpoint=%s", conn.target)
+                    conn.goaway()
+                    conn.close()
+
     def close(self) -> None:
         for conns in self.connections.values():
             for conn in conns:
@@ -167,12 +194,15 @@ class H1Pool:
         connector: Connector,
         stats: ClusterStats | None = None,
         body_buffer: int = defaults.BODY_HIGH_WATER,
+        idle_timeout: float = defaults.UPSTREAM_IDLE_TIMEOUT,
     ) -> None:
         """`stats`: the cluster's, whose connections this pool counts and bounds; `body_buffer`:
-        bytes of a response body held before reading from the app pauses."""
+        bytes of a response body held before reading from the app pauses; `idle_timeout`: how
+        long a kept-alive connection waits for its next request (0: for ever)."""
         self.connector = connector
         self.stats = stats
         self.body_buffer = body_buffer
+        self.idle_timeout = idle_timeout
         self.idle: dict[Target, list[H1Client]] = {}
 
     def ready_stream(
@@ -217,9 +247,30 @@ class H1Pool:
     def _idle(self, target: Target, client: H1Client) -> None:
         idle = self.idle.setdefault(target, [])
         if len(idle) < _MAX_IDLE_H1:
+            client.idle_mark = None  # idle from the next sweep on (`sweep`)
             idle.append(client)
         elif client.transport is not None:
             client.transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Close the kept-alive connections idle for the upstream idle timeout: marked by the
+        first sweep that finds them waiting, closed by one at least the timeout later (a
+        connection used meanwhile came back unmarked)."""
+        timeout = self.idle_timeout
+        if timeout <= 0:
+            return
+        for idle in self.idle.values():
+            kept = []
+            for client in idle:
+                if client.idle_mark is None:
+                    client.idle_mark = now
+                elif now - client.idle_mark >= timeout:
+                    _count_idle_timeout(self.stats)
+                    if client.transport is not None:
+                        client.transport.close()
+                    continue
+                kept.append(client)
+            idle[:] = kept
 
     def close(self) -> None:
         for idle in self.idle.values():

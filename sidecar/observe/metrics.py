@@ -156,6 +156,7 @@ FAMILIES: tuple[Family, ...] = (
     family("cluster", "upstream_cx_connect_timeout"),
     family("cluster", "upstream_cx_none_healthy"),
     family("cluster", "upstream_cx_overflow"),
+    family("cluster", "upstream_cx_idle_timeout", help="pooled connections closed when idle"),
     family("cluster", "upstream_cx_destroy_local_with_active_rq"),
     family("cluster", "upstream_cx_destroy_remote_with_active_rq"),
     family("cluster", "upstream_cx_rx_bytes_total", live="open_rx_bytes"),

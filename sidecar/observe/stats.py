@@ -190,6 +190,7 @@ class ClusterStats:
     open_rx_bytes: int = 0  # as in ListenerStats: bytes of open connections, set before a read
     open_tx_bytes: int = 0
     upstream_cx_overflow: int = 0
+    upstream_cx_idle_timeout: int = 0  # pooled connections closed for want of requests
     upstream_cx_destroy_local_with_active_rq: int = 0
     upstream_cx_destroy_remote_with_active_rq: int = 0
     upstream_cx_connect_ms: Histogram = field(default_factory=Histogram)
