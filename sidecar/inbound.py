@@ -137,9 +137,9 @@ class InboundStack(ListenerStack):
         return handle
 
     def sweep(self, now: float) -> None:
-        super().sweep(now)
-        self.h1_pool.sweep(now)
+        self.h1_pool.sweep(now)  # first: a connection's check that raised would skip them
         self.h2_pool.sweep(now)
+        super().sweep(now)
 
     def close_all(self) -> None:
         super().close_all()

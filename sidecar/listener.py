@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar import defaults
-from sidecar.cluster import Cluster
+from sidecar.cluster import Cluster, Target
 from sidecar.http.accounting import RequestRecord
 from sidecar.http.h1 import H1Server
 from sidecar.http.h2 import H2Protocol
@@ -118,17 +118,27 @@ class ListenerStack:
             and splice.supported()
         )
 
-    def accept_socket(self, sock: socket.socket, address: object) -> None:
+    def accept_socket(
+        self, sock: socket.socket, address: object, destination: Target | None = None
+    ) -> None:
         """A raw accepted socket (listeners bound with an `Acceptor`, or handed over by a
         redirect listener): the splice relay when the connection is plain TCP, else the
-        protocol this stack makes, on a transport as usual."""
+        protocol this stack makes, on a transport as usual. `destination`: relay the bytes
+        there rather than to the cluster's pick (a redirect listener's passthrough)."""
         if self.splices():
             if self.admit():  # the connection limit and the descriptor guard, as in __call__
-                self.tcp.splice(sock, address)
+                self.tcp.splice(sock, address, destination)
             else:
                 sock.close()
             return
-        asyncio.get_running_loop().create_task(adopt_socket(self, sock))
+        factory = self if destination is None else functools.partial(self._relay_to, destination)
+        asyncio.get_running_loop().create_task(adopt_socket(factory, sock))
+
+    def _relay_to(self, destination: Target) -> asyncio.Protocol:
+        """As `__call__`, for a connection relayed to `destination`."""
+        if not self.admit():
+            return Refused()
+        return self.tcp(destination)
 
     def admit(self) -> bool:
         """Whether a new connection may be served: under the listener's connection limit, and

@@ -179,8 +179,7 @@ class H2Pool:
                 elif now - mark[1] >= timeout:
                     _count_idle_timeout(self.stats)
                     log.debug("event=upstream_idle_timeout endpoint=%s", conn.target)
-                    conn.goaway()
-                    conn.close()
+                    conn.goaway()  # no stream in flight: it closes at once
 
     def close(self) -> None:
         for conns in self.connections.values():

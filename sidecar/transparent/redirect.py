@@ -20,14 +20,13 @@ passing it through would connect to this very port again, so it is closed and co
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from sidecar.cluster import Cluster, Target
-from sidecar.listener import ListenerStack, Refused, StackOptions, adopt_socket
+from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.stats import ListenerStats
 from sidecar.observe.throttle import LogThrottle
 from sidecar.plan import ListenerPlan
@@ -63,33 +62,18 @@ class RedirectStack(ListenerStack):
     def plain_tcp(self) -> bool:
         return True  # passthrough relays the bytes as they come
 
-    def new_connection(self) -> asyncio.Protocol:
-        raise TypeError("a redirect listener is bound with an Acceptor (accept_socket)")
-
-    def accept_socket(self, sock: socket.socket, address: object) -> None:
-        destination = original_destination(sock)
-        if destination is None or _is_own(sock, destination):
+    def accept_socket(
+        self, sock: socket.socket, address: object, destination: Target | None = None
+    ) -> None:
+        found = original_destination(sock)
+        if found is None or _is_own(sock, found):
             self._not_redirected(sock, address)
             return
-        adopt = self.find(self.plan, destination)
+        adopt = self.find(self.plan, found)
         if adopt is not None:
             adopt(sock, address)
             return
-        target = Target(*destination)
-        if self.splices():
-            if self.admit():
-                self.tcp.splice(sock, address, target)
-            else:
-                sock.close()
-            return
-        loop = asyncio.get_running_loop()
-        loop.create_task(adopt_socket(functools.partial(self._passthrough, target), sock))
-
-    def _passthrough(self, target: Target) -> asyncio.Protocol:
-        """The Protocol relay's way in (no splice): admitted, then relayed to `target`."""
-        if not self.admit():
-            return Refused()
-        return self.tcp(target)
+        super().accept_socket(sock, address, Target(*found))  # passthrough
 
     def _not_redirected(self, sock: socket.socket, address: object) -> None:
         self.stats.no_filter_chain_match += 1
