@@ -126,6 +126,17 @@ TRANSPARENT_SOURCE_ADDRESS = "127.0.0.6"
 REDIRECT_PORT_OUTBOUND = 15001
 REDIRECT_PORT_INBOUND = 15006
 
+# The DNS proxy of transparent proxying (Kuma: kuma-dp's CoreDNS on 127.0.0.1:15053, answering
+# `<kuma.io/service>.mesh` from the mesh and asking the host's resolvers for the rest).
+DNS_PORT = 15053  # where it listens (UDP and TCP); `--dns-port 0` turns it off
+DNS_ADDRESS = "127.0.0.1"  # iptables' REDIRECT of an app's query lands here
+DNS_DOMAIN = "mesh"  # the zone it answers for itself
+DNS_STAT_PREFIX = "kuma_dns"  # its stats: dns_filter.kuma_dns.* (Kuma's DNS listener's prefix)
+DNS_TTL = 60  # seconds, as Kuma's answers (`redis.mesh. 60 IN A 240.0.0.100`)
+DNS_UPSTREAM_TIMEOUT = 2.0  # seconds per upstream resolver tried for a forwarded query
+DNS_MAX_PENDING_LOOKUPS = 256  # forwarded queries waiting at once (Envoy's DNS filter: 256)
+DNS_TCP_IDLE_TIMEOUT = 10.0  # seconds a DNS-over-TCP client may keep a connection idle
+
 # Mesh mTLS (sidecar.identity.mesh).
 MTLS_HANDSHAKE_TIMEOUT = 10.0  # inbound: from accept to a verified peer (Kuma's inbound connect)
 # Permissive mode tells TLS from plaintext by the first byte; a client silent this long is

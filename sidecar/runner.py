@@ -115,6 +115,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="sniffing of undeclared services: how long to wait for the app's first bytes "
         "(default 0.1; 0 turns sniffing off)",
     )
+    dns = parser.add_argument_group(
+        "DNS proxy",
+        "With networking.transparentProxying in the Dataplane the sidecar answers DNS on "
+        f"{defaults.DNS_ADDRESS} (UDP and TCP): <kuma.io/service>.{defaults.DNS_DOMAIN} with "
+        "the addresses of the outbounds to that service (their VIPs), every other name from the "
+        "upstream resolvers. `pysidecar transparent-proxy --redirect-dns` sends the app's "
+        "queries there.",
+    )
+    dns.add_argument(
+        "--dns-port",
+        type=int,
+        default=defaults.DNS_PORT,
+        metavar="PORT",
+        help=f"where it listens (default {defaults.DNS_PORT}, Kuma's; 0 turns it off)",
+    )
+    dns.add_argument(
+        "--dns-upstream",
+        action="append",
+        type=_upstream,
+        default=[],
+        metavar="ADDRESS[:PORT]",
+        help="a resolver for names outside the mesh, tried in the order given (default: the "
+        "nameservers of /etc/resolv.conf)",
+    )
     mtls = parser.add_argument_group(
         "mesh mTLS",
         "With credentials every hop between sidecars is mTLS with SPIFFE identities (Kuma's "
@@ -204,6 +228,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _upstream(text: str) -> tuple[str, int]:
+    from sidecar.dns.upstreams import parse_upstream
+
+    try:
+        return parse_upstream(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _duration(text: str) -> timedelta:
     from sidecar.identity.certs_cli import parse_duration
 
@@ -238,6 +271,8 @@ def options_from(args: argparse.Namespace) -> Options:
         limits = load_limits(args.limits, args.limit)
     except LimitsError as exc:
         raise SystemExit(f"pysidecar: {exc}") from None
+    if not 0 <= args.dns_port <= 65535:
+        raise SystemExit(f"pysidecar: --dns-port must be 0..65535 (0: off), got {args.dns_port}")
     return Options(
         dataplane=args.dataplane,
         variables=parse_variables(args.dataplane_var),
@@ -257,6 +292,8 @@ def options_from(args: argparse.Namespace) -> Options:
         ),
         access_log=args.access_log,
         mtls=mtls_options(args),
+        dns_port=args.dns_port,
+        dns_upstreams=tuple(args.dns_upstream),
     )
 
 

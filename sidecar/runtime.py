@@ -18,6 +18,9 @@ from sidecar.cluster import Cluster, Resolver, Target
 from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
 from sidecar.config.mesh import MeshDirectory
+from sidecar.dns.server import DnsProxy
+from sidecar.dns.table import dns_table
+from sidecar.dns.upstreams import Upstream, upstreams_from_resolv_conf
 from sidecar.http.pool import H2Pool, plain_connector
 from sidecar.identity.mesh import MeshListener, MeshSecurity, MtlsOptions
 from sidecar.inbound import InboundStack
@@ -58,6 +61,9 @@ class Options:
     mtls: MtlsOptions = field(default_factory=MtlsOptions)  # no credentials: plaintext hops
     reuse_port: bool = False  # SO_REUSEPORT on every listener: one of several worker processes
     worker: WorkerInfo | None = None  # --workers: this process's place among them
+    # The DNS proxy, run with transparent proxying (sidecar.dns); port 0: off.
+    dns_port: int = defaults.DNS_PORT
+    dns_upstreams: tuple[Upstream, ...] = ()  # none: /etc/resolv.conf's nameservers
 
 
 @dataclass
@@ -91,6 +97,7 @@ class Sidecar:
         self.dataplane: model.Dataplane | None = None
         self.mesh: MeshDirectory | None = None
         self.security: MeshSecurity | None = None  # mesh mTLS, when there are credentials
+        self.dns: DnsProxy | None = None  # with transparent proxying
         self.draining = False
         self._dataplane_signature: tuple[int, int, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,9 +132,11 @@ class Sidecar:
         await self.resolver.refresh(self._endpoint_hosts())
         try:
             await self._apply(plan_listeners(self.dataplane, self.options.timeouts), strict=True)
+            await self._update_dns(strict=True)
             await self.observability.start()
         except BindError:
             await self.stop_listeners()
+            self._stop_dns()
             raise
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._refresh_dns()))
@@ -173,6 +182,7 @@ class Sidecar:
             return
         self.dataplane = dataplane
         await self._apply(plan_listeners(dataplane, self.options.timeouts), strict=False)
+        await self._update_dns(strict=False)
         await self.observability.reload()
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
 
@@ -295,6 +305,45 @@ class Sidecar:
             accept if plan.bound else "redirected",  # no socket: only what is redirected to it
         )
         return RunningListener(plan, server, stack, adopt)
+
+    async def _update_dns(self, strict: bool) -> None:
+        """Run the DNS proxy while the Dataplane asks for transparent proxying, with the names of
+        its current outbounds (`sidecar.dns`)."""
+        assert self.dataplane is not None
+        wanted = bool(self.options.dns_port) and (
+            self.dataplane.networking.transparent_proxying is not None
+        )
+        if not wanted:
+            self._stop_dns()
+            return
+        table = dns_table(self.dataplane)
+        if self.dns is not None:
+            self.dns.table = table
+            return
+        upstreams = self.options.dns_upstreams or upstreams_from_resolv_conf()
+        dns = DnsProxy(table, upstreams, self.stats.dns(defaults.DNS_STAT_PREFIX))
+        address, port = defaults.DNS_ADDRESS, self.options.dns_port
+        try:
+            await dns.start(address, port, reuse_port=self.options.reuse_port)
+        except OSError as exc:
+            error = f"DNS proxy: cannot bind {address}:{port}: {exc.strerror or exc}"
+            if strict:
+                raise BindError(error) from None
+            log.error("event=dns_failed error=%r", error)
+            return
+        self.dns = dns
+        log.info(
+            "event=dns_bound address=%s:%d names=%d upstreams=%s",
+            address,
+            dns.port,
+            len(table.names),
+            ",".join(f"{h}:{p}" for h, p in upstreams),
+        )
+
+    def _stop_dns(self) -> None:
+        if self.dns is not None:
+            self.dns.close()
+            self.dns = None
 
     def _redirected(self, redirect: ListenerPlan, destination: tuple[str, int]) -> Adopt | None:
         """The listener a redirect listener's connection is meant for (`sidecar.transparent`):
@@ -463,6 +512,7 @@ class Sidecar:
         for pool in self.mesh_pools.values():
             pool.close()
         log.info("event=drained closed_at_deadline=%d", left)
+        self._stop_dns()  # the app may look names up until its connections are done
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.observability.stop()

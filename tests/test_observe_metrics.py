@@ -208,6 +208,7 @@ def every_family_store() -> StatsStore:
     kafka.request["produce_request"] = 3
     kafka.response["produce_response"] = 3
     kafka.duration("produce_response").observe(2.5)
+    store.dns("kuma_dns").known_domain_queries = 1
     store.server.days_until_first_cert_expiring = 30
     store.server.seconds_until_first_cert_expiring = 30 * 86400
     return store

@@ -12,14 +12,18 @@ app's side of a real connection:
   that no inbound has is too (`outbound:passthrough:ipv4`, `inbound:passthrough:ipv4` clusters);
 - a loopback outbound stays bound and reachable directly;
 - a connection made to the redirect port itself is closed and counted, not looped;
-- `--uninstall`'s rules take every chain out again.
+- `--uninstall`'s rules take every chain out again;
+- names: web's resolver (dnsmasq on its own address, named in the pod's resolv.conf) is asked
+  through `--redirect-dns`'s rule, so `backend.mesh` is answered by web's sidecar with the VIP,
+  and other names by dnsmasq, which the sidecar forwards them to.
 
-Needs root, `ip` and `iptables`: without them the test is skipped with the reason, unless
-PYSIDECAR_REQUIRE_NETNS=1 (CI), where it fails instead.
+Needs root, `ip`, `iptables`, `dig` and `dnsmasq`: without them the test is skipped with the
+reason, unless PYSIDECAR_REQUIRE_NETNS=1 (CI), where it fails instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,6 +38,7 @@ import pytest
 
 from sidecar.config.dataplane import dataplane_from_document
 from sidecar.identity import ca
+from tests.dns_tools import UPSTREAM_ADDRESS, UPSTREAM_NAME, dnsmasq
 from tests.pki import Pki
 from tests.support import REPO, Sidecar, dataplane, wait_for, wait_ready, write_yaml
 
@@ -56,7 +61,7 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root for network namespaces and iptables"
-    for tool in ("ip", "iptables-restore", "iptables-save", "curl"):
+    for tool in ("ip", "iptables-restore", "iptables-save", "curl", "dig", "dnsmasq"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None
@@ -101,11 +106,15 @@ class Pod:
 
 @pytest.fixture
 def pods(netns_available: None) -> Iterator[tuple[Pod, Pod]]:
-    """web and backend, each in a namespace of its own, joined by a veth pair."""
+    """web and backend, each in a namespace of its own, joined by a veth pair; web's resolver is
+    at its own address (`ip netns exec` puts /etc/netns/<ns>/resolv.conf in place)."""
     tag = f"pysc{os.getpid() % 10**7}"
     web, backend = Pod(f"{tag}-web", WEB), Pod(f"{tag}-backend", BACKEND)
     made: list[str] = []
+    etc = Path("/etc/netns") / web.netns
     try:
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(f"nameserver {WEB}\n")
         for pod in (web, backend):
             _ip("netns", "add", pod.netns)
             made.append(pod.netns)
@@ -121,12 +130,14 @@ def pods(netns_available: None) -> Iterator[tuple[Pod, Pod]]:
     finally:
         for netns in made:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
+        shutil.rmtree(etc, ignore_errors=True)
 
 
-def _rules(dataplane_file: Path, *extra: str) -> str:
+def _rules(dataplane_file: Path, *extra: str, pod: Pod | None = None) -> str:
+    """The rules as `pysidecar transparent-proxy` prints them (in `pod`: its resolv.conf)."""
     out = subprocess.run(
-        [sys.executable, "-m", "sidecar", "transparent-proxy", "--dataplane", str(dataplane_file),
-         *extra],
+        [*(pod.prefix if pod else ()), sys.executable, "-m", "sidecar", "transparent-proxy",
+         "--dataplane", str(dataplane_file), *extra],
         capture_output=True, text=True, check=True, cwd=REPO, timeout=30,
     )  # fmt: skip
     return out.stdout
@@ -193,10 +204,12 @@ def mesh(
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     sidecars: list[Sidecar] = []
+    resolver = contextlib.ExitStack()
     try:
         assert apps.stdout is not None and apps.stdout.readline().strip() == "ready"
-        for pod, name in ((backend, "backend-1"), (web, "web-1")):
-            _apply(pod, _rules(files[name], "--gid", str(SIDECAR_GROUP)))
+        resolver.enter_context(dnsmasq(WEB, 53, prefix=tuple(web.prefix)))  # web's own resolver
+        for pod, name, dns in ((backend, "backend-1", ()), (web, "web-1", ("--redirect-dns",))):
+            _apply(pod, _rules(files[name], "--gid", str(SIDECAR_GROUP), *dns, pod=pod))
             sidecars.append(
                 Sidecar(
                     files[name],
@@ -220,6 +233,7 @@ def mesh(
     finally:
         for sidecar in sidecars:
             sidecar.stop()
+        resolver.close()
         apps.terminate()
         apps.wait(10)
 
@@ -306,3 +320,27 @@ def test_uninstall_takes_every_rule_out(mesh: dict) -> None:
     stats = web.stats(mesh["admin"]["web"])
     name = "envoy_cluster_upstream_cx_total"
     assert _metric(stats, name, "envoy_cluster_name", "outbound_passthrough_ipv4") == 0
+
+
+def test_mesh_names_resolve_to_the_vips_and_other_names_upstream(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    # glibc's resolver asks web's resolver (10.250.0.1:53); the rules hand the query to the
+    # sidecar's DNS proxy, whose answer comes back as if from 10.250.0.1.
+    found = web.run("getent", "ahostsv4", "backend.mesh")
+    assert found.returncode == 0 and found.stdout.split()[0] == HTTP_VIP, found
+    out = web.run("curl", "-sS", "--max-time", "10", "http://backend.mesh/who")
+    assert out.returncode == 0, out.stderr
+    headers = {k.lower(): v for k, v in json.loads(out.stdout)["headers"].items()}
+    assert headers["host"] == "backend.mesh"
+    assert "spiffe://default/web" in headers["x-forwarded-client-cert"]
+    assert web.ask("backend-tcp.mesh", TCP_PORT).startswith("peer=127.0.0.6")
+    # Names outside the mesh: forwarded to the same resolver, by the sidecar, which the rules
+    # let through to dnsmasq.
+    upstream = web.run("getent", "ahostsv4", UPSTREAM_NAME)
+    assert upstream.returncode == 0 and upstream.stdout.split()[0] == UPSTREAM_ADDRESS, upstream
+    assert web.run("getent", "ahostsv4", "nothing-here.mesh").returncode == 2  # NXDOMAIN
+    stats = web.stats(mesh["admin"]["web"])
+    label = ("envoy_dns_filter_prefix", "kuma_dns")
+    assert _metric(stats, "envoy_dns_filter_known_domain_queries", *label) >= 3
+    assert _metric(stats, "envoy_dns_filter_externally_resolved_queries", *label) >= 1
+    assert _metric(stats, "envoy_dns_filter_unanswered_queries", *label) == 0

@@ -41,9 +41,10 @@ _CLASSES = {
         stats.ClusterStats,
         stats.HttpStats,
         stats.KafkaStats,
+        stats.DnsStats,
     )
 }
-_STORE_MAPS = ("listeners", "clusters", "http_managers", "kafka_brokers")
+_STORE_MAPS = ("listeners", "clusters", "http_managers", "kafka_brokers", "dns_filters")
 
 
 def snapshot(store: StatsStore) -> dict[str, Any]:

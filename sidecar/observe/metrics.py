@@ -1,9 +1,9 @@
 """Every metric family, declared once, and its renderings: Prometheus text and Envoy's /stats.
 
 A family says which attribute of which kind of stats object (a *scope*: server, listener, tcp,
-cluster, http, kafka, source) it reads, its type, Envoy's stat name and its Prometheus name. Nothing
-else in the code knows a metric name: adding HTTP, gRPC, RBAC or SSL series is one attribute in
-`sidecar.observe.stats` (which the data path bumps) and one line in `FAMILIES` below.
+cluster, http, kafka, source, dns) it reads, its type, Envoy's stat name and its Prometheus name.
+Nothing else in the code knows a metric name: adding HTTP, gRPC, RBAC or SSL series is one
+attribute in `sidecar.observe.stats` (which the data path bumps) and one line in `FAMILIES` below.
 
 Names are Envoy's exactly, as Kuma's dashboards query them. Envoy's Prometheus exposition derives
 `envoy_cluster_upstream_cx_total{envoy_cluster_name="backend"}` from the stat
@@ -73,6 +73,11 @@ SCOPES: dict[str, Scope] = {
         lambda o: f"kafka.{o.name}",
         lambda o: (("kafka_name", o.name),),
     ),
+    "dns": Scope(
+        lambda st: st.dns_filters.values(),
+        lambda o: f"dns_filter.{o.prefix}",
+        lambda o: (("envoy_dns_filter_prefix", o.prefix),),
+    ),
 }
 
 
@@ -88,7 +93,7 @@ class Family:
     live: str = ""  # an attribute added at read time (bytes of connections still open)
 
 
-_SCOPE_PREFIX = {"source": "tcp_source"}
+_SCOPE_PREFIX = {"source": "tcp_source", "dns": "dns_filter"}
 
 
 def family(
@@ -257,6 +262,18 @@ FAMILIES: tuple[Family, ...] = (
     family("kafka", "response_duration", HISTOGRAM, stat="response.{}_duration",
            name="envoy_kafka__response_duration", key="kafka_type",
            help="milliseconds from a request to its response"),
+    # -- dns (Envoy's DNS filter, as Kuma names it: kuma_dns) -------------------------------------
+    family("dns", "downstream_rx_queries", help="DNS messages received"),
+    family("dns", "downstream_rx_invalid_queries", help="messages that are not a readable query"),
+    family("dns", "downstream_tx_responses", help="DNS answers sent"),
+    family("dns", "a_record_queries"),
+    family("dns", "aaaa_record_queries"),
+    family("dns", "unsupported_queries", help="queries of types other than A and AAAA"),
+    family("dns", "known_domain_queries", help="queries for names in the mesh's zone"),
+    family("dns", "local_a_record_answers", help="A records answered from the mesh's names"),
+    family("dns", "local_aaaa_record_answers"),
+    family("dns", "externally_resolved_queries", help="queries an upstream resolver answered"),
+    family("dns", "unanswered_queries", help="forwarded queries no upstream answered (SERVFAIL)"),
 )  # fmt: skip
 
 _names = [f.name for f in FAMILIES]

@@ -329,6 +329,25 @@ class KafkaStats:
 
 
 @dataclass(eq=False)
+class DnsStats:
+    """`dns_filter.<prefix>.*`, Envoy's DNS filter (Kuma's `kuma_dns`): the DNS proxy's queries
+    by type and how each was answered."""
+
+    prefix: str
+    downstream_rx_queries: int = 0  # every message received
+    downstream_rx_invalid_queries: int = 0  # not a query we can read: FORMERR, or dropped
+    downstream_tx_responses: int = 0
+    a_record_queries: int = 0
+    aaaa_record_queries: int = 0
+    unsupported_queries: int = 0  # other types
+    known_domain_queries: int = 0  # names in the mesh's zone, answered here
+    local_a_record_answers: int = 0  # A and AAAA records answered from the mesh's names
+    local_aaaa_record_answers: int = 0
+    externally_resolved_queries: int = 0  # forwarded to an upstream resolver and answered
+    unanswered_queries: int = 0  # forwarded and no upstream answered: SERVFAIL
+
+
+@dataclass(eq=False)
 class ServerStats:
     """`server.*`: refreshed by the observability layer just before each read."""
 
@@ -351,6 +370,7 @@ class StatsStore:
         self.clusters: dict[str, ClusterStats] = {}
         self.http_managers: dict[str, HttpStats] = {}
         self.kafka_brokers: dict[str, KafkaStats] = {}
+        self.dns_filters: dict[str, DnsStats] = {}
 
     def listener(self, address: str, tcp_prefix: str) -> ListenerStats:
         stats = self.listeners.get(address)
@@ -382,4 +402,10 @@ class StatsStore:
         stats = self.kafka_brokers.get(name)
         if stats is None:
             stats = self.kafka_brokers[name] = KafkaStats(name)
+        return stats
+
+    def dns(self, prefix: str) -> DnsStats:
+        stats = self.dns_filters.get(prefix)
+        if stats is None:
+            stats = self.dns_filters[prefix] = DnsStats(prefix)
         return stats

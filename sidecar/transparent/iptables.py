@@ -12,6 +12,10 @@ format for the nat table, to be applied in the app's network namespace:
   than 127.0.0.1 (its own pod address) go to the inbound redirect, as peers' connections do,
   except those from 127.0.0.6: the sidecar's connections to its app (`sidecar.plan`).
 
+- With `--redirect-dns`, UDP queries to the nameservers of /etc/resolv.conf (with
+  `--redirect-all-dns-traffic`, to any address) go to the sidecar's DNS proxy on
+  `--redirect-dns-port` (`sidecar.dns`), but for the sidecar's own, which it forwards there.
+
 `--uninstall` prints the rules that take them out again. The redirect ports come from the
 Dataplane's `networking.transparentProxying` (else kumactl's 15001 and 15006); the sidecar
 listens on them when the Dataplane has them.
@@ -27,11 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar import defaults
+from sidecar.dns.upstreams import upstreams_from_resolv_conf
 
 _CHAIN = "PYSIDECAR"
 INBOUND, INBOUND_REDIRECT = f"{_CHAIN}_INBOUND", f"{_CHAIN}_INBOUND_REDIRECT"
 OUTPUT, OUTBOUND_REDIRECT = f"{_CHAIN}_OUTPUT", f"{_CHAIN}_OUTBOUND_REDIRECT"
-CHAINS = (INBOUND, INBOUND_REDIRECT, OUTPUT, OUTBOUND_REDIRECT)
+DNS = f"{_CHAIN}_DNS"  # always made (empty without DNS redirection): one way to uninstall
+CHAINS = (INBOUND, INBOUND_REDIRECT, OUTPUT, OUTBOUND_REDIRECT, DNS)
+ALL_ADDRESSES = ("0.0.0.0/0",)  # --redirect-all-dns-traffic
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,9 @@ class Redirection:
     inbound_port: int | None = defaults.REDIRECT_PORT_INBOUND  # None: incoming TCP untouched
     exclude_inbound_ports: tuple[int, ...] = ()
     exclude_outbound_ports: tuple[int, ...] = ()
+    # DNS queries to these IPv4 nameservers go to `dns_port` (the DNS proxy); none: untouched.
+    dns_servers: tuple[str, ...] = ()
+    dns_port: int = defaults.DNS_PORT
 
 
 def install_rules(r: Redirection) -> str:
@@ -67,6 +77,12 @@ def install_rules(r: Redirection) -> str:
         lines += [f"-A {OUTPUT} -p tcp --dport {p} -j RETURN" for p in r.exclude_outbound_ports]
         lines.append(f"-A {OUTPUT} -j {OUTBOUND_REDIRECT}")
         lines.append(f"-A {OUTBOUND_REDIRECT} -p tcp -j REDIRECT --to-ports {r.outbound_port}")
+    lines.append(f"-A OUTPUT -p udp --dport 53 -j {DNS}")
+    if r.dns_servers:
+        lines.append(f"-A {DNS} -m owner {r.owner} -j RETURN")
+        for server in r.dns_servers:
+            destination = "" if server in ALL_ADDRESSES else f"-d {server}/32 "
+            lines.append(f"-A {DNS} {destination}-p udp -j REDIRECT --to-ports {r.dns_port}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -77,6 +93,7 @@ def uninstall_rules(inbound: bool = True) -> str:
     if inbound:
         lines.append(f"-D PREROUTING -p tcp -j {INBOUND}")
     lines.append(f"-D OUTPUT -p tcp -j {OUTPUT}")
+    lines.append(f"-D OUTPUT -p udp --dport 53 -j {DNS}")
     lines += [f"-F {chain}" for chain in CHAINS]
     lines += [f"-X {chain}" for chain in CHAINS]
     lines.append("COMMIT")
@@ -138,8 +155,26 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"pysidecar transparent-proxy: no such user or group: {exc}", file=sys.stderr)
         return 2
+    dns_servers: tuple[str, ...] = ()
+    if args.redirect_all_dns_traffic:
+        dns_servers = ALL_ADDRESSES
+    elif args.redirect_dns:
+        dns_servers = tuple(h for h, _ in upstreams_from_resolv_conf() if ":" not in h)
+        if not dns_servers:
+            print(
+                "pysidecar transparent-proxy: --redirect-dns: /etc/resolv.conf names no IPv4 "
+                "nameserver (use --redirect-all-dns-traffic)",
+                file=sys.stderr,
+            )
+            return 2
     redirection = Redirection(
-        owner, outbound, inbound, args.exclude_inbound_ports, args.exclude_outbound_ports
+        owner,
+        outbound,
+        inbound,
+        args.exclude_inbound_ports,
+        args.exclude_outbound_ports,
+        dns_servers,
+        args.redirect_dns_port,
     )
     sys.stdout.write(install_rules(redirection))
     return 0
@@ -166,5 +201,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--exclude-inbound-ports", type=_ports, default=(), metavar="P,P", help="e.g. 22"
     )
     parser.add_argument("--exclude-outbound-ports", type=_ports, default=(), metavar="P,P")
+    dns = parser.add_mutually_exclusive_group()
+    dns.add_argument(
+        "--redirect-dns",
+        action="store_true",
+        help="send the app's DNS queries to the nameservers of /etc/resolv.conf to the "
+        "sidecar's DNS proxy (<service>.mesh names)",
+    )
+    dns.add_argument(
+        "--redirect-all-dns-traffic",
+        action="store_true",
+        help="send every DNS query over UDP to the sidecar's DNS proxy, whatever its address",
+    )
+    parser.add_argument(
+        "--redirect-dns-port",
+        type=int,
+        default=defaults.DNS_PORT,
+        metavar="PORT",
+        help=f"the DNS proxy's port (the sidecar's --dns-port; default {defaults.DNS_PORT})",
+    )
     parser.add_argument("--uninstall", action="store_true", help="print the rules' removal")
     parser.set_defaults(func=run)

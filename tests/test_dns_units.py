@@ -1,0 +1,223 @@
+"""The DNS proxy's pure parts: messages, the mesh's names, the redirection rules, the flags."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.config.dataplane import dataplane_from_document
+from sidecar.dns import message
+from sidecar.dns.message import FormatError
+from sidecar.dns.table import DnsTable, dns_table
+from sidecar.dns.upstreams import parse_upstream, upstreams_from_resolv_conf
+from sidecar.transparent.iptables import Redirection, install_rules, uninstall_rules
+from tests.support import REPO, dataplane
+
+
+def _query(name: str, qtype: int = message.A, flags: int = message.RD, qid: int = 4660) -> bytes:
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p)
+    return (
+        struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0)
+        + labels
+        + b"\0"
+        + struct.pack("!HH", qtype, message.IN)
+    )
+
+
+def test_a_query_is_read_and_answered_with_its_question_echoed() -> None:
+    query = message.parse_query(_query("Backend.MESH") + b"\0\0\x29extra")  # EDNS after: ignored
+    assert (query.id, query.name, query.type, query.klass) == (4660, "backend.mesh", message.A, 1)
+    answer = message.reply(query, addresses=["10.0.0.1", "fd00::1"], ttl=60, authoritative=True)
+    qid, flags, qd, an, ns, ar = message.HEADER.unpack_from(answer)
+    assert (qid, qd, an, ns, ar) == (4660, 1, 2, 0, 0)
+    assert flags & message.QR and flags & message.AA and flags & message.RD and flags & message.RA
+    assert answer[12 : 12 + len(query.question)] == query.question  # the client's case kept
+    assert answer.endswith(bytes.fromhex("fd000000000000000000000000000001"))
+
+
+def test_answers_stop_at_what_fits_in_512_bytes() -> None:
+    query = message.parse_query(_query("big.mesh"))
+    many = [f"10.0.{i // 256}.{i % 256}" for i in range(100)]
+    answer = message.reply(query, addresses=many)
+    assert len(answer) <= 512
+    assert struct.unpack_from("!H", answer, 6)[0] == (512 - 12 - len(query.question)) // 16
+    assert struct.unpack_from("!H", message.reply(query, addresses=many, limit=65535), 6)[0] == 100
+
+
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b"\x00" * 11, "shorter than a DNS header"),
+        (_query("a.mesh", flags=message.QR), "a response"),
+        (_query("a.mesh")[:4] + b"\x00\x00" + _query("a.mesh")[6:], "0 questions"),
+        (_query("a.mesh")[:-3], "no type and class"),
+        (_query("a.mesh")[:14], "runs past the message"),
+        (_query("a.mesh")[:12] + b"\xc0\x0c\x00\x01\x00\x01", "compressed"),
+        (_query(".".join(["a" * 63] * 5)), "longer than 255"),
+    ],
+)
+def test_what_is_not_a_readable_query_says_why(data: bytes, why: str) -> None:
+    with pytest.raises(FormatError, match=why):
+        message.parse_query(data)
+
+
+def test_formerr_keeps_the_id_and_an_answer_is_never_answered() -> None:
+    reply = message.error_for(_query("a.mesh")[:14], message.FORMERR)
+    assert reply is not None and reply[:2] == b"\x12\x34" and reply[3] & 0x0F == message.FORMERR
+    assert message.error_for(_query("a.mesh", flags=message.QR), message.FORMERR) is None
+    assert message.error_for(b"\x12", message.FORMERR) is None
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_are_a_query_or_a_format_error(data: bytes) -> None:
+    try:
+        query = message.parse_query(data)
+    except FormatError:
+        return
+    assert len(message.reply(query, message.NXDOMAIN)) >= 12
+
+
+@given(st.lists(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True), min_size=1, max_size=5))
+def test_names_read_back_as_written(labels: list[str]) -> None:
+    name = ".".join(labels)
+    assert message.parse_query(_query(name)).name == name
+
+
+def _table() -> DnsTable:
+    backend = {"kuma.io/service": "Backend_ns_svc_80"}
+    doc = dataplane(
+        "web-1",
+        [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+        [
+            {"address": "10.251.0.1", "port": 80, "tags": backend},
+            {"address": "10.251.0.1", "port": 81, "tags": backend},
+            {"address": "127.0.0.1", "port": 10080, "tags": backend},
+            {"address": "fd00::2", "port": 80, "tags": {"kuma.io/service": "redis"}},
+        ],
+        admin_port=9901,
+    )  # fmt: skip
+    return dns_table(dataplane_from_document(doc, "web-1.yaml"))
+
+
+def test_the_table_names_every_service_reached_once_per_vip() -> None:
+    assert dict(_table().names) == {
+        "backend_ns_svc_80.mesh": ("10.251.0.1",),  # the loopback outbound left out
+        "backend.ns.svc.80.mesh": ("10.251.0.1",),
+        "redis.mesh": ("fd00::2",),
+    }
+
+
+def _rcode_and_count(answer: bytes | None) -> tuple[int, int]:
+    assert answer is not None
+    return answer[3] & 0x0F, struct.unpack_from("!H", answer, 6)[0]
+
+
+def test_the_table_answers_its_zone_and_leaves_the_rest() -> None:
+    table = _table()
+    ask = table.answer
+    assert _rcode_and_count(ask(message.parse_query(_query("redis.mesh", message.AAAA)))) == (0, 1)
+    assert _rcode_and_count(ask(message.parse_query(_query("redis.mesh", message.A)))) == (0, 0)
+    assert _rcode_and_count(ask(message.parse_query(_query("redis.mesh", message.ANY)))) == (0, 1)
+    assert _rcode_and_count(ask(message.parse_query(_query("mesh")))) == (0, 0)
+    assert _rcode_and_count(ask(message.parse_query(_query("x.redis.mesh")))) == (3, 0)
+    assert ask(message.parse_query(_query("example.com"))) is None  # forwarded
+    assert ask(message.parse_query(_query("notmesh"))) is None
+    notify = message.parse_query(_query("example.com", flags=4 << 11))  # opcode NOTIFY
+    assert _rcode_and_count(ask(notify)) == (message.NOTIMP, 0)
+
+
+def test_upstreams_from_resolv_conf_and_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("search x\nnameserver 10.0.0.10\nnameserver fe80::1%eth0\nnameserver bad\n")
+    assert upstreams_from_resolv_conf(conf) == (("10.0.0.10", 53), ("fe80::1", 53))
+    assert upstreams_from_resolv_conf(tmp_path / "none") == (("127.0.0.1", 53),)  # glibc's
+    assert parse_upstream("10.0.0.10") == ("10.0.0.10", 53)
+    assert parse_upstream("10.0.0.10:5353") == ("10.0.0.10", 5353)
+    assert parse_upstream("[::1]:5353") == ("::1", 5353)
+    assert parse_upstream("::1") == ("::1", 53)
+    for bad in ("dns.example", "10.0.0.10:0", "[::1]x", "1.2.3.4:port"):
+        with pytest.raises(ValueError):
+            parse_upstream(bad)
+
+
+def test_dns_rules_redirect_the_apps_queries_not_the_sidecars() -> None:
+    rules = install_rules(
+        Redirection("--gid-owner 1337", 15001, 15006, dns_servers=("10.0.0.10",), dns_port=15053)
+    ).splitlines()
+    dns = [line for line in rules if "PYSIDECAR_DNS" in line]
+    assert dns == [
+        ":PYSIDECAR_DNS - [0:0]",
+        "-A OUTPUT -p udp --dport 53 -j PYSIDECAR_DNS",
+        "-A PYSIDECAR_DNS -m owner --gid-owner 1337 -j RETURN",
+        "-A PYSIDECAR_DNS -d 10.0.0.10/32 -p udp -j REDIRECT --to-ports 15053",
+    ]
+    everything = install_rules(Redirection("--gid-owner 1337", dns_servers=("0.0.0.0/0",)))
+    assert "-A PYSIDECAR_DNS -p udp -j REDIRECT --to-ports 15053" in everything
+    # Without DNS redirection the chain is there, empty: one uninstall fits both.
+    plain = install_rules(Redirection("--gid-owner 1337"))
+    assert "REDIRECT --to-ports 15053" not in plain and ":PYSIDECAR_DNS - [0:0]" in plain
+    undo = uninstall_rules()
+    assert "-D OUTPUT -p udp --dport 53 -j PYSIDECAR_DNS" in undo and "-X PYSIDECAR_DNS" in undo
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, cwd=REPO,
+        timeout=30,
+    )  # fmt: skip
+
+
+def test_the_flags_are_checked() -> None:
+    out = _run("transparent-proxy", "--gid", "0", "--redirect-all-dns-traffic",
+               "--redirect-dns-port", "25053")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "-A PYSIDECAR_DNS -p udp -j REDIRECT --to-ports 25053" in out.stdout
+    out = _run("transparent-proxy", "--gid", "0", "--redirect-dns", "--redirect-all-dns-traffic")
+    assert out.returncode == 2 and "not allowed with" in out.stderr
+    out = _run("run", "--dataplane", "x.yaml", "--dns-upstream", "dns.example")
+    assert out.returncode == 2 and "'dns.example' is not an IP address" in out.stderr
+    out = _run("run", "--dataplane", "x.yaml", "--dns-port", "70000")
+    assert out.returncode == 1 and "--dns-port must be 0..65535" in out.stderr
+
+
+async def test_past_max_pending_forwards_the_answer_is_servfail_at_once() -> None:
+    """In process, real sockets: an upstream that never answers holds the one forward allowed;
+    the next query is not queued behind it but answered SERVFAIL, and a mesh name still is."""
+    from sidecar.dns.server import DnsProxy
+    from sidecar.observe.stats import DnsStats
+
+    loop = asyncio.get_running_loop()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.setblocking(False)
+    stats = DnsStats("kuma_dns")
+    proxy = DnsProxy(_table(), [silent.getsockname()], stats, timeout=30, max_pending=1)
+    await proxy.start("127.0.0.1", 0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.setblocking(False)
+    try:
+        client.connect(("127.0.0.1", proxy.port))
+        await loop.sock_sendall(client, _query("example.com", qid=1))
+        assert await asyncio.wait_for(
+            loop.sock_recv(silent, 512), 10
+        )  # the first one reached the upstream, and waits
+        await loop.sock_sendall(client, _query("example.org", qid=2))
+        await loop.sock_sendall(client, _query("redis.mesh", message.AAAA, qid=3))
+        answers = [await asyncio.wait_for(loop.sock_recv(client, 512), 10) for _ in range(2)]
+        assert [(a[:2], a[3] & 0x0F) for a in answers] == [
+            (b"\x00\x02", message.SERVFAIL),
+            (b"\x00\x03", message.NOERROR),
+        ]
+        assert stats.unanswered_queries == 1 and stats.downstream_tx_responses == 2
+    finally:
+        proxy.close()
+        client.close()
+        silent.close()
