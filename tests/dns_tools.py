@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sidecar.dns import message
 from tests.support import wait_for
 
 # What the upstream answers itself; every other name it refuses (no upstream of its own).
 UPSTREAM_NAME, UPSTREAM_ADDRESS = "www.example.test", "10.99.0.7"
+
+
+def query_bytes(
+    name: str, qtype: int = message.A, flags: int = message.RD, qid: int = 4660
+) -> bytes:
+    """A query for `name` as a stub resolver writes it (one question, class IN)."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p)
+    header = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0)
+    return header + labels + b"\0" + struct.pack("!HH", qtype, message.IN)
 
 
 def require_tools() -> None:

@@ -17,7 +17,14 @@ import pytest
 
 from sidecar.dns import message
 from tests.conftest import Mesh
-from tests.dns_tools import UPSTREAM_ADDRESS, UPSTREAM_NAME, dig, dnsmasq, require_tools
+from tests.dns_tools import (
+    UPSTREAM_ADDRESS,
+    UPSTREAM_NAME,
+    dig,
+    dnsmasq,
+    query_bytes,
+    require_tools,
+)
 from tests.observe_support import get, series, stats
 from tests.support import dataplane, free_port, port_open, wait_for, write_yaml
 
@@ -121,28 +128,20 @@ def test_counted_in_envoys_dns_filter_stats(proxy: dict) -> None:
     assert text['envoy_dns_filter_known_domain_queries{envoy_dns_filter_prefix="kuma_dns"}'] == 3
 
 
-def _query(qid: int, name: str, qtype: int = message.A, flags: int = message.RD) -> bytes:
-    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
-    return (
-        struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0)
-        + labels
-        + b"\0"
-        + struct.pack("!HH", qtype, message.IN)
-    )
-
-
 def test_bad_messages_get_formerr_or_nothing_and_the_proxy_serves_on(proxy: dict) -> None:
     port = proxy["port"]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.settimeout(10)
         udp.connect(("127.0.0.1", port))
         udp.send(b"\x01\x02\x03")  # no header: dropped
-        udp.send(_query(7, "backend-tcp.mesh", flags=message.QR))  # an answer: never answered
-        two = bytearray(_query(8, "backend-tcp.mesh"))
+        udp.send(
+            query_bytes("backend-tcp.mesh", qid=7, flags=message.QR)
+        )  # an answer: never answered
+        two = bytearray(query_bytes("backend-tcp.mesh", qid=8))
         two[4:6] = b"\x00\x02"  # two questions
         udp.send(bytes(two))
-        udp.send(_query(9, "backend-tcp.mesh")[:20])  # the name cut short
-        udp.send(_query(10, "backend-tcp.mesh"))
+        udp.send(query_bytes("backend-tcp.mesh", qid=9)[:20])  # the name cut short
+        udp.send(query_bytes("backend-tcp.mesh", qid=10))
         # Loopback keeps the order: the answers that come are to 8, 9 and 10, nothing else.
         answers = [udp.recv(4096) for _ in range(3)]
     ids_rcodes = [(struct.unpack("!H", a[:2])[0], a[3] & 0x0F) for a in answers]
@@ -150,7 +149,7 @@ def test_bad_messages_get_formerr_or_nothing_and_the_proxy_serves_on(proxy: dict
     assert answers[2].endswith(socket.inet_aton("10.251.0.2"))
     # DNS over TCP: a message cut off by the client's close is nothing to answer.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as tcp:
-        tcp.sendall(b"\x00\x40" + _query(11, "backend-tcp.mesh"))
+        tcp.sendall(b"\x00\x40" + query_bytes("backend-tcp.mesh", qid=11))
     stats = _stats(proxy["admin"])
     assert stats["downstream_rx_invalid_queries"] == 4  # all four above
     assert _ask(port, "backend-tcp.mesh", "A", "+tcp").answers[0][3] == "10.251.0.2"

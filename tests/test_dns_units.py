@@ -19,21 +19,14 @@ from sidecar.dns.message import FormatError
 from sidecar.dns.table import DnsTable, dns_table
 from sidecar.dns.upstreams import parse_upstream, upstreams_from_resolv_conf
 from sidecar.transparent.iptables import Redirection, install_rules, uninstall_rules
+from tests.dns_tools import query_bytes
 from tests.support import REPO, dataplane
 
 
-def _query(name: str, qtype: int = message.A, flags: int = message.RD, qid: int = 4660) -> bytes:
-    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p)
-    return (
-        struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0)
-        + labels
-        + b"\0"
-        + struct.pack("!HH", qtype, message.IN)
-    )
-
-
 def test_a_query_is_read_and_answered_with_its_question_echoed() -> None:
-    query = message.parse_query(_query("Backend.MESH") + b"\0\0\x29extra")  # EDNS after: ignored
+    query = message.parse_query(
+        query_bytes("Backend.MESH") + b"\0\0\x29extra"
+    )  # EDNS after: ignored
     assert (query.id, query.name, query.type, query.klass) == (4660, "backend.mesh", message.A, 1)
     answer = message.reply(query, addresses=["10.0.0.1", "fd00::1"], ttl=60, authoritative=True)
     qid, flags, qd, an, ns, ar = message.HEADER.unpack_from(answer)
@@ -44,7 +37,7 @@ def test_a_query_is_read_and_answered_with_its_question_echoed() -> None:
 
 
 def test_answers_stop_at_what_fits_in_512_bytes() -> None:
-    query = message.parse_query(_query("big.mesh"))
+    query = message.parse_query(query_bytes("big.mesh"))
     many = [f"10.0.{i // 256}.{i % 256}" for i in range(100)]
     answer = message.reply(query, addresses=many)
     assert len(answer) <= 512
@@ -56,12 +49,12 @@ def test_answers_stop_at_what_fits_in_512_bytes() -> None:
     "data, why",
     [
         (b"\x00" * 11, "shorter than a DNS header"),
-        (_query("a.mesh", flags=message.QR), "a response"),
-        (_query("a.mesh")[:4] + b"\x00\x00" + _query("a.mesh")[6:], "0 questions"),
-        (_query("a.mesh")[:-3], "no type and class"),
-        (_query("a.mesh")[:14], "runs past the message"),
-        (_query("a.mesh")[:12] + b"\xc0\x0c\x00\x01\x00\x01", "compressed"),
-        (_query(".".join(["a" * 63] * 5)), "longer than 255"),
+        (query_bytes("a.mesh", flags=message.QR), "a response"),
+        (query_bytes("a.mesh")[:4] + b"\x00\x00" + query_bytes("a.mesh")[6:], "0 questions"),
+        (query_bytes("a.mesh")[:-3], "no type and class"),
+        (query_bytes("a.mesh")[:14], "runs past the message"),
+        (query_bytes("a.mesh")[:12] + b"\xc0\x0c\x00\x01\x00\x01", "compressed"),
+        (query_bytes(".".join(["a" * 63] * 5)), "longer than 255"),
     ],
 )
 def test_what_is_not_a_readable_query_says_why(data: bytes, why: str) -> None:
@@ -70,9 +63,9 @@ def test_what_is_not_a_readable_query_says_why(data: bytes, why: str) -> None:
 
 
 def test_formerr_keeps_the_id_and_an_answer_is_never_answered() -> None:
-    reply = message.error_for(_query("a.mesh")[:14], message.FORMERR)
+    reply = message.error_for(query_bytes("a.mesh")[:14], message.FORMERR)
     assert reply is not None and reply[:2] == b"\x12\x34" and reply[3] & 0x0F == message.FORMERR
-    assert message.error_for(_query("a.mesh", flags=message.QR), message.FORMERR) is None
+    assert message.error_for(query_bytes("a.mesh", flags=message.QR), message.FORMERR) is None
     assert message.error_for(b"\x12", message.FORMERR) is None
 
 
@@ -88,7 +81,7 @@ def test_any_bytes_are_a_query_or_a_format_error(data: bytes) -> None:
 @given(st.lists(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True), min_size=1, max_size=5))
 def test_names_read_back_as_written(labels: list[str]) -> None:
     name = ".".join(labels)
-    assert message.parse_query(_query(name)).name == name
+    assert message.parse_query(query_bytes(name)).name == name
 
 
 def _table() -> DnsTable:
@@ -123,14 +116,23 @@ def _rcode_and_count(answer: bytes | None) -> tuple[int, int]:
 def test_the_table_answers_its_zone_and_leaves_the_rest() -> None:
     table = _table()
     ask = table.answer
-    assert _rcode_and_count(ask(message.parse_query(_query("redis.mesh", message.AAAA)))) == (0, 1)
-    assert _rcode_and_count(ask(message.parse_query(_query("redis.mesh", message.A)))) == (0, 0)
-    assert _rcode_and_count(ask(message.parse_query(_query("redis.mesh", message.ANY)))) == (0, 1)
-    assert _rcode_and_count(ask(message.parse_query(_query("mesh")))) == (0, 0)
-    assert _rcode_and_count(ask(message.parse_query(_query("x.redis.mesh")))) == (3, 0)
-    assert ask(message.parse_query(_query("example.com"))) is None  # forwarded
-    assert ask(message.parse_query(_query("notmesh"))) is None
-    notify = message.parse_query(_query("example.com", flags=4 << 11))  # opcode NOTIFY
+    assert _rcode_and_count(ask(message.parse_query(query_bytes("redis.mesh", message.AAAA)))) == (
+        0,
+        1,
+    )
+    assert _rcode_and_count(ask(message.parse_query(query_bytes("redis.mesh", message.A)))) == (
+        0,
+        0,
+    )
+    assert _rcode_and_count(ask(message.parse_query(query_bytes("redis.mesh", message.ANY)))) == (
+        0,
+        1,
+    )
+    assert _rcode_and_count(ask(message.parse_query(query_bytes("mesh")))) == (0, 0)
+    assert _rcode_and_count(ask(message.parse_query(query_bytes("x.redis.mesh")))) == (3, 0)
+    assert ask(message.parse_query(query_bytes("example.com"))) is None  # forwarded
+    assert ask(message.parse_query(query_bytes("notmesh"))) is None
+    notify = message.parse_query(query_bytes("example.com", flags=4 << 11))  # opcode NOTIFY
     assert _rcode_and_count(ask(notify)) == (message.NOTIMP, 0)
 
 
@@ -205,12 +207,12 @@ async def test_past_max_pending_forwards_the_answer_is_servfail_at_once() -> Non
     client.setblocking(False)
     try:
         client.connect(("127.0.0.1", proxy.port))
-        await loop.sock_sendall(client, _query("example.com", qid=1))
+        await loop.sock_sendall(client, query_bytes("example.com", qid=1))
         assert await asyncio.wait_for(
             loop.sock_recv(silent, 512), 10
         )  # the first one reached the upstream, and waits
-        await loop.sock_sendall(client, _query("example.org", qid=2))
-        await loop.sock_sendall(client, _query("redis.mesh", message.AAAA, qid=3))
+        await loop.sock_sendall(client, query_bytes("example.org", qid=2))
+        await loop.sock_sendall(client, query_bytes("redis.mesh", message.AAAA, qid=3))
         answers = [await asyncio.wait_for(loop.sock_recv(client, 512), 10) for _ in range(2)]
         assert [(a[:2], a[3] & 0x0F) for a in answers] == [
             (b"\x00\x02", message.SERVFAIL),
