@@ -117,10 +117,3 @@ def reply(
     flags = QR | (query.flags & (_OPCODE | RD)) | RA | rcode | (AA if authoritative else 0)
     header = HEADER.pack(query.id, flags, 1, len(records), 0, 0)
     return b"".join((header, query.question, *records))
-
-
-def rcode_of(data: bytes) -> int | None:
-    """The response code of an answer (a forwarded one), or None when it has no header."""
-    if len(data) < HEADER.size:
-        return None
-    return data[3] & 0x0F

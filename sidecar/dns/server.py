@@ -31,7 +31,7 @@ log = logging.getLogger("sidecar.dns")
 
 _Send = Callable[[bytes], None]  # sends an answer to the client that asked
 _LENGTH = 2  # DNS over TCP: each message after its length (RFC 1035 4.2.2)
-_MAX_UDP = 65535
+_MAX_MESSAGE = 65535  # the most a DNS message can be: a datagram's, or TCP's length field's
 
 
 class DnsProxy:
@@ -165,7 +165,7 @@ class DnsProxy:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(_LENGTH), idle)
                 data = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), idle)
-                answer = self.receive(data, _MAX_UDP)
+                answer = self.receive(data, _MAX_MESSAGE)
                 if isinstance(answer, Query):
                     answer = await self.forward(answer, data, tcp=True)
                 if answer is None:
@@ -212,7 +212,7 @@ async def _ask_udp(upstream: Upstream, data: bytes) -> bytes:
         sock.connect(upstream)  # a connected socket takes datagrams from the upstream only
         await loop.sock_sendall(sock, data)
         while True:
-            answer = await loop.sock_recv(sock, _MAX_UDP)
+            answer = await loop.sock_recv(sock, _MAX_MESSAGE)
             if answer[:2] == data[:2]:
                 return answer
 

@@ -341,8 +341,8 @@ class DnsStats:
     aaaa_record_queries: int = 0
     unsupported_queries: int = 0  # other types
     known_domain_queries: int = 0  # names in the mesh's zone, answered here
-    local_a_record_answers: int = 0  # A and AAAA records answered from the mesh's names
-    local_aaaa_record_answers: int = 0
+    local_a_record_answers: int = 0  # A records answered from the mesh's names
+    local_aaaa_record_answers: int = 0  # AAAA records, likewise
     externally_resolved_queries: int = 0  # forwarded to an upstream resolver and answered
     unanswered_queries: int = 0  # forwarded and no upstream answered: SERVFAIL
 
