@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from operator import itemgetter
 
+from sidecar.addresses import host_port
 from sidecar.config.mesh import Endpoint
 from sidecar.limits import Limits
 from sidecar.observe.stats import ClusterStats
@@ -42,7 +43,7 @@ class Target(tuple[str, int]):
     def __new__(cls, host: str, port: int, endpoint: Endpoint | None = None) -> Target:
         target = super().__new__(cls, (host, port))
         target.endpoint = endpoint
-        target.address = f"{host}:{port}"
+        target.address = host_port(host, port)
         return target
 
     def __getnewargs__(self) -> tuple[str, int, Endpoint | None]:  # copy and pickle

@@ -122,6 +122,9 @@ ORIG_PROTO_HEADER = b"x-pysidecar-orig-proto"
 # address (Kuma's and Istio's InboundPassthroughBindIpv4), which the redirection rules let
 # through (`pysidecar transparent-proxy`), so that they are not redirected back to the sidecar.
 TRANSPARENT_SOURCE_ADDRESS = "127.0.0.6"
+# ... and to an app on an IPv6 address (InboundPassthroughBindIpv6), which, unlike 127.0.0.6, is
+# no local address until it is given to the loopback interface: `ip -6 addr add ::6/128 dev lo`.
+TRANSPARENT_SOURCE_ADDRESS_V6 = "::6"
 # The redirect ports kumactl's transparent proxy uses; `pysidecar transparent-proxy` defaults.
 REDIRECT_PORT_OUTBOUND = 15001
 REDIRECT_PORT_INBOUND = 15006
@@ -130,6 +133,7 @@ REDIRECT_PORT_INBOUND = 15006
 # `<kuma.io/service>.mesh` from the mesh and asking the host's resolvers for the rest).
 DNS_PORT = 15053  # where it listens (UDP and TCP); `--dns-port 0` turns it off
 DNS_ADDRESS = "127.0.0.1"  # iptables' REDIRECT of an app's query lands here
+DNS_ADDRESS_V6 = "::1"  # ... and ip6tables', with IPv6 redirection (ipFamilyMode DualStack)
 DNS_DOMAIN = "mesh"  # the zone it answers for itself
 DNS_STAT_PREFIX = "kuma_dns"  # its stats: dns_filter.kuma_dns.* (Kuma's DNS listener's prefix)
 DNS_TTL = 60  # seconds, as Kuma's answers (`redis.mesh. 60 IN A 240.0.0.100`)

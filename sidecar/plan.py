@@ -6,13 +6,14 @@ port: a listener whose plan is unchanged keeps its socket and its connections.
 Transparent proxying (`networking.transparentProxying`), as Kuma's Envoy does it: iptables
 (`pysidecar transparent-proxy`) redirects the app's outgoing TCP to `redirectPortOutbound` and
 incoming TCP to `redirectPortInbound`, where two redirect listeners (`outbound:passthrough:ipv4`,
-`inbound:passthrough:ipv4`) read each connection's original destination and hand it to the
-listener planned for that address:port (an outbound) or port (an inbound), or relay it to that
-destination as it is (passthrough). Inbounds then bind no socket of their own (the app listens
-on their port; Kuma's `bind_to_port: false`), nor do outbounds on addresses that are not
-loopback (a VIP is no local address); loopback ones still bind, since redirection never takes
-loopback traffic. The sidecar's connections to its app leave from 127.0.0.6, which the rules
-let through, so that an app on the pod's address is not redirected back to the sidecar.
+`inbound:passthrough:ipv4`, and their `:ipv6` twins on `::` with `ipFamilyMode: DualStack`) read
+each connection's original destination and hand it to the listener planned for that
+address:port (an outbound) or port (an inbound), or relay it to that destination as it is
+(passthrough). Inbounds then bind no socket of their own (the app listens on their port;
+Kuma's `bind_to_port: false`), nor do outbounds on addresses that are not loopback (a VIP is no
+local address); loopback ones still bind, since redirection never takes loopback traffic. The
+sidecar's connections to its app leave from 127.0.0.6 (::6 over IPv6), which the rules let
+through, so that an app on the pod's address is not redirected back to the sidecar.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class ListenerPlan:
     # Transparent proxying (see the module's docstring):
     bound: bool = True  # False: reached only through a redirect listener
     redirect: bool = False  # a redirect listener: by original destination, else passthrough
-    source_address: str | None = None  # where connections to the app leave from (IPv4)
+    # Where connections to the app leave from: this IPv4 address, or its IPv6 counterpart for an
+    # app on an IPv6 address (`sidecar.transport.connect.source_for`).
+    source_address: str | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -85,40 +88,57 @@ def _is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
+# ipFamilyMode values that redirect IPv6 too (as does a redirectPortInboundV6 of Kuma 2.0's).
+IPV6_FAMILY_MODES = ("DualStack", "IPv6")
+
+
+def redirects_ipv6(tp: model.TransparentProxying) -> bool:
+    """Whether IPv6 connections are redirected as well: `ipFamilyMode: DualStack` (or `IPv6`), or
+    a `redirectPortInboundV6` (Kuma 2.0's way to ask). Unspecified means IPv4 only here, where
+    Kuma's newer control planes take it as dual stack: a host without IPv6 still starts, and
+    ip6tables' rules are asked for on their own anyway (`pysidecar transparent-proxy --ipv6`)."""
+    return tp.ip_family_mode in IPV6_FAMILY_MODES or bool(tp.redirect_port_inbound_v6)
+
+
 def _redirect_plans(tp: model.TransparentProxying) -> list[ListenerPlan]:
-    """The redirect listeners: outbound on `redirectPortOutbound`, inbound on
-    `redirectPortInbound`, each on 0.0.0.0 (IPv4: IPv6 is not redirected yet, see README)."""
+    """The redirect listeners, Kuma's names: outbound on `redirectPortOutbound`, inbound on
+    `redirectPortInbound`, each on 0.0.0.0 (`…:ipv4`) and, when IPv6 is redirected, on `::`
+    (`…:ipv6`; the inbound on `redirectPortInboundV6` where the Dataplane has one)."""
+    families = [("ipv4", "0.0.0.0", tp.redirect_port_inbound)]
+    if redirects_ipv6(tp):
+        families.append(("ipv6", "::", tp.redirect_port_inbound_v6 or tp.redirect_port_inbound))
     plans = []
-    for direction, port in (
-        ("outbound", tp.redirect_port_outbound),
-        ("inbound", tp.redirect_port_inbound),
-    ):
-        if not port:
-            continue
-        name = f"{direction}:passthrough:ipv4"
-        inbound = direction == "inbound"
-        plans.append(
-            ListenerPlan(
-                name=name,
-                direction=direction,
-                address="0.0.0.0",
-                port=port,
-                cluster=name,
-                service="",
-                protocol="tcp",
-                connect_timeout=(
-                    defaults.INBOUND_CONNECT_TIMEOUT
-                    if inbound
-                    else defaults.OUTBOUND_CONNECT_TIMEOUT
-                ),
-                idle_timeout=(
-                    defaults.INBOUND_IDLE_TIMEOUT if inbound else defaults.OUTBOUND_IDLE_TIMEOUT
-                ),
-                connect_attempts=1,
-                redirect=True,
-                source_address=defaults.TRANSPARENT_SOURCE_ADDRESS if inbound else None,
+    for family, address, inbound_port in families:
+        for direction, port in (
+            ("outbound", tp.redirect_port_outbound),
+            ("inbound", inbound_port),
+        ):
+            if not port:
+                continue
+            name = f"{direction}:passthrough:{family}"
+            inbound = direction == "inbound"
+            plans.append(
+                ListenerPlan(
+                    name=name,
+                    direction=direction,
+                    address=address,
+                    port=port,
+                    cluster=name,
+                    service="",
+                    protocol="tcp",
+                    connect_timeout=(
+                        defaults.INBOUND_CONNECT_TIMEOUT
+                        if inbound
+                        else defaults.OUTBOUND_CONNECT_TIMEOUT
+                    ),
+                    idle_timeout=(
+                        defaults.INBOUND_IDLE_TIMEOUT if inbound else defaults.OUTBOUND_IDLE_TIMEOUT
+                    ),
+                    connect_attempts=1,
+                    redirect=True,
+                    source_address=defaults.TRANSPARENT_SOURCE_ADDRESS if inbound else None,
+                )
             )
-        )
     return plans
 
 

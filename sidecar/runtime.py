@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar import defaults
+from sidecar.addresses import canonical, host_port
 from sidecar.cluster import Cluster, Resolver, Target
 from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
@@ -28,18 +29,15 @@ from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
-from sidecar.plan import ListenerPlan, Timeouts, plan_listeners
+from sidecar.plan import ListenerPlan, Timeouts, plan_listeners, redirects_ipv6
 from sidecar.policy import POLICY_TYPE
-from sidecar.transparent.redirect import Adopt, RedirectStack, Unbound
+from sidecar.transparent.redirect import Adopt, RedirectStack, Unbound, missing_source_v6
 from sidecar.transport.acceptor import Acceptor
 from sidecar.transport.connect import Connector
 from sidecar.transport.fds import FdGuard, loop_exception_handler
 from sidecar.workers import WorkerInfo
 
 log = logging.getLogger("sidecar.runtime")
-
-
-_IPV6_MODES = ("DualStack", "IPv6")  # ipFamilyMode values that ask for IPv6 redirection
 
 
 class BindError(Exception):
@@ -120,10 +118,13 @@ class Sidecar:
                 self.security.store.days_until_first_expiring()
             )
         tp = self.dataplane.networking.transparent_proxying
-        if tp is not None and (tp.redirect_port_inbound_v6 or tp.ip_family_mode in _IPV6_MODES):
+        if tp is not None and redirects_ipv6(tp) and (error := missing_source_v6()) is not None:
             log.warning(
-                "event=transparent_proxying_ipv4_only reason=%r",
-                "IPv6 connections are not redirected (redirectPortInboundV6, ipFamilyMode)",
+                "event=transparent_source_missing address=%s error=%r fix=%r reason=%r",
+                defaults.TRANSPARENT_SOURCE_ADDRESS_V6,
+                error,
+                f"ip -6 addr add {defaults.TRANSPARENT_SOURCE_ADDRESS_V6}/128 dev lo",
+                "connections to an app on an IPv6 address leave from it, and will fail",
             )
         mesh_dir = self.options.mesh_dir or path.resolve().parent
         self.mesh = MeshDirectory(mesh_dir, self.dataplane.mesh)
@@ -310,34 +311,36 @@ class Sidecar:
         """Run the DNS proxy while the Dataplane asks for transparent proxying, with the names of
         its current outbounds (`sidecar.dns`)."""
         assert self.dataplane is not None
-        wanted = bool(self.options.dns_port) and (
-            self.dataplane.networking.transparent_proxying is not None
-        )
-        if not wanted:
+        tp = self.dataplane.networking.transparent_proxying
+        if not self.options.dns_port or tp is None:
             self._stop_dns()
             return
+        addresses = (defaults.DNS_ADDRESS,)
+        if redirects_ipv6(tp):  # where ip6tables' REDIRECT sends the app's queries
+            addresses += (defaults.DNS_ADDRESS_V6,)
         table = dns_table(self.dataplane)
-        if self.dns is not None:
+        if self.dns is not None and self.dns.addresses == addresses:
             self.dns.table = table
             return
+        self._stop_dns()
         upstreams = self.options.dns_upstreams or upstreams_from_resolv_conf()
         dns = DnsProxy(table, upstreams, self.stats.dns(defaults.DNS_STAT_PREFIX))
-        address, port = defaults.DNS_ADDRESS, self.options.dns_port
+        port = self.options.dns_port
         try:
-            await dns.start(address, port, reuse_port=self.options.reuse_port)
+            await dns.start(addresses, port, reuse_port=self.options.reuse_port)
         except OSError as exc:
-            error = f"DNS proxy: cannot bind {address}:{port}: {exc.strerror or exc}"
+            where = " and ".join(host_port(a, port) for a in addresses)
+            error = f"DNS proxy: cannot bind {where}: {exc.strerror or exc}"
             if strict:
                 raise BindError(error) from None
             log.error("event=dns_failed error=%r", error)
             return
         self.dns = dns
         log.info(
-            "event=dns_bound address=%s:%d names=%d upstreams=%s",
-            address,
-            dns.port,
+            "event=dns_bound address=%s names=%d upstreams=%s",
+            ",".join(host_port(a, dns.port) for a in addresses),
             len(table.names),
-            ",".join(f"{h}:{p}" for h, p in upstreams),
+            ",".join(host_port(h, p) for h, p in upstreams),
         )
 
     def _stop_dns(self) -> None:
@@ -350,6 +353,15 @@ class Sidecar:
         the outbound at its original address and port, or the inbound on its port."""
         if redirect.direction == "outbound":
             running = self.listeners.get(destination)
+            if running is None and ":" in destination[0]:  # the Dataplane may spell IPv6 otherwise
+                running = next(
+                    (
+                        r
+                        for (address, port), r in self.listeners.items()
+                        if port == destination[1] and canonical(address) == destination[0]
+                    ),
+                    None,
+                )
             if running is not None and running.plan.direction == "outbound":
                 return running.adopt
             return None

@@ -3,8 +3,9 @@
 
 Each answers with who called it, as the app saw it: a TCP server reads one line and answers
 `peer=<address> local=<address>:<port> got=<line>`; an HTTP server (the standard library's)
-answers a JSON object of the peer's address and the request's headers. `ready` is printed once
-every one listens.
+answers a JSON object of the peer's address and the request's headers. Each listens on 0.0.0.0,
+and with `--ipv6` on `::` as well (IPv6 only there, so that IPv4 peers keep their IPv4 address).
+`ready` is printed once every one listens.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import socketserver
 import sys
 import threading
@@ -51,13 +53,35 @@ class _Http(ThreadingHTTPServer):
     daemon_threads = True
 
 
+class _V6Only:
+    """Mixed in first: the server on `::`, IPv6 only."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # type: ignore[attr-defined]
+        super().server_bind()  # type: ignore[misc]
+
+
+class _Tcp6(_V6Only, _Tcp):
+    pass
+
+
+class _Http6(_V6Only, _Http):
+    pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", type=int, action="append", default=[])
     parser.add_argument("--tcp", type=int, action="append", default=[])
+    parser.add_argument("--ipv6", action="store_true")
     args = parser.parse_args()
     servers: list[socketserver.BaseServer] = [_Http(("0.0.0.0", p), _Who) for p in args.http]
     servers += [_Tcp(("0.0.0.0", p), _Line) for p in args.tcp]
+    if args.ipv6:
+        servers += [_Http6(("::", p), _Who) for p in args.http]
+        servers += [_Tcp6(("::", p), _Line) for p in args.tcp]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = threading.Event()

@@ -202,7 +202,7 @@ async def test_past_max_pending_forwards_the_answer_is_servfail_at_once() -> Non
     silent.setblocking(False)
     stats = DnsStats("kuma_dns")
     proxy = DnsProxy(_table(), [silent.getsockname()], stats, timeout=30, max_pending=1)
-    await proxy.start("127.0.0.1", 0)
+    await proxy.start(("127.0.0.1",), 0)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.setblocking(False)
     try:

@@ -15,10 +15,13 @@ app's side of a real connection:
 - `--uninstall`'s rules take every chain out again;
 - names: web's resolver (dnsmasq on its own address, named in the pod's resolv.conf) is asked
   through `--redirect-dns`'s rule, so `backend.mesh` is answered by web's sidecar with the VIP,
-  and other names by dnsmasq, which the sidecar forwards them to.
+  and other names by dnsmasq, which the sidecar forwards them to;
+- IPv6: the pods are dual stack (`ipFamilyMode: DualStack`, ip6tables' rules from `--ipv6`, ::6
+  on loopback), and the same calls over IPv6 VIPs, IPv6 passthrough both ways (the app seeing
+  ::6) and AAAA answers, asked through the IPv6 nameserver's rule too, work as over IPv4.
 
-Needs root, `ip`, `iptables`, `dig` and `dnsmasq`: without them the test is skipped with the
-reason, unless PYSIDECAR_REQUIRE_NETNS=1 (CI), where it fails instead.
+Needs root, `ip`, `iptables`, `ip6tables`, `dig` and `dnsmasq`: without them the test is skipped
+with the reason, unless PYSIDECAR_REQUIRE_NETNS=1 (CI), where it fails instead.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.dataplane import dataplane_from_document
+from sidecar.defaults import DNS_PORT
 from sidecar.identity import ca
-from tests.dns_tools import UPSTREAM_ADDRESS, UPSTREAM_NAME, dnsmasq
+from tests.dns_tools import UPSTREAM_ADDRESS, UPSTREAM_NAME, dig, dnsmasq
 from tests.pki import Pki
 from tests.support import REPO, Sidecar, dataplane, wait_for, wait_ready, write_yaml
 
@@ -46,9 +50,15 @@ SIDECAR_GROUP = 1337  # the group the sidecars run as: the rules let its connect
 REDIRECT_OUT, REDIRECT_IN = 15001, 15006
 WEB, BACKEND = "10.250.0.1", "10.250.0.2"
 HTTP_VIP, TCP_VIP = "10.251.0.1", "10.251.0.2"
+WEB6, BACKEND6 = "fd00:250::1", "fd00:250::2"
+HTTP_VIP6, TCP_VIP6 = "fd00:251::1", "fd00:251::2"
 HTTP_PORT, TCP_PORT, OTHER_PORT = 8080, 7070, 9999  # backend app's ports; OTHER: no inbound
 LOOPBACK_OUTBOUND = 10080
-TP = {"redirectPortOutbound": REDIRECT_OUT, "redirectPortInbound": REDIRECT_IN}
+TP = {
+    "redirectPortOutbound": REDIRECT_OUT,
+    "redirectPortInbound": REDIRECT_IN,
+    "ipFamilyMode": "DualStack",
+}
 
 _CLIENT = """
 import socket, sys
@@ -61,7 +71,8 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root for network namespaces and iptables"
-    for tool in ("ip", "iptables-restore", "iptables-save", "curl", "dig", "dnsmasq"):
+    tools = ("ip", "iptables-restore", "iptables-save", "ip6tables-restore", "curl", "dig")
+    for tool in (*tools, "dnsmasq"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None
@@ -84,6 +95,7 @@ def _ip(*argv: str) -> None:
 class Pod:
     netns: str
     address: str
+    address6: str
 
     @property
     def prefix(self) -> list[str]:
@@ -106,15 +118,16 @@ class Pod:
 
 @pytest.fixture
 def pods(netns_available: None) -> Iterator[tuple[Pod, Pod]]:
-    """web and backend, each in a namespace of its own, joined by a veth pair; web's resolver is
-    at its own address (`ip netns exec` puts /etc/netns/<ns>/resolv.conf in place)."""
+    """web and backend, each in a namespace of its own, joined by a veth pair, dual stack; web's
+    resolvers are at its own addresses (`ip netns exec` puts /etc/netns/<ns>/resolv.conf in
+    place)."""
     tag = f"pysc{os.getpid() % 10**7}"
-    web, backend = Pod(f"{tag}-web", WEB), Pod(f"{tag}-backend", BACKEND)
+    web, backend = Pod(f"{tag}-web", WEB, WEB6), Pod(f"{tag}-backend", BACKEND, BACKEND6)
     made: list[str] = []
     etc = Path("/etc/netns") / web.netns
     try:
         etc.mkdir(parents=True)
-        (etc / "resolv.conf").write_text(f"nameserver {WEB}\n")
+        (etc / "resolv.conf").write_text(f"nameserver {WEB}\nnameserver {WEB6}\n")
         for pod in (web, backend):
             _ip("netns", "add", pod.netns)
             made.append(pod.netns)
@@ -122,10 +135,15 @@ def pods(netns_available: None) -> Iterator[tuple[Pod, Pod]]:
         for pod, end in ((web, f"{tag}w"), (backend, f"{tag}b")):
             _ip("link", "set", end, "netns", pod.netns)
             _ip("-n", pod.netns, "addr", "add", f"{pod.address}/24", "dev", end)
+            # nodad: usable at once, not after duplicate address detection's second or so.
+            _ip("-n", pod.netns, "-6", "addr", "add", f"{pod.address6}/64", "dev", end, "nodad")
             _ip("-n", pod.netns, "link", "set", end, "up")
             _ip("-n", pod.netns, "link", "set", "lo", "up")
+            # The sidecar's IPv6 connections to its app leave from ::6 (as Kuma's init adds it).
+            _ip("-n", pod.netns, "-6", "addr", "add", "::6/128", "dev", "lo")
         # The VIPs lead out of web's pod, as a service CIDR would; only the rules catch them.
         _ip("-n", web.netns, "route", "add", "10.251.0.0/16", "dev", f"{tag}w")
+        _ip("-n", web.netns, "-6", "route", "add", "fd00:251::/64", "dev", f"{tag}w")
         yield web, backend
     finally:
         for netns in made:
@@ -143,8 +161,8 @@ def _rules(dataplane_file: Path, *extra: str, pod: Pod | None = None) -> str:
     return out.stdout
 
 
-def _apply(pod: Pod, rules: str) -> None:
-    out = pod.run("iptables-restore", "--noflush", stdin=rules)
+def _apply(pod: Pod, rules: str, ipv6: bool = False) -> None:
+    out = pod.run("ip6tables-restore" if ipv6 else "iptables-restore", "--noflush", stdin=rules)
     assert out.returncode == 0, out.stderr
 
 
@@ -188,6 +206,10 @@ def mesh(
             {"address": TCP_VIP, "port": TCP_PORT, "tags": {"kuma.io/service": "backend-tcp"}},
             {"address": "127.0.0.1", "port": LOOPBACK_OUTBOUND,
              "tags": {"kuma.io/service": "backend"}},
+            {"address": HTTP_VIP6, "port": 80, "tags": {"kuma.io/service": "backend"}},
+            # Spelled otherwise than the kernel reports it: found all the same.
+            {"address": "FD00:251:0:0::2", "port": TCP_PORT,
+             "tags": {"kuma.io/service": "backend-tcp"}},
         ],
         address=WEB,
     )  # fmt: skip
@@ -200,7 +222,7 @@ def mesh(
         ca.write_cert_key(pki.dir / f"{name}.crt", pki.dir / f"{name}.key", issued)
     apps = subprocess.Popen(
         [*backend.prefix, sys.executable, "-m", "tests.netns_servers", "--http", str(HTTP_PORT),
-         "--tcp", str(TCP_PORT), "--tcp", str(OTHER_PORT)],
+         "--tcp", str(TCP_PORT), "--tcp", str(OTHER_PORT), "--ipv6"],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     sidecars: list[Sidecar] = []
@@ -210,6 +232,8 @@ def mesh(
         resolver.enter_context(dnsmasq(WEB, 53, prefix=tuple(web.prefix)))  # web's own resolver
         for pod, name, dns in ((backend, "backend-1", ()), (web, "web-1", ("--redirect-dns",))):
             _apply(pod, _rules(files[name], "--gid", str(SIDECAR_GROUP), *dns, pod=pod))
+            rules6 = _rules(files[name], "--gid", str(SIDECAR_GROUP), *dns, "--ipv6", pod=pod)
+            _apply(pod, rules6, ipv6=True)
             sidecars.append(
                 Sidecar(
                     files[name],
@@ -344,3 +368,69 @@ def test_mesh_names_resolve_to_the_vips_and_other_names_upstream(mesh: dict) -> 
     assert _metric(stats, "envoy_dns_filter_known_domain_queries", *label) >= 3
     assert _metric(stats, "envoy_dns_filter_externally_resolved_queries", *label) >= 1
     assert _metric(stats, "envoy_dns_filter_unanswered_queries", *label) == 0
+
+
+def test_ipv6_is_redirected_as_ipv4_is(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    # An IPv6 VIP, through both sidecars over mTLS (their hop is backend's IPv4 address).
+    out = web.run("curl", "-sS", "--max-time", "10", f"http://[{HTTP_VIP6}]/who")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert "spiffe://default/web" in headers["x-forwarded-client-cert"]
+    assert headers["host"] == f"[{HTTP_VIP6}]"
+    assert web.ask(TCP_VIP6, TCP_PORT) == f"peer=127.0.0.6 local={BACKEND}:{TCP_PORT} got=hello"
+    # Passthrough both ways over IPv6: backend's app sees its sidecar's ::6.
+    expected = f"peer=::6 local={BACKEND6}:{OTHER_PORT} got=hello"
+    assert web.ask(BACKEND6, OTHER_PORT) == expected
+    name = "envoy_cluster_upstream_cx_total"
+    web_stats = web.stats(mesh["admin"]["web"])
+    backend_stats = mesh["backend"].stats(mesh["admin"]["backend"])
+    assert _metric(web_stats, name, "envoy_cluster_name", "outbound_passthrough_ipv6") == 1
+    assert _metric(backend_stats, name, "envoy_cluster_name", "inbound_passthrough_ipv6") == 1
+    assert _metric(web_stats, name, "envoy_cluster_name", "outbound_passthrough_ipv4") == 0
+    # Names: the AAAA record of the IPv6 VIP, also when asked of the IPv6 nameserver, whose
+    # queries ip6tables hands to the sidecar's DNS proxy on ::1.
+    found = web.run("getent", "ahostsv6", "backend.mesh")
+    assert found.returncode == 0 and found.stdout.split()[0] == HTTP_VIP6, found
+    asked = web.run("dig", "+short", "+time=2", "+tries=1", f"@{WEB6}", "backend.mesh", "AAAA")
+    assert asked.stdout.split() == [HTTP_VIP6], asked
+    assert "event=transparent_source_missing" not in mesh["sidecars"][1].log
+
+
+def test_without_the_ipv6_source_address_the_sidecar_says_how_to_add_it(
+    netns_available: None, tmp_path: Path
+) -> None:
+    """A pod without ::6 on loopback: the sidecar starts (IPv4 and the outbound direction do not
+    need it) and names the command that gives it, once. A reload to `ipFamilyMode: IPv4` then
+    takes the IPv6 listeners and the DNS proxy's ::1 away."""
+    netns = f"pysc{os.getpid() % 10**7}-bare"
+    _ip("netns", "add", netns)
+    sidecar = None
+    try:
+        _ip("-n", netns, "link", "set", "lo", "up")
+        doc = dataplane("web-1", [{"port": 8081, "tags": {"kuma.io/service": "web"}}])
+        doc["networking"]["transparentProxying"] = TP
+        path = write_yaml(tmp_path / "web-1.yaml", doc)
+        sidecar = Sidecar(path, prefix=("ip", "netns", "exec", netns), log_dir=tmp_path)
+        sidecar.wait_ready()
+        log = sidecar.log
+        assert log.count("event=transparent_source_missing address=::6") == 1
+        assert "fix='ip -6 addr add ::6/128 dev lo'" in log
+        assert "listener=inbound:passthrough:ipv6" in log  # bound all the same
+        prefix = ("ip", "netns", "exec", netns)
+        # The sidecar's own zone answers, a name it lacks included (nothing else answers here).
+        assert dig("::1", DNS_PORT, "web.mesh", "AAAA", prefix=prefix).status == "NXDOMAIN"
+
+        doc["networking"]["transparentProxying"] = {**TP, "ipFamilyMode": "IPv4"}
+        write_yaml(path, doc)
+        sidecar.wait_log("event=listener_removed listener=outbound:passthrough:ipv6")
+        sidecar.wait_log("event=listener_removed listener=inbound:passthrough:ipv6")
+        wait_for(lambda: sidecar.log.count("event=dns_bound") == 2, what="the DNS proxy again")
+        assert "event=dns_bound address=127.0.0.1:15053 " in sidecar.log
+        assert dig("::1", DNS_PORT, "web.mesh", "AAAA", prefix=prefix).status == ""  # no answer
+        assert dig("127.0.0.1", DNS_PORT, "web.mesh", prefix=prefix).status == "NXDOMAIN"
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)

@@ -11,6 +11,7 @@ from pathlib import Path
 from sidecar.config.dataplane import dataplane_from_document
 from sidecar.plan import plan_listeners
 from sidecar.transparent.iptables import Redirection, install_rules, uninstall_rules
+from sidecar.transport.connect import source_for
 from tests.support import REPO, dataplane, free_port, port_open, wait_for, write_yaml
 
 TP = {"redirectPortOutbound": 15001, "redirectPortInbound": 15006}
@@ -68,6 +69,50 @@ def test_only_the_redirect_ports_given_are_planned() -> None:
     assert not plans["outbound:10.251.0.1:80"].bound
 
 
+def test_dual_stack_plans_ipv6_twins_on_the_same_ports() -> None:
+    plans = _plans({**TP, "ipFamilyMode": "DualStack"})
+    out, into = plans["outbound:passthrough:ipv6"], plans["inbound:passthrough:ipv6"]
+    assert (out.address, out.port, out.cluster) == ("::", 15001, "outbound:passthrough:ipv6")
+    assert (into.address, into.port, into.redirect) == ("::", 15006, True)
+    # One source address for both: `source_for` picks ::6 when the app's address is IPv6.
+    assert into.source_address == "127.0.0.6" and out.source_address is None
+    assert "outbound:passthrough:ipv4" in plans and "inbound:passthrough:ipv4" in plans
+
+
+def test_redirect_port_inbound_v6_asks_for_ipv6_on_its_own_port() -> None:
+    plans = _plans({**TP, "redirectPortInboundV6": 15010})  # Kuma 2.0's way
+    assert plans["inbound:passthrough:ipv6"].port == 15010
+    assert plans["inbound:passthrough:ipv4"].port == 15006
+    assert plans["outbound:passthrough:ipv6"].port == 15001
+
+
+def test_ipv4_and_unspecified_families_redirect_ipv4_only() -> None:
+    for mode in ("IPv4", "UnSpecified", 2):
+        assert not any(name.endswith(":ipv6") for name in _plans({**TP, "ipFamilyMode": mode}))
+
+
+def test_source_for_follows_the_apps_address_family() -> None:
+    assert source_for("127.0.0.6", "10.250.0.2") == ("127.0.0.6", 0)
+    assert source_for("127.0.0.6", "fd00::2") == ("::6", 0)
+    assert source_for("127.0.0.6", "backend.local") is None  # a name: family unknown yet
+    assert source_for(None, "fd00::2") is None
+
+
+def test_ipv6_rules_name_ipv6_loopback_and_source() -> None:
+    rules = install_rules(
+        Redirection("--gid-owner 1337", 15001, 15010, dns_servers=("fd00::53",), ipv6=True)
+    )
+    lines = rules.splitlines()
+    assert "-A PYSIDECAR_OUTPUT -s ::6/128 -o lo -j RETURN" in lines
+    assert "-A PYSIDECAR_OUTPUT -d ::1/128 -j RETURN" in lines
+    assert (
+        "-A PYSIDECAR_OUTPUT ! -d ::1/128 -o lo -m owner --gid-owner 1337 "
+        "-j PYSIDECAR_INBOUND_REDIRECT"
+    ) in lines
+    assert "-A PYSIDECAR_DNS -d fd00::53/128 -p udp -j REDIRECT --to-ports 15053" in lines
+    assert "127.0.0" not in rules and "/32" not in rules
+
+
 def test_install_rules_are_kumas_chains() -> None:
     rules = install_rules(Redirection("--uid-owner 5678", 15001, 15006, (22,), (53, 853)))
     lines = rules.splitlines()
@@ -114,6 +159,25 @@ def test_cli_takes_the_ports_from_the_dataplane(tmp_path: Path) -> None:
     assert "--to-ports 16001" in out.stdout and "--to-ports 16006" in out.stdout
     assert "--gid-owner 0" in out.stdout
     assert "--uid-owner 0" in _cli("--uid", "root").stdout  # a name is looked up
+
+
+def test_cli_ipv6_takes_the_v6_inbound_port_and_wants_dual_stack(tmp_path: Path) -> None:
+    tp = {**TP, "redirectPortInboundV6": 15010}
+    path = write_yaml(tmp_path / "web-1.yaml", _doc(tp))
+    out = _cli("--dataplane", str(path), "--gid", "0", "--ipv6", "--redirect-all-dns-traffic")
+    assert out.returncode == 0, out.stderr
+    assert "--to-ports 15010" in out.stdout and "--to-ports 15006" not in out.stdout
+    assert "-s ::6/128" in out.stdout
+    assert "-A PYSIDECAR_DNS -p udp -j REDIRECT --to-ports 15053" in out.stdout  # any address
+    v4 = _cli("--dataplane", str(path), "--gid", "0")
+    assert "--to-ports 15006" in v4.stdout and "-s 127.0.0.6/32" in v4.stdout
+
+    path = write_yaml(tmp_path / "web-1.yaml", _doc({**TP, "ipFamilyMode": "IPv4"}))
+    out = _cli("--dataplane", str(path), "--gid", "0", "--ipv6")
+    assert out.returncode == 1
+    assert "ipFamilyMode is IPv4" in out.stderr and "set it to DualStack" in out.stderr
+    # Taking rules out never needs the family: one uninstall fits both tables.
+    assert _cli("--dataplane", str(path), "--ipv6", "--uninstall").returncode == 0
 
 
 def test_cli_errors_say_what_is_missing(tmp_path: Path) -> None:

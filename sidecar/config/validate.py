@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from sidecar import defaults
+from sidecar.addresses import host_port
 from sidecar.config.model import PROTOCOL_TAG, PROTOCOLS, SERVICE_TAG
 
 _TAG_NAME = re.compile(r"[a-zA-Z0-9.\-_:/]*")
@@ -134,10 +135,6 @@ def _overlaps(a: str, b: str) -> bool:
         if ip is not None and ip.is_unspecified:
             return True
     return _same_address(a, b)
-
-
-def _endpoint(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 # --- the walker ------------------------------------------------------------------------------
@@ -599,7 +596,7 @@ def _distinct_listeners(v: _Validator, listeners: list[_Listener]) -> None:
     for listener in listeners:
         key = (_normal_address(listener.address), listener.port)
         if key in seen:
-            where = _endpoint(listener.address, listener.port)
+            where = host_port(listener.address, listener.port)
             v.add(listener.path, f"address {where} is already used by {seen[key]}")
         else:
             seen[key] = listener.path

@@ -1,5 +1,6 @@
-"""The DNS proxy on the event loop: UDP and TCP on one port (Kuma: 127.0.0.1:15053), the mesh's
-names answered from `DnsTable`, every other query forwarded as it is to the upstream resolvers.
+"""The DNS proxy on the event loop: UDP and TCP on one port (Kuma: 127.0.0.1:15053; ::1 too when
+IPv6 is redirected), the mesh's names answered from `DnsTable`, every other query forwarded as it
+is to the upstream resolvers.
 
 The upstreams are the host's (`nameserver` lines of /etc/resolv.conf, read at start, as kuma-dp's
 CoreDNS forwards to them) unless given. Under transparent proxying the sidecar's own queries are
@@ -50,8 +51,9 @@ class DnsProxy:
         self.max_pending = max_pending
         self._forwarding = 0  # queries waiting on upstreams, UDP and TCP
         self._pending: set[asyncio.Task[None]] = set()  # UDP's, cancelled on close
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self.addresses: tuple[str, ...] = ()  # where it listens, once started
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
         self._throttle = LogThrottle()
 
     # -- the decision, shared by both transports ----------------------------------------------
@@ -120,32 +122,38 @@ class DnsProxy:
 
     # -- the servers --------------------------------------------------------------------------
 
-    async def start(self, address: str, port: int, reuse_port: bool = False) -> None:
-        """Bind UDP and TCP on `address`:`port` (port 0: one free port for both)."""
+    async def start(self, addresses: Sequence[str], port: int, reuse_port: bool = False) -> None:
+        """Bind UDP and TCP on `port` of each address (port 0: the first free port, then the same
+        for every other); nothing stays bound when one fails (OSError)."""
         loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpServer(self), local_addr=(address, port), reuse_port=reuse_port or None
-        )
-        self._udp = udp
-        port = udp.get_extra_info("sockname")[1]
+        reuse = reuse_port or None
         try:
-            self._tcp = await asyncio.start_server(
-                self._serve_tcp, address, port, reuse_address=True, reuse_port=reuse_port or None
-            )
+            for address in addresses:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpServer(self), local_addr=(address, port), reuse_port=reuse
+                )
+                self._udp.append(udp)
+                port = udp.get_extra_info("sockname")[1]
+                tcp = await asyncio.start_server(
+                    self._serve_tcp, address, port, reuse_address=True, reuse_port=reuse
+                )
+                self._tcp.append(tcp)
         except OSError:
-            udp.close()
+            self.close()
             raise
+        self.addresses = tuple(addresses)
 
     @property
     def port(self) -> int:
-        assert self._udp is not None
-        return int(self._udp.get_extra_info("sockname")[1])
+        return int(self._udp[0].get_extra_info("sockname")[1])
 
     def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
+        for udp in self._udp:
+            udp.close()
+        for tcp in self._tcp:
+            tcp.close()
+        self._udp.clear()
+        self._tcp.clear()
         for task in self._pending:
             task.cancel()
 

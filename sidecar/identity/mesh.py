@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar import defaults
+from sidecar.addresses import host_port
 from sidecar.config.model import Dataplane
 from sidecar.identity import spiffe, tls
 from sidecar.identity.credentials import DEFAULT_WORKLOAD_VALIDITY
@@ -900,8 +901,7 @@ class MeshListener:
 
     def peer_name(self, address: Any) -> str:
         if isinstance(address, tuple) and len(address) >= 2:
-            host = address[0]
-            return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+            return host_port(address[0], address[1])
         return str(address)
 
     def refused(self, address: Any, reason: str, *, verify: bool = False) -> None:

@@ -1,9 +1,15 @@
 """`pysidecar transparent-proxy`: the iptables rules that send an app's TCP through its sidecar.
 
-The rules of kumactl's `install transparent-proxy` (IPv4, TCP), printed in `iptables-restore`'s
-format for the nat table, to be applied in the app's network namespace:
+The rules of kumactl's `install transparent-proxy` (TCP), printed in `iptables-restore`'s format
+for the nat table, to be applied in the app's network namespace:
 
     pysidecar transparent-proxy --dataplane dp.yaml --gid 1337 | iptables-restore --noflush
+    pysidecar transparent-proxy --dataplane dp.yaml --gid 1337 --ipv6 | ip6tables-restore --noflush
+
+`--ipv6` prints the same rules for ip6tables (::1 for 127.0.0.1, ::6 for 127.0.0.6, the inbound
+on `redirectPortInboundV6` where the Dataplane has one), for a Dataplane whose IPv6 connections
+the sidecar takes (`ipFamilyMode: DualStack`). The sidecar's connections to an IPv6 app leave
+from ::6, which must be given to the loopback interface first: `ip -6 addr add ::6/128 dev lo`.
 
 - Incoming TCP (PREROUTING) goes to `redirectPortInbound`, but for `--exclude-inbound-ports`.
 - Outgoing TCP (OUTPUT) goes to `redirectPortOutbound`, but for the sidecar's own connections
@@ -12,8 +18,8 @@ format for the nat table, to be applied in the app's network namespace:
   than 127.0.0.1 (its own pod address) go to the inbound redirect, as peers' connections do,
   except those from 127.0.0.6: the sidecar's connections to its app (`sidecar.plan`).
 
-- With `--redirect-dns`, UDP queries to the nameservers of /etc/resolv.conf (with
-  `--redirect-all-dns-traffic`, to any address) go to the sidecar's DNS proxy on
+- With `--redirect-dns`, UDP queries to the nameservers of /etc/resolv.conf (of the family
+  printed; with `--redirect-all-dns-traffic`, to any address) go to the sidecar's DNS proxy on
   `--redirect-dns-port` (`sidecar.dns`), but for the sidecar's own, which it forwards there.
 
 `--uninstall` prints the rules that take them out again. The redirect ports come from the
@@ -38,7 +44,12 @@ INBOUND, INBOUND_REDIRECT = f"{_CHAIN}_INBOUND", f"{_CHAIN}_INBOUND_REDIRECT"
 OUTPUT, OUTBOUND_REDIRECT = f"{_CHAIN}_OUTPUT", f"{_CHAIN}_OUTBOUND_REDIRECT"
 DNS = f"{_CHAIN}_DNS"  # always made (empty without DNS redirection): one way to uninstall
 CHAINS = (INBOUND, INBOUND_REDIRECT, OUTPUT, OUTBOUND_REDIRECT, DNS)
-ALL_ADDRESSES = ("0.0.0.0/0",)  # --redirect-all-dns-traffic
+ALL_ADDRESSES = ("0.0.0.0/0",)  # --redirect-all-dns-traffic (and ::/0: no address matched)
+_LOOPBACK = {False: "127.0.0.1/32", True: "::1/128"}
+_SOURCE = {
+    False: f"{defaults.TRANSPARENT_SOURCE_ADDRESS}/32",
+    True: f"{defaults.TRANSPARENT_SOURCE_ADDRESS_V6}/128",
+}
 
 
 @dataclass(frozen=True)
@@ -50,14 +61,16 @@ class Redirection:
     inbound_port: int | None = defaults.REDIRECT_PORT_INBOUND  # None: incoming TCP untouched
     exclude_inbound_ports: tuple[int, ...] = ()
     exclude_outbound_ports: tuple[int, ...] = ()
-    # DNS queries to these IPv4 nameservers go to `dns_port` (the DNS proxy); none: untouched.
+    # DNS queries to these nameservers go to `dns_port` (the DNS proxy); none: untouched.
     dns_servers: tuple[str, ...] = ()
     dns_port: int = defaults.DNS_PORT
+    ipv6: bool = False  # the rules for ip6tables-restore
 
 
 def install_rules(r: Redirection) -> str:
-    """The nat table's chains and rules, in `iptables-restore --noflush` format."""
-    source = f"{defaults.TRANSPARENT_SOURCE_ADDRESS}/32"
+    """The nat table's chains and rules, in `iptables-restore --noflush` format (in
+    `ip6tables-restore`'s with `r.ipv6`: the same but for the addresses)."""
+    source, loopback = _SOURCE[r.ipv6], _LOOPBACK[r.ipv6]
     lines = ["*nat", *(f":{chain} - [0:0]" for chain in CHAINS)]
     if r.inbound_port is not None:
         lines.append(f"-A PREROUTING -p tcp -j {INBOUND}")
@@ -67,12 +80,10 @@ def install_rules(r: Redirection) -> str:
     lines.append(f"-A OUTPUT -p tcp -j {OUTPUT}")
     lines.append(f"-A {OUTPUT} -s {source} -o lo -j RETURN")
     if r.inbound_port is not None:
-        lines.append(
-            f"-A {OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner {r.owner} -j {INBOUND_REDIRECT}"
-        )
+        lines.append(f"-A {OUTPUT} ! -d {loopback} -o lo -m owner {r.owner} -j {INBOUND_REDIRECT}")
     lines.append(f"-A {OUTPUT} -o lo -m owner ! {r.owner} -j RETURN")
     lines.append(f"-A {OUTPUT} -m owner {r.owner} -j RETURN")
-    lines.append(f"-A {OUTPUT} -d 127.0.0.1/32 -j RETURN")
+    lines.append(f"-A {OUTPUT} -d {loopback} -j RETURN")
     if r.outbound_port is not None:
         lines += [f"-A {OUTPUT} -p tcp --dport {p} -j RETURN" for p in r.exclude_outbound_ports]
         lines.append(f"-A {OUTPUT} -j {OUTBOUND_REDIRECT}")
@@ -81,7 +92,7 @@ def install_rules(r: Redirection) -> str:
     if r.dns_servers:
         lines.append(f"-A {DNS} -m owner {r.owner} -j RETURN")
         for server in r.dns_servers:
-            destination = "" if server in ALL_ADDRESSES else f"-d {server}/32 "
+            destination = "" if server in ALL_ADDRESSES else f"-d {server}/{128 if r.ipv6 else 32} "
             lines.append(f"-A {DNS} {destination}-p udp -j REDIRECT --to-ports {r.dns_port}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -120,6 +131,7 @@ def _owner(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sidecar.config.dataplane import ConfigError, load_dataplane
+    from sidecar.plan import redirects_ipv6
 
     outbound, inbound = args.redirect_outbound_port, args.redirect_inbound_port
     if args.dataplane is not None:
@@ -136,8 +148,17 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        if args.ipv6 and not args.uninstall and not redirects_ipv6(tp):
+            print(
+                f"pysidecar transparent-proxy: --ipv6: {args.dataplane}: "
+                f"networking.transparentProxying.ipFamilyMode is {tp.ip_family_mode}: the "
+                "sidecar would not listen for IPv6 connections (set it to DualStack)",
+                file=sys.stderr,
+            )
+            return 1
         outbound = outbound or tp.redirect_port_outbound
-        inbound = inbound or tp.redirect_port_inbound
+        inbound_v6 = tp.redirect_port_inbound_v6 if args.ipv6 else None
+        inbound = inbound or inbound_v6 or tp.redirect_port_inbound
     elif outbound is None and inbound is None:
         outbound, inbound = defaults.REDIRECT_PORT_OUTBOUND, defaults.REDIRECT_PORT_INBOUND
     if args.uninstall:
@@ -159,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
     if args.redirect_all_dns_traffic:
         dns_servers = ALL_ADDRESSES
     elif args.redirect_dns:
-        dns_servers = tuple(h for h, _ in upstreams_from_resolv_conf() if ":" not in h)
-        if not dns_servers:
+        dns_servers = tuple(h for h, _ in upstreams_from_resolv_conf() if (":" in h) == args.ipv6)
+        if not dns_servers and not args.ipv6:
             print(
                 "pysidecar transparent-proxy: --redirect-dns: /etc/resolv.conf names no IPv4 "
                 "nameserver (use --redirect-all-dns-traffic)",
@@ -175,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         args.exclude_outbound_ports,
         dns_servers,
         args.redirect_dns_port,
+        args.ipv6,
     )
     sys.stdout.write(install_rules(redirection))
     return 0
@@ -219,6 +241,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=defaults.DNS_PORT,
         metavar="PORT",
         help=f"the DNS proxy's port (the sidecar's --dns-port; default {defaults.DNS_PORT})",
+    )
+    parser.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="print the rules for ip6tables-restore (a Dataplane with ipFamilyMode DualStack)",
     )
     parser.add_argument("--uninstall", action="store_true", help="print the rules' removal")
     parser.set_defaults(func=run)

@@ -1,5 +1,6 @@
 """The redirect listeners of transparent proxying (Kuma's `outbound:passthrough:ipv4` on
-`redirectPortOutbound` and `inbound:passthrough:ipv4` on `redirectPortInbound`).
+`redirectPortOutbound` and `inbound:passthrough:ipv4` on `redirectPortInbound`, and their `:ipv6`
+twins on `::` when IPv6 is redirected).
 
 iptables sends every TCP connection of the app (outbound) or to it (inbound) here. Each one's
 original destination (`sidecar.transport.origdst`) picks what serves it, as Envoy's
@@ -8,9 +9,9 @@ original destination (`sidecar.transport.origdst`) picks what serves it, as Envo
 - outbound: the outbound planned at that exact address and port (a service's VIP);
 - inbound: the inbound planned on that port (the app's), whatever local address was asked for;
 - neither: the bytes are relayed to the original destination as they are (passthrough, Kuma's
-  default), counted in the `outbound:passthrough:ipv4` / `inbound:passthrough:ipv4` cluster.
-  The inbound direction connects from 127.0.0.6 (the plan's source address), which the rules let
-  through to the app.
+  default), counted in the `outbound:passthrough:ipv4` / `inbound:passthrough:ipv4` cluster
+  (`…:ipv6`). The inbound direction connects from 127.0.0.6 or ::6 (the plan's source address),
+  which the rules let through to the app.
 
 A connection made to the redirect port itself (not redirected) has no destination of its own:
 passing it through would connect to this very port again, so it is closed and counted
@@ -25,6 +26,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from sidecar import defaults
 from sidecar.cluster import Cluster, Target
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.stats import ListenerStats
@@ -113,3 +115,16 @@ def _is_own(sock: socket.socket, destination: tuple[str, int]) -> bool:
     except OSError:
         return True
     return (local[0], local[1]) == destination
+
+
+def missing_source_v6() -> str | None:
+    """Why the sidecar cannot connect to an IPv6 app from ::6, or None when it can. 127.0.0.6 is
+    local on every Linux (all of 127.0.0.0/8 is), ::6 only once given to the loopback interface
+    (`ip -6 addr add ::6/128 dev lo`, as Istio's and Kuma's init do); without it the inbound
+    direction of IPv6 redirection cannot reach the app."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind((defaults.TRANSPARENT_SOURCE_ADDRESS_V6, 0))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from sidecar import defaults
 from sidecar.observe.stats import ClusterStats
 
 if TYPE_CHECKING:
@@ -31,17 +32,17 @@ class ConnectError(Exception):
 
 def source_for(source: str | None, host: str) -> tuple[str, int] | None:
     """The local address to bind before connecting to `host`: `source` (an IPv4 address) when
-    `host` is an IPv4 address too, else None (let the kernel choose). Transparent proxying binds
-    the sidecar's connections to its app to 127.0.0.6, as Kuma's Envoy does, so that the
-    redirection rules let them through instead of sending them back to the sidecar."""
+    `host` is an IPv4 address too, its IPv6 counterpart (::6) when `host` is an IPv6 address,
+    else None (let the kernel choose). Transparent proxying binds the sidecar's connections to
+    its app to 127.0.0.6 or ::6, as Kuma's Envoy does, so that the redirection rules let them
+    through instead of sending them back to the sidecar."""
     if source is None:
         return None
     try:
-        if ipaddress.ip_address(host).version != 4:
-            return None
+        version = ipaddress.ip_address(host).version
     except ValueError:  # a name: its family is not known before it is resolved
         return None
-    return (source, 0)
+    return (source, 0) if version == 4 else (defaults.TRANSPARENT_SOURCE_ADDRESS_V6, 0)
 
 
 def plain_connector(

@@ -25,7 +25,7 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN)
             address = socket.inet_ntop(socket.AF_INET, raw[4:8])
         elif sock.family == socket.AF_INET6:
-            raw = sock.getsockopt(socket.SOL_IPV6, SO_ORIGINAL_DST, _SOCKADDR_IN6)
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, _SOCKADDR_IN6)
             address = socket.inet_ntop(socket.AF_INET6, raw[8:24])
         else:
             return None
