@@ -228,7 +228,9 @@ class Sidecar:
         stack: ListenerStack
         inbound: InboundStack | None = None
         if plan.redirect:
-            stack = RedirectStack(plan, cluster, stats, self.stack_options, self._redirected)
+            stack = RedirectStack(
+                plan, cluster, stats, self.stack_options, self._redirected, self._passthrough
+            )
         elif plan.direction == "inbound":
             inbound = InboundStack(
                 plan,
@@ -347,6 +349,10 @@ class Sidecar:
         if self.dns is not None:
             self.dns.close()
             self.dns = None
+
+    def _passthrough(self) -> bool:
+        """Whether the mesh lets the app reach destinations outside it (its Mesh resource)."""
+        return self.mesh is None or self.mesh.snapshot.passthrough
 
     def _redirected(self, redirect: ListenerPlan, destination: tuple[str, int]) -> Adopt | None:
         """The listener a redirect listener's connection is meant for (`sidecar.transparent`):

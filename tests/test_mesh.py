@@ -157,6 +157,44 @@ def test_mesh_directory_skips_broken_files_and_other_meshes(tmp_path: Path):
     assert directory.scan() and not directory.snapshot.errors
 
 
+def test_the_mesh_resource_switches_passthrough(tmp_path: Path):
+    directory = MeshDirectory(tmp_path, "demo")
+    directory.scan()
+    assert directory.snapshot.passthrough  # no Mesh resource: Kuma's default
+    mesh = tmp_path / "mesh.yaml"
+    # A Mesh is matched by its name (it belongs to no mesh); another mesh's is not ours.
+    mesh.write_text(
+        "type: Mesh\nname: demo\nnetworking:\n  outbound:\n    passthrough: false\n---\n"
+        "type: Mesh\nname: other\nnetworking: {outbound: {passthrough: true}}\n"
+    )
+    assert directory.scan() and directory.snapshot.passthrough is False
+    assert not directory.snapshot.errors
+    mesh.write_text("type: Mesh\nname: demo\nmtls: {}\n")  # no networking: the default
+    assert directory.scan() and directory.snapshot.passthrough is True
+
+
+def test_a_bad_mesh_resource_is_named_and_skipped(tmp_path: Path):
+    directory = MeshDirectory(tmp_path, "default")
+    bad = tmp_path / "mesh.yaml"
+    bad.write_text("type: Mesh\nname: default\nnetworking: {outbound: {passthrough: 'no'}}\n")
+    directory.scan()
+    assert directory.snapshot.errors == {
+        str(bad): f"{bad}: networking.outbound.passthrough: must be a boolean, not 'no'"
+    }
+    assert directory.snapshot.passthrough  # skipped: the default holds
+    bad.write_text("type: Mesh\nname: default\nnetworking: {outbound: [passthrough]}\n")
+    directory.scan()
+    assert directory.snapshot.errors[str(bad)] == f"{bad}: networking.outbound: must be an object"
+    first = tmp_path / "a.yaml"
+    first.write_text("type: Mesh\nname: default\nnetworking: {outbound: {passthrough: false}}\n")
+    bad.write_text("type: Mesh\nname: default\n")
+    directory.scan()
+    assert directory.snapshot.errors[str(bad)] == (
+        f"{bad}: a second Mesh named 'default' (the first is in {first})"
+    )
+    assert directory.snapshot.passthrough is False  # the first one's word
+
+
 def test_plan_names_listeners_and_clusters_as_envoy_does():
     dp = parse_dataplane(
         """

@@ -306,6 +306,31 @@ def test_unknown_destinations_pass_through_both_ways(mesh: dict) -> None:
     assert _metric(backend_stats, name, "envoy_cluster_name", "inbound_passthrough_ipv4") == 1
 
 
+def test_a_mesh_without_passthrough_closes_what_leaves_it(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    mesh_file = mesh["files"]["web-1"].parent / "mesh.yaml"
+    write_yaml(mesh_file, {"type": "Mesh", "name": "default",
+                           "networking": {"outbound": {"passthrough": False}}})  # fmt: skip
+
+    def blocked() -> float:
+        return _metric(
+            web.stats(mesh["admin"]["web"]), "envoy_tcp_downstream_cx_no_route",
+            "envoy_tcp_prefix", f"outbound_0.0.0.0_{REDIRECT_OUT}",
+        )  # fmt: skip
+
+    # The mesh directory is read again within a poll: the first closed connection shows it.
+    wait_for(lambda: web.ask(BACKEND, OTHER_PORT) == "" and blocked() >= 1, what="no passthrough")
+    assert "event=passthrough_blocked listener=outbound:passthrough:ipv4" in mesh["sidecars"][1].log
+    assert f"destination={BACKEND}:{OTHER_PORT}" in mesh["sidecars"][1].log
+    # What the mesh knows still goes: a VIP, and IPv6 alike.
+    assert web.ask(TCP_VIP, TCP_PORT).startswith("peer=127.0.0.6")
+    assert web.ask(TCP_VIP6, TCP_PORT).startswith("peer=127.0.0.6")
+    assert web.ask(BACKEND6, OTHER_PORT) == ""
+
+    mesh_file.unlink()  # Kuma's default again
+    wait_for(lambda: web.ask(BACKEND, OTHER_PORT).startswith("peer=127.0.0.6"), what="passthrough")
+
+
 def test_a_loopback_outbound_stays_bound(mesh: dict) -> None:
     out = mesh["web"].run(
         "curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{LOOPBACK_OUTBOUND}/"

@@ -2,8 +2,9 @@
 
 Every Dataplane file of the same mesh in the directory is a member; an outbound's endpoints are the
 serving inbounds of all members whose tags contain the outbound's tags. Documents of other kinds
-(MeshTrafficPermission, …) are kept for the policy layer. A broken file is reported and skipped; the
-rest of the mesh keeps working. Reading is incremental: a file is parsed again only when its
+(MeshTrafficPermission, …) are kept for the policy layer, and the mesh's own `Mesh` resource
+(matched by its name) for what it switches (passthrough). A broken file is reported and skipped;
+the rest of the mesh keeps working. Reading is incremental: a file is parsed again only when its
 size, mtime or inode changed.
 """
 
@@ -36,6 +37,9 @@ YAML_SUFFIXES = (".yaml", ".yml")
 # A member's sidecar reports its inbounds' health (service probes, drain) in a document of this
 # kind, `<name>.health.yaml` (written by sidecar.observe.probes): `inbound: [{port, ready}]`.
 HEALTH_KIND = "DataplaneHealth"
+# The mesh's own resource (`type: Mesh`, `name: <mesh>`); read here: `networking.outbound.
+# passthrough` (Kuma's switch for destinations outside the mesh under transparent proxying).
+MESH_KIND = "Mesh"
 
 
 def common_protocol(protocols: Iterable[str]) -> str:
@@ -128,6 +132,16 @@ class MeshSnapshot:
     def documents_of_kind(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
         return [(f, d) for f, d in self.documents if d.get("type") == kind]
 
+    @cached_property
+    def passthrough(self) -> bool:
+        """Whether connections to destinations outside the mesh are relayed (transparent
+        proxying): the Mesh resource's `networking.outbound.passthrough`, true without one."""
+        for _, doc in self.documents_of_kind(MESH_KIND):
+            value = _mesh_passthrough(doc)
+            if value is not None:
+                return value
+        return True
+
 
 class MeshDirectory:
     """Reads a mesh directory, re-parsing only files that changed since the last `scan`."""
@@ -172,12 +186,24 @@ class MeshDirectory:
         members: list[model.Dataplane] = []
         documents: list[tuple[str, dict[str, Any]]] = []
         errors: dict[str, str] = {}
+        mesh_files: list[str] = []  # where this mesh's Mesh resource was found
         for path, (_, parsed) in self._cache.items():
             if isinstance(parsed, str):
                 errors[path] = parsed
                 continue
             for doc in parsed:
-                if not isinstance(doc, dict) or doc.get("mesh", "default") != self.mesh:
+                if not isinstance(doc, dict):
+                    continue
+                if doc.get("type") == MESH_KIND:  # a mesh's own resource: by its name
+                    if doc.get("name") == self.mesh:
+                        error = _mesh_error(doc, path, mesh_files)
+                        if error is not None:
+                            errors[path] = error
+                            continue
+                        mesh_files.append(path)
+                        documents.append((path, doc))
+                    continue
+                if doc.get("mesh", "default") != self.mesh:
                     continue
                 if doc.get("type") == "Dataplane":
                     try:
@@ -189,6 +215,28 @@ class MeshDirectory:
         for path, message in errors.items():
             log.warning("event=mesh_file_skipped file=%s error=%r", path, message)
         return MeshSnapshot(self.mesh, tuple(members), tuple(documents), errors)
+
+
+def _mesh_passthrough(doc: dict[str, Any]) -> bool | None:
+    networking = doc.get("networking")
+    outbound = networking.get("outbound") if isinstance(networking, dict) else None
+    return outbound.get("passthrough") if isinstance(outbound, dict) else None
+
+
+def _mesh_error(doc: dict[str, Any], path: str, found_in: list[str]) -> str | None:
+    """Why a Mesh resource cannot be used (the file and field path), or None."""
+    if found_in:
+        return f"{path}: a second Mesh named {doc.get('name')!r} (the first is in {found_in[0]})"
+    for field_path in ("networking", "networking.outbound"):
+        value: Any = doc
+        for part in field_path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and not isinstance(value, dict):
+            return f"{path}: {field_path}: must be an object"
+    value = _mesh_passthrough(doc)
+    if value is not None and not isinstance(value, bool):
+        return f"{path}: networking.outbound.passthrough: must be a boolean, not {value!r}"
+    return None
 
 
 def _read(path: str) -> list[Any] | str:

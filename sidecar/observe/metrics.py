@@ -151,6 +151,8 @@ FAMILIES: tuple[Family, ...] = (
     family("tcp", "tcp_downstream_cx_tx_bytes_total", stat="downstream_cx_tx_bytes_total",
            live="open_tx_bytes"),
     family("tcp", "tcp_idle_timeout", stat="idle_timeout"),
+    family("tcp", "tcp_downstream_cx_no_route", stat="downstream_cx_no_route",
+           help="connections with no cluster to go to (passthrough off)"),
     # -- source identity (filled once mTLS tells the caller) --------------------------------------
     family("source", "downstream_cx_total", help="connections by the caller's service"),
     family("source", "downstream_rq_total", help="requests by the caller's service"),

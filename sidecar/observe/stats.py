@@ -141,6 +141,9 @@ class ListenerStats:
     tcp_downstream_cx_rx_bytes_total: int = 0
     tcp_downstream_cx_tx_bytes_total: int = 0
     tcp_idle_timeout: int = 0
+    # An outbound redirect listener's connection to a destination outside the mesh, closed
+    # because the mesh allows no passthrough (Envoy: no cluster to route it to).
+    tcp_downstream_cx_no_route: int = 0
     ssl_handshake: int = 0
     ssl_connection_error: int = 0  # refused handshakes, certificate verification aside
     ssl_fail_verify_error: int = 0  # a client certificate not verified (chain, validity, SPIFFE)

@@ -11,7 +11,9 @@ original destination (`sidecar.transport.origdst`) picks what serves it, as Envo
 - neither: the bytes are relayed to the original destination as they are (passthrough, Kuma's
   default), counted in the `outbound:passthrough:ipv4` / `inbound:passthrough:ipv4` cluster
   (`…:ipv6`). The inbound direction connects from 127.0.0.6 or ::6 (the plan's source address),
-  which the rules let through to the app.
+  which the rules let through to the app. A mesh with `networking.outbound.passthrough: false`
+  allows none outbound: such a connection is closed and counted (`downstream_cx_no_route`), as
+  Envoy's does when Kuma leaves the passthrough cluster out.
 
 A connection made to the redirect port itself (not redirected) has no destination of its own:
 passing it through would connect to this very port again, so it is closed and counted
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import defaults
+from sidecar.addresses import host_port
 from sidecar.cluster import Cluster, Target
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.stats import ListenerStats
@@ -40,6 +43,8 @@ log = logging.getLogger("sidecar.transparent")
 Adopt = Callable[[socket.socket, Any], None]
 # The listener planned for an original destination, as its `Adopt`; None: passthrough.
 Find = Callable[[ListenerPlan, tuple[str, int]], Adopt | None]
+# Whether the mesh allows outbound passthrough now (the Mesh resource, read on each connection).
+Allowed = Callable[[], bool]
 
 
 class RedirectStack(ListenerStack):
@@ -53,9 +58,11 @@ class RedirectStack(ListenerStack):
         stats: ListenerStats,
         options: StackOptions,
         find: Find,
+        passthrough: Allowed = lambda: True,
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         self.find = find
+        self.passthrough = passthrough
         # Passthrough destinations are not a cluster's endpoints to eject (Envoy's ORIGINAL_DST
         # cluster has no outlier detection): a refusing one fails its own connections only.
         cluster.outlier.threshold = 0
@@ -75,6 +82,9 @@ class RedirectStack(ListenerStack):
         if adopt is not None:
             adopt(sock, address)
             return
+        if self.plan.direction == "outbound" and not self.passthrough():
+            self._blocked(sock, address, found)
+            return
         super().accept_socket(sock, address, Target(*found))  # passthrough
 
     def _not_redirected(self, sock: socket.socket, address: object) -> None:
@@ -88,6 +98,21 @@ class RedirectStack(ListenerStack):
                 address,
                 held_back,
                 "no original destination: a connection made to the redirect port itself",
+            )
+
+    def _blocked(self, sock: socket.socket, address: object, found: tuple[str, int]) -> None:
+        self.stats.tcp_downstream_cx_no_route += 1
+        sock.close()
+        held_back = self._throttle.allow("blocked")
+        if held_back is not None:
+            log.warning(
+                "event=passthrough_blocked listener=%s peer=%s destination=%s "
+                "since_last_line=%d reason=%r",
+                self.plan.name,
+                address,
+                host_port(*found),
+                held_back,
+                "outside the mesh, and the Mesh has networking.outbound.passthrough: false",
             )
 
 
