@@ -110,6 +110,14 @@ class Pod:
         """One line from a TCP server through whatever the rules send the connection to."""
         return self.run(sys.executable, "-c", _CLIENT, host, str(port)).stdout.strip()
 
+    def who(self, url: str) -> tuple[str, dict[str, str]]:
+        """What the backend's HTTP app saw of a GET by curl: its peer, and the request's headers
+        (names lower-cased)."""
+        out = self.run("curl", "-sS", "--max-time", "10", url)
+        assert out.returncode == 0, out.stderr
+        seen = json.loads(out.stdout)
+        return seen["peer"], {k.lower(): v for k, v in seen["headers"].items()}
+
     def stats(self, admin_port: int) -> str:
         out = self.run("curl", "-sS", f"http://127.0.0.1:{admin_port}/stats/prometheus")
         assert out.returncode == 0, out.stderr
@@ -265,11 +273,8 @@ def mesh(
 @pytest.mark.parametrize("sidecar_options", [("uvloop", ()), ("asyncio", ())])
 def test_http_and_tcp_reach_the_backend_app_through_both_sidecars(mesh: dict) -> None:
     web: Pod = mesh["web"]
-    out = web.run("curl", "-sS", "--max-time", "10", f"http://{HTTP_VIP}/who")
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
-    headers = {k.lower(): v for k, v in seen["headers"].items()}
-    assert seen["peer"] == "127.0.0.6"  # from the backend's sidecar, let through by the rules
+    peer, headers = web.who(f"http://{HTTP_VIP}/who")
+    assert peer == "127.0.0.6"  # from the backend's sidecar, let through by the rules
     assert "spiffe://default/web" in headers["x-forwarded-client-cert"]  # over the mesh's mTLS
     assert headers["host"] == HTTP_VIP
 
@@ -332,11 +337,7 @@ def test_a_mesh_without_passthrough_closes_what_leaves_it(mesh: dict) -> None:
 
 
 def test_a_loopback_outbound_stays_bound(mesh: dict) -> None:
-    out = mesh["web"].run(
-        "curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{LOOPBACK_OUTBOUND}/"
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["peer"] == "127.0.0.6"
+    assert mesh["web"].who(f"http://127.0.0.1:{LOOPBACK_OUTBOUND}/")[0] == "127.0.0.6"
 
 
 def test_a_connection_to_the_redirect_port_itself_is_closed_and_counted(mesh: dict) -> None:
@@ -377,9 +378,7 @@ def test_mesh_names_resolve_to_the_vips_and_other_names_upstream(mesh: dict) -> 
     # sidecar's DNS proxy, whose answer comes back as if from 10.250.0.1.
     found = web.run("getent", "ahostsv4", "backend.mesh")
     assert found.returncode == 0 and found.stdout.split()[0] == HTTP_VIP, found
-    out = web.run("curl", "-sS", "--max-time", "10", "http://backend.mesh/who")
-    assert out.returncode == 0, out.stderr
-    headers = {k.lower(): v for k, v in json.loads(out.stdout)["headers"].items()}
+    _, headers = web.who("http://backend.mesh/who")
     assert headers["host"] == "backend.mesh"
     assert "spiffe://default/web" in headers["x-forwarded-client-cert"]
     assert web.ask("backend-tcp.mesh", TCP_PORT).startswith("peer=127.0.0.6")
@@ -398,10 +397,7 @@ def test_mesh_names_resolve_to_the_vips_and_other_names_upstream(mesh: dict) -> 
 def test_ipv6_is_redirected_as_ipv4_is(mesh: dict) -> None:
     web: Pod = mesh["web"]
     # An IPv6 VIP, through both sidecars over mTLS (their hop is backend's IPv4 address).
-    out = web.run("curl", "-sS", "--max-time", "10", f"http://[{HTTP_VIP6}]/who")
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
-    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    _, headers = web.who(f"http://[{HTTP_VIP6}]/who")
     assert "spiffe://default/web" in headers["x-forwarded-client-cert"]
     assert headers["host"] == f"[{HTTP_VIP6}]"
     assert web.ask(TCP_VIP6, TCP_PORT) == f"peer=127.0.0.6 local={BACKEND}:{TCP_PORT} got=hello"
