@@ -118,7 +118,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     dns = parser.add_argument_group(
         "DNS proxy",
         "With networking.transparentProxying in the Dataplane the sidecar answers DNS on "
-        f"{defaults.DNS_ADDRESS} (UDP and TCP): <kuma.io/service>.{defaults.DNS_DOMAIN} with "
+        f"{defaults.DNS_ADDRESS} (and {defaults.DNS_ADDRESS_V6} with ipFamilyMode DualStack; "
+        f"UDP and TCP): <kuma.io/service>.{defaults.DNS_DOMAIN} with "
         "the addresses of the outbounds to that service (their VIPs), every other name from the "
         "upstream resolvers. `pysidecar transparent-proxy --redirect-dns` sends the app's "
         "queries there.",
