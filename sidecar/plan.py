@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar import defaults
+from sidecar.addresses import canonical
 from sidecar.config import model
 
 
@@ -52,7 +53,9 @@ class ListenerPlan:
 
     @property
     def key(self) -> tuple[str, int]:
-        return (self.address, self.port)
+        """Which listener this is: its address as the kernel spells it (a redirected
+        connection's original destination finds its outbound by it), and its port."""
+        return (canonical(self.address), self.port)
 
     @property
     def stat_address(self) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar import defaults
-from sidecar.addresses import canonical, host_port
+from sidecar.addresses import host_port
 from sidecar.cluster import Cluster, Resolver, Target
 from sidecar.config import model
 from sidecar.config.dataplane import ConfigError, load_dataplane
@@ -358,16 +358,7 @@ class Sidecar:
         """The listener a redirect listener's connection is meant for (`sidecar.transparent`):
         the outbound at its original address and port, or the inbound on its port."""
         if redirect.direction == "outbound":
-            running = self.listeners.get(destination)
-            if running is None and ":" in destination[0]:  # the Dataplane may spell IPv6 otherwise
-                running = next(
-                    (
-                        r
-                        for (address, port), r in self.listeners.items()
-                        if port == destination[1] and canonical(address) == destination[0]
-                    ),
-                    None,
-                )
+            running = self.listeners.get(destination)  # keyed by the kernel's spelling
             if running is not None and running.plan.direction == "outbound":
                 return running.adopt
             return None

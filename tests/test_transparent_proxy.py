@@ -147,7 +147,7 @@ def pods(netns_available: None) -> Iterator[tuple[Pod, Pod]]:
             _ip("-n", pod.netns, "-6", "addr", "add", f"{pod.address6}/64", "dev", end, "nodad")
             _ip("-n", pod.netns, "link", "set", end, "up")
             _ip("-n", pod.netns, "link", "set", "lo", "up")
-            # The sidecar's IPv6 connections to its app leave from ::6 (as Kuma's init adds it).
+            # The sidecar's IPv6 connections to its app leave from ::6, given to lo here.
             _ip("-n", pod.netns, "-6", "addr", "add", "::6/128", "dev", "lo")
         # The VIPs lead out of web's pod, as a service CIDR would; only the rules catch them.
         _ip("-n", web.netns, "route", "add", "10.251.0.0/16", "dev", f"{tag}w")

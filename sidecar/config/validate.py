@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from sidecar import defaults
-from sidecar.addresses import host_port
+from sidecar.addresses import canonical, host_port
 from sidecar.config.model import PROTOCOL_TAG, PROTOCOLS, SERVICE_TAG
 
 _TAG_NAME = re.compile(r"[a-zA-Z0-9.\-_:/]*")
@@ -122,10 +122,7 @@ def _same_address(a: str, b: str) -> bool:
 
 def _normal_address(address: str) -> str:
     """The form in which two addresses compare: an IP's canonical text, localhost as 127.0.0.1."""
-    if address == "localhost":
-        return "127.0.0.1"
-    ip = _ip(address)
-    return str(ip) if ip is not None else address
+    return "127.0.0.1" if address == "localhost" else canonical(address)
 
 
 def _overlaps(a: str, b: str) -> bool:

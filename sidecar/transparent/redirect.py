@@ -145,7 +145,7 @@ def _is_own(sock: socket.socket, destination: tuple[str, int]) -> bool:
 def missing_source_v6() -> str | None:
     """Why the sidecar cannot connect to an IPv6 app from ::6, or None when it can. 127.0.0.6 is
     local on every Linux (all of 127.0.0.0/8 is), ::6 only once given to the loopback interface
-    (`ip -6 addr add ::6/128 dev lo`, as Istio's and Kuma's init do); without it the inbound
+    (`ip -6 addr add ::6/128 dev lo`, in the pod's set-up); without it the inbound
     direction of IPv6 redirection cannot reach the app."""
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
