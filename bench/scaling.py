@@ -11,16 +11,19 @@ only the sidecars' cores change between rows. Each scenario reports its rate, it
 
 - `http1`: `h2load --h1 -c 64 -t 4` (`--connections`) for the duration, HTTP/1.1 keep-alive;
   the sidecars carry it as HTTP/2 between them (kuma.io/protocol: http). Server: a small
-  multi-process uvloop responder. Each sidecar's CPU and read/write system calls per request are
-  read over h2load's counted seconds (after its warm-up), per worker too (`process_cpu_s`).
+  multi-process uvloop responder. `--connections 32,64,256` measures every row at each load and
+  adds each worker count's peak over them: what N workers can carry, whatever load suits them
+  best (a worker batches more requests per turn of its loop the more connections it holds).
+  Each sidecar's CPU and read/write system calls per request are read over h2load's counted
+  seconds (after its warm-up), per worker too (`process_cpu_s`).
 - `tcp-connect`: processes that each connect, send 1 byte, read the echo and close, in a loop
   (kuma.io/protocol: tcp: the splice relay). Server: a multi-process uvloop echo.
 - `tcp-bulk`: `iperf3 -P 8` (eight streams, so that every worker gets some).
 
-A `direct` row (client → server, no sidecar) is measured once per scenario for reference. Needs
-≥ 2 × max(N) + 4 cores to pin as described (else runs unpinned and says so), `h2load` and
-`iperf3` on PATH (a scenario whose tool is missing is skipped with a note). Every process is
-stopped at the end of its row, also on failure.
+A `direct` row (client → server, no sidecar) is measured once per scenario and load for
+reference. Needs ≥ 2 × max(N) + 4 cores to pin as described (else runs unpinned and says so),
+`h2load` and `iperf3` on PATH (a scenario whose tool is missing is skipped with a note).
+Every process is stopped at the end of its row, also on failure.
 """
 
 from __future__ import annotations
@@ -335,6 +338,7 @@ def measure_bulk(port: int, seconds: float, cpus: list[int] | None, logs: Path) 
 
 def run(args: argparse.Namespace) -> int:
     counts = [int(x) for x in args.workers.split(",")]
+    loads = [int(x) for x in args.connections.split(",")]
     scenarios = args.scenario or list(SCENARIOS)
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="scaling-"))
     logs = out_dir / "logs"
@@ -373,8 +377,8 @@ def run(args: argparse.Namespace) -> int:
             procs.spawn("iperf3-server", ["iperf3", "-s", "-p", str(apps["bulk"])], cpus["apps"])
         time.sleep(1.5)
         direct = {"http1": apps["http"], "tcp-connect": apps["echo"], "tcp-bulk": apps["bulk"]}
-        for scenario in scenarios:
-            row = _measure(scenario, direct[scenario], args, cpus["load"], logs)
+        for scenario, connections in _loads(scenarios, loads):
+            row = _measure(scenario, direct[scenario], args, cpus["load"], logs, connections)
             row.update(path="direct", workers=0)
             results["rows"].append(row)
             print(_line(row), flush=True)
@@ -384,9 +388,10 @@ def run(args: argparse.Namespace) -> int:
             with pair(procs, work, apps, n, side, args.loop) as (ports, sidecars):
                 outs = {"http1": ports["http_out"], "tcp-connect": ports["echo_out"],
                         "tcp-bulk": ports["bulk_out"]}  # fmt: skip
-                for scenario in scenarios:
+                for scenario, connections in _loads(scenarios, loads):
                     meter = Meter({"B": sidecars[0].pid, "A": sidecars[1].pid})
-                    row = _measure(scenario, outs[scenario], args, cpus["load"], logs, meter.mark)
+                    row = _measure(scenario, outs[scenario], args, cpus["load"], logs,
+                                   connections, meter.mark)  # fmt: skip
                     meter.read(row)
                     row.update(path="pair", workers=n, cpus_a=side["A"], cpus_b=side["B"])
                     results["rows"].append(row)
@@ -400,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
-    _scaling(results["rows"])
+    results["peaks"] = _scaling(results["rows"])
     (out_dir / "scaling.json").write_text(json.dumps(results, indent=2))
     report = _markdown(results)
     (out_dir / "scaling.md").write_text(report)
@@ -408,34 +413,64 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loads(scenarios: list[str], loads: list[int]) -> list[tuple[str, int | None]]:
+    """Each scenario with each of its loads: http1 at every `--connections`, the others once."""
+    return [(s, c) for s in scenarios for c in (loads if s == "http1" else [None])]
+
+
 def _measure(
-    scenario: str, port: int, args: argparse.Namespace, cpus: Any, logs: Path, warmed: Any = None
+    scenario: str,
+    port: int,
+    args: argparse.Namespace,
+    cpus: Any,
+    logs: Path,
+    connections: int | None,
+    warmed: Any = None,
 ) -> dict:
     """One scenario's row; `warmed()` is called where the counted part begins (h2load's warm-up
     ends), else the whole run is counted."""
     if scenario == "http1":
-        row = measure_http(port, args.duration, cpus, logs, warmed, args.connections)
+        row = measure_http(port, args.duration, cpus, logs, warmed, connections or 64)
     elif scenario == "tcp-connect":
         row = measure_connect(port, args.duration, cpus, args.connect_clients)
     else:
         row = measure_bulk(port, args.duration, cpus, logs)
-    row["scenario"] = scenario
+    row["scenario"], row["connections"] = scenario, connections
     return row
 
 
-def _scaling(rows: list[dict]) -> None:
-    base = {r["scenario"]: r["rate"] for r in rows if r["path"] == "pair" and r["workers"] == 1}
+def _scaling(rows: list[dict]) -> list[dict]:
+    """Each pair row's ratio to one worker at the same load, and its CPU per unit; returns each
+    scenario's peaks: per worker count the best rate over the loads, and its ratio to one
+    worker's best."""
+    base = {(r["scenario"], r.get("connections")): r["rate"]
+            for r in rows if r["path"] == "pair" and r["workers"] == 1}  # fmt: skip
     for r in rows:
-        if r["path"] == "pair" and r["scenario"] in base and base[r["scenario"]]:
-            r["scaling"] = r["rate"] / base[r["scenario"]]
+        load = (r["scenario"], r.get("connections"))
+        if r["path"] == "pair" and base.get(load):
+            r["scaling"] = r["rate"] / base[load]
         if r.get("proxy_cpu_s") is not None and r.get("done"):
             unit = 1e9 if r["unit"] == "Gbit/s" else 1000  # CPU s per GB or per 1,000
             r["cpu_per_unit"] = r["proxy_cpu_s"] / (r["done"] / unit)
+    best: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["scenario"], r["workers"])
+        if r["path"] == "pair" and (key not in best or r["rate"] > best[key]["rate"]):
+            best[key] = r
+    peaks = []
+    for (scenario, workers), r in sorted(best.items()):
+        one = best.get((scenario, 1))
+        ratio = r["rate"] / one["rate"] if one and one["rate"] else None
+        peaks.append({"scenario": scenario, "workers": workers, "rate": r["rate"],
+                      "unit": r["unit"], "connections": r.get("connections"),
+                      "scaling": ratio})  # fmt: skip
+    return peaks
 
 
 def _line(row: dict) -> str:
     who = "direct" if row["path"] == "direct" else f"pair --workers {row['workers']}"
-    return f"{row['scenario']:12} {who:20} {row['rate']:>12,.1f} {row['unit']}"
+    load = f" -c {row['connections']}" if row.get("connections") else ""
+    return f"{row['scenario'] + load:20} {who:20} {row['rate']:>12,.1f} {row['unit']}"
 
 
 def _markdown(results: dict) -> str:
@@ -453,12 +488,13 @@ def _markdown(results: dict) -> str:
         f"{pinning}; {results['duration']:g} s per row; loop {results['loop']}; hardware "
         f"threads per core: {_threads(m.get('siblings', {}))}.",
         "",
-        "| scenario | path | rate | × workers=1 | sidecar CPU s (A+B) | CPU s per unit "
-        "| CPU ms per unit A · B | read+write calls per unit A · B |",
+        "| scenario | path | rate | × workers=1 at this load | sidecar CPU s (A+B) "
+        "| CPU s per unit | CPU ms per unit A · B | read+write calls per unit A · B |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         who = "direct" if r["path"] == "direct" else f"pair, --workers {r['workers']}"
+        scenario = r["scenario"] + (f" -c {r['connections']}" if r.get("connections") else "")
         unit = "GB" if r["unit"] == "Gbit/s" else ("1k conns" if "conn" in r["unit"] else "1k req")
         scaling = f"{r['scaling']:.2f}" if "scaling" in r else "–"
         cpu = f"{r['proxy_cpu_s']:.1f}" if r.get("proxy_cpu_s") is not None else "–"
@@ -473,8 +509,18 @@ def _markdown(results: dict) -> str:
                 sides += f" (user {user})"
             calls = " · ".join(f"{r['syscalls'][s] / n:.2f}" for s in "AB")
         lines.append(
-            f"| {r['scenario']} | {who} | {rate} | {scaling} | {cpu} | {per} | {sides} | {calls} |"
+            f"| {scenario} | {who} | {rate} | {scaling} | {cpu} | {per} | {sides} | {calls} |"
         )
+    loads = {r.get("connections") for r in results["rows"]}
+    if len(loads) > 1:
+        lines += ["", "Each worker count's peak over the loads:", "",
+                  "| scenario | --workers | peak rate | at | × one worker's peak |",
+                  "|---|---:|---:|---|---:|"]  # fmt: skip
+        for p in results.get("peaks", []):
+            at = f"-c {p['connections']}" if p.get("connections") else "–"
+            scaling = f"{p['scaling']:.2f}" if p.get("scaling") else "–"
+            lines.append(f"| {p['scenario']} | {p['workers']} | {p['rate']:,.1f} {p['unit']} "
+                         f"| {at} | {scaling} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -512,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connect-clients", type=int, default=8)
     parser.add_argument(
-        "--connections", type=int, default=64, help="http1: h2load's connections (-c), every row"
+        "--connections",
+        default="64",
+        help="http1: h2load's connections (-c), comma-separated: every row at each",
     )
     parser.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     parser.add_argument("--no-pin", action="store_true")

@@ -259,3 +259,34 @@ def test_idle_connection_targets_scale_up_what_fewer_connections_held() -> None:
     assert mtls["met"] is False and "(≤ 269 MB at 10,000)" in mtls["measured"]
     assert found[("idle-http", "pair-mtls")]["met"] is True  # 66 × 10,000 / 9,500 ≈ 69.5
     assert ("idle-http", "pair") not in found  # not measured: no line
+
+
+def test_scaling_compares_like_loads_and_finds_each_worker_counts_peak() -> None:
+    """`bench.scaling --connections 64,256`: each row against one worker at the same load; the
+    peaks take each worker count's best load, which need not be the same load."""
+    from bench import scaling
+
+    def row(workers: int, connections: int | None, rate: float, scenario: str = "http1") -> dict:
+        path = "direct" if workers == 0 else "pair"
+        return {"scenario": scenario, "path": path, "workers": workers,
+                "connections": connections, "rate": rate, "unit": "req/s"}  # fmt: skip
+
+    assert scaling._loads(["http1", "tcp-bulk"], [64, 256]) == [
+        ("http1", 64), ("http1", 256), ("tcp-bulk", None)]  # fmt: skip
+    rows = [row(0, 64, 300_000.0), row(0, 256, 310_000.0),
+            row(1, 64, 12_000.0), row(1, 256, 10_000.0),
+            row(4, 64, 33_000.0), row(4, 256, 40_000.0),
+            row(1, None, 5.0, "tcp-bulk"), row(4, None, 10.0, "tcp-bulk")]  # fmt: skip
+    peaks = scaling._scaling(rows)
+    assert [r.get("scaling") for r in rows[2:6]] == [1.0, 1.0, 2.75, 4.0]
+    assert "scaling" not in rows[0]
+    http = {p["workers"]: p for p in peaks if p["scenario"] == "http1"}
+    assert (http[1]["connections"], http[4]["connections"]) == (64, 256)
+    assert http[4]["scaling"] == 40_000.0 / 12_000.0
+    assert [p["scaling"] for p in peaks if p["scenario"] == "tcp-bulk"] == [1.0, 2.0]
+    results = {"machine": {"cores": 16, "cpu": "x", "kernel": "k", "python": "3.12",
+                           "pinned": False}, "duration": 6, "loop": "uvloop",
+               "rows": rows, "peaks": peaks}  # fmt: skip
+    report = scaling._markdown(results)
+    assert "| http1 -c 256 | pair, --workers 4 | 40,000.0 req/s | 4.00 |" in report
+    assert "| http1 | 4 | 40,000.0 req/s | -c 256 | 3.33 |" in report
