@@ -78,11 +78,18 @@ class Cluster:
         # Whether the router counts requests per endpoint: only least_request reads the counts.
         self.counts_active = lb == "least_request"
         self._next = 0
+        self.outlier = OutlierDetector(self, limits)
+        self.set_limits(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """The circuit breakers' thresholds and outlier detection's (at start, and when the
+        limits are read again)."""
+        stats = self.stats
         stats.cb_max_connections = limits.max_upstream_connections
         stats.cb_max_pending_requests = limits.max_pending_requests
         stats.cb_max_requests = limits.max_requests
         stats.cb_max_retries = limits.max_retries
-        self.outlier = OutlierDetector(self, limits)
+        self.outlier.set_limits(limits)
 
     def set_targets(self, targets: Iterable[Target]) -> None:
         targets = tuple(targets)
@@ -151,12 +158,18 @@ class OutlierDetector:
 
     def __init__(self, cluster: Cluster, limits: Limits) -> None:
         self.cluster = cluster
-        self.threshold = limits.outlier_consecutive_5xx
+        # False: never ejects, whatever the limits say (a passthrough cluster's destinations).
+        self.enabled = True
+        self.health: dict[Target, _EndpointHealth] = {}
+        self.ejected: set[Target] = set()
+        self.set_limits(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """The thresholds; an endpoint's count so far and an ejection under way are kept."""
+        self.threshold = limits.outlier_consecutive_5xx if self.enabled else 0
         self.base = limits.outlier_base_ejection_time
         self.max_time = limits.outlier_max_ejection_time
         self.max_percent = limits.outlier_max_ejection_percent
-        self.health: dict[Target, _EndpointHealth] = {}
-        self.ejected: set[Target] = set()
 
     def success(self, target: Target) -> None:
         health = self.health.get(target)

@@ -49,6 +49,13 @@ class InboundStack(ListenerStack):
         self.h2_pool = H2Pool(connector, trusted=False, stats=cluster.stats, limits=limits)
         self.authorizer = authorizer  # None: no mTLS, so no identities to authorize
 
+    def reconfigure(self, options: StackOptions) -> None:
+        super().reconfigure(options)
+        limits = options.limits
+        self.h1_pool.body_buffer = limits.stream_buffer_bytes
+        self.h1_pool.idle_timeout = limits.upstream_idle_timeout
+        self.h2_pool.limits = limits
+
     def new_connection(self) -> asyncio.Protocol:
         return self.accept(None)
 

@@ -1,9 +1,11 @@
 """The sidecar's limits: what it accepts from clients and peers before it refuses, in one object.
 
 Every value has its default in `sidecar.defaults` (Envoy's where Envoy has one) and can be
-overridden in one place, at start: a YAML file of `name: value` (`--limits FILE`), then
-`--limit NAME=VALUE` flags, which win over the file. Unknown names and values of the wrong kind
-are errors that name the source and the field. `pysidecar limits` prints them all.
+overridden in one place: a YAML file of `name: value` (`--limits FILE`), then `--limit
+NAME=VALUE` flags, which win over the file. Unknown names and values of the wrong kind are errors
+that name the source and the field. `pysidecar limits` prints them all. The file is read again
+on SIGHUP and when it changes (the runtime's watch): new connections, requests and pools take
+the new values, open ones keep those they started with, and a bad file changes nothing.
 
 Each limit is counted when it is hit (the stat is named beside it) so that an operator sees which
 one refused what.
@@ -207,13 +209,14 @@ class Limits:
     def mesh_header_list_size(self) -> int:
         return self.max_request_headers_bytes * defaults.MESH_HEADER_LIST_FACTOR
 
-    def changed(self) -> dict[str, Any]:
-        """The limits that differ from their defaults (for the start-up log line)."""
-        default = Limits()
+    def changed(self, since: Limits | None = None) -> dict[str, Any]:
+        """The limits that differ from `since` (default: the defaults), with their values here
+        (for the log lines at start and on a reload)."""
+        before = since or Limits()
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(default, f.name)
+            if getattr(self, f.name) != getattr(before, f.name)
         }
 
     def sweep_interval(self) -> float:
@@ -288,6 +291,11 @@ def load_limits(path: Path | None = None, flags: Iterable[str] = ()) -> Limits:
             raise LimitsError(f"--limit {flag!r}: expected NAME=VALUE")
         values[name.strip()] = _convert(name.strip(), value, "--limit")
     return Limits(**values)  # type: ignore[arg-type]
+
+
+def settings_line(values: Mapping[str, Any]) -> str:
+    """`name=value` pairs for a log line, sorted by name."""
+    return " ".join(f"{name}={value}" for name, value in sorted(values.items()))
 
 
 def describe() -> str:

@@ -204,6 +204,12 @@ class ListenerStack:
         timeout = self.limits.request_headers_timeout
         return self.peek(decide, timeout if timeout > 0 else None, silent_closes=True)
 
+    def reconfigure(self, options: StackOptions) -> None:
+        """The limits were read again: new connections and requests take them; open
+        connections keep those they started with."""
+        self.options = options
+        self.tcp.settings = tcp_settings(self.plan, options.limits)
+
     def update(
         self, plan: ListenerPlan, cluster: Cluster, connector: Connector | None = None
     ) -> None:

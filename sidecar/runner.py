@@ -212,7 +212,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="YAML file of limit overrides, `name: value` (see `pysidecar limits`)",
+        help="YAML file of limit overrides, `name: value` (see `pysidecar limits`); read "
+        "again on SIGHUP and when it changes",
     )
     parser.add_argument(
         "--limit",
@@ -269,7 +270,8 @@ def options_from(args: argparse.Namespace) -> Options:
     from sidecar.runtime import Options
 
     try:
-        limits = load_limits(args.limits, args.limit)
+        limits_file = args.limits.resolve() if args.limits is not None else None
+        limits = load_limits(limits_file, args.limit)
     except LimitsError as exc:
         raise SystemExit(f"pysidecar: {exc}") from None
     if not 0 <= args.dns_port <= 65535:
@@ -291,6 +293,8 @@ def options_from(args: argparse.Namespace) -> Options:
             splice=args.tcp_relay == "auto",
             limits=limits,
         ),
+        limits_file=limits_file,
+        limit_flags=tuple(args.limit),
         access_log=args.access_log,
         mtls=mtls_options(args),
         dns_port=args.dns_port,

@@ -25,6 +25,7 @@ from sidecar.dns.upstreams import Upstream, upstreams_from_resolv_conf
 from sidecar.http.pool import H2Pool, plain_connector
 from sidecar.identity.mesh import MeshListener, MeshSecurity, MtlsOptions
 from sidecar.inbound import InboundStack
+from sidecar.limits import Limits, LimitsError, load_limits, settings_line
 from sidecar.listener import ListenerStack, StackOptions
 from sidecar.observe.observability import Observability
 from sidecar.observe.stats import StatsStore
@@ -53,6 +54,10 @@ class Options:
     poll_interval: float = defaults.MESH_POLL_INTERVAL
     dns_refresh_interval: float = defaults.DNS_REFRESH_INTERVAL
     stack: StackOptions = field(default_factory=StackOptions)  # with the limits
+    # Where the limits came from (`--limits FILE`, `--limit NAME=VALUE`): the file is read again
+    # on a reload and when it changes.
+    limits_file: Path | None = None
+    limit_flags: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     lb: str = "round_robin"
     access_log: str | None = None  # a file, or "-" for stdout; None: off
@@ -98,6 +103,7 @@ class Sidecar:
         self.dns: DnsProxy | None = None  # with transparent proxying
         self.draining = False
         self._dataplane_signature: tuple[int, int, int] | None = None
+        self._limits_signature = _signature(options.limits_file) if options.limits_file else None
         self._tasks: list[asyncio.Task[None]] = []
         self._policies_ignored_logged = False
         self.observability = Observability(self)  # admin, metrics, probes, access log
@@ -147,10 +153,7 @@ class Sidecar:
         # the guard folds them into one episode, logged once.
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler(self.fds))
         if self.limits.changed():
-            log.info(
-                "event=limits %s",
-                " ".join(f"{k}={v}" for k, v in sorted(self.limits.changed().items())),
-            )
+            log.info("event=limits %s", settings_line(self.limits.changed()))
         if self.security is not None:
             self._tasks.append(self.security.start())
         log.info(
@@ -172,7 +175,9 @@ class Sidecar:
         return dataclasses.replace(mtls, ca=ca, cert=cert, key=key, certs_dir=None, ca_key=None)
 
     async def reload(self) -> None:
-        """Re-read the Dataplane file and apply only the difference; a bad file changes nothing."""
+        """Re-read the limits and the Dataplane file and apply only the difference; a bad file
+        changes nothing."""
+        self.reload_limits()
         try:
             dataplane = load_dataplane(self.options.dataplane, self.options.variables)
         except ConfigError as exc:
@@ -186,6 +191,42 @@ class Sidecar:
         await self._update_dns(strict=False)
         await self.observability.reload()
         log.info("event=reloaded dataplane=%s listeners=%d", dataplane.name, len(self.listeners))
+
+    def reload_limits(self) -> None:
+        """Read `--limits FILE` again (the `--limit` flags still win over it). New connections,
+        requests and pools take the new values, as do the circuit breakers and outlier
+        detection; open connections keep those they started with. The stream idle timeouts
+        reach the listeners with the Dataplane's re-plan that follows."""
+        path = self.options.limits_file
+        if path is None:
+            return
+        self._limits_signature = _signature(path)
+        try:
+            limits = load_limits(path, self.options.limit_flags)
+        except LimitsError as exc:
+            log.error("event=limits_rejected error=%r kept=%r", str(exc), "the limits in force")
+            return
+        changed = limits.changed(since=self.limits)
+        if not changed:
+            return
+        self._set_limits(limits)
+        log.info("event=limits_reloaded %s", settings_line(changed))
+
+    def _set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+        self.fds.reserve = limits.fd_reserve
+        self.stack_options = dataclasses.replace(self.stack_options, limits=limits)
+        self.options.timeouts = dataclasses.replace(
+            self.options.timeouts,
+            inbound_stream_idle=limits.inbound_stream_idle_timeout,
+            outbound_stream_idle=limits.outbound_stream_idle_timeout,
+        )
+        for running in self.listeners.values():
+            running.stack.reconfigure(self.stack_options)
+        for cluster in self.clusters.values():
+            cluster.set_limits(limits)
+        for pool in self.mesh_pools.values():
+            pool.limits = limits
 
     async def _apply(self, plans: dict[tuple[str, int], ListenerPlan], strict: bool) -> None:
         for key in [k for k in self.listeners if k not in plans]:
@@ -447,9 +488,16 @@ class Sidecar:
             await asyncio.sleep(self.options.poll_interval)
             try:
                 signature = _signature(self.options.dataplane)
+                limits_file = self.options.limits_file
                 if signature != self._dataplane_signature:
                     self._dataplane_signature = signature
                     await self.reload()
+                elif limits_file is not None and _signature(limits_file) != self._limits_signature:
+                    self.reload_limits()
+                    assert self.dataplane is not None
+                    await self._apply(
+                        plan_listeners(self.dataplane, self.options.timeouts), strict=False
+                    )
                 if self.security is not None:
                     self.stats.server.days_until_first_cert_expiring = (
                         self.security.store.days_until_first_expiring()
@@ -466,9 +514,8 @@ class Sidecar:
         checked a few times per the shortest of them by one task rather than a timer per
         connection."""
         loop = asyncio.get_running_loop()
-        interval = self.limits.sweep_interval()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.limits.sweep_interval())
             now = loop.time()
             for running in list(self.listeners.values()):
                 try:

@@ -220,3 +220,11 @@ def test_a_reload_turns_transparent_proxying_on_and_off(mesh_uvloop, tmp_path: P
     del doc["networking"]["transparentProxying"]
     write_yaml(path, doc)
     wait_for(lambda: port_open(inbound_port) and not port_open(out_port), what="the way back")
+
+
+def test_admin_clusters_bracket_an_ipv6_endpoint() -> None:
+    """/clusters names an endpoint `address:port`, as Envoy does: an IPv6 one in brackets."""
+    from sidecar.observe.observability import Host
+
+    assert str(Host("fd00:250::2", 8080, True, "healthy")) == "[fd00:250::2]:8080"
+    assert str(Host("10.0.0.2", 8080, True, "healthy")) == "10.0.0.2:8080"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar import __version__, defaults
 from sidecar.observe import metrics
 from sidecar.observe.httpserver import Request, Response, text
+from sidecar.observe.stats import ClusterStats
 
 if TYPE_CHECKING:
     from sidecar.observe.observability import Observability
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.admin")
 
 JSON = "application/json"
+# Envoy's circuit-breaker thresholds, as /clusters names them (ClusterStats' `cb_<name>`).
+_BREAKERS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 _PY_LEVEL = {
     "trace": logging.DEBUG,
@@ -266,16 +269,14 @@ class Admin:
                 )
             return json_response({"cluster_statuses": statuses})
         lines = []
-        for name in self.sidecar.clusters:
+        for name, cluster in self.sidecar.clusters.items():
             lines.append(f"{name}::observability_name::{metrics_name(name)}")
-            for priority in ("default_priority", "high_priority"):
-                for limit, value in (
-                    ("max_connections", 1024),
-                    ("max_pending_requests", 1024),
-                    ("max_requests", 1024),
-                    ("max_retries", 3),
-                ):
-                    lines.append(f"{name}::{priority}::{limit}::{value}")
+            # The circuit breakers in force (the limits); high priority, which Kuma leaves
+            # unset, has Envoy's defaults (ClusterStats' own).
+            for priority, stats in (("default_priority", cluster.stats),
+                                    ("high_priority", ClusterStats)):  # fmt: skip
+                for limit in _BREAKERS:
+                    lines.append(f"{name}::{priority}::{limit}::{getattr(stats, 'cb_' + limit)}")
             lines.append(f"{name}::added_via_api::true")
             counts = host_counts.get(name, {})
             for h in obs.hosts(name):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidecar import defaults
+from sidecar.addresses import host_port
 from sidecar.config import model
 from sidecar.config.mesh import selects
 from sidecar.observe import metrics
@@ -66,7 +67,7 @@ class Host:
     zone: str = ""
 
     def __str__(self) -> str:
-        return f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 class Observability:
