@@ -158,11 +158,15 @@ class OutlierDetector:
 
     def __init__(self, cluster: Cluster, limits: Limits) -> None:
         self.cluster = cluster
-        # False: never ejects, whatever the limits say (a passthrough cluster's destinations).
-        self.enabled = True
+        self.enabled = True  # False: never ejects, whatever the limits say (`disable`)
         self.health: dict[Target, _EndpointHealth] = {}
         self.ejected: set[Target] = set()
         self.set_limits(limits)
+
+    def disable(self) -> None:
+        """Never eject, now or after the limits are read again."""
+        self.enabled = False
+        self.threshold = 0
 
     def set_limits(self, limits: Limits) -> None:
         """The thresholds; an endpoint's count so far and an ejection under way are kept."""

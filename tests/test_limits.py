@@ -118,6 +118,17 @@ def test_cluster_carries_breaker_thresholds():
     assert stats.circuit_breakers_rq_open == 1
 
 
+def test_new_limits_reach_a_clusters_breakers_but_not_a_disabled_outlier_detector():
+    """Limits read again (`Cluster.set_limits`): the thresholds follow; a cluster whose outlier
+    detection was turned off (a passthrough cluster) stays off."""
+    cluster, passthrough = cluster_of(1), cluster_of(1)
+    passthrough.outlier.disable()
+    for each in (cluster, passthrough):
+        each.set_limits(Limits(max_requests=9, outlier_consecutive_5xx=2))
+    assert (cluster.stats.cb_max_requests, cluster.outlier.threshold) == (9, 2)
+    assert (passthrough.stats.cb_max_requests, passthrough.outlier.threshold) == (9, 0)
+
+
 async def test_consecutive_failures_eject_then_the_endpoint_returns(caplog):
     caplog.set_level(logging.INFO, "sidecar.cluster")
     cluster = cluster_of(10, outlier_base_ejection_time=0.2)

@@ -65,8 +65,7 @@ class RedirectStack(ListenerStack):
         self.passthrough = passthrough
         # Passthrough destinations are not a cluster's endpoints to eject (Envoy's ORIGINAL_DST
         # cluster has no outlier detection): a refusing one fails its own connections only.
-        cluster.outlier.enabled = False
-        cluster.outlier.threshold = 0
+        cluster.outlier.disable()
         self._throttle = LogThrottle()
 
     def plain_tcp(self) -> bool:
