@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 import subprocess
@@ -223,3 +224,29 @@ async def test_past_max_pending_forwards_the_answer_is_servfail_at_once() -> Non
         proxy.close()
         client.close()
         silent.close()
+
+
+async def test_port_0_tries_another_port_when_its_number_is_taken_for_tcp(monkeypatch) -> None:
+    """Port 0 picks a free UDP port and then binds TCP on the same number, which a TCP socket
+    may hold: the proxy closes what it bound and tries another port (as CI once met)."""
+    from sidecar.dns.server import DnsProxy
+    from sidecar.observe.stats import DnsStats
+
+    real, refused = asyncio.start_server, []
+
+    async def taken_once(*args, **kw):  # the kernel's answer when the TCP port is in use
+        if not refused:
+            refused.append(args[2])
+            raise OSError(errno.EADDRINUSE, "address already in use")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(asyncio, "start_server", taken_once)
+    proxy = DnsProxy(_table(), [], DnsStats("kuma_dns"))
+    await proxy.start(("127.0.0.1",), 0)
+    try:
+        # One UDP socket and one TCP server: the first UDP socket was closed, not kept.
+        assert refused and len(proxy._udp) == len(proxy._tcp) == 1
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5):
+            pass  # TCP on the port the proxy reports, which UDP has too
+    finally:
+        proxy.close()

@@ -16,6 +16,7 @@ otherwise (an answer is never answered). Every message is counted (`DnsStats`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ log = logging.getLogger("sidecar.dns")
 _Send = Callable[[bytes], None]  # sends an answer to the client that asked
 _LENGTH = 2  # DNS over TCP: each message after its length (RFC 1035 4.2.2)
 _MAX_MESSAGE = 65535  # the most a DNS message can be: a datagram's, or TCP's length field's
+# Port 0: how many free UDP ports are tried before one is also free for TCP on every address.
+_FREE_PORT_ATTEMPTS = 8
 
 
 class DnsProxy:
@@ -123,8 +126,18 @@ class DnsProxy:
     # -- the servers --------------------------------------------------------------------------
 
     async def start(self, addresses: Sequence[str], port: int, reuse_port: bool = False) -> None:
-        """Bind UDP and TCP on `port` of each address (port 0: the first free port, then the same
-        for every other); nothing stays bound when one fails (OSError)."""
+        """Bind UDP and TCP on `port` of each address (port 0: the first free UDP port, then the
+        same for TCP and every other address, tried again with another port when that number is
+        taken for TCP); nothing stays bound when one fails (OSError)."""
+        for attempt in range(1, _FREE_PORT_ATTEMPTS + 1):
+            try:
+                await self._bind(addresses, port, reuse_port)
+                return
+            except OSError as exc:
+                if port != 0 or exc.errno != errno.EADDRINUSE or attempt == _FREE_PORT_ATTEMPTS:
+                    raise
+
+    async def _bind(self, addresses: Sequence[str], port: int, reuse_port: bool) -> None:
         loop = asyncio.get_running_loop()
         reuse = reuse_port or None
         try:
