@@ -286,8 +286,8 @@ def measure_http(
     seconds: float,
     cpus: list[int] | None,
     logs: Path,
-    warmed: Any = None,
-    connections: int = 64,
+    warmed: Any,
+    connections: int,
 ) -> dict:
     """h2load for `seconds` after a 1 s warm-up; `warmed()` is called as the warm-up ends, so
     that the sidecars' CPU and system calls are read over the counted requests alone."""
@@ -430,7 +430,8 @@ def _measure(
     """One scenario's row; `warmed()` is called where the counted part begins (h2load's warm-up
     ends), else the whole run is counted."""
     if scenario == "http1":
-        row = measure_http(port, args.duration, cpus, logs, warmed, connections or 64)
+        assert connections is not None  # `_loads` gives http1 each of its loads
+        row = measure_http(port, args.duration, cpus, logs, warmed, connections)
     elif scenario == "tcp-connect":
         row = measure_connect(port, args.duration, cpus, args.connect_clients)
     else:

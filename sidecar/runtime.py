@@ -482,22 +482,19 @@ class Sidecar:
     # -- watching --------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Poll the Dataplane file and the mesh directory (changes apply within a second)."""
+        """Poll the Dataplane file, the limits file and the mesh directory (changes apply within
+        a second)."""
         assert self.mesh is not None
         while True:
             await asyncio.sleep(self.options.poll_interval)
             try:
                 signature = _signature(self.options.dataplane)
                 limits_file = self.options.limits_file
-                if signature != self._dataplane_signature:
+                if signature != self._dataplane_signature or (
+                    limits_file is not None and _signature(limits_file) != self._limits_signature
+                ):
                     self._dataplane_signature = signature
-                    await self.reload()
-                elif limits_file is not None and _signature(limits_file) != self._limits_signature:
-                    self.reload_limits()
-                    assert self.dataplane is not None
-                    await self._apply(
-                        plan_listeners(self.dataplane, self.options.timeouts), strict=False
-                    )
+                    await self.reload()  # reads the limits file again too
                 if self.security is not None:
                     self.stats.server.days_until_first_cert_expiring = (
                         self.security.store.days_until_first_expiring()
