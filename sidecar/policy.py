@@ -143,7 +143,10 @@ NO_MATCH = Decision(DENY, None)
 # --- parsing -----------------------------------------------------------------------------------
 
 
-class _Checker:
+class Checker:
+    """Collects every violation of a document (field path, message), so that one error names
+    them all; `MeshPassthrough` (`sidecar.transparent.passthrough`) checks with it too."""
+
     def __init__(self) -> None:
         self.violations: list[tuple[str, str]] = []
 
@@ -156,7 +159,7 @@ class _Checker:
                 self.add(path, "must be defined")
             return None
         if not isinstance(value, dict):
-            self.add(path, f"must be a mapping, got {_kind_of(value)}")
+            self.add(path, f"must be a mapping, got {kind_of(value)}")
             return None
         for key in value:
             if not isinstance(key, str):
@@ -180,7 +183,7 @@ class _Checker:
                 self.add(where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
 
 
-def _kind_of(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
@@ -196,7 +199,7 @@ def _tag_value(value: Any) -> str | None:
     return None
 
 
-def _target_ref(check: _Checker, raw: Any, path: str, kinds: Mapping[str, int]) -> TargetRef | None:
+def _target_ref(check: Checker, raw: Any, path: str, kinds: Mapping[str, int]) -> TargetRef | None:
     ref = check.mapping(raw, path)
     if ref is None:
         return None
@@ -216,7 +219,7 @@ def _target_ref(check: _Checker, raw: Any, path: str, kinds: Mapping[str, int]) 
         for tag, value in (raw_tags or {}).items():
             text = _tag_value(value)
             if text is None or not tag:
-                check.add(f'{path}.tags["{tag}"]', f"must be a string, got {_kind_of(value)}")
+                check.add(f'{path}.tags["{tag}"]', f"must be a string, got {kind_of(value)}")
             else:
                 tags[tag] = text
     elif "tags" in ref:
@@ -232,9 +235,9 @@ def is_policy_document(doc: Any) -> bool:
 
 def parse_policy(doc: Any, source: str = "<memory>") -> MeshTrafficPermission:
     """One parsed YAML document to a policy; `PolicyError` lists every field at fault."""
-    check = _Checker()
+    check = Checker()
     if not isinstance(doc, dict):
-        raise PolicyError(source, [("", f"a policy must be a mapping, got {_kind_of(doc)}")])
+        raise PolicyError(source, [("", f"a policy must be a mapping, got {kind_of(doc)}")])
     if doc.get("type") != POLICY_TYPE:
         raise PolicyError(source, [("type", f"must be {POLICY_TYPE!r}, got {doc.get('type')!r}")])
     name = check.string(doc.get("name"), "name")
@@ -252,7 +255,7 @@ def parse_policy(doc: Any, source: str = "<memory>") -> MeshTrafficPermission:
         if entries is None:
             check.add("spec.from", "must be defined")
         elif not isinstance(entries, list):
-            check.add("spec.from", f"must be a list, got {_kind_of(entries)}")
+            check.add("spec.from", f"must be a list, got {kind_of(entries)}")
         elif not entries:
             check.add("spec.from", "needs at least one item")
         else:
@@ -304,7 +307,7 @@ def parse_policies(text: str, source: str = "<memory>") -> list[MeshTrafficPermi
     for index, doc in enumerate(documents):
         where = source if len(documents) == 1 else f"{source} (document {index + 1})"
         if not isinstance(doc, dict):
-            raise PolicyError(where, [("", f"a document must be a mapping, got {_kind_of(doc)}")])
+            raise PolicyError(where, [("", f"a document must be a mapping, got {kind_of(doc)}")])
         if is_policy_document(doc):
             policies.append(parse_policy(doc, where))
     return policies

@@ -32,6 +32,7 @@ from sidecar.observe.stats import StatsStore
 from sidecar.outbound import OutboundStack, mesh_pool
 from sidecar.plan import ListenerPlan, Timeouts, plan_listeners, redirects_ipv6
 from sidecar.policy import POLICY_TYPE
+from sidecar.transparent import passthrough
 from sidecar.transparent.redirect import Adopt, RedirectStack, Unbound, missing_source_v6
 from sidecar.transport.acceptor import Acceptor
 from sidecar.transport.connect import Connector
@@ -106,6 +107,10 @@ class Sidecar:
         self._limits_signature = _signature(options.limits_file) if options.limits_file else None
         self._tasks: list[asyncio.Task[None]] = []
         self._policies_ignored_logged = False
+        # What the app may reach outside the mesh (transparent proxying), worked out again when
+        # the mesh directory or the Dataplane changes, not per connection.
+        self.passthrough_policies = passthrough.PassthroughPolicies()
+        self.passthrough = passthrough.MESH_ALLOWS
         self.observability = Observability(self)  # admin, metrics, probes, access log
 
     # -- start and reload ------------------------------------------------------------------
@@ -187,6 +192,7 @@ class Sidecar:
             log.exception("event=reload_rejected error=%r", str(exc))
             return
         self.dataplane = dataplane
+        self._update_passthrough()  # its labels and tags select policies
         await self._apply(plan_listeners(dataplane, self.options.timeouts), strict=False)
         await self._update_dns(strict=False)
         await self.observability.reload()
@@ -391,9 +397,9 @@ class Sidecar:
             self.dns.close()
             self.dns = None
 
-    def _passthrough(self) -> bool:
-        """Whether the mesh lets the app reach destinations outside it (its Mesh resource)."""
-        return self.mesh is None or self.mesh.snapshot.passthrough
+    def _passthrough(self) -> passthrough.Passthrough:
+        """What the mesh lets the app reach outside it (`_update_passthrough`)."""
+        return self.passthrough
 
     def _redirected(self, redirect: ListenerPlan, destination: tuple[str, int]) -> Adopt | None:
         """The listener a redirect listener's connection is meant for (`sidecar.transparent`):
@@ -442,8 +448,10 @@ class Sidecar:
         return pool
 
     def _update_policies(self) -> None:
-        """MeshTrafficPermission from the mesh directory; they need identities, so mTLS."""
+        """Policies from the mesh directory: MeshPassthrough, and MeshTrafficPermission (they
+        need identities, so mTLS)."""
         assert self.mesh is not None
+        self._update_passthrough()
         documents = self.mesh.snapshot.documents_of_kind(POLICY_TYPE)
         if self.security is not None:
             self.security.authorizer.update(documents)
@@ -455,6 +463,24 @@ class Sidecar:
                 len(documents),
                 "mTLS is off (no mesh credentials): callers have no identity to authorize",
             )
+
+    def _update_passthrough(self) -> None:
+        """The MeshPassthrough policies that select this sidecar, merged, or the Mesh's switch
+        where none does (`sidecar.transparent.passthrough`)."""
+        assert self.mesh is not None and self.dataplane is not None
+        snapshot = self.mesh.snapshot
+        self.passthrough_policies.update(snapshot.documents_of_kind(passthrough.POLICY_TYPE))
+        found = passthrough.in_force(self.passthrough_policies.policies, self.dataplane)
+        if found is None:
+            found = passthrough.MESH_ALLOWS if snapshot.passthrough else passthrough.MESH_FORBIDS
+        if found != self.passthrough:
+            log.info(
+                "event=passthrough_changed mode=%s matches=%s policies=%s",
+                found.mode,
+                ",".join(map(str, found.matches)) or "-",
+                ",".join(found.policies) or "-",
+            )
+        self.passthrough = found
 
     def _update_clusters(self) -> None:
         assert self.mesh is not None

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,8 +64,8 @@ TP = {
 _CLIENT = """
 import socket, sys
 with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as s:
-    s.sendall(b"hello\\n")
-    print(s.makefile("rb").readline().decode().strip())
+    s.sendall(bytes.fromhex(sys.argv[3]) if len(sys.argv) > 3 else b"hello\\n")
+    print(s.makefile("rb").readline().decode(errors="replace").strip())
 """
 
 
@@ -106,9 +107,11 @@ class Pod:
             [*self.prefix, *argv], input=stdin, capture_output=True, text=True, timeout=30
         )
 
-    def ask(self, host: str, port: int) -> str:
-        """One line from a TCP server through whatever the rules send the connection to."""
-        return self.run(sys.executable, "-c", _CLIENT, host, str(port)).stdout.strip()
+    def ask(self, host: str, port: int, first: bytes | None = None) -> str:
+        """One line from a TCP server through whatever the rules send the connection to, after
+        sending `first` (a line of its own by default); "" when the connection was closed."""
+        extra = () if first is None else (first.hex(),)
+        return self.run(sys.executable, "-c", _CLIENT, host, str(port), *extra).stdout.strip()
 
     def who(self, url: str) -> tuple[str, dict[str, str]]:
         """What the backend's HTTP app saw of a GET by curl: its peer, and the request's headers
@@ -334,6 +337,61 @@ def test_a_mesh_without_passthrough_closes_what_leaves_it(mesh: dict) -> None:
 
     mesh_file.unlink()  # Kuma's default again
     wait_for(lambda: web.ask(BACKEND, OTHER_PORT).startswith("peer=127.0.0.6"), what="passthrough")
+
+
+def test_mesh_passthrough_lets_out_only_what_it_matches(mesh: dict) -> None:
+    web: Pod = mesh["web"]
+    policy_file = mesh["files"]["web-1"].parent / "passthrough.yaml"
+    write_yaml(policy_file, {
+        "type": "MeshPassthrough", "name": "some-out", "mesh": "default",
+        "spec": {
+            "targetRef": {"kind": "Dataplane", "name": "web-1"},
+            "default": {"passthroughMode": "Matched", "appendMatch": [
+                {"type": "IP", "value": BACKEND, "port": OTHER_PORT},
+                {"type": "Domain", "value": "*.allowed.example", "port": OTHER_PORT,
+                 "protocol": "http"},
+                {"type": "Domain", "value": "tls.allowed.example", "port": OTHER_PORT,
+                 "protocol": "tls"},
+            ]},
+        },
+    })  # fmt: skip
+    sidecar = mesh["sidecars"][1]
+    sidecar.wait_log("event=passthrough_changed mode=Matched")
+    answered = f"peer=::6 local={BACKEND6}:{OTHER_PORT} got="
+    # By address: IPv4 to the backend's port, whatever the bytes; nothing else to that address.
+    assert web.ask(BACKEND, OTHER_PORT).startswith("peer=127.0.0.6")
+    assert web.ask(BACKEND, TCP_PORT + 1) == ""  # counted below: refused, not just unanswered
+    # By name, over IPv6 where no address entry allows anything: a request's Host, a ClientHello's
+    # server name (the first line the echo app reads holds part of it).
+    allowed = b"GET / HTTP/1.1\r\nHost: api.allowed.example\r\n\r\n"
+    assert web.ask(BACKEND6, OTHER_PORT, allowed) == f"{answered}GET / HTTP/1.1"
+    hello = _client_hello("tls.allowed.example") + b"\n"
+    assert web.ask(BACKEND6, OTHER_PORT, hello).startswith(answered)
+    refused = b"GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n"  # not under *.allowed
+    assert web.ask(BACKEND6, OTHER_PORT, refused) == ""
+    assert web.ask(BACKEND6, OTHER_PORT, _client_hello("other.example") + b"\n") == ""
+    assert web.ask(BACKEND6, OTHER_PORT) == ""
+    # One line per listener (then held back a while): each one's first refusal.
+    assert f"destination={BACKEND}:{TCP_PORT + 1} name=- " in sidecar.log
+    assert f"destination=[{BACKEND6}]:{OTHER_PORT} name=allowed.example " in sidecar.log
+    stats = web.stats(mesh["admin"]["web"])
+    counted = _metric(stats, "envoy_listener_no_filter_chain_match", "envoy_listener_address",
+                      f"0.0.0.0_{REDIRECT_OUT}")  # fmt: skip
+    assert counted == 1  # the IPv4 one; the rest were the IPv6 listener's
+    # The mesh's services are not passthrough: still reached.
+    assert web.ask(TCP_VIP, TCP_PORT).startswith("peer=127.0.0.6")
+
+    policy_file.unlink()  # no MeshPassthrough: the Mesh's switch (on, without a Mesh) again
+    sidecar.wait_log("event=passthrough_changed mode=All")
+    assert web.ask(BACKEND6, OTHER_PORT).startswith(answered)
+
+
+def _client_hello(name: str) -> bytes:
+    out = ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()
 
 
 def test_a_loopback_outbound_stays_bound(mesh: dict) -> None:

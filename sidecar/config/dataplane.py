@@ -236,4 +236,5 @@ def _build(doc: dict[str, Any], source: str) -> model.Dataplane:
         probes=probes,
         metrics=metrics,
         source=source,
+        labels=model.frozen_tags(doc.get("labels")),  # validated: strings
     )

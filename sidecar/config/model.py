@@ -176,6 +176,8 @@ class Dataplane:
     probes: Probes | None = None
     metrics: Metrics | None = None
     source: str = "<memory>"  # the file it was read from, for messages
+    # The resource's own labels (Kuma's `labels`): what a policy's `kind: Dataplane` selects by.
+    labels: Mapping[str, str] = field(default_factory=lambda: frozen_tags(None))
 
     @property
     def services(self) -> tuple[str, ...]:

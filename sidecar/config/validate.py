@@ -296,7 +296,9 @@ def validate(doc: dict[str, Any]) -> list[Violation]:
         _networking(v, net, doc)
     _probes(v, doc)
     _metrics(v, doc)
-    v.mapping(doc, "labels", "")
+    for key, value in (v.mapping(doc, "labels", "") or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            v.add(_key("labels", key), "must be a string")
     return v.violations
 
 

@@ -11,9 +11,14 @@ original destination (`sidecar.transport.origdst`) picks what serves it, as Envo
 - neither: the bytes are relayed to the original destination as they are (passthrough, Kuma's
   default), counted in the `outbound:passthrough:ipv4` / `inbound:passthrough:ipv4` cluster
   (`…:ipv6`). The inbound direction connects from 127.0.0.6 or ::6 (the plan's source address),
-  which the rules let through to the app. A mesh with `networking.outbound.passthrough: false`
-  allows none outbound: such a connection is closed and counted (`downstream_cx_no_route`), as
-  Envoy's does when Kuma leaves the passthrough cluster out.
+  which the rules let through to the app. Outbound, what may pass is the MeshPassthrough
+  policies' (`sidecar.transparent.passthrough`), else the Mesh's switch: a connection that
+  passthroughMode None or `networking.outbound.passthrough: false` allows none of is closed and
+  counted in `downstream_cx_no_route`, as Envoy's is when Kuma leaves the passthrough cluster
+  out; one that no `appendMatch` entry allows, in the listener's `no_filter_chain_match`, as
+  Envoy's is when its filter-chain matcher finds nothing. A Domain entry is judged on the
+  connection's first bytes (SNI, Host, :authority), waited for up to the protocol detection
+  timeout.
 
 A connection made to the redirect port itself (not redirected) has no destination of its own:
 passing it through would connect to this very port again, so it is closed and counted
@@ -23,6 +28,7 @@ passing it through would connect to this very port again, so it is closed and co
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -31,10 +37,12 @@ from typing import Any
 from sidecar import defaults
 from sidecar.addresses import host_port
 from sidecar.cluster import Cluster, Target
-from sidecar.listener import ListenerStack, StackOptions
+from sidecar.listener import ListenerStack, Refused, StackOptions, adopt_socket
 from sidecar.observe.stats import ListenerStats
 from sidecar.observe.throttle import LogThrottle
 from sidecar.plan import ListenerPlan
+from sidecar.transparent.passthrough import ALL, Passthrough
+from sidecar.transport.detect import Detected, detect, requested_name
 from sidecar.transport.origdst import original_destination
 
 log = logging.getLogger("sidecar.transparent")
@@ -43,8 +51,8 @@ log = logging.getLogger("sidecar.transparent")
 Adopt = Callable[[socket.socket, Any], None]
 # The listener planned for an original destination, as its `Adopt`; None: passthrough.
 Find = Callable[[ListenerPlan, tuple[str, int]], Adopt | None]
-# Whether the mesh allows outbound passthrough now (the Mesh resource, read on each connection).
-Allowed = Callable[[], bool]
+# What the mesh lets the app reach outside it now (MeshPassthrough, else the Mesh's switch).
+Allowed = Callable[[], Passthrough]
 
 
 class RedirectStack(ListenerStack):
@@ -58,7 +66,7 @@ class RedirectStack(ListenerStack):
         stats: ListenerStats,
         options: StackOptions,
         find: Find,
-        passthrough: Allowed = lambda: True,
+        passthrough: Allowed = lambda: Passthrough(ALL),
     ) -> None:
         super().__init__(plan, cluster, stats, options)
         self.find = find
@@ -81,11 +89,48 @@ class RedirectStack(ListenerStack):
         adopt = self.find(self.plan, found)
         if adopt is not None:
             adopt(sock, address)
-            return
-        if self.plan.direction == "outbound" and not self.passthrough():
-            self._blocked(sock, address, found)
-            return
-        super().accept_socket(sock, address, Target(*found))  # passthrough
+        elif self.plan.direction == "outbound":
+            self.pass_outbound(sock, address, found)
+        else:
+            super().accept_socket(sock, address, Target(*found))  # passthrough
+
+    def pass_outbound(self, sock: socket.socket, address: object, found: tuple[str, int]) -> None:
+        """A connection of the app to a destination outside the mesh: relayed there when what is
+        in force allows it, by its address or, after its first bytes, by the name it asks for."""
+        rules = self.passthrough()
+        allowed = rules.allows_address(*found)
+        timeout = self.options.detection_timeout
+        if allowed is None and timeout > 0:
+            judge = functools.partial(self._by_name, rules, address, found)
+
+            def peek() -> asyncio.Protocol:
+                if not self.admit():
+                    return Refused()
+                return self.peek(judge, timeout, silent_closes=False)
+
+            asyncio.get_running_loop().create_task(adopt_socket(peek, sock))
+        elif allowed:
+            super().accept_socket(sock, address, Target(*found))
+        else:
+            sock.close()
+            self._blocked(rules, address, found, None)
+
+    def _by_name(
+        self,
+        rules: Passthrough,
+        address: object,
+        found: tuple[str, int],
+        first: bytes,
+        final: bool,
+    ) -> asyncio.Protocol | None:
+        """The Peek's verdict: the relay when a Domain entry allows the name asked for."""
+        told, name = requested_name(first)
+        if not told and not final:
+            return None
+        if rules.allows_name(name, found[1], tls=detect(first) is Detected.TLS) is not None:
+            return self.tcp(Target(*found))
+        self._blocked(rules, address, found, name)
+        return Refused()
 
     def _not_redirected(self, sock: socket.socket, address: object) -> None:
         self.stats.no_filter_chain_match += 1
@@ -100,19 +145,25 @@ class RedirectStack(ListenerStack):
                 "no original destination: a connection made to the redirect port itself",
             )
 
-    def _blocked(self, sock: socket.socket, address: object, found: tuple[str, int]) -> None:
-        self.stats.tcp_downstream_cx_no_route += 1
-        sock.close()
+    def _blocked(
+        self, rules: Passthrough, address: object, found: tuple[str, int], name: str | None
+    ) -> None:
+        """A connection closed for leaving the mesh where nothing in force lets it."""
+        if rules.matched:
+            self.stats.no_filter_chain_match += 1
+        else:
+            self.stats.tcp_downstream_cx_no_route += 1
         held_back = self._throttle.allow("blocked")
         if held_back is not None:
             log.warning(
-                "event=passthrough_blocked listener=%s peer=%s destination=%s "
+                "event=passthrough_blocked listener=%s peer=%s destination=%s name=%s "
                 "since_last_line=%d reason=%r",
                 self.plan.name,
                 address,
                 host_port(*found),
+                name or "-",
                 held_back,
-                "outside the mesh, and the Mesh has networking.outbound.passthrough: false",
+                rules.describe(),
             )
 
 
