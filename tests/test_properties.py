@@ -27,7 +27,13 @@ from sidecar.http.h2 import PREFACE, H2Protocol
 from sidecar.http.rules import request_problem
 from sidecar.identity.spiffe import parse_xfcc
 from sidecar.limits import Limits, LimitsError, load_limits
-from sidecar.transport.detect import MAX_PEEK, Detected, client_hello_sni, detect
+from sidecar.transport.detect import (
+    MAX_PEEK,
+    Detected,
+    client_hello_sni,
+    detect,
+    requested_name,
+)
 from tests.attack import FakeTransport, frame
 
 # -- sniffing ------------------------------------------------------------------------------------
@@ -58,6 +64,29 @@ def test_client_hello_reader_never_raises(data):
     assert sni is None or isinstance(sni, str)
     sni = client_hello_sni(b"\x16\x03\x01" + data)
     assert sni is None or isinstance(sni, str)
+
+
+def _h2_frame(kind: int, flags: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + b"\0\0\0\1" + payload
+
+
+h2_frames = st.lists(
+    st.builds(
+        _h2_frame,
+        st.sampled_from([0x1, 0x4, 0x8, 0x9, 0x0]),  # HEADERS, SETTINGS, WINDOW_UPDATE, CONT., DATA
+        st.integers(0, 255),
+        st.binary(max_size=60),
+    ),
+    max_size=4,
+).map(b"".join)
+
+
+@given(st.one_of(first_bytes, h2_frames.map(lambda frames: PREFACE + frames)))
+def test_the_name_asked_for_is_read_from_any_bytes_without_raising(data):
+    """MeshPassthrough's Domain entries judge these names on an app's first bytes: whatever
+    they are (a cut ClientHello, a HEADERS frame of any flags and HPACK block), an answer."""
+    told, name = requested_name(data)
+    assert isinstance(told, bool) and (name is None or isinstance(name, str))
 
 
 # -- XFCC on any text ------------------------------------------------------------------------------
