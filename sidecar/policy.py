@@ -49,14 +49,17 @@ Defaults, chosen and written down here:
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import yaml
+
+log = logging.getLogger("sidecar.policy")
 
 POLICY_TYPE = "MeshTrafficPermission"
 SERVICE_TAG = "kuma.io/service"
@@ -176,6 +179,17 @@ class Checker:
             return None
         return value
 
+    def strings(self, value: Any, path: str) -> dict[str, str]:
+        """A mapping of names to strings (tags, labels); a number reads as its text."""
+        out: dict[str, str] = {}
+        for key, item in (self.mapping(value, path) or {}).items():
+            text = _tag_value(item)
+            if text is None or not key:
+                self.add(f'{path}["{key}"]', f"must be a string, got {kind_of(item)}")
+            else:
+                out[key] = text
+        return out
+
     def unknown(self, value: dict[str, Any], allowed: set[str], path: str) -> None:
         for key in value:
             if key not in allowed:
@@ -215,13 +229,7 @@ def _target_ref(check: Checker, raw: Any, path: str, kinds: Mapping[str, int]) -
     elif "name" in ref:
         check.add(f"{path}.name", f"must not be set with kind {kind}")
     if kind in ("MeshSubset", "MeshServiceSubset"):
-        raw_tags = check.mapping(ref.get("tags", {}), f"{path}.tags")
-        for tag, value in (raw_tags or {}).items():
-            text = _tag_value(value)
-            if text is None or not tag:
-                check.add(f'{path}.tags["{tag}"]', f"must be a string, got {kind_of(value)}")
-            else:
-                tags[tag] = text
+        tags = check.strings(ref.get("tags", {}), f"{path}.tags")
     elif "tags" in ref:
         check.add(f"{path}.tags", f"must not be set with kind {kind}")
     if kind in ("MeshService", "MeshServiceSubset") and name is None:
@@ -322,6 +330,56 @@ def load_policies(path: str | os.PathLike[str]) -> list[MeshTrafficPermission]:
     except UnicodeDecodeError:
         raise PolicyError(source, [("", "not a UTF-8 text file")]) from None
     return parse_policies(text, source)
+
+
+# --- the policies of one kind in force ---------------------------------------------------------
+
+
+class _Named(Protocol):
+    name: str
+
+
+P = TypeVar("P", bound=_Named)
+
+
+class PolicySet(Generic[P]):
+    """The policies of one kind from a mesh directory's documents (MeshTrafficPermission,
+    MeshPassthrough), replaced whole when they change; `policies` is a new tuple only then, so
+    callers may tell a change by identity. A document that does not parse is left out (Kuma
+    would not have accepted it), with one warning per file and message."""
+
+    def __init__(self, kind: str, parse: Callable[[Any, str], P]) -> None:
+        self.kind = kind
+        self.parse = parse
+        self.policies: tuple[P, ...] = ()
+        self._errors: dict[str, str] = {}
+
+    def update(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> bool:
+        """Take the documents of this kind of a mesh snapshot; True when the policies changed."""
+        policies: list[P] = []
+        errors: dict[str, str] = {}
+        for source, doc in documents:
+            if doc.get("type") != self.kind:
+                continue
+            try:
+                policies.append(self.parse(doc, source))
+            except PolicyError as exc:
+                errors[f"{source}:{doc.get('name')}"] = str(exc)
+        for key, message in errors.items():
+            if self._errors.get(key) != message:
+                log.warning("event=policy_skipped kind=%s error=%r", self.kind, message)
+        self._errors = errors
+        new = tuple(policies)
+        if new == self.policies:
+            return False
+        self.policies = new
+        log.info(
+            "event=policies_loaded kind=%s count=%d names=%s",
+            self.kind,
+            len(new),
+            ",".join(p.name for p in new) or "-",
+        )
+        return True
 
 
 # --- deciding ----------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class Sidecar:
         self._policies_ignored_logged = False
         # What the app may reach outside the mesh (transparent proxying), worked out again when
         # the mesh directory or the Dataplane changes, not per connection.
-        self.passthrough_policies = passthrough.PassthroughPolicies()
+        self.passthrough_policies = passthrough.passthrough_policies()
         self.passthrough = passthrough.MESH_ALLOWS
         self.observability = Observability(self)  # admin, metrics, probes, access log
 

@@ -6,12 +6,14 @@ Nothing here sleeps for synchronisation: `wait_for` polls a condition with a dea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -355,3 +357,13 @@ async def start_echo_server() -> tuple[asyncio.Server, int]:
 
     server = await asyncio.start_server(echo, LOOPBACK, 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+def client_hello(server_name: str) -> bytes:
+    """A real ClientHello (the ssl module's) asking for `server_name`: the first bytes of a TLS
+    client, for what judges a connection by them (sniffing, MeshPassthrough)."""
+    out = ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()

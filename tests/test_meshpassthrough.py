@@ -7,9 +7,7 @@ test_transparent_proxy.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import ssl
 
 import h2.connection
 import pytest
@@ -25,13 +23,13 @@ from sidecar.transparent.passthrough import (
     MATCHED,
     NONE,
     Passthrough,
-    PassthroughPolicies,
     in_force,
     parse_policy,
+    passthrough_policies,
 )
 from sidecar.transparent.redirect import RedirectStack
 from sidecar.transport.detect import requested_name
-from tests.support import dataplane
+from tests.support import client_hello, dataplane
 
 
 def _policy(default: dict, target_ref: dict | None = None, name: str = "p", **doc) -> dict:
@@ -136,7 +134,7 @@ def test_every_fault_of_a_policy_is_named_at_once() -> None:
 
 
 def test_a_policy_that_does_not_parse_is_left_out_with_a_warning(caplog) -> None:
-    policies = PassthroughPolicies()
+    policies = passthrough_policies()
     good = _policy({"passthroughMode": "All"}, name="good")
     bad = _policy({"passthroughMode": "Every"}, name="bad")
     assert policies.update([("good.yaml", good), ("bad.yaml", bad)])
@@ -245,14 +243,6 @@ def test_domains_allow_by_the_name_asked_for_its_kind_and_port() -> None:
 # --- what the first bytes ask for -----------------------------------------------------------------
 
 
-def _client_hello(name: str) -> bytes:
-    out = ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return out.read()
-
-
 def _h2_request(authority: str) -> bytes:
     conn = h2.connection.H2Connection()
     conn.initiate_connection()
@@ -262,7 +252,7 @@ def _h2_request(authority: str) -> bytes:
 
 
 def test_the_name_a_connection_asks_for() -> None:
-    hello = _client_hello("API.Example.com")
+    hello = client_hello("API.Example.com")
     assert requested_name(hello) == (True, "api.example.com")
     assert requested_name(hello[:-10]) == (False, None)  # the ClientHello is still arriving
     request = b"GET / HTTP/1.1\r\nAccept: */*\r\nHOST: HttpBin.dev:8080\r\n\r\n"
@@ -332,13 +322,13 @@ async def test_the_redirect_listener_relays_what_is_allowed_and_closes_the_rest(
         {"type": "Domain", "value": "*.example.org", "port": port, "protocol": "http"},
     )
     stack = _stack(rules)
-    hello = _client_hello("api.example.com")
+    hello = client_hello("api.example.com")
     assert await _through(stack, port, hello) == b"ok\n"
     assert got[-1] == hello  # replayed from its first byte
     request = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n"
     assert await _through(stack, port, request) == b"ok\n"
     assert stack.stats.no_filter_chain_match == 0
-    assert await _through(stack, port, _client_hello("evil.example.com")) == b""
+    assert await _through(stack, port, client_hello("evil.example.com")) == b""
     assert await _through(stack, port, b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n") == b""
     assert await _through(stack, port, b"\x00raw bytes\n") == b""
     assert stack.stats.no_filter_chain_match == 3

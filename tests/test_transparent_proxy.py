@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,7 +44,15 @@ from sidecar.defaults import DNS_PORT
 from sidecar.identity import ca
 from tests.dns_tools import UPSTREAM_ADDRESS, UPSTREAM_NAME, dig, dnsmasq
 from tests.pki import Pki
-from tests.support import REPO, Sidecar, dataplane, wait_for, wait_ready, write_yaml
+from tests.support import (
+    REPO,
+    Sidecar,
+    client_hello,
+    dataplane,
+    wait_for,
+    wait_ready,
+    write_yaml,
+)
 
 SIDECAR_GROUP = 1337  # the group the sidecars run as: the rules let its connections through
 REDIRECT_OUT, REDIRECT_IN = 15001, 15006
@@ -365,11 +372,11 @@ def test_mesh_passthrough_lets_out_only_what_it_matches(mesh: dict) -> None:
     # server name (the first line the echo app reads holds part of it).
     allowed = b"GET / HTTP/1.1\r\nHost: api.allowed.example\r\n\r\n"
     assert web.ask(BACKEND6, OTHER_PORT, allowed) == f"{answered}GET / HTTP/1.1"
-    hello = _client_hello("tls.allowed.example") + b"\n"
+    hello = client_hello("tls.allowed.example") + b"\n"
     assert web.ask(BACKEND6, OTHER_PORT, hello).startswith(answered)
     refused = b"GET / HTTP/1.1\r\nHost: allowed.example\r\n\r\n"  # not under *.allowed
     assert web.ask(BACKEND6, OTHER_PORT, refused) == ""
-    assert web.ask(BACKEND6, OTHER_PORT, _client_hello("other.example") + b"\n") == ""
+    assert web.ask(BACKEND6, OTHER_PORT, client_hello("other.example") + b"\n") == ""
     assert web.ask(BACKEND6, OTHER_PORT) == ""
     # One line per listener (then held back a while): each one's first refusal.
     assert f"destination={BACKEND}:{TCP_PORT + 1} name=- " in sidecar.log
@@ -384,14 +391,6 @@ def test_mesh_passthrough_lets_out_only_what_it_matches(mesh: dict) -> None:
     policy_file.unlink()  # no MeshPassthrough: the Mesh's switch (on, without a Mesh) again
     sidecar.wait_log("event=passthrough_changed mode=All")
     assert web.ask(BACKEND6, OTHER_PORT).startswith(answered)
-
-
-def _client_hello(name: str) -> bytes:
-    out = ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return out.read()
 
 
 def test_a_loopback_outbound_stays_bound(mesh: dict) -> None:

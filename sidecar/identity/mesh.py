@@ -51,7 +51,7 @@ from sidecar.identity.credentials import DEFAULT_WORKLOAD_VALIDITY
 from sidecar.identity.spiffe import IdentityError
 from sidecar.identity.tls import CredentialsError, CredentialStore
 from sidecar.observe.stats import ClusterStats, ListenerStats
-from sidecar.policy import POLICY_TYPE, Decision, MeshTrafficPermission, PolicyError, decide
+from sidecar.policy import POLICY_TYPE, Decision, MeshTrafficPermission, PolicySet, decide
 from sidecar.policy import parse_policy as parse_policy_document
 from sidecar.transport import tls_transport
 from sidecar.transport.connect import ConnectError, Connector, ProtocolFactory
@@ -195,7 +195,7 @@ class Stack(Protocol):
 # --- authorization -----------------------------------------------------------------------------
 
 
-class Authorizer:
+class Authorizer(PolicySet[MeshTrafficPermission]):
     """MeshTrafficPermission of the mesh directory, with the decisions logged and counted.
 
     Policies are replaced whole when the mesh directory changes (`update`); a decision is cached
@@ -205,42 +205,17 @@ class Authorizer:
     _CACHE_LIMIT = 4096
 
     def __init__(self, mesh: str) -> None:
+        super().__init__(POLICY_TYPE, parse_policy_document)
         self.mesh = mesh
-        self.policies: tuple[MeshTrafficPermission, ...] = ()
         self._cache: dict[tuple[str, tuple[str, ...] | None], Decision] = {}
-        self._errors: dict[str, str] = {}
 
     def update(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> bool:
-        """Take the MeshTrafficPermission documents of a mesh snapshot; True when they changed.
-
-        A document that does not parse is left out (Kuma would not have accepted it), with one
-        warning per file and message.
-        """
-        policies: list[MeshTrafficPermission] = []
-        errors: dict[str, str] = {}
-        for source, doc in documents:
-            if doc.get("type") != POLICY_TYPE:
-                continue
-            try:
-                policies.append(parse_policy_document(doc, source))
-            except PolicyError as exc:
-                errors[f"{source}:{doc.get('name')}"] = str(exc)
-        for key, message in errors.items():
-            if self._errors.get(key) != message:
-                log.warning("event=policy_skipped error=%r", message)
-        self._errors = errors
-        new = tuple(policies)
-        if new == self.policies:
-            return False
-        self.policies = new
-        self._cache.clear()
-        log.info(
-            "event=policies_loaded kind=%s count=%d names=%s",
-            POLICY_TYPE,
-            len(new),
-            ",".join(p.name for p in new) or "-",
-        )
-        return True
+        """Take the MeshTrafficPermission documents of a mesh snapshot; True when they changed
+        (the decisions made under the old ones are forgotten)."""
+        changed = super().update(documents)
+        if changed:
+            self._cache.clear()
+        return changed
 
     def decide(self, service: str, peer: Peer | None) -> Decision:
         key = (service, peer.uris if peer is not None else None)

@@ -42,16 +42,13 @@ is narrower:
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config import model
-from sidecar.policy import Checker, PolicyError, kind_of
-
-log = logging.getLogger("sidecar.transparent")
+from sidecar.policy import Checker, PolicyError, PolicySet, kind_of
 
 POLICY_TYPE = "MeshPassthrough"
 ALL, MATCHED, NONE = "All", "Matched", "None"
@@ -249,7 +246,7 @@ def _target_ref(check: Checker, raw: Any, path: str) -> TargetRef | None:
     selectors = {}
     for key in ("labels", "tags"):
         if key in allowed and key in ref:
-            selectors[key] = _string_map(check, ref[key], f"{path}.{key}")
+            selectors[key] = check.strings(ref[key], f"{path}.{key}")
     proxy_types = ref.get("proxyTypes", ["Sidecar"])
     if not isinstance(proxy_types, list) or not all(
         t in ("Sidecar", "Gateway") for t in proxy_types
@@ -257,17 +254,6 @@ def _target_ref(check: Checker, raw: Any, path: str) -> TargetRef | None:
         check.add(f"{path}.proxyTypes", "must be a list of Sidecar and Gateway")
         proxy_types = ["Sidecar"]
     return TargetRef(kind, name, **selectors, sidecars="Sidecar" in proxy_types or not proxy_types)
-
-
-def _string_map(check: Checker, raw: Any, path: str) -> dict[str, str]:
-    values = check.mapping(raw, path) or {}
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            check.add(f'{path}["{key}"]', f"must be a string, got {kind_of(value)}")
-        else:
-            out[key] = str(value)
-    return out
 
 
 def _matches(check: Checker, raw: Any, path: str) -> tuple[Match, ...]:
@@ -397,36 +383,6 @@ def in_force(policies: Iterable[MeshPassthrough], dataplane: model.Dataplane) ->
     return Passthrough(mode, matches, tuple(p.name for p in chosen))
 
 
-class PassthroughPolicies:
-    """The MeshPassthrough documents of the mesh directory, read again when it changes, and what
-    they allow this sidecar; a document that does not parse is left out, with one warning per
-    file and message (Kuma would not have accepted it)."""
-
-    def __init__(self) -> None:
-        self.policies: tuple[MeshPassthrough, ...] = ()
-        self._errors: dict[str, str] = {}
-
-    def update(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> bool:
-        """Take the MeshPassthrough documents of a mesh snapshot; True when they changed."""
-        policies: list[MeshPassthrough] = []
-        errors: dict[str, str] = {}
-        for source, doc in documents:
-            try:
-                policies.append(parse_policy(doc, source))
-            except PolicyError as exc:
-                errors[f"{source}:{doc.get('name')}"] = str(exc)
-        for key, message in errors.items():
-            if self._errors.get(key) != message:
-                log.warning("event=policy_skipped kind=%s error=%r", POLICY_TYPE, message)
-        self._errors = errors
-        new = tuple(policies)
-        if new == self.policies:
-            return False
-        self.policies = new
-        log.info(
-            "event=policies_loaded kind=%s count=%d names=%s",
-            POLICY_TYPE,
-            len(new),
-            ",".join(p.name for p in new) or "-",
-        )
-        return True
+def passthrough_policies() -> PolicySet[MeshPassthrough]:
+    """The MeshPassthrough documents of the mesh directory, read again when it changes."""
+    return PolicySet(POLICY_TYPE, parse_policy)
