@@ -237,22 +237,30 @@ def _target_ref(check: Checker, raw: Any, path: str, kinds: Mapping[str, int]) -
     return TargetRef(kind=kind, name=name, tags=MappingProxyType(tags))
 
 
+def read_header(
+    doc: Any, source: str, kind: str
+) -> tuple[Checker, str | None, str, dict[str, Any] | None]:
+    """What every policy document has, checked: its type (else `PolicyError` at once), name,
+    mesh and spec; the `Checker` goes on with the rest of the document."""
+    check = Checker()
+    if not isinstance(doc, dict):
+        raise PolicyError(source, [("", f"a policy must be a mapping, got {kind_of(doc)}")])
+    if doc.get("type") != kind:
+        raise PolicyError(source, [("type", f"must be {kind!r}, got {doc.get('type')!r}")])
+    name = check.string(doc.get("name"), "name")
+    mesh = doc.get("mesh", "default")
+    if not isinstance(mesh, str) or not mesh:
+        check.add("mesh", f"must be a non-empty string, got {mesh!r}")
+    return check, name, mesh, check.mapping(doc.get("spec"), "spec")
+
+
 def is_policy_document(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("type") == POLICY_TYPE
 
 
 def parse_policy(doc: Any, source: str = "<memory>") -> MeshTrafficPermission:
     """One parsed YAML document to a policy; `PolicyError` lists every field at fault."""
-    check = Checker()
-    if not isinstance(doc, dict):
-        raise PolicyError(source, [("", f"a policy must be a mapping, got {kind_of(doc)}")])
-    if doc.get("type") != POLICY_TYPE:
-        raise PolicyError(source, [("type", f"must be {POLICY_TYPE!r}, got {doc.get('type')!r}")])
-    name = check.string(doc.get("name"), "name")
-    mesh = doc.get("mesh", "default")
-    if not isinstance(mesh, str) or not mesh:
-        check.add("mesh", f"must be a non-empty string, got {mesh!r}")
-    spec = check.mapping(doc.get("spec"), "spec")
+    check, name, mesh, spec = read_header(doc, source, POLICY_TYPE)
     top: TargetRef | None = TargetRef(kind="Mesh")
     rules: list[FromRule] = []
     if spec is not None:

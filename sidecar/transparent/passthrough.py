@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config import model
-from sidecar.policy import Checker, PolicyError, PolicySet, kind_of
+from sidecar.policy import Checker, PolicyError, PolicySet, kind_of, read_header
 
 POLICY_TYPE = "MeshPassthrough"
 ALL, MATCHED, NONE = "All", "Matched", "None"
@@ -200,14 +200,7 @@ def is_policy_document(doc: Any) -> bool:
 def parse_policy(doc: Any, source: str = "<memory>") -> MeshPassthrough:
     """One parsed YAML document to a policy; `PolicyError` lists every field at fault, with
     Kuma's validator's messages where it has one."""
-    check = Checker()
-    if not isinstance(doc, dict):
-        raise PolicyError(source, [("", f"a policy must be a mapping, got {kind_of(doc)}")])
-    name = check.string(doc.get("name"), "name")
-    mesh = doc.get("mesh", "default")
-    if not isinstance(mesh, str) or not mesh:
-        check.add("mesh", f"must be a non-empty string, got {mesh!r}")
-    spec = check.mapping(doc.get("spec"), "spec")
+    check, name, mesh, spec = read_header(doc, source, POLICY_TYPE)
     target_ref, mode, matches = TargetRef(), None, ()
     if spec is not None:
         check.unknown(spec, _SPEC_FIELDS, "spec")
