@@ -343,6 +343,11 @@ async def test_an_address_entry_relays_at_once_and_none_refuses(upstream) -> Non
     stack = _stack(Passthrough(NONE, (), ("off",)))
     assert await _through(stack, port, b"hello\n") == b""
     assert stack.stats.tcp_downstream_cx_no_route == 1
+    # With no time to wait for a name (sniffing off), a Domain entry allows nothing.
+    only_domain = {"type": "Domain", "value": "a.com", "port": port, "protocol": "tls"}
+    stack = _stack(_matched(only_domain), 0)
+    assert await _through(stack, port, client_hello("a.com")) == b""
+    assert stack.stats.no_filter_chain_match == 1
     assert got == [b"hello\n"]
 
 
