@@ -193,10 +193,6 @@ class Passthrough:
 # --- parsing -------------------------------------------------------------------------------------
 
 
-def is_policy_document(doc: Any) -> bool:
-    return isinstance(doc, dict) and doc.get("type") == POLICY_TYPE
-
-
 def parse_policy(doc: Any, source: str = "<memory>") -> MeshPassthrough:
     """One parsed YAML document to a policy; `PolicyError` lists every field at fault, with
     Kuma's validator's messages where it has one."""
