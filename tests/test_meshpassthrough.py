@@ -13,7 +13,7 @@ import h2.connection
 import pytest
 
 from sidecar.cluster import Cluster
-from sidecar.config.dataplane import dataplane_from_document
+from sidecar.config.dataplane import ConfigError, dataplane_from_document
 from sidecar.listener import StackOptions
 from sidecar.observe.stats import StatsStore
 from sidecar.plan import plan_listeners
@@ -199,7 +199,7 @@ def test_the_most_specific_mode_wins_and_the_matches_are_joined() -> None:
 def test_a_dataplane_label_must_be_a_string() -> None:
     doc = dataplane("web-1", [{"port": 8080, "tags": {"kuma.io/service": "web"}}])
     doc["labels"] = {"version": 2}
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ConfigError) as caught:
         dataplane_from_document(doc, "web-1.yaml")
     assert 'labels["version"]: must be a string' in str(caught.value)
 
