@@ -40,6 +40,11 @@ RELAY_HIGH_WATER = 256 * 1024
 # alignment), so its cost per byte grows with the size; 32 KiB took less CPU per GB on the
 # decrypting sidecar than 64 or 128 KiB (bench/README.md, issue 4).
 TLS_READ_AHEAD = 32 * 1024
+# A resumed mTLS connection of the L4 relay is handed from OpenSSL (~18 KB each) to our own
+# record layer (`sidecar.transport.tls_handoff`) once the sidecar holds this many of them:
+# loading the AEADs for it maps ~7 MB, which pays from about 400 connections (env
+# PYSIDECAR_TLS_HANDOFF_AFTER; 0: from the first)
+TLS_HANDOFF_AFTER = 256
 
 # HTTP.
 OUTBOUND_REQUEST_TIMEOUT = 15.0  # bounds the wait for the response head; 0 disables

@@ -310,8 +310,9 @@ async def _offers(
     assert after[0] is not None and after[0] is not kept and after[5].session_reused
     kept = after[0]
     # The connection whose session is kept ends without a close_notify: OpenSSL marks the
-    # session not resumable. The next offer is a fresh one that resumes (not the marked one,
-    # which would go through the ssl module's copy for every connection).
+    # session not resumable. The next offer is none (not the marked one, which would go
+    # through the ssl module's copy for every connection, and resumed connections get no new
+    # ticket): a full handshake, whose session the one after it resumes from.
     owner = next(pair for pair in pairs if pair[4].session is not None and _same(pair, kept))
     owner[2].abort()
     owner[0].abort()
@@ -320,9 +321,12 @@ async def _offers(
     await asyncio.sleep(0.01)  # the aborts' connection_lost callbacks
     gc.collect()
     assert not tls_transport.shares_session(kept, client_ctx)
+    renewed = await connect(restarted)
+    assert renewed[0] is None and not renewed[5].session_reused
     fresh = await connect(restarted)
-    assert fresh[0] is not kept and fresh[5].session_reused
+    assert fresh[0] is not None and fresh[0] is not kept and fresh[5].session_reused
     assert tls_transport.shares_session(fresh[0], client_ctx)
+    del renewed
     # An expired session is not offered (the server would refuse it): a full handshake.
     later_time = time.time() + fresh[0].timeout + 1
     monkeypatch.setattr(mesh.time, "time", lambda: later_time)

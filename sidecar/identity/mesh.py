@@ -467,6 +467,9 @@ class MeshSecurity:
             finally:
                 _offered_session.reset(offered)
             state.connected(ssl_object, session)
+            if own:
+                # checked and accepted: a resumed connection's records become ours (issue 8)
+                transport.detach()  # type: ignore[attr-defined]
             if stats is not None:
                 stats.ssl_handshake += 1
                 stats.upstream_cx_connect_ms.observe((loop.time() - started) * 1000)
@@ -604,16 +607,24 @@ class _EndpointState:
                 self.session = session = None  # expired: the server would refuse it
             elif tls_transport.shares_session(session, context):
                 return session  # the common case: no copy, no parse
-        # None kept, or one that OpenSSL marked (`wrap` resumes from a copy of it then): the
-        # latest connection's, once its ticket came.
+        # None kept, or one that OpenSSL marked: the latest connection's, once its ticket
+        # came, if it can be shared. Otherwise a full handshake: a resumed connection gets
+        # no new ticket from a pysidecar peer (`tls_handoff`), so offering the marked one
+        # (through the ssl module's copy of it, one per connection) would never end.
         latest = self.latest
-        if latest is None:
-            return session
-        fresh = latest.session  # SSL_get1_session: that connection's current session
-        if fresh is None or not fresh.has_ticket or now >= fresh.time + fresh.timeout:
-            return session
-        self.session, self.latest = fresh, None
-        return fresh
+        if latest is not None:
+            fresh = latest.session  # SSL_get1_session: that connection's current session
+            if (
+                fresh is not None
+                and fresh.has_ticket
+                and now < fresh.time + fresh.timeout
+                and tls_transport.shares_session(fresh, context)
+            ):
+                self.session, self.latest = fresh, None
+                return fresh
+        if session is not None and not tls_transport.shares_session(session, context):
+            self.session = session = None
+        return session
 
     def connected(self, ssl_object: ssl.SSLObject | None, offered: ssl.SSLSession | None) -> None:
         """A connection was made (with `offered` to resume from): its session ticket, once it
@@ -1064,6 +1075,9 @@ class _ServerGate(asyncio.Protocol):
                 (ssl_object.cipher() or ("",))[0],
                 ssl_object.session_reused,
             )
+        if isinstance(transport, TlsTransport):
+            # the identity is read: a resumed connection's records become ours (issue 8)
+            transport.detach()
         protocol = listener.stack.accept(peer)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -67,7 +67,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sidecar import defaults
-from sidecar.transport import BARE_CONTEXT
+from sidecar.transport import BARE_CONTEXT, tls_handoff
 from sidecar.transport.splice import discard_unread
 
 READ_SIZE = 256 * 1024  # plaintext delivered per read event at most (16 TLS records)
@@ -413,7 +413,13 @@ def wrap(
         else:
             _LIBSSL.set_session(pointer, shared)
     if pointer is not None:
-        _LIBSSL.read_ahead(pointer, defaults.TLS_READ_AHEAD)
+        if tls_handoff.prepare(context, _LIBSSL.context_pointer(context)):
+            tls_handoff.watch(pointer)
+        if not server_side:
+            # A server reads ahead from its transport on (`TlsTransport`): during the
+            # handshake it would take the client's first data along with its Finished,
+            # and the connection could not be handed over (`TlsTransport.detach`).
+            _LIBSSL.read_ahead(pointer, defaults.TLS_READ_AHEAD)
     return _ssl_object(low)
 
 
@@ -431,14 +437,20 @@ async def handshake(
     """Drive the TLS handshake on the loop; raises what OpenSSL raises (`ssl.SSLError`,
     `OSError`). The caller bounds it in time (and closes the socket when it fails)."""
     fd = sock.fileno()
-    while True:
-        try:
-            sslobj.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            await _ready(loop, fd, write=False)
-        except ssl.SSLWantWriteError:
-            await _ready(loop, fd, write=True)
+    pointer = _LIBSSL.pointer(sslobj._sslobj, fd)  # type: ignore[attr-defined]
+    ok = False
+    try:
+        while True:
+            try:
+                sslobj.do_handshake()
+                ok = True
+                return
+            except ssl.SSLWantReadError:
+                await _ready(loop, fd, write=False)
+            except ssl.SSLWantWriteError:
+                await _ready(loop, fd, write=True)
+    finally:
+        tls_handoff.handshake_ended(pointer, ok)
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
@@ -494,6 +506,8 @@ class TlsTransport(asyncio.Transport):
         "_low_water",
         "_read_wants_write",
         "_peername",
+        "_records",
+        "_watched",
     )
 
     def __init__(
@@ -535,6 +549,13 @@ class TlsTransport(asyncio.Transport):
         self._high_water = defaults.RELAY_HIGH_WATER
         self._low_water = _LOW_WATER
         self._read_wants_write = False  # SSL_read must write first (a KeyUpdate reply)
+        # Our own record layer once `detach` handed the connection over (also `_sslobj`)
+        self._records: tls_handoff.SocketRecords | None = None
+        # Its secrets until then, if it was watched (`tls_handoff`)
+        self._watched = tls_handoff.take(pointer)
+        tls_handoff.COUNT.open += 1
+        if pointer is not None and sslobj._sslobj.server_side:  # type: ignore[attr-defined]
+            _LIBSSL.read_ahead(pointer, defaults.TLS_READ_AHEAD)  # see `wrap`
 
     @classmethod
     def start(
@@ -555,16 +576,52 @@ class TlsTransport(asyncio.Transport):
                 loop.call_soon(transport._read_ready)
         return transport
 
+    def detach(self) -> bool:
+        """Hand the connection's records over from OpenSSL to our own record layer
+        (`sidecar.transport.tls_handoff`), so that it holds two keys instead of OpenSSL's
+        ~18 KB (issue 8's idle connections). Only right after a resumed TLS 1.3 handshake,
+        before a byte of data either way: call it once the peer's identity has been read
+        (`get_extra_info("ssl_object")` is None from here on). False, and nothing changes,
+        when the connection must stay OpenSSL's."""
+        watched, self._watched = self._watched, None
+        pointer = self._pointer
+        if (
+            watched is None
+            or pointer is None
+            or self._records is not None
+            or self._pending
+            or self._wbuf is not None
+            or self._eof_received
+            or self._closing
+        ):
+            return False
+        records = tls_handoff.hand_over(self._sslobj, pointer, watched, self._sock)
+        if records is None:
+            return False
+        self._records = records
+        self._sslobj = records  # what `_read_ready` reads from; OpenSSL's object is let go
+        self._ssl_pointer = self._pointer = None
+        return True
+
+    @property
+    def detached(self) -> bool:
+        return self._records is not None
+
     def _has_pending(self) -> int:
         """Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
         the records read ahead, SSL_pending (the ssl module's) only the current one."""
+        if self._records is not None:
+            return self._records.pending()
         pointer = self._ssl_pointer
         return _LIBSSL.has_pending(pointer) if pointer is not None else self._sslobj.pending()
 
     # -- asyncio.BaseTransport -------------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "ssl_object":
+        if self._records is not None:
+            if name in ("ssl_object", "sslcontext", "peercert"):
+                return default  # OpenSSL's object is gone (`detach`)
+        elif name == "ssl_object":
             return _ssl_object(self._sslobj)  # a fresh view of the same connection
         if name == "socket":
             return self._sock
@@ -691,6 +748,10 @@ class TlsTransport(asyncio.Transport):
             # for the other direction): what the connection holds of OpenSSL's buffers goes
             # back. At most a call that finds nothing to free; never while bytes are unsent.
             _LIBSSL.release_buffers(self._ssl_pointer)
+        records = self._records
+        if records is not None and records.unsent and not self._unflushed:
+            self._unflushed = True  # our KeyUpdate, left for the socket
+            self._start_writing()
         if n:
             self._deliver(view, n)
             if (
@@ -704,7 +765,7 @@ class TlsTransport(asyncio.Transport):
             self._eof_received = True
             self._stop_reading()
             keep_open = self._protocol.eof_received()
-            if self._eof_sent or not keep_open or self._pointer is None:
+            if self._eof_sent or not keep_open or not self.can_write_eof():
                 # Both directions have ended, or the protocol is done, or this connection
                 # cannot stay half-open (TLS 1.2): close, as asyncio's TLS transports do.
                 self.close()
@@ -769,6 +830,12 @@ class TlsTransport(asyncio.Transport):
         `_unflushed` and the writer wait for it). Where there is no write buffer, the socket
         is corked meanwhile, so that the kernel sends full segments rather than one per record
         (on loopback and real links alike, per-segment costs dominate the small ones)."""
+        records = self._records
+        if records is not None:
+            if not records.write(data):
+                self._unflushed = True
+                self._start_writing()
+            return
         if len(data) <= _RECORD and self._wbuf is None:
             self._sslobj.write(data)
             return
@@ -789,6 +856,14 @@ class TlsTransport(asyncio.Transport):
         """Send what the write buffer holds: True when done (the buffer is taken off), False
         when the socket is full (the writer is started: `_write_ready` comes back); OSError
         when the socket failed."""
+        records = self._records
+        if records is not None:
+            if not records.flush():
+                self._unflushed = True
+                self._start_writing()
+                return False
+            self._unflushed = False
+            return True
         buffer = self._wbuf
         if buffer is None:
             return True
@@ -806,13 +881,13 @@ class TlsTransport(asyncio.Transport):
         self.write(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
-        return self._pointer is not None
+        return self._pointer is not None or self._records is not None
 
     def write_eof(self) -> None:
         """Send close_notify once the pending bytes are written, then FIN; reading goes on."""
         if self._eof_wanted or self._closing:
             return
-        if self._pointer is None:
+        if not self.can_write_eof():
             raise NotImplementedError("half-close needs TLS 1.3 and SSL_shutdown")
         self._eof_wanted = True
         if not self._pending:
@@ -895,6 +970,8 @@ class TlsTransport(asyncio.Transport):
 
     def _send_close_notify(self) -> bool | None:
         """True: sent; None: retry when writable; False: not sent (no half-close here)."""
+        if self._records is not None:
+            return self._records.close_notify()
         pointer = self._pointer
         if pointer is not None:
             return _LIBSSL.close_notify(pointer)
@@ -920,6 +997,7 @@ class TlsTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
+        tls_handoff.COUNT.open -= 1
         self._stop_reading()
         self._stop_writing()
         if graceful:
