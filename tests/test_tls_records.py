@@ -26,7 +26,7 @@ import pytest
 
 from sidecar.transport import tls_handoff, tls_records
 from sidecar.transport.tls_records import RecordError, RecordLayer
-from sidecar.transport.tls_transport import _LIBSSL
+from sidecar.transport.tls_transport import _LIBSSL, shares_session
 from tests.pki import Pki
 from tests.test_tls_idle_memory import _listener, _pair
 
@@ -310,7 +310,7 @@ async def _handed_over(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -
     assert server_t.detach() and client_t.detach()
     assert server_t.get_extra_info("ssl_object") is None
     assert _openssl_objects() == before - 2  # OpenSSL's objects are gone
-    assert tls_transport_shares(session, client_ctx)  # ...and the session is not marked
+    assert shares_session(session, client_ctx)  # ...and the session is not marked
 
     received = bytearray()
     client.data_received = lambda data: (received.extend(data), client.got.set())  # type: ignore[method-assign]
@@ -350,9 +350,3 @@ def _openssl_objects() -> int:
     """The ssl module's connection objects alive in this process."""
     gc.collect()
     return sum(1 for o in gc.get_objects() if type(o).__name__ == "_SSLSocket")
-
-
-def tls_transport_shares(session: ssl.SSLSession, context: ssl.SSLContext) -> bool:
-    from sidecar.transport import tls_transport
-
-    return tls_transport.shares_session(session, context)

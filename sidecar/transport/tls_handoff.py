@@ -34,6 +34,7 @@ import socket
 import ssl
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sidecar import defaults
@@ -160,16 +161,19 @@ def _on_ticket(
 _LIB = _Lib()
 
 
-def prepare(context: ssl.SSLContext, context_pointer: int | None) -> bool:
-    """Install the callbacks on `context` (its `SSL_CTX *`), once; False where its
-    connections cannot be handed over (no pointer, a key log file of its own, no
-    decrypt-into in this cryptography)."""
+def prepare(
+    context: ssl.SSLContext, context_pointer: Callable[[ssl.SSLContext], int | None]
+) -> bool:
+    """Install the callbacks on `context`, once (`context_pointer` finds its `SSL_CTX *`);
+    False where its connections cannot be handed over (no pointer, a key log file of its
+    own)."""
     if context in _PREPARED:
         return True
-    if not _LIB.ok or context_pointer is None or context.keylog_filename:
+    pointer = context_pointer(context) if _LIB.ok and not context.keylog_filename else None
+    if pointer is None:
         return False
-    _LIB.set_keylog(context_pointer, ctypes.cast(_LIB.keylog, ctypes.c_void_p))
-    _LIB.set_ticket_cb(context_pointer, None, ctypes.cast(_LIB.ticket, ctypes.c_void_p), None)
+    _LIB.set_keylog(pointer, ctypes.cast(_LIB.keylog, ctypes.c_void_p))
+    _LIB.set_ticket_cb(pointer, None, ctypes.cast(_LIB.ticket, ctypes.c_void_p), None)
     _PREPARED.add(context)
     return True
 
@@ -255,9 +259,6 @@ class SocketRecords:
         # how reading ended (close_notify, an alert, a bad record) behind data not yet taken:
         # raised on the next call, as OpenSSL does
         self._ended: ssl.SSLError | None = None
-
-    def version(self) -> str:
-        return "TLSv1.3"
 
     def pending(self) -> int:
         """Plaintext ready without the socket: kept, or in a whole record received."""

@@ -413,7 +413,7 @@ def wrap(
         else:
             _LIBSSL.set_session(pointer, shared)
     if pointer is not None:
-        if tls_handoff.prepare(context, _LIBSSL.context_pointer(context)):
+        if tls_handoff.prepare(context, _LIBSSL.context_pointer):
             tls_handoff.watch(pointer)
         if not server_side:
             # A server reads ahead from its transport on (`TlsTransport`): during the
@@ -602,10 +602,6 @@ class TlsTransport(asyncio.Transport):
         self._sslobj = records  # what `_read_ready` reads from; OpenSSL's object is let go
         self._ssl_pointer = self._pointer = None
         return True
-
-    @property
-    def detached(self) -> bool:
-        return self._records is not None
 
     def _has_pending(self) -> int:
         """Plaintext OpenSSL holds that the socket will not announce: SSL_has_pending counts
