@@ -451,6 +451,11 @@ async def handshake(
                 await _ready(loop, fd, write=True)
     finally:
         tls_handoff.handshake_ended(pointer, ok)
+        if not ok:
+            # A server reads the handshake record by record (`wrap`): refusing the client's
+            # certificate leaves its CertificateVerify and Finished unread, and the caller's
+            # close would be a reset that overtakes the alert. Read them, so it is a FIN.
+            discard_unread(sock)
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
