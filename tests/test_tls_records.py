@@ -160,6 +160,33 @@ def test_our_server_records_talk_with_an_openssl_client(pki: Pki, tmp_path: Path
         _open_all(ours, peer.outgoing.read())
 
 
+def test_a_key_update_due_inside_one_write_comes_between_its_records(
+    pki: Pki, tmp_path: Path, monkeypatch
+):
+    """A write of five records whose third reaches the limit: our KeyUpdate goes between the
+    second and the third, under the old keys, and OpenSSL reads all five."""
+    keylog = tmp_path / "keys.log"
+    peer = _OpenSslClient(pki, keylog)
+    client_secret, server_secret = _secrets(keylog)
+    ours = RecordLayer(SUITE, client_secret, server_secret, client=False)
+    for _ in range(peer.tickets):
+        ours._write.next_nonce()
+    assert peer.read() == b""
+    monkeypatch.setattr(tls_records, "KEY_UPDATE_AFTER", ours.write_sequence + 2)
+    data = bytes(range(256)) * (4 * tls_records.MAX_PLAINTEXT // 256) + b"tail"
+    wire = bytearray()
+    ours.seal(data, wire)
+    assert len(wire) == len(data) + 5 * (5 + 1 + 16) + (5 + 5 + 1 + 16)
+    assert ours.write_sequence == 3  # the last three records under the new keys
+    peer.incoming.write(bytes(wire))
+    got = b""
+    while len(got) < len(data):
+        chunk = peer.read()
+        assert chunk, "OpenSSL read every record"
+        got += chunk
+    assert got == data
+
+
 def test_a_client_record_layer_ignores_the_tickets_after_a_full_handshake(pki, tmp_path):
     keylog = tmp_path / "keys.log"
     _OpenSslClient(pki, keylog)
