@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar import defaults
-from sidecar.addresses import canonical
+from sidecar.addresses import canonical, host_port
 from sidecar.config import model
 
 
@@ -59,8 +59,10 @@ class ListenerPlan:
 
     @property
     def stat_address(self) -> str:
-        """envoy_listener_address / envoy_tcp_prefix form of the address: `127.0.0.1_10000`."""
-        return f"{self.address}_{self.port}"
+        """envoy_listener_address / envoy_tcp_prefix form of the address, as Envoy writes a
+        listener's address in a stat name (its `:` made `_`): `127.0.0.1_10000`, `[__1]_10000`
+        (what Envoy's own tag pattern for listener addresses expects of IPv6)."""
+        return host_port(self.address, self.port).replace(":", "_")
 
 
 def outbound_cluster_name(outbound: model.Outbound) -> str:
@@ -155,7 +157,7 @@ def plan_listeners(
     for inbound in dataplane.networking.inbound:
         plans.append(
             ListenerPlan(
-                name=f"inbound:{inbound.address}:{inbound.port}",
+                name=f"inbound:{host_port(inbound.address, inbound.port)}",
                 direction="inbound",
                 address=inbound.address,
                 port=inbound.port,
@@ -175,7 +177,7 @@ def plan_listeners(
     for outbound in dataplane.networking.outbound:
         plans.append(
             ListenerPlan(
-                name=f"outbound:{outbound.address}:{outbound.port}",
+                name=f"outbound:{host_port(outbound.address, outbound.port)}",
                 direction="outbound",
                 address=outbound.address,
                 port=outbound.port,

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from sidecar import __version__, defaults
+from sidecar.addresses import host_port
 from sidecar.observe import metrics
 from sidecar.observe.httpserver import Request, Response, text
 from sidecar.observe.stats import ClusterStats
@@ -305,7 +306,8 @@ class Admin:
                     ]
                 }
             )
-        return text(200, "".join(f"{p.name}::{p.address}:{p.port}\n" for p in plans))
+        # Envoy's text form: `name::address`, an IPv6 address in brackets
+        return text(200, "".join(f"{p.name}::{host_port(p.address, p.port)}\n" for p in plans))
 
     async def server_info(self, request: Request) -> Response:
         obs = self.obs
