@@ -107,7 +107,8 @@ def _open_all(layer: RecordLayer, wire: bytes) -> bytes:
     return bytes(out)
 
 
-def test_our_server_records_talk_with_an_openssl_client(pki: Pki, tmp_path: Path, monkeypatch):
+def _our_server(pki: Pki, tmp_path: Path) -> tuple[_OpenSslClient, RecordLayer]:
+    """An OpenSSL client, and its server's records ours from the end of the handshake."""
     keylog = tmp_path / "keys.log"
     peer = _OpenSslClient(pki, keylog)
     client_secret, server_secret = _secrets(keylog)
@@ -116,6 +117,11 @@ def test_our_server_records_talk_with_an_openssl_client(pki: Pki, tmp_path: Path
     for _ in range(peer.tickets):
         ours._write.next_nonce()
     assert peer.read() == b""  # the tickets, taken by OpenSSL
+    return peer, ours
+
+
+def test_our_server_records_talk_with_an_openssl_client(pki: Pki, tmp_path: Path, monkeypatch):
+    peer, ours = _our_server(pki, tmp_path)
 
     # Data both ways, a record of 16 KiB and more.
     peer.client.write(b"hello " * 5000)
@@ -165,13 +171,7 @@ def test_a_key_update_due_inside_one_write_comes_between_its_records(
 ):
     """A write of five records whose third reaches the limit: our KeyUpdate goes between the
     second and the third, under the old keys, and OpenSSL reads all five."""
-    keylog = tmp_path / "keys.log"
-    peer = _OpenSslClient(pki, keylog)
-    client_secret, server_secret = _secrets(keylog)
-    ours = RecordLayer(SUITE, client_secret, server_secret, client=False)
-    for _ in range(peer.tickets):
-        ours._write.next_nonce()
-    assert peer.read() == b""
+    peer, ours = _our_server(pki, tmp_path)
     monkeypatch.setattr(tls_records, "KEY_UPDATE_AFTER", ours.write_sequence + 2)
     data = bytes(range(256)) * (4 * tls_records.MAX_PLAINTEXT // 256) + b"tail"
     wire = bytearray()
