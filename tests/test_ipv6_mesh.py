@@ -39,7 +39,7 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) as s:
 
 
 @pytest.fixture
-def netns(tmp_path: Path) -> Iterator[list[str]]:
+def netns() -> Iterator[list[str]]:
     """A network namespace with its loopback up; the prefix that runs a command in it."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("curl") is None:
         reason = "needs root, ip and curl for a network namespace"
