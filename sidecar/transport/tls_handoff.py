@@ -32,13 +32,13 @@ import ctypes
 import os
 import socket
 import ssl
-import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from sidecar import defaults
 from sidecar.transport import tls_records
+from sidecar.transport.libssl import libssl
 from sidecar.transport.tls_records import HEADER, MAX_RECORD, TAG, RecordError, RecordLayer
 
 _SSL_SENT_SHUTDOWN = 1
@@ -77,12 +77,10 @@ class _Lib:
 
     def __init__(self) -> None:
         self.ok = False
-        if not (3, 8) <= sys.version_info[:2] <= (3, 13):
+        lib = libssl()
+        if lib is None:
             return
         try:
-            import _ssl
-
-            lib = ctypes.CDLL(_ssl.__file__)
             vp = ctypes.c_void_p
             self.set_keylog = lib.SSL_CTX_set_keylog_callback
             self.set_ticket_cb = lib.SSL_CTX_set_session_ticket_cb
@@ -94,7 +92,7 @@ class _Lib:
             self.set_shutdown = lib.SSL_set_shutdown
             self.get_session = lib.SSL_get_session
             self.max_fragment = lib.SSL_SESSION_get_max_fragment_length
-        except (OSError, AttributeError, ImportError):
+        except AttributeError:
             return
         self.set_keylog.argtypes, self.set_keylog.restype = [vp, vp], None
         self.set_ticket_cb.argtypes = [vp, vp, vp, vp]

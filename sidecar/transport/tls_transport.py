@@ -61,13 +61,13 @@ import errno
 import os
 import socket
 import ssl
-import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from sidecar import defaults
 from sidecar.transport import BARE_CONTEXT, tls_handoff
+from sidecar.transport.libssl import libssl
 from sidecar.transport.splice import discard_unread
 
 READ_SIZE = 256 * 1024  # plaintext delivered per read event at most (16 TLS records)
@@ -127,13 +127,10 @@ class _LibSsl:
 
     def __init__(self) -> None:
         self.ok = False
-        if not (3, 8) <= sys.version_info[:2] <= (3, 13):
+        lib = libssl()  # (errno kept: a failed flush's reason)
+        if lib is None:
             return
         try:
-            import _ssl
-
-            # libssl is among its dependencies; errno kept for a failed flush's reason
-            lib = ctypes.CDLL(_ssl.__file__, use_errno=True)
             self.shutdown = lib.SSL_shutdown
             self.get_fd = lib.SSL_get_fd
             self.get_error = lib.SSL_get_error
@@ -142,7 +139,7 @@ class _LibSsl:
             self.set_read_buffer_len = lib.SSL_set_default_read_buffer_len
             self.has_pending = lib.SSL_has_pending
             self.ctrl = lib.SSL_ctrl
-        except (OSError, AttributeError, ImportError):
+        except AttributeError:
             return
         try:
             self.set_session = lib.SSL_set_session
