@@ -355,10 +355,21 @@ def test_scraped_by_a_real_prometheus(mesh_uvloop, prometheus):
     query = (
         f"envoy_tcp_downstream_cx_total%7Benvoy_tcp_prefix%3D%22inbound_127.0.0.1_{inbound}%22%7D"
     )
-    result = wait_for(
-        lambda: prometheus.query(query), timeout=20, what="Prometheus to scrape the sidecar"
-    )
-    assert result[0]["value"][1] == "3"
+    seen: list[str] = []
+
+    def scraped_all_three() -> list | None:
+        # Prometheus scrapes every second on its own clock: a scrape may fall between the
+        # exchanges, so wait for one taken after all three, and name the last count seen.
+        result = prometheus.query(query)
+        if not result:
+            return None
+        seen.append(result[0]["value"][1])
+        return result if seen[-1] == "3" else None
+
+    try:
+        result = wait_for(scraped_all_three, timeout=20, what="Prometheus to scrape a count of 3")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; counts scraped: {seen[-5:]}") from None
     assert result[0]["metric"]["job"] == "pysidecar"
     assert result[0]["metric"]["instance"] == f"{LOOPBACK}:{metrics_port}"
 
