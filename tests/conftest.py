@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from tests.pki import Pki
-from tests.support import Sidecar, TcpServer, dataplane, free_port, wait_ready, write_yaml
+from tests.support import (
+    Sidecar,
+    TcpServer,
+    dataplane,
+    free_port,
+    stop_all,
+    wait_ready,
+    write_yaml,
+)
 
 # Many tests open hundreds of sockets at once.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -102,11 +110,7 @@ class Mesh:
         return outbound
 
     def close(self) -> None:
-        # All are told to stop first, so that their drains run side by side, not one after another.
-        for sidecar in self.sidecars:
-            sidecar.terminate()
-        for sidecar in self.sidecars:
-            sidecar.stop()
+        stop_all(*self.sidecars)
         for server in self.servers:
             server.close()
 

@@ -177,6 +177,16 @@ class Sidecar:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
 
+def stop_all(*sidecars: Sidecar) -> None:
+    """Stop every one of `sidecars`: all are told first, so that their drains (up to their
+    drain timeout each, while a pooled mesh connection stays open) run side by side, not one
+    after another."""
+    for sidecar in sidecars:
+        sidecar.terminate()
+    for sidecar in sidecars:
+        sidecar.stop()
+
+
 def wait_ready(*sidecars: Sidecar, timeout: float = 15.0) -> tuple[Sidecar, ...]:
     """Wait until every one of `sidecars` is ready. Started together (`ready=False`), sidecars
     that do not depend on each other boot side by side instead of one after the other."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.pki import Pki
-from tests.support import REPO, Sidecar, dataplane, wait_for, wait_ready, write_yaml
+from tests.support import REPO, Sidecar, dataplane, stop_all, wait_for, wait_ready, write_yaml
 
 HTTP_INBOUND, TCP_INBOUND, WEB_INBOUND = 12000, 13000, 11000
 HTTP_APP, TCP_APP = 12001, 13001
@@ -152,7 +152,6 @@ def test_two_sidecars_on_ipv6_addresses_carry_http_and_tcp_over_mtls(
         assert "event=ready dataplane=web-1 mesh=default listeners=inbound:[::1]:11000," in web.log
         assert "identity=spiffe://default/web version=TLSv1.3" in backend.log
     finally:
-        for sidecar in sidecars:
-            sidecar.stop()
+        stop_all(*sidecars)
         apps.terminate()
         apps.wait(10)

@@ -394,7 +394,7 @@ def test_http_connections_count_as_open_connections(mesh_uvloop):
 
     mesh = mesh_uvloop
     app = ThreadingHTTPServer((LOOPBACK, 0), Hello)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         backend, _ = mesh.backend(
             "backend-1", app.server_address[1], tags={"kuma.io/protocol": "http"}

@@ -29,7 +29,7 @@ class App(BaseHTTPRequestHandler):
 def test_virtual_probes(mesh_uvloop):
     mesh = mesh_uvloop
     app = ThreadingHTTPServer((LOOPBACK, 0), App)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         app_port, dead_port, probes_port = app.server_address[1], free_port(), free_port()
         path = mesh.write(

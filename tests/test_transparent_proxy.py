@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from tests.support import (
     Sidecar,
     client_hello,
     dataplane,
+    stop_all,
     wait_for,
     wait_ready,
     write_yaml,
@@ -248,10 +250,19 @@ def mesh(
     try:
         assert apps.stdout is not None and apps.stdout.readline().strip() == "ready"
         resolver.enter_context(dnsmasq(WEB, 53, prefix=tuple(web.prefix)))  # web's own resolver
-        for pod, name, dns in ((backend, "backend-1", ()), (web, "web-1", ("--redirect-dns",))):
-            _apply(pod, _rules(files[name], "--gid", str(SIDECAR_GROUP), *dns, pod=pod))
-            rules6 = _rules(files[name], "--gid", str(SIDECAR_GROUP), *dns, "--ipv6", pod=pod)
-            _apply(pod, rules6, ipv6=True)
+        members = ((backend, "backend-1", ()), (web, "web-1", ("--redirect-dns",)))
+        # Four CLI runs, a Python start-up each: printed side by side, then applied in order.
+        with ThreadPoolExecutor(4) as pool:
+            printed = {
+                (name, family): pool.submit(
+                    _rules, files[name], "--gid", str(SIDECAR_GROUP), *dns, *family, pod=pod
+                )
+                for pod, name, dns in members
+                for family in ((), ("--ipv6",))
+            }
+        for pod, name, _ in members:
+            _apply(pod, printed[name, ()].result())
+            _apply(pod, printed[name, ("--ipv6",)].result(), ipv6=True)
             sidecars.append(
                 Sidecar(
                     files[name],
@@ -273,8 +284,7 @@ def mesh(
             "sidecars": sidecars,
         }  # fmt: skip
     finally:
-        for sidecar in sidecars:
-            sidecar.stop()
+        stop_all(*sidecars)
         resolver.close()
         apps.terminate()
         apps.wait(10)

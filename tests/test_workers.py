@@ -270,7 +270,7 @@ def test_http_through_two_worker_pair_is_counted_once(mesh_uvloop):
             pass
 
     app = ThreadingHTTPServer((LOOPBACK, 0), Ok)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     mesh = mesh_uvloop
     try:
         backend, _ = mesh.backend(
