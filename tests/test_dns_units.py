@@ -155,7 +155,7 @@ def test_dns_rules_redirect_the_apps_queries_not_the_sidecars() -> None:
     rules = install_rules(
         Redirection("--gid-owner 1337", 15001, 15006, dns_servers=("10.0.0.10",), dns_port=15053)
     ).splitlines()
-    dns = [line for line in rules if "PYSIDECAR_DNS" in line]
+    dns = [line for line in rules[: rules.index("COMMIT")] if "PYSIDECAR_DNS" in line]  # nat
     assert dns == [
         ":PYSIDECAR_DNS - [0:0]",
         "-A OUTPUT -p udp --dport 53 -j PYSIDECAR_DNS",
@@ -169,6 +169,61 @@ def test_dns_rules_redirect_the_apps_queries_not_the_sidecars() -> None:
     assert "REDIRECT --to-ports 15053" not in plain and ":PYSIDECAR_DNS - [0:0]" in plain
     undo = uninstall_rules()
     assert "-D OUTPUT -p udp --dport 53 -j PYSIDECAR_DNS" in undo and "-X PYSIDECAR_DNS" in undo
+
+
+def test_dns_rules_put_the_sidecars_queries_and_the_apps_in_conntrack_zones_apart() -> None:
+    """Kuma's zone split, in the raw table: zone 1 for the sidecar's queries and the resolvers'
+    answers, zone 2 for the app's queries and the DNS proxy's answers to them."""
+
+    def raw(redirection: Redirection) -> list[str]:
+        lines = install_rules(redirection).splitlines()
+        return lines[lines.index("*raw") :]
+
+    owner = "--gid-owner 1337"
+    assert raw(Redirection(owner, dns_servers=("10.0.0.10", "127.0.0.53"), dns_port=15053)) == [
+        "*raw",
+        ":PYSIDECAR_DNS_CT_OUTPUT - [0:0]",
+        ":PYSIDECAR_DNS_CT_PREROUTING - [0:0]",
+        "-A OUTPUT -p udp -j PYSIDECAR_DNS_CT_OUTPUT",
+        "-A PREROUTING -p udp -j PYSIDECAR_DNS_CT_PREROUTING",
+        # First match wins: the sidecar's own queries, and its DNS proxy's answers, come first.
+        "-A PYSIDECAR_DNS_CT_OUTPUT -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1",
+        "-A PYSIDECAR_DNS_CT_OUTPUT -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2",
+        "-A PYSIDECAR_DNS_CT_OUTPUT -d 10.0.0.10/32 -p udp --dport 53 -j CT --zone 2",
+        "-A PYSIDECAR_DNS_CT_PREROUTING -s 10.0.0.10/32 -p udp --sport 53 -j CT --zone 1",
+        "-A PYSIDECAR_DNS_CT_OUTPUT -d 127.0.0.53/32 -p udp --dport 53 -j CT --zone 2",
+        # A resolver on loopback answers through OUTPUT.
+        "-A PYSIDECAR_DNS_CT_OUTPUT -s 127.0.0.53/32 -d 127.0.0.1/32 -p udp -j CT --zone 1",
+        "-A PYSIDECAR_DNS_CT_PREROUTING -s 127.0.0.53/32 -p udp --sport 53 -j CT --zone 1",
+        "COMMIT",
+    ]
+    everything = raw(Redirection(owner, dns_servers=("0.0.0.0/0",)))
+    assert everything[-3:] == [
+        "-A PYSIDECAR_DNS_CT_OUTPUT -p udp --dport 53 -j CT --zone 2",
+        "-A PYSIDECAR_DNS_CT_PREROUTING -p udp --sport 53 -j CT --zone 1",
+        "COMMIT",
+    ]
+    ipv6 = raw(Redirection(owner, dns_servers=("::1",), ipv6=True))
+    assert "-A PYSIDECAR_DNS_CT_OUTPUT -s ::1/128 -d ::1/128 -p udp -j CT --zone 1" in ipv6
+    # Without DNS redirection, or with the split skipped, the chains are there, empty: one
+    # uninstall fits all.
+    empty = raw(Redirection(owner))[:5] + ["COMMIT"]
+    assert raw(Redirection(owner)) == empty
+    assert raw(Redirection(owner, dns_servers=("10.0.0.10",), dns_conntrack_zones=False)) == empty
+    undo = uninstall_rules().splitlines()
+    assert undo[undo.index("*raw") :] == [
+        "*raw",
+        "-D OUTPUT -p udp -j PYSIDECAR_DNS_CT_OUTPUT",
+        "-D PREROUTING -p udp -j PYSIDECAR_DNS_CT_PREROUTING",
+        "-F PYSIDECAR_DNS_CT_OUTPUT",
+        "-F PYSIDECAR_DNS_CT_PREROUTING",
+        "-X PYSIDECAR_DNS_CT_OUTPUT",
+        "-X PYSIDECAR_DNS_CT_PREROUTING",
+        "COMMIT",
+    ]
+    out = _run("transparent-proxy", "--gid", "0", "--redirect-all-dns-traffic",
+               "--skip-dns-conntrack-zone-split")  # fmt: skip
+    assert out.returncode == 0 and "CT --zone" not in out.stdout, out.stderr
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -56,6 +56,7 @@ from tests.support import (
     write_yaml,
 )
 
+DNS_CLIENT_PORT = 40053  # a fixed source port for dig, free in the pod's own namespace
 SIDECAR_GROUP = 1337  # the group the sidecars run as: the rules let its connections through
 REDIRECT_OUT, REDIRECT_IN = 15001, 15006
 WEB, BACKEND = "10.250.0.1", "10.250.0.2"
@@ -111,10 +112,14 @@ class Pod:
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns]
 
-    def run(self, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, stdin: str | None = None, group: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`argv` in the pod (as `group`: the sidecar's, whose traffic the rules let through)."""
         return subprocess.run(
-            [*self.prefix, *argv], input=stdin, capture_output=True, text=True, timeout=30
-        )
+            [*self.prefix, *argv],
+            input=stdin, capture_output=True, text=True, timeout=30, group=group,
+        )  # fmt: skip
 
     def ask(self, host: str, port: int, first: bytes | None = None) -> str:
         """One line from a TCP server through whatever the rules send the connection to, after
@@ -459,6 +464,21 @@ def test_mesh_names_resolve_to_the_vips_and_other_names_upstream(mesh: dict) -> 
     assert _metric(stats, "envoy_dns_filter_known_domain_queries", *label) >= 3
     assert _metric(stats, "envoy_dns_filter_externally_resolved_queries", *label) >= 1
     assert _metric(stats, "envoy_dns_filter_unanswered_queries", *label) == 0
+
+
+def test_the_sidecars_own_queries_never_take_the_apps_redirection(mesh: dict) -> None:
+    """Conntrack zones apart, as Kuma's rules put them: the app's queries (redirected to the DNS
+    proxy) in one, the sidecar's own (to the real resolver) in another. Otherwise a query of the
+    sidecar's that leaves from a port an app query used a moment before matches that query's
+    conntrack entry, and the entry's redirection sends it back to the sidecar's own DNS proxy."""
+    web: Pod = mesh["web"]
+    query = ("dig", "+time=2", "+tries=1", "-b", f"{WEB}#{DNS_CLIENT_PORT}", f"@{WEB}")
+    app = web.run(*query, "+short", "backend.mesh")
+    assert app.stdout.split() == [HTTP_VIP], app  # answered by the DNS proxy
+    # The same addresses and ports from the sidecar's group: dnsmasq itself answers, refusing
+    # a name it does not serve, as it answers every query the sidecar forwards.
+    own = web.run(*query, "backend.mesh", group=SIDECAR_GROUP)
+    assert "status: REFUSED" in own.stdout, own.stdout + own.stderr
 
 
 def test_ipv6_is_redirected_as_ipv4_is(mesh: dict) -> None:

@@ -138,9 +138,9 @@ def test_install_rules_are_kumas_chains() -> None:
 
 def test_outbound_only_rules_leave_incoming_traffic_alone() -> None:
     rules = install_rules(Redirection("--gid-owner 1337", 15001, None))
-    assert "PREROUTING" not in rules and "--to-ports 15006" not in rules
+    assert "-A PREROUTING -p tcp" not in rules and "--to-ports 15006" not in rules
     assert "REDIRECT --to-ports 15001" in rules
-    assert "PREROUTING" not in uninstall_rules(inbound=False)
+    assert "-D PREROUTING -p tcp" not in uninstall_rules(inbound=False)
     assert "-D PREROUTING -p tcp -j PYSIDECAR_INBOUND" in uninstall_rules()
 
 

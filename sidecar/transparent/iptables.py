@@ -1,7 +1,8 @@
 """`pysidecar transparent-proxy`: the iptables rules that send an app's TCP through its sidecar.
 
 The rules of kumactl's `install transparent-proxy` (TCP), printed in `iptables-restore`'s format
-for the nat table, to be applied in the app's network namespace:
+for the nat table (and the raw table: DNS's conntrack zones), to be applied in the app's network
+namespace:
 
     pysidecar transparent-proxy --dataplane dp.yaml --gid 1337 | iptables-restore --noflush
     pysidecar transparent-proxy --dataplane dp.yaml --gid 1337 --ipv6 | ip6tables-restore --noflush
@@ -21,6 +22,12 @@ from ::6, which must be given to the loopback interface first: `ip -6 addr add :
 - With `--redirect-dns`, UDP queries to the nameservers of /etc/resolv.conf (of the family
   printed; with `--redirect-all-dns-traffic`, to any address) go to the sidecar's DNS proxy on
   `--redirect-dns-port` (`sidecar.dns`), but for the sidecar's own, which it forwards there.
+- With DNS redirected, the raw table puts the two kinds of query in conntrack zones apart, as
+  Kuma's rules do (`--skip-dns-conntrack-zone-split` leaves them out): the sidecar's queries
+  and the answers they get in zone 1, the app's redirected queries and the DNS proxy's answers
+  to them in zone 2. In one zone, a query of the sidecar's leaving from a port that an app
+  query used a moment before (its conntrack entry outlives its socket by 30 s or more) is
+  taken for that query and redirected to the sidecar's own DNS proxy, not to the resolver.
 
 `--uninstall` prints the rules that take them out again. The redirect ports come from the
 Dataplane's `networking.transparentProxying` (else kumactl's 15001 and 15006); the sidecar
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import ipaddress
 import pwd
 import sys
 from dataclasses import dataclass
@@ -44,6 +52,11 @@ INBOUND, INBOUND_REDIRECT = f"{_CHAIN}_INBOUND", f"{_CHAIN}_INBOUND_REDIRECT"
 OUTPUT, OUTBOUND_REDIRECT = f"{_CHAIN}_OUTPUT", f"{_CHAIN}_OUTBOUND_REDIRECT"
 DNS = f"{_CHAIN}_DNS"  # always made (empty without DNS redirection): one way to uninstall
 CHAINS = (INBOUND, INBOUND_REDIRECT, OUTPUT, OUTBOUND_REDIRECT, DNS)
+# The raw table's, always made too. Two, not one: the owner match is not allowed in a chain
+# that PREROUTING jumps to. (iptables takes chain names of up to 28 characters.)
+ZONES_OUTPUT, ZONES_PREROUTING = f"{_CHAIN}_DNS_CT_OUTPUT", f"{_CHAIN}_DNS_CT_PREROUTING"
+RAW_CHAINS = (ZONES_OUTPUT, ZONES_PREROUTING)
+SIDECAR_ZONE, APP_ZONE = 1, 2  # Kuma's numbers
 ALL_ADDRESSES = ("0.0.0.0/0",)  # --redirect-all-dns-traffic (and ::/0: no address matched)
 _LOOPBACK = {False: "127.0.0.1/32", True: "::1/128"}
 _SOURCE = {
@@ -64,6 +77,7 @@ class Redirection:
     # DNS queries to these nameservers go to `dns_port` (the DNS proxy); none: untouched.
     dns_servers: tuple[str, ...] = ()
     dns_port: int = defaults.DNS_PORT
+    dns_conntrack_zones: bool = True  # with DNS redirected: the zone split in the raw table
     ipv6: bool = False  # the rules for ip6tables-restore
 
 
@@ -95,7 +109,36 @@ def install_rules(r: Redirection) -> str:
             destination = "" if server in ALL_ADDRESSES else f"-d {server}/{128 if r.ipv6 else 32} "
             lines.append(f"-A {DNS} {destination}-p udp -j REDIRECT --to-ports {r.dns_port}")
     lines.append("COMMIT")
+    lines += _conntrack_zones(r)
     return "\n".join(lines) + "\n"
+
+
+def _conntrack_zones(r: Redirection) -> list[str]:
+    """The raw table: each DNS packet's conntrack zone, Kuma's split (the first CT target that
+    a packet meets sets its zone)."""
+    lines = ["*raw", *(f":{chain} - [0:0]" for chain in RAW_CHAINS)]
+    lines.append(f"-A OUTPUT -p udp -j {ZONES_OUTPUT}")
+    lines.append(f"-A PREROUTING -p udp -j {ZONES_PREROUTING}")
+    if r.dns_servers and r.dns_conntrack_zones:
+        own, app = f"-j CT --zone {SIDECAR_ZONE}", f"-j CT --zone {APP_ZONE}"
+        lines.append(f"-A {ZONES_OUTPUT} -p udp --dport 53 -m owner {r.owner} {own}")
+        lines.append(f"-A {ZONES_OUTPUT} -p udp --sport {r.dns_port} -m owner {r.owner} {app}")
+        bits = 128 if r.ipv6 else 32
+        for server in r.dns_servers:
+            if server in ALL_ADDRESSES:
+                lines.append(f"-A {ZONES_OUTPUT} -p udp --dport 53 {app}")
+                lines.append(f"-A {ZONES_PREROUTING} -p udp --sport 53 {own}")
+                continue
+            lines.append(f"-A {ZONES_OUTPUT} -d {server}/{bits} -p udp --dport 53 {app}")
+            if ipaddress.ip_address(server).is_loopback:
+                # A resolver on loopback answers from this host: its answers to the sidecar
+                # pass OUTPUT, not PREROUTING (Kuma's rule for Docker's 127.0.0.11).
+                lines.append(
+                    f"-A {ZONES_OUTPUT} -s {server}/{bits} -d {_LOOPBACK[r.ipv6]} -p udp {own}"
+                )
+            lines.append(f"-A {ZONES_PREROUTING} -s {server}/{bits} -p udp --sport 53 {own}")
+    lines.append("COMMIT")
+    return lines
 
 
 def uninstall_rules(inbound: bool = True) -> str:
@@ -107,6 +150,14 @@ def uninstall_rules(inbound: bool = True) -> str:
     lines.append(f"-D OUTPUT -p udp --dport 53 -j {DNS}")
     lines += [f"-F {chain}" for chain in CHAINS]
     lines += [f"-X {chain}" for chain in CHAINS]
+    lines.append("COMMIT")
+    lines += [
+        "*raw",
+        f"-D OUTPUT -p udp -j {ZONES_OUTPUT}",
+        f"-D PREROUTING -p udp -j {ZONES_PREROUTING}",
+    ]
+    lines += [f"-F {chain}" for chain in RAW_CHAINS]
+    lines += [f"-X {chain}" for chain in RAW_CHAINS]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -196,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         args.exclude_outbound_ports,
         dns_servers,
         args.redirect_dns_port,
+        not args.skip_dns_conntrack_zone_split,
         args.ipv6,
     )
     sys.stdout.write(install_rules(redirection))
@@ -207,8 +259,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transparent-proxy",
         help="print the iptables rules that redirect an app's TCP to its sidecar",
         description=(
-            "Print the nat rules of transparent proxying (as kumactl install transparent-proxy"
-            " applies them) for iptables-restore --noflush, to run in the app's network"
+            "Print the rules of transparent proxying (the nat table, and the raw table's"
+            " conntrack zones for DNS, as kumactl install transparent-proxy applies them) for"
+            " iptables-restore --noflush, to run in the app's network"
             " namespace. The sidecar listens on the redirect ports its Dataplane names in"
             " networking.transparentProxying."
         ),
@@ -241,6 +294,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=defaults.DNS_PORT,
         metavar="PORT",
         help=f"the DNS proxy's port (the sidecar's --dns-port; default {defaults.DNS_PORT})",
+    )
+    parser.add_argument(
+        "--skip-dns-conntrack-zone-split",
+        action="store_true",
+        help="leave out the raw table's rules that put the sidecar's DNS queries and the app's "
+        "redirected ones in conntrack zones apart",
     )
     parser.add_argument(
         "--ipv6",
