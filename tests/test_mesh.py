@@ -223,3 +223,29 @@ networking:
     assert (outbound.name, outbound.cluster) == ("outbound:127.0.0.1:20000", "backend")
     assert outbound.connect_timeout == 5.0 and outbound.idle_timeout == 3600.0
     assert plans[("127.0.0.1", 20001)].cluster == "backend_version_v2"
+
+
+def test_a_broken_file_is_reported_once_while_other_files_change(tmp_path: Path, caplog):
+    """Every change in the directory rebuilds the snapshot (a sidecar's own health file is
+    rewritten whenever an inbound's health moves): a file still broken the same way is not
+    reported again; one broken another way, or broken again after a fix, is."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("type: Dataplane\nname: [unclosed\n")
+    health = tmp_path / "web.health.yaml"
+    directory = MeshDirectory(tmp_path, "default")
+    caplog.set_level("WARNING", logger="sidecar.mesh")
+
+    def reports() -> int:
+        return sum("event=mesh_file_skipped" in r.getMessage() for r in caplog.records)
+
+    assert directory.scan() and reports() == 1
+    for not_ready in ("", "12000", ""):
+        health.write_text(f"notReady: [{not_ready}]\n")
+        assert directory.scan()
+    assert reports() == 1
+    broken.write_text("type: Dataplane\nname: web\nnetworking: {}\n")  # broken another way
+    assert directory.scan() and reports() == 2
+    broken.unlink()
+    assert directory.scan() and not directory.snapshot.errors
+    broken.write_text("type: Dataplane\nname: web\nnetworking: {}\n")  # back, as it was
+    assert directory.scan() and reports() == 3

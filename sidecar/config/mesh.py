@@ -212,8 +212,13 @@ class MeshDirectory:
                         errors[path] = str(exc)
                 else:
                     documents.append((path, doc))
+        # Once per file and message, as PolicySet reports policies: a rebuild is taken for any
+        # change in the directory (each sidecar's own health file among them), and a file that
+        # is still broken the same way has been reported already.
+        reported = self.snapshot.errors
         for path, message in errors.items():
-            log.warning("event=mesh_file_skipped file=%s error=%r", path, message)
+            if reported.get(path) != message:
+                log.warning("event=mesh_file_skipped file=%s error=%r", path, message)
         return MeshSnapshot(self.mesh, tuple(members), tuple(documents), errors)
 
 
