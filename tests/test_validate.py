@@ -229,6 +229,14 @@ def test_address_must_be_an_ip_or_a_domain_name(address: str) -> None:
     assert_error(text, "networking.address: address has to be valid IP address or domain name")
 
 
+@pytest.mark.parametrize("address", ["myapp_web_1", "_web.example", "web-1.local."])
+def test_address_takes_the_names_kuma_takes(address: str) -> None:
+    """Kuma's name check (govalidator's IsDNSName) allows `_` in labels: Docker Compose v1
+    names containers `project_service_1`."""
+    text = with_inbound("- port: 8080\n  tags: {kuma.io/service: web}\n", address=address)
+    assert parse_dataplane(text, "dp.yaml").networking.address == address
+
+
 def test_advertised_address_is_checked_like_address() -> None:
     text = dp(
         """\
@@ -459,19 +467,24 @@ def test_outbound_address_must_be_an_ip() -> None:
 
 
 SAME_PAIR = "networking.inbound[0].serviceAddress: serviceAddress and servicePort has to differ"
+SAME_PORT = "networking.inbound[0].servicePort: serviceAddress and servicePort has to differ"
+REDIRECTED = "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n"
 
 
 @pytest.mark.parametrize(
-    "inbound",
+    ("inbound", "error"),
     [
-        "- port: 8080\n  servicePort: 8080\n",
-        "- port: 8080\n  serviceAddress: 10.0.0.1\n",
-        "- port: 8080\n  serviceAddress: 10.0.0.2\n  address: 10.0.0.2\n",
-        "- port: 8080\n  servicePort: 8080\n  serviceAddress: 10.0.0.1\n",
+        # Kuma's rule: serviceAddress on networking.address or inbound.address, same port
+        ("- port: 8080\n  serviceAddress: 10.0.0.1\n", SAME_PAIR),
+        ("- port: 8080\n  serviceAddress: 10.0.0.2\n  address: 10.0.0.2\n", SAME_PAIR),
+        ("- port: 8080\n  servicePort: 8080\n  serviceAddress: 10.0.0.1\n", SAME_PAIR),
+        ("- port: 8080\n  address: 10.0.0.2\n  serviceAddress: 10.0.0.1\n", SAME_PAIR),
+        # ours: the sidecar would bind the app's own socket (named where it was written)
+        ("- port: 8080\n  servicePort: 8080\n", SAME_PORT),
     ],
 )
-def test_service_pair_must_differ_from_the_listener(inbound: str) -> None:
-    assert_error(with_inbound(inbound + "  tags: {kuma.io/service: web}\n"), SAME_PAIR)
+def test_service_pair_must_differ_from_the_listener(inbound: str, error: str) -> None:
+    assert_error(with_inbound(inbound + "  tags: {kuma.io/service: web}\n"), error)
 
 
 @pytest.mark.parametrize(
@@ -480,11 +493,22 @@ def test_service_pair_must_differ_from_the_listener(inbound: str) -> None:
         "- port: 8080\n",
         "- port: 8080\n  servicePort: 8081\n",
         "- port: 8080\n  serviceAddress: 127.0.0.1\n",
-        "- port: 8080\n  address: 10.0.0.2\n  serviceAddress: 10.0.0.1\n",
+        "- port: 8080\n  address: 10.0.0.2\n  serviceAddress: 10.0.0.3\n",
+        "- port: 8080\n  servicePort: 8081\n  serviceAddress: 10.0.0.1\n",
     ],
 )
 def test_service_pair_that_differs_is_valid(inbound: str) -> None:
     parse_dataplane(with_inbound(inbound + "  tags: {kuma.io/service: web}\n"), "dp.yaml")
+
+
+def test_the_apps_own_port_is_valid_when_inbound_traffic_is_redirected() -> None:
+    """With transparent proxying an inbound binds nothing: `port` is the app's own port, and
+    `servicePort` may say so again (Kuma accepts it); Kuma's own rule still holds."""
+    inbound = "- port: 8080\n  servicePort: 8080\n  tags: {kuma.io/service: web}\n"
+    dataplane = parse_dataplane(with_inbound(inbound) + REDIRECTED, "dp.yaml")
+    assert dataplane.networking.inbound[0].service_port == 8080
+    inbound = "- port: 8080\n  serviceAddress: 10.0.0.1\n  tags: {kuma.io/service: web}\n"
+    assert_error(with_inbound(inbound) + REDIRECTED, SAME_PAIR)
 
 
 # --- admin -----------------------------------------------------------------------------------
@@ -550,7 +574,7 @@ def test_builtin_gateway_has_no_inbounds_or_outbounds() -> None:
 
 def test_builtin_gateway_has_no_probes() -> None:
     text = gateway("BUILTIN") + "probes:\n  endpoints: []\n"
-    assert_error(text, "probes: probes cannot be defined for builtin gateways")
+    assert_error(text, "networking.probes: probes cannot be defined for builtin gateways")
 
 
 def test_gateway_type_is_an_enum() -> None:

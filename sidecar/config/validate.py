@@ -17,8 +17,9 @@ Kuma, it says so next to the rule. Three principles decide the unclear cases:
   integer (not "8080", not `true`), tags map strings to strings, durations are strings like "1s".
 
 Stricter than Kuma, because this sidecar binds every listener itself: two inbounds or outbounds
-on one address:port are refused; so is an app (serviceAddress:servicePort) given explicitly as its
-inbound's own address:port; so is the admin port (default 9901) on any address the admin server
+on one address:port are refused; so is an app (servicePort, serviceAddress) given explicitly as
+its inbound's own address:port, unless transparent proxying redirects inbound traffic (the
+inbound then binds no socket); so is the admin port (default 9901) on any address the admin server
 uses (127.0.0.1, and networking.address where /ready is served). Every port field, optional ones
 included, must be in 1..65535 (Kuma reads 0 as unset in some of them).
 """
@@ -37,7 +38,9 @@ from sidecar.config.model import PROTOCOL_TAG, PROTOCOLS, SERVICE_TAG
 _TAG_NAME = re.compile(r"[a-zA-Z0-9.\-_:/]*")
 _TAG_VALUE = re.compile(r"[a-zA-Z0-9.\-_:]*")
 _DURATION = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)s")
-_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# A label as Kuma's check (govalidator's IsDNSName) takes it: `_` too (Docker Compose v1 names
+# its containers `project_service_1`); a hyphen still neither starts nor ends one.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _IDENTIFIER = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _MESH_NAME = re.compile(r"[0-9a-z\-_.]*")
 _URL_PATH = re.compile(r"/[^\s\x00-\x1f\x7f]*")
@@ -95,7 +98,8 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _is_hostname(value: str) -> bool:
-    """RFC 1123 host name; an all-numeric last label is refused so `10.0.0.256` is no name."""
+    """A DNS name, with `_` allowed in labels as Kuma allows it; an all-numeric last label is
+    refused so that `10.0.0.256` is no name (Kuma takes it, and no resolver would)."""
     name = value[:-1] if value.endswith(".") else value
     if not name or len(name) > 253:
         return False
@@ -341,8 +345,10 @@ def _networking(v: _Validator, net: dict[Any, Any], doc: dict[str, Any]) -> None
     _gateway_rules(v, net, inbounds, outbounds, doc)
 
     sockets = _Sockets([], [], [])
+    tp = net.get("transparentProxying")
+    redirected = isinstance(tp, dict) and bool(tp.get("redirectPortInbound"))
     for i, raw in enumerate(inbounds or []):
-        _inbound(v, raw, _index(_field(path, "inbound"), i), address or "", sockets)
+        _inbound(v, raw, _index(_field(path, "inbound"), i), address or "", sockets, redirected)
     for i, raw in enumerate(outbounds or []):
         _outbound(v, raw, _index(_field(path, "outbound"), i), sockets)
 
@@ -383,7 +389,7 @@ def _gateway_rules(
         if outbounds:
             v.add(_field(path, "outbound"), "outbound cannot be defined for builtin gateways")
         if doc.get("probes") is not None:
-            v.add("probes", "probes cannot be defined for builtin gateways")
+            v.add("networking.probes", "probes cannot be defined for builtin gateways")
 
     tags = v.mapping(gateway, "tags", gw_path)
     tags_path = _field(gw_path, "tags")
@@ -412,13 +418,16 @@ def _inbound(
     path: str,
     net_address: str,
     sockets: _Sockets,
+    redirected: bool,
 ) -> None:
-    """One inbound. The app must not sit on the inbound's own address:port: Kuma compares
-    serviceAddress with networking.address (and with inbound.address), and only when serviceAddress
-    is set. Here the effective pairs are compared, with Kuma's defaults (serviceAddress: the bind
-    address; servicePort: port), and only when servicePort or serviceAddress is given: an inbound
-    with just `port` stays valid (the usual Kuma example with transparent proxying), while
-    `port: 8080, servicePort: 8080` is refused, since this sidecar would bind the app's socket."""
+    """One inbound. The app must not sit on the inbound's own address:port. Kuma's rule: a
+    serviceAddress equal to networking.address or to inbound.address, with no servicePort or the
+    same port. Here, besides, the effective pairs are compared, with Kuma's defaults
+    (serviceAddress: the bind address; servicePort: port), when servicePort or serviceAddress is
+    given: `port: 8080, servicePort: 8080` is refused, since this sidecar would bind the app's
+    socket, unless `redirected` (transparent proxying takes inbound traffic to its own port, and
+    the inbound binds nothing). An inbound with just `port` stays valid (the usual Kuma example
+    with transparent proxying)."""
     if not isinstance(raw, dict):
         v.add(path, "must be a mapping")
         return
@@ -430,13 +439,17 @@ def _inbound(
     )
     app_port = port if raw.get("servicePort") is None else v.port(raw, "servicePort", path)
 
-    explicit = raw.get("servicePort") is not None or bool(raw.get("serviceAddress"))
+    given_address = raw.get("serviceAddress") or ""
+    explicit = raw.get("servicePort") is not None or bool(given_address)
     if port is not None and app_port is not None and bind and app_address:
         sockets.inbounds.append(_Listener(path, bind, port))
         sockets.apps.append(_Listener(path, app_address, app_port))
-        if explicit and app_port == port and _same_address(app_address, bind):
+        kumas_rule = bool(given_address) and given_address in (net_address, raw.get("address"))
+        ours = explicit and not redirected and _same_address(app_address, bind)
+        if app_port == port and (kumas_rule or ours):
             v.add(
-                _field(path, "serviceAddress"),
+                # Kuma names serviceAddress; where only servicePort was written, that is the one.
+                _field(path, "serviceAddress" if given_address else "servicePort"),
                 "serviceAddress and servicePort has to differ from address and port",
             )
 
