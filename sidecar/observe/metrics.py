@@ -374,7 +374,8 @@ def _number(value: float) -> str:
 
 
 def _bound(bound: float) -> str:
-    return "+Inf" if math.isinf(bound) else format(bound, "g")  # Envoy writes 3.6e+06
+    # Envoy's `{:.32g}` (prometheus_stats.cc: "a fixed point (non-scientific) format"): 3600000
+    return "+Inf" if math.isinf(bound) else format(bound, ".32g")
 
 
 def _default_help(sample: Sample) -> str:
