@@ -53,10 +53,14 @@ OUTBOUND_STREAM_IDLE_TIMEOUT = 1800.0
 INBOUND_STREAM_IDLE_TIMEOUT = 3600.0
 HTTP_CONNECT_ATTEMPTS = 5  # connect failures are retried on the next endpoint
 MAX_REQUEST_HEADERS_BYTES = 60 * 1024  # Envoy: 60 KiB, then 431
-# A local app's HTTP/1.1 response head (sidecar.http.h1wire): what h11 allowed before (256 KiB),
-# and a field count no real app reaches; past either the response is a 502.
-MAX_RESPONSE_HEADERS_BYTES = 256 * 1024
-MAX_RESPONSE_HEADERS_COUNT = 1000
+# A local app's HTTP/1.1 response head and trailers (sidecar.http.h1wire): Envoy's
+# max_response_headers_kb and _count defaults (60 KiB, 100); past either the request fails (503
+# before the head, a cut body after it).
+# No more: the head then rides the shared mesh connection, whose peer decodes a header list of
+# up to twice the limit (MESH_HEADER_LIST_FACTOR); past that it is a connection error there,
+# failing every stream on it.
+MAX_RESPONSE_HEADERS_BYTES = 60 * 1024
+MAX_RESPONSE_HEADERS_COUNT = 100
 # A chunk-size line with its extensions (extensions are ignored; a longer line is refused).
 MAX_CHUNK_LINE = 1024
 # HTTP/2 between sidecars carries many app connections: room for Kuma's 1024 requests per

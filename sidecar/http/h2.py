@@ -796,10 +796,12 @@ class H2Protocol(asyncio.Protocol):
         decoder.max_header_list_size = self.conn.decoder.max_header_list_size
         decoder.max_allowed_table_size = self.conn.decoder.max_allowed_table_size
         self.conn.decoder = decoder
+        # A header list up to twice the limit is decoded (HPACK stays in step): a request's is
+        # answered 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION
+        # flood). A client takes answers as large (h2's own bound, 64 KiB, was less than a head
+        # the peer's inbound lets through: a connection error failing every stream on it).
+        self.conn.decoder.max_header_list_size = 2 * self.header_list_size
         if not client_side:
-            # A header list up to twice the limit is decoded (HPACK stays in step) and answered
-            # 431 on its stream; beyond that it is an attack (HPACK bomb, CONTINUATION flood).
-            self.conn.decoder.max_header_list_size = 2 * self.header_list_size
             self.conn.incoming_buffer = _BoundedFrameBuffer(2 * self.header_list_size)
         # The bound on a header block's encoded bytes (server side), for `_take_headers`.
         self._max_block: int | None = None if client_side else 2 * self.header_list_size
