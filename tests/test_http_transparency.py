@@ -129,6 +129,27 @@ def test_expect_100_continue(mesh, app):
     assert seen(result)["body_size"] == 5000
 
 
+def test_an_http_1_0_client_gets_no_1xx(mesh):
+    """HTTP/1.0 has no 1xx (RFC 9110 15.2): its `Expect: 100-continue` is ignored (10.1.1), and
+    the app's interim 103 is not passed on; an HTTP/1.1 client gets both."""
+    hints = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"
+    port = http_mesh(
+        mesh, mesh.server(raw_app(hints + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).port
+    )
+    post = b"POST /p HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"
+    assert raw_request(port, post).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw_request(port, b"GET /p HTTP/1.0\r\nHost: x\r\n\r\n").startswith(
+        b"HTTP/1.1 200 OK\r\n"
+    )
+    eleven = raw_request(
+        port,
+        post.replace(b"HTTP/1.0", b"HTTP/1.1").replace(b"Host: x", b"Host: x\r\nConnection: close"),
+    )
+    assert eleven.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"), eleven[
+        :80
+    ]
+
+
 def test_absolute_form_target(mesh, app):
     port = http_mesh(mesh, app.port)
     reply = raw_request(
@@ -553,3 +574,47 @@ def test_client_stream_reset_reaches_the_app(mesh):
         c.sendall(client.data_to_send())
     c.close()
     assert status == b"200"
+
+
+def test_an_apps_oversized_response_head_or_trailers_fail_that_request_alone(mesh):
+    """A response head or trailers over Envoy's 60 KiB from the app: that request fails (503
+    `…reset before headers`, as Envoy answers; a cut body after the head), and nothing else
+    does. The head must not reach the shared mesh connection: past the list size its client
+    decodes, that would be a connection error, failing every request on it (one held open here,
+    from another app connection)."""
+    release = threading.Event()
+    big = b"".join(b"x-big-%d: %s\r\n" % (i, b"v" * 1000) for i in range(70))  # 70 KiB
+    heads: list[bytes] = []
+
+    def handler(conn):
+        while head := read_request(conn)[0]:
+            heads.append(head)
+            if b" /slow " in head:
+                release.wait(20)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            elif b" /big-head " in head:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n" + big + b"Content-Length: 2\r\n\r\nok")
+            elif b" /big-trailers " in head:
+                chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                conn.sendall(chunked + big + b"\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = mesh.server(handler)
+    port = http_mesh(mesh, server.port)
+    assert curl(f"http://{LOOPBACK}:{port}/warm").stdout == "ok"
+    slow: list[subprocess.CompletedProcess[str]] = []
+    waiting = threading.Thread(target=lambda: slow.append(curl(f"http://{LOOPBACK}:{port}/slow")))
+    waiting.start()
+    try:
+        wait_for(lambda: any(b" /slow " in h for h in heads), what="/slow at the app")
+        head = curl("-i", f"http://{LOOPBACK}:{port}/big-head")
+        assert head.stdout.startswith("HTTP/1.1 503"), head.stdout[:200]
+        assert "disconnect/reset before headers" in head.stdout
+        trailers = curl("--raw", f"http://{LOOPBACK}:{port}/big-trailers")
+        assert "0\r\n\r\n" not in trailers.stdout, "the cut must show: no last chunk"
+    finally:
+        release.set()
+        waiting.join(30)
+    assert slow[0].returncode == 0 and slow[0].stdout == "slow", slow[0]
+    assert curl(f"http://{LOOPBACK}:{port}/after").stdout == "ok"

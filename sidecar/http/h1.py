@@ -442,9 +442,11 @@ class H1Server(_Writer):
                 self._refuse(501, f"upgrade to {upgrade.decode(errors='replace')} is not supported")
                 return
         if request.expect_continue:
-            # Envoy answers `Expect: 100-continue` itself and does not forward it.
+            # Envoy answers `Expect: 100-continue` itself and does not forward it. HTTP/1.0
+            # knows no 1xx: its expectation is ignored (RFC 9110 10.1.1).
             headers = [(k, v) for k, v in headers if k != b"expect"]
-            self._write(_CONTINUE)
+            if request.version == b"1.1":
+                self._write(_CONTINUE)
         # The fields in their order (method, scheme, authority, path, headers, protocol,
         # http_version), passed by position: the dataclass's `__init__` called by keyword cost
         # ~3,000 instructions more (each keyword is matched to its parameter by name).
@@ -608,6 +610,8 @@ class H1ServerExchange:
     def informational(self, head: ResponseHead) -> None:
         if self.error is not None or self.responded or head.status in (100, 101):
             return  # 100 was answered when the request arrived
+        if self.request.http_version != b"1.1":
+            return  # no 1xx to an HTTP/1.0 client (RFC 9110 15.2)
         try:
             data = h1wire.response_head(head.status, _PHRASES.get(head.status, b""), head.headers)
         except ProtocolError:
