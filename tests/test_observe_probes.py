@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from tests.observe_support import admin_port, get, request, start_all, stats
@@ -15,8 +20,23 @@ from tests.support import LOOPBACK, free_port, recv_all, wait_for
 
 class App(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        status = {"/healthz": 200, "/fail": 500}.get(self.path, 404)
-        body = f"{self.path} says {status}\n".encode()
+        path = urlsplit(self.path).path
+        if path == "/echo":  # what reached the app, as JSON, with headers of its own
+            body = json.dumps(
+                {
+                    "target": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                }
+            ).encode()
+            self.send_response(203)
+            self.send_header("content-type", "application/json")
+            self.send_header("x-app", "echo")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        status = {"/healthz": 200, "/fail": 500}.get(path, 404)
+        body = f"{path} says {status}\n".encode()
         self.send_response(status)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -53,6 +73,93 @@ def test_virtual_probes(mesh_uvloop):
     finally:
         app.shutdown()
         app.server_close()
+
+
+def call(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, body, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def echo_probes(mesh_uvloop) -> Iterator[int]:
+    """A sidecar whose virtual probes reach the App; yields the probes port."""
+    mesh = mesh_uvloop
+    app = ThreadingHTTPServer((LOOPBACK, 0), App)
+    threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        app_port, probes_port = app.server_address[1], free_port()
+        path = mesh.write(
+            "backend-1",
+            [{"port": free_port(), "servicePort": app_port, "tags": {"kuma.io/service": "b"}}],
+            probes={
+                "port": probes_port,
+                "endpoints": [
+                    {"inboundPort": app_port, "inboundPath": "/echo", "path": "/8080/echo"},
+                    {"inboundPort": app_port, "inboundPath": "/healthz", "path": "/8080/healthz"},
+                ],
+            },
+        )
+        mesh.start(path)
+        yield probes_port
+    finally:
+        app.shutdown()
+        app.server_close()
+
+
+# Kuma's probe route in Envoy: an exact match on the path (the query aside) and on GET; the path
+# rewritten to inboundPath with the query kept; the caller's headers, Host included, forwarded
+# less the hop-by-hop ones; the app's status, headers and body passed back.
+
+
+def test_virtual_probe_forwards_query_and_headers(echo_probes):
+    status, body, _ = call(
+        echo_probes,
+        "/8080/echo?verbose=1&probe=liveness",
+        headers={
+            "Host": "app.example:8080",
+            "X-Probe-Token": "s3cret",
+            "X-Hop": "dropped",
+            "Connection": "x-hop",
+            "Keep-Alive": "timeout=5",
+        },
+    )
+    assert status == 203, body
+    seen = json.loads(body)
+    assert seen["target"] == "/echo?verbose=1&probe=liveness", "query kept, path rewritten"
+    assert seen["headers"]["x-probe-token"] == "s3cret", "the caller's header reaches the app"
+    assert seen["headers"]["host"] == "app.example:8080", "Host as the caller sent it"
+    assert "x-hop" not in seen["headers"], "a header named by Connection is hop-by-hop"
+    assert "keep-alive" not in seen["headers"]
+    assert seen["headers"].get("connection", "close") == "close"
+
+
+def test_virtual_probe_returns_app_headers(echo_probes):
+    status, body, headers = call(echo_probes, "/8080/echo")
+    assert status == 203
+    assert headers["x-app"] == "echo", "the app's header comes back"
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    assert json.loads(body)["target"] == "/echo"
+
+
+def test_virtual_probe_is_get_only(echo_probes):
+    assert call(echo_probes, "/8080/healthz", "POST")[0] == 404, "a route miss, as in Envoy"
+    assert call(echo_probes, "/8080/healthz", "HEAD")[0] == 404
+    assert call(echo_probes, "/8080/healthz")[:2] == (200, b"/healthz says 200\n")
+
+
+def test_virtual_probe_unknown_path(echo_probes):
+    assert call(echo_probes, "/8080/unknown")[0] == 404
+    assert call(echo_probes, "/8080/healthz/more")[0] == 404, "exact match, not a prefix"
+    assert call(echo_probes, "/8080/unknown?x=1", "POST")[0] == 404
 
 
 def whoami(name: bytes):

@@ -1,8 +1,9 @@
 """Probes: virtual probes for the platform, service probes of the local app, and how health spreads.
 
-- Virtual probes (Kuma's `probes`): a plain-HTTP server on `probes.port` that answers each
-  `endpoints[].path` by sending a GET to `127.0.0.1:<inboundPort><inboundPath>` and returning the
-  app's status and body. Unknown paths get 404; an app that does not answer gets 503.
+- Virtual probes (Kuma's `probes`): a plain-HTTP server on `probes.port` that proxies a GET on
+  each `endpoints[].path` to `127.0.0.1:<inboundPort><inboundPath>`, the query string kept, with
+  the caller's headers (less hop-by-hop ones), and returns the app's status, headers and body.
+  Unknown paths and methods other than GET get 404; an app that does not answer gets 503.
 - Service probes (an inbound's `serviceProbe`): a TCP connect to the app every `interval`, with
   `timeout`, and Kuma's healthy/unhealthy thresholds. An inbound whose app fails turns NotReady.
 - Health reaches the other members through the mesh directory, our control plane: the sidecar
@@ -28,12 +29,14 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import h11
 import yaml
 
 from sidecar.config import model
 from sidecar.config.mesh import HEALTH_KIND
+from sidecar.http.exchange import Headers, strip_hop_by_hop
 from sidecar.observe.httpserver import Request, Response, text
 
 log = logging.getLogger("sidecar.probes")
@@ -45,39 +48,41 @@ MAX_PROBE_BODY = 64 * 1024
 # -- virtual probes -------------------------------------------------------------------------------
 
 
-async def http_get(host: str, port: int, target: str, timeout: float) -> tuple[int, bytes]:
-    """A plain HTTP/1.1 GET; (status, body up to 64 KiB). Raises OSError or TimeoutError."""
+async def forward(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    headers: Headers,
+    body: bytes,
+    timeout: float,
+) -> tuple[int, Headers, bytes]:
+    """One HTTP/1.1 exchange with the app: (status, headers, body up to 64 KiB).
+
+    Raises OSError or TimeoutError."""
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(host, port)
         try:
             conn = h11.Connection(h11.CLIENT)
             writer.write(
-                conn.send(
-                    h11.Request(
-                        method="GET",
-                        target=target,
-                        headers=[
-                            ("host", f"{host}:{port}"),
-                            ("user-agent", "pysidecar-probe"),
-                            ("connection", "close"),
-                        ],
-                    )
-                )
+                conn.send(h11.Request(method=method, target=target, headers=headers))
+                + (conn.send(h11.Data(data=body)) if body else b"")
                 + conn.send(h11.EndOfMessage())
             )
             await writer.drain()
-            status, body = 0, bytearray()
+            status, response_headers, response_body = 0, [], bytearray()
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     conn.receive_data(await reader.read(65536))
                 elif isinstance(event, h11.Response):
-                    status = event.status_code
+                    status, response_headers = event.status_code, list(event.headers)
                 elif isinstance(event, h11.Data):
-                    if len(body) < MAX_PROBE_BODY:
-                        body += event.data[: MAX_PROBE_BODY - len(body)]
+                    room = MAX_PROBE_BODY - len(response_body)
+                    if room > 0:
+                        response_body += event.data[:room]
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    return status, bytes(body)
+                    return status, response_headers, bytes(response_body)
         except h11.ProtocolError as exc:
             raise OSError(f"bad HTTP from the app: {exc}") from None
         finally:
@@ -86,20 +91,55 @@ async def http_get(host: str, port: int, target: str, timeout: float) -> tuple[i
                 await writer.wait_closed()
 
 
+# Framing the probes server writes itself from the body it sends: the app's are left out.
+_REFRAMED = frozenset({b"content-length", b"content-type"})
+
+
 class VirtualProbes:
-    """The handler of the virtual probes port."""
+    """The handler of the virtual probes port: Kuma's probe listener, one route per endpoint.
+
+    As Envoy does with the route Kuma generates: an exact match on the path (the query is not
+    part of it) and on `GET` (any other method, like an unknown path, is a route miss: 404); the
+    path is rewritten to `inboundPath`, the query string kept; the caller's headers, Host
+    included (Kuma sets no host rewrite), go to the app less the hop-by-hop ones; the app's
+    status, headers (less hop-by-hop) and body come back. An app that does not answer: 503."""
 
     def __init__(self, probes: model.Probes) -> None:
         self.probes = probes
+        # Kuma matches and rewrites with the path part of each URL (Go's url.Parse(...).Path).
+        self.routes = {
+            urlsplit(e.path).path: (e, urlsplit(e.inbound_path).path or "/")
+            for e in reversed(probes.endpoints)  # the first endpoint with a path wins
+        }
 
     async def handle(self, request: Request) -> Response:
-        endpoint = next((e for e in self.probes.endpoints if e.path == request.path), None)
-        if endpoint is None:
-            return text(404, f"no probe at {request.path}\n")
-        path = endpoint.inbound_path if endpoint.inbound_path.startswith("/") else "/"
+        route = self.routes.get(request.path) if request.method == "GET" else None
+        if route is None:
+            return text(404, f"no probe at {request.method} {request.path}\n")
+        endpoint, path = route
+        _, mark, query = request.target.partition("?")
+        target = path + mark + query
+        headers = strip_hop_by_hop(
+            [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in request.headers
+                if k != "content-length"
+            ]
+        )
+        if not any(k == b"host" for k, _ in headers):  # an HTTP/1.0 caller may send none
+            headers = [(b"host", f"127.0.0.1:{endpoint.inbound_port}".encode()), *headers]
+        headers = [*headers, (b"connection", b"close")]  # one exchange per connection
+        if request.body:
+            headers.append((b"content-length", str(len(request.body)).encode()))
         try:
-            status, body = await http_get(
-                "127.0.0.1", endpoint.inbound_port, path, VIRTUAL_PROBE_TIMEOUT
+            status, app_headers, body = await forward(
+                "127.0.0.1",
+                endpoint.inbound_port,
+                "GET",
+                target,
+                headers,
+                request.body,
+                VIRTUAL_PROBE_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
             log.info(
@@ -110,7 +150,20 @@ class VirtualProbes:
                 str(exc) or type(exc).__name__,
             )
             return text(503, f"app 127.0.0.1:{endpoint.inbound_port}{path} did not answer\n")
-        return Response(status, body, content_type="text/plain; charset=utf-8")
+        app_headers = strip_hop_by_hop(app_headers)
+        content_type = next((v for k, v in app_headers if k == b"content-type"), None)
+        response = Response(
+            status,
+            body,
+            headers=[
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in app_headers
+                if k not in _REFRAMED
+            ],
+        )
+        if content_type is not None:
+            response.content_type = content_type.decode("latin-1")
+        return response
 
 
 # -- service probes -------------------------------------------------------------------------------
