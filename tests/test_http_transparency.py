@@ -229,6 +229,21 @@ def test_upstream_reset_mid_response_is_not_a_complete_body(mesh):
     assert h2.returncode != 0, "HTTP/2: the client must see the stream reset"
 
 
+def test_upstream_cut_of_a_body_ending_at_close_is_a_reset_for_an_http_1_0_client(mesh):
+    """HTTP/1.0 without a length: the body ends when the connection does, so a cut can only
+    show as a reset (RST), never as the clean close of a complete body."""
+
+    def dies(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\npartial")  # ends at close...
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # ...which is a reset: cut
+
+    port = http_mesh(mesh, mesh.server(dies).port)
+    with pytest.raises(ConnectionResetError):
+        raw_request(port, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+
+
 def test_upstream_reset_before_headers_is_503(mesh):
     def rude(conn):
         read_request(conn)

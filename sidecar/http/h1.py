@@ -36,6 +36,7 @@ from sidecar.http.h1wire import BODYLESS, Closed, End, ProtocolError, Request, R
 from sidecar.http.tunnel import Relay
 from sidecar.limits import DEFAULT_LIMITS, Limits
 from sidecar.observe.stats import HttpStats
+from sidecar.transport.relay import abort_with_reset
 
 log = logging.getLogger("sidecar.h1")
 
@@ -762,9 +763,14 @@ class H1ServerExchange:
         """Nothing to do: a connection whose request was not read to the end is closed."""
 
     def reset(self) -> None:
-        """Abort: the client sees the connection close without a terminating chunk."""
+        """Abort: the client sees the connection close without a terminating chunk or before
+        its Content-Length. A body that ends at close (HTTP/1.0, no length) ends with a reset
+        (RST) instead, which a clean close of a complete body cannot be mistaken for."""
         self.error = self.error or StreamReset("reset locally")
-        if self.proto.transport is not None:
+        framing = self._framing
+        if framing.remaining is None and not framing.chunked:  # the body ends at close
+            abort_with_reset(self.proto.transport)
+        elif self.proto.transport is not None:
             self.proto.transport.abort()
 
 
