@@ -158,6 +158,17 @@ def test_reset_counters_zeroes_counters_not_gauges(mesh_uvloop):
         s = stats(port)
         assert s["cluster.backend.upstream_cx_total"] == 0
         assert s["cluster.backend.upstream_cx_active"] == 1, "a gauge is not a counter"
+    # Used once, used for good (Envoy's flag): the counters counted before the reset, and the
+    # gauge back at 0, stay in usedonly reads.
+    with socket.create_connection((LOOPBACK, outbound), timeout=10):
+        wait_for(lambda: stats(port).get("cluster.backend.upstream_cx_active") == 1)
+    wait_for(lambda: stats(port).get("cluster.backend.upstream_cx_active") == 0)
+    listener = f"tcp.outbound_127.0.0.1_{outbound}.downstream_cx_total"
+    assert request(port, "/reset_counters", "POST")[0] == 200
+    used = get(port, "/stats?usedonly")
+    assert "cluster.backend.upstream_cx_active: 0\n" in used
+    assert "cluster.backend.upstream_cx_total: 0\n" in used
+    assert f"{listener}: 0\n" in used
 
 
 # -- the exposition format ------------------------------------------------------------------------
@@ -250,6 +261,33 @@ def test_envoy_stats_text_and_json_formats():
     assert names and all(n.startswith("http.") for n in names)
     quantiles = doc["stats"][-1]["histograms"]["computed_quantiles"]
     assert quantiles[0]["name"] == "http.inbound_127.0.0.1_10000.downstream_rq_time"
+
+
+def test_usedonly_keeps_what_was_used_once_as_envoys_flag_does():
+    """Envoy's `used` is set by a counter's first count or a gauge's first change and never
+    cleared: a counter after /reset_counters and a gauge back at 0 stay in `usedonly` reads."""
+    store = StatsStore()
+    cluster = store.cluster("backend")
+    cluster.upstream_rq_total = 3
+    cluster.upstream_cx_total = 1  # its gauge rose and fell between two reads
+    used: set[str] = set()
+
+    def names() -> set[str]:
+        return {s.stat for s in metrics.select(store, usedonly=True, used=used)}
+
+    assert "cluster.backend.upstream_rq_total" in names()
+    metrics.reset_counters(store)
+    after = names()
+    assert "cluster.backend.upstream_rq_total" in after, "a counter reset to 0 stays used"
+    assert "cluster.backend.upstream_cx_active" in after, "its _total counter was used"
+    assert "cluster.backend.upstream_rq_active" in after
+    assert "cluster.backend.upstream_cx_connect_fail" not in after, "never counted"
+    assert "server.state" in after, "set at start (0: live)"
+    # Envoy's connection manager has every response class from the start.
+    http = store.http("inbound_127.0.0.1_10000")
+    text = metrics.render_text(metrics.select(store))
+    assert all(f"http.inbound_127.0.0.1_10000.downstream_rq_{c}xx: 0\n" in text for c in "12345")
+    assert http.downstream_rq_xx == dict.fromkeys("12345", 0)
 
 
 def test_live_exposition_passes_promtool(mesh_uvloop):

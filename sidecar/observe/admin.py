@@ -375,6 +375,8 @@ class Admin:
         return text(200, "OK\n")
 
     async def reset_counters(self, request: Request) -> Response:
+        await self.obs.collect()
+        self.obs.samples({})  # what counted since the last read stays used after the reset
         metrics.reset_counters(self.sidecar.stats)
         if self.obs.workers is not None:
             await self.obs.workers.broadcast({"op": "reset_counters"})

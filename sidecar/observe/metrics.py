@@ -322,14 +322,35 @@ def samples(store: StatsStore, families: Iterable[Family] = FAMILIES) -> Iterato
 
 
 def select(
-    store: StatsStore, usedonly: bool = False, pattern: re.Pattern[str] | None = None
+    store: StatsStore,
+    usedonly: bool = False,
+    pattern: re.Pattern[str] | None = None,
+    used: set[str] | None = None,
 ) -> list[Sample]:
-    """Samples as /stats filters them: `usedonly` drops untouched ones, `filter` is a regex."""
-    return [
-        s
-        for s in samples(store)
-        if (not usedonly or s.used) and (pattern is None or pattern.search(s.stat))
-    ]
+    """Samples as /stats filters them: `filter` is a regex; `usedonly` keeps the used ones.
+
+    Envoy's "used" is a flag a counter's first count or a gauge's first change sets, and that
+    nothing clears: a gauge back at 0 and a counter after /reset_counters stay in (Kuma's
+    MeshMetric scrapes with `usedonly`, and a series must not vanish because it reads 0). Here:
+    a value that is not 0 now, or was at an earlier read (`used`: the stat names seen so, kept
+    by the caller and added to by every read), or an `_active` gauge whose `_total` counter is
+    used (the gauge has moved, even if no read saw it); the server's gauges are set at start."""
+    chosen = list(samples(store))
+    if used is not None:
+        used.update(s.stat for s in chosen if s.used)
+    if usedonly:
+        seen = {s.stat for s in chosen if s.used} if used is None else used
+        chosen = [
+            s
+            for s in chosen
+            if s.used
+            or s.stat in seen
+            or s.family.scope == "server"
+            or (s.stat.endswith("_active") and s.stat[: -len("active")] + "total" in seen)
+        ]
+    if pattern is not None:
+        chosen = [s for s in chosen if pattern.search(s.stat)]
+    return chosen
 
 
 def reset_counters(store: StatsStore) -> None:

@@ -86,6 +86,7 @@ class Observability:
         self.health: HealthReporter | None = None
         self.access_log: AccessLog | None = None
         self.closed_by_host: dict[str, dict[str, int]] = {}  # cluster → host → ended connections
+        self.used: set[str] = set()  # stats seen used at some read: Envoy's sticky flag (usedonly)
         # --workers: worker 0 serves everything for the whole sidecar, the others only answer it.
         info = getattr(sidecar.options, "worker", None)
         self.workers = WorkerView(self, info) if info is not None else None
@@ -225,7 +226,9 @@ class Observability:
                 pattern = re.compile(query["filter"])
             except re.error as exc:
                 raise ValueError(f"invalid regex in filter: {exc}") from None
-        return metrics.select(self.store(), usedonly="usedonly" in query, pattern=pattern)
+        return metrics.select(
+            self.store(), usedonly="usedonly" in query, pattern=pattern, used=self.used
+        )
 
     async def collect(self) -> None:
         """Before a read of stats: with --workers, fetch every other worker's (see `store`)."""

@@ -299,7 +299,9 @@ class HttpStats:
     http2_outbound_flood: int = 0  # a peer that does not read what we must send
     http2_rx_reset: int = 0  # streams the client reset
     http2_rx_messaging_error: int = 0  # a head breaking RFC 9113 8 (e.g. a bad :path): 400
-    downstream_rq_xx: dict[str, int] = field(default_factory=dict)  # "2" → count of 2xx
+    # "2" → count of 2xx; every class from the start, as Envoy's connection manager has them
+    # (its fixed counters downstream_rq_1xx … 5xx: a service with no errors reads 5xx 0).
+    downstream_rq_xx: dict[str, int] = field(default_factory=lambda: dict.fromkeys("12345", 0))
     # Responses by status (200 → count) since the last `settle`, which adds them to the above.
     downstream_rq_status: dict[int, int] = field(default_factory=dict)
     downstream_rq_time: Histogram = field(default_factory=Histogram)
