@@ -143,6 +143,9 @@ class InboundStack(ListenerStack):
 
         return handle
 
+    def upstream_pools(self) -> tuple[H1Pool | H2Pool, ...]:
+        return (self.h1_pool, self.h2_pool)
+
     def sweep(self, now: float) -> None:
         self.h1_pool.sweep(now)  # first: a connection's check that raised would skip them
         self.h2_pool.sweep(now)

@@ -10,7 +10,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar import defaults
 from sidecar.cluster import Cluster, Target
@@ -27,6 +27,9 @@ from sidecar.transport.detect import Detected, detect
 from sidecar.transport.fds import FdGuard
 from sidecar.transport.peek import Decide, Peek
 from sidecar.transport.tcp import TcpProxy, TcpSettings
+
+if TYPE_CHECKING:
+    from sidecar.http.pool import H1Pool, H2Pool
 
 log = logging.getLogger("sidecar.listener")
 
@@ -326,6 +329,11 @@ class ListenerStack:
     @property
     def active(self) -> int:
         return len(self.tcp.relays) + len(self.http_connections) + self.pending
+
+    def upstream_pools(self) -> tuple[H1Pool | H2Pool, ...]:
+        """The HTTP pools this listener owns (an inbound's, toward its app); the mesh pools of
+        outbounds are the runtime's, shared by cluster."""
+        return ()
 
     def sweep(self, now: float) -> None:
         """Check the HTTP connections' timeouts (request headers, idle); the runtime calls this

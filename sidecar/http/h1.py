@@ -95,6 +95,10 @@ class _Writer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._write_paused: asyncio.Future[None] | None = None
         self.closed = False
+        # Bytes written by `_write` and `write_now`: with the request heads `H1Client.open`
+        # counts, all a client connection writes (its cluster's upstream_cx_tx_bytes_total).
+        # A server writes its answers straight to the transport too: its count is not read.
+        self.tx_bytes = 0
 
     def pause_writing(self) -> None:
         if self._write_paused is None:
@@ -113,6 +117,7 @@ class _Writer(asyncio.Protocol):
 
     def _write(self, data: bytes | None) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
+            self.tx_bytes += len(data)
             self.transport.write(data)
 
     def write_now(self, data: bytes) -> bool:
@@ -121,6 +126,7 @@ class _Writer(asyncio.Protocol):
         transport = self.transport
         if self._write_paused is not None or transport is None or transport.is_closing():
             return False
+        self.tx_bytes += len(data)
         transport.write(data)
         return True
 
@@ -907,6 +913,10 @@ class H1Client(_Writer):
         self.on_idle = on_idle
         self.on_lost = on_lost
         self.counted = False  # against its cluster's connections (the pool's business)
+        # Bytes read from the app on this connection (and `tx_bytes`, written), as on its
+        # socket: the cluster's upstream_cx_rx/tx_bytes_total (the pool adds them when the
+        # connection ends, a stats read those of open connections). An add per read or write.
+        self.rx_bytes = 0
         self.idle_mark: float | None = None  # when a sweep first found it idle (H1Pool.sweep)
         self.reading_paused = False
         self.stream: H1ClientStream | None = None
@@ -974,6 +984,7 @@ class H1Client(_Writer):
         self.parser.method = method  # (`ResponseParser.expect`, written out: a call fewer)
         transport = self.transport  # (`_write`, written out: a call fewer)
         if transport is not None and not transport.is_closing():
+            self.tx_bytes += len(data)
             transport.write(data)
         return stream
 
@@ -984,6 +995,7 @@ class H1Client(_Writer):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes += len(data)
         # Bytes while idle are something no request asked for (or the start of the app's
         # close): not reusable from here on, before `connection_lost` says so. During an
         # exchange it is not reusable anyway, until `_done`.

@@ -855,6 +855,15 @@ class H2Protocol(asyncio.Protocol):
         # the start of a frame whose end has not arrived.
         self._framing = False
         self._partial = bytearray()
+        # Bytes read and written on this connection, for a pooled client connection its
+        # cluster's upstream_cx_rx/tx_bytes_total (`H2Pool`: added when it ends, and those of
+        # open connections at each stats read). They are HTTP/2's bytes, what this codec reads
+        # from and writes to its transport: on an mTLS mesh hop (asyncio's or uvloop's TLS
+        # transport, which tell no socket byte counts) the plaintext, without the TLS records'
+        # overhead; on a plaintext or h2c connection what the socket carries. A server
+        # connection counts them too (one add costs less than a test), unread.
+        self.rx_bytes = 0
+        self.tx_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -889,6 +898,7 @@ class H2Protocol(asyncio.Protocol):
         return settings
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes += len(data)
         if self.calmed:
             return  # GOAWAY sent for abuse: what else comes is read and dropped
         partial = self._partial
@@ -1675,6 +1685,7 @@ class H2Protocol(asyncio.Protocol):
             return
         conn._data_to_send = bytearray()
         if self.transport is not None and not self.transport.is_closing():
+            self.tx_bytes += len(data)
             self.transport.write(data)
 
     async def drain(self) -> None:
@@ -1904,7 +1915,9 @@ class H2Protocol(asyncio.Protocol):
         frame.error_code = code
         self._flush_now()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame.serialize())
+            data = frame.serialize()
+            self.tx_bytes += len(data)
+            self.transport.write(data)
         self._maybe_close()
 
     def close(self) -> None:

@@ -11,6 +11,11 @@
 Both close a connection that has carried no request for the upstream idle timeout (Envoy's
 cluster `idle_timeout`, 1 h: `sweep`, which the runtime calls with the listeners' checks).
 
+Both count the bytes of their connections into the cluster's `upstream_cx_rx_bytes_total` and
+`upstream_cx_tx_bytes_total`, as the TCP relay does: each connection counts its own (one integer
+add per read or write), the pool adds them to the totals when it ends, and `open_bytes` sums
+those of the open ones for a stats read (`ClusterStats.open_rx_bytes`).
+
 Both take a `Connector` (`sidecar.transport.connect`), which is how the mesh's transport (plain
 TCP or mTLS) is chosen without the pools knowing about it.
 """
@@ -47,6 +52,13 @@ def _reserve_connection(stats: ClusterStats | None) -> None:
         stats.upstream_cx_overflow += 1
         raise UpstreamOverflow("cluster at its max connections")
     stats.upstream_cx_active += 1
+
+
+def _count_closed_bytes(stats: ClusterStats | None, conn: H1Client | H2Protocol) -> None:
+    """A connection has ended: its bytes join the cluster's totals."""
+    if stats is not None:
+        stats.upstream_cx_rx_bytes_total += conn.rx_bytes
+        stats.upstream_cx_tx_bytes_total += conn.tx_bytes
 
 
 def _count_idle_timeout(stats: ClusterStats | None) -> None:
@@ -156,12 +168,24 @@ class H2Pool:
     def _closed(self, proto: H2Protocol) -> None:
         if self.stats is not None and proto.target is not None:
             self.stats.upstream_cx_active -= 1
+        _count_closed_bytes(self.stats, proto)
         target = proto.target
         conns = self.connections.get(target) if target is not None else None
         if conns is not None and proto in conns:
             conns.remove(proto)
             if not conns:
                 del self.connections[target]
+
+    def open_bytes(self) -> tuple[int, int]:
+        """Bytes read and written so far on the open connections (those that ended are in the
+        cluster's totals already)."""
+        rx = tx = 0
+        for conns in self.connections.values():
+            for conn in conns:
+                if not conn.closed:
+                    rx += conn.rx_bytes
+                    tx += conn.tx_bytes
+        return rx, tx
 
     def sweep(self, now: float) -> None:
         """Close the connections idle for the upstream idle timeout, with a GOAWAY. Idleness is
@@ -203,6 +227,8 @@ class H1Pool:
         self.body_buffer = body_buffer
         self.idle_timeout = idle_timeout
         self.idle: dict[Target, list[H1Client]] = {}
+        # Every open connection, idle or not: its bytes are read for the stats (`open_bytes`).
+        self.open: set[H1Client] = set()
 
     def ready_stream(
         self, target: Target, head: RequestHead, end_stream: bool
@@ -236,12 +262,25 @@ class H1Pool:
                 self.stats.upstream_cx_active -= 1
             raise
         client.counted = self.stats is not None
+        if not client.closed:
+            self.open.add(client)
         return client.open(head, end_stream)
 
     def _lost(self, client: H1Client) -> None:
         if client.counted and self.stats is not None:
             client.counted = False
             self.stats.upstream_cx_active -= 1
+        self.open.discard(client)
+        _count_closed_bytes(self.stats, client)
+
+    def open_bytes(self) -> tuple[int, int]:
+        """Bytes read and written so far on the open connections (those that ended are in the
+        cluster's totals already)."""
+        rx = tx = 0
+        for client in self.open:
+            rx += client.rx_bytes
+            tx += client.tx_bytes
+        return rx, tx
 
     def _idle(self, target: Target, client: H1Client) -> None:
         idle = self.idle.setdefault(target, [])

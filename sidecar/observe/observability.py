@@ -214,6 +214,17 @@ class Observability:
                 if relay.target is not None and relay.linked:
                     cst.open_rx_bytes += up
                     cst.open_tx_bytes += down
+        # The HTTP pools' open upstream connections (HTTP/1.1 and h2c to an app, HTTP/2 to the
+        # peer sidecars), each counting its own bytes as a relay does.
+        pools = [*self.sidecar.mesh_pools.values()]
+        for running in self.sidecar.listeners.values():
+            pools.extend(running.stack.upstream_pools())
+        for pool in pools:
+            cst = pool.stats
+            if cst is not None:
+                rx, tx = pool.open_bytes()
+                cst.open_rx_bytes += rx
+                cst.open_tx_bytes += tx
 
     def samples(self, query: dict[str, str]) -> list[metrics.Sample]:
         """The samples a /stats query asks for; raises ValueError for a bad `filter` regex."""
