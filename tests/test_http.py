@@ -10,6 +10,9 @@ import re
 import socket
 import subprocess
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from tests.apps import Hypercorn
@@ -184,3 +187,28 @@ def test_connect_failure_is_503_with_envoy_wording(mesh):
         "upstream connect error or disconnect/reset before headers. "
         "reset reason: connection failure"
     )
+
+
+def test_h2c_request_with_host_and_no_authority_keeps_its_host(mesh, app):
+    """RFC 9113 8.3.1: a request may carry Host instead of :authority; Envoy takes Host as the
+    authority. The outbound drops Host (the mesh hop carries :authority): the name it held
+    must still reach the app."""
+    port = http_mesh(mesh, app.port)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    conn.initiate_connection()
+    head = [(":method", "GET"), (":scheme", "http"), (":path", "/h"), ("host", "named.test")]
+    conn.send_headers(1, head, end_stream=True)
+    body = b""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        ended = False
+        while not ended and (data := sock.recv(65536)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(len(event.data), 1)
+                ended = ended or isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset))
+            sock.sendall(conn.data_to_send())
+    assert dict(json.loads(body)["headers"])["host"] == "named.test"

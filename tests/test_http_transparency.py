@@ -161,6 +161,13 @@ def test_absolute_form_target(mesh, app):
     got = json.loads(body)
     assert got["path"] == "/p" and got["query"] == "q=1"
     assert dict(got["headers"])["host"] == "absolute.test"
+    # No path, a query: the authority ends at "?" (RFC 3986 3.2), the path is "/".
+    reply = raw_request(
+        port, b"GET http://abs.test?q=2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    got = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert (got["path"], got["query"], dict(got["headers"])["host"]) == ("/", "q=2", "abs.test")
 
 
 def test_malformed_request_is_400_and_others_keep_being_served(mesh, app):

@@ -79,7 +79,7 @@ def target_problem(method: bytes, target: bytes) -> str | None:
         return None
     lower = target[:8].lower()
     if lower.startswith(b"http://") or lower.startswith(b"https://"):
-        host = target.split(b"://", 1)[1].partition(b"/")[0]
+        host = split_target(target)[0]
         return None if host else "absolute-form without a host"
     return "not a request target (origin, absolute, authority or asterisk form)"
 
@@ -158,14 +158,17 @@ def _write_eof(transport: asyncio.Transport | None) -> None:
 
 
 def split_target(target: bytes) -> tuple[bytes | None, bytes]:
-    """Absolute-form `http://host/path` → (host, /path); origin-form → (None, target)."""
+    """Absolute-form `http://host/path?query` → (host, /path?query), the path `/` when there
+    is none (`http://host?q=1` → /?q=1: the authority ends at "/" or "?", RFC 3986 3.2);
+    origin-form → (None, target)."""
     if target[:1] == b"/":
         return None, target
     lower = target[:8].lower()
     if lower.startswith(b"http://") or lower.startswith(b"https://"):
         rest = target.split(b"://", 1)[1]
-        host, slash, path = rest.partition(b"/")
-        return host, slash + path if slash else b"/"
+        end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        host, path = rest[:end], rest[end:]
+        return host, path if path[:1] == b"/" else b"/" + path
     return None, target
 
 

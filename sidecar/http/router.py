@@ -538,6 +538,8 @@ def outbound_headers(head: RequestHead, peer_address: tuple[str, int] | None) ->
         if headers is not head.headers:  # (Connection may have named any of those looked at below)
             names = dict(headers)
         if b"host" in names or _ORIG_PROTO in names:
+            if not head.authority and names.get(b"host"):  # HTTP/2 without :authority: Host
+                head.authority = names[b"host"]  # names it (RFC 9113 8.3.1), as Envoy takes it
             headers = [(k, v) for k, v in headers if k != b"host" and k != _ORIG_PROTO]
         elif headers is head.headers:
             headers = list(headers)
