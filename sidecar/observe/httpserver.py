@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
@@ -63,8 +63,9 @@ class HttpServer:
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind; raises OSError (the caller names the listener in its error)."""
+    async def start(self, host: str | Sequence[str], port: int) -> None:
+        """Bind (`host`: one address or name, or several); raises OSError (the caller names the
+        listener in its error)."""
         self.server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
 
     @property

@@ -5,9 +5,11 @@ The runtime calls five hooks and nothing else: `start()` (after the listeners ar
 `draining()` (when a drain starts) and `stop()` (when it ends). From there this object runs:
 
 - the admin API on 127.0.0.1:`networking.admin.port` (sidecar.observe.admin);
+- `/ready` alone on `networking.address`:`networking.admin.port`, as Kuma's admin listener serves
+  it there in plaintext (every other path gets 404); not when that address is 127.0.0.1, where
+  the admin itself listens;
 - the metrics endpoint on `networking.address`:`metrics.conf.port``metrics.conf.path` when the
-  Dataplane has `metrics`; that server also answers `/ready`, the one admin path Kuma exposes on the
-  dataplane address;
+  Dataplane has `metrics`; that server also answers `/ready`;
 - the virtual probes on `probes.port` when the Dataplane has `probes`, and the service probes;
 - the health document that tells the other members which inbounds are ready;
 - the access log and the Kafka tap, through the TCP proxies' hooks.
@@ -18,10 +20,12 @@ traffic flows, except through the health it publishes and the admin mutations En
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidecar import defaults
-from sidecar.addresses import host_port
+from sidecar.addresses import canonical, host_port
 from sidecar.config import model
 from sidecar.config.mesh import selects
 from sidecar.observe import metrics
@@ -78,6 +82,8 @@ class Observability:
         self.hc_failed = False  # POST /healthcheck/fail
         self.listeners_drained = False  # POST /drain_listeners
         self.admin = HttpServer("admin", self._admin_handler())
+        self.ready_server: HttpServer | None = None  # /ready on networking.address:admin port
+        self._ready_conf: tuple[str, int] | None = None
         self.metrics_server: HttpServer | None = None
         self._metrics_conf: tuple[str, int, str] | None = None
         self.probes_server: HttpServer | None = None
@@ -129,12 +135,14 @@ class Observability:
         except Exception:
             await self.stop()
             raise
+        ready_at = host_port(*self._ready_conf) if self._ready_conf else "-"
         metrics_at = "{}:{}{}".format(*self._metrics_conf) if self._metrics_conf else "-"
         probes_at = "{}:{}".format(*self._probes_conf[:2]) if self._probes_conf else "-"
         log.info(
-            "event=admin_ready admin=%s:%d metrics=%s probes=%s access_log=%s",
+            "event=admin_ready admin=%s:%d ready=%s metrics=%s probes=%s access_log=%s",
             defaults.ADMIN_ADDRESS,
             self.admin.port,
+            ready_at,
             metrics_at,
             probes_at,
             self.access_log.target if self.access_log else "-",
@@ -155,7 +163,7 @@ class Observability:
         for probe in self.service_probes.values():
             probe.stop()
         self.service_probes.clear()
-        for server in (self.metrics_server, self.probes_server, self.admin):
+        for server in (self.ready_server, self.metrics_server, self.probes_server, self.admin):
             if server is not None:
                 await server.close()
         if self.access_log is not None:
@@ -439,20 +447,24 @@ class Observability:
 
     # -- servers -----------------------------------------------------------------------------
 
-    async def _bind(self, server: HttpServer, what: str, host: str, port: int) -> None:
+    async def _bind(self, server: HttpServer, what: str, host: str | list[str], port: int) -> None:
         from sidecar.runtime import BindError
 
         try:
             await server.start(host, port)
         except OSError as exc:
+            where = ", ".join(
+                host_port(h, port) for h in ([host] if isinstance(host, str) else host)
+            )
             raise BindError(
-                f"listener {what}: cannot bind {host}:{port}: {exc.strerror or exc}"
+                f"listener {what}: cannot bind {where}: {exc.strerror or exc}"
             ) from None
 
     async def _configure(self, strict: bool) -> None:
         """Start, move or stop the metrics and probes servers and the service probes."""
         dataplane = self._dataplane
         address = dataplane.networking.address
+        await self._configure_ready(address, strict)
         metrics_conf = None
         if dataplane.metrics is not None:
             metrics_conf = (address, dataplane.metrics.port, dataplane.metrics.path)
@@ -482,6 +494,38 @@ class Observability:
         if self.health is None and mesh is not None:
             self.health = HealthReporter(Path(mesh.directory))
         self.publish_health()
+
+    async def _configure_ready(self, address: str, strict: bool) -> None:
+        """Start, move or stop the /ready listener on networking.address at the admin's port."""
+        ready_conf = (address, self.admin.port)
+        if ready_conf == self._ready_conf:
+            return
+        if self.ready_server is not None:
+            await self.ready_server.close()
+            self.ready_server = None
+        self._ready_conf = None
+        try:
+            hosts = await _hosts_besides_admin(address, self.admin.port)
+        except OSError as exc:
+            from sidecar.runtime import BindError
+
+            error = BindError(
+                f"listener ready: cannot bind {host_port(*ready_conf)}: {exc.strerror or exc}"
+            )
+            if strict:
+                raise error from None
+            log.error("event=listener_failed error=%r", str(error))
+            return
+        if not hosts:  # 127.0.0.1: the admin answers /ready there itself
+            return
+        server = HttpServer("ready", self._ready_handler)
+        if await self._try_bind(server, "ready", (hosts, ready_conf[1]), strict):
+            self.ready_server, self._ready_conf = server, ready_conf
+
+    async def _ready_handler(self, request: Request) -> Response:
+        if request.path == "/ready":
+            return self.ready_response()
+        return text(404, f"not found: {request.path} (only /ready is served on this address)\n")
 
     async def _try_bind(
         self, server: HttpServer, what: str, conf: tuple[Any, ...], strict: bool
@@ -553,6 +597,19 @@ class Observability:
         self.publish_health()
         if broadcast and self.workers is not None:
             await self.workers.broadcast({"op": "drain_listeners", "inbound_only": inbound_only})
+
+
+async def _hosts_besides_admin(address: str, port: int) -> list[str]:
+    """The addresses `address` stands for (itself when an IP; what a host name resolves to, as
+    the metrics server's bind resolves it), less 127.0.0.1, where the admin listens on `port`."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    hosts: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        host = canonical(str(sockaddr[0]))
+        if host != defaults.ADMIN_ADDRESS and host not in hosts:
+            hosts.append(host)
+    return hosts
 
 
 def _memory() -> tuple[int, int]:
