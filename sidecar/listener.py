@@ -279,6 +279,8 @@ class ListenerStack:
             limits=self.limits,
             stats=self.http_stats,
         )
+        if self.draining:  # accepted during a graceful drain: one exchange, `Connection: close`
+            server.draining = True
         self.http_connections.add(server)
         self._count_connection()
         return server
@@ -300,6 +302,7 @@ class ListenerStack:
             stats=self.http_stats,
             mesh_hop=mesh_hop,
         )
+        server.goaway_on_request = self.draining  # a graceful drain: GOAWAY after one request
         self.http_connections.add(server)
         self._count_connection()
         return server
@@ -342,7 +345,9 @@ class ListenerStack:
             conn.sweep(now)
 
     def drain(self) -> None:
-        """Stop taking new requests on open connections; in-flight ones may finish."""
+        """Stop taking new requests on open connections; in-flight ones may finish. Connections
+        accepted after this (a graceful /drain_listeners keeps the socket open) serve one
+        request each: HTTP/1.1 answers it with `Connection: close`, HTTP/2 sends GOAWAY."""
         self.draining = True
         for conn in list(self.http_connections):
             if isinstance(conn, H2Protocol):

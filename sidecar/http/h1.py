@@ -675,7 +675,7 @@ class H1ServerExchange:
         else:
             self.keep_alive = False  # HTTP/1.0 without a length: the body ends at close
             self._framing = _BodyFraming(False, None)
-        if not self.keep_alive:
+        if not self.keep_alive or self.proto.draining:  # draining: the last response here
             headers = [*headers, (b"connection", b"close")]
         try:
             line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d " % status

@@ -828,6 +828,8 @@ class H2Protocol(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.going_away = False  # a GOAWAY was sent or received: no new streams here
+        # Accepted by a draining listener: GOAWAY once the first request arrives (it is served).
+        self.goaway_on_request = False
         # A client connection's last stream id and when a sweep saw it so (H2Pool.sweep).
         self.idle_mark: tuple[int, float] | None = None
         self.peer_spoke = False  # the peer's SETTINGS arrived: it is a live HTTP/2 endpoint
@@ -1488,6 +1490,8 @@ class H2Protocol(asyncio.Protocol):
         self.streams[stream_id] = stream
         if ended and not stream.remote_done:
             stream.remote_ended()
+        if self.goaway_on_request:
+            self.goaway()  # last stream id: this one, which is served
         # A waiting task takes the stream (the last to wait: the warmest); else a task is made.
         # Either starts on a later turn of the loop (no eager tasks here), after it is held.
         # (A task cancelled while it waits has its future cancelled, and leaves the list only

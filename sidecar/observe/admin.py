@@ -90,7 +90,11 @@ class Admin:
             "/quitquitquit": (self.quit, True, "exit the server (gracefully, as on SIGTERM)"),
             "/healthcheck/fail": (self.hc_fail, True, "cause the server to fail health checks"),
             "/healthcheck/ok": (self.hc_ok, True, "cause the server to pass health checks"),
-            "/drain_listeners": (self.drain_listeners, True, "drain listeners (?inboundonly)"),
+            "/drain_listeners": (
+                self.drain_listeners,
+                True,
+                "drain listeners (?inboundonly, ?graceful, ?skip_exit)",
+            ),
             "/reset_counters": (self.reset_counters, True, "reset all counters to zero"),
             "/logging": (self.logging, True, "query/change logging levels (?level=, ?<logger>=)"),
         }
@@ -371,7 +375,10 @@ class Admin:
         return text(200, "OK\n")
 
     async def drain_listeners(self, request: Request) -> Response:
-        await self.obs.drain_listeners("inboundonly" in request.query)
+        query = request.query
+        await self.obs.drain_listeners(
+            "inboundonly" in query, graceful="graceful" in query, skip_exit="skip_exit" in query
+        )
         return text(200, "OK\n")
 
     async def reset_counters(self, request: Request) -> Response:

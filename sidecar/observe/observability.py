@@ -80,7 +80,10 @@ class Observability:
         self.started_wall = time.time()
         self._started = time.monotonic()
         self.hc_failed = False  # POST /healthcheck/fail
-        self.listeners_drained = False  # POST /drain_listeners
+        # POST /drain_listeners: the inbounds are listed not ready in the health document (their
+        # listeners close); /ready does not change, as in Envoy.
+        self.listeners_drained = False
+        self._drain_period: asyncio.Task[None] | None = None  # a graceful /drain_listeners
         self.admin = HttpServer("admin", self._admin_handler())
         self.ready_server: HttpServer | None = None  # /ready on networking.address:admin port
         self._ready_conf: tuple[str, int] | None = None
@@ -158,6 +161,8 @@ class Observability:
         self.publish_health()
 
     async def stop(self) -> None:
+        if self._drain_period is not None:
+            self._drain_period.cancel()
         if self.workers is not None:
             await self.workers.stop()
         for probe in self.service_probes.values():
@@ -179,8 +184,9 @@ class Observability:
 
     @property
     def live(self) -> bool:
-        """/ready: false while draining, after /healthcheck/fail or /drain_listeners."""
-        return not (self.sidecar.draining or self.hc_failed or self.listeners_drained)
+        """/ready: false during the SIGTERM drain (Kuma's kuma-dp fails the health check then)
+        and after /healthcheck/fail; as in Envoy, /drain_listeners leaves it as it is."""
+        return not (self.sidecar.draining or self.hc_failed)
 
     @property
     def uptime(self) -> float:
@@ -435,7 +441,7 @@ class Observability:
         if self.health is None:
             return
         dataplane = self._dataplane
-        live = self.live
+        live = self.live and not self.listeners_drained
         ready = {}
         for inbound in dataplane.networking.inbound:
             probe = self.service_probes.get(inbound.port)
@@ -585,18 +591,64 @@ class Observability:
         log.info("event=healthcheck_%s", "failed" if failed else "ok")
         self.publish_health()
 
-    async def drain_listeners(self, inbound_only: bool, broadcast: bool = True) -> None:
-        """/drain_listeners: stop accepting (open connections live on); report not ready.
+    async def drain_listeners(
+        self,
+        inbound_only: bool,
+        graceful: bool = False,
+        skip_exit: bool = False,
+        broadcast: bool = True,
+    ) -> None:
+        """/drain_listeners (Envoy's): the listeners (`inbound_only`: the inbound ones) stop
+        accepting at once, their open connections living on. `graceful`: first a drain period
+        (the drain timeout, Envoy's drain time) in which they still accept, and every HTTP
+        connection is told to close (`Connection: close`, GOAWAY), as in the SIGTERM drain; they
+        stop accepting when it ends, unless `skip_exit`. /ready does not change (Envoy's does
+        not); the health document lists the inbounds not ready, as their listeners close.
         With --workers every worker does (`broadcast`)."""
-        for running in self.sidecar.listeners.values():
-            if inbound_only and running.plan.direction != "inbound":
-                continue
-            running.server.close()
+        chosen = [
+            running
+            for running in self.sidecar.listeners.values()
+            if not inbound_only or running.plan.direction == "inbound"
+        ]
         self.listeners_drained = True
-        log.info("event=listeners_drained inbound_only=%s", inbound_only)
+        period = self.sidecar.options.drain_timeout
+        log.info(
+            "event=listeners_drained inbound_only=%s graceful=%s skip_exit=%s period=%s",
+            inbound_only,
+            graceful,
+            skip_exit,
+            f"{period:g}s" if graceful else "-",
+        )
+        if graceful:
+            for running in chosen:
+                running.stack.drain()
+            if self._drain_period is not None:
+                self._drain_period.cancel()
+            self._drain_period = asyncio.get_running_loop().create_task(
+                self._drain_period_ends(chosen, period, close=not skip_exit)
+            )
+        else:
+            for running in chosen:
+                running.server.close()
         self.publish_health()
         if broadcast and self.workers is not None:
-            await self.workers.broadcast({"op": "drain_listeners", "inbound_only": inbound_only})
+            await self.workers.broadcast(
+                {
+                    "op": "drain_listeners",
+                    "inbound_only": inbound_only,
+                    "graceful": graceful,
+                    "skip_exit": skip_exit,
+                }
+            )
+
+    async def _drain_period_ends(self, chosen: list[Any], period: float, close: bool) -> None:
+        """The graceful drain period of /drain_listeners ended: stop accepting (`close`, no
+        `skip_exit`), or go on accepting, still draining each connection."""
+        await asyncio.sleep(period)
+        if close:
+            for running in chosen:
+                running.server.close()
+        log.info("event=drain_period_ended listeners=%d closed=%s", len(chosen), close)
 
 
 async def _hosts_besides_admin(address: str, port: int) -> list[str]:

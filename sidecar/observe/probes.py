@@ -18,7 +18,9 @@
 
   `MeshSnapshot.endpoints` leaves out every inbound listed `ready: false`, so peers stop opening
   new connections to it within one mesh poll of the write. While the sidecar drains (SIGTERM,
-  /drain_listeners) or after /healthcheck/fail, every inbound is listed not ready, as Kuma does.
+  /drain_listeners) or after /healthcheck/fail, every inbound is listed not ready, as Kuma does
+  (/drain_listeners leaves /ready as it is, as Envoy does; the inbounds it drains are listed
+  not ready all the same, their listeners closing).
 """
 
 from __future__ import annotations

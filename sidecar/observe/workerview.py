@@ -69,7 +69,12 @@ class WorkerView:
             metrics.reset_counters(obs.sidecar.stats)
             return {"ok": True}
         if op == "drain_listeners":
-            await obs.drain_listeners(bool(request.get("inbound_only")), broadcast=False)
+            await obs.drain_listeners(
+                bool(request.get("inbound_only")),
+                graceful=bool(request.get("graceful")),
+                skip_exit=bool(request.get("skip_exit")),
+                broadcast=False,
+            )
             return {"ok": True}
         if op == "logging":
             from sidecar.observe.admin import set_log_levels
