@@ -11,6 +11,7 @@ kept after they close.
 from __future__ import annotations
 
 import http.client
+import json
 
 import pytest
 
@@ -90,6 +91,50 @@ def test_http_upstream_bytes_counted_live_and_after_close(mesh, tmp_path, protoc
         assert rx >= live_rx and tx >= live_tx  # (a GOAWAY may have come meanwhile)
         check(rx, tx)
         assert web_sidecar.proc.poll() is None
+    finally:
+        if app_open:
+            app.close()
+
+
+def test_clusters_shows_each_hosts_http_connections_and_requests(mesh):
+    """/clusters' host lines (Envoy's cx_active, cx_total, rq_active, rq_total) count the HTTP
+    pools' connections and requests, as they count relayed TCP connections: at the outbound per
+    peer inbound (the mesh's HTTP/2 connection), at the inbound per app endpoint; what ended is
+    kept."""
+    app = Hypercorn()
+    app_open = True
+    try:
+        backend, inbound = mesh.backend("backend-1", app.port, tags={"kuma.io/protocol": "http"})
+        web, outbound = mesh.client("web-1")
+        wait_ready(mesh.start(backend, ready=False), mesh.start(web, ready=False))
+        web_admin, backend_admin = admin_port(web), admin_port(backend)
+        conn = http.client.HTTPConnection(LOOPBACK, outbound, timeout=10)
+        for _ in range(3):
+            conn.request("GET", "/x")
+            assert conn.getresponse().read() is not None
+        conn.close()
+        peer = f"backend::{LOOPBACK}:{inbound}"
+        to_app = f"localhost:{app.port}::{LOOPBACK}:{app.port}"
+
+        def host(admin: int, prefix: str) -> dict[str, int]:
+            lines = get(admin, "/clusters").splitlines()
+            return {
+                line.split("::")[-2]: int(line.split("::")[-1])
+                for line in lines
+                if line.startswith(prefix + "::") and line.split("::")[-2].startswith(("cx", "rq"))
+            }
+
+        counts = {"cx_active": 1, "cx_total": 1, "rq_active": 0, "rq_total": 3}
+        assert host(web_admin, peer) == counts
+        assert host(backend_admin, to_app) == counts
+        app.close()
+        app_open = False  # the inbound's kept-alive connection to the app ends: its counts stay
+        wait_for(lambda: host(backend_admin, to_app)["cx_active"] == 0)
+        assert host(backend_admin, to_app) == {**counts, "cx_active": 0}
+        statuses = json.loads(get(web_admin, "/clusters?format=json"))["cluster_statuses"]
+        backend_status = next(c for c in statuses if c["name"] == "backend")
+        stats_of_host = {s["name"]: s["value"] for s in backend_status["host_statuses"][0]["stats"]}
+        assert stats_of_host == counts
     finally:
         if app_open:
             app.close()

@@ -21,6 +21,7 @@ from http import HTTPStatus
 from operator import itemgetter
 
 from sidecar import defaults
+from sidecar.cluster import Target
 from sidecar.http import h1wire
 from sidecar.http.exchange import (
     EMPTY_BODY,
@@ -920,6 +921,9 @@ class H1Client(_Writer):
         # socket: the cluster's upstream_cx_rx/tx_bytes_total (the pool adds them when the
         # connection ends, a stats read those of open connections). An add per read or write.
         self.rx_bytes = 0
+        # The endpoint (set by its pool) and the requests sent: /clusters' per-host lines.
+        self.target: Target | None = None
+        self.requests = 0
         self.idle_mark: float | None = None  # when a sweep first found it idle (H1Pool.sweep)
         self.reading_paused = False
         self.stream: H1ClientStream | None = None
@@ -956,6 +960,7 @@ class H1Client(_Writer):
         A CONNECT (classic, or extended with :protocol) is replayed in HTTP/1.1's own form: the
         CONNECT line, or a GET with `Connection: Upgrade` and `Upgrade: <protocol>`.
         """
+        self.requests += 1
         headers: Headers = [(b"host", head.authority), *head.headers]
         method, target = head.method, head.path or b"/"
         tunnel = method == b"CONNECT"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Iterable
 
 from sidecar import defaults
 from sidecar.cluster import Target
@@ -61,6 +62,44 @@ def _count_closed_bytes(stats: ClusterStats | None, conn: H1Client | H2Protocol)
         stats.upstream_cx_tx_bytes_total += conn.tx_bytes
 
 
+# Per endpoint, Envoy's host lines of /clusters: connections and requests, open and all.
+HostCounts = dict[str, dict[str, int]]
+
+
+def _host_counts(
+    open_conns: Iterable[tuple[Target | None, int, int]], ended: dict[str, list[int]]
+) -> HostCounts:
+    """`cx_active`, `cx_total`, `rq_active`, `rq_total` per endpoint, from the open connections
+    (endpoint, requests in flight, requests sent) and those that `_ended`."""
+    counts: HostCounts = {
+        host: {"cx_active": 0, "cx_total": cx, "rq_active": 0, "rq_total": rq}
+        for host, (cx, rq) in ended.items()
+    }
+    for target, in_flight, sent in open_conns:
+        if target is None:
+            continue
+        zero = {"cx_active": 0, "cx_total": 0, "rq_active": 0, "rq_total": 0}
+        host = counts.setdefault(str(target), zero)
+        host["cx_active"] += 1
+        host["cx_total"] += 1
+        host["rq_active"] += in_flight
+        host["rq_total"] += sent
+    return counts
+
+
+def _ended(ended: dict[str, list[int]], target: Target | None, sent: int) -> None:
+    """A connection to `target` has ended, after `sent` requests: kept for `_host_counts`."""
+    if target is not None:
+        totals = ended.setdefault(str(target), [0, 0])
+        totals[0] += 1
+        totals[1] += sent
+
+
+def _h2_requests(proto: H2Protocol) -> int:
+    """Requests a client connection has sent: its streams, odd ids from 1 (RFC 9113 5.1.1)."""
+    return (proto.conn.highest_outbound_stream_id + 1) // 2
+
+
 def _count_idle_timeout(stats: ClusterStats | None) -> None:
     if stats is not None:
         stats.upstream_cx_idle_timeout += 1
@@ -86,6 +125,7 @@ class H2Pool:
         self.connections: dict[Target, list[H2Protocol]] = {}
         self._connecting: dict[Target, asyncio.Future[None]] = {}
         self.spread = 1  # connections per endpoint to keep open (see the module's docstring)
+        self.ended: dict[str, list[int]] = {}  # endpoint → connections and requests that ended
         self._spreading: set[asyncio.Future[None]] = set()
 
     def ready_stream(
@@ -169,12 +209,24 @@ class H2Pool:
         if self.stats is not None and proto.target is not None:
             self.stats.upstream_cx_active -= 1
         _count_closed_bytes(self.stats, proto)
+        _ended(self.ended, proto.target, _h2_requests(proto))
         target = proto.target
         conns = self.connections.get(target) if target is not None else None
         if conns is not None and proto in conns:
             conns.remove(proto)
             if not conns:
                 del self.connections[target]
+
+    def host_counts(self) -> HostCounts:
+        return _host_counts(
+            (
+                (target, len(proto.streams), _h2_requests(proto))
+                for target, conns in self.connections.items()
+                for proto in conns
+                if not proto.closed
+            ),
+            self.ended,
+        )
 
     def open_bytes(self) -> tuple[int, int]:
         """Bytes read and written so far on the open connections (those that ended are in the
@@ -229,6 +281,7 @@ class H1Pool:
         self.idle: dict[Target, list[H1Client]] = {}
         # Every open connection, idle or not: its bytes are read for the stats (`open_bytes`).
         self.open: set[H1Client] = set()
+        self.ended: dict[str, list[int]] = {}  # endpoint → connections and requests that ended
 
     def ready_stream(
         self, target: Target, head: RequestHead, end_stream: bool
@@ -262,6 +315,7 @@ class H1Pool:
                 self.stats.upstream_cx_active -= 1
             raise
         client.counted = self.stats is not None
+        client.target = target
         if not client.closed:
             self.open.add(client)
         return client.open(head, end_stream)
@@ -272,6 +326,12 @@ class H1Pool:
             self.stats.upstream_cx_active -= 1
         self.open.discard(client)
         _count_closed_bytes(self.stats, client)
+        _ended(self.ended, client.target, client.requests)
+
+    def host_counts(self) -> HostCounts:
+        return _host_counts(
+            ((c.target, int(c.stream is not None), c.requests) for c in self.open), self.ended
+        )
 
     def open_bytes(self) -> tuple[int, int]:
         """Bytes read and written so far on the open connections (those that ended are in the

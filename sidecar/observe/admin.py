@@ -31,6 +31,8 @@ log = logging.getLogger("sidecar.admin")
 JSON = "application/json"
 # Envoy's circuit-breaker thresholds, as /clusters names them (ClusterStats' `cb_<name>`).
 _BREAKERS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
+# A host's counts in /clusters, as Envoy names them (those kept here: not rq_success/_error).
+_HOST_STATS = ("cx_active", "cx_total", "rq_active", "rq_total")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 _PY_LEVEL = {
     "trace": logging.DEBUG,
@@ -252,8 +254,8 @@ class Admin:
                             {
                                 "address": _socket_address(h.address, h.port),
                                 "stats": [
-                                    {"name": k, "value": v}
-                                    for k, v in counts.get(str(h), {}).items()
+                                    {"name": k, "value": counts.get(str(h), {}).get(k, 0)}
+                                    for k in _HOST_STATS
                                 ],
                                 "health_status": {
                                     "eds_health_status": "UNHEALTHY"
@@ -287,8 +289,8 @@ class Admin:
             for h in obs.hosts(name):
                 prefix = f"{name}::{h}"
                 c = counts.get(str(h), {})
-                lines.append(f"{prefix}::cx_active::{c.get('cx_active', 0)}")
-                lines.append(f"{prefix}::cx_total::{c.get('cx_total', 0)}")
+                for stat in _HOST_STATS:
+                    lines.append(f"{prefix}::{stat}::{c.get(stat, 0)}")
                 lines.append(f"{prefix}::health_flags::{h.flags}")
                 lines.append(f"{prefix}::weight::1")
                 lines.append(f"{prefix}::region::")

@@ -70,6 +70,12 @@ def add(store: StatsStore, doc: dict[str, Any], *, primary: bool, gauges: bool =
             _merge(obj, encoded, rules)
 
 
+def add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    """Sum `counts` into `into`, key by key (a host's /clusters counts, from several sources)."""
+    for key, value in counts.items():
+        into[key] = into.get(key, 0) + value
+
+
 def retire(doc: dict[str, Any]) -> dict[str, Any]:
     """The part of a snapshot that outlives its worker: counters and histograms."""
     kept = StatsStore()

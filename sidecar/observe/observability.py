@@ -36,7 +36,7 @@ from sidecar import defaults
 from sidecar.addresses import canonical, host_port
 from sidecar.config import model
 from sidecar.config.mesh import selects
-from sidecar.observe import metrics
+from sidecar.observe import aggregate, metrics
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.httpserver import HttpServer, Request, Response, text
 from sidecar.observe.kafkatap import KafkaTap
@@ -283,6 +283,15 @@ class Observability:
                 h: {"cx_active": now.get(h, 0), "cx_total": now.get(h, 0) + ended.get(h, 0)}
                 for h in set(now) | set(ended)
             }
+        # The HTTP pools' connections and requests, per endpoint (the peers' inbounds for the
+        # mesh pools, the app for an inbound's).
+        pools = [*self.sidecar.mesh_pools.items()]
+        for running in self.sidecar.listeners.values():
+            pools.extend((running.plan.cluster, pool) for pool in running.stack.upstream_pools())
+        for cluster, pool in pools:
+            into = counts.setdefault(cluster, {})
+            for host, values in pool.host_counts().items():
+                aggregate.add_counts(into.setdefault(host, {}), values)
         return counts
 
     def host_counts(self) -> dict[str, dict[str, dict[str, int]]]:

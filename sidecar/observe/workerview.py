@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.observe.workers")
 
-HostCounts = dict[str, dict[str, dict[str, int]]]  # cluster → host → cx_active, cx_total
+HostCounts = dict[str, dict[str, dict[str, int]]]  # cluster → host → cx_ and rq_active, _total
 
 
 class WorkerView:
@@ -130,9 +130,7 @@ class WorkerView:
             for cluster, hosts in counts.items():
                 into = total.setdefault(cluster, {})
                 for host, values in hosts.items():
-                    mine = into.setdefault(host, {"cx_active": 0, "cx_total": 0})
-                    for key in mine:
-                        mine[key] += values.get(key, 0)
+                    aggregate.add_counts(into.setdefault(host, {}), values)
         return total
 
     async def broadcast(self, request: dict[str, Any]) -> None:
