@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -46,33 +47,39 @@ class App(BaseHTTPRequestHandler):
         pass
 
 
-def test_virtual_probes(mesh_uvloop):
-    mesh = mesh_uvloop
+@contextlib.contextmanager
+def probed_app(mesh, endpoints: list[dict[str, object]]) -> Iterator[int]:
+    """The App behind a sidecar whose virtual probes have `endpoints` (an `inboundPort` of None:
+    the App's); yields the probes port."""
     app = ThreadingHTTPServer((LOOPBACK, 0), App)
     threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        app_port, dead_port, probes_port = app.server_address[1], free_port(), free_port()
+        app_port, probes_port = app.server_address[1], free_port()
+        endpoints = [{**e, "inboundPort": e["inboundPort"] or app_port} for e in endpoints]
         path = mesh.write(
             "backend-1",
             [{"port": free_port(), "servicePort": app_port, "tags": {"kuma.io/service": "b"}}],
-            probes={
-                "port": probes_port,
-                "endpoints": [
-                    {"inboundPort": app_port, "inboundPath": "/healthz", "path": "/app/healthz"},
-                    {"inboundPort": app_port, "inboundPath": "/fail", "path": "/app/fail"},
-                    {"inboundPort": dead_port, "inboundPath": "/healthz", "path": "/dead"},
-                ],
-            },
+            probes={"port": probes_port, "endpoints": endpoints},
         )
         mesh.start(path)
+        yield probes_port
+    finally:
+        app.shutdown()
+        app.server_close()
+
+
+def test_virtual_probes(mesh_uvloop):
+    endpoints = [
+        {"inboundPort": None, "inboundPath": "/healthz", "path": "/app/healthz"},
+        {"inboundPort": None, "inboundPath": "/fail", "path": "/app/fail"},
+        {"inboundPort": free_port(), "inboundPath": "/healthz", "path": "/dead"},
+    ]
+    with probed_app(mesh_uvloop, endpoints) as probes_port:
         assert request(probes_port, "/app/healthz")[:2] == (200, "/healthz says 200\n")
         assert request(probes_port, "/app/fail")[:2] == (500, "/fail says 500\n")
         assert request(probes_port, "/unknown")[0] == 404
         assert request(probes_port, "/dead")[0] == 503
         assert request(probes_port, "/app/healthz?x=1")[0] == 200, "matched by path"
-    finally:
-        app.shutdown()
-        app.server_close()
 
 
 def call(
@@ -91,27 +98,12 @@ def call(
 @pytest.fixture
 def echo_probes(mesh_uvloop) -> Iterator[int]:
     """A sidecar whose virtual probes reach the App; yields the probes port."""
-    mesh = mesh_uvloop
-    app = ThreadingHTTPServer((LOOPBACK, 0), App)
-    threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        app_port, probes_port = app.server_address[1], free_port()
-        path = mesh.write(
-            "backend-1",
-            [{"port": free_port(), "servicePort": app_port, "tags": {"kuma.io/service": "b"}}],
-            probes={
-                "port": probes_port,
-                "endpoints": [
-                    {"inboundPort": app_port, "inboundPath": "/echo", "path": "/8080/echo"},
-                    {"inboundPort": app_port, "inboundPath": "/healthz", "path": "/8080/healthz"},
-                ],
-            },
-        )
-        mesh.start(path)
+    endpoints = [
+        {"inboundPort": None, "inboundPath": "/echo", "path": "/8080/echo"},
+        {"inboundPort": None, "inboundPath": "/healthz", "path": "/8080/healthz"},
+    ]
+    with probed_app(mesh_uvloop, endpoints) as probes_port:
         yield probes_port
-    finally:
-        app.shutdown()
-        app.server_close()
 
 
 # Kuma's probe route in Envoy: an exact match on the path (the query aside) and on GET; the path

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.observe_support import admin_port, post, request, start_all
-from tests.support import LOOPBACK, echo, free_port, port_open, recv_all
+from tests.support import LOOPBACK, Sidecar, echo, free_port, port_open, recv_all
 
 DATAPLANE_ADDRESS = "127.0.0.2"  # loopback, but not where the admin listens
 
@@ -24,12 +24,16 @@ def _ipv6_loopback() -> bool:
         return False
 
 
+def echo_backend(mesh, address: str) -> tuple[Sidecar, int]:
+    """A sidecar with networking.address `address` before an echo app: it and its admin port."""
+    backend, _ = mesh.backend("backend-1", mesh.server(echo).port, address=address)
+    (sidecar,) = start_all(mesh, backend)
+    return sidecar, admin_port(backend)
+
+
 def test_ready_on_the_dataplane_address_at_the_admin_port(mesh_uvloop):
     mesh = mesh_uvloop
-    app = mesh.server(echo)
-    backend, _ = mesh.backend("backend-1", app.port, address=DATAPLANE_ADDRESS)
-    (sidecar,) = start_all(mesh, backend)
-    port = admin_port(backend)
+    sidecar, port = echo_backend(mesh, DATAPLANE_ADDRESS)
 
     assert request(port, "/ready", host=DATAPLANE_ADDRESS)[:2] == (200, "LIVE\n")
     assert request(port, "/ready", "HEAD", host=DATAPLANE_ADDRESS)[0] == 200
@@ -48,10 +52,7 @@ def test_ready_on_the_dataplane_address_at_the_admin_port(mesh_uvloop):
 def test_no_ready_listener_of_its_own_on_127_0_0_1(mesh_uvloop):
     """networking.address 127.0.0.1: the admin there answers /ready (and everything else)."""
     mesh = mesh_uvloop
-    app = mesh.server(echo)
-    backend, _ = mesh.backend("backend-1", app.port, address=LOOPBACK)
-    (sidecar,) = start_all(mesh, backend)
-    port = admin_port(backend)
+    sidecar, port = echo_backend(mesh, LOOPBACK)
     assert request(port, "/ready")[:2] == (200, "LIVE\n")
     assert request(port, "/stats")[0] == 200
     assert f"admin=127.0.0.1:{port} ready=- " in sidecar.log
@@ -63,10 +64,7 @@ def test_ready_on_an_ipv6_or_named_dataplane_address(mesh_uvloop, address):
     """An IPv6 address is bound as such; a host name as what it resolves to, less 127.0.0.1
     (`localhost`: ::1 where the system resolves it so, else nothing more to bind)."""
     mesh = mesh_uvloop
-    app = mesh.server(echo)
-    backend, _ = mesh.backend("backend-1", app.port, address=address)
-    (sidecar,) = start_all(mesh, backend)
-    port = admin_port(backend)
+    sidecar, port = echo_backend(mesh, address)
     resolved = {info[4][0] for info in socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)}
     assert request(port, "/ready")[:2] == (200, "LIVE\n")
     if "::1" in resolved:
