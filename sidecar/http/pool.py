@@ -14,7 +14,8 @@ cluster `idle_timeout`, 1 h: `sweep`, which the runtime calls with the listeners
 Both count the bytes of their connections into the cluster's `upstream_cx_rx_bytes_total` and
 `upstream_cx_tx_bytes_total`, as the TCP relay does: each connection counts its own (one integer
 add per read or write), the pool adds them to the totals when it ends, and `open_bytes` sums
-those of the open ones for a stats read (`ClusterStats.open_rx_bytes`).
+those of the open ones for a stats read (`ClusterStats.open_rx_bytes`). Per endpoint they keep
+the connections and requests, open and all (`host_counts`: the host lines of /clusters).
 
 Both take a `Connector` (`sidecar.transport.connect`), which is how the mesh's transport (plain
 TCP or mTLS) is chosen without the pools knowing about it.

@@ -228,17 +228,21 @@ class Observability:
                 if relay.target is not None and relay.linked:
                     cst.open_rx_bytes += up
                     cst.open_tx_bytes += down
-        # The HTTP pools' open upstream connections (HTTP/1.1 and h2c to an app, HTTP/2 to the
-        # peer sidecars), each counting its own bytes as a relay does.
-        pools = [*self.sidecar.mesh_pools.values()]
-        for running in self.sidecar.listeners.values():
-            pools.extend(running.stack.upstream_pools())
-        for pool in pools:
+        # The HTTP pools' open upstream connections, each counting its own bytes as a relay does.
+        for _, pool in self._http_pools():
             cst = pool.stats
             if cst is not None:
                 rx, tx = pool.open_bytes()
                 cst.open_rx_bytes += rx
                 cst.open_tx_bytes += tx
+
+    def _http_pools(self) -> list[tuple[str, Any]]:
+        """Every HTTP upstream pool (H1Pool, H2Pool) with its cluster's name: the mesh pools,
+        HTTP/2 to the peer sidecars, and each inbound's, HTTP/1.1 and h2c to its app."""
+        pools: list[tuple[str, Any]] = [*self.sidecar.mesh_pools.items()]
+        for running in self.sidecar.listeners.values():
+            pools.extend((running.plan.cluster, pool) for pool in running.stack.upstream_pools())
+        return pools
 
     def samples(self, query: dict[str, str]) -> list[metrics.Sample]:
         """The samples a /stats query asks for; raises ValueError for a bad `filter` regex."""
@@ -283,12 +287,8 @@ class Observability:
                 h: {"cx_active": now.get(h, 0), "cx_total": now.get(h, 0) + ended.get(h, 0)}
                 for h in set(now) | set(ended)
             }
-        # The HTTP pools' connections and requests, per endpoint (the peers' inbounds for the
-        # mesh pools, the app for an inbound's).
-        pools = [*self.sidecar.mesh_pools.items()]
-        for running in self.sidecar.listeners.values():
-            pools.extend((running.plan.cluster, pool) for pool in running.stack.upstream_pools())
-        for cluster, pool in pools:
+        # The HTTP pools' connections and requests, per endpoint.
+        for cluster, pool in self._http_pools():
             into = counts.setdefault(cluster, {})
             for host, values in pool.host_counts().items():
                 aggregate.add_counts(into.setdefault(host, {}), values)
